@@ -1,0 +1,485 @@
+//! Certificate profiles: how a leaf certificate is built (DESIGN §3), and the
+//! check of a to-be-signed certificate against its profile before the real
+//! key signs it.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use rcgen::{
+    CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::oid_registry as oids;
+
+use super::{Identifier, Serial};
+
+/// How long `not_before` is backdated to absorb clock skew (DESIGN §3).
+pub const BACKDATE: Duration = Duration::seconds(60);
+
+/// The upper bound on a common name (RFC 5280 ub-common-name).
+const MAX_COMMON_NAME_LEN: usize = 64;
+
+/// The certificate profiles hallmark issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// TLS server: EKU serverAuth.
+    #[default]
+    Server,
+    /// TLS server and client: EKU serverAuth and clientAuth.
+    ServerClient,
+}
+
+impl Profile {
+    /// The profile's name as used in the API and CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Server => "server",
+            Profile::ServerClient => "server-client",
+        }
+    }
+
+    fn extended_key_usages(self) -> Vec<ExtendedKeyUsagePurpose> {
+        match self {
+            Profile::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Profile::ServerClient => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown profile name.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown certificate profile {0:?}; expected \"server\" or \"server-client\"")]
+pub struct UnknownProfile(pub String);
+
+impl FromStr for Profile {
+    type Err = UnknownProfile;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "server" => Ok(Profile::Server),
+            "server-client" => Ok(Profile::ServerClient),
+            other => Err(UnknownProfile(other.to_owned())),
+        }
+    }
+}
+
+/// Vetted organisation details for an OV certificate's subject.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Organization {
+    /// O
+    pub name: String,
+    /// L
+    #[serde(default)]
+    pub locality: Option<String>,
+    /// ST
+    #[serde(default)]
+    pub state: Option<String>,
+    /// C, two letters (ISO 3166-1 alpha-2)
+    #[serde(default)]
+    pub country: Option<String>,
+}
+
+/// The subject of a certificate to issue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subject {
+    /// Vetted organisation (OV) or none (DV).
+    pub organization: Option<Organization>,
+}
+
+/// Where relying parties find the issuer's certificate, CRL and OCSP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerUrls {
+    /// CRL distribution point (`<public_http_url>/crl/<issuer>.crl`).
+    pub crl: String,
+    /// OCSP responder (`<public_http_url>/ocsp`); `None` for CA certificates.
+    pub ocsp: Option<String>,
+    /// caIssuers (`<public_http_url>/ca/<issuer>.crt`).
+    pub ca_issuers: String,
+}
+
+/// Everything the profile needs to build one leaf certificate.
+#[derive(Debug, Clone)]
+pub struct LeafRequest<'a> {
+    /// The subject's DER SubjectPublicKeyInfo (from the checked CSR).
+    pub spki_der: &'a [u8],
+    /// RSA subject keys also get keyEncipherment.
+    pub key_is_rsa: bool,
+    /// The validated identifiers, in order; the first DNS name becomes CN.
+    pub identifiers: &'a [Identifier],
+    /// Subject details.
+    pub subject: &'a Subject,
+    /// The profile.
+    pub profile: Profile,
+    /// A fresh serial.
+    pub serial: Serial,
+    /// Issuance time.
+    pub now: OffsetDateTime,
+    /// Validity in days (already checked against policy).
+    pub validity_days: u32,
+}
+
+impl LeafRequest<'_> {
+    /// `not_before`: now minus [`BACKDATE`].
+    pub fn not_before(&self) -> OffsetDateTime {
+        (self.now - BACKDATE).replace_nanosecond(0).unwrap_or(self.now - BACKDATE)
+    }
+
+    /// `not_after`: the validity period is inclusive of both ends
+    /// (RFC 5280 §4.1.2.5), so it ends one second before `days` have passed.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_before() + Duration::days(i64::from(self.validity_days)) - Duration::seconds(1)
+    }
+
+    /// The CN: the first DNS name if it fits in ub-common-name, else the
+    /// first identifier that fits, else none (then SAN is marked critical).
+    pub fn common_name(&self) -> Option<String> {
+        let dns = self.identifiers.iter().find_map(|i| match i {
+            Identifier::Dns(name) if name.len() <= MAX_COMMON_NAME_LEN => Some(name.clone()),
+            _ => None,
+        });
+        dns.or_else(|| {
+            self.identifiers
+                .iter()
+                .map(Identifier::value)
+                .find(|v| v.len() <= MAX_COMMON_NAME_LEN)
+        })
+    }
+}
+
+/// Why a certificate could not be built or failed its pre-signing check.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// A value could not be encoded (e.g. a country that is not two letters).
+    #[error("cannot encode {field}: {reason}")]
+    Encode {
+        /// Which field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The to-be-signed certificate does not match its profile.
+    #[error("the to-be-signed certificate breaks its profile: {0}")]
+    Violation(String),
+}
+
+/// Builds rcgen parameters for a leaf certificate. Nothing comes from the
+/// CSR except the public key (passed separately) and the validated names.
+pub(crate) fn leaf_params(
+    req: &LeafRequest<'_>,
+    urls: &IssuerUrls,
+) -> Result<CertificateParams, ProfileError> {
+    let mut params = CertificateParams::default();
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(req.serial.as_bytes()));
+    params.not_before = req.not_before();
+    params.not_after = req.not_after();
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = if req.key_is_rsa {
+        vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ]
+    } else {
+        vec![KeyUsagePurpose::DigitalSignature]
+    };
+    params.extended_key_usages = req.profile.extended_key_usages();
+    params.use_authority_key_identifier_extension = true;
+    params.subject_alt_names = req
+        .identifiers
+        .iter()
+        .map(|id| match id {
+            Identifier::Dns(name) => rcgen::string::Ia5String::try_from(name.as_str())
+                .map(SanType::DnsName)
+                .map_err(|e| ProfileError::Encode {
+                    field: "subjectAltName",
+                    reason: e.to_string(),
+                }),
+            Identifier::Ip(ip) => Ok(SanType::IpAddress(*ip)),
+        })
+        .collect::<Result<_, _>>()?;
+
+    let mut dn = DistinguishedName::new();
+    if let Some(org) = &req.subject.organization {
+        if let Some(country) = &org.country {
+            let c = rcgen::string::PrintableString::try_from(country.as_str()).map_err(|e| {
+                ProfileError::Encode {
+                    field: "country",
+                    reason: e.to_string(),
+                }
+            })?;
+            dn.push(DnType::CountryName, DnValue::PrintableString(c));
+        }
+        if let Some(state) = &org.state {
+            dn.push(DnType::StateOrProvinceName, state.as_str());
+        }
+        if let Some(locality) = &org.locality {
+            dn.push(DnType::LocalityName, locality.as_str());
+        }
+        dn.push(DnType::OrganizationName, org.name.as_str());
+    }
+    if let Some(cn) = req.common_name() {
+        dn.push(DnType::CommonName, cn);
+    }
+    params.distinguished_name = dn;
+    params.crl_distribution_points = vec![CrlDistributionPoint {
+        uris: vec![urls.crl.clone()],
+    }];
+    params
+        .custom_extensions
+        .push(authority_info_access(urls.ocsp.as_deref(), &urls.ca_issuers));
+    Ok(params)
+}
+
+/// authorityInfoAccess (RFC 5280 §4.2.2.1) with OCSP and caIssuers entries.
+pub(crate) fn authority_info_access(ocsp: Option<&str>, ca_issuers: &str) -> CustomExtension {
+    let mut body = Vec::new();
+    if let Some(url) = ocsp {
+        body.extend(access_description(&[1, 3, 6, 1, 5, 5, 7, 48, 1], url));
+    }
+    body.extend(access_description(&[1, 3, 6, 1, 5, 5, 7, 48, 2], ca_issuers));
+    let content = der_tlv(0x30, &body);
+    CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], content)
+}
+
+fn access_description(method: &[u64], uri: &str) -> Vec<u8> {
+    let mut inner = der_oid(method);
+    // GeneralName uniformResourceIdentifier [6] IMPLICIT IA5String
+    inner.extend(der_tlv(0x86, uri.as_bytes()));
+    der_tlv(0x30, &inner)
+}
+
+/// DER tag-length-value with a definite length.
+pub(crate) fn der_tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = value.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend(&bytes[skip..]);
+    }
+    out.extend(value);
+    out
+}
+
+fn der_oid(arcs: &[u64]) -> Vec<u8> {
+    let mut body = vec![(arcs[0] * 40 + arcs[1]) as u8];
+    for &arc in &arcs[2..] {
+        let mut chunk = vec![(arc & 0x7f) as u8];
+        let mut rest = arc >> 7;
+        while rest > 0 {
+            chunk.push(((rest & 0x7f) as u8) | 0x80);
+            rest >>= 7;
+        }
+        chunk.reverse();
+        body.extend(chunk);
+    }
+    der_tlv(0x06, &body)
+}
+
+/// What the pre-signing check compares the to-be-signed certificate with.
+pub(crate) struct Expected<'a> {
+    pub req: &'a LeafRequest<'a>,
+    pub issuer_subject_raw: &'a [u8],
+    pub issuer_key_id: &'a [u8],
+    pub urls: &'a IssuerUrls,
+    pub max_validity_days: u32,
+}
+
+/// Checks a to-be-signed leaf certificate (signed by a throwaway key) against
+/// the profile: exactly DESIGN §3's extensions, the validated names and
+/// nothing else. Like boulder's lint-before-sign, a certificate that fails
+/// here is never signed by the real key.
+pub(crate) fn check_leaf(cert: &X509Certificate<'_>, exp: &Expected<'_>) -> Result<(), ProfileError> {
+    let bad = |msg: String| Err(ProfileError::Violation(msg));
+    let tbs = &cert.tbs_certificate;
+    if tbs.version != x509_parser::x509::X509Version::V3 {
+        return bad("not a version 3 certificate".into());
+    }
+    if tbs.raw_serial() != exp.req.serial.as_bytes() {
+        return bad("serial number differs from the one drawn".into());
+    }
+    if tbs.issuer.as_raw() != exp.issuer_subject_raw {
+        return bad("issuer name differs from the issuing CA's subject".into());
+    }
+    if tbs.subject_pki.raw != exp.req.spki_der {
+        return bad("public key differs from the CSR's".into());
+    }
+    let not_before = tbs.validity.not_before.to_datetime();
+    let not_after = tbs.validity.not_after.to_datetime();
+    if not_before > exp.req.now || exp.req.now - not_before > BACKDATE {
+        return bad(format!("notBefore {not_before} is not within one minute before now"));
+    }
+    if not_after <= not_before
+        || not_after - not_before >= Duration::days(i64::from(exp.max_validity_days))
+    {
+        return bad(format!(
+            "validity {not_before} to {not_after} exceeds the policy maximum of {} days",
+            exp.max_validity_days
+        ));
+    }
+
+    let mut seen = BTreeSet::new();
+    for ext in tbs.extensions() {
+        if !seen.insert(ext.oid.to_id_string()) {
+            return bad(format!("extension {} appears twice", ext.oid));
+        }
+        match ext.parsed_extension() {
+            ParsedExtension::BasicConstraints(bc) => {
+                if !ext.critical || bc.ca || bc.path_len_constraint.is_some() {
+                    return bad("basicConstraints must be critical with CA:FALSE".into());
+                }
+            }
+            ParsedExtension::KeyUsage(ku) => {
+                let want_encipher = exp.req.key_is_rsa;
+                if !ext.critical
+                    || !ku.digital_signature()
+                    || ku.key_encipherment() != want_encipher
+                    || ku.key_cert_sign()
+                    || ku.crl_sign()
+                    || ku.non_repudiation()
+                    || ku.data_encipherment()
+                    || ku.key_agreement()
+                {
+                    return bad(format!("keyUsage {ku} is not the profile's"));
+                }
+            }
+            ParsedExtension::ExtendedKeyUsage(eku) => {
+                let want_client = exp.req.profile == Profile::ServerClient;
+                if ext.critical
+                    || !eku.server_auth
+                    || eku.client_auth != want_client
+                    || eku.any
+                    || eku.code_signing
+                    || eku.email_protection
+                    || eku.time_stamping
+                    || eku.ocsp_signing
+                    || !eku.other.is_empty()
+                {
+                    return bad("extendedKeyUsage is not the profile's".into());
+                }
+            }
+            ParsedExtension::SubjectAlternativeName(san) => {
+                let mut names = Vec::new();
+                for name in &san.general_names {
+                    match name {
+                        GeneralName::DNSName(d) => names.push(Identifier::Dns((*d).to_owned())),
+                        GeneralName::IPAddress(b) => {
+                            let ip = match b.len() {
+                                4 => <[u8; 4]>::try_from(*b).map(std::net::IpAddr::from).ok(),
+                                16 => <[u8; 16]>::try_from(*b).map(std::net::IpAddr::from).ok(),
+                                _ => None,
+                            };
+                            match ip {
+                                Some(ip) => names.push(Identifier::Ip(ip)),
+                                None => return bad("malformed IP subjectAltName".into()),
+                            }
+                        }
+                        _ => return bad("subjectAltName holds a name type not validated".into()),
+                    }
+                }
+                if names != exp.req.identifiers {
+                    return bad("subjectAltName differs from the validated identifiers".into());
+                }
+                if tbs.subject.iter().next().is_none() && !ext.critical {
+                    return bad("subjectAltName must be critical when the subject is empty".into());
+                }
+            }
+            ParsedExtension::SubjectKeyIdentifier(_) => {}
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                if aki.key_identifier.as_ref().map(|k| k.0) != Some(exp.issuer_key_id) {
+                    return bad("authorityKeyIdentifier differs from the issuer's key id".into());
+                }
+            }
+            ParsedExtension::CRLDistributionPoints(cdp) => {
+                let ok = cdp.points.len() == 1
+                    && matches!(
+                        &cdp.points[0].distribution_point,
+                        Some(x509_parser::extensions::DistributionPointName::FullName(names))
+                            if matches!(names.as_slice(), [GeneralName::URI(u)] if *u == exp.urls.crl)
+                    );
+                if !ok {
+                    return bad("cRLDistributionPoints is not the issuer's CRL URL".into());
+                }
+            }
+            ParsedExtension::AuthorityInfoAccess(aia) => {
+                let mut ocsp = None;
+                let mut issuers = None;
+                for ad in &aia.accessdescs {
+                    let uri = match &ad.access_location {
+                        GeneralName::URI(u) => *u,
+                        _ => return bad("authorityInfoAccess holds a non-URI location".into()),
+                    };
+                    if ad.access_method == oids::OID_PKIX_ACCESS_DESCRIPTOR_OCSP {
+                        ocsp = Some(uri);
+                    } else if ad.access_method == oids::OID_PKIX_ACCESS_DESCRIPTOR_CA_ISSUERS {
+                        issuers = Some(uri);
+                    }
+                }
+                if ocsp != exp.urls.ocsp.as_deref() || issuers != Some(exp.urls.ca_issuers.as_str())
+                {
+                    return bad("authorityInfoAccess is not the issuer's OCSP and caIssuers URLs".into());
+                }
+            }
+            _ => return bad(format!("unexpected extension {}", ext.oid)),
+        }
+    }
+    for (oid, name) in [
+        ("2.5.29.19", "basicConstraints"),
+        ("2.5.29.15", "keyUsage"),
+        ("2.5.29.37", "extendedKeyUsage"),
+        ("2.5.29.17", "subjectAltName"),
+        ("2.5.29.14", "subjectKeyIdentifier"),
+        ("2.5.29.35", "authorityKeyIdentifier"),
+        ("2.5.29.31", "cRLDistributionPoints"),
+        ("1.3.6.1.5.5.7.1.1", "authorityInfoAccess"),
+    ] {
+        if !seen.contains(oid) {
+            return bad(format!("{name} is missing"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_lengths_use_long_form_above_127() {
+        assert_eq!(der_tlv(0x04, &[0; 3]), vec![0x04, 3, 0, 0, 0]);
+        let long = der_tlv(0x04, &[0; 300]);
+        assert_eq!(&long[..4], &[0x04, 0x82, 0x01, 0x2c]);
+    }
+
+    #[test]
+    fn oid_encoding_matches_known_bytes() {
+        // id-ad-ocsp 1.3.6.1.5.5.7.48.1
+        assert_eq!(
+            der_oid(&[1, 3, 6, 1, 5, 5, 7, 48, 1]),
+            vec![0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01]
+        );
+        assert_eq!(der_oid(&[1, 2, 840, 113549]), vec![0x06, 0x06, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d]);
+    }
+
+    #[test]
+    fn profiles_parse_by_name() {
+        assert_eq!("server".parse::<Profile>().unwrap(), Profile::Server);
+        assert_eq!("server-client".parse::<Profile>().unwrap(), Profile::ServerClient);
+        assert!("client".parse::<Profile>().is_err());
+    }
+}

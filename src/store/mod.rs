@@ -1,0 +1,313 @@
+//! Storage: one async [`Store`] trait, with SQLite (`sqlite.rs`, the embedded
+//! default) and PostgreSQL (`postgres.rs`) behind it. All SQL lives here;
+//! domain types go in and out, row types stay private.
+//!
+//! Issuances are group-committed: concurrent inserts queue for one writer
+//! task that commits them together, so many issuances share one fsync.
+
+mod batch;
+pub mod postgres;
+mod shared;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::pki::Serial;
+
+/// Why a storage operation failed. Callers never see sqlx errors.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The row asked for does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A unique constraint was violated (e.g. a serial issued twice).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database URL is not one hallmark understands.
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    /// The database could not be reached or failed.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(db.message().to_owned())
+            }
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
+/// Result alias for the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Root or issuing intermediate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuerKind {
+    /// Self-signed root.
+    Root,
+    /// Issuing intermediate.
+    Intermediate,
+}
+
+impl IssuerKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            IssuerKind::Root => "root",
+            IssuerKind::Intermediate => "intermediate",
+        }
+    }
+}
+
+/// A CA certificate as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerRecord {
+    /// URL id (`root`, `int-…`).
+    pub id: String,
+    /// Root or intermediate.
+    pub kind: IssuerKind,
+    /// Subject text.
+    pub subject: String,
+    /// DER.
+    pub cert_der: Vec<u8>,
+    /// subjectKeyIdentifier.
+    pub key_id: Vec<u8>,
+    /// Validity.
+    pub not_before: i64,
+    /// Validity.
+    pub not_after: i64,
+}
+
+/// A certificate to record.
+#[derive(Debug, Clone)]
+pub struct NewCertificate {
+    /// Its serial.
+    pub serial: Serial,
+    /// The issuing CA.
+    pub issuer_id: String,
+    /// Owning account (REST/ACME), none for operator-signed certificates.
+    pub account_id: Option<String>,
+    /// Order it came from, if any.
+    pub order_id: Option<String>,
+    /// Subject text.
+    pub subject: String,
+    /// The certified names.
+    pub identifiers: Vec<String>,
+    /// Profile name.
+    pub profile: String,
+    /// Who asked (`operator:cli`, `account:…`, `system`).
+    pub requested_by: String,
+    /// Validity.
+    pub not_before: OffsetDateTime,
+    /// Validity.
+    pub not_after: OffsetDateTime,
+    /// DER.
+    pub der: Vec<u8>,
+}
+
+/// A stored certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRecord {
+    /// Its serial.
+    pub serial: Serial,
+    /// Issuing CA id.
+    pub issuer_id: String,
+    /// Owning account.
+    pub account_id: Option<String>,
+    /// Order.
+    pub order_id: Option<String>,
+    /// Subject text.
+    pub subject: String,
+    /// Certified names.
+    pub identifiers: Vec<String>,
+    /// Profile name.
+    pub profile: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// Validity (Unix seconds).
+    pub not_before: i64,
+    /// Validity (Unix seconds).
+    pub not_after: i64,
+    /// DER.
+    pub der: Vec<u8>,
+    /// When revoked (Unix seconds), if revoked.
+    pub revoked_at: Option<i64>,
+    /// RFC 5280 CRLReason code, if revoked.
+    pub revocation_reason: Option<i64>,
+    /// When recorded.
+    pub created_at: i64,
+}
+
+/// Something that happened, to append to the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// When.
+    pub at: OffsetDateTime,
+    /// Who (`operator:cli`, `user:alice`, `account:…`, `system`).
+    pub actor: String,
+    /// What (`certificate.issue`, `user.create`, …).
+    pub action: String,
+    /// What it was done to (a serial, an order id, a user name).
+    pub subject: String,
+    /// Details as JSON.
+    pub details: serde_json::Value,
+}
+
+/// An audit record as stored, with its place in the hash chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Sequence number, from 1, without gaps.
+    pub seq: i64,
+    /// When (Unix seconds).
+    pub at: i64,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// To what.
+    pub subject: String,
+    /// JSON text.
+    pub details: String,
+    /// Hash of the record before (zeros for the first).
+    pub prev_hash: Vec<u8>,
+    /// This record's hash.
+    pub hash: Vec<u8>,
+}
+
+/// The hash that chains audit records: SHA-256 over the previous hash and
+/// every field, each length-prefixed so fields cannot run into each other.
+pub fn audit_hash(
+    prev_hash: &[u8],
+    seq: i64,
+    at: i64,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    details: &str,
+) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(b"hallmark-audit-v1");
+    h.update(prev_hash);
+    h.update(seq.to_be_bytes());
+    h.update(at.to_be_bytes());
+    for field in [actor, action, subject, details] {
+        h.update((field.len() as u64).to_be_bytes());
+        h.update(field.as_bytes());
+    }
+    h.finalize().to_vec()
+}
+
+/// A dashboard user to create.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Random id.
+    pub id: String,
+    /// Sign-in name.
+    pub username: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// `admin`, `reviewer` or `auditor`.
+    pub role: String,
+    /// Forces a password change at first sign-in.
+    pub must_change_password: bool,
+}
+
+/// The storage contract both backends fulfil.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Checks the database answers (for `/readyz`).
+    async fn ping(&self) -> Result<()>;
+
+    /// Inserts or refreshes a CA certificate.
+    async fn upsert_issuer(&self, issuer: &IssuerRecord) -> Result<()>;
+
+    /// Every CA certificate, root first.
+    async fn issuers(&self) -> Result<Vec<IssuerRecord>>;
+
+    /// Records an issued certificate and its audit record in one
+    /// transaction, group-committed with concurrent issuances.
+    async fn insert_certificate(&self, cert: NewCertificate, event: AuditEvent) -> Result<()>;
+
+    /// One certificate by serial.
+    async fn certificate(&self, serial: &Serial) -> Result<CertificateRecord>;
+
+    /// How many certificates are recorded.
+    async fn count_certificates(&self) -> Result<i64>;
+
+    /// Appends an audit record on its own.
+    async fn append_audit(&self, event: AuditEvent) -> Result<()>;
+
+    /// Audit records with `seq > after`, in order, at most `limit`.
+    async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>>;
+
+    /// Creates a dashboard user and its audit record in one transaction;
+    /// `Conflict` if the name is taken.
+    async fn create_user(&self, user: NewUser, event: AuditEvent) -> Result<()>;
+
+    /// How many dashboard users exist.
+    async fn count_users(&self) -> Result<i64>;
+}
+
+/// Opens the store a URL names (`sqlite://…` or `postgres://…`) and applies
+/// its migrations.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStore::connect(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+/// A URL with any password replaced, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &creds[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://u:secret@db:5432/x"),
+            "postgres://u:***@db:5432/x"
+        );
+        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+
+    #[test]
+    fn audit_hash_depends_on_every_field() {
+        let base = audit_hash(&[0; 32], 1, 2, "a", "b", "c", "{}");
+        assert_ne!(base, audit_hash(&[1; 32], 1, 2, "a", "b", "c", "{}"));
+        assert_ne!(base, audit_hash(&[0; 32], 2, 2, "a", "b", "c", "{}"));
+        assert_ne!(base, audit_hash(&[0; 32], 1, 2, "ab", "", "c", "{}"));
+        assert_ne!(base, audit_hash(&[0; 32], 1, 2, "a", "b", "c", "{ }"));
+    }
+}

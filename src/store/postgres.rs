@@ -1,0 +1,47 @@
+//! PostgreSQL, for production and for several instances behind a load
+//! balancer. Migrations take sqlx's advisory lock, so instances starting
+//! together migrate once.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Pool, Postgres};
+
+use super::batch::Batcher;
+use super::shared::impl_sql_store;
+use super::{redact_url, Result, StoreError};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    read: Pool<Postgres>,
+    write: Pool<Postgres>,
+    batcher: Batcher,
+}
+
+impl PostgresStore {
+    /// Connects to `url` and migrates the database.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|e| StoreError::Database(format!("cannot connect to {}: {e}", redact_url(url))))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(format!("migrating {}: {e}", redact_url(url))))?;
+        let write = pool.clone();
+        let batcher = Batcher::spawn(move |items| Self::commit_certificates(write.clone(), items));
+        Ok(PostgresStore {
+            read: pool.clone(),
+            write: pool,
+            batcher,
+        })
+    }
+}
+
+impl_sql_store!(PostgresStore, Postgres, "postgres");
+

@@ -1,0 +1,330 @@
+//! SQL shared by both backends. Both dialects accept the same statements
+//! (`$n` parameters, `RETURNING`, the same column types as seen from Rust),
+//! so the statements live once, here; `sqlite.rs` and `postgres.rs` add
+//! what differs (connection set-up, pools, migrations).
+
+use super::{CertificateRecord, IssuerKind, IssuerRecord, Result, StoreError};
+
+#[derive(sqlx::FromRow)]
+pub(super) struct IssuerRow {
+    id: String,
+    kind: String,
+    subject: String,
+    cert_der: Vec<u8>,
+    key_id: Vec<u8>,
+    not_before: i64,
+    not_after: i64,
+}
+
+impl IssuerRow {
+    pub(super) fn into_record(self) -> Result<IssuerRecord> {
+        let kind = match self.kind.as_str() {
+            "root" => IssuerKind::Root,
+            "intermediate" => IssuerKind::Intermediate,
+            other => return Err(StoreError::Corrupt(format!("issuer kind {other:?}"))),
+        };
+        Ok(IssuerRecord {
+            id: self.id,
+            kind,
+            subject: self.subject,
+            cert_der: self.cert_der,
+            key_id: self.key_id,
+            not_before: self.not_before,
+            not_after: self.not_after,
+        })
+    }
+}
+
+pub(super) const SELECT_ISSUERS: &str = "SELECT id, kind, subject, cert_der, key_id, not_before, not_after \
+     FROM issuers ORDER BY CASE kind WHEN 'root' THEN 0 ELSE 1 END, not_before";
+
+pub(super) const UPSERT_ISSUER: &str = "INSERT INTO issuers (id, kind, subject, cert_der, key_id, not_before, not_after, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     ON CONFLICT (id) DO UPDATE SET subject = excluded.subject, cert_der = excluded.cert_der, \
+     key_id = excluded.key_id, not_before = excluded.not_before, not_after = excluded.not_after";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct CertificateRow {
+    serial: String,
+    issuer_id: String,
+    account_id: Option<String>,
+    order_id: Option<String>,
+    subject: String,
+    identifiers: String,
+    profile: String,
+    requested_by: String,
+    not_before: i64,
+    not_after: i64,
+    der: Vec<u8>,
+    revoked_at: Option<i64>,
+    revocation_reason: Option<i64>,
+    created_at: i64,
+}
+
+impl CertificateRow {
+    pub(super) fn into_record(self) -> Result<CertificateRecord> {
+        Ok(CertificateRecord {
+            serial: self
+                .serial
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("serial {:?}", self.serial)))?,
+            issuer_id: self.issuer_id,
+            account_id: self.account_id,
+            order_id: self.order_id,
+            subject: self.subject,
+            identifiers: serde_json::from_str(&self.identifiers)
+                .map_err(|e| StoreError::Corrupt(format!("identifiers: {e}")))?,
+            profile: self.profile,
+            requested_by: self.requested_by,
+            not_before: self.not_before,
+            not_after: self.not_after,
+            der: self.der,
+            revoked_at: self.revoked_at,
+            revocation_reason: self.revocation_reason,
+            created_at: self.created_at,
+        })
+    }
+}
+
+pub(super) const SELECT_CERTIFICATE: &str = "SELECT serial, issuer_id, account_id, order_id, subject, identifiers, profile, \
+     requested_by, not_before, not_after, der, revoked_at, revocation_reason, created_at \
+     FROM certificates WHERE serial = $1";
+
+pub(super) const INSERT_CERTIFICATE: &str = "INSERT INTO certificates (serial, issuer_id, account_id, order_id, subject, identifiers, \
+     profile, requested_by, not_before, not_after, der, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+/// Taking the audit head first both reads the chain's end and, by writing,
+/// serialises every audit-writing transaction: a row lock on PostgreSQL
+/// (across instances), the write lock on SQLite (across processes).
+pub(super) const LOCK_AUDIT_HEAD: &str =
+    "UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash";
+
+pub(super) const SET_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
+
+pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct AuditRow {
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub details: String,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+pub(super) const SELECT_AUDIT_PAGE: &str = "SELECT seq, at, actor, action, subject, details, prev_hash, hash \
+     FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2";
+
+pub(super) const INSERT_USER: &str = "INSERT INTO users (id, username, password_hash, role, must_change_password, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $6)";
+
+/// Implements [`super::Store`] for a backend struct with `read` and `write`
+/// pools of `$db` and a `batcher`, using the shared statements above.
+macro_rules! impl_sql_store {
+    ($store:ty, $db:ty, $name:literal) => {
+        impl $store {
+            /// Appends audit records inside `tx`, extending the hash chain.
+            async fn append_audit_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                events: &[&$crate::store::AuditEvent],
+            ) -> $crate::store::Result<()> {
+                let (mut seq, mut prev): (i64, Vec<u8>) =
+                    sqlx::query_as($crate::store::shared::LOCK_AUDIT_HEAD)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                for event in events {
+                    seq += 1;
+                    let at = event.at.unix_timestamp();
+                    let details = event.details.to_string();
+                    let hash = $crate::store::audit_hash(
+                        &prev, seq, at, &event.actor, &event.action, &event.subject, &details,
+                    );
+                    sqlx::query($crate::store::shared::INSERT_AUDIT)
+                        .bind(seq)
+                        .bind(at)
+                        .bind(&event.actor)
+                        .bind(&event.action)
+                        .bind(&event.subject)
+                        .bind(&details)
+                        .bind(&prev)
+                        .bind(&hash)
+                        .execute(&mut **tx)
+                        .await?;
+                    prev = hash;
+                }
+                sqlx::query($crate::store::shared::SET_AUDIT_HEAD)
+                    .bind(seq)
+                    .bind(&prev)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+
+            /// Commits a batch of issuances in one transaction.
+            async fn commit_certificates(
+                pool: sqlx::Pool<$db>,
+                items: std::sync::Arc<Vec<$crate::store::batch::Item>>,
+            ) -> $crate::store::Result<()> {
+                let mut tx = pool.begin().await?;
+                let events: Vec<&$crate::store::AuditEvent> = items.iter().map(|(_, e)| e).collect();
+                Self::append_audit_tx(&mut tx, &events).await?;
+                for (cert, _) in items.iter() {
+                    let identifiers = serde_json::to_string(&cert.identifiers)
+                        .map_err(|e| $crate::store::StoreError::Database(e.to_string()))?;
+                    sqlx::query($crate::store::shared::INSERT_CERTIFICATE)
+                        .bind(cert.serial.to_hex())
+                        .bind(&cert.issuer_id)
+                        .bind(&cert.account_id)
+                        .bind(&cert.order_id)
+                        .bind(&cert.subject)
+                        .bind(identifiers)
+                        .bind(&cert.profile)
+                        .bind(&cert.requested_by)
+                        .bind(cert.not_before.unix_timestamp())
+                        .bind(cert.not_after.unix_timestamp())
+                        .bind(&cert.der)
+                        .bind(time::OffsetDateTime::now_utc().unix_timestamp())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            fn backend(&self) -> &'static str {
+                $name
+            }
+
+            async fn ping(&self) -> $crate::store::Result<()> {
+                sqlx::query("SELECT 1").execute(&self.read).await?;
+                Ok(())
+            }
+
+            async fn upsert_issuer(
+                &self,
+                issuer: &$crate::store::IssuerRecord,
+            ) -> $crate::store::Result<()> {
+                sqlx::query($crate::store::shared::UPSERT_ISSUER)
+                    .bind(&issuer.id)
+                    .bind(issuer.kind.as_str())
+                    .bind(&issuer.subject)
+                    .bind(&issuer.cert_der)
+                    .bind(&issuer.key_id)
+                    .bind(issuer.not_before)
+                    .bind(issuer.not_after)
+                    .bind(time::OffsetDateTime::now_utc().unix_timestamp())
+                    .execute(&self.write)
+                    .await?;
+                Ok(())
+            }
+
+            async fn issuers(&self) -> $crate::store::Result<Vec<$crate::store::IssuerRecord>> {
+                let rows: Vec<$crate::store::shared::IssuerRow> =
+                    sqlx::query_as($crate::store::shared::SELECT_ISSUERS)
+                        .fetch_all(&self.read)
+                        .await?;
+                rows.into_iter().map(|r| r.into_record()).collect()
+            }
+
+            async fn insert_certificate(
+                &self,
+                cert: $crate::store::NewCertificate,
+                event: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<()> {
+                self.batcher.submit((cert, event)).await
+            }
+
+            async fn certificate(
+                &self,
+                serial: &$crate::pki::Serial,
+            ) -> $crate::store::Result<$crate::store::CertificateRecord> {
+                let row: $crate::store::shared::CertificateRow =
+                    sqlx::query_as($crate::store::shared::SELECT_CERTIFICATE)
+                        .bind(serial.to_hex())
+                        .fetch_one(&self.read)
+                        .await?;
+                row.into_record()
+            }
+
+            async fn count_certificates(&self) -> $crate::store::Result<i64> {
+                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM certificates")
+                    .fetch_one(&self.read)
+                    .await?;
+                Ok(n)
+            }
+
+            async fn append_audit(
+                &self,
+                event: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<()> {
+                let mut tx = self.write.begin().await?;
+                Self::append_audit_tx(&mut tx, &[&event]).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn audit_page(
+                &self,
+                after: i64,
+                limit: i64,
+            ) -> $crate::store::Result<Vec<$crate::store::AuditRecord>> {
+                let rows: Vec<$crate::store::shared::AuditRow> =
+                    sqlx::query_as($crate::store::shared::SELECT_AUDIT_PAGE)
+                        .bind(after)
+                        .bind(limit)
+                        .fetch_all(&self.read)
+                        .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| $crate::store::AuditRecord {
+                        seq: r.seq,
+                        at: r.at,
+                        actor: r.actor,
+                        action: r.action,
+                        subject: r.subject,
+                        details: r.details,
+                        prev_hash: r.prev_hash,
+                        hash: r.hash,
+                    })
+                    .collect())
+            }
+
+            async fn create_user(
+                &self,
+                user: $crate::store::NewUser,
+                event: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<()> {
+                let mut tx = self.write.begin().await?;
+                Self::append_audit_tx(&mut tx, &[&event]).await?;
+                sqlx::query($crate::store::shared::INSERT_USER)
+                    .bind(&user.id)
+                    .bind(&user.username)
+                    .bind(&user.password_hash)
+                    .bind(&user.role)
+                    .bind(user.must_change_password)
+                    .bind(event.at.unix_timestamp())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn count_users(&self) -> $crate::store::Result<i64> {
+                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
+                    .fetch_one(&self.read)
+                    .await?;
+                Ok(n)
+            }
+        }
+    };
+}
+
+pub(super) use impl_sql_store;

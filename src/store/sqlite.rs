@@ -1,0 +1,63 @@
+//! The embedded default: one SQLite file in WAL mode with foreign keys on.
+//!
+//! All writes go through one connection (SQLite has one writer anyway), so
+//! writers in this process never fight over the lock; readers get their own
+//! pool. `synchronous = FULL` makes every commit durable.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Pool, Sqlite};
+
+use super::batch::Batcher;
+use super::shared::impl_sql_store;
+use super::{Result, StoreError};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The SQLite store.
+pub struct SqliteStore {
+    read: Pool<Sqlite>,
+    write: Pool<Sqlite>,
+    batcher: Batcher,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` and migrates it.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::UnsupportedUrl(format!("{url}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
+        MIGRATOR
+            .run(&write)
+            .await
+            .map_err(|e| StoreError::Database(format!("migrating {url}: {e}")))?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
+        let pool = write.clone();
+        let batcher = Batcher::spawn(move |items| Self::commit_certificates(pool.clone(), items));
+        Ok(SqliteStore {
+            read,
+            write,
+            batcher,
+        })
+    }
+}
+
+impl_sql_store!(SqliteStore, Sqlite, "sqlite");
+
