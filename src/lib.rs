@@ -1,7 +1,15 @@
 //! hallmark: a private certificate authority that runs as one web service.
 //!
 //! Data flows one way: `http` → `workflow` → (`pki`, `policy`, `store`).
+//! Tests and the binary start the service the same way:
+//! [`service::Service::start`] then [`service::Service::run`] on listeners
+//! they bound (port 0 in tests).
 
+pub mod config;
+pub mod datadir;
+pub mod http;
 pub mod pki;
 pub mod policy;
+pub mod service;
 pub mod store;
+pub mod workflow;

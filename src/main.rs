@@ -1,1 +1,256 @@
-fn main(){}
+//! The `hallmark` command line.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use hallmark::config::{Config, DEFAULT_DATA_DIR};
+use hallmark::datadir::{self, Layout};
+use hallmark::service::Service;
+use hallmark::workflow::{audit, SignOptions};
+
+/// hallmark: a private certificate authority.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file [default: <data-dir>/hallmark.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Data directory (keys, certificates, SQLite database)
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Log format
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a CA: an encrypted root key and certificate, and an issuing intermediate
+    Init {
+        /// Key type for both CA keys (overrides [ca] key_type)
+        #[arg(long, value_parser = ["p256", "p384", "rsa2048", "rsa3072", "rsa4096"])]
+        key_type: Option<String>,
+    },
+    /// Run the service (creates the CA on first start)
+    Serve,
+    /// Sign a CSR as the operator: policy and profile apply, no domain validation
+    Sign {
+        /// The CSR (PEM or DER); "-" reads standard input
+        csr_file: PathBuf,
+        /// Validity in days [default: policy.default_validity_days]
+        #[arg(long)]
+        days: Option<u32>,
+        /// Certificate profile: server or server-client
+        #[arg(long, default_value = "server")]
+        profile: String,
+    },
+    /// The audit log
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the audit log's hash chain: no record edited or removed
+    Verify,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_sentence(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes as one line, without repeating a cause that an
+/// outer message already quotes.
+fn error_sentence(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(cli.config.as_deref(), &cli.data_dir, std::env::vars())?;
+    match cli.command {
+        Command::Init { key_type } => {
+            if let Some(k) = key_type {
+                config.ca_key_type = k.parse()?;
+            }
+            init(&config, true)
+        }
+        Command::Serve => serve(config).await,
+        Command::Sign { csr_file, days, profile } => sign(config, csr_file, days, profile).await,
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let store = hallmark::store::connect(&config.database_url).await?;
+            let summary = audit::verify(store.as_ref()).await?;
+            println!("audit log verified: {} records, head {}", summary.records, summary.head);
+            Ok(())
+        }
+    }
+}
+
+/// The root passphrase: `HALLMARK_ROOT_PASSPHRASE`, else a prompt.
+fn root_passphrase(confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+    if let Ok(p) = std::env::var("HALLMARK_ROOT_PASSPHRASE") {
+        return Ok(Zeroizing::new(p));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("the root key passphrase is needed: set HALLMARK_ROOT_PASSPHRASE or run in a terminal");
+    }
+    let first = Zeroizing::new(rpassword::prompt_password("Root key passphrase: ")?);
+    if confirm {
+        let second = Zeroizing::new(rpassword::prompt_password("Repeat the passphrase: ")?);
+        if first != second {
+            bail!("the passphrases do not match");
+        }
+    }
+    Ok(first)
+}
+
+fn init(config: &Config, explicit: bool) -> anyhow::Result<()> {
+    let layout = Layout::new(&config.data_dir);
+    if layout.has_ca() && explicit {
+        return Err(datadir::DataDirError::AlreadyInitialised(config.data_dir.clone()).into());
+    }
+    let passphrase = root_passphrase(true)?;
+    let outcome = datadir::init_ca(config, passphrase.as_bytes(), OffsetDateTime::now_utc())?;
+    println!("Created a CA in {}:", config.data_dir.display());
+    println!("  root          {} (until {})", outcome.root.subject(), outcome.root.not_after().date());
+    println!("  issuing CA    {} (until {})", outcome.intermediate.subject(), outcome.intermediate.not_after().date());
+    println!("  root key      {} (encrypted; keep the passphrase safe)", layout.root_key().display());
+    Ok(())
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    if !Layout::new(&config.data_dir).has_ca() {
+        println!("No CA in {} yet; creating one.", config.data_dir.display());
+        init(&config, false)?;
+    }
+    let https = tokio::net::TcpListener::bind(config.https_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.https_listen)", config.https_listen))?;
+    let http = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.http_listen)", config.http_listen))?;
+    let started = std::time::Instant::now();
+    let mut service = Service::start(config.clone()).await?;
+    tracing::info!(
+        https = %config.https_listen,
+        http = %config.http_listen,
+        database = %hallmark::store::redact_url(&config.database_url),
+        ready_in_ms = started.elapsed().as_millis() as u64,
+        "hallmark is serving"
+    );
+    println!("hallmark is serving:");
+    println!("  dashboard and API  {}/", config.public_https_url);
+    println!("  CA certificates    {}/ca/root.crt", config.public_http_url);
+    if let Some(password) = service.take_initial_admin_password() {
+        println!();
+        println!("  Initial administrator: admin");
+        println!("  One-time password:     {}", password.as_str());
+        println!("  (shown only now; you must change it at first sign-in)");
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    service.run(https, http, stopped).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn sign(config: Config, csr_file: PathBuf, days: Option<u32>, profile: String) -> anyhow::Result<()> {
+    let csr = if csr_file.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf)?;
+        buf
+    } else {
+        std::fs::read(&csr_file).with_context(|| format!("cannot read {}", csr_file.display()))?
+    };
+    let authority = hallmark::service::open_authority(&config).await?;
+    let operator = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let signed = authority
+        .sign_csr(
+            &csr,
+            SignOptions {
+                validity_days: days,
+                profile: Some(profile),
+                ..SignOptions::default()
+            },
+            &format!("operator:{operator}"),
+        )
+        .await?;
+    eprintln!(
+        "signed serial {} for {} (until {})",
+        signed.certificate.serial,
+        signed.certificate.identifiers.iter().map(|i| i.value()).collect::<Vec<_>>().join(", "),
+        signed.certificate.not_after
+    );
+    print!("{}", signed.chain_pem);
+    Ok(())
+}

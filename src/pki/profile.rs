@@ -321,7 +321,8 @@ pub(crate) fn check_leaf(cert: &X509Certificate<'_>, exp: &Expected<'_>) -> Resu
     }
     let not_before = tbs.validity.not_before.to_datetime();
     let not_after = tbs.validity.not_after.to_datetime();
-    if not_before > exp.req.now || exp.req.now - not_before > BACKDATE {
+    // notBefore is whole seconds, so it may lie up to BACKDATE + 1 s back.
+    if not_before > exp.req.now || exp.req.now - not_before > BACKDATE + Duration::seconds(1) {
         return bad(format!("notBefore {not_before} is not within one minute before now"));
     }
     if not_after <= not_before

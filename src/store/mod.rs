@@ -252,6 +252,9 @@ pub trait Store: Send + Sync + 'static {
     /// Appends an audit record on its own.
     async fn append_audit(&self, event: AuditEvent) -> Result<()>;
 
+    /// The end of the audit chain: the last sequence number and its hash.
+    async fn audit_head(&self) -> Result<(i64, Vec<u8>)>;
+
     /// Audit records with `seq > after`, in order, at most `limit`.
     async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>>;
 

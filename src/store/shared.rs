@@ -271,6 +271,12 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
+            async fn audit_head(&self) -> $crate::store::Result<(i64, Vec<u8>)> {
+                Ok(sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                    .fetch_one(&self.read)
+                    .await?)
+            }
+
             async fn audit_page(
                 &self,
                 after: i64,

@@ -1,0 +1,513 @@
+//! Configuration: built-in defaults < the TOML file < `HALLMARK_SECTION__KEY`
+//! environment variables (< `DATABASE_URL` for the database). The file type
+//! is checked strictly (unknown keys are errors) and turned into a validated
+//! [`Config`] at start-up; a bad value fails with a sentence naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::pki::KeyType;
+use crate::policy::{AllowedKey, Policy};
+
+/// The default data directory.
+pub const DEFAULT_DATA_DIR: &str = "hallmark-data";
+/// The config file's name inside the data directory.
+pub const CONFIG_FILE_NAME: &str = "hallmark.toml";
+
+/// A configuration problem, as one sentence naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named by `--config` does not exist or cannot be read.
+    #[error("cannot read the configuration file {path}: {reason}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The TOML does not parse or has unknown keys or wrong types.
+    #[error("invalid configuration ({source_name}): {reason}")]
+    Parse {
+        /// File or environment variable.
+        source_name: String,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A value parses but is not acceptable.
+    #[error("invalid configuration: {key} {reason}")]
+    Invalid {
+        /// `section.key`.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Listener for the API, ACME and dashboard (default `127.0.0.1:8443`).
+    pub https_listen: String,
+    /// Plain-HTTP listener for CA certificates, CRLs, OCSP and health
+    /// (default `127.0.0.1:8080`).
+    pub http_listen: String,
+    /// Public base URL of the HTTPS listener (default `https://localhost:<port>`).
+    pub public_https_url: Option<String>,
+    /// Public base URL of the HTTP listener, put into certificates (default
+    /// `http://localhost:<port>`).
+    pub public_http_url: Option<String>,
+    /// `self` (hallmark issues its own TLS certificate), `files`, or `off`
+    /// (plain HTTP on `https_listen`, behind a TLS-terminating proxy).
+    pub tls: String,
+    /// With `tls = "files"`: PEM certificate chain.
+    pub tls_cert: Option<PathBuf>,
+    /// With `tls = "files"`: PEM private key.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            https_listen: "127.0.0.1:8443".into(),
+            http_listen: "127.0.0.1:8080".into(),
+            public_https_url: None,
+            public_http_url: None,
+            tls: "self".into(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// `sqlite://PATH` or `postgres://…`; default `sqlite://<data dir>/hallmark.db`.
+    /// `DATABASE_URL` wins over this.
+    pub url: Option<String>,
+}
+
+/// `[policy]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// Name suffixes that may be certified (default `["internal", "test"]`).
+    pub allowed_suffixes: Vec<String>,
+    /// Whether IP SANs may be certified (default true).
+    pub allow_ip: bool,
+    /// Whether wildcards may be certified (default true; they need dns-01).
+    pub allow_wildcard: bool,
+    /// Validity when a request names none (default 90).
+    pub default_validity_days: u32,
+    /// Longest validity (default 397).
+    pub max_validity_days: u32,
+    /// Subject key types accepted (default all five; `ed25519` may be added).
+    pub key_types: Vec<String>,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        let p = Policy::default();
+        PolicySection {
+            allowed_suffixes: p.allowed_suffixes,
+            allow_ip: p.allow_ip,
+            allow_wildcard: p.allow_wildcard,
+            default_validity_days: p.default_validity_days,
+            max_validity_days: p.max_validity_days,
+            key_types: KeyType::ALL.iter().map(|k| k.as_str().to_owned()).collect(),
+        }
+    }
+}
+
+/// `[validation]` (used by the DV validators).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationSection {
+    /// DNS resolver `host:port`, or empty for the system's.
+    pub dns_resolver: String,
+    /// Port http-01 fetches from (default 80).
+    pub http_port: u16,
+    /// Port tls-alpn-01 connects to (default 443).
+    pub tls_alpn_port: u16,
+    /// Per-validation timeout (default 10 s).
+    pub timeout_secs: u64,
+}
+
+impl Default for ValidationSection {
+    fn default() -> Self {
+        ValidationSection {
+            dns_resolver: String::new(),
+            http_port: 80,
+            tls_alpn_port: 443,
+            timeout_secs: 10,
+        }
+    }
+}
+
+/// `[crl]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrlSection {
+    /// nextUpdate − thisUpdate (default 168 h).
+    pub validity_hours: u32,
+    /// Regular regeneration interval (default 24 h).
+    pub regenerate_every_hours: u32,
+}
+
+impl Default for CrlSection {
+    fn default() -> Self {
+        CrlSection {
+            validity_hours: 168,
+            regenerate_every_hours: 24,
+        }
+    }
+}
+
+/// `[ca]`: used by `hallmark init` (and first-start `serve`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaSection {
+    /// Key type for the root and intermediate (default `p256`).
+    pub key_type: String,
+    /// O in the CA subjects (default `hallmark`).
+    pub organization: String,
+    /// Root CN (default `hallmark Root CA`).
+    pub root_common_name: String,
+    /// Intermediate CN (default `hallmark Issuing CA`).
+    pub intermediate_common_name: String,
+}
+
+impl Default for CaSection {
+    fn default() -> Self {
+        CaSection {
+            key_type: "p256".into(),
+            organization: "hallmark".into(),
+            root_common_name: "hallmark Root CA".into(),
+            intermediate_common_name: "hallmark Issuing CA".into(),
+        }
+    }
+}
+
+/// The configuration file as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// `[server]`
+    pub server: ServerSection,
+    /// `[database]`
+    pub database: DatabaseSection,
+    /// `[policy]`
+    pub policy: PolicySection,
+    /// `[validation]`
+    pub validation: ValidationSection,
+    /// `[crl]`
+    pub crl: CrlSection,
+    /// `[ca]`
+    pub ca: CaSection,
+}
+
+/// How the HTTPS listener gets its certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// hallmark issues its own from the intermediate.
+    SelfIssued,
+    /// From files.
+    Files {
+        /// PEM chain.
+        cert: PathBuf,
+        /// PEM key.
+        key: PathBuf,
+    },
+    /// Plain HTTP (behind a TLS-terminating proxy).
+    Off,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory (keys, certificates, SQLite database).
+    pub data_dir: PathBuf,
+    /// HTTPS listener address.
+    pub https_listen: SocketAddr,
+    /// HTTP listener address.
+    pub http_listen: SocketAddr,
+    /// Public HTTPS base URL, without a trailing slash.
+    pub public_https_url: String,
+    /// Public HTTP base URL, without a trailing slash.
+    pub public_http_url: String,
+    /// TLS mode.
+    pub tls: TlsMode,
+    /// Database URL.
+    pub database_url: String,
+    /// Issuance policy.
+    pub policy: Policy,
+    /// DV validation settings.
+    pub validation: ValidationSection,
+    /// CRL settings.
+    pub crl: CrlSection,
+    /// CA creation settings.
+    pub ca_key_type: KeyType,
+    /// CA names.
+    pub ca: CaSection,
+}
+
+impl Config {
+    /// Loads the configuration: `config_path` if given (it must exist), else
+    /// `<data_dir>/hallmark.toml` if it exists, else defaults; then applies
+    /// `HALLMARK_SECTION__KEY` and `DATABASE_URL` from `env`.
+    pub fn load(
+        config_path: Option<&Path>,
+        data_dir: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (path, required) = match config_path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (data_dir.join(CONFIG_FILE_NAME), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(ConfigError::Read {
+                    path,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            source_name: path.display().to_string(),
+            reason: e.message().to_owned(),
+        })?;
+        let mut database_url = None;
+        for (name, value) in env {
+            if name == "DATABASE_URL" && !value.is_empty() {
+                database_url = Some(value);
+                continue;
+            }
+            let Some(rest) = name.strip_prefix("HALLMARK_") else { continue };
+            let Some((section, key)) = rest.split_once("__") else { continue };
+            let section = section.to_ascii_lowercase();
+            let key = key.to_ascii_lowercase();
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(section_table) = entry else {
+                return Err(ConfigError::Parse {
+                    source_name: name,
+                    reason: format!("{section} is not a section"),
+                });
+            };
+            section_table.insert(key, env_value(&value));
+        }
+        let file: FileConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    source_name: format!("{} and HALLMARK_* variables", path.display()),
+                    reason: e.message().to_owned(),
+                })?;
+        Self::validate(file, data_dir, database_url)
+    }
+
+    fn validate(
+        file: FileConfig,
+        data_dir: &Path,
+        database_url: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let addr = |key: &'static str, v: &str| {
+            v.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
+                key,
+                reason: format!("must be an address like 127.0.0.1:8443, not {v:?}"),
+            })
+        };
+        let https_listen = addr("server.https_listen", &file.server.https_listen)?;
+        let http_listen = addr("server.http_listen", &file.server.http_listen)?;
+        let url = |key: &'static str, v: Option<String>, scheme: &str, port: u16| {
+            let v = v.unwrap_or_else(|| format!("{scheme}://localhost:{port}"));
+            if !(v.starts_with("http://") || v.starts_with("https://")) || v.contains(char::is_whitespace)
+            {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("must be an http:// or https:// URL, not {v:?}"),
+                });
+            }
+            Ok(v.trim_end_matches('/').to_owned())
+        };
+        let tls = match file.server.tls.as_str() {
+            "self" => TlsMode::SelfIssued,
+            "off" => TlsMode::Off,
+            "files" => match (file.server.tls_cert, file.server.tls_key) {
+                (Some(cert), Some(key)) => TlsMode::Files { cert, key },
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "server.tls",
+                        reason: "= \"files\" needs server.tls_cert and server.tls_key".into(),
+                    })
+                }
+            },
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "server.tls",
+                    reason: format!("must be \"self\", \"files\" or \"off\", not {other:?}"),
+                })
+            }
+        };
+        let public_https_url = url(
+            "server.public_https_url",
+            file.server.public_https_url,
+            if tls == TlsMode::Off { "http" } else { "https" },
+            https_listen.port(),
+        )?;
+        let public_http_url = url(
+            "server.public_http_url",
+            file.server.public_http_url,
+            "http",
+            http_listen.port(),
+        )?;
+        let database_url = database_url
+            .or(file.database.url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("hallmark.db").display()));
+
+        let p = file.policy;
+        let key_types = p
+            .key_types
+            .iter()
+            .map(|k| k.parse::<AllowedKey>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| ConfigError::Invalid {
+                key: "policy.key_types",
+                reason,
+            })?;
+        if p.max_validity_days == 0 || p.default_validity_days == 0 || p.default_validity_days > p.max_validity_days {
+            return Err(ConfigError::Invalid {
+                key: "policy.default_validity_days",
+                reason: format!(
+                    "({}) must be between 1 and policy.max_validity_days ({})",
+                    p.default_validity_days, p.max_validity_days
+                ),
+            });
+        }
+        for suffix in &p.allowed_suffixes {
+            if suffix.is_empty() || suffix.starts_with('.') || suffix.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err(ConfigError::Invalid {
+                    key: "policy.allowed_suffixes",
+                    reason: format!("entries are lower-case domains without a leading dot, not {suffix:?}"),
+                });
+            }
+        }
+        let policy = Policy {
+            allowed_suffixes: p.allowed_suffixes,
+            allow_ip: p.allow_ip,
+            allow_wildcard: p.allow_wildcard,
+            default_validity_days: p.default_validity_days,
+            max_validity_days: p.max_validity_days,
+            key_types,
+        };
+        let ca_key_type = file.ca.key_type.parse::<KeyType>().map_err(|e| ConfigError::Invalid {
+            key: "ca.key_type",
+            reason: e.to_string(),
+        })?;
+        if file.crl.validity_hours == 0 || file.crl.regenerate_every_hours >= file.crl.validity_hours {
+            return Err(ConfigError::Invalid {
+                key: "crl.regenerate_every_hours",
+                reason: "must be less than crl.validity_hours, so a new CRL is out before the old one expires".into(),
+            });
+        }
+        Ok(Config {
+            data_dir: data_dir.to_path_buf(),
+            https_listen,
+            http_listen,
+            public_https_url,
+            public_http_url,
+            tls,
+            database_url,
+            policy,
+            validation: file.validation,
+            crl: file.crl,
+            ca_key_type,
+            ca: file.ca,
+        })
+    }
+}
+
+/// An environment value as TOML if it parses as a TOML value (`true`, `80`,
+/// `["a", "b"]`), else as a plain string (`127.0.0.1:8443`).
+fn env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+/// The commented configuration written into a new data directory.
+pub const EXAMPLE_CONFIG: &str = include_str!("../hallmark.example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(None, dir.path(), env(&[])).unwrap();
+        assert_eq!(c.https_listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.public_http_url, "http://localhost:8080");
+        assert_eq!(c.tls, TlsMode::SelfIssued);
+        assert!(c.database_url.starts_with("sqlite://"));
+        assert_eq!(c.policy, Policy::default());
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.toml");
+        std::fs::write(&path, EXAMPLE_CONFIG).unwrap();
+        Config::load(Some(&path), dir.path(), env(&[])).unwrap();
+    }
+
+    #[test]
+    fn environment_overrides_file_and_database_url_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "[policy]\nallow_ip = true\n[database]\nurl = \"sqlite://x.db\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            None,
+            dir.path(),
+            env(&[
+                ("HALLMARK_POLICY__ALLOW_IP", "false"),
+                ("HALLMARK_POLICY__ALLOWED_SUFFIXES", "[\"corp\"]"),
+                ("HALLMARK_SERVER__HTTP_LISTEN", "127.0.0.1:9090"),
+                ("DATABASE_URL", "postgres://db/x"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.policy.allow_ip);
+        assert_eq!(c.policy.allowed_suffixes, vec!["corp".to_string()]);
+        assert_eq!(c.http_listen.port(), 9090);
+        assert_eq!(c.public_http_url, "http://localhost:9090");
+        assert_eq!(c.database_url, "postgres://db/x");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |pairs: &[(&str, &str)]| Config::load(None, dir.path(), env(pairs)).unwrap_err().to_string();
+        assert!(err(&[("HALLMARK_SERVER__TLS", "maybe")]).contains("server.tls"));
+        assert!(err(&[("HALLMARK_POLICY__KEY_TYPES", "[\"dsa\"]")]).contains("policy.key_types"));
+        assert!(err(&[("HALLMARK_POLICY__NO_SUCH_KEY", "1")]).contains("no_such_key"));
+        assert!(err(&[("HALLMARK_SERVER__HTTPS_LISTEN", "localhost")]).contains("server.https_listen"));
+        let missing = Config::load(Some(&dir.path().join("nope.toml")), dir.path(), env(&[]));
+        assert!(matches!(missing, Err(ConfigError::Read { .. })));
+    }
+}

@@ -1,0 +1,77 @@
+//! The HTTP edge: axum routers for the two listeners, the problem+json error
+//! type, and the connection loop with TLS and graceful shutdown.
+
+pub mod problem;
+pub mod public;
+pub mod server;
+pub mod web;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::Router;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::workflow::Authority;
+
+/// Largest request body accepted anywhere (a CSR with 100 names is ~5 KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest time a request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Shared by every handler.
+pub struct AppState {
+    /// The CA.
+    pub authority: Arc<Authority>,
+    /// Pre-encoded CA certificates.
+    pub ca_files: public::CaFiles,
+    /// Public HTTPS base URL.
+    pub public_https_url: String,
+    /// Public HTTP base URL.
+    pub public_http_url: String,
+}
+
+fn common_layers(router: Router) -> Router {
+    router
+        .fallback(|| async { problem::Problem::not_found("there is nothing at this path") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// The plain-HTTP listener: what certificates point to (CA certificates,
+/// later CRLs and OCSP) and health checks.
+pub fn http_router(state: Arc<AppState>) -> Router {
+    common_layers(public::router().with_state(state))
+}
+
+/// The HTTPS listener: the public routes, the web pages (and later the API,
+/// ACME and dashboard), with browser security headers.
+pub fn https_router(state: Arc<AppState>) -> Router {
+    let router = public::router().merge(web::router()).with_state(state);
+    common_layers(router)
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
+        ))
+}

@@ -1,0 +1,110 @@
+//! The one error type of the HTTP edge: RFC 9457 `application/problem+json`.
+//! Layer errors become problems here and nowhere else.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::pki::CsrError;
+use crate::policy::PolicyError;
+use crate::store::StoreError;
+use crate::workflow::WorkflowError;
+
+/// A problem document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// `urn:ietf:params:acme:error:<code>` or `urn:hallmark:error:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A short summary of the kind.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// One sentence saying what was wrong.
+    pub detail: String,
+}
+
+impl Problem {
+    /// A problem with an ACME error code (RFC 8555 §6.7).
+    pub fn acme(status: StatusCode, code: &str, title: &'static str, detail: impl Into<String>) -> Self {
+        Problem {
+            kind: format!("urn:ietf:params:acme:error:{code}"),
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+        }
+    }
+
+    /// A problem with a hallmark error code.
+    pub fn hallmark(status: StatusCode, code: &str, title: &'static str, detail: impl Into<String>) -> Self {
+        Problem {
+            kind: format!("urn:hallmark:error:{code}"),
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+        }
+    }
+
+    /// 404.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::hallmark(StatusCode::NOT_FOUND, "notFound", "Not found", detail)
+    }
+
+    /// 500 with a generic detail; the cause is logged, never sent.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::acme(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "serverInternal",
+            "Internal server error",
+            "the server failed to handle the request; the error has been logged",
+        )
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"))],
+            body,
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Problem::not_found("no such resource"),
+            other => Problem::internal(&other),
+        }
+    }
+}
+
+impl From<WorkflowError> for Problem {
+    fn from(e: WorkflowError) -> Self {
+        let bad = StatusCode::BAD_REQUEST;
+        match e {
+            WorkflowError::Csr(CsrError::UnsupportedName { .. })
+            | WorkflowError::Csr(CsrError::BadIpAddress) => {
+                Problem::acme(bad, "rejectedIdentifier", "Identifier rejected", e.to_string())
+            }
+            WorkflowError::Csr(ref c) => Problem::acme(bad, "badCSR", "Bad CSR", c.to_string()),
+            WorkflowError::Policy(ref p) => match p {
+                PolicyError::WeakRsaKey { .. } | PolicyError::BadRsaExponent | PolicyError::KeyTypeNotAllowed(..) => {
+                    Problem::acme(bad, "badPublicKey", "Public key not allowed", p.to_string())
+                }
+                PolicyError::ValidityNotAllowed { .. } => {
+                    Problem::acme(bad, "malformed", "Malformed request", p.to_string())
+                }
+                _ => Problem::acme(bad, "rejectedIdentifier", "Identifier rejected", p.to_string()),
+            },
+            WorkflowError::Profile(p) => Problem::acme(bad, "malformed", "Malformed request", p.to_string()),
+            WorkflowError::Ca(c) => Problem::internal(&c),
+            WorkflowError::Store(s) => s.into(),
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Starting the service: open the store, load the CA, register issuers,
+//! create the initial admin, provide the HTTPS certificate, then serve both
+//! listeners until shutdown.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use time::{Duration, OffsetDateTime};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use x509_parser::prelude::FromDer;
+use zeroize::Zeroizing;
+
+use crate::config::{Config, TlsMode};
+use crate::datadir::{self, DataDirError, Layout};
+use crate::http::{self, public::CaFiles, AppState};
+use crate::pki::{pem_decode_all, CaCertificate, Identifier, KeySigner, KeyType, PrivateKey};
+use crate::store::{self, IssuerKind, IssuerRecord, StoreError};
+use crate::workflow::{users, Authority, WorkflowError};
+
+/// Validity of the HTTPS listener's own certificate.
+const SERVICE_CERT_DAYS: u32 = 90;
+/// Renew the HTTPS certificate when less than this is left.
+const SERVICE_CERT_RENEW_BEFORE: Duration = Duration::days(30);
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Keys or certificates in the data directory.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Issuing the HTTPS certificate.
+    #[error("issuing the HTTPS certificate failed: {0}")]
+    Workflow(#[from] WorkflowError),
+    /// The TLS configuration.
+    #[error("TLS set-up failed: {0}")]
+    Tls(String),
+}
+
+/// A started (not yet serving) hallmark instance.
+pub struct Service {
+    config: Config,
+    authority: Arc<Authority>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    initial_admin_password: Option<Zeroizing<String>>,
+}
+
+impl Service {
+    /// Opens everything the service needs. The CA must exist.
+    pub async fn start(config: Config) -> Result<Service, StartError> {
+        let layout = Layout::new(&config.data_dir);
+        let authority = open_authority(&config).await?;
+        let tls = match &config.tls {
+            TlsMode::Off => None,
+            TlsMode::SelfIssued => {
+                let (chain, key) = ensure_service_certificate(&config, &layout, &authority).await?;
+                Some(tls_config(&chain, &key)?)
+            }
+            TlsMode::Files { cert, key } => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read_to_string(p).map_err(|e| StartError::Tls(format!("{}: {e}", p.display())))
+                };
+                Some(tls_config(&read(cert)?, &Zeroizing::new(read(key)?))?)
+            }
+        };
+        // Last, so a start that fails earlier cannot swallow the one-time
+        // password.
+        let initial_admin_password = users::ensure_initial_admin(authority.store().as_ref()).await?;
+        Ok(Service {
+            config,
+            authority,
+            tls,
+            initial_admin_password,
+        })
+    }
+
+    /// The CA.
+    pub fn authority(&self) -> &Arc<Authority> {
+        &self.authority
+    }
+
+    /// The one-time password of the initial `admin`, if this start created it.
+    pub fn take_initial_admin_password(&mut self) -> Option<Zeroizing<String>> {
+        self.initial_admin_password.take()
+    }
+
+    /// Serves the HTTPS and HTTP listeners until `shutdown` turns true.
+    pub async fn run(self, https: TcpListener, http: TcpListener, shutdown: watch::Receiver<bool>) {
+        let issuing = self.authority.issuer().certificate().clone();
+        let state = Arc::new(AppState {
+            ca_files: CaFiles::new(self.authority.root(), &issuing),
+            authority: self.authority.clone(),
+            public_https_url: self.config.public_https_url.clone(),
+            public_http_url: self.config.public_http_url.clone(),
+        });
+        let https_task = http::server::serve(https, http::https_router(state.clone()), self.tls.clone(), shutdown.clone());
+        let http_task = http::server::serve(http, http::http_router(state), None, shutdown);
+        tokio::join!(https_task, http_task);
+    }
+}
+
+/// Loads the CA from the data directory, opens (and migrates) the store and
+/// registers the CA certificates in it.
+pub async fn open_authority(config: &Config) -> Result<Arc<Authority>, StartError> {
+    let layout = Layout::new(&config.data_dir);
+    let issuer = datadir::load_issuer(&layout, &config.public_http_url)?;
+    let root = datadir::load_root_cert(&layout)?;
+    let store = store::connect(&config.database_url).await?;
+    for (cert, kind) in [(&root, IssuerKind::Root), (issuer.certificate(), IssuerKind::Intermediate)] {
+        store.upsert_issuer(&issuer_record(cert, kind)).await?;
+    }
+    Ok(Arc::new(Authority::new(store, config.policy.clone(), issuer, root)))
+}
+
+fn issuer_record(cert: &CaCertificate, kind: IssuerKind) -> IssuerRecord {
+    IssuerRecord {
+        id: cert.id().to_owned(),
+        kind,
+        subject: cert.subject().to_owned(),
+        cert_der: cert.der().to_vec(),
+        key_id: cert.key_id().to_vec(),
+        not_before: cert.not_before().unix_timestamp(),
+        not_after: cert.not_after().unix_timestamp(),
+    }
+}
+
+/// The names the HTTPS certificate covers: localhost, the loopback
+/// addresses, the host of `public_https_url` and a specific listen address.
+pub fn service_identifiers(config: &Config) -> Vec<Identifier> {
+    let mut ids = vec![
+        Identifier::Dns("localhost".into()),
+        Identifier::Ip("127.0.0.1".parse().expect("literal address")),
+        Identifier::Ip("::1".parse().expect("literal address")),
+    ];
+    let after_scheme = config.public_https_url.split("://").nth(1).unwrap_or("");
+    let authority = after_scheme.split('/').next().unwrap_or("");
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    let extra = match host.parse::<IpAddr>() {
+        Ok(ip) => Some(Identifier::Ip(ip)),
+        Err(_) if !host.is_empty() => Some(Identifier::Dns(host.to_ascii_lowercase())),
+        Err(_) => None,
+    };
+    let listen = config.https_listen.ip();
+    let listen = (!listen.is_unspecified()).then_some(Identifier::Ip(listen));
+    for id in [extra, listen].into_iter().flatten() {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// Returns the HTTPS chain and key PEM, issuing a new certificate when there
+/// is none, it expires within 30 days, its issuer changed or its names do
+/// not cover the configured ones.
+async fn ensure_service_certificate(
+    config: &Config,
+    layout: &Layout,
+    authority: &Authority,
+) -> Result<(String, Zeroizing<String>), StartError> {
+    let wanted = service_identifiers(config);
+    let issuer_pem = authority.issuer().certificate().pem();
+    if let (Ok(chain), Ok(key)) = (
+        std::fs::read_to_string(layout.tls_cert()),
+        std::fs::read_to_string(layout.tls_key()),
+    ) {
+        if service_certificate_is_current(&chain, &issuer_pem, &wanted) {
+            return Ok((chain, Zeroizing::new(key)));
+        }
+    }
+    let key = PrivateKey::generate(KeyType::P256).map_err(|e| StartError::Tls(e.to_string()))?;
+    let signed = authority
+        .issue_service_certificate(key.public_key_spki(), &wanted, SERVICE_CERT_DAYS)
+        .await?;
+    let key_pem = key.to_pkcs8_pem().map_err(|e| StartError::Tls(e.to_string()))?;
+    datadir::replace_file(&layout.tls_key(), key_pem.as_bytes(), 0o600)?;
+    datadir::replace_file(&layout.tls_cert(), signed.chain_pem.as_bytes(), 0o644)?;
+    tracing::info!(serial = %signed.certificate.serial, "issued a new HTTPS certificate");
+    Ok((signed.chain_pem, key_pem))
+}
+
+fn service_certificate_is_current(chain: &str, issuer_pem: &str, wanted: &[Identifier]) -> bool {
+    let blocks = pem_decode_all(chain, "CERTIFICATE");
+    let issuer = pem_decode_all(issuer_pem, "CERTIFICATE");
+    let (Some(leaf), Some(chain_issuer)) = (blocks.first(), blocks.get(1)) else {
+        return false;
+    };
+    if issuer.first() != Some(chain_issuer) {
+        return false;
+    }
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(leaf) else {
+        return false;
+    };
+    let not_after = cert.validity().not_after.to_datetime();
+    if not_after - OffsetDateTime::now_utc() < SERVICE_CERT_RENEW_BEFORE {
+        return false;
+    }
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    let have: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => (*d).to_owned(),
+            x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b).map(|a| IpAddr::from(a).to_string()).unwrap_or_default(),
+                16 => <[u8; 16]>::try_from(*b).map(|a| IpAddr::from(a).to_string()).unwrap_or_default(),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        })
+        .collect();
+    wanted.iter().all(|id| have.contains(&id.value()))
+}
+
+/// A rustls server configuration (TLS 1.2 and 1.3, h2 and http/1.1).
+pub fn tls_config(chain_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| StartError::Tls(format!("certificate chain: {e}")))?;
+    if certs.is_empty() {
+        return Err(StartError::Tls("the certificate file holds no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| StartError::Tls(format!("private key: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
