@@ -288,8 +288,12 @@ impl Config {
                 database_url = Some(value);
                 continue;
             }
-            let Some(rest) = name.strip_prefix("HALLMARK_") else { continue };
-            let Some((section, key)) = rest.split_once("__") else { continue };
+            let Some(rest) = name.strip_prefix("HALLMARK_") else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once("__") else {
+                continue;
+            };
             let section = section.to_ascii_lowercase();
             let key = key.to_ascii_lowercase();
             let entry = table
@@ -328,7 +332,8 @@ impl Config {
         let http_listen = addr("server.http_listen", &file.server.http_listen)?;
         let url = |key: &'static str, v: Option<String>, scheme: &str, port: u16| {
             let v = v.unwrap_or_else(|| format!("{scheme}://localhost:{port}"));
-            if !(v.starts_with("http://") || v.starts_with("https://")) || v.contains(char::is_whitespace)
+            if !(v.starts_with("http://") || v.starts_with("https://"))
+                || v.contains(char::is_whitespace)
             {
                 return Err(ConfigError::Invalid {
                     key,
@@ -382,7 +387,10 @@ impl Config {
                 key: "policy.key_types",
                 reason,
             })?;
-        if p.max_validity_days == 0 || p.default_validity_days == 0 || p.default_validity_days > p.max_validity_days {
+        if p.max_validity_days == 0
+            || p.default_validity_days == 0
+            || p.default_validity_days > p.max_validity_days
+        {
             return Err(ConfigError::Invalid {
                 key: "policy.default_validity_days",
                 reason: format!(
@@ -392,10 +400,15 @@ impl Config {
             });
         }
         for suffix in &p.allowed_suffixes {
-            if suffix.is_empty() || suffix.starts_with('.') || suffix.bytes().any(|b| b.is_ascii_uppercase()) {
+            if suffix.is_empty()
+                || suffix.starts_with('.')
+                || suffix.bytes().any(|b| b.is_ascii_uppercase())
+            {
                 return Err(ConfigError::Invalid {
                     key: "policy.allowed_suffixes",
-                    reason: format!("entries are lower-case domains without a leading dot, not {suffix:?}"),
+                    reason: format!(
+                        "entries are lower-case domains without a leading dot, not {suffix:?}"
+                    ),
                 });
             }
         }
@@ -407,11 +420,17 @@ impl Config {
             max_validity_days: p.max_validity_days,
             key_types,
         };
-        let ca_key_type = file.ca.key_type.parse::<KeyType>().map_err(|e| ConfigError::Invalid {
-            key: "ca.key_type",
-            reason: e.to_string(),
-        })?;
-        if file.crl.validity_hours == 0 || file.crl.regenerate_every_hours >= file.crl.validity_hours {
+        let ca_key_type =
+            file.ca
+                .key_type
+                .parse::<KeyType>()
+                .map_err(|e| ConfigError::Invalid {
+                    key: "ca.key_type",
+                    reason: e.to_string(),
+                })?;
+        if file.crl.validity_hours == 0
+            || file.crl.regenerate_every_hours >= file.crl.validity_hours
+        {
             return Err(ConfigError::Invalid {
                 key: "crl.regenerate_every_hours",
                 reason: "must be less than crl.validity_hours, so a new CRL is out before the old one expires".into(),
@@ -451,7 +470,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -502,11 +524,17 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let dir = tempfile::tempdir().unwrap();
-        let err = |pairs: &[(&str, &str)]| Config::load(None, dir.path(), env(pairs)).unwrap_err().to_string();
+        let err = |pairs: &[(&str, &str)]| {
+            Config::load(None, dir.path(), env(pairs))
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err(&[("HALLMARK_SERVER__TLS", "maybe")]).contains("server.tls"));
         assert!(err(&[("HALLMARK_POLICY__KEY_TYPES", "[\"dsa\"]")]).contains("policy.key_types"));
         assert!(err(&[("HALLMARK_POLICY__NO_SUCH_KEY", "1")]).contains("no_such_key"));
-        assert!(err(&[("HALLMARK_SERVER__HTTPS_LISTEN", "localhost")]).contains("server.https_listen"));
+        assert!(
+            err(&[("HALLMARK_SERVER__HTTPS_LISTEN", "localhost")]).contains("server.https_listen")
+        );
         let missing = Config::load(Some(&dir.path().join("nope.toml")), dir.path(), env(&[]));
         assert!(matches!(missing, Err(ConfigError::Read { .. })));
     }

@@ -142,7 +142,11 @@ pub struct InitOutcome {
 
 /// Creates a CA (root + issuing intermediate) in `config.data_dir`, and a
 /// commented `hallmark.toml` if there is none. Refuses if a CA exists.
-pub fn init_ca(config: &Config, passphrase: &[u8], now: OffsetDateTime) -> Result<InitOutcome, DataDirError> {
+pub fn init_ca(
+    config: &Config,
+    passphrase: &[u8],
+    now: OffsetDateTime,
+) -> Result<InitOutcome, DataDirError> {
     let layout = Layout::new(&config.data_dir);
     if layout.has_ca() {
         return Err(DataDirError::AlreadyInitialised(config.data_dir.clone()));
@@ -182,16 +186,27 @@ pub fn init_ca(config: &Config, passphrase: &[u8], now: OffsetDateTime) -> Resul
         path: layout.issuing_key(),
         source,
     })?;
-    let intermediate = root_issuer.issue_intermediate(&int_key.into_signer(), &names, now, Serial::random(&mut rng))?;
+    let intermediate = root_issuer.issue_intermediate(
+        &int_key.into_signer(),
+        &names,
+        now,
+        Serial::random(&mut rng),
+    )?;
 
     // Write everything into a fresh temporary directory, then rename it into
     // place: all or nothing.
-    let staging = config.data_dir.join(format!(".ca-{}", hex::encode(rand::random::<[u8; 6]>())));
+    let staging = config
+        .data_dir
+        .join(format!(".ca-{}", hex::encode(rand::random::<[u8; 6]>())));
     create_private_dir(&staging)?;
     let result = (|| {
         write_new(&staging.join("root.crt.pem"), root.pem().as_bytes(), 0o644)?;
         write_new(&staging.join("root.key.pem"), root_pem.as_bytes(), 0o600)?;
-        write_new(&staging.join("issuing.crt.pem"), intermediate.pem().as_bytes(), 0o644)?;
+        write_new(
+            &staging.join("issuing.crt.pem"),
+            intermediate.pem().as_bytes(),
+            0o644,
+        )?;
         write_new(&staging.join("issuing.key.pem"), int_pem.as_bytes(), 0o600)?;
         fs::rename(&staging, layout.ca_dir()).map_err(io_err(&layout.ca_dir()))
     })();
@@ -222,14 +237,26 @@ pub fn load_issuer(layout: &Layout, public_http_url: &str) -> Result<Issuer, Dat
     let id = ca::intermediate_id(cert.key_id());
     let cert = CaCertificate::from_der(id.clone(), cert.der().to_vec())?;
     let key = read_key(&layout.issuing_key(), None)?;
-    Ok(Issuer::new(cert, key.into_signer(), issuer_urls(public_http_url, &id, true))?)
+    Ok(Issuer::new(
+        cert,
+        key.into_signer(),
+        issuer_urls(public_http_url, &id, true),
+    )?)
 }
 
 /// Reads the root with its key (needs the passphrase).
-pub fn load_root_issuer(layout: &Layout, public_http_url: &str, passphrase: &[u8]) -> Result<Issuer, DataDirError> {
+pub fn load_root_issuer(
+    layout: &Layout,
+    public_http_url: &str,
+    passphrase: &[u8],
+) -> Result<Issuer, DataDirError> {
     let cert = load_root_cert(layout)?;
     let key = read_key(&layout.root_key(), Some(passphrase))?;
-    Ok(Issuer::new(cert, key.into_signer(), issuer_urls(public_http_url, "root", false))?)
+    Ok(Issuer::new(
+        cert,
+        key.into_signer(),
+        issuer_urls(public_http_url, "root", false),
+    )?)
 }
 
 /// Reads a PKCS#8 key file.

@@ -68,7 +68,10 @@ enum AuditCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -101,7 +104,9 @@ fn error_sentence(e: &anyhow::Error) -> String {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -119,13 +124,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init(&config, true)
         }
         Command::Serve => serve(config).await,
-        Command::Sign { csr_file, days, profile } => sign(config, csr_file, days, profile).await,
+        Command::Sign {
+            csr_file,
+            days,
+            profile,
+        } => sign(config, csr_file, days, profile).await,
         Command::Audit {
             command: AuditCommand::Verify,
         } => {
             let store = hallmark::store::connect(&config.database_url).await?;
             let summary = audit::verify(store.as_ref()).await?;
-            println!("audit log verified: {} records, head {}", summary.records, summary.head);
+            println!(
+                "audit log verified: {} records, head {}",
+                summary.records, summary.head
+            );
             Ok(())
         }
     }
@@ -137,7 +149,9 @@ fn root_passphrase(confirm: bool) -> anyhow::Result<Zeroizing<String>> {
         return Ok(Zeroizing::new(p));
     }
     if !std::io::stdin().is_terminal() {
-        bail!("the root key passphrase is needed: set HALLMARK_ROOT_PASSPHRASE or run in a terminal");
+        bail!(
+            "the root key passphrase is needed: set HALLMARK_ROOT_PASSPHRASE or run in a terminal"
+        );
     }
     let first = Zeroizing::new(rpassword::prompt_password("Root key passphrase: ")?);
     if confirm {
@@ -157,9 +171,20 @@ fn init(config: &Config, explicit: bool) -> anyhow::Result<()> {
     let passphrase = root_passphrase(true)?;
     let outcome = datadir::init_ca(config, passphrase.as_bytes(), OffsetDateTime::now_utc())?;
     println!("Created a CA in {}:", config.data_dir.display());
-    println!("  root          {} (until {})", outcome.root.subject(), outcome.root.not_after().date());
-    println!("  issuing CA    {} (until {})", outcome.intermediate.subject(), outcome.intermediate.not_after().date());
-    println!("  root key      {} (encrypted; keep the passphrase safe)", layout.root_key().display());
+    println!(
+        "  root          {} (until {})",
+        outcome.root.subject(),
+        outcome.root.not_after().date()
+    );
+    println!(
+        "  issuing CA    {} (until {})",
+        outcome.intermediate.subject(),
+        outcome.intermediate.not_after().date()
+    );
+    println!(
+        "  root key      {} (encrypted; keep the passphrase safe)",
+        layout.root_key().display()
+    );
     Ok(())
 }
 
@@ -170,10 +195,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let https = tokio::net::TcpListener::bind(config.https_listen)
         .await
-        .with_context(|| format!("cannot listen on {} (server.https_listen)", config.https_listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.https_listen)",
+                config.https_listen
+            )
+        })?;
     let http = tokio::net::TcpListener::bind(config.http_listen)
         .await
-        .with_context(|| format!("cannot listen on {} (server.http_listen)", config.http_listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.http_listen)",
+                config.http_listen
+            )
+        })?;
     let started = std::time::Instant::now();
     let mut service = Service::start(config.clone()).await?;
     tracing::info!(
@@ -185,7 +220,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     println!("hallmark is serving:");
     println!("  dashboard and API  {}/", config.public_https_url);
-    println!("  CA certificates    {}/ca/root.crt", config.public_http_url);
+    println!(
+        "  CA certificates    {}/ca/root.crt",
+        config.public_http_url
+    );
     if let Some(password) = service.take_initial_admin_password() {
         println!();
         println!("  Initial administrator: admin");
@@ -224,7 +262,12 @@ async fn shutdown_signal() {
     }
 }
 
-async fn sign(config: Config, csr_file: PathBuf, days: Option<u32>, profile: String) -> anyhow::Result<()> {
+async fn sign(
+    config: Config,
+    csr_file: PathBuf,
+    days: Option<u32>,
+    profile: String,
+) -> anyhow::Result<()> {
     let csr = if csr_file.as_os_str() == "-" {
         let mut buf = Vec::new();
         std::io::stdin().read_to_end(&mut buf)?;
@@ -248,7 +291,13 @@ async fn sign(config: Config, csr_file: PathBuf, days: Option<u32>, profile: Str
     eprintln!(
         "signed serial {} for {} (until {})",
         signed.certificate.serial,
-        signed.certificate.identifiers.iter().map(|i| i.value()).collect::<Vec<_>>().join(", "),
+        signed
+            .certificate
+            .identifiers
+            .iter()
+            .map(|i| i.value())
+            .collect::<Vec<_>>()
+            .join(", "),
         signed.certificate.not_after
     );
     print!("{}", signed.chain_pem);

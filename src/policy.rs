@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::pki::{Csr, Identifier, KeyType, PublicKeyKind};
+use crate::pki::{Csr, Identifier, KeyType, PublicKeyKind, UnverifiedCsr};
 
 /// At most this many names in one certificate.
 pub const MAX_NAMES: usize = 100;
@@ -30,9 +30,11 @@ impl std::str::FromStr for AllowedKey {
         if s == "ed25519" {
             return Ok(AllowedKey::Ed25519);
         }
-        s.parse::<KeyType>()
-            .map(AllowedKey::Key)
-            .map_err(|_| format!("unknown key type {s:?}; expected p256, p384, rsa2048, rsa3072, rsa4096 or ed25519"))
+        s.parse::<KeyType>().map(AllowedKey::Key).map_err(|_| {
+            format!(
+                "unknown key type {s:?}; expected p256, p384, rsa2048, rsa3072, rsa4096 or ed25519"
+            )
+        })
     }
 }
 
@@ -130,6 +132,12 @@ impl Policy {
         self.check_identifiers(csr.identifiers())
     }
 
+    /// Checks the key of a CSR before its signature is verified, so a weak
+    /// key is refused as weak (and no verification is spent on it).
+    pub fn check_unverified(&self, csr: &UnverifiedCsr) -> Result<(), PolicyError> {
+        self.check_key(csr.key())
+    }
+
     /// Checks a subject public key against `key_types`.
     pub fn check_key(&self, key: &PublicKeyKind) -> Result<(), PolicyError> {
         let allowed = |k: AllowedKey| self.key_types.contains(&k);
@@ -148,7 +156,10 @@ impl Policy {
                     .collect();
                 if let Some(min) = sizes.iter().min() {
                     if bits < min {
-                        return Err(PolicyError::WeakRsaKey { bits: *bits, min: *min });
+                        return Err(PolicyError::WeakRsaKey {
+                            bits: *bits,
+                            min: *min,
+                        });
                     }
                 }
                 if !exponent_ok {
@@ -180,7 +191,10 @@ impl Policy {
     }
 
     /// Checks names against policy; de-duplicates them, keeping order.
-    pub fn check_identifiers(&self, identifiers: &[Identifier]) -> Result<Vec<Identifier>, PolicyError> {
+    pub fn check_identifiers(
+        &self,
+        identifiers: &[Identifier],
+    ) -> Result<Vec<Identifier>, PolicyError> {
         let mut seen = BTreeSet::new();
         let unique: Vec<Identifier> = identifiers
             .iter()
@@ -219,7 +233,9 @@ impl Policy {
             return Err(PolicyError::NotLowerCase(name.to_owned()));
         }
         if !name.is_ascii() {
-            return invalid("it is not ASCII; use the xn-- A-label form of internationalised names");
+            return invalid(
+                "it is not ASCII; use the xn-- A-label form of internationalised names",
+            );
         }
         if name.is_empty() || name.len() > MAX_NAME_LEN {
             return invalid("it must be 1 to 253 characters long");
@@ -241,14 +257,19 @@ impl Policy {
             if label.len() > MAX_LABEL_LEN {
                 return invalid("a label is longer than 63 characters");
             }
-            if !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
                 return invalid("labels may hold only a-z, 0-9 and hyphens");
             }
             if label.starts_with('-') || label.ends_with('-') {
                 return invalid("a label starts or ends with a hyphen");
             }
             if label.len() >= 4 && &label[2..4] == "--" && !label.starts_with("xn--") {
-                return invalid("only xn-- labels may have hyphens in the third and fourth positions");
+                return invalid(
+                    "only xn-- labels may have hyphens in the third and fourth positions",
+                );
             }
         }
         // The name must be strictly below an allowed suffix; a wildcard's base
@@ -300,10 +321,17 @@ mod tests {
     fn names_under_allowed_suffixes_pass() {
         let p = Policy::default();
         let ok = p
-            .check_identifiers(&[dns("a.internal"), dns("b.c.test"), dns("*.x.internal"), dns("a.internal")])
+            .check_identifiers(&[
+                dns("a.internal"),
+                dns("b.c.test"),
+                dns("*.x.internal"),
+                dns("a.internal"),
+            ])
             .unwrap();
         assert_eq!(ok.len(), 3, "duplicates are removed");
-        assert!(p.check_identifiers(&[dns("xn--bcher-kva.internal")]).is_ok());
+        assert!(p
+            .check_identifiers(&[dns("xn--bcher-kva.internal")])
+            .is_ok());
     }
 
     #[test]
@@ -311,17 +339,41 @@ mod tests {
         let p = Policy::default();
         let err = |n: &str| p.check_identifiers(&[dns(n)]).unwrap_err();
         assert!(matches!(err("A.internal"), PolicyError::NotLowerCase(_)));
-        assert!(matches!(err("example.com"), PolicyError::SuffixNotAllowed { .. }));
-        assert!(matches!(err("internal"), PolicyError::SuffixNotAllowed { .. }));
-        assert!(matches!(err("evilinternal"), PolicyError::SuffixNotAllowed { .. }));
+        assert!(matches!(
+            err("example.com"),
+            PolicyError::SuffixNotAllowed { .. }
+        ));
+        assert!(matches!(
+            err("internal"),
+            PolicyError::SuffixNotAllowed { .. }
+        ));
+        assert!(matches!(
+            err("evilinternal"),
+            PolicyError::SuffixNotAllowed { .. }
+        ));
         assert!(matches!(err("*.internal"), PolicyError::BadWildcard(_)));
         assert!(matches!(err("a.*.internal"), PolicyError::BadWildcard(_)));
-        assert!(matches!(err("a_b.internal"), PolicyError::InvalidDnsName(..)));
-        assert!(matches!(err("-a.internal"), PolicyError::InvalidDnsName(..)));
-        assert!(matches!(err("bücher.internal"), PolicyError::InvalidDnsName(..)));
-        assert!(matches!(err("a..internal"), PolicyError::InvalidDnsName(..)));
+        assert!(matches!(
+            err("a_b.internal"),
+            PolicyError::InvalidDnsName(..)
+        ));
+        assert!(matches!(
+            err("-a.internal"),
+            PolicyError::InvalidDnsName(..)
+        ));
+        assert!(matches!(
+            err("bücher.internal"),
+            PolicyError::InvalidDnsName(..)
+        ));
+        assert!(matches!(
+            err("a..internal"),
+            PolicyError::InvalidDnsName(..)
+        ));
         let many: Vec<_> = (0..101).map(|i| dns(&format!("h{i}.internal"))).collect();
-        assert_eq!(p.check_identifiers(&many).unwrap_err(), PolicyError::TooManyNames(101));
+        assert_eq!(
+            p.check_identifiers(&many).unwrap_err(),
+            PolicyError::TooManyNames(101)
+        );
     }
 
     #[test]
@@ -344,7 +396,8 @@ mod tests {
         assert!(open.check_identifiers(&[Identifier::Ip(ip)]).is_ok());
         let multicast: IpAddr = "224.0.0.1".parse().unwrap();
         assert!(matches!(
-            open.check_identifiers(&[Identifier::Ip(multicast)]).unwrap_err(),
+            open.check_identifiers(&[Identifier::Ip(multicast)])
+                .unwrap_err(),
             PolicyError::IpNotUnicast(_)
         ));
     }
@@ -353,16 +406,35 @@ mod tests {
     fn keys_are_checked_against_key_types() {
         let p = Policy::default();
         assert!(p.check_key(&PublicKeyKind::EcP256).is_ok());
-        assert!(p.check_key(&PublicKeyKind::Rsa { bits: 3072, exponent_ok: true }).is_ok());
+        assert!(p
+            .check_key(&PublicKeyKind::Rsa {
+                bits: 3072,
+                exponent_ok: true
+            })
+            .is_ok());
         assert_eq!(
-            p.check_key(&PublicKeyKind::Rsa { bits: 1024, exponent_ok: true }).unwrap_err(),
-            PolicyError::WeakRsaKey { bits: 1024, min: 2048 }
+            p.check_key(&PublicKeyKind::Rsa {
+                bits: 1024,
+                exponent_ok: true
+            })
+            .unwrap_err(),
+            PolicyError::WeakRsaKey {
+                bits: 1024,
+                min: 2048
+            }
         );
         assert_eq!(
-            p.check_key(&PublicKeyKind::Rsa { bits: 2048, exponent_ok: false }).unwrap_err(),
+            p.check_key(&PublicKeyKind::Rsa {
+                bits: 2048,
+                exponent_ok: false
+            })
+            .unwrap_err(),
             PolicyError::BadRsaExponent
         );
-        assert!(matches!(p.check_key(&PublicKeyKind::Ed25519), Err(PolicyError::KeyTypeNotAllowed(..))));
+        assert!(matches!(
+            p.check_key(&PublicKeyKind::Ed25519),
+            Err(PolicyError::KeyTypeNotAllowed(..))
+        ));
         assert!(matches!(
             p.check_key(&PublicKeyKind::EcOther("1.3.132.0.35".into())),
             Err(PolicyError::KeyTypeNotAllowed(..))

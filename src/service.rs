@@ -61,14 +61,16 @@ impl Service {
             }
             TlsMode::Files { cert, key } => {
                 let read = |p: &std::path::Path| {
-                    std::fs::read_to_string(p).map_err(|e| StartError::Tls(format!("{}: {e}", p.display())))
+                    std::fs::read_to_string(p)
+                        .map_err(|e| StartError::Tls(format!("{}: {e}", p.display())))
                 };
                 Some(tls_config(&read(cert)?, &Zeroizing::new(read(key)?))?)
             }
         };
         // Last, so a start that fails earlier cannot swallow the one-time
         // password.
-        let initial_admin_password = users::ensure_initial_admin(authority.store().as_ref()).await?;
+        let initial_admin_password =
+            users::ensure_initial_admin(authority.store().as_ref()).await?;
         Ok(Service {
             config,
             authority,
@@ -96,7 +98,12 @@ impl Service {
             public_https_url: self.config.public_https_url.clone(),
             public_http_url: self.config.public_http_url.clone(),
         });
-        let https_task = http::server::serve(https, http::https_router(state.clone()), self.tls.clone(), shutdown.clone());
+        let https_task = http::server::serve(
+            https,
+            http::https_router(state.clone()),
+            self.tls.clone(),
+            shutdown.clone(),
+        );
         let http_task = http::server::serve(http, http::http_router(state), None, shutdown);
         tokio::join!(https_task, http_task);
     }
@@ -109,10 +116,18 @@ pub async fn open_authority(config: &Config) -> Result<Arc<Authority>, StartErro
     let issuer = datadir::load_issuer(&layout, &config.public_http_url)?;
     let root = datadir::load_root_cert(&layout)?;
     let store = store::connect(&config.database_url).await?;
-    for (cert, kind) in [(&root, IssuerKind::Root), (issuer.certificate(), IssuerKind::Intermediate)] {
+    for (cert, kind) in [
+        (&root, IssuerKind::Root),
+        (issuer.certificate(), IssuerKind::Intermediate),
+    ] {
         store.upsert_issuer(&issuer_record(cert, kind)).await?;
     }
-    Ok(Arc::new(Authority::new(store, config.policy.clone(), issuer, root)))
+    Ok(Arc::new(Authority::new(
+        store,
+        config.policy.clone(),
+        issuer,
+        root,
+    )))
 }
 
 fn issuer_record(cert: &CaCertificate, kind: IssuerKind) -> IssuerRecord {
@@ -179,7 +194,9 @@ async fn ensure_service_certificate(
     let signed = authority
         .issue_service_certificate(key.public_key_spki(), &wanted, SERVICE_CERT_DAYS)
         .await?;
-    let key_pem = key.to_pkcs8_pem().map_err(|e| StartError::Tls(e.to_string()))?;
+    let key_pem = key
+        .to_pkcs8_pem()
+        .map_err(|e| StartError::Tls(e.to_string()))?;
     datadir::replace_file(&layout.tls_key(), key_pem.as_bytes(), 0o600)?;
     datadir::replace_file(&layout.tls_cert(), signed.chain_pem.as_bytes(), 0o644)?;
     tracing::info!(serial = %signed.certificate.serial, "issued a new HTTPS certificate");
@@ -212,8 +229,12 @@ fn service_certificate_is_current(chain: &str, issuer_pem: &str, wanted: &[Ident
         .map(|n| match n {
             x509_parser::extensions::GeneralName::DNSName(d) => (*d).to_owned(),
             x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
-                4 => <[u8; 4]>::try_from(*b).map(|a| IpAddr::from(a).to_string()).unwrap_or_default(),
-                16 => <[u8; 16]>::try_from(*b).map(|a| IpAddr::from(a).to_string()).unwrap_or_default(),
+                4 => <[u8; 4]>::try_from(*b)
+                    .map(|a| IpAddr::from(a).to_string())
+                    .unwrap_or_default(),
+                16 => <[u8; 16]>::try_from(*b)
+                    .map(|a| IpAddr::from(a).to_string())
+                    .unwrap_or_default(),
                 _ => String::new(),
             },
             _ => String::new(),
@@ -230,15 +251,20 @@ pub fn tls_config(chain_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerCo
         .collect::<Result<_, _>>()
         .map_err(|e| StartError::Tls(format!("certificate chain: {e}")))?;
     if certs.is_empty() {
-        return Err(StartError::Tls("the certificate file holds no certificate".into()));
+        return Err(StartError::Tls(
+            "the certificate file holds no certificate".into(),
+        ));
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| StartError::Tls(format!("private key: {e}")))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| StartError::Tls(format!("private key: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StartError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| StartError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -26,7 +26,12 @@ pub struct Problem {
 
 impl Problem {
     /// A problem with an ACME error code (RFC 8555 §6.7).
-    pub fn acme(status: StatusCode, code: &str, title: &'static str, detail: impl Into<String>) -> Self {
+    pub fn acme(
+        status: StatusCode,
+        code: &str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Problem {
             kind: format!("urn:ietf:params:acme:error:{code}"),
             title,
@@ -36,7 +41,12 @@ impl Problem {
     }
 
     /// A problem with a hallmark error code.
-    pub fn hallmark(status: StatusCode, code: &str, title: &'static str, detail: impl Into<String>) -> Self {
+    pub fn hallmark(
+        status: StatusCode,
+        code: &str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Problem {
             kind: format!("urn:hallmark:error:{code}"),
             title,
@@ -68,7 +78,10 @@ impl IntoResponse for Problem {
         let body = serde_json::to_vec(&self).unwrap_or_default();
         (
             status,
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            )],
             body,
         )
             .into_response()
@@ -89,20 +102,32 @@ impl From<WorkflowError> for Problem {
         let bad = StatusCode::BAD_REQUEST;
         match e {
             WorkflowError::Csr(CsrError::UnsupportedName { .. })
-            | WorkflowError::Csr(CsrError::BadIpAddress) => {
-                Problem::acme(bad, "rejectedIdentifier", "Identifier rejected", e.to_string())
-            }
+            | WorkflowError::Csr(CsrError::BadIpAddress) => Problem::acme(
+                bad,
+                "rejectedIdentifier",
+                "Identifier rejected",
+                e.to_string(),
+            ),
             WorkflowError::Csr(ref c) => Problem::acme(bad, "badCSR", "Bad CSR", c.to_string()),
             WorkflowError::Policy(ref p) => match p {
-                PolicyError::WeakRsaKey { .. } | PolicyError::BadRsaExponent | PolicyError::KeyTypeNotAllowed(..) => {
+                PolicyError::WeakRsaKey { .. }
+                | PolicyError::BadRsaExponent
+                | PolicyError::KeyTypeNotAllowed(..) => {
                     Problem::acme(bad, "badPublicKey", "Public key not allowed", p.to_string())
                 }
                 PolicyError::ValidityNotAllowed { .. } => {
                     Problem::acme(bad, "malformed", "Malformed request", p.to_string())
                 }
-                _ => Problem::acme(bad, "rejectedIdentifier", "Identifier rejected", p.to_string()),
+                _ => Problem::acme(
+                    bad,
+                    "rejectedIdentifier",
+                    "Identifier rejected",
+                    p.to_string(),
+                ),
             },
-            WorkflowError::Profile(p) => Problem::acme(bad, "malformed", "Malformed request", p.to_string()),
+            WorkflowError::Profile(p) => {
+                Problem::acme(bad, "malformed", "Malformed request", p.to_string())
+            }
             WorkflowError::Ca(c) => Problem::internal(&c),
             WorkflowError::Store(s) => s.into(),
         }

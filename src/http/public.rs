@@ -56,7 +56,10 @@ impl CaFiles {
             );
         }
         let chain = format!("{}{}", issuing.pem(), root.pem());
-        files.insert("chain.pem".into(), CachedFile::new(chain.into_bytes(), "application/pem-certificate-chain"));
+        files.insert(
+            "chain.pem".into(),
+            CachedFile::new(chain.into_bytes(), "application/pem-certificate-chain"),
+        );
         CaFiles { files }
     }
 }
@@ -69,7 +72,11 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/readyz", get(readyz))
 }
 
-async fn ca_file(State(state): State<Arc<AppState>>, Path(file): Path<String>, headers: HeaderMap) -> Response {
+async fn ca_file(
+    State(state): State<Arc<AppState>>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let Some(f) = state.ca_files.files.get(&file) else {
         return Problem::not_found(format!(
             "there is no CA file {file:?}; try root.crt, root.pem or chain.pem"
@@ -78,15 +85,25 @@ async fn ca_file(State(state): State<Arc<AppState>>, Path(file): Path<String>, h
     };
     let cache = [
         (header::ETAG, f.etag.clone()),
-        (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600")),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=3600"),
+        ),
     ];
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii() == f.etag.as_bytes() || t.trim_ascii() == b"*"));
+    let matches = headers.get(header::IF_NONE_MATCH).is_some_and(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii() == f.etag.as_bytes() || t.trim_ascii() == b"*")
+    });
     if matches {
         return (StatusCode::NOT_MODIFIED, cache).into_response();
     }
-    (cache, [(header::CONTENT_TYPE, f.content_type.clone())], f.body.clone()).into_response()
+    (
+        cache,
+        [(header::CONTENT_TYPE, f.content_type.clone())],
+        f.body.clone(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

@@ -36,6 +36,11 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let builder = Arc::new(builder);
+    // The guard `wait_for` returns is not Send; drop it inside this future.
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -78,7 +83,7 @@ pub async fn serve(
                     }
                 });
             }
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = &mut stop => break,
         }
     }
     drop(listener);

@@ -83,9 +83,7 @@ impl CaCertificate {
                     ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
                     _ => None,
                 })
-                .ok_or_else(|| {
-                    CaError::BadCertificate("it has no subjectKeyIdentifier".into())
-                })?;
+                .ok_or_else(|| CaError::BadCertificate("it has no subjectKeyIdentifier".into()))?;
             (
                 tbs.subject.to_string(),
                 tbs.subject.as_raw().to_vec(),
@@ -188,7 +186,11 @@ impl std::fmt::Debug for Issuer {
 impl Issuer {
     /// Pairs a CA certificate with its key; fails if they do not match.
     /// `urls` are put into every certificate this issuer signs.
-    pub fn new(cert: CaCertificate, key: Arc<dyn KeySigner>, urls: IssuerUrls) -> Result<Self, CaError> {
+    pub fn new(
+        cert: CaCertificate,
+        key: Arc<dyn KeySigner>,
+        urls: IssuerUrls,
+    ) -> Result<Self, CaError> {
         if key.public_key_spki() != cert.spki.as_slice() {
             return Err(CaError::KeyMismatch(cert.id.clone()));
         }
@@ -285,10 +287,17 @@ impl Issuer {
         now: OffsetDateTime,
         serial: Serial,
     ) -> Result<CaCertificate, CaError> {
-        let mut params = ca_params(&names.organization, &names.intermediate_common_name, now, serial);
+        let mut params = ca_params(
+            &names.organization,
+            &names.intermediate_common_name,
+            now,
+            serial,
+        );
         params.not_after = (now + INTERMEDIATE_VALIDITY).min(self.cert.not_after);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages.insert(0, KeyUsagePurpose::DigitalSignature);
+        params
+            .key_usages
+            .insert(0, KeyUsagePurpose::DigitalSignature);
         params.use_authority_key_identifier_extension = true;
         params.crl_distribution_points = vec![CrlDistributionPoint {
             uris: vec![self.urls.crl.clone()],
@@ -317,14 +326,21 @@ pub struct CaNames {
     pub intermediate_common_name: String,
 }
 
-fn ca_params(organization: &str, common_name: &str, now: OffsetDateTime, serial: Serial) -> CertificateParams {
+fn ca_params(
+    organization: &str,
+    common_name: &str,
+    now: OffsetDateTime,
+    serial: Serial,
+) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, organization);
     dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
     params.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
-    params.not_before = (now - profile::BACKDATE).replace_nanosecond(0).unwrap_or(now);
+    params.not_before = (now - profile::BACKDATE)
+        .replace_nanosecond(0)
+        .unwrap_or(now);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params
 }

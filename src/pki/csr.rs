@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 
+use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::der_parser::oid;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
@@ -110,6 +111,19 @@ pub struct Csr {
 impl Csr {
     /// Parses a CSR from PEM text or DER bytes and verifies its signature.
     pub fn parse(input: &[u8]) -> Result<Csr, CsrError> {
+        UnverifiedCsr::parse(input)?.verify()
+    }
+}
+
+/// A CSR that parsed but whose signature is not yet checked: look at its key
+/// (and refuse a weak one) before spending a signature verification on it,
+/// as boulder's VerifyCSR does. Only [`UnverifiedCsr::verify`] makes a [`Csr`].
+#[derive(Debug, Clone)]
+pub struct UnverifiedCsr(Csr);
+
+impl UnverifiedCsr {
+    /// Parses a CSR from PEM text or DER bytes.
+    pub fn parse(input: &[u8]) -> Result<UnverifiedCsr, CsrError> {
         let der = if input.first() == Some(&0x30) {
             input.to_vec()
         } else {
@@ -129,19 +143,28 @@ impl Csr {
                 limit: MAX_CSR_BYTES,
             });
         }
-        Self::parse_der(der)
+        Self::parse_der(der).map(UnverifiedCsr)
+    }
+
+    /// The requester's key, not yet proven.
+    pub fn key(&self) -> &PublicKeyKind {
+        &self.0.key
+    }
+
+    /// Verifies the signature with the CSR's own key (proof of possession).
+    pub fn verify(self) -> Result<Csr, CsrError> {
+        let (_, req) = X509CertificationRequest::from_der(&self.0.der)
+            .map_err(|e| CsrError::Malformed(e.to_string()))?;
+        req.verify_signature().map_err(|_| CsrError::BadSignature)?;
+        Ok(self.0)
     }
 
     fn parse_der(der: Vec<u8>) -> Result<Csr, CsrError> {
-        let (rest, req) = x509_parser::certification_request::X509CertificationRequest::from_der(
-            &der,
-        )
-        .map_err(|e| CsrError::Malformed(e.to_string()))?;
+        let (rest, req) = X509CertificationRequest::from_der(&der)
+            .map_err(|e| CsrError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
             return Err(CsrError::Malformed("trailing bytes after the CSR".into()));
         }
-        req.verify_signature()
-            .map_err(|_| CsrError::BadSignature)?;
 
         let info = &req.certification_request_info;
         let key = classify_key(&info.subject_pki);
@@ -184,7 +207,9 @@ impl Csr {
             der,
         })
     }
+}
 
+impl Csr {
     /// The CSR as DER.
     pub fn der(&self) -> &[u8] {
         &self.der

@@ -150,7 +150,10 @@ pub trait KeySigner: Send + Sync {
 enum Secret {
     P256(p256::ecdsa::SigningKey),
     P384(p384::ecdsa::SigningKey),
-    Rsa(Box<rsa::pkcs1v15::SigningKey<Sha256>>, Box<rsa::RsaPrivateKey>),
+    Rsa(
+        Box<rsa::pkcs1v15::SigningKey<Sha256>>,
+        Box<rsa::RsaPrivateKey>,
+    ),
 }
 
 /// A private key held in memory.
@@ -196,7 +199,10 @@ impl PrivateKey {
                     4096 => KeyType::Rsa4096,
                     _ => return Err(KeyError::UnsupportedAlgorithm),
                 };
-                (key_type, k.to_public_key().to_public_key_der().map_err(enc)?)
+                (
+                    key_type,
+                    k.to_public_key().to_public_key_der().map_err(enc)?,
+                )
             }
         };
         let public_spki = public_spki.as_bytes().to_vec();
@@ -368,9 +374,7 @@ impl rcgen::PublicKeyData for RcgenKey {
 
 impl rcgen::SigningKey for RcgenKey {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        self.0
-            .sign(msg)
-            .map_err(|_| rcgen::Error::RemoteKeyError)
+        self.0.sign(msg).map_err(|_| rcgen::Error::RemoteKeyError)
     }
 }
 

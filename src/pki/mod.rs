@@ -11,7 +11,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 pub use ca::{CaCertificate, IssuedCertificate, Issuer};
-pub use csr::{Csr, CsrError, PublicKeyKind};
+pub use csr::{Csr, CsrError, PublicKeyKind, UnverifiedCsr};
 pub use key::{KeySigner, KeyType, PrivateKey};
 pub use profile::{Profile, Subject};
 pub use serial::Serial;

@@ -134,7 +134,9 @@ pub struct LeafRequest<'a> {
 impl LeafRequest<'_> {
     /// `not_before`: now minus [`BACKDATE`].
     pub fn not_before(&self) -> OffsetDateTime {
-        (self.now - BACKDATE).replace_nanosecond(0).unwrap_or(self.now - BACKDATE)
+        (self.now - BACKDATE)
+            .replace_nanosecond(0)
+            .unwrap_or(self.now - BACKDATE)
     }
 
     /// `not_after`: the validity period is inclusive of both ends
@@ -236,9 +238,10 @@ pub(crate) fn leaf_params(
     params.crl_distribution_points = vec![CrlDistributionPoint {
         uris: vec![urls.crl.clone()],
     }];
-    params
-        .custom_extensions
-        .push(authority_info_access(urls.ocsp.as_deref(), &urls.ca_issuers));
+    params.custom_extensions.push(authority_info_access(
+        urls.ocsp.as_deref(),
+        &urls.ca_issuers,
+    ));
     Ok(params)
 }
 
@@ -248,7 +251,10 @@ pub(crate) fn authority_info_access(ocsp: Option<&str>, ca_issuers: &str) -> Cus
     if let Some(url) = ocsp {
         body.extend(access_description(&[1, 3, 6, 1, 5, 5, 7, 48, 1], url));
     }
-    body.extend(access_description(&[1, 3, 6, 1, 5, 5, 7, 48, 2], ca_issuers));
+    body.extend(access_description(
+        &[1, 3, 6, 1, 5, 5, 7, 48, 2],
+        ca_issuers,
+    ));
     let content = der_tlv(0x30, &body);
     CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], content)
 }
@@ -304,7 +310,10 @@ pub(crate) struct Expected<'a> {
 /// the profile: exactly DESIGN §3's extensions, the validated names and
 /// nothing else. Like boulder's lint-before-sign, a certificate that fails
 /// here is never signed by the real key.
-pub(crate) fn check_leaf(cert: &X509Certificate<'_>, exp: &Expected<'_>) -> Result<(), ProfileError> {
+pub(crate) fn check_leaf(
+    cert: &X509Certificate<'_>,
+    exp: &Expected<'_>,
+) -> Result<(), ProfileError> {
     let bad = |msg: String| Err(ProfileError::Violation(msg));
     let tbs = &cert.tbs_certificate;
     if tbs.version != x509_parser::x509::X509Version::V3 {
@@ -323,7 +332,9 @@ pub(crate) fn check_leaf(cert: &X509Certificate<'_>, exp: &Expected<'_>) -> Resu
     let not_after = tbs.validity.not_after.to_datetime();
     // notBefore is whole seconds, so it may lie up to BACKDATE + 1 s back.
     if not_before > exp.req.now || exp.req.now - not_before > BACKDATE + Duration::seconds(1) {
-        return bad(format!("notBefore {not_before} is not within one minute before now"));
+        return bad(format!(
+            "notBefore {not_before} is not within one minute before now"
+        ));
     }
     if not_after <= not_before
         || not_after - not_before >= Duration::days(i64::from(exp.max_validity_days))
@@ -433,7 +444,9 @@ pub(crate) fn check_leaf(cert: &X509Certificate<'_>, exp: &Expected<'_>) -> Resu
                 }
                 if ocsp != exp.urls.ocsp.as_deref() || issuers != Some(exp.urls.ca_issuers.as_str())
                 {
-                    return bad("authorityInfoAccess is not the issuer's OCSP and caIssuers URLs".into());
+                    return bad(
+                        "authorityInfoAccess is not the issuer's OCSP and caIssuers URLs".into(),
+                    );
                 }
             }
             _ => return bad(format!("unexpected extension {}", ext.oid)),
@@ -474,13 +487,19 @@ mod tests {
             der_oid(&[1, 3, 6, 1, 5, 5, 7, 48, 1]),
             vec![0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01]
         );
-        assert_eq!(der_oid(&[1, 2, 840, 113549]), vec![0x06, 0x06, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d]);
+        assert_eq!(
+            der_oid(&[1, 2, 840, 113549]),
+            vec![0x06, 0x06, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d]
+        );
     }
 
     #[test]
     fn profiles_parse_by_name() {
         assert_eq!("server".parse::<Profile>().unwrap(), Profile::Server);
-        assert_eq!("server-client".parse::<Profile>().unwrap(), Profile::ServerClient);
+        assert_eq!(
+            "server-client".parse::<Profile>().unwrap(),
+            Profile::ServerClient
+        );
         assert!("client".parse::<Profile>().is_err());
     }
 }

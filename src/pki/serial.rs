@@ -74,7 +74,9 @@ mod tests {
             assert!(s.as_bytes()[0] & 0x80 == 0 && s.as_bytes()[0] != 0);
             assert_eq!(s.to_hex().parse::<Serial>().unwrap(), s);
         }
-        assert!("ABCDEF00000000000000000000000000".parse::<Serial>().is_err());
+        assert!("ABCDEF00000000000000000000000000"
+            .parse::<Serial>()
+            .is_err());
         assert!("abc".parse::<Serial>().is_err());
     }
 }

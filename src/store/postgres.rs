@@ -28,7 +28,9 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await
-            .map_err(|e| StoreError::Database(format!("cannot connect to {}: {e}", redact_url(url))))?;
+            .map_err(|e| {
+                StoreError::Database(format!("cannot connect to {}: {e}", redact_url(url)))
+            })?;
         MIGRATOR
             .run(&pool)
             .await
@@ -44,4 +46,3 @@ impl PostgresStore {
 }
 
 impl_sql_store!(PostgresStore, Postgres, "postgres");
-

@@ -35,10 +35,12 @@ impl IssuerRow {
     }
 }
 
-pub(super) const SELECT_ISSUERS: &str = "SELECT id, kind, subject, cert_der, key_id, not_before, not_after \
+pub(super) const SELECT_ISSUERS: &str =
+    "SELECT id, kind, subject, cert_der, key_id, not_before, not_after \
      FROM issuers ORDER BY CASE kind WHEN 'root' THEN 0 ELSE 1 END, not_before";
 
-pub(super) const UPSERT_ISSUER: &str = "INSERT INTO issuers (id, kind, subject, cert_der, key_id, not_before, not_after, created_at) \
+pub(super) const UPSERT_ISSUER: &str =
+    "INSERT INTO issuers (id, kind, subject, cert_der, key_id, not_before, not_after, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
      ON CONFLICT (id) DO UPDATE SET subject = excluded.subject, cert_der = excluded.cert_der, \
      key_id = excluded.key_id, not_before = excluded.not_before, not_after = excluded.not_after";
@@ -86,11 +88,13 @@ impl CertificateRow {
     }
 }
 
-pub(super) const SELECT_CERTIFICATE: &str = "SELECT serial, issuer_id, account_id, order_id, subject, identifiers, profile, \
+pub(super) const SELECT_CERTIFICATE: &str =
+    "SELECT serial, issuer_id, account_id, order_id, subject, identifiers, profile, \
      requested_by, not_before, not_after, der, revoked_at, revocation_reason, created_at \
      FROM certificates WHERE serial = $1";
 
-pub(super) const INSERT_CERTIFICATE: &str = "INSERT INTO certificates (serial, issuer_id, account_id, order_id, subject, identifiers, \
+pub(super) const INSERT_CERTIFICATE: &str =
+    "INSERT INTO certificates (serial, issuer_id, account_id, order_id, subject, identifiers, \
      profile, requested_by, not_before, not_after, der, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
@@ -102,7 +106,8 @@ pub(super) const LOCK_AUDIT_HEAD: &str =
 
 pub(super) const SET_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
 
-pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash) \
+pub(super) const INSERT_AUDIT: &str =
+    "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 #[derive(sqlx::FromRow)]
@@ -117,7 +122,8 @@ pub(super) struct AuditRow {
     pub hash: Vec<u8>,
 }
 
-pub(super) const SELECT_AUDIT_PAGE: &str = "SELECT seq, at, actor, action, subject, details, prev_hash, hash \
+pub(super) const SELECT_AUDIT_PAGE: &str =
+    "SELECT seq, at, actor, action, subject, details, prev_hash, hash \
      FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2";
 
 pub(super) const INSERT_USER: &str = "INSERT INTO users (id, username, password_hash, role, must_change_password, created_at, updated_at) \
@@ -142,7 +148,13 @@ macro_rules! impl_sql_store {
                     let at = event.at.unix_timestamp();
                     let details = event.details.to_string();
                     let hash = $crate::store::audit_hash(
-                        &prev, seq, at, &event.actor, &event.action, &event.subject, &details,
+                        &prev,
+                        seq,
+                        at,
+                        &event.actor,
+                        &event.action,
+                        &event.subject,
+                        &details,
                     );
                     sqlx::query($crate::store::shared::INSERT_AUDIT)
                         .bind(seq)
@@ -171,7 +183,8 @@ macro_rules! impl_sql_store {
                 items: std::sync::Arc<Vec<$crate::store::batch::Item>>,
             ) -> $crate::store::Result<()> {
                 let mut tx = pool.begin().await?;
-                let events: Vec<&$crate::store::AuditEvent> = items.iter().map(|(_, e)| e).collect();
+                let events: Vec<&$crate::store::AuditEvent> =
+                    items.iter().map(|(_, e)| e).collect();
                 Self::append_audit_tx(&mut tx, &events).await?;
                 for (cert, _) in items.iter() {
                     let identifiers = serde_json::to_string(&cert.identifiers)
@@ -272,9 +285,11 @@ macro_rules! impl_sql_store {
             }
 
             async fn audit_head(&self) -> $crate::store::Result<(i64, Vec<u8>)> {
-                Ok(sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-                    .fetch_one(&self.read)
-                    .await?)
+                Ok(
+                    sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                        .fetch_one(&self.read)
+                        .await?,
+                )
             }
 
             async fn audit_page(

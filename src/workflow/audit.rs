@@ -65,7 +65,15 @@ pub async fn verify(store: &dyn Store) -> Result<AuditSummary, AuditError> {
             if r.prev_hash != prev {
                 return Err(AuditError::BrokenLink(r.seq));
             }
-            let h = audit_hash(&r.prev_hash, r.seq, r.at, &r.actor, &r.action, &r.subject, &r.details);
+            let h = audit_hash(
+                &r.prev_hash,
+                r.seq,
+                r.at,
+                &r.actor,
+                &r.action,
+                &r.subject,
+                &r.details,
+            );
             if h != r.hash {
                 return Err(AuditError::Altered(r.seq));
             }

@@ -11,7 +11,10 @@ use time::OffsetDateTime;
 
 use crate::pki::ca::CaError;
 use crate::pki::profile::{LeafRequest, UnknownProfile};
-use crate::pki::{CaCertificate, Csr, CsrError, Identifier, IssuedCertificate, Issuer, Profile, Serial, Subject};
+use crate::pki::{
+    CaCertificate, CsrError, Identifier, IssuedCertificate, Issuer, Profile, Serial, Subject,
+    UnverifiedCsr,
+};
 use crate::policy::{Policy, PolicyError};
 use crate::store::{AuditEvent, NewCertificate, Store, StoreError};
 
@@ -100,8 +103,15 @@ impl Authority {
     /// `hallmark sign`, and (after validation) the order workflow. Nothing
     /// is written unless the certificate is issued; the certificate and its
     /// audit record are committed together.
-    pub async fn sign_csr(&self, csr: &[u8], options: SignOptions, actor: &str) -> Result<Signed, WorkflowError> {
-        let csr = Csr::parse(csr)?;
+    pub async fn sign_csr(
+        &self,
+        csr: &[u8],
+        options: SignOptions,
+        actor: &str,
+    ) -> Result<Signed, WorkflowError> {
+        let unverified = UnverifiedCsr::parse(csr)?;
+        self.policy.check_unverified(&unverified)?;
+        let csr = unverified.verify()?;
         let identifiers = self.policy.check_csr(&csr)?;
         let validity_days = self.policy.validity_days(options.validity_days)?;
         let profile = match &options.profile {
@@ -132,8 +142,18 @@ impl Authority {
         validity_days: u32,
     ) -> Result<Signed, WorkflowError> {
         let now = OffsetDateTime::now_utc();
-        self.issue(spki_der, false, identifiers, &Subject::default(), Profile::Server, validity_days, None, "system", now)
-            .await
+        self.issue(
+            spki_der,
+            false,
+            identifiers,
+            &Subject::default(),
+            Profile::Server,
+            validity_days,
+            None,
+            "system",
+            now,
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -159,7 +179,9 @@ impl Authority {
             now,
             validity_days,
         };
-        let cert = self.issuer.issue_leaf(&req, self.policy.max_validity_days.max(validity_days))?;
+        let cert = self
+            .issuer
+            .issue_leaf(&req, self.policy.max_validity_days.max(validity_days))?;
         let names: Vec<String> = cert.identifiers.iter().map(Identifier::value).collect();
         let event = AuditEvent {
             at: now,

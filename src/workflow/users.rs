@@ -25,18 +25,23 @@ pub fn random_token(bytes: usize) -> String {
 /// p=1, OWASP's recommendation) into a PHC string.
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
 }
 
 /// Creates the initial `admin` user with a random one-time password if the
 /// database has no user yet. Returns the password, to be shown once; `None`
 /// if users exist (or another instance created the admin first).
-pub async fn ensure_initial_admin(store: &dyn Store) -> Result<Option<Zeroizing<String>>, StoreError> {
+pub async fn ensure_initial_admin(
+    store: &dyn Store,
+) -> Result<Option<Zeroizing<String>>, StoreError> {
     if store.count_users().await? > 0 {
         return Ok(None);
     }
     let password = Zeroizing::new(random_token(18));
-    let hash = hash_password(&password).map_err(|e| StoreError::Database(format!("hashing the password: {e}")))?;
+    let hash = hash_password(&password)
+        .map_err(|e| StoreError::Database(format!("hashing the password: {e}")))?;
     let user = NewUser {
         id: random_token(12),
         username: INITIAL_ADMIN.into(),
@@ -68,7 +73,11 @@ mod tests {
         let hash = hash_password("s3cret-pass").unwrap();
         assert!(hash.starts_with("$argon2id$"));
         let parsed = PasswordHash::new(&hash).unwrap();
-        assert!(Argon2::default().verify_password(b"s3cret-pass", &parsed).is_ok());
-        assert!(Argon2::default().verify_password(b"wrong", &parsed).is_err());
+        assert!(Argon2::default()
+            .verify_password(b"s3cret-pass", &parsed)
+            .is_ok());
+        assert!(Argon2::default()
+            .verify_password(b"wrong", &parsed)
+            .is_err());
     }
 }

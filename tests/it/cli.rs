@@ -1,0 +1,296 @@
+//! The real `hallmark` binary, run as an operator would.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use hallmark::pki::Serial;
+
+use crate::common::*;
+
+fn hallmark(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hallmark"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("HALLMARK_ROOT_PASSPHRASE")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn hallmark_sign_prints_a_chain_openssl_accepts_and_records_it() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(backend, dir.path()).await;
+        let d = dir.path();
+        let env = [
+            ("HALLMARK_ROOT_PASSPHRASE", PASSPHRASE),
+            ("DATABASE_URL", db.url.as_str()),
+        ];
+        let out = hallmark(d, &["init"], &env);
+        assert!(out.status.success(), "{}", text(&out));
+
+        // A CSR made by `openssl req`, as an operator would.
+        openssl(
+            d,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                "svc.key",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-key",
+                "svc.key",
+                "-subj",
+                "/CN=svc.internal",
+                "-addext",
+                "subjectAltName=DNS:svc.internal",
+                "-out",
+                "svc.csr",
+            ],
+        );
+        let out = hallmark(d, &["sign", "svc.csr", "--days", "30"], &env);
+        assert!(out.status.success(), "{}", text(&out));
+        let chain = String::from_utf8(out.stdout.clone()).unwrap();
+        assert_eq!(
+            chain.matches("BEGIN CERTIFICATE").count(),
+            2,
+            "leaf and intermediate"
+        );
+        std::fs::write(d.join("chain.pem"), &chain).unwrap();
+        let verified = openssl(
+            d,
+            &[
+                "verify",
+                "-CAfile",
+                "hallmark-data/ca/root.crt.pem",
+                "-untrusted",
+                "chain.pem",
+                "chain.pem",
+            ],
+        );
+        assert!(verified.contains("OK"));
+
+        // It is in the store, as the operator's act, and in the audit log.
+        let serial_hex = openssl(d, &["x509", "-in", "chain.pem", "-noout", "-serial"]);
+        let serial: Serial = serial_hex
+            .trim()
+            .trim_start_matches("serial=")
+            .to_ascii_lowercase()
+            .parse()
+            .unwrap();
+        let store = hallmark::store::connect(&db.url).await.unwrap();
+        let record = store.certificate(&serial).await.unwrap();
+        assert!(record.requested_by.starts_with("operator:"));
+        let audit = store.audit_page(0, 10).await.unwrap();
+        assert!(audit
+            .iter()
+            .any(|r| r.action == "certificate.issue" && r.subject == serial.to_hex()));
+        let out = hallmark(d, &["audit", "verify"], &env);
+        assert!(
+            out.status.success() && text(&out).contains("audit log verified: 1 records"),
+            "{}",
+            text(&out)
+        );
+
+        // A CSR outside policy: one clear sentence, non-zero exit, nothing stored.
+        openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-key",
+                "svc.key",
+                "-subj",
+                "/CN=svc.example.com",
+                "-out",
+                "bad.csr",
+            ],
+        );
+        let out = hallmark(d, &["sign", "bad.csr"], &env);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("\"svc.example.com\" is not under an allowed domain"),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(out.stdout.is_empty());
+        assert_eq!(store.count_certificates().await.unwrap(), 1);
+
+        let out = hallmark(d, &["sign", "missing.csr"], &env);
+        assert!(
+            !out.status.success() && text(&out).contains("cannot read missing.csr"),
+            "{}",
+            text(&out)
+        );
+        drop(store);
+        db.cleanup().await;
+    }
+}
+
+#[test]
+fn init_refuses_to_overwrite_and_needs_a_passphrase() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = hallmark(d, &["init"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("set HALLMARK_ROOT_PASSPHRASE"),
+        "{}",
+        text(&out)
+    );
+    assert!(!d.join("hallmark-data/ca").exists(), "nothing half-made");
+
+    let out = hallmark(d, &["init"], &[("HALLMARK_ROOT_PASSPHRASE", "short")]);
+    assert!(
+        !out.status.success() && text(&out).contains("at least 12 characters"),
+        "{}",
+        text(&out)
+    );
+    assert!(!d.join("hallmark-data/ca").exists(), "nothing half-made");
+
+    let env = [("HALLMARK_ROOT_PASSPHRASE", PASSPHRASE)];
+    let out = hallmark(d, &["init", "--key-type", "p384"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let root = std::fs::read(d.join("hallmark-data/ca/root.crt.pem")).unwrap();
+    let out = hallmark(d, &["init"], &env);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("refusing to overwrite"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read(d.join("hallmark-data/ca/root.crt.pem")).unwrap(),
+        root
+    );
+    assert!(
+        d.join("hallmark-data/hallmark.toml").exists(),
+        "a commented config is written"
+    );
+}
+
+#[test]
+fn bad_configuration_fails_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = hallmark(
+        dir.path(),
+        &["serve"],
+        &[("HALLMARK_SERVER__TLS", "sometimes")],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("server.tls"), "{}", text(&out));
+    let out = hallmark(dir.path(), &["--config", "nope.toml", "serve"], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("nope.toml"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn serve_first_start_creates_the_ca_prints_a_password_once_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (https, http) = (free_port(), free_port());
+    let https_listen = format!("127.0.0.1:{https}");
+    let http_listen = format!("127.0.0.1:{http}");
+    let env = [
+        ("HALLMARK_ROOT_PASSPHRASE", PASSPHRASE),
+        ("HALLMARK_SERVER__HTTPS_LISTEN", https_listen.as_str()),
+        ("HALLMARK_SERVER__HTTP_LISTEN", http_listen.as_str()),
+    ];
+    let first = run_serve(d, &env, true);
+    assert!(first.contains("creating one"), "{first}");
+    let second = run_serve(d, &env, false);
+    assert!(!second.contains("creating one"), "{second}");
+}
+
+/// Runs `hallmark serve` until it has printed its banner, checks it answers,
+/// sends SIGTERM and returns everything it printed.
+fn run_serve(d: &Path, env: &[(&str, &str)], expect_password: bool) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hallmark"));
+    cmd.arg("serve")
+        .current_dir(d)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    while !printed.contains("CA certificates") {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("serve exited early: {printed}");
+        }
+        printed.push_str(&line);
+    }
+    let http = env
+        .iter()
+        .find(|(k, _)| *k == "HALLMARK_SERVER__HTTP_LISTEN")
+        .unwrap()
+        .1;
+    let mut ok = false;
+    for _ in 0..50 {
+        if let Ok(mut s) = std::net::TcpStream::connect(http) {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").unwrap();
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            if resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200") {
+                ok = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok, "readyz answers 200");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut rest = String::new();
+    use std::io::Read;
+    let _ = reader.read_to_string(&mut rest);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exits cleanly on SIGTERM: {status}");
+    printed.push_str(&rest);
+    assert_eq!(
+        printed.contains("One-time password"),
+        expect_password,
+        "{printed}"
+    );
+    printed
+}

@@ -1,0 +1,314 @@
+//! Test helpers: a CA in a temporary directory on SQLite or a fresh
+//! PostgreSQL database, the real service on ephemeral ports, and `openssl`.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hallmark::config::Config;
+use hallmark::service::{self, Service};
+use hallmark::workflow::Authority;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub const PASSPHRASE: &str = "test passphrase, long enough";
+
+/// The storage backends a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn postgres_reachable(url: &str) -> bool {
+    let host_port = url
+        .split('@')
+        .next_back()
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("127.0.0.1:5432");
+    let addr: Option<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .ok()
+        .and_then(|mut a| a.next());
+    addr.is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+}
+
+/// SQLite always; PostgreSQL when reachable, and always under `CI=true`
+/// (where an unreachable PostgreSQL fails the test rather than skipping).
+pub fn backends() -> Vec<Backend> {
+    let url = postgres_admin_url();
+    let required = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if postgres_reachable(&url) {
+        vec![Backend::Sqlite, Backend::Postgres]
+    } else if required {
+        panic!("CI=true but PostgreSQL at {url} is not reachable; the PostgreSQL half of the suite must run");
+    } else {
+        eprintln!("note: PostgreSQL at {url} is not reachable; running on SQLite only");
+        vec![Backend::Sqlite]
+    }
+}
+
+/// A fresh database: a file in `dir` or a new PostgreSQL database.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend, dir: &Path) -> TestDb {
+        match backend {
+            Backend::Sqlite => TestDb {
+                backend,
+                url: format!("sqlite://{}", dir.join("test.db").display()),
+                pg_name: None,
+            },
+            Backend::Postgres => {
+                use sqlx::Connection;
+                let admin = postgres_admin_url();
+                let name = format!("hallmark_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("connect to PostgreSQL");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create database");
+                let base = admin
+                    .rsplit_once('/')
+                    .map(|(b, _)| b.to_owned())
+                    .unwrap_or(admin.clone());
+                TestDb {
+                    backend,
+                    url: format!("{base}/{name}"),
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+
+    /// Runs raw SQL against the database (to tamper with it in tests).
+    pub async fn execute(&self, sql: &str) {
+        use sqlx::Connection;
+        match self.backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql).execute(&mut c).await.unwrap();
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql).execute(&mut c).await.unwrap();
+            }
+        }
+    }
+
+    pub async fn cleanup(self) {
+        if let Some(name) = self.pg_name {
+            use sqlx::Connection;
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+            }
+        }
+    }
+}
+
+/// A CA in a temporary data directory.
+pub struct TestCa {
+    pub dir: TempDir,
+    pub db: TestDb,
+    pub config: Config,
+    https: Option<TcpListener>,
+    http: Option<TcpListener>,
+}
+
+/// Builds a configuration for `data_dir` from `HALLMARK_*`-style pairs.
+pub fn config_with(data_dir: &Path, pairs: &[(&str, String)]) -> Config {
+    let env: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    Config::load(None, data_dir, env).expect("test configuration is valid")
+}
+
+impl TestCa {
+    /// Creates a CA; listeners are bound now so certificates carry their URLs.
+    pub async fn new(backend: Backend) -> TestCa {
+        Self::with_env(backend, &[]).await
+    }
+
+    pub async fn with_env(backend: Backend, extra: &[(&str, String)]) -> TestCa {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(backend, dir.path()).await;
+        let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let data_dir = dir.path().join("data");
+        let mut pairs = vec![
+            ("DATABASE_URL", db.url.clone()),
+            (
+                "HALLMARK_SERVER__HTTPS_LISTEN",
+                https.local_addr().unwrap().to_string(),
+            ),
+            (
+                "HALLMARK_SERVER__HTTP_LISTEN",
+                http.local_addr().unwrap().to_string(),
+            ),
+        ];
+        pairs.extend(extra.iter().cloned());
+        let config = config_with(&data_dir, &pairs);
+        hallmark::datadir::init_ca(
+            &config,
+            PASSPHRASE.as_bytes(),
+            time::OffsetDateTime::now_utc(),
+        )
+        .expect("init CA");
+        TestCa {
+            dir,
+            db,
+            config,
+            https: Some(https),
+            http: Some(http),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.config.data_dir.clone()
+    }
+
+    pub async fn authority(&self) -> Arc<Authority> {
+        service::open_authority(&self.config)
+            .await
+            .expect("open authority")
+    }
+
+    /// Starts the real service on this CA's listeners.
+    pub async fn start(&mut self) -> Running {
+        let https = match self.https.take() {
+            Some(l) => l,
+            None => TcpListener::bind(self.config.https_listen).await.unwrap(),
+        };
+        let http = match self.http.take() {
+            Some(l) => l,
+            None => TcpListener::bind(self.config.http_listen).await.unwrap(),
+        };
+        let mut service = Service::start(self.config.clone())
+            .await
+            .expect("service starts");
+        let admin_password = service.take_initial_admin_password().map(|p| p.to_string());
+        let authority = service.authority().clone();
+        let (stop, stopped) = watch::channel(false);
+        let handle = tokio::spawn(service.run(https, http, stopped));
+        Running {
+            https_url: self.config.public_https_url.clone(),
+            http_url: self.config.public_http_url.clone(),
+            root_pem: std::fs::read_to_string(self.data_dir().join("ca/root.crt.pem")).unwrap(),
+            admin_password,
+            authority,
+            stop,
+            handle,
+        }
+    }
+
+    pub async fn cleanup(self) {
+        self.db.cleanup().await;
+    }
+}
+
+pub struct Running {
+    pub https_url: String,
+    pub http_url: String,
+    pub root_pem: String,
+    pub admin_password: Option<String>,
+    pub authority: Arc<Authority>,
+    stop: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// An HTTPS client trusting only this CA's root.
+    pub fn client(&self) -> reqwest::Client {
+        let root = reqwest::Certificate::from_pem(self.root_pem.as_bytes()).unwrap();
+        reqwest::Client::builder()
+            .add_root_certificate(root)
+            .tls_built_in_root_certs(false)
+            .build()
+            .unwrap()
+    }
+
+    /// Stops the service gracefully and waits for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(15), self.handle)
+            .await
+            .expect("service stops within the grace period")
+            .unwrap();
+    }
+}
+
+/// Runs `openssl` with `args` in `dir`; panics with its stderr on failure.
+pub fn openssl(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `openssl` and returns (success, stdout+stderr).
+pub fn openssl_status(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Makes a key (`openssl genpkey` arguments) and a CSR with `subject` and
+/// `san` (an `-addext` value, or none) in `dir`; returns the CSR PEM.
+pub fn openssl_csr(
+    dir: &Path,
+    name: &str,
+    genpkey: &[&str],
+    subject: &str,
+    san: Option<&str>,
+) -> Vec<u8> {
+    let key = format!("{name}.key");
+    let csr = format!("{name}.csr");
+    let mut args = vec!["genpkey"];
+    args.extend_from_slice(genpkey);
+    args.extend_from_slice(&["-out", &key]);
+    openssl(dir, &args);
+    let ext = san.map(|s| format!("subjectAltName={s}"));
+    let mut args = vec!["req", "-new", "-key", &key, "-subj", subject, "-out", &csr];
+    if let Some(e) = &ext {
+        args.extend_from_slice(&["-addext", e]);
+    }
+    openssl(dir, &args);
+    std::fs::read(dir.join(csr)).unwrap()
+}
+
+pub const P256: &[&str] = &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+pub const RSA2048: &[&str] = &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];

@@ -1,0 +1,9 @@
+//! Integration tests: one binary (linking is slow on two cores), one module
+//! per area. Every storage-touching test runs on SQLite and PostgreSQL.
+
+mod cli;
+mod common;
+mod issuance;
+mod service;
+mod store;
+mod tls;

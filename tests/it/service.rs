@@ -1,0 +1,253 @@
+//! The running service: public endpoints on both listeners, HTTPS with its
+//! self-issued certificate, first-start admin, restart.
+
+use reqwest::StatusCode;
+
+use crate::common::*;
+use hallmark::workflow::SignOptions;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_endpoints_serve_ca_certificates_and_health_on_both_listeners() {
+    for backend in backends() {
+        let mut ca = TestCa::new(backend).await;
+        let running = ca.start().await;
+        let https = running.client();
+        let plain = reqwest::Client::new();
+        let root_der = running.authority.root().der().to_vec();
+        let issuer_id = running.authority.issuer().certificate().id().to_owned();
+
+        for (client, base) in [
+            (&plain, running.http_url.clone()),
+            (&https, running.https_url.clone()),
+        ] {
+            let r = client
+                .get(format!("{base}/ca/root.crt"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()["content-type"], "application/pkix-cert");
+            let etag = r.headers()["etag"].clone();
+            assert_eq!(r.bytes().await.unwrap().to_vec(), root_der);
+
+            let r = client
+                .get(format!("{base}/ca/root.crt"))
+                .header("if-none-match", etag)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+
+            let pem = client
+                .get(format!("{base}/ca/{issuer_id}.pem"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(pem, running.authority.issuer().certificate().pem());
+            let der = client
+                .get(format!("{base}/ca/{issuer_id}.crt"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert_eq!(der.to_vec(), running.authority.issuer().certificate().der());
+            let chain = client
+                .get(format!("{base}/ca/chain.pem"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(chain, format!("{pem}{}", running.authority.root().pem()));
+
+            let r = client.get(format!("{base}/healthz")).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let r = client.get(format!("{base}/readyz")).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+
+            let r = client
+                .get(format!("{base}/ca/nothing.crt"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND);
+            assert_eq!(r.headers()["content-type"], "application/problem+json");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["type"], "urn:hallmark:error:notFound");
+            assert!(body["detail"].as_str().unwrap().contains("nothing.crt"));
+        }
+
+        // The HTTPS landing page, with browser security headers.
+        let r = https
+            .get(format!("{}/", running.https_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.headers()["strict-transport-security"]
+            .to_str()
+            .unwrap()
+            .contains("max-age"));
+        assert_eq!(r.headers()["x-frame-options"], "DENY");
+        assert!(r.headers().contains_key("content-security-policy"));
+        assert!(r.text().await.unwrap().contains("hallmark Root CA"));
+
+        running.stop().await;
+        ca.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_listener_uses_a_certificate_issued_by_its_own_intermediate() {
+    let mut ca = TestCa::new(Backend::Sqlite).await;
+    let running = ca.start().await;
+    let chain = std::fs::read_to_string(ca.data_dir().join("tls/server.crt.pem")).unwrap();
+    let dir = ca.dir.path();
+    std::fs::write(dir.join("root.pem"), &running.root_pem).unwrap();
+    std::fs::write(dir.join("chain.pem"), &chain).unwrap();
+    let out = openssl(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "chain.pem",
+            "chain.pem",
+        ],
+    );
+    assert!(out.contains("OK"));
+    let text = openssl(
+        dir,
+        &[
+            "x509",
+            "-in",
+            "chain.pem",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
+    assert!(
+        text.contains("DNS:localhost") && text.contains("IP Address:127.0.0.1"),
+        "{text}"
+    );
+    // s_client, a real TLS peer, completes a verified handshake.
+    let port = ca.config.https_listen.port().to_string();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "localhost",
+            "-CAfile",
+            "root.pem",
+            "-verify_return_error",
+            "-brief",
+        ])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            stdin.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")?;
+            drop(stdin);
+            child.wait_with_output()
+        })
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("Verification: OK"), "{all}");
+    let key_mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(ca.data_dir().join("tls/server.key.pem"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(key_mode, 0o600);
+    running.stop().await;
+    ca.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_service_keeps_its_ca_data_and_tls_certificate() {
+    for backend in backends() {
+        let mut ca = TestCa::new(backend).await;
+        let first = ca.start().await;
+        let password = first
+            .admin_password
+            .clone()
+            .expect("first start prints a one-time admin password");
+        assert!(password.len() >= 20);
+        let csr = openssl_csr(ca.dir.path(), "k", P256, "/CN=keep.internal", None);
+        let signed = first
+            .authority
+            .sign_csr(&csr, SignOptions::default(), "t")
+            .await
+            .unwrap();
+        let root = first.authority.root().der().to_vec();
+        let tls_before = std::fs::read(ca.data_dir().join("tls/server.crt.pem")).unwrap();
+        first.stop().await;
+
+        let second = ca.start().await;
+        assert_eq!(
+            second.admin_password, None,
+            "the password is shown only once"
+        );
+        assert_eq!(second.authority.root().der(), root.as_slice());
+        let stored = second
+            .authority
+            .store()
+            .certificate(&signed.certificate.serial)
+            .await
+            .unwrap();
+        assert_eq!(stored.der, signed.certificate.der);
+        assert_eq!(
+            std::fs::read(ca.data_dir().join("tls/server.crt.pem")).unwrap(),
+            tls_before
+        );
+        let r = second
+            .client()
+            .get(format!("{}/readyz", second.https_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        // The admin password is stored only as an argon2id hash.
+        second.stop().await;
+        let hash = read_admin_hash(&ca.db).await;
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(!hash.contains(&password));
+        ca.cleanup().await;
+    }
+}
+
+async fn read_admin_hash(db: &TestDb) -> String {
+    use sqlx::Connection;
+    let sql = "SELECT password_hash FROM users WHERE username = 'admin'";
+    match db.backend {
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+        }
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The store contract: the same test bodies on SQLite and PostgreSQL.
+
+use hallmark::pki::Serial;
+use hallmark::store::{
+    self, AuditEvent, IssuerKind, IssuerRecord, NewCertificate, NewUser, StoreError,
+};
+use hallmark::workflow::audit::{self, AuditError};
+use time::OffsetDateTime;
+
+use crate::common::*;
+
+fn event(action: &str, subject: &str) -> AuditEvent {
+    AuditEvent {
+        at: OffsetDateTime::now_utc(),
+        actor: "test".into(),
+        action: action.into(),
+        subject: subject.into(),
+        details: serde_json::json!({"k": "v"}),
+    }
+}
+
+fn issuer(id: &str) -> IssuerRecord {
+    IssuerRecord {
+        id: id.into(),
+        kind: IssuerKind::Intermediate,
+        subject: "CN=x".into(),
+        cert_der: vec![1, 2, 3],
+        key_id: vec![4, 5],
+        not_before: 1,
+        not_after: 2,
+    }
+}
+
+fn certificate(serial: Serial, issuer_id: &str) -> NewCertificate {
+    let now = OffsetDateTime::now_utc();
+    NewCertificate {
+        serial,
+        issuer_id: issuer_id.into(),
+        account_id: None,
+        order_id: None,
+        subject: "CN=a.internal".into(),
+        identifiers: vec!["a.internal".into()],
+        profile: "server".into(),
+        requested_by: "test".into(),
+        not_before: now,
+        not_after: now + time::Duration::days(1),
+        der: vec![0x30, 0x00],
+    }
+}
+
+#[tokio::test]
+async fn store_contract_holds_on_every_backend() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(backend, dir.path()).await;
+        let s = store::connect(&db.url).await.expect("connect and migrate");
+        // Migrating twice is harmless (a restart).
+        store::connect(&db.url).await.expect("second start");
+        s.ping().await.unwrap();
+
+        // Issuers upsert and list root first.
+        s.upsert_issuer(&issuer("int-1")).await.unwrap();
+        let mut root = issuer("root");
+        root.kind = IssuerKind::Root;
+        s.upsert_issuer(&root).await.unwrap();
+        let mut changed = issuer("int-1");
+        changed.subject = "CN=y".into();
+        s.upsert_issuer(&changed).await.unwrap();
+        let all = s.issuers().await.unwrap();
+        assert_eq!(
+            all.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            vec!["root", "int-1"]
+        );
+        assert_eq!(all[1].subject, "CN=y");
+
+        // Certificates: stored, read back, a serial cannot be used twice.
+        let serial = Serial::random(&mut rand::thread_rng());
+        s.insert_certificate(
+            certificate(serial, "int-1"),
+            event("certificate.issue", &serial.to_hex()),
+        )
+        .await
+        .unwrap();
+        let got = s.certificate(&serial).await.unwrap();
+        assert_eq!(got.serial, serial);
+        assert_eq!(got.identifiers, vec!["a.internal".to_string()]);
+        assert_eq!(got.revoked_at, None);
+        let dup = s
+            .insert_certificate(
+                certificate(serial, "int-1"),
+                event("certificate.issue", "dup"),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(dup, StoreError::Conflict(_)), "{dup:?}");
+        // A certificate naming an unknown issuer is refused and leaves nothing.
+        let orphan = Serial::random(&mut rand::thread_rng());
+        assert!(s
+            .insert_certificate(certificate(orphan, "nope"), event("x", "y"))
+            .await
+            .is_err());
+        assert!(matches!(
+            s.certificate(&orphan).await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(s.count_certificates().await.unwrap(), 1);
+
+        // Concurrent inserts share commits and all land; a bad one among
+        // them fails alone.
+        let mut handles = Vec::new();
+        for i in 0..64 {
+            let s = s.clone();
+            handles.push(tokio::spawn(async move {
+                let issuer_id = if i == 17 { "nope" } else { "int-1" };
+                let serial = Serial::random(&mut rand::thread_rng());
+                s.insert_certificate(
+                    certificate(serial, issuer_id),
+                    event("certificate.issue", &serial.to_hex()),
+                )
+                .await
+            }));
+        }
+        let mut failures = 0;
+        for h in handles {
+            if h.await.unwrap().is_err() {
+                failures += 1;
+            }
+        }
+        assert_eq!(failures, 1);
+        assert_eq!(s.count_certificates().await.unwrap(), 64);
+
+        // Users: names are unique.
+        let user = NewUser {
+            id: "u1".into(),
+            username: "alice".into(),
+            password_hash: "$argon2id$x".into(),
+            role: "admin".into(),
+            must_change_password: true,
+        };
+        s.create_user(user.clone(), event("user.create", "alice"))
+            .await
+            .unwrap();
+        let again = s
+            .create_user(
+                NewUser {
+                    id: "u2".into(),
+                    ..user
+                },
+                event("user.create", "alice"),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(again, StoreError::Conflict(_)));
+        assert_eq!(s.count_users().await.unwrap(), 1);
+
+        // The audit chain: one record per successful write, nothing for the
+        // failed ones, and it verifies.
+        s.append_audit(event("crl.generate", "int-1"))
+            .await
+            .unwrap();
+        let summary = audit::verify(s.as_ref()).await.unwrap();
+        assert_eq!(summary.records, 1 + 63 + 1 + 1);
+        let page = s.audit_page(0, 2).await.unwrap();
+        assert_eq!(page.len(), 2);
+        assert_eq!(page[1].prev_hash, page[0].hash);
+
+        // Editing a record is detected, and so is removing the last one.
+        db.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3")
+            .await;
+        assert!(matches!(
+            audit::verify(s.as_ref()).await,
+            Err(AuditError::Altered(3))
+        ));
+        db.execute("UPDATE audit_log SET actor = 'test' WHERE seq = 3")
+            .await;
+        audit::verify(s.as_ref()).await.unwrap();
+        db.execute("DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)")
+            .await;
+        assert!(matches!(
+            audit::verify(s.as_ref()).await,
+            Err(AuditError::Truncated { .. })
+        ));
+        db.execute("DELETE FROM audit_log WHERE seq = 5").await;
+        assert!(matches!(
+            audit::verify(s.as_ref()).await,
+            Err(AuditError::Gap { expected: 5, .. })
+        ));
+
+        drop(s);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn unsupported_database_urls_are_refused_clearly() {
+    let err = match store::connect("mysql://localhost/x").await {
+        Err(e) => e,
+        Ok(_) => panic!("mysql is not supported"),
+    };
+    assert!(err.to_string().contains("sqlite://"), "{err}");
+}
