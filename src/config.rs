@@ -57,7 +57,7 @@ pub struct ServerSection {
     /// Public base URL of the HTTPS listener (default `https://localhost:<port>`).
     pub public_https_url: Option<String>,
     /// Public base URL of the HTTP listener, put into certificates (default
-    /// `http://localhost:<port>`).
+    /// `http://127.0.0.1:<port>`).
     pub public_http_url: Option<String>,
     /// `self` (hallmark issues its own TLS certificate), `files`, or `off`
     /// (plain HTTP on `https_listen`, behind a TLS-terminating proxy).
@@ -367,12 +367,14 @@ impl Config {
             if tls == TlsMode::Off { "http" } else { "https" },
             https_listen.port(),
         )?;
-        let public_http_url = url(
-            "server.public_http_url",
-            file.server.public_http_url,
-            "http",
-            http_listen.port(),
-        )?;
+        // The default names the loopback address rather than `localhost`:
+        // RFC 5280 linters (pkilint) refuse dotless host names in URIs, and
+        // this URL goes into every certificate.
+        let public_http_url = file
+            .server
+            .public_http_url
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}", http_listen.port()));
+        let public_http_url = url("server.public_http_url", Some(public_http_url), "http", 0)?;
         let database_url = database_url
             .or(file.database.url)
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("hallmark.db").display()));
@@ -481,7 +483,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Config::load(None, dir.path(), env(&[])).unwrap();
         assert_eq!(c.https_listen.to_string(), "127.0.0.1:8443");
-        assert_eq!(c.public_http_url, "http://localhost:8080");
+        assert_eq!(c.public_http_url, "http://127.0.0.1:8080");
         assert_eq!(c.tls, TlsMode::SelfIssued);
         assert!(c.database_url.starts_with("sqlite://"));
         assert_eq!(c.policy, Policy::default());
@@ -517,7 +519,7 @@ mod tests {
         assert!(!c.policy.allow_ip);
         assert_eq!(c.policy.allowed_suffixes, vec!["corp".to_string()]);
         assert_eq!(c.http_listen.port(), 9090);
-        assert_eq!(c.public_http_url, "http://localhost:9090");
+        assert_eq!(c.public_http_url, "http://127.0.0.1:9090");
         assert_eq!(c.database_url, "postgres://db/x");
     }
 

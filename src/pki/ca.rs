@@ -288,11 +288,12 @@ impl Issuer {
         serial: Serial,
     ) -> Result<CaCertificate, CaError> {
         let mut params = ca_params(
+            key.public_key_spki(),
             &names.organization,
             &names.intermediate_common_name,
             now,
             serial,
-        );
+        )?;
         params.not_after = (now + INTERMEDIATE_VALIDITY).min(self.cert.not_after);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params
@@ -327,12 +328,14 @@ pub struct CaNames {
 }
 
 fn ca_params(
+    spki_der: &[u8],
     organization: &str,
     common_name: &str,
     now: OffsetDateTime,
     serial: Serial,
-) -> CertificateParams {
+) -> Result<CertificateParams, CaError> {
     let mut params = CertificateParams::default();
+    params.key_identifier_method = profile::key_identifier(spki_der)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, organization);
     dn.push(DnType::CommonName, common_name);
@@ -342,7 +345,7 @@ fn ca_params(
         .replace_nanosecond(0)
         .unwrap_or(now);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params
+    Ok(params)
 }
 
 /// Creates the self-signed root: CA:TRUE with pathLen 1, keyCertSign and
@@ -353,7 +356,13 @@ pub fn create_root(
     now: OffsetDateTime,
     serial: Serial,
 ) -> Result<CaCertificate, CaError> {
-    let mut params = ca_params(&names.organization, &names.root_common_name, now, serial);
+    let mut params = ca_params(
+        key.public_key_spki(),
+        &names.organization,
+        &names.root_common_name,
+        now,
+        serial,
+    )?;
     params.not_after = now + ROOT_VALIDITY;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
     let cert = params

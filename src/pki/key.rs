@@ -13,8 +13,6 @@ use pkcs8::der::pem::LineEnding;
 use pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
 use rand::rngs::OsRng;
 use rand::RngCore;
-use rsa::signature::{RandomizedSigner, SignatureEncoding};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 /// PBKDF2-HMAC-SHA256 iterations for the encrypted root key (OWASP 2023).
@@ -147,19 +145,26 @@ pub trait KeySigner: Send + Sync {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError>;
 }
 
+/// The key as the RustCrypto crates hold it: generation and PKCS#8.
 enum Secret {
     P256(p256::ecdsa::SigningKey),
     P384(p384::ecdsa::SigningKey),
-    Rsa(
-        Box<rsa::pkcs1v15::SigningKey<Sha256>>,
-        Box<rsa::RsaPrivateKey>,
-    ),
+    Rsa(Box<rsa::RsaPrivateKey>),
+}
+
+/// The same key loaded into ring, which signs several times faster than the
+/// pure-Rust arithmetic (assembly field and bignum code, RSA blinding built
+/// in); see docs/BENCHMARKS.md.
+enum RingKey {
+    Ecdsa(ring::signature::EcdsaKeyPair),
+    Rsa(ring::signature::RsaKeyPair),
 }
 
 /// A private key held in memory.
 pub struct PrivateKey {
     key_type: KeyType,
     secret: Secret,
+    ring: RingKey,
     public_raw: Vec<u8>,
     public_spki: Vec<u8>,
 }
@@ -191,7 +196,7 @@ impl PrivateKey {
                 KeyType::P384,
                 k.verifying_key().to_public_key_der().map_err(enc)?,
             ),
-            Secret::Rsa(_, k) => {
+            Secret::Rsa(k) => {
                 let bits = rsa::traits::PublicKeyParts::size(k.as_ref()) * 8;
                 let key_type = match bits {
                     2048 => KeyType::Rsa2048,
@@ -207,9 +212,35 @@ impl PrivateKey {
         };
         let public_spki = public_spki.as_bytes().to_vec();
         let public_raw = spki_raw_key(&public_spki)?;
+        let pkcs8 = pkcs8_der(&secret)?;
+        let rng = ring::rand::SystemRandom::new();
+        let rejected =
+            |e: ring::error::KeyRejected| KeyError::Encode(format!("ring refused the key: {e}"));
+        let ring = match key_type {
+            KeyType::P256 => RingKey::Ecdsa(
+                ring::signature::EcdsaKeyPair::from_pkcs8(
+                    &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                    pkcs8.as_bytes(),
+                    &rng,
+                )
+                .map_err(rejected)?,
+            ),
+            KeyType::P384 => RingKey::Ecdsa(
+                ring::signature::EcdsaKeyPair::from_pkcs8(
+                    &ring::signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+                    pkcs8.as_bytes(),
+                    &rng,
+                )
+                .map_err(rejected)?,
+            ),
+            KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => RingKey::Rsa(
+                ring::signature::RsaKeyPair::from_pkcs8(pkcs8.as_bytes()).map_err(rejected)?,
+            ),
+        };
         Ok(PrivateKey {
             key_type,
             secret,
+            ring,
             public_raw,
             public_spki,
         })
@@ -220,14 +251,8 @@ impl PrivateKey {
         self.key_type
     }
 
-    /// PKCS#8 DER (secret; zeroised on drop).
     fn pkcs8_der(&self) -> Result<pkcs8::SecretDocument, KeyError> {
-        let doc = match &self.secret {
-            Secret::P256(k) => k.to_pkcs8_der(),
-            Secret::P384(k) => k.to_pkcs8_der(),
-            Secret::Rsa(_, k) => k.to_pkcs8_der(),
-        };
-        doc.map_err(|e| KeyError::Encode(e.to_string()))
+        pkcs8_der(&self.secret)
     }
 
     /// Unencrypted PKCS#8 PEM (`PRIVATE KEY`).
@@ -297,8 +322,17 @@ impl PrivateKey {
 }
 
 fn rsa_secret(key: rsa::RsaPrivateKey) -> Secret {
-    let signing = rsa::pkcs1v15::SigningKey::<Sha256>::new(key.clone());
-    Secret::Rsa(Box::new(signing), Box::new(key))
+    Secret::Rsa(Box::new(key))
+}
+
+/// PKCS#8 DER (secret; zeroised on drop).
+fn pkcs8_der(secret: &Secret) -> Result<pkcs8::SecretDocument, KeyError> {
+    let doc = match secret {
+        Secret::P256(k) => k.to_pkcs8_der(),
+        Secret::P384(k) => k.to_pkcs8_der(),
+        Secret::Rsa(k) => k.to_pkcs8_der(),
+    };
+    doc.map_err(|e| KeyError::Encode(e.to_string()))
 }
 
 /// Extracts the subjectPublicKey bits of a DER SubjectPublicKeyInfo.
@@ -320,10 +354,12 @@ impl fmt::Debug for PrivateKey {
 
 impl KeySigner for PrivateKey {
     fn scheme(&self) -> SignatureScheme {
-        match self.secret {
-            Secret::P256(_) => SignatureScheme::EcdsaP256Sha256,
-            Secret::P384(_) => SignatureScheme::EcdsaP384Sha384,
-            Secret::Rsa(..) => SignatureScheme::RsaPkcs1Sha256,
+        match self.key_type {
+            KeyType::P256 => SignatureScheme::EcdsaP256Sha256,
+            KeyType::P384 => SignatureScheme::EcdsaP384Sha384,
+            KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
+                SignatureScheme::RsaPkcs1Sha256
+            }
         }
     }
 
@@ -336,26 +372,19 @@ impl KeySigner for PrivateKey {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        use p256::ecdsa::signature::Signer;
-        Ok(match &self.secret {
-            Secret::P256(k) => {
-                let sig: p256::ecdsa::Signature = k
-                    .try_sign(message)
-                    .map_err(|e| KeyError::Sign(e.to_string()))?;
-                sig.to_der().as_bytes().to_vec()
+        let rng = ring::rand::SystemRandom::new();
+        match &self.ring {
+            RingKey::Ecdsa(k) => k
+                .sign(&rng, message)
+                .map(|sig| sig.as_ref().to_vec())
+                .map_err(|_| KeyError::Sign("ECDSA signing failed".into())),
+            RingKey::Rsa(k) => {
+                let mut sig = vec![0u8; k.public().modulus_len()];
+                k.sign(&ring::signature::RSA_PKCS1_SHA256, &rng, message, &mut sig)
+                    .map_err(|_| KeyError::Sign("RSA signing failed".into()))?;
+                Ok(sig)
             }
-            Secret::P384(k) => {
-                let sig: p384::ecdsa::Signature = k
-                    .try_sign(message)
-                    .map_err(|e| KeyError::Sign(e.to_string()))?;
-                sig.to_der().as_bytes().to_vec()
-            }
-            // Blinded signing (random per signature) against timing attacks.
-            Secret::Rsa(k, _) => k
-                .try_sign_with_rng(&mut OsRng, message)
-                .map_err(|e| KeyError::Sign(e.to_string()))?
-                .to_vec(),
-        })
+        }
     }
 }
 

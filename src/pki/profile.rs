@@ -184,6 +184,7 @@ pub(crate) fn leaf_params(
     urls: &IssuerUrls,
 ) -> Result<CertificateParams, ProfileError> {
     let mut params = CertificateParams::default();
+    params.key_identifier_method = key_identifier(req.spki_der)?;
     params.serial_number = Some(rcgen::SerialNumber::from_slice(req.serial.as_bytes()));
     params.not_before = req.not_before();
     params.not_after = req.not_after();
@@ -243,6 +244,22 @@ pub(crate) fn leaf_params(
         &urls.ca_issuers,
     ));
     Ok(params)
+}
+
+/// The subjectKeyIdentifier by RFC 7093 §2 method 1: the leftmost 160 bits
+/// of the SHA-256 of the subjectPublicKey BIT STRING value (what linters
+/// recognise; rcgen's default hashes the whole SubjectPublicKeyInfo).
+pub(crate) fn key_identifier(spki_der: &[u8]) -> Result<rcgen::KeyIdMethod, ProfileError> {
+    use sha2::{Digest, Sha256};
+    use x509_parser::prelude::FromDer;
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der).map_err(|e| {
+        ProfileError::Encode {
+            field: "subjectPublicKeyInfo",
+            reason: e.to_string(),
+        }
+    })?;
+    let digest = Sha256::digest(&spki.subject_public_key.data);
+    Ok(rcgen::KeyIdMethod::PreSpecified(digest[..20].to_vec()))
 }
 
 /// authorityInfoAccess (RFC 5280 §4.2.2.1) with OCSP and caIssuers entries.

@@ -93,10 +93,14 @@ pub(super) const SELECT_CERTIFICATE: &str =
      requested_by, not_before, not_after, der, revoked_at, revocation_reason, created_at \
      FROM certificates WHERE serial = $1";
 
-pub(super) const INSERT_CERTIFICATE: &str =
+/// Rows per multi-row INSERT: 128 rows of 12 parameters stay far below
+/// SQLite's and PostgreSQL's bound-parameter limits.
+pub(super) const ROWS_PER_INSERT: usize = 128;
+
+/// Followed by `VALUES (…), (…)` for a batch.
+pub(super) const INSERT_CERTIFICATE_PREFIX: &str =
     "INSERT INTO certificates (serial, issuer_id, account_id, order_id, subject, identifiers, \
-     profile, requested_by, not_before, not_after, der, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+     profile, requested_by, not_before, not_after, der, created_at) ";
 
 /// Taking the audit head first both reads the chain's end and, by writing,
 /// serialises every audit-writing transaction: a row lock on PostgreSQL
@@ -106,9 +110,9 @@ pub(super) const LOCK_AUDIT_HEAD: &str =
 
 pub(super) const SET_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
 
-pub(super) const INSERT_AUDIT: &str =
-    "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+/// Followed by `VALUES (…), (…)` for a batch.
+pub(super) const INSERT_AUDIT_PREFIX: &str =
+    "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash) ";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct AuditRow {
@@ -134,7 +138,8 @@ pub(super) const INSERT_USER: &str = "INSERT INTO users (id, username, password_
 macro_rules! impl_sql_store {
     ($store:ty, $db:ty, $name:literal) => {
         impl $store {
-            /// Appends audit records inside `tx`, extending the hash chain.
+            /// Appends audit records inside `tx`, extending the hash chain,
+            /// with one multi-row INSERT.
             async fn append_audit_tx(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 events: &[&$crate::store::AuditEvent],
@@ -143,6 +148,7 @@ macro_rules! impl_sql_store {
                     sqlx::query_as($crate::store::shared::LOCK_AUDIT_HEAD)
                         .fetch_one(&mut **tx)
                         .await?;
+                let mut rows = Vec::with_capacity(events.len());
                 for event in events {
                     seq += 1;
                     let at = event.at.unix_timestamp();
@@ -156,18 +162,26 @@ macro_rules! impl_sql_store {
                         &event.subject,
                         &details,
                     );
-                    sqlx::query($crate::store::shared::INSERT_AUDIT)
-                        .bind(seq)
-                        .bind(at)
-                        .bind(&event.actor)
-                        .bind(&event.action)
-                        .bind(&event.subject)
-                        .bind(&details)
-                        .bind(&prev)
-                        .bind(&hash)
-                        .execute(&mut **tx)
-                        .await?;
-                    prev = hash;
+                    let prev_hash = std::mem::replace(&mut prev, hash.clone());
+                    rows.push((seq, at, *event, details, prev_hash, hash));
+                }
+                for chunk in rows.chunks($crate::store::shared::ROWS_PER_INSERT) {
+                    let mut insert =
+                        sqlx::QueryBuilder::<$db>::new($crate::store::shared::INSERT_AUDIT_PREFIX);
+                    insert.push_values(
+                        chunk,
+                        |mut b, (seq, at, event, details, prev_hash, hash)| {
+                            b.push_bind(*seq)
+                                .push_bind(*at)
+                                .push_bind(event.actor.clone())
+                                .push_bind(event.action.clone())
+                                .push_bind(event.subject.clone())
+                                .push_bind(details.clone())
+                                .push_bind(prev_hash.clone())
+                                .push_bind(hash.clone());
+                        },
+                    );
+                    insert.build().execute(&mut **tx).await?;
                 }
                 sqlx::query($crate::store::shared::SET_AUDIT_HEAD)
                     .bind(seq)
@@ -186,24 +200,35 @@ macro_rules! impl_sql_store {
                 let events: Vec<&$crate::store::AuditEvent> =
                     items.iter().map(|(_, e)| e).collect();
                 Self::append_audit_tx(&mut tx, &events).await?;
-                for (cert, _) in items.iter() {
-                    let identifiers = serde_json::to_string(&cert.identifiers)
-                        .map_err(|e| $crate::store::StoreError::Database(e.to_string()))?;
-                    sqlx::query($crate::store::shared::INSERT_CERTIFICATE)
-                        .bind(cert.serial.to_hex())
-                        .bind(&cert.issuer_id)
-                        .bind(&cert.account_id)
-                        .bind(&cert.order_id)
-                        .bind(&cert.subject)
-                        .bind(identifiers)
-                        .bind(&cert.profile)
-                        .bind(&cert.requested_by)
-                        .bind(cert.not_before.unix_timestamp())
-                        .bind(cert.not_after.unix_timestamp())
-                        .bind(&cert.der)
-                        .bind(time::OffsetDateTime::now_utc().unix_timestamp())
-                        .execute(&mut *tx)
-                        .await?;
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                for chunk in items.chunks($crate::store::shared::ROWS_PER_INSERT) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
+                        $crate::store::shared::INSERT_CERTIFICATE_PREFIX,
+                    );
+                    let mut encode_error = None;
+                    insert.push_values(chunk, |mut b, (cert, _)| {
+                        let identifiers =
+                            serde_json::to_string(&cert.identifiers).unwrap_or_else(|e| {
+                                encode_error = Some(e.to_string());
+                                String::new()
+                            });
+                        b.push_bind(cert.serial.to_hex())
+                            .push_bind(cert.issuer_id.clone())
+                            .push_bind(cert.account_id.clone())
+                            .push_bind(cert.order_id.clone())
+                            .push_bind(cert.subject.clone())
+                            .push_bind(identifiers)
+                            .push_bind(cert.profile.clone())
+                            .push_bind(cert.requested_by.clone())
+                            .push_bind(cert.not_before.unix_timestamp())
+                            .push_bind(cert.not_after.unix_timestamp())
+                            .push_bind(cert.der.clone())
+                            .push_bind(now);
+                    });
+                    if let Some(e) = encode_error {
+                        return Err($crate::store::StoreError::Database(e));
+                    }
+                    insert.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(())

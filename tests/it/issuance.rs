@@ -588,3 +588,69 @@ async fn every_ca_key_type_makes_a_chain_openssl_accepts() {
         ca.cleanup().await;
     }
 }
+
+/// Runs pkilint's RFC 5280 certificate linter; `None` when it is not
+/// installed outside CI (under `CI=true` it must be).
+fn pkilint(dir: &std::path::Path, file: &str) -> Option<(bool, String)> {
+    let out = std::process::Command::new("lint_pkix_cert")
+        .args(["lint", "-s", "WARNING", file])
+        .current_dir(dir)
+        .output();
+    match out {
+        Ok(o) => Some((
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )),
+        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but pkilint (lint_pkix_cert) is not installed")
+        }
+        Err(_) => {
+            eprintln!("note: pkilint is not installed; skipping the RFC 5280 lint");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn issued_and_ca_certificates_pass_the_rfc5280_linter() {
+    let ca = TestCa::new(Backend::Sqlite).await;
+    let authority = ca.authority().await;
+    let dir = ca.dir.path();
+    let mut files = vec![
+        ("root.pem".to_string(), authority.root().pem()),
+        (
+            "intermediate.pem".to_string(),
+            authority.issuer().certificate().pem(),
+        ),
+    ];
+    for (name, genpkey, san) in [
+        (
+            "ec",
+            P256,
+            "DNS:web.internal,DNS:*.web.internal,IP:10.1.2.3,IP:fd00::1",
+        ),
+        ("rsa", RSA2048, "DNS:rsa.internal"),
+    ] {
+        let csr = openssl_csr(dir, name, genpkey, "/O=ignored", Some(san));
+        let signed = authority
+            .sign_csr(&csr, SignOptions::default(), "t")
+            .await
+            .unwrap();
+        files.push((format!("{name}-leaf.pem"), signed.certificate.pem()));
+    }
+    for (file, pem) in files {
+        std::fs::write(dir.join(&file), pem).unwrap();
+        let Some((ok, out)) = pkilint(dir, &file) else {
+            return;
+        };
+        assert!(
+            ok && out.trim().is_empty(),
+            "{file}: pkilint reports:\n{out}"
+        );
+    }
+    ca.cleanup().await;
+}
