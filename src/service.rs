@@ -40,11 +40,15 @@ pub enum StartError {
     Tls(String),
 }
 
+/// How often the HTTPS certificate is checked (renewed when it has less
+/// than 30 days left, reloaded when `tls = "files"` changed on disk).
+const TLS_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A started (not yet serving) hallmark instance.
 pub struct Service {
     config: Config,
     authority: Arc<Authority>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<(Arc<rustls::ServerConfig>, Arc<CertificateSlot>)>,
     initial_admin_password: Option<Zeroizing<String>>,
 }
 
@@ -53,18 +57,11 @@ impl Service {
     pub async fn start(config: Config) -> Result<Service, StartError> {
         let layout = Layout::new(&config.data_dir);
         let authority = open_authority(&config).await?;
-        let tls = match &config.tls {
-            TlsMode::Off => None,
-            TlsMode::SelfIssued => {
-                let (chain, key) = ensure_service_certificate(&config, &layout, &authority).await?;
-                Some(tls_config(&chain, &key)?)
-            }
-            TlsMode::Files { cert, key } => {
-                let read = |p: &std::path::Path| {
-                    std::fs::read_to_string(p)
-                        .map_err(|e| StartError::Tls(format!("{}: {e}", p.display())))
-                };
-                Some(tls_config(&read(cert)?, &Zeroizing::new(read(key)?))?)
+        let tls = match current_tls_material(&config, &layout, &authority).await? {
+            None => None,
+            Some((chain, key)) => {
+                let slot = Arc::new(CertificateSlot::new(certified_key(&chain, &key)?));
+                Some((tls_config_with(slot.clone())?, slot))
             }
         };
         // Last, so a start that fails earlier cannot swallow the one-time
@@ -89,6 +86,16 @@ impl Service {
         self.initial_admin_password.take()
     }
 
+    /// A handle that renews or reloads the HTTPS certificate on demand (the
+    /// service also does so every hour while it runs).
+    pub fn tls_refresher(&self) -> Option<TlsRefresher> {
+        self.tls.as_ref().map(|(_, slot)| TlsRefresher {
+            config: self.config.clone(),
+            authority: self.authority.clone(),
+            slot: slot.clone(),
+        })
+    }
+
     /// Serves the HTTPS and HTTP listeners until `shutdown` turns true.
     pub async fn run(self, https: TcpListener, http: TcpListener, shutdown: watch::Receiver<bool>) {
         let issuing = self.authority.issuer().certificate().clone();
@@ -98,14 +105,112 @@ impl Service {
             public_https_url: self.config.public_https_url.clone(),
             public_http_url: self.config.public_http_url.clone(),
         });
+        if let Some(refresher) = self.tls_refresher() {
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(TLS_REFRESH_INTERVAL);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.changed() => break,
+                    }
+                    if let Err(e) = refresher.refresh().await {
+                        tracing::warn!(error = %e, "refreshing the HTTPS certificate failed; keeping the current one");
+                    }
+                }
+            });
+        }
         let https_task = http::server::serve(
             https,
             http::https_router(state.clone()),
-            self.tls.clone(),
+            self.tls.as_ref().map(|(config, _)| config.clone()),
             shutdown.clone(),
         );
         let http_task = http::server::serve(http, http::http_router(state), None, shutdown);
         tokio::join!(https_task, http_task);
+    }
+}
+
+/// Renews (`tls = "self"`) or reloads (`tls = "files"`) the HTTPS
+/// certificate while serving; new handshakes get the new certificate.
+#[derive(Clone)]
+pub struct TlsRefresher {
+    config: Config,
+    authority: Arc<Authority>,
+    slot: Arc<CertificateSlot>,
+}
+
+impl TlsRefresher {
+    /// Checks the certificate now; returns whether it changed.
+    pub async fn refresh(&self) -> Result<bool, StartError> {
+        let layout = Layout::new(&self.config.data_dir);
+        let Some((chain, key)) =
+            current_tls_material(&self.config, &layout, &self.authority).await?
+        else {
+            return Ok(false);
+        };
+        let fresh = certified_key(&chain, &key)?;
+        let changed = self.slot.current().cert != fresh.cert;
+        if changed {
+            self.slot.replace(fresh);
+            tracing::info!("the HTTPS listener now uses a new certificate");
+        }
+        Ok(changed)
+    }
+}
+
+/// The chain and key PEM the HTTPS listener should use now, if any.
+async fn current_tls_material(
+    config: &Config,
+    layout: &Layout,
+    authority: &Authority,
+) -> Result<Option<(String, Zeroizing<String>)>, StartError> {
+    match &config.tls {
+        TlsMode::Off => Ok(None),
+        TlsMode::SelfIssued => Ok(Some(
+            ensure_service_certificate(config, layout, authority).await?,
+        )),
+        TlsMode::Files { cert, key } => {
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| StartError::Tls(format!("{}: {e}", p.display())))
+            };
+            Ok(Some((read(cert)?, Zeroizing::new(read(key)?))))
+        }
+    }
+}
+
+/// The HTTPS listener's certificate, replaceable while serving.
+#[derive(Debug)]
+pub struct CertificateSlot(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl CertificateSlot {
+    fn new(key: rustls::sign::CertifiedKey) -> Self {
+        CertificateSlot(std::sync::RwLock::new(Arc::new(key)))
+    }
+
+    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        match self.0.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn replace(&self, key: rustls::sign::CertifiedKey) {
+        match self.0.write() {
+            Ok(mut guard) => *guard = Arc::new(key),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(key),
+        }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertificateSlot {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
     }
 }
 
@@ -243,8 +348,11 @@ fn service_certificate_is_current(chain: &str, issuer_pem: &str, wanted: &[Ident
     wanted.iter().all(|id| have.contains(&id.value()))
 }
 
-/// A rustls server configuration (TLS 1.2 and 1.3, h2 and http/1.1).
-pub fn tls_config(chain_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, StartError> {
+/// A certificate chain and key, parsed for rustls.
+pub fn certified_key(
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<rustls::sign::CertifiedKey, StartError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
@@ -257,14 +365,31 @@ pub fn tls_config(chain_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerCo
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| StartError::Tls(format!("private key: {e}")))?;
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| StartError::Tls(format!("private key: {e}")))?;
+    let certified = rustls::sign::CertifiedKey::new(certs, signing_key);
+    certified
+        .keys_match()
+        .map_err(|e| StartError::Tls(format!("the key does not match the certificate: {e}")))?;
+    Ok(certified)
+}
+
+/// A rustls server configuration (TLS 1.2 and 1.3, h2 and http/1.1) for a
+/// fixed chain and key.
+pub fn tls_config(chain_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    tls_config_with(Arc::new(CertificateSlot::new(certified_key(
+        chain_pem, key_pem,
+    )?)))
+}
+
+fn tls_config_with(slot: Arc<CertificateSlot>) -> Result<Arc<rustls::ServerConfig>, StartError> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| StartError::Tls(e.to_string()))?
     .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| StartError::Tls(e.to_string()))?;
+    .with_cert_resolver(slot);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -204,6 +204,7 @@ impl TestCa {
             .expect("service starts");
         let admin_password = service.take_initial_admin_password().map(|p| p.to_string());
         let authority = service.authority().clone();
+        let tls_refresher = service.tls_refresher();
         let (stop, stopped) = watch::channel(false);
         let handle = tokio::spawn(service.run(https, http, stopped));
         Running {
@@ -212,6 +213,7 @@ impl TestCa {
             root_pem: std::fs::read_to_string(self.data_dir().join("ca/root.crt.pem")).unwrap(),
             admin_password,
             authority,
+            tls_refresher,
             stop,
             handle,
         }
@@ -228,6 +230,7 @@ pub struct Running {
     pub root_pem: String,
     pub admin_password: Option<String>,
     pub authority: Arc<Authority>,
+    pub tls_refresher: Option<service::TlsRefresher>,
     stop: watch::Sender<bool>,
     handle: tokio::task::JoinHandle<()>,
 }

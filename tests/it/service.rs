@@ -251,3 +251,50 @@ async fn read_admin_hash(db: &TestDb) -> String {
         }
     }
 }
+
+/// The serial of the certificate the HTTPS listener presents, by s_client.
+fn presented_serial(dir: &std::path::Path, port: u16) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | openssl s_client -connect 127.0.0.1:{port} -servername localhost 2>/dev/null | openssl x509 -noout -serial"
+        ))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_certificate_is_renewed_while_serving_without_a_restart() {
+    let mut ca = TestCa::new(Backend::Sqlite).await;
+    let running = ca.start().await;
+    let port = ca.config.https_listen.port();
+    let dir = ca.dir.path().to_path_buf();
+    let refresher = running.tls_refresher.clone().expect("TLS is on");
+    let before = presented_serial(&dir, port);
+    assert!(before.starts_with("serial="), "{before}");
+
+    // Nothing to do while the certificate is current.
+    assert!(!refresher.refresh().await.unwrap());
+    assert_eq!(presented_serial(&dir, port), before);
+
+    // A certificate that no longer fits (here: the file was damaged) is
+    // replaced, and new handshakes get the new one at once.
+    std::fs::write(ca.data_dir().join("tls/server.crt.pem"), "damaged").unwrap();
+    assert!(refresher.refresh().await.unwrap());
+    let after = presented_serial(&dir, port);
+    assert!(
+        after.starts_with("serial=") && after != before,
+        "{before} -> {after}"
+    );
+    let r = running
+        .client()
+        .get(format!("{}/healthz", running.https_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    running.stop().await;
+    ca.cleanup().await;
+}
