@@ -315,3 +315,24 @@ pub fn openssl_csr(
 
 pub const P256: &[&str] = &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
 pub const RSA2048: &[&str] = &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
+
+/// Writes `root.pem`, `chain.pem` and `leaf.pem` into `dir` and asserts that
+/// `openssl verify -CAfile root.pem -untrusted chain.pem leaf.pem` accepts
+/// the leaf.
+pub fn assert_openssl_verifies(dir: &Path, root_pem: &str, chain_pem: &str, leaf_pem: &str) {
+    std::fs::write(dir.join("root.pem"), root_pem).unwrap();
+    std::fs::write(dir.join("chain.pem"), chain_pem).unwrap();
+    std::fs::write(dir.join("leaf.pem"), leaf_pem).unwrap();
+    let out = openssl(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "chain.pem",
+            "leaf.pem",
+        ],
+    );
+    assert!(out.contains("leaf.pem: OK"), "{out}");
+}
