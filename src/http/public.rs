@@ -70,6 +70,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/ca/{file}", get(ca_file))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
 async fn ca_file(
@@ -124,4 +125,57 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             .into_response()
         }
     }
+}
+
+/// Prometheus text exposition: what an operator alerts on (CA expiry, the
+/// database answering) and issuance volume.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    use std::fmt::Write;
+    let authority = &state.authority;
+    let database_up = u8::from(authority.store().ping().await.is_ok());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP hallmark_build_info The running hallmark version."
+    );
+    let _ = writeln!(out, "# TYPE hallmark_build_info gauge");
+    let _ = writeln!(
+        out,
+        "hallmark_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(
+        out,
+        "# HELP hallmark_database_up Whether the database answers (1) or not (0)."
+    );
+    let _ = writeln!(out, "# TYPE hallmark_database_up gauge");
+    let _ = writeln!(out, "hallmark_database_up {database_up}");
+    let _ = writeln!(out, "# HELP hallmark_certificates_issued_total Certificates this process issued since it started.");
+    let _ = writeln!(out, "# TYPE hallmark_certificates_issued_total counter");
+    let _ = writeln!(
+        out,
+        "hallmark_certificates_issued_total {}",
+        authority.issued_count()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP hallmark_ca_not_after_seconds When each CA certificate expires (Unix time)."
+    );
+    let _ = writeln!(out, "# TYPE hallmark_ca_not_after_seconds gauge");
+    for cert in [authority.root(), authority.issuer().certificate()] {
+        let _ = writeln!(
+            out,
+            "hallmark_ca_not_after_seconds{{issuer=\"{}\"}} {}",
+            cert.id(),
+            cert.not_after().unix_timestamp()
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        out,
+    )
+        .into_response()
 }

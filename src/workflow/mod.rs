@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod users;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use time::OffsetDateTime;
@@ -66,6 +67,7 @@ pub struct Authority {
     policy: Policy,
     issuer: Issuer,
     root: CaCertificate,
+    issued: AtomicU64,
 }
 
 impl Authority {
@@ -76,6 +78,7 @@ impl Authority {
             policy,
             issuer,
             root,
+            issued: AtomicU64::new(0),
         }
     }
 
@@ -97,6 +100,11 @@ impl Authority {
     /// The root.
     pub fn root(&self) -> &CaCertificate {
         &self.root
+    }
+
+    /// Certificates this process has issued since it started (for metrics).
+    pub fn issued_count(&self) -> u64 {
+        self.issued.load(Ordering::Relaxed)
     }
 
     /// Signs a CSR under policy without domain validation — the operator's
@@ -213,6 +221,7 @@ impl Authority {
                 event,
             )
             .await?;
+        self.issued.fetch_add(1, Ordering::Relaxed);
         let chain_pem = format!("{}{}", cert.pem(), self.issuer.certificate().pem());
         Ok(Signed {
             certificate: cert,

@@ -83,6 +83,46 @@ async fn public_endpoints_serve_ca_certificates_and_health_on_both_listeners() {
             assert!(body["detail"].as_str().unwrap().contains("nothing.crt"));
         }
 
+        // Metrics count what this process issued (its own HTTPS certificate
+        // included).
+        let issued = |text: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix("hallmark_certificates_issued_total "))
+                .and_then(|v| v.parse().ok())
+                .expect("the issuance counter is exported")
+        };
+        let metrics_url = format!("{}/metrics", running.http_url);
+        let before = plain
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let csr = openssl_csr(ca.dir.path(), "m", P256, "/CN=m.internal", None);
+        running
+            .authority
+            .sign_csr(&csr, SignOptions::default(), "t")
+            .await
+            .unwrap();
+        let after = plain
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(issued(&after), issued(&before) + 1, "{after}");
+        assert!(after.contains("hallmark_database_up 1"), "{after}");
+        assert!(
+            after.contains(&format!(
+                "hallmark_ca_not_after_seconds{{issuer=\"{issuer_id}\"}}"
+            )),
+            "{after}"
+        );
+
         // The HTTPS landing page, with browser security headers.
         let r = https
             .get(format!("{}/", running.https_url))
