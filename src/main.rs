@@ -185,6 +185,7 @@ fn init(config: &Config, explicit: bool) -> anyhow::Result<()> {
         "  root key      {} (encrypted; keep the passphrase safe)",
         layout.root_key().display()
     );
+    println!("  root SHA-256  {}", outcome.root.fingerprint_sha256());
     Ok(())
 }
 

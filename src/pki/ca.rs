@@ -121,6 +121,17 @@ impl CaCertificate {
     pub fn subject(&self) -> &str {
         &self.subject
     }
+    /// SHA-256 fingerprint, upper-case hex pairs joined by colons (as
+    /// `openssl x509 -fingerprint -sha256` prints it).
+    pub fn fingerprint_sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(&self.der)
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
     /// The subjectKeyIdentifier.
     pub fn key_id(&self) -> &[u8] {
         &self.key_id

@@ -24,6 +24,7 @@ pub fn router() -> Router<Arc<AppState>> {
 struct IndexPage<'a> {
     root_subject: &'a str,
     root_not_after: String,
+    root_fingerprint: String,
     issuer_id: &'a str,
     issuer_subject: &'a str,
     issuer_not_after: String,
@@ -36,6 +37,7 @@ async fn index(State(state): State<Arc<AppState>>) -> Response {
     let page = IndexPage {
         root_subject: root.subject(),
         root_not_after: root.not_after().date().to_string(),
+        root_fingerprint: root.fingerprint_sha256(),
         issuer_id: issuer.id(),
         issuer_subject: issuer.subject(),
         issuer_not_after: issuer.not_after().date().to_string(),
