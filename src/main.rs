@@ -299,7 +299,11 @@ async fn sign(
             .map(|i| i.value())
             .collect::<Vec<_>>()
             .join(", "),
-        signed.certificate.not_after
+        signed
+            .certificate
+            .not_after
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
     );
     print!("{}", signed.chain_pem);
     Ok(())
