@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use hallmark::config::{Config, DEFAULT_DATA_DIR};
 use hallmark::datadir::{self, Layout};
 use hallmark::service::Service;
-use hallmark::workflow::{audit, SignOptions};
+use hallmark::workflow::{accounts, audit, SignOptions};
 
 /// hallmark: a private certificate authority.
 #[derive(Parser)]
@@ -52,10 +52,27 @@ enum Command {
         #[arg(long, default_value = "server")]
         profile: String,
     },
+    /// Requester accounts and their API keys
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
     /// The audit log
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account; prints {"id", "api_key"} once (the key is not stored)
+    Create {
+        /// Account name (a team or service)
+        name: String,
+        /// What the account's keys may do
+        #[arg(long, default_value = "requester", value_parser = ["requester", "reviewer", "admin"])]
+        role: String,
     },
 }
 
@@ -129,6 +146,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             days,
             profile,
         } => sign(config, csr_file, days, profile).await,
+        Command::Account {
+            command: AccountCommand::Create { name, role },
+        } => {
+            let store = hallmark::store::connect(&config.database_url).await?;
+            let role = role.parse::<accounts::Role>()?;
+            let created =
+                accounts::create_account(store.as_ref(), &name, role, &operator()).await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": created.account.id,
+                    "name": created.account.name,
+                    "role": created.account.role,
+                    "api_key": created.api_key.as_str(),
+                })
+            );
+            Ok(())
+        }
         Command::Audit {
             command: AuditCommand::Verify,
         } => {
@@ -141,6 +176,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The audit actor for a CLI command: the operator's login name.
+fn operator() -> String {
+    format!(
+        "operator:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
 }
 
 /// The root passphrase: `HALLMARK_ROOT_PASSPHRASE`, else a prompt.
@@ -277,7 +320,7 @@ async fn sign(
         std::fs::read(&csr_file).with_context(|| format!("cannot read {}", csr_file.display()))?
     };
     let authority = hallmark::service::open_authority(&config).await?;
-    let operator = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+
     let signed = authority
         .sign_csr(
             &csr,
@@ -286,7 +329,7 @@ async fn sign(
                 profile: Some(profile),
                 ..SignOptions::default()
             },
-            &format!("operator:{operator}"),
+            &operator(),
         )
         .await?;
     eprintln!(

@@ -1,6 +1,7 @@
 //! The HTTP edge: axum routers for the two listeners, the problem+json error
 //! type, and the connection loop with TLS and graceful shutdown.
 
+pub mod api;
 pub mod problem;
 pub mod public;
 pub mod server;
@@ -57,9 +58,16 @@ pub fn http_router(state: Arc<AppState>) -> Router {
 /// The HTTPS listener: the public routes, the web pages (and later the API,
 /// ACME and dashboard), with browser security headers.
 pub fn https_router(state: Arc<AppState>) -> Router {
-    let router = public::router().merge(web::router()).with_state(state);
+    let router = public::router()
+        .merge(web::router())
+        .merge(api::router())
+        .with_state(state);
     common_layers(router)
         .layer(TraceLayer::new_for_http())
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::STRICT_TRANSPORT_SECURITY,
             HeaderValue::from_static("max-age=31536000"),

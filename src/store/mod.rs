@@ -224,6 +224,30 @@ pub struct NewUser {
     pub must_change_password: bool,
 }
 
+/// A requester account (REST and, bound by EAB, ACME).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    /// Random id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// `requester`, `reviewer` or `admin`.
+    pub role: String,
+    /// A disabled account cannot authenticate.
+    pub disabled: bool,
+    /// When created (Unix seconds).
+    pub created_at: i64,
+}
+
+/// An API key to store: only the SHA-256 of the token is kept.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    /// Random id.
+    pub id: String,
+    /// SHA-256 of the token.
+    pub key_hash: [u8; 32],
+}
+
 /// The storage contract both backends fulfil.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -264,6 +288,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many dashboard users exist.
     async fn count_users(&self) -> Result<i64>;
+
+    /// Creates an account with its first API key and the audit record, in
+    /// one transaction.
+    async fn create_account(
+        &self,
+        account: AccountRecord,
+        key: NewApiKey,
+        event: AuditEvent,
+    ) -> Result<()>;
+
+    /// The enabled account owning an unrevoked API key with this hash, and
+    /// the stored hash (for a constant-time comparison by the caller).
+    async fn account_by_api_key(
+        &self,
+        key_hash: &[u8; 32],
+    ) -> Result<Option<(AccountRecord, Vec<u8>)>>;
 }
 
 /// Opens the store a URL names (`sqlite://…` or `postgres://…`) and applies

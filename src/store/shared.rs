@@ -133,6 +133,28 @@ pub(super) const SELECT_AUDIT_PAGE: &str =
 pub(super) const INSERT_USER: &str = "INSERT INTO users (id, username, password_hash, role, must_change_password, created_at, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $6)";
 
+pub(super) const INSERT_ACCOUNT: &str =
+    "INSERT INTO accounts (id, name, role, disabled, created_at) VALUES ($1, $2, $3, $4, $5)";
+
+pub(super) const INSERT_API_KEY: &str =
+    "INSERT INTO api_keys (id, account_id, key_hash, created_at) VALUES ($1, $2, $3, $4)";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct AccountKeyRow {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub disabled: bool,
+    pub created_at: i64,
+    pub key_hash: Vec<u8>,
+}
+
+/// Looked up by the key's hash (unique index): one indexed read per request.
+pub(super) const SELECT_ACCOUNT_BY_KEY: &str =
+    "SELECT a.id, a.name, a.role, a.disabled, a.created_at, k.key_hash \
+     FROM api_keys k JOIN accounts a ON a.id = k.account_id \
+     WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND NOT a.disabled";
+
 /// Implements [`super::Store`] for a backend struct with `read` and `write`
 /// pools of `$db` and a `batcher`, using the shared statements above.
 macro_rules! impl_sql_store {
@@ -361,6 +383,56 @@ macro_rules! impl_sql_store {
                     .await?;
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn create_account(
+                &self,
+                account: $crate::store::AccountRecord,
+                key: $crate::store::NewApiKey,
+                event: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<()> {
+                let mut tx = self.write.begin().await?;
+                Self::append_audit_tx(&mut tx, &[&event]).await?;
+                sqlx::query($crate::store::shared::INSERT_ACCOUNT)
+                    .bind(&account.id)
+                    .bind(&account.name)
+                    .bind(&account.role)
+                    .bind(account.disabled)
+                    .bind(account.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query($crate::store::shared::INSERT_API_KEY)
+                    .bind(&key.id)
+                    .bind(&account.id)
+                    .bind(key.key_hash.to_vec())
+                    .bind(account.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn account_by_api_key(
+                &self,
+                key_hash: &[u8; 32],
+            ) -> $crate::store::Result<Option<($crate::store::AccountRecord, Vec<u8>)>> {
+                let row: Option<$crate::store::shared::AccountKeyRow> =
+                    sqlx::query_as($crate::store::shared::SELECT_ACCOUNT_BY_KEY)
+                        .bind(key_hash.to_vec())
+                        .fetch_optional(&self.read)
+                        .await?;
+                Ok(row.map(|r| {
+                    (
+                        $crate::store::AccountRecord {
+                            id: r.id,
+                            name: r.name,
+                            role: r.role,
+                            disabled: r.disabled,
+                            created_at: r.created_at,
+                        },
+                        r.key_hash,
+                    )
+                }))
             }
 
             async fn count_users(&self) -> $crate::store::Result<i64> {

@@ -2,6 +2,7 @@
 //! It combines CSR intake, policy, the signer and the store, and writes an
 //! audit record with every change in the same transaction.
 
+pub mod accounts;
 pub mod audit;
 pub mod users;
 

@@ -2,7 +2,8 @@
 
 use hallmark::pki::Serial;
 use hallmark::store::{
-    self, AuditEvent, IssuerKind, IssuerRecord, NewCertificate, NewUser, StoreError,
+    self, AccountRecord, AuditEvent, IssuerKind, IssuerRecord, NewApiKey, NewCertificate, NewUser,
+    StoreError,
 };
 use hallmark::workflow::audit::{self, AuditError};
 use time::OffsetDateTime;
@@ -153,13 +154,43 @@ async fn store_contract_holds_on_every_backend() {
         assert!(matches!(again, StoreError::Conflict(_)));
         assert_eq!(s.count_users().await.unwrap(), 1);
 
+        // Accounts are found by the hash of an unrevoked key, and only then.
+        let account = AccountRecord {
+            id: "acct_1".into(),
+            name: "team".into(),
+            role: "requester".into(),
+            disabled: false,
+            created_at: 1,
+        };
+        let key = NewApiKey {
+            id: "key_1".into(),
+            key_hash: [7u8; 32],
+        };
+        s.create_account(account.clone(), key, event("account.create", "acct_1"))
+            .await
+            .unwrap();
+        let (found, hash) = s
+            .account_by_api_key(&[7u8; 32])
+            .await
+            .unwrap()
+            .expect("found by key hash");
+        assert_eq!(found, account);
+        assert_eq!(hash, vec![7u8; 32]);
+        assert!(s.account_by_api_key(&[8u8; 32]).await.unwrap().is_none());
+        db.execute("UPDATE api_keys SET revoked_at = 2 WHERE id = 'key_1'")
+            .await;
+        assert!(
+            s.account_by_api_key(&[7u8; 32]).await.unwrap().is_none(),
+            "a revoked key finds nothing"
+        );
+
         // The audit chain: one record per successful write, nothing for the
         // failed ones, and it verifies.
         s.append_audit(event("crl.generate", "int-1"))
             .await
             .unwrap();
         let summary = audit::verify(s.as_ref()).await.unwrap();
-        assert_eq!(summary.records, 1 + 63 + 1 + 1);
+        assert_eq!(summary.records, 1 + 63 + 1 + 1 + 1);
         let page = s.audit_page(0, 2).await.unwrap();
         assert_eq!(page.len(), 2);
         assert_eq!(page[1].prev_hash, page[0].hash);
