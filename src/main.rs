@@ -312,13 +312,23 @@ async fn sign(
     days: Option<u32>,
     profile: String,
 ) -> anyhow::Result<()> {
-    let csr = if csr_file.as_os_str() == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf)?;
-        buf
+    // Read at most a little more than any CSR can be (PEM of the DER limit),
+    // so a wrong file cannot exhaust memory.
+    let limit = (hallmark::pki::csr::MAX_CSR_BYTES * 2) as u64;
+    let mut csr = Vec::new();
+    if csr_file.as_os_str() == "-" {
+        std::io::stdin().take(limit + 1).read_to_end(&mut csr)?;
     } else {
-        std::fs::read(&csr_file).with_context(|| format!("cannot read {}", csr_file.display()))?
-    };
+        std::fs::File::open(&csr_file)
+            .and_then(|f| f.take(limit + 1).read_to_end(&mut csr))
+            .with_context(|| format!("cannot read {}", csr_file.display()))?;
+    }
+    if csr.len() as u64 > limit {
+        bail!(
+            "{} is larger than {limit} bytes; it is not a CSR",
+            csr_file.display()
+        );
+    }
     let authority = hallmark::service::open_authority(&config).await?;
 
     let signed = authority

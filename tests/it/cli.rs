@@ -148,6 +148,14 @@ async fn hallmark_sign_prints_a_chain_openssl_accepts_and_records_it() {
         assert!(out.stdout.is_empty());
         assert_eq!(store.count_certificates().await.unwrap(), 1);
 
+        std::fs::write(d.join("huge.csr"), vec![b'A'; 1 << 20]).unwrap();
+        let out = hallmark(d, &["sign", "huge.csr"], &env);
+        assert!(
+            !out.status.success() && text(&out).contains("it is not a CSR"),
+            "{}",
+            text(&out)
+        );
+
         let out = hallmark(d, &["sign", "missing.csr"], &env);
         assert!(
             !out.status.success() && text(&out).contains("cannot read missing.csr"),
