@@ -74,6 +74,16 @@ enum AccountCommand {
         #[arg(long, default_value = "requester", value_parser = ["requester", "reviewer", "admin"])]
         role: String,
     },
+    /// Revoke one API key at once (by its key_id)
+    RevokeKey {
+        /// The key's id (`key_…`, printed when the key was made)
+        key_id: String,
+    },
+    /// Revoke every key of an account and print a new one
+    RotateKey {
+        /// The account's id (`acct_…`)
+        account_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,8 +169,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "id": created.account.id,
                     "name": created.account.name,
                     "role": created.account.role,
+                    "key_id": created.key_id,
                     "api_key": created.api_key.as_str(),
                 })
+            );
+            Ok(())
+        }
+        Command::Account {
+            command: AccountCommand::RevokeKey { key_id },
+        } => {
+            let store = hallmark::store::connect(&config.database_url).await?;
+            accounts::revoke_key(store.as_ref(), &key_id, &operator()).await?;
+            println!("revoked API key {key_id}");
+            Ok(())
+        }
+        Command::Account {
+            command: AccountCommand::RotateKey { account_id },
+        } => {
+            let store = hallmark::store::connect(&config.database_url).await?;
+            let (key_id, api_key) =
+                accounts::rotate_key(store.as_ref(), &account_id, &operator()).await?;
+            println!(
+                "{}",
+                serde_json::json!({"id": account_id, "key_id": key_id, "api_key": api_key.as_str()})
             );
             Ok(())
         }

@@ -298,6 +298,20 @@ pub trait Store: Send + Sync + 'static {
         event: AuditEvent,
     ) -> Result<()>;
 
+    /// Revokes one API key, with its audit record; `NotFound` if there is
+    /// no unrevoked key with this id.
+    async fn revoke_api_key(&self, key_id: &str, at: i64, event: AuditEvent) -> Result<()>;
+
+    /// Revokes every key of an account and adds `key`, with the audit
+    /// record, in one transaction; `NotFound` if the account does not exist.
+    async fn rotate_api_key(
+        &self,
+        account_id: &str,
+        key: NewApiKey,
+        at: i64,
+        event: AuditEvent,
+    ) -> Result<()>;
+
     /// The enabled account owning an unrevoked API key with this hash, and
     /// the stored hash (for a constant-time comparison by the caller).
     async fn account_by_api_key(

@@ -412,6 +412,58 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
+            async fn revoke_api_key(
+                &self,
+                key_id: &str,
+                at: i64,
+                event: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<()> {
+                let mut tx = self.write.begin().await?;
+                Self::append_audit_tx(&mut tx, &[&event]).await?;
+                let done = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                    .bind(at)
+                    .bind(key_id)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::store::StoreError::NotFound);
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn rotate_api_key(
+                &self,
+                account_id: &str,
+                key: $crate::store::NewApiKey,
+                at: i64,
+                event: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<()> {
+                let mut tx = self.write.begin().await?;
+                Self::append_audit_tx(&mut tx, &[&event]).await?;
+                let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM accounts WHERE id = $1")
+                    .bind(account_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if exists.is_none() {
+                    return Err($crate::store::StoreError::NotFound);
+                }
+                sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE account_id = $2 AND revoked_at IS NULL")
+                    .bind(at)
+                    .bind(account_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query($crate::store::shared::INSERT_API_KEY)
+                    .bind(&key.id)
+                    .bind(account_id)
+                    .bind(key.key_hash.to_vec())
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn account_by_api_key(
                 &self,
                 key_hash: &[u8; 32],

@@ -76,6 +76,12 @@ pub enum AccountError {
     /// account: deliberately one kind, so callers cannot tell which.
     #[error("the API key is missing, malformed, unknown or revoked")]
     Unauthenticated,
+    /// No unrevoked key with this id.
+    #[error("there is no active API key {0:?}")]
+    NoSuchKey(String),
+    /// No account with this id.
+    #[error("there is no account {0:?}")]
+    NoSuchAccount(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -97,8 +103,20 @@ pub struct Caller {
 pub struct CreatedAccount {
     /// The account.
     pub account: AccountRecord,
+    /// The key's id (not secret; used to revoke it).
+    pub key_id: String,
     /// The API key (secret).
     pub api_key: Zeroizing<String>,
+}
+
+/// A freshly generated key: its id, the token to show once, and its hash.
+fn new_key() -> (NewApiKey, Zeroizing<String>) {
+    let api_key = Zeroizing::new(format!("{API_KEY_PREFIX}{}", random_token(32)));
+    let key = NewApiKey {
+        id: format!("key_{}", random_token(12)),
+        key_hash: key_hash(&api_key),
+    };
+    (key, api_key)
 }
 
 fn key_hash(token: &str) -> [u8; 32] {
@@ -125,11 +143,8 @@ pub async fn create_account(
         disabled: false,
         created_at: now.unix_timestamp(),
     };
-    let api_key = Zeroizing::new(format!("{API_KEY_PREFIX}{}", random_token(32)));
-    let key = NewApiKey {
-        id: format!("key_{}", random_token(12)),
-        key_hash: key_hash(&api_key),
-    };
+    let (key, api_key) = new_key();
+    let key_id = key.id.clone();
     let event = AuditEvent {
         at: now,
         actor: actor.to_owned(),
@@ -138,7 +153,57 @@ pub async fn create_account(
         details: serde_json::json!({"name": account.name, "role": account.role, "key_id": key.id}),
     };
     store.create_account(account.clone(), key, event).await?;
-    Ok(CreatedAccount { account, api_key })
+    Ok(CreatedAccount {
+        account,
+        key_id,
+        api_key,
+    })
+}
+
+/// Revokes one API key at once: the next request with it gets 401.
+pub async fn revoke_key(store: &dyn Store, key_id: &str, actor: &str) -> Result<(), AccountError> {
+    let now = OffsetDateTime::now_utc();
+    let event = AuditEvent {
+        at: now,
+        actor: actor.to_owned(),
+        action: "api_key.revoke".into(),
+        subject: key_id.to_owned(),
+        details: serde_json::json!({}),
+    };
+    match store
+        .revoke_api_key(key_id, now.unix_timestamp(), event)
+        .await
+    {
+        Err(StoreError::NotFound) => Err(AccountError::NoSuchKey(key_id.to_owned())),
+        other => Ok(other?),
+    }
+}
+
+/// Replaces every key of an account with a new one; returns its id and the
+/// token to show once.
+pub async fn rotate_key(
+    store: &dyn Store,
+    account_id: &str,
+    actor: &str,
+) -> Result<(String, Zeroizing<String>), AccountError> {
+    let now = OffsetDateTime::now_utc();
+    let (key, api_key) = new_key();
+    let key_id = key.id.clone();
+    let event = AuditEvent {
+        at: now,
+        actor: actor.to_owned(),
+        action: "api_key.rotate".into(),
+        subject: account_id.to_owned(),
+        details: serde_json::json!({"key_id": key_id}),
+    };
+    match store
+        .rotate_api_key(account_id, key, now.unix_timestamp(), event)
+        .await
+    {
+        Err(StoreError::NotFound) => Err(AccountError::NoSuchAccount(account_id.to_owned())),
+        Err(e) => Err(e.into()),
+        Ok(()) => Ok((key_id, api_key)),
+    }
 }
 
 /// Checks a bearer token: well-formed, known, not revoked, account enabled.

@@ -83,10 +83,61 @@ async fn account_key_is_shown_once_stored_as_a_hash_and_authenticates_api_calls(
         let expected_hash = hex::encode(Sha256::digest(key.as_bytes()));
         let stored = stored_key_hashes(&ca.db).await;
         assert_eq!(stored, vec![expected_hash]);
+        assert_eq!(created["key_id"].as_str().unwrap().len(), 4 + 16);
         let audit = running.authority.store().audit_page(0, 100).await.unwrap();
         assert!(audit.iter().any(|r| r.action == "account.create"
             && r.subject == id
             && r.actor.starts_with("operator:")));
+
+        // Rotation: the old key stops working at once, the new one works.
+        let data_dir = ca.data_dir();
+        let cli = |args: &[&str]| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_hallmark"))
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .arg("account")
+                .args(args)
+                .env("DATABASE_URL", &ca.db.url)
+                .output()
+                .unwrap()
+        };
+        let out = cli(&["rotate-key", &id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rotated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let new_key = rotated["api_key"].as_str().unwrap().to_owned();
+        let r = client.get(&url).bearer_auth(&key).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "the rotated-out key is refused"
+        );
+        let r = client.get(&url).bearer_auth(&new_key).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+
+        // Revocation of one key, and a clear error for revoking it again.
+        let key_id = rotated["key_id"].as_str().unwrap();
+        let out = cli(&["revoke-key", key_id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = client.get(&url).bearer_auth(&new_key).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "a revoked key is refused"
+        );
+        let out = cli(&["revoke-key", key_id]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("there is no active API key"));
+        let out = cli(&["rotate-key", "acct_nope"]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("there is no account \"acct_nope\""));
 
         // Bad input to the CLI: a clear sentence and a non-zero exit.
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_hallmark"))
