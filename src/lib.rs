@@ -12,4 +12,5 @@ pub mod pki;
 pub mod policy;
 pub mod service;
 pub mod store;
+pub mod validation;
 pub mod workflow;

@@ -8,3 +8,4 @@ mod issuance;
 mod service;
 mod store;
 mod tls;
+mod validation;

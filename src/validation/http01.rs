@@ -1,0 +1,168 @@
+//! http-01 (RFC 8555 §8.3): GET
+//! `http://<name>:<http_port>/.well-known/acme-challenge/<token>`; the body
+//! must be the key authorization (trailing whitespace ignored). At most 10
+//! redirects, only to http or https on ports 80 and 443 (certificates of
+//! HTTPS redirect targets are not checked, as public CAs do); the body is
+//! read up to 8 KiB; the whole fetch is bounded by the configured timeout.
+
+use std::net::IpAddr;
+
+use super::{ValidationConfig, ValidationError, MAX_BODY_BYTES, MAX_REDIRECTS};
+use crate::pki::Identifier;
+
+/// A redirect refused by the policy (carried through reqwest's error chain).
+#[derive(Debug)]
+enum RedirectRefused {
+    Forbidden(String),
+    TooMany,
+}
+
+impl std::fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedirectRefused::Forbidden(to) => write!(f, "redirect to {to} refused"),
+            RedirectRefused::TooMany => f.write_str("too many redirects"),
+        }
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+/// The URL http-01 fetches for `identifier` and `token`.
+pub fn challenge_url(identifier: &Identifier, port: u16, token: &str) -> String {
+    let host = match identifier {
+        Identifier::Dns(name) => name.clone(),
+        Identifier::Ip(IpAddr::V4(v4)) => v4.to_string(),
+        Identifier::Ip(IpAddr::V6(v6)) => format!("[{v6}]"),
+    };
+    format!("http://{host}:{port}/.well-known/acme-challenge/{token}")
+}
+
+/// The HTTP client validators use: no proxy, the redirect policy above,
+/// no certificate checks on HTTPS redirect targets.
+pub fn client(config: &ValidationConfig) -> reqwest::Result<reqwest::Client> {
+    let policy = reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(RedirectRefused::TooMany);
+        }
+        let url = attempt.url();
+        let allowed = matches!(url.scheme(), "http" | "https")
+            && matches!(url.port_or_known_default(), Some(80) | Some(443));
+        if allowed {
+            attempt.follow()
+        } else {
+            let to = url.to_string();
+            attempt.error(RedirectRefused::Forbidden(to))
+        }
+    });
+    reqwest::Client::builder()
+        .redirect(policy)
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout)
+        .user_agent(concat!("hallmark-validator/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Fetches the challenge and compares it with `key_authorization`.
+pub async fn validate(
+    client: &reqwest::Client,
+    config: &ValidationConfig,
+    identifier: &Identifier,
+    token: &str,
+    key_authorization: &str,
+) -> Result<(), ValidationError> {
+    let url = challenge_url(identifier, config.http_port, token);
+    match tokio::time::timeout(config.timeout, fetch(client, &url)).await {
+        Ok(Ok(body)) => {
+            let text = String::from_utf8_lossy(&body);
+            if text.trim_end() == key_authorization {
+                Ok(())
+            } else {
+                Err(ValidationError::WrongContent {
+                    url,
+                    got: text.chars().take(100).collect(),
+                })
+            }
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ValidationError::Timeout {
+            url,
+            seconds: config.timeout.as_secs(),
+        }),
+    }
+}
+
+async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, ValidationError> {
+    let mut response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| request_error(url, e))?;
+    let final_url = response.url().to_string();
+    if response.status() != reqwest::StatusCode::OK {
+        return Err(ValidationError::BadStatus {
+            url: final_url,
+            status: response.status().as_u16(),
+        });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| request_error(url, e))? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(ValidationError::BodyTooLarge { url: final_url });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn request_error(url: &str, e: reqwest::Error) -> ValidationError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(refused) = err.downcast_ref::<RedirectRefused>() {
+            return match refused {
+                RedirectRefused::Forbidden(to) => {
+                    ValidationError::ForbiddenRedirect { to: to.clone() }
+                }
+                RedirectRefused::TooMany => ValidationError::TooManyRedirects,
+            };
+        }
+        source = err.source();
+    }
+    if e.is_timeout() {
+        return ValidationError::Timeout {
+            url: url.to_owned(),
+            seconds: 0,
+        };
+    }
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(err) = source {
+        reason = err.to_string();
+        source = err.source();
+    }
+    ValidationError::Connection {
+        url: url.to_owned(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_urls_bracket_ipv6() {
+        let v6 = Identifier::Ip("::1".parse().unwrap());
+        assert_eq!(
+            challenge_url(&v6, 80, "t"),
+            "http://[::1]:80/.well-known/acme-challenge/t"
+        );
+        let dns = Identifier::Dns("a.internal".into());
+        assert_eq!(
+            challenge_url(&dns, 5002, "t"),
+            "http://a.internal:5002/.well-known/acme-challenge/t"
+        );
+    }
+}
