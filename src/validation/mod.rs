@@ -2,6 +2,7 @@
 //! network and report whether it matches. They never change an order; the
 //! workflow records what they report (RFC 8555 §8).
 
+pub mod dns01;
 pub mod http01;
 
 use std::time::Duration;
@@ -70,6 +71,34 @@ pub enum ValidationError {
     /// More than [`MAX_REDIRECTS`] redirects.
     #[error("more than 10 redirects")]
     TooManyRedirects,
+    /// The challenge name does not exist (NXDOMAIN).
+    #[error("{name} does not exist in DNS (NXDOMAIN)")]
+    DnsNameNotFound {
+        /// The queried name.
+        name: String,
+    },
+    /// The name exists but has no TXT record.
+    #[error("{name} has no TXT record")]
+    DnsNoTxtRecord {
+        /// The queried name.
+        name: String,
+    },
+    /// TXT records exist but none is the expected value.
+    #[error("no TXT record at {name} matches the expected value; found {found:?}")]
+    DnsWrongValue {
+        /// The queried name.
+        name: String,
+        /// The values found.
+        found: Vec<String>,
+    },
+    /// The lookup failed (timeout, SERVFAIL, refused).
+    #[error("the DNS lookup of {name} failed: {reason}")]
+    Dns {
+        /// The queried name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl ValidationError {
@@ -81,7 +110,12 @@ impl ValidationError {
             | ValidationError::BodyTooLarge { .. }
             | ValidationError::ForbiddenRedirect { .. }
             | ValidationError::TooManyRedirects => "unauthorized",
-            ValidationError::WrongContent { .. } => "incorrectResponse",
+            ValidationError::WrongContent { .. } | ValidationError::DnsWrongValue { .. } => {
+                "incorrectResponse"
+            }
+            ValidationError::DnsNameNotFound { .. }
+            | ValidationError::DnsNoTxtRecord { .. }
+            | ValidationError::Dns { .. } => "dns",
         }
     }
 }

@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod common;
+mod dns;
 mod issuance;
 mod service;
 mod store;

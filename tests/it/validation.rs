@@ -164,3 +164,61 @@ async fn http01_stops_after_ten_redirects() {
         .unwrap_err();
     assert_eq!(err, ValidationError::TooManyRedirects);
 }
+
+#[tokio::test]
+async fn dns01_finds_the_txt_record_follows_cnames_and_explains_every_failure() {
+    use crate::dns::{self, Entry};
+    use hallmark::validation::dns01;
+
+    let expected = dns01::txt_value(KEY_AUTHORIZATION);
+    let server = dns::start(vec![
+        Entry::Txt("_acme-challenge.good", expected.clone()),
+        Entry::Txt("_acme-challenge.wild", expected.clone()),
+        Entry::Txt("_acme-challenge.wrong", "not-the-value".into()),
+        Entry::Cname("_acme-challenge.delegated", "_acme-challenge.validation"),
+        Entry::Txt("_acme-challenge.validation", expected.clone()),
+        Entry::A("_acme-challenge.aonly", "127.0.0.1".parse().unwrap()),
+    ])
+    .await;
+    let resolver = dns01::resolver(&server, Duration::from_secs(2)).unwrap();
+
+    dns01::validate(&resolver, "good.internal", KEY_AUTHORIZATION)
+        .await
+        .expect("TXT record matches");
+    dns01::validate(&resolver, "*.wild.internal", KEY_AUTHORIZATION)
+        .await
+        .expect("a wildcard is validated at its base name");
+    dns01::validate(&resolver, "delegated.internal", KEY_AUTHORIZATION)
+        .await
+        .expect("a CNAME-delegated challenge name is followed");
+
+    let err = dns01::validate(&resolver, "wrong.internal", KEY_AUTHORIZATION)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ValidationError::DnsWrongValue { found, .. } if found == &vec!["not-the-value".to_string()]),
+        "{err}"
+    );
+    assert_eq!(err.acme_type(), "incorrectResponse");
+
+    let err = dns01::validate(&resolver, "missing.internal", KEY_AUTHORIZATION)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ValidationError::DnsNameNotFound { name } if name == "_acme-challenge.missing.internal"),
+        "{err}"
+    );
+    assert_eq!(err.acme_type(), "dns");
+
+    let err = dns01::validate(&resolver, "aonly.internal", KEY_AUTHORIZATION)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ValidationError::DnsNoTxtRecord { .. }),
+        "{err}"
+    );
+
+    assert!(dns01::resolver("not an address", Duration::from_secs(1))
+        .unwrap_err()
+        .contains("host:port"));
+}

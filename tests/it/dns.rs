@@ -1,0 +1,54 @@
+//! A real authoritative DNS server on loopback (hickory-server) for the
+//! `internal.` zone, which tests point `validation.dns_resolver` at.
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use hickory_server::proto::rr::rdata::{A, CNAME, SOA, TXT};
+use hickory_server::proto::rr::{Name, RData, Record};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+use hickory_server::Server;
+
+/// What the zone holds, besides its SOA.
+pub enum Entry {
+    Txt(&'static str, String),
+    Cname(&'static str, &'static str),
+    A(&'static str, Ipv4Addr),
+}
+
+/// Starts the server with `entries` (names relative to `internal.`) and
+/// returns its `host:port`.
+pub async fn start(entries: Vec<Entry>) -> String {
+    let origin = Name::from_str("internal.").unwrap();
+    let mut zone = InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::empty(
+        origin.clone(),
+        ZoneType::Primary,
+        AxfrPolicy::Deny,
+    );
+    let name = |n: &str| Name::from_str(&format!("{n}.internal.")).unwrap();
+    let soa = SOA::new(name("ns"), name("hostmaster"), 1, 3600, 600, 86400, 60);
+    zone.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
+    for entry in entries {
+        let record = match entry {
+            Entry::Txt(n, v) => Record::from_rdata(name(n), 60, RData::TXT(TXT::new(vec![v]))),
+            Entry::Cname(n, target) => {
+                Record::from_rdata(name(n), 60, RData::CNAME(CNAME(name(target))))
+            }
+            Entry::A(n, ip) => Record::from_rdata(name(n), 60, RData::A(A(ip))),
+        };
+        zone.upsert_mut(record, 1);
+    }
+    let mut catalog = Catalog::new();
+    let handler: Arc<dyn ZoneHandler> = Arc::new(zone);
+    catalog.upsert(origin.into(), vec![handler]);
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let mut server = Server::new(catalog);
+    server.register_socket(socket);
+    tokio::spawn(async move {
+        let _ = server.block_until_done().await;
+    });
+    addr.to_string()
+}
