@@ -4,6 +4,7 @@
 
 pub mod dns01;
 pub mod http01;
+pub mod tls_alpn01;
 
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ pub const MAX_REDIRECTS: usize = 10;
 pub struct ValidationConfig {
     /// Port http-01 fetches from (80; 5002 in tests).
     pub http_port: u16,
+    /// Port tls-alpn-01 connects to (443).
+    pub tls_alpn_port: u16,
     /// Longest a validation may take, end to end.
     pub timeout: Duration,
 }
@@ -71,6 +74,14 @@ pub enum ValidationError {
     /// More than [`MAX_REDIRECTS`] redirects.
     #[error("more than 10 redirects")]
     TooManyRedirects,
+    /// The tls-alpn-01 handshake or certificate is not what RFC 8737 asks.
+    #[error("tls-alpn-01 at {url}: {reason}")]
+    TlsAlpn {
+        /// Where.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
     /// The challenge name does not exist (NXDOMAIN).
     #[error("{name} does not exist in DNS (NXDOMAIN)")]
     DnsNameNotFound {
@@ -109,7 +120,8 @@ impl ValidationError {
             ValidationError::BadStatus { .. }
             | ValidationError::BodyTooLarge { .. }
             | ValidationError::ForbiddenRedirect { .. }
-            | ValidationError::TooManyRedirects => "unauthorized",
+            | ValidationError::TooManyRedirects
+            | ValidationError::TlsAlpn { .. } => "unauthorized",
             ValidationError::WrongContent { .. } | ValidationError::DnsWrongValue { .. } => {
                 "incorrectResponse"
             }

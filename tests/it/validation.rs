@@ -61,6 +61,7 @@ async fn http01_accepts_the_key_authorization_and_explains_every_failure() {
     let port = challenge_server().await;
     let config = ValidationConfig {
         http_port: port,
+        tls_alpn_port: 443,
         timeout: Duration::from_secs(1),
     };
     let client = http01::client(&config).unwrap();
@@ -155,6 +156,7 @@ async fn http01_stops_after_ten_redirects() {
     });
     let config = ValidationConfig {
         http_port: 80,
+        tls_alpn_port: 443,
         timeout: Duration::from_secs(5),
     };
     let client = http01::client(&config).unwrap();
@@ -221,4 +223,139 @@ async fn dns01_finds_the_txt_record_follows_cnames_and_explains_every_failure() 
     assert!(dns01::resolver("not an address", Duration::from_secs(1))
         .unwrap_err()
         .contains("host:port"));
+}
+
+/// A tls-alpn-01 responder presenting a self-signed certificate for `sans`,
+/// with the acmeIdentifier extension over `digest_of` if given; returns its
+/// port. `alpn` says whether it speaks acme-tls/1.
+async fn tls_alpn_responder(sans: &[&str], digest_of: Option<&str>, alpn: bool) -> u16 {
+    tls_alpn_responder_with(sans, digest_of, alpn, false).await
+}
+
+/// As [`tls_alpn_responder`]; with `wrong_key` the handshake is signed by a
+/// key other than the certificate's.
+async fn tls_alpn_responder_with(
+    sans: &[&str],
+    digest_of: Option<&str>,
+    alpn: bool,
+    wrong_key: bool,
+) -> u16 {
+    use sha2::{Digest, Sha256};
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    if let Some(ka) = digest_of {
+        let digest = Sha256::digest(ka.as_bytes());
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::new_acme_identifier(&digest));
+    }
+    let cert = params.self_signed(&key).unwrap();
+    let key = if wrong_key {
+        rcgen::KeyPair::generate().unwrap()
+    } else {
+        key
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    // Not with_single_cert: that checks the certificate, and the critical
+    // acmeIdentifier extension is one webpki does not know.
+    .with_cert_resolver(std::sync::Arc::new(rustls::sign::SingleCertAndKey::from(
+        rustls::sign::CertifiedKey::new(
+            vec![cert.der().clone()],
+            rustls::crypto::ring::sign::any_supported_type(
+                &rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap(),
+        ),
+    )));
+    if alpn {
+        config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn tls_alpn01_checks_the_protocol_the_names_and_the_acme_identifier() {
+    use hallmark::validation::tls_alpn01;
+
+    let tls = tls_alpn01::client_config().unwrap();
+    let localhost = "127.0.0.1".parse().unwrap();
+    let name = Identifier::Dns("a.internal".into());
+    let check = |port: u16, identifier: Identifier| {
+        let tls = tls.clone();
+        async move {
+            let config = ValidationConfig {
+                http_port: 80,
+                tls_alpn_port: port,
+                timeout: Duration::from_secs(2),
+            };
+            tls_alpn01::validate(tls, &config, localhost, &identifier, KEY_AUTHORIZATION).await
+        }
+    };
+
+    let good = tls_alpn_responder(&["a.internal"], Some(KEY_AUTHORIZATION), true).await;
+    check(good, name.clone())
+        .await
+        .expect("a correct challenge certificate validates");
+
+    let ip = tls_alpn_responder(&["127.0.0.1"], Some(KEY_AUTHORIZATION), true).await;
+    check(ip, Identifier::Ip(localhost))
+        .await
+        .expect("an IP identifier validates");
+
+    for (what, port, expected) in [
+        (
+            "wrong digest",
+            tls_alpn_responder(&["a.internal"], Some("another.key-authorization"), true).await,
+            "does not hold SHA-256",
+        ),
+        (
+            "no acmeIdentifier",
+            tls_alpn_responder(&["a.internal"], None, true).await,
+            "no acmeIdentifier",
+        ),
+        (
+            "extra name",
+            tls_alpn_responder(&["a.internal", "b.internal"], Some(KEY_AUTHORIZATION), true).await,
+            "must be exactly a.internal",
+        ),
+        (
+            "no acme-tls/1",
+            tls_alpn_responder(&["a.internal"], Some(KEY_AUTHORIZATION), false).await,
+            "did not negotiate",
+        ),
+    ] {
+        let err = check(port, name.clone()).await.unwrap_err();
+        assert!(
+            matches!(&err, ValidationError::TlsAlpn { reason, .. } if reason.contains(expected)),
+            "{what}: {err}"
+        );
+        assert_eq!(err.acme_type(), "unauthorized");
+    }
+
+    // A server that does not hold the certificate's key fails the handshake.
+    let stolen =
+        tls_alpn_responder_with(&["a.internal"], Some(KEY_AUTHORIZATION), true, true).await;
+    let err = check(stolen, name.clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, ValidationError::Connection { reason, .. } if reason.contains("BadSignature")),
+        "{err}"
+    );
 }
