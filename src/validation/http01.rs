@@ -38,9 +38,33 @@ pub fn challenge_url(identifier: &Identifier, port: u16, token: &str) -> String 
     format!("http://{host}:{port}/.well-known/acme-challenge/{token}")
 }
 
-/// The HTTP client validators use: no proxy, the redirect policy above,
-/// no certificate checks on HTTPS redirect targets.
-pub fn client(config: &ValidationConfig) -> reqwest::Result<reqwest::Client> {
+/// Resolves names for http-01 through the validation resolver
+/// (`validation.dns_resolver`), not the host's, so validation sees the
+/// same DNS as dns-01 does.
+struct ValidationDns(hickory_resolver::TokioResolver);
+
+impl reqwest::dns::Resolve for ValidationDns {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let resolver = self.0.clone();
+        let host = format!("{}.", name.as_str().trim_end_matches('.'));
+        Box::pin(async move {
+            let ips = resolver.lookup_ip(host).await?;
+            let addrs: Vec<std::net::SocketAddr> = ips
+                .iter()
+                .map(|ip| std::net::SocketAddr::new(ip, 0))
+                .collect();
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The HTTP client validators use: names resolved by `resolver`, no proxy,
+/// the redirect policy above, no certificate checks on HTTPS redirect
+/// targets.
+pub fn client(
+    config: &ValidationConfig,
+    resolver: hickory_resolver::TokioResolver,
+) -> reqwest::Result<reqwest::Client> {
     let policy = reqwest::redirect::Policy::custom(|attempt| {
         if attempt.previous().len() > MAX_REDIRECTS {
             return attempt.error(RedirectRefused::TooMany);
@@ -56,6 +80,7 @@ pub fn client(config: &ValidationConfig) -> reqwest::Result<reqwest::Client> {
         }
     });
     reqwest::Client::builder()
+        .dns_resolver(std::sync::Arc::new(ValidationDns(resolver)))
         .redirect(policy)
         .no_proxy()
         .danger_accept_invalid_certs(true)

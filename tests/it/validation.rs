@@ -11,6 +11,10 @@ use hallmark::validation::{http01, ValidationConfig, ValidationError};
 
 const KEY_AUTHORIZATION: &str = "tok3n.thumbprint-of-the-account-key";
 
+fn system_resolver() -> hickory_resolver::TokioResolver {
+    hallmark::validation::dns01::resolver("", Duration::from_secs(2)).unwrap()
+}
+
 /// A challenge server with one route per behaviour; returns its port.
 async fn challenge_server() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -64,7 +68,7 @@ async fn http01_accepts_the_key_authorization_and_explains_every_failure() {
         tls_alpn_port: 443,
         timeout: Duration::from_secs(1),
     };
-    let client = http01::client(&config).unwrap();
+    let client = http01::client(&config, system_resolver()).unwrap();
     let ip = Identifier::Ip("127.0.0.1".parse().unwrap());
     let check = |token: &'static str| {
         let client = client.clone();
@@ -159,7 +163,7 @@ async fn http01_stops_after_ten_redirects() {
         tls_alpn_port: 443,
         timeout: Duration::from_secs(5),
     };
-    let client = http01::client(&config).unwrap();
+    let client = http01::client(&config, system_resolver()).unwrap();
     let ip = Identifier::Ip("127.0.0.1".parse().unwrap());
     let err = http01::validate(&client, &config, &ip, "t", KEY_AUTHORIZATION)
         .await
@@ -356,6 +360,39 @@ async fn tls_alpn01_checks_the_protocol_the_names_and_the_acme_identifier() {
     let err = check(stolen, name.clone()).await.unwrap_err();
     assert!(
         matches!(&err, ValidationError::Connection { reason, .. } if reason.contains("BadSignature")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn http01_resolves_names_through_the_validation_resolver() {
+    use crate::dns::{self, Entry};
+    use hallmark::validation::dns01;
+
+    let port = challenge_server().await;
+    let server = dns::start(vec![Entry::A("web", "127.0.0.1".parse().unwrap())]).await;
+    let resolver = dns01::resolver(&server, Duration::from_secs(2)).unwrap();
+    let config = ValidationConfig {
+        http_port: port,
+        tls_alpn_port: 443,
+        timeout: Duration::from_secs(2),
+    };
+    let client = http01::client(&config, resolver).unwrap();
+    let web = Identifier::Dns("web.internal".into());
+    http01::validate(&client, &config, &web, "good", KEY_AUTHORIZATION)
+        .await
+        .expect("web.internal resolves through the test DNS server");
+    let err = http01::validate(
+        &client,
+        &config,
+        &Identifier::Dns("nowhere.internal".into()),
+        "good",
+        KEY_AUTHORIZATION,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, ValidationError::Connection { url, .. } if url.contains("nowhere.internal")),
         "{err}"
     );
 }
