@@ -9,6 +9,7 @@ COPY migrations migrations
 COPY templates templates
 COPY static static
 COPY hallmark.example.toml ./
+COPY benches benches
 RUN cargo build --release --locked --bin hallmark
 
 FROM debian:bookworm-slim
