@@ -6,12 +6,23 @@ pub mod dns01;
 pub mod http01;
 pub mod tls_alpn01;
 
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::config::ValidationSection;
+use crate::pki::Identifier;
 
 /// Largest challenge response read (RFC 8555 §8.3 answers are ~90 bytes).
 pub const MAX_BODY_BYTES: usize = 8 * 1024;
 /// Most redirects an http-01 fetch follows.
 pub const MAX_REDIRECTS: usize = 10;
+
+/// Validations running at once in one process; more wait their turn.
+pub const MAX_CONCURRENT_VALIDATIONS: usize = 64;
 
 /// How validators reach the requester's servers (the `[validation]` section).
 #[derive(Debug, Clone)]
@@ -129,5 +140,189 @@ impl ValidationError {
             | ValidationError::DnsNoTxtRecord { .. }
             | ValidationError::Dns { .. } => "dns",
         }
+    }
+}
+
+/// The three challenge types (RFC 8555 §8.3, §8.4; RFC 8737).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChallengeKind {
+    /// http-01
+    Http01,
+    /// dns-01
+    Dns01,
+    /// tls-alpn-01
+    TlsAlpn01,
+}
+
+impl ChallengeKind {
+    /// The ACME name (`http-01`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengeKind::Http01 => "http-01",
+            ChallengeKind::Dns01 => "dns-01",
+            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+
+    /// The challenges offered for an identifier: wildcards only by dns-01,
+    /// IP addresses by http-01 and tls-alpn-01 (RFC 8738 §7).
+    pub fn offered_for(identifier: &Identifier) -> &'static [ChallengeKind] {
+        match identifier {
+            Identifier::Dns(name) if name.starts_with("*.") => &[ChallengeKind::Dns01],
+            Identifier::Dns(_) => &[
+                ChallengeKind::Http01,
+                ChallengeKind::Dns01,
+                ChallengeKind::TlsAlpn01,
+            ],
+            Identifier::Ip(_) => &[ChallengeKind::Http01, ChallengeKind::TlsAlpn01],
+        }
+    }
+}
+
+impl FromStr for ChallengeKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "http-01" => Ok(ChallengeKind::Http01),
+            "dns-01" => Ok(ChallengeKind::Dns01),
+            "tls-alpn-01" => Ok(ChallengeKind::TlsAlpn01),
+            other => Err(format!("unknown challenge type {other:?}")),
+        }
+    }
+}
+
+/// The key authorization (RFC 8555 §8.1): `token || '.' || thumbprint`.
+pub fn key_authorization(token: &str, thumbprint: &str) -> String {
+    format!("{token}.{thumbprint}")
+}
+
+/// The validators with their shared clients, built once from `[validation]`.
+pub struct Validators {
+    config: ValidationConfig,
+    resolver: hickory_resolver::TokioResolver,
+    http: reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
+    permits: Semaphore,
+}
+
+impl Validators {
+    /// Builds the validators; fails with a sentence naming the bad setting.
+    pub fn new(section: &ValidationSection) -> Result<Validators, String> {
+        let config = ValidationConfig {
+            http_port: section.http_port,
+            tls_alpn_port: section.tls_alpn_port,
+            timeout: Duration::from_secs(section.timeout_secs.max(1)),
+        };
+        let resolver = dns01::resolver(&section.dns_resolver, config.timeout)?;
+        let http = http01::client(&config, resolver.clone())
+            .map_err(|e| format!("the http-01 client: {e}"))?;
+        let tls =
+            tls_alpn01::client_config().map_err(|e| format!("the tls-alpn-01 client: {e}"))?;
+        Ok(Validators {
+            config,
+            resolver,
+            http,
+            tls,
+            permits: Semaphore::new(MAX_CONCURRENT_VALIDATIONS),
+        })
+    }
+
+    /// Runs one challenge check, waiting for a free slot first.
+    pub async fn check(
+        &self,
+        kind: ChallengeKind,
+        identifier: &Identifier,
+        token: &str,
+        key_authorization: &str,
+    ) -> Result<(), ValidationError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ValidationError::Connection {
+                url: identifier.to_string(),
+                reason: "the validator is shutting down".into(),
+            })?;
+        match (kind, identifier) {
+            (ChallengeKind::Http01, _) => {
+                http01::validate(
+                    &self.http,
+                    &self.config,
+                    identifier,
+                    token,
+                    key_authorization,
+                )
+                .await
+            }
+            (ChallengeKind::Dns01, Identifier::Dns(name)) => {
+                dns01::validate(&self.resolver, name, key_authorization).await
+            }
+            (ChallengeKind::Dns01, Identifier::Ip(ip)) => Err(ValidationError::Dns {
+                name: ip.to_string(),
+                reason: "IP addresses cannot be validated by dns-01".into(),
+            }),
+            (ChallengeKind::TlsAlpn01, _) => {
+                let address = self.address_of(identifier).await?;
+                tls_alpn01::validate(
+                    self.tls.clone(),
+                    &self.config,
+                    address,
+                    identifier,
+                    key_authorization,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn address_of(&self, identifier: &Identifier) -> Result<IpAddr, ValidationError> {
+        match identifier {
+            Identifier::Ip(ip) => Ok(*ip),
+            Identifier::Dns(name) => {
+                let lookup = self
+                    .resolver
+                    .lookup_ip(format!("{name}."))
+                    .await
+                    .map_err(|e| {
+                        if e.is_nx_domain() {
+                            ValidationError::DnsNameNotFound { name: name.clone() }
+                        } else {
+                            ValidationError::Dns {
+                                name: name.clone(),
+                                reason: e.to_string(),
+                            }
+                        }
+                    })?;
+                lookup.iter().next().ok_or_else(|| ValidationError::Dns {
+                    name: name.clone(),
+                    reason: "no A or AAAA record".into(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_offered_follow_the_identifier() {
+        let wildcard = Identifier::Dns("*.a.internal".into());
+        assert_eq!(
+            ChallengeKind::offered_for(&wildcard),
+            &[ChallengeKind::Dns01]
+        );
+        let ip = Identifier::Ip("10.0.0.1".parse().unwrap());
+        assert!(!ChallengeKind::offered_for(&ip).contains(&ChallengeKind::Dns01));
+        for k in [
+            ChallengeKind::Http01,
+            ChallengeKind::Dns01,
+            ChallengeKind::TlsAlpn01,
+        ] {
+            assert_eq!(k.as_str().parse::<ChallengeKind>().unwrap(), k);
+        }
+        assert_eq!(key_authorization("t", "p"), "t.p");
     }
 }

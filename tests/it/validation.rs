@@ -396,3 +396,52 @@ async fn http01_resolves_names_through_the_validation_resolver() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn validators_from_configuration_check_all_three_challenge_types() {
+    use crate::dns::{self, Entry};
+    use hallmark::config::ValidationSection;
+    use hallmark::validation::{dns01, ChallengeKind, Validators};
+
+    let http_port = challenge_server().await;
+    let tls_port = tls_alpn_responder(&["web.internal"], Some(KEY_AUTHORIZATION), true).await;
+    let server = dns::start(vec![
+        Entry::A("web", "127.0.0.1".parse().unwrap()),
+        Entry::Txt("_acme-challenge.web", dns01::txt_value(KEY_AUTHORIZATION)),
+    ])
+    .await;
+    let validators = Validators::new(&ValidationSection {
+        dns_resolver: server,
+        http_port,
+        tls_alpn_port: tls_port,
+        timeout_secs: 2,
+    })
+    .unwrap();
+    let web = Identifier::Dns("web.internal".into());
+    for kind in ChallengeKind::offered_for(&web) {
+        validators
+            .check(*kind, &web, "good", KEY_AUTHORIZATION)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", kind.as_str()));
+    }
+    let err = validators
+        .check(
+            ChallengeKind::TlsAlpn01,
+            &Identifier::Dns("gone.internal".into()),
+            "good",
+            KEY_AUTHORIZATION,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ValidationError::DnsNameNotFound { .. }),
+        "{err}"
+    );
+    let bad = Validators::new(&ValidationSection {
+        dns_resolver: "nonsense".into(),
+        http_port,
+        tls_alpn_port: tls_port,
+        timeout_secs: 2,
+    });
+    assert!(bad.err().unwrap().contains("validation.dns_resolver"));
+}
