@@ -291,8 +291,13 @@ async fn ensure_service_certificate(
         std::fs::read_to_string(layout.tls_cert()),
         std::fs::read_to_string(layout.tls_key()),
     ) {
-        if service_certificate_is_current(&chain, &issuer_pem, &wanted) {
-            return Ok((chain, Zeroizing::new(key)));
+        // The key file is written before the certificate, so a crash in
+        // between leaves a pair that does not match: reissue then.
+        let key = Zeroizing::new(key);
+        if service_certificate_is_current(&chain, &issuer_pem, &wanted)
+            && certified_key(&chain, &key).is_ok()
+        {
+            return Ok((chain, key));
         }
     }
     let key = PrivateKey::generate(KeyType::P256).map_err(|e| StartError::Tls(e.to_string()))?;

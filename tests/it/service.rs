@@ -319,6 +319,20 @@ async fn https_certificate_is_renewed_while_serving_without_a_restart() {
     assert!(!refresher.refresh().await.unwrap());
     assert_eq!(presented_serial(&dir, port), before);
 
+    // A key that no longer matches the certificate (a crash between the
+    // two writes) makes a new pair.
+    let key_path = ca.data_dir().join("tls/server.key.pem");
+    let other_key = hallmark::pki::PrivateKey::generate(hallmark::pki::KeyType::P256).unwrap();
+    std::fs::remove_file(&key_path).unwrap();
+    std::fs::write(&key_path, other_key.to_pkcs8_pem().unwrap().as_bytes()).unwrap();
+    assert!(refresher.refresh().await.unwrap());
+    let renewed = presented_serial(&dir, port);
+    assert!(
+        renewed.starts_with("serial=") && renewed != before,
+        "{before} -> {renewed}"
+    );
+    let before = renewed;
+
     // A certificate that no longer fits (here: the file was damaged) is
     // replaced, and new handshakes get the new one at once.
     std::fs::write(ca.data_dir().join("tls/server.crt.pem"), "damaged").unwrap();
