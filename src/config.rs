@@ -227,7 +227,7 @@ pub enum TlsMode {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Data directory (keys, certificates, SQLite database).
     pub data_dir: PathBuf,
@@ -253,6 +253,29 @@ pub struct Config {
     pub ca_key_type: KeyType,
     /// CA names.
     pub ca: CaSection,
+}
+
+impl std::fmt::Debug for Config {
+    /// Like a derived `Debug`, but the database URL's password is redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("https_listen", &self.https_listen)
+            .field("http_listen", &self.http_listen)
+            .field("public_https_url", &self.public_https_url)
+            .field("public_http_url", &self.public_http_url)
+            .field("tls", &self.tls)
+            .field(
+                "database_url",
+                &crate::store::redact_url(&self.database_url),
+            )
+            .field("policy", &self.policy)
+            .field("validation", &self.validation)
+            .field("crl", &self.crl)
+            .field("ca_key_type", &self.ca_key_type)
+            .field("ca", &self.ca)
+            .finish()
+    }
 }
 
 impl Config {
@@ -521,6 +544,22 @@ mod tests {
         assert_eq!(c.http_listen.port(), 9090);
         assert_eq!(c.public_http_url, "http://127.0.0.1:9090");
         assert_eq!(c.database_url, "postgres://db/x");
+    }
+
+    #[test]
+    fn debug_output_hides_the_database_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(
+            None,
+            dir.path(),
+            env(&[("DATABASE_URL", "postgres://u:hunter2@db/x")]),
+        )
+        .unwrap();
+        let text = format!("{c:?}");
+        assert!(
+            !text.contains("hunter2") && text.contains("postgres://u:***@db/x"),
+            "{text}"
+        );
     }
 
     #[test]
