@@ -167,6 +167,31 @@ impl Default for CrlSection {
     }
 }
 
+/// `[orders]`: the order workflow.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrdersSection {
+    /// An identifier the same account proved control of within this many
+    /// days needs no new challenge (default 30; 0 = always validate).
+    pub reuse_days: u32,
+    /// An order not finished within this many hours becomes invalid
+    /// (default 168).
+    pub lifetime_hours: u32,
+    /// New orders per account per minute, per instance (default 1000;
+    /// 0 = no limit). Bursts up to the same number are allowed.
+    pub rate_per_minute: u32,
+}
+
+impl Default for OrdersSection {
+    fn default() -> Self {
+        OrdersSection {
+            reuse_days: 30,
+            lifetime_hours: 168,
+            rate_per_minute: 1000,
+        }
+    }
+}
+
 /// `[ca]`: used by `hallmark init` (and first-start `serve`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -204,6 +229,8 @@ pub struct FileConfig {
     pub policy: PolicySection,
     /// `[validation]`
     pub validation: ValidationSection,
+    /// `[orders]`
+    pub orders: OrdersSection,
     /// `[crl]`
     pub crl: CrlSection,
     /// `[ca]`
@@ -247,6 +274,8 @@ pub struct Config {
     pub policy: Policy,
     /// DV validation settings.
     pub validation: ValidationSection,
+    /// Order workflow settings.
+    pub orders: OrdersSection,
     /// CRL settings.
     pub crl: CrlSection,
     /// CA creation settings.
@@ -271,6 +300,7 @@ impl std::fmt::Debug for Config {
             )
             .field("policy", &self.policy)
             .field("validation", &self.validation)
+            .field("orders", &self.orders)
             .field("crl", &self.crl)
             .field("ca_key_type", &self.ca_key_type)
             .field("ca", &self.ca)
@@ -461,6 +491,12 @@ impl Config {
                 reason: "must be less than crl.validity_hours, so a new CRL is out before the old one expires".into(),
             });
         }
+        if file.orders.lifetime_hours == 0 {
+            return Err(ConfigError::Invalid {
+                key: "orders.lifetime_hours",
+                reason: "must be at least 1".into(),
+            });
+        }
         Ok(Config {
             data_dir: data_dir.to_path_buf(),
             https_listen,
@@ -471,6 +507,7 @@ impl Config {
             database_url,
             policy,
             validation: file.validation,
+            orders: file.orders,
             crl: file.crl,
             ca_key_type,
             ca: file.ca,

@@ -16,6 +16,8 @@ use crate::datadir::{self, DataDirError, Layout};
 use crate::http::{self, public::CaFiles, AppState};
 use crate::pki::{pem_decode_all, CaCertificate, Identifier, KeySigner, KeyType, PrivateKey};
 use crate::store::{self, IssuerKind, IssuerRecord, StoreError};
+use crate::validation::Validators;
+use crate::workflow::orders::Orders;
 use crate::workflow::{users, Authority, WorkflowError};
 
 /// Validity of the HTTPS listener's own certificate.
@@ -38,6 +40,9 @@ pub enum StartError {
     /// The TLS configuration.
     #[error("TLS set-up failed: {0}")]
     Tls(String),
+    /// The `[validation]` settings.
+    #[error("the validators could not be set up: {0}")]
+    Validation(String),
 }
 
 /// How often the HTTPS certificate is checked (renewed when it has less
@@ -48,6 +53,7 @@ const TLS_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 pub struct Service {
     config: Config,
     authority: Arc<Authority>,
+    orders: Arc<Orders>,
     tls: Option<(Arc<rustls::ServerConfig>, Arc<CertificateSlot>)>,
     initial_admin_password: Option<Zeroizing<String>>,
 }
@@ -57,6 +63,13 @@ impl Service {
     pub async fn start(config: Config) -> Result<Service, StartError> {
         let layout = Layout::new(&config.data_dir);
         let authority = open_authority(&config).await?;
+        let validators = Validators::new(&config.validation).map_err(StartError::Validation)?;
+        let orders = Orders::new(
+            authority.clone(),
+            Arc::new(validators),
+            config.orders.clone(),
+            std::time::Duration::from_secs(config.validation.timeout_secs.max(1)),
+        );
         let tls = match current_tls_material(&config, &layout, &authority).await? {
             None => None,
             Some((chain, key)) => {
@@ -71,6 +84,7 @@ impl Service {
         Ok(Service {
             config,
             authority,
+            orders,
             tls,
             initial_admin_password,
         })
@@ -79,6 +93,11 @@ impl Service {
     /// The CA.
     pub fn authority(&self) -> &Arc<Authority> {
         &self.authority
+    }
+
+    /// The order engine.
+    pub fn orders(&self) -> &Arc<Orders> {
+        &self.orders
     }
 
     /// The one-time password of the initial `admin`, if this start created it.
@@ -102,6 +121,7 @@ impl Service {
         let state = Arc::new(AppState {
             ca_files: CaFiles::new(self.authority.root(), &issuing),
             authority: self.authority.clone(),
+            orders: self.orders.clone(),
             public_https_url: self.config.public_https_url.clone(),
             public_http_url: self.config.public_http_url.clone(),
         });
@@ -121,6 +141,7 @@ impl Service {
                 }
             });
         }
+        tokio::spawn(self.orders.clone().run_worker(shutdown.clone()));
         let https_task = http::server::serve(
             https,
             http::https_router(state.clone()),

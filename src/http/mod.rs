@@ -17,6 +17,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::workflow::orders::Orders;
 use crate::workflow::Authority;
 
 /// Largest request body accepted anywhere (a CSR with 100 names is ~5 KiB).
@@ -28,6 +29,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AppState {
     /// The CA.
     pub authority: Arc<Authority>,
+    /// The order engine.
+    pub orders: Arc<Orders>,
     /// Pre-encoded CA certificates.
     pub ca_files: public::CaFiles,
     /// Public HTTPS base URL.

@@ -22,6 +22,9 @@ pub struct Problem {
     pub status: u16,
     /// One sentence saying what was wrong.
     pub detail: String,
+    /// Seconds for a `Retry-After` header (rate limits).
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -37,6 +40,7 @@ impl Problem {
             title,
             status: status.as_u16(),
             detail: detail.into(),
+            retry_after: None,
         }
     }
 
@@ -52,12 +56,23 @@ impl Problem {
             title,
             status: status.as_u16(),
             detail: detail.into(),
+            retry_after: None,
         }
     }
 
     /// 404.
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::hallmark(StatusCode::NOT_FOUND, "notFound", "Not found", detail)
+    }
+
+    /// 400 `malformed`.
+    pub fn malformed(detail: impl Into<String>) -> Self {
+        Self::acme(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "Malformed request",
+            detail,
+        )
     }
 
     /// 500 with a generic detail; the cause is logged, never sent.
@@ -76,7 +91,7 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self).unwrap_or_default();
-        (
+        let mut response = (
             status,
             [(
                 header::CONTENT_TYPE,
@@ -84,7 +99,13 @@ impl IntoResponse for Problem {
             )],
             body,
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -130,6 +151,23 @@ impl From<WorkflowError> for Problem {
             }
             WorkflowError::Ca(c) => Problem::internal(&c),
             WorkflowError::Store(s) => s.into(),
+            WorkflowError::Malformed(m) => Problem::malformed(m),
+            WorkflowError::RateLimited { retry_after_secs } => Problem {
+                retry_after: Some(retry_after_secs),
+                ..Problem::acme(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rateLimited",
+                    "Rate limited",
+                    e.to_string(),
+                )
+            },
+            WorkflowError::NotFound(m) => Problem::not_found(m),
+            WorkflowError::Forbidden(m) => {
+                Problem::acme(StatusCode::FORBIDDEN, "unauthorized", "Unauthorized", m)
+            }
+            WorkflowError::Conflict(m) => {
+                Problem::hallmark(StatusCode::CONFLICT, "conflict", "Conflict", m)
+            }
         }
     }
 }

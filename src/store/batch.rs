@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{AuditEvent, NewCertificate, Result, StoreError};
+use super::{Issuance, Result, StoreError};
 
 /// Most items committed in one transaction.
 const MAX_BATCH: usize = 256;
 
 /// One issuance waiting to be committed.
-pub(crate) type Item = (NewCertificate, AuditEvent);
+pub(crate) type Item = Issuance;
 
 struct Job {
     item: Item,

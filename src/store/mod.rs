@@ -6,6 +6,7 @@
 //! task that commits them together, so many issuances share one fsync.
 
 mod batch;
+mod orders;
 pub mod postgres;
 mod shared;
 pub mod sqlite;
@@ -17,6 +18,11 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::pki::Serial;
+
+pub use orders::{
+    AuthorizationBundle, AuthorizationRecord, ChallengeOutcome, ChallengeRecord, IssuanceOrder,
+    OrderBundle, OrderQuery, OrderRecord, OrderStatus, OrderUpdate,
+};
 
 /// Why a storage operation failed. Callers never see sqlx errors.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -115,6 +121,18 @@ pub struct NewCertificate {
     pub not_after: OffsetDateTime,
     /// DER.
     pub der: Vec<u8>,
+}
+
+/// An issuance to commit: the certificate, its audit records and what it
+/// does to its order, all in one (group-committed) transaction.
+#[derive(Debug, Clone)]
+pub struct Issuance {
+    /// The certificate.
+    pub certificate: NewCertificate,
+    /// Audit records (at least `certificate.issue`).
+    pub events: Vec<AuditEvent>,
+    /// The order created or completed with it, if any.
+    pub order: Option<IssuanceOrder>,
 }
 
 /// A stored certificate.
@@ -265,7 +283,106 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records an issued certificate and its audit record in one
     /// transaction, group-committed with concurrent issuances.
-    async fn insert_certificate(&self, cert: NewCertificate, event: AuditEvent) -> Result<()>;
+    async fn insert_certificate(&self, cert: NewCertificate, event: AuditEvent) -> Result<()> {
+        self.insert_issuance(Issuance {
+            certificate: cert,
+            events: vec![event],
+            order: None,
+        })
+        .await
+    }
+
+    /// Records an issuance — certificate, audit records, and the order it
+    /// creates or completes — in one transaction, group-committed with
+    /// concurrent issuances. `Conflict` if the order was not `processing`.
+    async fn insert_issuance(&self, issuance: Issuance) -> Result<()>;
+
+    /// Creates an order with its authorizations and challenges, and its
+    /// audit records, in one transaction.
+    async fn create_order(&self, bundle: &OrderBundle, events: Vec<AuditEvent>) -> Result<()>;
+
+    /// One order with its authorizations and challenges.
+    async fn order(&self, id: &str) -> Result<OrderBundle>;
+
+    /// A page of orders, newest first.
+    async fn orders(&self, query: &OrderQuery) -> Result<Vec<OrderRecord>>;
+
+    /// When `account_id` last proved control of the identifier, if it did at
+    /// or after `since` (Unix seconds).
+    async fn last_validation(
+        &self,
+        account_id: &str,
+        identifier_type: &str,
+        identifier_value: &str,
+        since: i64,
+    ) -> Result<Option<i64>>;
+
+    /// Moves a challenge from `pending` to `processing` if it, its
+    /// authorization and its order are all still `pending`; `false` if not.
+    async fn claim_challenge(
+        &self,
+        challenge_id: &str,
+        order_id: &str,
+        at: i64,
+        event: AuditEvent,
+    ) -> Result<bool>;
+
+    /// Challenges `processing` since before `attempted_before` (their
+    /// validator died with its process): `(challenge, order, attempted_at)`.
+    async fn stale_challenges(
+        &self,
+        attempted_before: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String, i64)>>;
+
+    /// Takes over a stale `processing` challenge if nobody else has since
+    /// (its `attempted_at` is still `attempted_at_was`).
+    async fn reclaim_challenge(
+        &self,
+        challenge_id: &str,
+        attempted_at_was: i64,
+        at: i64,
+    ) -> Result<bool>;
+
+    /// Records a validation's result: the challenge and its authorization
+    /// become valid or invalid; a failure makes the order invalid; the last
+    /// valid authorization moves the order to `outcome.when_all_valid`.
+    /// `on_order_change` is written too if the order moved. Returns the
+    /// order's new status if it changed; `Conflict` if the challenge was not
+    /// `processing`.
+    async fn finish_challenge(
+        &self,
+        outcome: &ChallengeOutcome,
+        events: Vec<AuditEvent>,
+        on_order_change: Vec<AuditEvent>,
+    ) -> Result<Option<OrderStatus>>;
+
+    /// Moves an order from `from` to `to` (setting `update`'s fields) with
+    /// its audit records; `false` (and nothing written) if it was not in
+    /// `from`.
+    async fn transition_order(
+        &self,
+        order_id: &str,
+        from: OrderStatus,
+        to: OrderStatus,
+        update: &OrderUpdate,
+        at: i64,
+        events: Vec<AuditEvent>,
+    ) -> Result<bool>;
+
+    /// Orders whose issuance should be (re)started: REST DV orders `ready`
+    /// since before `ready_before`, and orders `processing` since before
+    /// `processing_before`.
+    async fn orders_to_resume(
+        &self,
+        ready_before: i64,
+        processing_before: i64,
+        limit: i64,
+    ) -> Result<Vec<OrderRecord>>;
+
+    /// Unfinished orders (`pending`, `ready`, `awaiting_approval`) whose
+    /// `expires_at` has passed.
+    async fn expired_orders(&self, now: i64, limit: i64) -> Result<Vec<OrderRecord>>;
 
     /// One certificate by serial.
     async fn certificate(&self, serial: &Serial) -> Result<CertificateRecord>;

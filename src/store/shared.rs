@@ -3,7 +3,10 @@
 //! so the statements live once, here; `sqlite.rs` and `postgres.rs` add
 //! what differs (connection set-up, pools, migrations).
 
-use super::{CertificateRecord, IssuerKind, IssuerRecord, Result, StoreError};
+use super::{
+    AuthorizationBundle, AuthorizationRecord, CertificateRecord, ChallengeRecord, IssuerKind,
+    IssuerRecord, OrderBundle, OrderRecord, Result, StoreError,
+};
 
 #[derive(sqlx::FromRow)]
 pub(super) struct IssuerRow {
@@ -155,6 +158,205 @@ pub(super) const SELECT_ACCOUNT_BY_KEY: &str =
      FROM api_keys k JOIN accounts a ON a.id = k.account_id \
      WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND NOT a.disabled";
 
+#[derive(sqlx::FromRow)]
+pub(super) struct OrderRow {
+    id: String,
+    account_id: String,
+    status: String,
+    validation: String,
+    source: String,
+    profile: String,
+    validity_days: Option<i64>,
+    csr_der: Option<Vec<u8>>,
+    organization: Option<String>,
+    error: Option<String>,
+    rejection_reason: Option<String>,
+    certificate_serial: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    expires_at: i64,
+}
+
+impl OrderRow {
+    pub(super) fn into_record(self) -> Result<OrderRecord> {
+        Ok(OrderRecord {
+            id: self.id,
+            account_id: self.account_id,
+            status: self.status.parse()?,
+            validation: self.validation,
+            source: self.source,
+            profile: self.profile,
+            validity_days: self.validity_days,
+            csr_der: self.csr_der,
+            organization: self.organization,
+            error: self.error,
+            rejection_reason: self.rejection_reason,
+            certificate_serial: self.certificate_serial,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            expires_at: self.expires_at,
+        })
+    }
+}
+
+pub(super) const ORDER_COLUMNS: &str =
+    "SELECT id, account_id, status, validation, source, profile, validity_days, csr_der, \
+     organization, error, rejection_reason, certificate_serial, created_at, updated_at, expires_at \
+     FROM orders";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct AuthorizationRow {
+    id: String,
+    order_id: String,
+    account_id: String,
+    identifier_type: String,
+    identifier_value: String,
+    wildcard: bool,
+    status: String,
+    validated_at: Option<i64>,
+    expires_at: i64,
+    created_at: i64,
+}
+
+pub(super) const SELECT_AUTHORIZATIONS: &str =
+    "SELECT id, order_id, account_id, identifier_type, identifier_value, wildcard, status, \
+     validated_at, expires_at, created_at FROM authorizations WHERE order_id = $1 ORDER BY id";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ChallengeRow {
+    id: String,
+    authorization_id: String,
+    #[sqlx(rename = "type")]
+    kind: String,
+    token: String,
+    status: String,
+    error: Option<String>,
+    attempted_at: Option<i64>,
+    validated_at: Option<i64>,
+    created_at: i64,
+}
+
+pub(super) const SELECT_CHALLENGES: &str =
+    "SELECT c.id, c.authorization_id, c.type, c.token, c.status, c.error, c.attempted_at, \
+     c.validated_at, c.created_at FROM challenges c \
+     JOIN authorizations a ON a.id = c.authorization_id WHERE a.order_id = $1 \
+     ORDER BY c.id";
+
+/// Puts an order together from its rows. Authorizations keep the order
+/// their ids were created in (the workflow makes them sortable).
+pub(super) fn order_bundle(
+    order: OrderRow,
+    authorizations: Vec<AuthorizationRow>,
+    challenges: Vec<ChallengeRow>,
+) -> Result<OrderBundle> {
+    let mut bundles: Vec<AuthorizationBundle> = authorizations
+        .into_iter()
+        .map(|a| AuthorizationBundle {
+            authorization: AuthorizationRecord {
+                id: a.id,
+                order_id: a.order_id,
+                account_id: a.account_id,
+                identifier_type: a.identifier_type,
+                identifier_value: a.identifier_value,
+                wildcard: a.wildcard,
+                status: a.status,
+                validated_at: a.validated_at,
+                expires_at: a.expires_at,
+                created_at: a.created_at,
+            },
+            challenges: Vec::new(),
+        })
+        .collect();
+    for c in challenges {
+        let owner = bundles
+            .iter_mut()
+            .find(|b| b.authorization.id == c.authorization_id)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("challenge {} has no authorization", c.id))
+            })?;
+        owner.challenges.push(ChallengeRecord {
+            id: c.id,
+            authorization_id: c.authorization_id,
+            kind: c.kind,
+            token: c.token,
+            status: c.status,
+            error: c.error,
+            attempted_at: c.attempted_at,
+            validated_at: c.validated_at,
+            created_at: c.created_at,
+        });
+    }
+    Ok(OrderBundle {
+        order: order.into_record()?,
+        authorizations: bundles,
+    })
+}
+
+pub(super) const INSERT_ORDER: &str =
+    "INSERT INTO orders (id, account_id, status, validation, source, profile, validity_days, \
+     csr_der, organization, error, rejection_reason, certificate_serial, created_at, updated_at, \
+     expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+
+pub(super) const INSERT_AUTHORIZATION: &str =
+    "INSERT INTO authorizations (id, order_id, account_id, identifier_type, identifier_value, \
+     wildcard, status, validated_at, expires_at, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+pub(super) const INSERT_CHALLENGE: &str =
+    "INSERT INTO challenges (id, authorization_id, type, token, status, error, attempted_at, \
+     validated_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// The newest proof of control by this account (index `authorizations_reuse`).
+pub(super) const SELECT_LAST_VALIDATION: &str =
+    "SELECT MAX(validated_at) FROM authorizations WHERE account_id = $1 \
+     AND identifier_type = $2 AND identifier_value = $3 AND status = 'valid' \
+     AND validated_at >= $4";
+
+/// A challenge is claimed only while it, its authorization and its order
+/// are all pending.
+pub(super) const CLAIM_CHALLENGE: &str =
+    "UPDATE challenges SET status = 'processing', attempted_at = $3, error = NULL \
+     WHERE id = $1 AND status = 'pending' AND authorization_id IN \
+     (SELECT a.id FROM authorizations a JOIN orders o ON o.id = a.order_id \
+      WHERE a.order_id = $2 AND a.status = 'pending' AND o.status = 'pending')";
+
+pub(super) const SELECT_STALE_CHALLENGES: &str =
+    "SELECT c.id, a.order_id, c.attempted_at FROM challenges c \
+     JOIN authorizations a ON a.id = c.authorization_id \
+     WHERE c.status = 'processing' AND c.attempted_at < $1 ORDER BY c.attempted_at LIMIT $2";
+
+pub(super) const RECLAIM_CHALLENGE: &str = "UPDATE challenges SET attempted_at = $3 \
+     WHERE id = $1 AND status = 'processing' AND attempted_at = $2";
+
+pub(super) const FINISH_CHALLENGE: &str =
+    "UPDATE challenges SET status = $2, error = $3, validated_at = $4 \
+     WHERE id = $1 AND status = 'processing'";
+
+pub(super) const FINISH_AUTHORIZATION: &str =
+    "UPDATE authorizations SET status = $2, validated_at = $3 WHERE id = $1 AND status = 'pending'";
+
+pub(super) const COUNT_UNFINISHED_AUTHORIZATIONS: &str =
+    "SELECT COUNT(*) FROM authorizations WHERE order_id = $1 AND status <> 'valid'";
+
+/// Followed by optional conditions; `$1` id, `$2` from, `$3` to, `$4` at,
+/// `$5` error, `$6` rejection reason, `$7` organisation.
+pub(super) const TRANSITION_ORDER: &str =
+    "UPDATE orders SET status = $3, updated_at = $4, error = COALESCE($5, error), \
+     rejection_reason = COALESCE($6, rejection_reason), \
+     organization = COALESCE($7, organization) WHERE id = $1 AND status = $2";
+
+pub(super) const COMPLETE_ORDER: &str =
+    "UPDATE orders SET status = 'valid', certificate_serial = $2, updated_at = $3 \
+     WHERE id = $1 AND status = 'processing'";
+
+pub(super) const SELECT_ORDERS_TO_RESUME: &str =
+    " WHERE (status = 'ready' AND source = 'rest' AND validation = 'dv' AND updated_at < $1) \
+     OR (status = 'processing' AND updated_at < $2) ORDER BY updated_at LIMIT $3";
+
+pub(super) const SELECT_EXPIRED_ORDERS: &str =
+    " WHERE status IN ('pending', 'ready', 'awaiting_approval') AND expires_at < $1 \
+     ORDER BY expires_at LIMIT $2";
+
 /// Implements [`super::Store`] for a backend struct with `read` and `write`
 /// pools of `$db` and a `batcher`, using the shared statements above.
 macro_rules! impl_sql_store {
@@ -166,10 +368,30 @@ macro_rules! impl_sql_store {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 events: &[&$crate::store::AuditEvent],
             ) -> $crate::store::Result<()> {
-                let (mut seq, mut prev): (i64, Vec<u8>) =
-                    sqlx::query_as($crate::store::shared::LOCK_AUDIT_HEAD)
-                        .fetch_one(&mut **tx)
-                        .await?;
+                let head = Self::lock_audit_tx(tx).await?;
+                Self::write_audit_tx(tx, head, events).await
+            }
+
+            /// Takes the audit head (serialising this transaction with every
+            /// other writer) and returns the chain's end.
+            async fn lock_audit_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+            ) -> $crate::store::Result<(i64, Vec<u8>)> {
+                Ok(sqlx::query_as($crate::store::shared::LOCK_AUDIT_HEAD)
+                    .fetch_one(&mut **tx)
+                    .await?)
+            }
+
+            /// Appends audit records after `head` (from [`Self::lock_audit_tx`]).
+            async fn write_audit_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                head: (i64, Vec<u8>),
+                events: &[&$crate::store::AuditEvent],
+            ) -> $crate::store::Result<()> {
+                if events.is_empty() {
+                    return Ok(());
+                }
+                let (mut seq, mut prev) = head;
                 let mut rows = Vec::with_capacity(events.len());
                 for event in events {
                     seq += 1;
@@ -213,6 +435,63 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
+            /// Inserts an order, its authorizations and challenges in `tx`.
+            async fn insert_order_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                bundle: &$crate::store::OrderBundle,
+            ) -> $crate::store::Result<()> {
+                let o = &bundle.order;
+                sqlx::query($crate::store::shared::INSERT_ORDER)
+                    .bind(&o.id)
+                    .bind(&o.account_id)
+                    .bind(o.status.as_str())
+                    .bind(&o.validation)
+                    .bind(&o.source)
+                    .bind(&o.profile)
+                    .bind(o.validity_days)
+                    .bind(&o.csr_der)
+                    .bind(&o.organization)
+                    .bind(&o.error)
+                    .bind(&o.rejection_reason)
+                    .bind(&o.certificate_serial)
+                    .bind(o.created_at)
+                    .bind(o.updated_at)
+                    .bind(o.expires_at)
+                    .execute(&mut **tx)
+                    .await?;
+                for authz in &bundle.authorizations {
+                    let a = &authz.authorization;
+                    sqlx::query($crate::store::shared::INSERT_AUTHORIZATION)
+                        .bind(&a.id)
+                        .bind(&a.order_id)
+                        .bind(&a.account_id)
+                        .bind(&a.identifier_type)
+                        .bind(&a.identifier_value)
+                        .bind(a.wildcard)
+                        .bind(&a.status)
+                        .bind(a.validated_at)
+                        .bind(a.expires_at)
+                        .bind(a.created_at)
+                        .execute(&mut **tx)
+                        .await?;
+                    for c in &authz.challenges {
+                        sqlx::query($crate::store::shared::INSERT_CHALLENGE)
+                            .bind(&c.id)
+                            .bind(&c.authorization_id)
+                            .bind(&c.kind)
+                            .bind(&c.token)
+                            .bind(&c.status)
+                            .bind(&c.error)
+                            .bind(c.attempted_at)
+                            .bind(c.validated_at)
+                            .bind(c.created_at)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                }
+                Ok(())
+            }
+
             /// Commits a batch of issuances in one transaction.
             async fn commit_certificates(
                 pool: sqlx::Pool<$db>,
@@ -220,15 +499,22 @@ macro_rules! impl_sql_store {
             ) -> $crate::store::Result<()> {
                 let mut tx = pool.begin().await?;
                 let events: Vec<&$crate::store::AuditEvent> =
-                    items.iter().map(|(_, e)| e).collect();
+                    items.iter().flat_map(|i| i.events.iter()).collect();
                 Self::append_audit_tx(&mut tx, &events).await?;
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                // Orders first: certificates refer to them.
+                for item in items.iter() {
+                    if let Some($crate::store::IssuanceOrder::Create(bundle)) = &item.order {
+                        Self::insert_order_tx(&mut tx, bundle).await?;
+                    }
+                }
                 for chunk in items.chunks($crate::store::shared::ROWS_PER_INSERT) {
                     let mut insert = sqlx::QueryBuilder::<$db>::new(
                         $crate::store::shared::INSERT_CERTIFICATE_PREFIX,
                     );
                     let mut encode_error = None;
-                    insert.push_values(chunk, |mut b, (cert, _)| {
+                    insert.push_values(chunk, |mut b, item| {
+                        let cert = &item.certificate;
                         let identifiers =
                             serde_json::to_string(&cert.identifiers).unwrap_or_else(|e| {
                                 encode_error = Some(e.to_string());
@@ -251,6 +537,21 @@ macro_rules! impl_sql_store {
                         return Err($crate::store::StoreError::Database(e));
                     }
                     insert.build().execute(&mut *tx).await?;
+                }
+                for item in items.iter() {
+                    if let Some($crate::store::IssuanceOrder::Complete { order_id }) = &item.order {
+                        let done = sqlx::query($crate::store::shared::COMPLETE_ORDER)
+                            .bind(order_id)
+                            .bind(item.certificate.serial.to_hex())
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                        if done.rows_affected() != 1 {
+                            return Err($crate::store::StoreError::Conflict(format!(
+                                "order {order_id} is no longer processing"
+                            )));
+                        }
+                    }
                 }
                 tx.commit().await?;
                 Ok(())
@@ -294,12 +595,282 @@ macro_rules! impl_sql_store {
                 rows.into_iter().map(|r| r.into_record()).collect()
             }
 
-            async fn insert_certificate(
+            async fn insert_issuance(
                 &self,
-                cert: $crate::store::NewCertificate,
-                event: $crate::store::AuditEvent,
+                issuance: $crate::store::Issuance,
             ) -> $crate::store::Result<()> {
-                self.batcher.submit((cert, event)).await
+                self.batcher.submit(issuance).await
+            }
+
+            async fn create_order(
+                &self,
+                bundle: &$crate::store::OrderBundle,
+                events: Vec<$crate::store::AuditEvent>,
+            ) -> $crate::store::Result<()> {
+                let mut tx = self.write.begin().await?;
+                let refs: Vec<&$crate::store::AuditEvent> = events.iter().collect();
+                Self::append_audit_tx(&mut tx, &refs).await?;
+                Self::insert_order_tx(&mut tx, bundle).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn order(&self, id: &str) -> $crate::store::Result<$crate::store::OrderBundle> {
+                let order: $crate::store::shared::OrderRow = sqlx::query_as(&format!(
+                    "{} WHERE id = $1",
+                    $crate::store::shared::ORDER_COLUMNS
+                ))
+                .bind(id)
+                .fetch_one(&self.read)
+                .await?;
+                let authorizations: Vec<$crate::store::shared::AuthorizationRow> =
+                    sqlx::query_as($crate::store::shared::SELECT_AUTHORIZATIONS)
+                        .bind(id)
+                        .fetch_all(&self.read)
+                        .await?;
+                let challenges: Vec<$crate::store::shared::ChallengeRow> =
+                    sqlx::query_as($crate::store::shared::SELECT_CHALLENGES)
+                        .bind(id)
+                        .fetch_all(&self.read)
+                        .await?;
+                $crate::store::shared::order_bundle(order, authorizations, challenges)
+            }
+
+            async fn orders(
+                &self,
+                query: &$crate::store::OrderQuery,
+            ) -> $crate::store::Result<Vec<$crate::store::OrderRecord>> {
+                let mut q = sqlx::QueryBuilder::<$db>::new($crate::store::shared::ORDER_COLUMNS);
+                q.push(" WHERE 1 = 1");
+                if let Some(account) = &query.account_id {
+                    q.push(" AND account_id = ").push_bind(account.clone());
+                }
+                if let Some(status) = query.status {
+                    q.push(" AND status = ").push_bind(status.as_str());
+                }
+                if let Some((created, id)) = &query.before {
+                    q.push(" AND (created_at < ")
+                        .push_bind(*created)
+                        .push(" OR (created_at = ")
+                        .push_bind(*created)
+                        .push(" AND id < ")
+                        .push_bind(id.clone())
+                        .push("))");
+                }
+                q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+                    .push_bind(query.limit);
+                let rows: Vec<$crate::store::shared::OrderRow> =
+                    q.build_query_as().fetch_all(&self.read).await?;
+                rows.into_iter().map(|r| r.into_record()).collect()
+            }
+
+            async fn last_validation(
+                &self,
+                account_id: &str,
+                identifier_type: &str,
+                identifier_value: &str,
+                since: i64,
+            ) -> $crate::store::Result<Option<i64>> {
+                let (at,): (Option<i64>,) =
+                    sqlx::query_as($crate::store::shared::SELECT_LAST_VALIDATION)
+                        .bind(account_id)
+                        .bind(identifier_type)
+                        .bind(identifier_value)
+                        .bind(since)
+                        .fetch_one(&self.read)
+                        .await?;
+                Ok(at)
+            }
+
+            async fn claim_challenge(
+                &self,
+                challenge_id: &str,
+                order_id: &str,
+                at: i64,
+                event: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<bool> {
+                let mut tx = self.write.begin().await?;
+                let head = Self::lock_audit_tx(&mut tx).await?;
+                let done = sqlx::query($crate::store::shared::CLAIM_CHALLENGE)
+                    .bind(challenge_id)
+                    .bind(order_id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                Self::write_audit_tx(&mut tx, head, &[&event]).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn stale_challenges(
+                &self,
+                attempted_before: i64,
+                limit: i64,
+            ) -> $crate::store::Result<Vec<(String, String, i64)>> {
+                Ok(sqlx::query_as($crate::store::shared::SELECT_STALE_CHALLENGES)
+                    .bind(attempted_before)
+                    .bind(limit)
+                    .fetch_all(&self.read)
+                    .await?)
+            }
+
+            async fn reclaim_challenge(
+                &self,
+                challenge_id: &str,
+                attempted_at_was: i64,
+                at: i64,
+            ) -> $crate::store::Result<bool> {
+                let done = sqlx::query($crate::store::shared::RECLAIM_CHALLENGE)
+                    .bind(challenge_id)
+                    .bind(attempted_at_was)
+                    .bind(at)
+                    .execute(&self.write)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn finish_challenge(
+                &self,
+                outcome: &$crate::store::ChallengeOutcome,
+                events: Vec<$crate::store::AuditEvent>,
+                on_order_change: Vec<$crate::store::AuditEvent>,
+            ) -> $crate::store::Result<Option<$crate::store::OrderStatus>> {
+                use $crate::store::OrderStatus;
+                let mut tx = self.write.begin().await?;
+                // The audit head first: it serialises this with every other
+                // writer, so the count below sees the other authorizations'
+                // committed state.
+                let head = Self::lock_audit_tx(&mut tx).await?;
+                let status = if outcome.error.is_some() { "invalid" } else { "valid" };
+                let validated_at = outcome.error.is_none().then_some(outcome.at);
+                let done = sqlx::query($crate::store::shared::FINISH_CHALLENGE)
+                    .bind(&outcome.challenge_id)
+                    .bind(status)
+                    .bind(&outcome.error)
+                    .bind(validated_at)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() != 1 {
+                    return Err($crate::store::StoreError::Conflict(format!(
+                        "challenge {} is not being validated",
+                        outcome.challenge_id
+                    )));
+                }
+                sqlx::query($crate::store::shared::FINISH_AUTHORIZATION)
+                    .bind(&outcome.authorization_id)
+                    .bind(status)
+                    .bind(validated_at)
+                    .execute(&mut *tx)
+                    .await?;
+                let mut refs: Vec<&$crate::store::AuditEvent> = events.iter().collect();
+                let next = if outcome.error.is_some() {
+                    Some(OrderStatus::Invalid)
+                } else {
+                    let (left,): (i64,) =
+                        sqlx::query_as($crate::store::shared::COUNT_UNFINISHED_AUTHORIZATIONS)
+                            .bind(&outcome.order_id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    (left == 0).then_some(outcome.when_all_valid)
+                };
+                let mut changed = None;
+                if let Some(next) = next {
+                    let moved = sqlx::query($crate::store::shared::TRANSITION_ORDER)
+                        .bind(&outcome.order_id)
+                        .bind(OrderStatus::Pending.as_str())
+                        .bind(next.as_str())
+                        .bind(outcome.at)
+                        .bind(&outcome.error)
+                        .bind(None::<String>)
+                        .bind(None::<String>)
+                        .execute(&mut *tx)
+                        .await?;
+                    if moved.rows_affected() == 1 {
+                        changed = Some(next);
+                        refs.extend(on_order_change.iter());
+                    }
+                }
+                Self::write_audit_tx(&mut tx, head, &refs).await?;
+                tx.commit().await?;
+                Ok(changed)
+            }
+
+            async fn transition_order(
+                &self,
+                order_id: &str,
+                from: $crate::store::OrderStatus,
+                to: $crate::store::OrderStatus,
+                update: &$crate::store::OrderUpdate,
+                at: i64,
+                events: Vec<$crate::store::AuditEvent>,
+            ) -> $crate::store::Result<bool> {
+                let mut tx = self.write.begin().await?;
+                let head = Self::lock_audit_tx(&mut tx).await?;
+                let mut q = sqlx::QueryBuilder::<$db>::new("");
+                q.push($crate::store::shared::TRANSITION_ORDER);
+                if let Some(before) = update.updated_before {
+                    q.push(" AND updated_at < ").push_bind(before);
+                }
+                // The statement's own $1…$7 come first, in order.
+                let sql = q.sql().to_owned();
+                let mut query = sqlx::query(&sql)
+                    .bind(order_id)
+                    .bind(from.as_str())
+                    .bind(to.as_str())
+                    .bind(at)
+                    .bind(&update.error)
+                    .bind(&update.rejection_reason)
+                    .bind(&update.organization);
+                if let Some(before) = update.updated_before {
+                    query = query.bind(before);
+                }
+                let done = query.execute(&mut *tx).await?;
+                if done.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                let refs: Vec<&$crate::store::AuditEvent> = events.iter().collect();
+                Self::write_audit_tx(&mut tx, head, &refs).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn orders_to_resume(
+                &self,
+                ready_before: i64,
+                processing_before: i64,
+                limit: i64,
+            ) -> $crate::store::Result<Vec<$crate::store::OrderRecord>> {
+                let rows: Vec<$crate::store::shared::OrderRow> = sqlx::query_as(&format!(
+                    "{}{}",
+                    $crate::store::shared::ORDER_COLUMNS,
+                    $crate::store::shared::SELECT_ORDERS_TO_RESUME
+                ))
+                .bind(ready_before)
+                .bind(processing_before)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?;
+                rows.into_iter().map(|r| r.into_record()).collect()
+            }
+
+            async fn expired_orders(
+                &self,
+                now: i64,
+                limit: i64,
+            ) -> $crate::store::Result<Vec<$crate::store::OrderRecord>> {
+                let rows: Vec<$crate::store::shared::OrderRow> = sqlx::query_as(&format!(
+                    "{}{}",
+                    $crate::store::shared::ORDER_COLUMNS,
+                    $crate::store::shared::SELECT_EXPIRED_ORDERS
+                ))
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?;
+                rows.into_iter().map(|r| r.into_record()).collect()
             }
 
             async fn certificate(

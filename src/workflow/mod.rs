@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod orders;
 pub mod users;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,11 +15,13 @@ use time::OffsetDateTime;
 use crate::pki::ca::CaError;
 use crate::pki::profile::{LeafRequest, UnknownProfile};
 use crate::pki::{
-    CaCertificate, CsrError, Identifier, IssuedCertificate, Issuer, Profile, Serial, Subject,
+    CaCertificate, Csr, CsrError, Identifier, IssuedCertificate, Issuer, Profile, Serial, Subject,
     UnverifiedCsr,
 };
 use crate::policy::{Policy, PolicyError};
-use crate::store::{AuditEvent, NewCertificate, Store, StoreError};
+use crate::store::{
+    AuditEvent, Issuance, IssuanceOrder, NewCertificate, OrderStatus, Store, StoreError,
+};
 
 /// Why a request could not be fulfilled. Each refusal is its own kind.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,28 @@ pub enum WorkflowError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The request is well-formed JSON but asks for something that makes
+    /// no sense (the sentence says what).
+    #[error("{0}")]
+    Malformed(String),
+    /// The account made too many orders recently.
+    #[error(
+        "this account has created too many orders recently; try again in {retry_after_secs} s"
+    )]
+    RateLimited {
+        /// When to try again.
+        retry_after_secs: u64,
+    },
+    /// The order, challenge or certificate does not exist or is not the
+    /// caller's.
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller may see the thing but not do this to it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The order is not in a state that allows this.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// Options for signing a CSR.
@@ -108,36 +133,46 @@ impl Authority {
         self.issued.load(Ordering::Relaxed)
     }
 
+    /// CSR intake: parses the CSR, refuses a key the policy does not allow
+    /// (before spending a signature verification on it), verifies proof of
+    /// possession, and checks every name against policy.
+    pub fn check_csr(&self, csr: &[u8]) -> Result<CheckedCsr, WorkflowError> {
+        let unverified = UnverifiedCsr::parse(csr)?;
+        self.policy.check_unverified(&unverified)?;
+        let csr = unverified.verify()?;
+        let identifiers = self.policy.check_csr(&csr)?;
+        Ok(CheckedCsr { csr, identifiers })
+    }
+
     /// Signs a CSR under policy without domain validation — the operator's
-    /// `hallmark sign`, and (after validation) the order workflow. Nothing
-    /// is written unless the certificate is issued; the certificate and its
-    /// audit record are committed together.
+    /// `hallmark sign`. Nothing is written unless the certificate is issued;
+    /// the certificate and its audit record are committed together.
     pub async fn sign_csr(
         &self,
         csr: &[u8],
         options: SignOptions,
         actor: &str,
     ) -> Result<Signed, WorkflowError> {
-        let unverified = UnverifiedCsr::parse(csr)?;
-        self.policy.check_unverified(&unverified)?;
-        let csr = unverified.verify()?;
-        let identifiers = self.policy.check_csr(&csr)?;
+        let checked = self.check_csr(csr)?;
         let validity_days = self.policy.validity_days(options.validity_days)?;
         let profile = match &options.profile {
             Some(name) => name.parse::<Profile>()?,
             None => Profile::Server,
         };
-        let now = OffsetDateTime::now_utc();
         self.issue(
-            csr.spki_der(),
-            csr.key().is_rsa(),
-            &identifiers,
-            &options.subject,
-            profile,
-            validity_days,
-            options.account_id,
-            actor,
-            now,
+            IssueRequest {
+                spki_der: checked.csr.spki_der(),
+                key_is_rsa: checked.csr.key().is_rsa(),
+                identifiers: &checked.identifiers,
+                subject: &options.subject,
+                profile,
+                validity_days,
+                account_id: options.account_id,
+                actor,
+                now: OffsetDateTime::now_utc(),
+            },
+            None,
+            Vec::new(),
         )
         .await
     }
@@ -150,77 +185,98 @@ impl Authority {
         identifiers: &[Identifier],
         validity_days: u32,
     ) -> Result<Signed, WorkflowError> {
-        let now = OffsetDateTime::now_utc();
         self.issue(
-            spki_der,
-            false,
-            identifiers,
-            &Subject::default(),
-            Profile::Server,
-            validity_days,
+            IssueRequest {
+                spki_der,
+                key_is_rsa: false,
+                identifiers,
+                subject: &Subject::default(),
+                profile: Profile::Server,
+                validity_days,
+                account_id: None,
+                actor: "system",
+                now: OffsetDateTime::now_utc(),
+            },
             None,
-            "system",
-            now,
+            Vec::new(),
         )
         .await
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn issue(
+    /// Signs and records one certificate. `order` is created (already
+    /// valid) or completed in the same transaction, after the audit records
+    /// in `before`; an `order.valid` record follows the certificate's.
+    pub(crate) async fn issue(
         &self,
-        spki_der: &[u8],
-        key_is_rsa: bool,
-        identifiers: &[Identifier],
-        subject: &Subject,
-        profile: Profile,
-        validity_days: u32,
-        account_id: Option<String>,
-        actor: &str,
-        now: OffsetDateTime,
+        req: IssueRequest<'_>,
+        mut order: Option<IssuanceOrder>,
+        before: Vec<AuditEvent>,
     ) -> Result<Signed, WorkflowError> {
-        let req = LeafRequest {
-            spki_der,
-            key_is_rsa,
-            identifiers,
-            subject,
-            profile,
+        let leaf = LeafRequest {
+            spki_der: req.spki_der,
+            key_is_rsa: req.key_is_rsa,
+            identifiers: req.identifiers,
+            subject: req.subject,
+            profile: req.profile,
             serial: Serial::random(&mut rand::thread_rng()),
-            now,
-            validity_days,
+            now: req.now,
+            validity_days: req.validity_days,
         };
         let cert = self
             .issuer
-            .issue_leaf(&req, self.policy.max_validity_days.max(validity_days))?;
+            .issue_leaf(&leaf, self.policy.max_validity_days.max(req.validity_days))?;
+        let serial = cert.serial.to_hex();
         let names: Vec<String> = cert.identifiers.iter().map(Identifier::value).collect();
-        let event = AuditEvent {
-            at: now,
-            actor: actor.to_owned(),
+        let order_id = match &mut order {
+            None => None,
+            Some(IssuanceOrder::Complete { order_id }) => Some(order_id.clone()),
+            Some(IssuanceOrder::Create(bundle)) => {
+                bundle.order.status = OrderStatus::Valid;
+                bundle.order.certificate_serial = Some(serial.clone());
+                Some(bundle.order.id.clone())
+            }
+        };
+        let mut events = before;
+        events.push(AuditEvent {
+            at: req.now,
+            actor: req.actor.to_owned(),
             action: "certificate.issue".into(),
-            subject: cert.serial.to_hex(),
+            subject: serial.clone(),
             details: serde_json::json!({
                 "issuer": self.issuer.certificate().id(),
                 "names": names,
-                "profile": profile.as_str(),
+                "profile": req.profile.as_str(),
                 "not_after": cert.not_after.unix_timestamp(),
+                "order": order_id,
             }),
-        };
+        });
+        if let Some(id) = &order_id {
+            events.push(AuditEvent {
+                at: req.now,
+                actor: req.actor.to_owned(),
+                action: "order.valid".into(),
+                subject: id.clone(),
+                details: serde_json::json!({ "certificate": serial }),
+            });
+        }
         self.store
-            .insert_certificate(
-                NewCertificate {
+            .insert_issuance(Issuance {
+                certificate: NewCertificate {
                     serial: cert.serial,
                     issuer_id: self.issuer.certificate().id().to_owned(),
-                    account_id,
-                    order_id: None,
+                    account_id: req.account_id,
+                    order_id,
                     subject: cert.subject.clone(),
                     identifiers: names,
-                    profile: profile.as_str().to_owned(),
-                    requested_by: actor.to_owned(),
+                    profile: req.profile.as_str().to_owned(),
+                    requested_by: req.actor.to_owned(),
                     not_before: cert.not_before,
                     not_after: cert.not_after,
                     der: cert.der.clone(),
                 },
-                event,
-            )
+                events,
+                order,
+            })
             .await?;
         self.issued.fetch_add(1, Ordering::Relaxed);
         let chain_pem = format!("{}{}", cert.pem(), self.issuer.certificate().pem());
@@ -229,4 +285,26 @@ impl Authority {
             chain_pem,
         })
     }
+}
+
+/// A CSR that passed intake and policy, with the identifiers to certify.
+#[derive(Debug, Clone)]
+pub struct CheckedCsr {
+    /// The verified CSR.
+    pub csr: Csr,
+    /// Its names, checked against policy, in CSR order.
+    pub identifiers: Vec<Identifier>,
+}
+
+/// What to put in one certificate.
+pub(crate) struct IssueRequest<'a> {
+    pub spki_der: &'a [u8],
+    pub key_is_rsa: bool,
+    pub identifiers: &'a [Identifier],
+    pub subject: &'a Subject,
+    pub profile: Profile,
+    pub validity_days: u32,
+    pub account_id: Option<String>,
+    pub actor: &'a str,
+    pub now: OffsetDateTime,
 }

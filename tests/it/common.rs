@@ -204,6 +204,7 @@ impl TestCa {
             .expect("service starts");
         let admin_password = service.take_initial_admin_password().map(|p| p.to_string());
         let authority = service.authority().clone();
+        let orders = service.orders().clone();
         let tls_refresher = service.tls_refresher();
         let (stop, stopped) = watch::channel(false);
         let handle = tokio::spawn(service.run(https, http, stopped));
@@ -213,6 +214,7 @@ impl TestCa {
             root_pem: std::fs::read_to_string(self.data_dir().join("ca/root.crt.pem")).unwrap(),
             admin_password,
             authority,
+            orders,
             tls_refresher,
             stop,
             handle,
@@ -230,6 +232,7 @@ pub struct Running {
     pub root_pem: String,
     pub admin_password: Option<String>,
     pub authority: Arc<Authority>,
+    pub orders: Arc<hallmark::workflow::orders::Orders>,
     pub tls_refresher: Option<service::TlsRefresher>,
     stop: watch::Sender<bool>,
     handle: tokio::task::JoinHandle<()>,

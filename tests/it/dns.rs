@@ -18,30 +18,56 @@ pub enum Entry {
     A(&'static str, Ipv4Addr),
 }
 
+type Zone = InMemoryZoneHandler<hickory_server::net::runtime::TokioRuntimeProvider>;
+
+/// A running zone that tests can add records to.
+#[derive(Clone)]
+pub struct DnsServer {
+    pub addr: String,
+    zone: Arc<Zone>,
+}
+
+impl DnsServer {
+    /// Adds a TXT record at `fqdn` (which must end in `.internal`).
+    pub async fn add_txt(&self, fqdn: &str, value: &str) {
+        let name = Name::from_str(&format!("{fqdn}.")).unwrap();
+        let txt = Record::from_rdata(name, 60, RData::TXT(TXT::new(vec![value.to_owned()])));
+        self.zone.upsert(txt, 2).await;
+    }
+}
+
+fn name(n: &str) -> Name {
+    Name::from_str(&format!("{n}.internal.")).unwrap()
+}
+
+fn record(entry: Entry) -> Record {
+    match entry {
+        Entry::Txt(n, v) => Record::from_rdata(name(n), 60, RData::TXT(TXT::new(vec![v]))),
+        Entry::Cname(n, target) => {
+            Record::from_rdata(name(n), 60, RData::CNAME(CNAME(name(target))))
+        }
+        Entry::A(n, ip) => Record::from_rdata(name(n), 60, RData::A(A(ip))),
+    }
+}
+
 /// Starts the server with `entries` (names relative to `internal.`) and
 /// returns its `host:port`.
 pub async fn start(entries: Vec<Entry>) -> String {
+    serve(entries).await.addr
+}
+
+/// Starts the server with `entries`; records can be added later.
+pub async fn serve(entries: Vec<Entry>) -> DnsServer {
     let origin = Name::from_str("internal.").unwrap();
-    let mut zone = InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::empty(
-        origin.clone(),
-        ZoneType::Primary,
-        AxfrPolicy::Deny,
-    );
-    let name = |n: &str| Name::from_str(&format!("{n}.internal.")).unwrap();
+    let mut zone = Zone::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
     let soa = SOA::new(name("ns"), name("hostmaster"), 1, 3600, 600, 86400, 60);
     zone.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
     for entry in entries {
-        let record = match entry {
-            Entry::Txt(n, v) => Record::from_rdata(name(n), 60, RData::TXT(TXT::new(vec![v]))),
-            Entry::Cname(n, target) => {
-                Record::from_rdata(name(n), 60, RData::CNAME(CNAME(name(target))))
-            }
-            Entry::A(n, ip) => Record::from_rdata(name(n), 60, RData::A(A(ip))),
-        };
-        zone.upsert_mut(record, 1);
+        zone.upsert_mut(record(entry), 1);
     }
+    let zone = Arc::new(zone);
     let mut catalog = Catalog::new();
-    let handler: Arc<dyn ZoneHandler> = Arc::new(zone);
+    let handler: Arc<dyn ZoneHandler> = zone.clone();
     catalog.upsert(origin.into(), vec![handler]);
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
@@ -50,5 +76,8 @@ pub async fn start(entries: Vec<Entry>) -> String {
     tokio::spawn(async move {
         let _ = server.block_until_done().await;
     });
-    addr.to_string()
+    DnsServer {
+        addr: addr.to_string(),
+        zone,
+    }
 }

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod dns;
 mod issuance;
+mod orders;
 mod service;
 mod store;
 mod tls;

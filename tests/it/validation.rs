@@ -244,6 +244,20 @@ async fn tls_alpn_responder_with(
     alpn: bool,
     wrong_key: bool,
 ) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    serve_tls_alpn(listener, sans, digest_of, alpn, wrong_key);
+    port
+}
+
+/// Serves tls-alpn-01 answers on `listener` (see [`tls_alpn_responder_with`]).
+pub fn serve_tls_alpn(
+    listener: tokio::net::TcpListener,
+    sans: &[&str],
+    digest_of: Option<&str>,
+    alpn: bool,
+    wrong_key: bool,
+) {
     use sha2::{Digest, Sha256};
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params =
@@ -282,8 +296,6 @@ async fn tls_alpn_responder_with(
         config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
@@ -292,7 +304,6 @@ async fn tls_alpn_responder_with(
             });
         }
     });
-    port
 }
 
 #[tokio::test]

@@ -2,14 +2,18 @@
 //! `Authorization: Bearer <api key>`.
 
 mod account;
+mod certificates;
+mod orders;
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 
 use super::problem::Problem;
 use super::AppState;
@@ -17,7 +21,95 @@ use crate::workflow::accounts::{self, AccountError, Caller};
 
 /// Routes under `/api/v1`.
 pub fn router() -> Router<Arc<AppState>> {
-    Router::new().nest("/api/v1", account::router())
+    Router::new().nest(
+        "/api/v1",
+        account::router()
+            .merge(orders::router())
+            .merge(certificates::router()),
+    )
+}
+
+pub use certificates::PEM_CHAIN;
+
+/// A JSON request body whose rejections are problem documents: 413 past
+/// the body limit, 400 `malformed` (saying what did not fit) otherwise.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_problem(rejection).into_response()),
+        }
+    }
+}
+
+impl<T, S> axum::extract::OptionalFromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    /// No body (or no `Content-Type`) is `None`; a body must be valid.
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        let empty = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0")
+            || !req.headers().contains_key(header::CONTENT_TYPE);
+        if empty {
+            return Ok(None);
+        }
+        <ApiJson<T> as FromRequest<S>>::from_request(req, state)
+            .await
+            .map(Some)
+    }
+}
+
+fn json_problem(rejection: JsonRejection) -> Problem {
+    match rejection {
+        JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Problem::hallmark(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "bodyTooLarge",
+                "Request body too large",
+                format!(
+                    "the request body is larger than the {} KiB limit",
+                    super::MAX_BODY_BYTES / 1024
+                ),
+            )
+        }
+        JsonRejection::MissingJsonContentType(_) => Problem::malformed(
+            "the request body must be JSON with \"Content-Type: application/json\"",
+        ),
+        JsonRejection::JsonSyntaxError(e) => Problem::malformed(format!(
+            "the request body is not valid JSON: {}",
+            e.body_text()
+        )),
+        JsonRejection::JsonDataError(e) => Problem::malformed(format!(
+            "the request body does not have the expected fields: {}",
+            e.body_text()
+        )),
+        other => Problem::malformed(other.body_text()),
+    }
+}
+
+/// Unix seconds as RFC 3339 UTC (`2026-01-02T03:04:05Z`).
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// The authenticated caller of an API route.

@@ -1,0 +1,240 @@
+//! Orders, authorizations and challenges as the store keeps them. The
+//! workflow decides every state change; the store applies each one as a
+//! compare-and-set inside a transaction with its audit records, so two
+//! instances can never both move the same order.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::StoreError;
+
+/// Where an order is in its life (DESIGN §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Some identifier still needs a valid challenge.
+    Pending,
+    /// Every identifier is valid; issuance may start.
+    Ready,
+    /// Issuance has been claimed by an instance.
+    Processing,
+    /// OV: validated, waiting for a reviewer.
+    AwaitingApproval,
+    /// The certificate is issued.
+    Valid,
+    /// A challenge failed, issuance failed, or the order expired.
+    Invalid,
+    /// A reviewer said no.
+    Rejected,
+}
+
+impl OrderStatus {
+    /// Every status, in life order.
+    pub const ALL: [OrderStatus; 7] = [
+        OrderStatus::Pending,
+        OrderStatus::Ready,
+        OrderStatus::Processing,
+        OrderStatus::AwaitingApproval,
+        OrderStatus::Valid,
+        OrderStatus::Invalid,
+        OrderStatus::Rejected,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Ready => "ready",
+            OrderStatus::Processing => "processing",
+            OrderStatus::AwaitingApproval => "awaiting_approval",
+            OrderStatus::Valid => "valid",
+            OrderStatus::Invalid => "invalid",
+            OrderStatus::Rejected => "rejected",
+        }
+    }
+
+    /// Whether nothing more can happen to the order.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Valid | OrderStatus::Invalid | OrderStatus::Rejected
+        )
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OrderStatus {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OrderStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| StoreError::Corrupt(format!("order status {s:?}")))
+    }
+}
+
+/// An order as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    /// Random id (`ord_…`).
+    pub id: String,
+    /// Owning account.
+    pub account_id: String,
+    /// Where it is.
+    pub status: OrderStatus,
+    /// `dv` or `ov`.
+    pub validation: String,
+    /// `rest` or `acme`.
+    pub source: String,
+    /// Certificate profile.
+    pub profile: String,
+    /// Requested validity, if any.
+    pub validity_days: Option<i64>,
+    /// The CSR (DER), once known.
+    pub csr_der: Option<Vec<u8>>,
+    /// OV organisation details (JSON).
+    pub organization: Option<String>,
+    /// Why it became invalid (problem JSON).
+    pub error: Option<String>,
+    /// Why a reviewer rejected it.
+    pub rejection_reason: Option<String>,
+    /// The issued certificate's serial (hex).
+    pub certificate_serial: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; also the claim time while `processing`.
+    pub updated_at: i64,
+    /// Unix seconds; an order not finished by then becomes invalid.
+    pub expires_at: i64,
+}
+
+/// One identifier's authorization, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationRecord {
+    /// Random id (`authz_…`).
+    pub id: String,
+    /// Its order.
+    pub order_id: String,
+    /// Owning account (for reuse across orders).
+    pub account_id: String,
+    /// `dns` or `ip`.
+    pub identifier_type: String,
+    /// The name or address (wildcards keep their `*.`).
+    pub identifier_value: String,
+    /// Whether the identifier is a wildcard.
+    pub wildcard: bool,
+    /// `pending`, `valid`, `invalid`, …
+    pub status: String,
+    /// When control was proven (for a reused authorization, when it was
+    /// first proven).
+    pub validated_at: Option<i64>,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// One challenge, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChallengeRecord {
+    /// Random id (`chall_…`).
+    pub id: String,
+    /// Its authorization.
+    pub authorization_id: String,
+    /// `http-01`, `dns-01` or `tls-alpn-01`.
+    pub kind: String,
+    /// Random token (RFC 8555 §8.3: ≥ 128 bits, base64url).
+    pub token: String,
+    /// `pending`, `processing`, `valid` or `invalid`.
+    pub status: String,
+    /// Why it failed (problem JSON).
+    pub error: Option<String>,
+    /// When validation was last started.
+    pub attempted_at: Option<i64>,
+    /// When it succeeded.
+    pub validated_at: Option<i64>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// An authorization with its challenges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationBundle {
+    /// The authorization.
+    pub authorization: AuthorizationRecord,
+    /// Its challenges (none for a reused authorization).
+    pub challenges: Vec<ChallengeRecord>,
+}
+
+/// An order with everything under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderBundle {
+    /// The order.
+    pub order: OrderRecord,
+    /// One per identifier, in request order.
+    pub authorizations: Vec<AuthorizationBundle>,
+}
+
+/// What a finished validation did to its challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChallengeOutcome {
+    /// The challenge.
+    pub challenge_id: String,
+    /// Its authorization.
+    pub authorization_id: String,
+    /// Its order.
+    pub order_id: String,
+    /// When it finished (Unix seconds).
+    pub at: i64,
+    /// The validator's error (problem JSON) if it failed.
+    pub error: Option<String>,
+    /// The order's status once every authorization is valid (`ready`, or
+    /// `awaiting_approval` for OV).
+    pub when_all_valid: OrderStatus,
+}
+
+/// Fields an order transition may set besides its status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderUpdate {
+    /// Why it became invalid (problem JSON).
+    pub error: Option<String>,
+    /// Why it was rejected.
+    pub rejection_reason: Option<String>,
+    /// Vetted organisation (JSON), replacing the requested one.
+    pub organization: Option<String>,
+    /// Only if the order was last updated before this (to take over a
+    /// stale `processing` claim).
+    pub updated_before: Option<i64>,
+}
+
+/// What an issuance does to an order, in the same transaction as the
+/// certificate.
+#[derive(Debug, Clone)]
+pub enum IssuanceOrder {
+    /// Creates the order (already valid: every identifier was authorised).
+    Create(Box<OrderBundle>),
+    /// Moves an existing order from `processing` to `valid`.
+    Complete {
+        /// The order.
+        order_id: String,
+    },
+}
+
+/// A page of orders: newest first, keyed by `(created_at, id)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderQuery {
+    /// Only this account's (none: every account's).
+    pub account_id: Option<String>,
+    /// Only orders in this status.
+    pub status: Option<OrderStatus>,
+    /// Only orders older than this `(created_at, id)`.
+    pub before: Option<(i64, String)>,
+    /// At most this many.
+    pub limit: i64,
+}

@@ -1,0 +1,795 @@
+//! REST orders end to end: the real server, a real challenge HTTP server,
+//! a tls-alpn-01 responder and a DNS server on loopback; SQLite and
+//! PostgreSQL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode as AxumStatus;
+use axum::routing::get;
+use axum::Router;
+use hallmark::workflow::accounts::{create_account, Role};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::*;
+use crate::dns::{self, DnsServer, Entry};
+
+/// An http-01 server answering whatever the test publishes.
+#[derive(Clone, Default)]
+pub struct Http01Server {
+    pub port: u16,
+    answers: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl Http01Server {
+    pub async fn start() -> Http01Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let answers: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let app = Router::new()
+            .route(
+                "/.well-known/acme-challenge/{token}",
+                get(
+                    |State(answers): State<Arc<Mutex<HashMap<String, String>>>>,
+                     Path(token): Path<String>| async move {
+                        match answers.lock().unwrap().get(&token) {
+                            Some(body) => Ok(body.clone()),
+                            None => Err(AxumStatus::NOT_FOUND),
+                        }
+                    },
+                ),
+            )
+            .with_state(answers.clone());
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Http01Server { port, answers }
+    }
+
+    pub fn publish(&self, path: &str, body: &str) {
+        let token = path.rsplit('/').next().unwrap().to_owned();
+        self.answers.lock().unwrap().insert(token, body.to_owned());
+    }
+}
+
+/// A CA whose validators point at this test's challenge servers.
+pub struct DvLab {
+    pub ca: TestCa,
+    pub running: Running,
+    pub http01: Http01Server,
+    pub dns: DnsServer,
+    pub tls_alpn: Option<tokio::net::TcpListener>,
+}
+
+impl DvLab {
+    pub async fn new(backend: Backend, extra: &[(&str, String)]) -> DvLab {
+        let http01 = Http01Server::start().await;
+        let dns = dns::serve(vec![
+            Entry::A("web", "127.0.0.1".parse().unwrap()),
+            Entry::A("api", "127.0.0.1".parse().unwrap()),
+            Entry::A("alpn", "127.0.0.1".parse().unwrap()),
+            Entry::A("ov", "127.0.0.1".parse().unwrap()),
+        ])
+        .await;
+        let tls_alpn = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut env = vec![
+            ("HALLMARK_VALIDATION__DNS_RESOLVER", dns.addr.clone()),
+            ("HALLMARK_VALIDATION__HTTP_PORT", http01.port.to_string()),
+            (
+                "HALLMARK_VALIDATION__TLS_ALPN_PORT",
+                tls_alpn.local_addr().unwrap().port().to_string(),
+            ),
+            ("HALLMARK_VALIDATION__TIMEOUT_SECS", "3".into()),
+        ];
+        env.extend(extra.iter().cloned());
+        let mut ca = TestCa::with_env(backend, &env).await;
+        let running = ca.start().await;
+        DvLab {
+            ca,
+            running,
+            http01,
+            dns,
+            tls_alpn: Some(tls_alpn),
+        }
+    }
+
+    /// A new account's API key.
+    pub async fn account(&self, name: &str, role: Role) -> String {
+        create_account(
+            self.running.authority.store().as_ref(),
+            name,
+            role,
+            "operator:test",
+        )
+        .await
+        .unwrap()
+        .api_key
+        .to_string()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.running.https_url)
+    }
+
+    pub async fn post(&self, key: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .running
+            .client()
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> (StatusCode, Value) {
+        let r = self
+            .running
+            .client()
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls an order until it leaves pending/ready/processing.
+    pub async fn settle(&self, key: &str, id: &str) -> Value {
+        for _ in 0..200 {
+            let (status, order) = self.get(key, &format!("/orders/{id}")).await;
+            assert_eq!(status, StatusCode::OK, "{order}");
+            if !["pending", "ready", "processing"].contains(&order["status"].as_str().unwrap()) {
+                return order;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("order {id} did not settle");
+    }
+
+    pub async fn finish(self) {
+        self.running.stop().await;
+        self.ca.cleanup().await;
+    }
+}
+
+fn csr(dir: &std::path::Path, name: &str, cn: &str, san: &str) -> String {
+    String::from_utf8(openssl_csr(
+        dir,
+        name,
+        P256,
+        &format!("/CN={cn}"),
+        Some(san),
+    ))
+    .unwrap()
+}
+
+fn challenge<'a>(order: &'a Value, identifier: &str, kind: &str) -> &'a Value {
+    order["authorizations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["identifier"]["value"] == identifier)
+        .unwrap_or_else(|| panic!("no authorization for {identifier}: {order}"))["challenges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} challenge for {identifier}: {order}"))
+}
+
+fn kinds(order: &Value, identifier: &str) -> Vec<String> {
+    order["authorizations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["identifier"]["value"] == identifier)
+        .unwrap()["challenges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Path part of an absolute URL the API returned.
+fn api_path(url: &Value) -> String {
+    let url = url.as_str().unwrap();
+    url[url.find("/api/v1").unwrap() + "/api/v1".len()..].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dv_order_by_http01_is_issued_at_once_and_its_names_are_reused() {
+    for backend in backends() {
+        let lab = DvLab::new(backend, &[]).await;
+        let key = lab.account("team web", Role::Requester).await;
+        let dir = lab.ca.dir.path();
+        let pem = csr(dir, "web", "web.internal", "DNS:web.internal,IP:127.0.0.1");
+
+        let r = lab
+            .running
+            .client()
+            .post(lab.url("/orders"))
+            .bearer_auth(&key)
+            .json(&json!({"csr": pem, "validation": "dv"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{backend:?}");
+        let location = r.headers()["location"].to_str().unwrap().to_owned();
+        let order: Value = r.json().await.unwrap();
+        assert_eq!(order["url"], location.as_str());
+        assert_eq!(order["status"], "pending");
+        assert_eq!(order["identifiers"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            kinds(&order, "web.internal"),
+            ["http-01", "dns-01", "tls-alpn-01"]
+        );
+        assert_eq!(kinds(&order, "127.0.0.1"), ["http-01", "tls-alpn-01"]);
+        let id = order["id"].as_str().unwrap().to_owned();
+
+        // Each challenge says what to publish.
+        for name in ["web.internal", "127.0.0.1"] {
+            let c = challenge(&order, name, "http-01");
+            let token = c["token"].as_str().unwrap();
+            assert!(token.len() >= 43, "{token}");
+            assert_eq!(
+                c["http_path"],
+                format!("/.well-known/acme-challenge/{token}")
+            );
+            assert_eq!(c["http_body"], c["key_authorization"]);
+            assert!(c["key_authorization"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{token}.")));
+            lab.http01.publish(
+                c["http_path"].as_str().unwrap(),
+                c["http_body"].as_str().unwrap(),
+            );
+        }
+        let dns = challenge(&order, "web.internal", "dns-01");
+        assert_eq!(dns["dns_name"], "_acme-challenge.web.internal");
+        assert_eq!(dns["dns_txt"].as_str().unwrap().len(), 43);
+
+        for name in ["web.internal", "127.0.0.1"] {
+            let c = challenge(&order, name, "http-01");
+            let (status, body) = lab.post(&key, &api_path(&c["url"]), json!({})).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        }
+        let order = lab.settle(&key, &id).await;
+        assert_eq!(order["status"], "valid", "{backend:?}: {order}");
+        for a in order["authorizations"].as_array().unwrap() {
+            assert_eq!(a["status"], "valid");
+        }
+        assert_eq!(
+            challenge(&order, "web.internal", "http-01")["status"],
+            "valid"
+        );
+        assert_eq!(
+            challenge(&order, "web.internal", "dns-01")["status"],
+            "pending"
+        );
+
+        // The certificate: metadata, then the chain, which openssl accepts.
+        let cert_path = api_path(&order["certificate"]);
+        let (status, meta) = lab.get(&key, &cert_path).await;
+        assert_eq!(status, StatusCode::OK, "{meta}");
+        assert_eq!(meta["status"], "valid");
+        assert_eq!(meta["order"], id.as_str());
+        assert_eq!(meta["identifiers"], json!(["web.internal", "127.0.0.1"]));
+        let r = lab
+            .running
+            .client()
+            .get(lab.url(&cert_path))
+            .bearer_auth(&key)
+            .header("accept", "application/pem-certificate-chain")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/pem-certificate-chain"
+        );
+        let chain = r.text().await.unwrap();
+        assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
+        let leaf_end = chain.find("-----END CERTIFICATE-----\n").unwrap() + 26;
+        assert_openssl_verifies(
+            dir,
+            &lab.running.root_pem,
+            &chain[leaf_end..],
+            &chain[..leaf_end],
+        );
+
+        // The same names again: no challenge, issued in the response.
+        let pem2 = csr(dir, "web2", "web.internal", "DNS:web.internal,IP:127.0.0.1");
+        let (status, again) = lab
+            .post(&key, "/orders", json!({"csr": pem2, "validation": "dv"}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{again}");
+        assert_eq!(again["status"], "valid", "{again}");
+        assert!(again["certificate"].is_string());
+        for a in again["authorizations"].as_array().unwrap() {
+            assert_eq!(a["status"], "valid");
+            assert!(a["challenges"].as_array().unwrap().is_empty());
+        }
+
+        // Another account sees neither the order nor the certificate.
+        let other = lab.account("team other", Role::Requester).await;
+        let (status, p) = lab.get(&other, &format!("/orders/{id}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{p}");
+        let (status, _) = lab.get(&other, &cert_path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        // ...and its own order for the same names needs challenges.
+        let pem3 = csr(dir, "web3", "web.internal", "DNS:web.internal");
+        let (_, theirs) = lab
+            .post(&other, "/orders", json!({"csr": pem3, "validation": "dv"}))
+            .await;
+        assert_eq!(theirs["status"], "pending");
+
+        // The list pages, newest first.
+        let (status, page) = lab.get(&key, "/orders?limit=1").await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["orders"].as_array().unwrap().len(), 1);
+        assert_eq!(page["orders"][0]["id"], again["id"]);
+        let next = page["next"].as_str().unwrap();
+        let (_, page2) = lab
+            .get(&key, &format!("/orders?limit=1&before={next}"))
+            .await;
+        assert_eq!(page2["orders"][0]["id"], id.as_str());
+        let (_, valid) = lab.get(&key, "/orders?status=valid").await;
+        assert_eq!(valid["orders"].as_array().unwrap().len(), 2);
+        assert!(valid["next"].is_null());
+
+        // Every step is in the audit log, and the chain verifies.
+        let audit = lab
+            .running
+            .authority
+            .store()
+            .audit_page(0, 1000)
+            .await
+            .unwrap();
+        let actions: Vec<&str> = audit
+            .iter()
+            .filter(|r| r.subject == id || r.details.contains(&id))
+            .map(|r| r.action.as_str())
+            .collect();
+        for expected in [
+            "order.create",
+            "challenge.attempt",
+            "challenge.valid",
+            "order.ready",
+            "order.processing",
+            "certificate.issue",
+            "order.valid",
+        ] {
+            assert!(actions.contains(&expected), "{expected} in {actions:?}");
+        }
+        hallmark::workflow::audit::verify(lab.running.authority.store().as_ref())
+            .await
+            .expect("the audit chain verifies");
+        lab.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns01_proves_a_wildcard_and_tls_alpn01_proves_a_name() {
+    for backend in backends() {
+        let mut lab = DvLab::new(backend, &[]).await;
+        let key = lab.account("team apps", Role::Requester).await;
+        let dir = lab.ca.dir.path();
+        let pem = csr(
+            dir,
+            "apps",
+            "alpn.internal",
+            "DNS:alpn.internal,DNS:*.apps.internal",
+        );
+        let (status, order) = lab
+            .post(
+                &key,
+                "/orders",
+                json!({"csr": pem, "validation": "dv", "validity_days": 30}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{order}");
+        assert_eq!(kinds(&order, "*.apps.internal"), ["dns-01"]);
+        let wildcard = order["authorizations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["identifier"]["value"] == "*.apps.internal")
+            .unwrap();
+        assert_eq!(wildcard["wildcard"], true);
+
+        let d = challenge(&order, "*.apps.internal", "dns-01");
+        assert_eq!(d["dns_name"], "_acme-challenge.apps.internal");
+        lab.dns
+            .add_txt(
+                d["dns_name"].as_str().unwrap(),
+                d["dns_txt"].as_str().unwrap(),
+            )
+            .await;
+        let t = challenge(&order, "alpn.internal", "tls-alpn-01");
+        assert_eq!(t["tls_alpn_protocol"], "acme-tls/1");
+        crate::validation::serve_tls_alpn(
+            lab.tls_alpn.take().unwrap(),
+            &["alpn.internal"],
+            Some(t["key_authorization"].as_str().unwrap()),
+            true,
+            false,
+        );
+        for c in [d, t] {
+            let (status, body) = lab.post(&key, &api_path(&c["url"]), json!({})).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        }
+        let id = order["id"].as_str().unwrap();
+        let done = lab.settle(&key, id).await;
+        assert_eq!(done["status"], "valid", "{backend:?}: {done}");
+        let (_, meta) = lab.get(&key, &api_path(&done["certificate"])).await;
+        assert_eq!(
+            meta["identifiers"],
+            json!(["alpn.internal", "*.apps.internal"])
+        );
+        let days = (time::OffsetDateTime::parse(
+            meta["not_after"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+            - time::OffsetDateTime::now_utc())
+        .whole_days();
+        assert!((29..=30).contains(&days), "{days}");
+        lab.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_challenge_makes_the_order_invalid_with_the_validators_error() {
+    for backend in backends() {
+        let lab = DvLab::new(backend, &[]).await;
+        let key = lab.account("team fail", Role::Requester).await;
+        let dir = lab.ca.dir.path();
+        let pem = csr(dir, "api", "api.internal", "DNS:api.internal");
+        let (_, order) = lab
+            .post(&key, "/orders", json!({"csr": pem, "validation": "dv"}))
+            .await;
+        let id = order["id"].as_str().unwrap();
+        // Nothing published: the challenge server answers 404.
+        let c = challenge(&order, "api.internal", "http-01");
+        let (status, _) = lab.post(&key, &api_path(&c["url"]), json!({})).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let done = lab.settle(&key, id).await;
+        assert_eq!(done["status"], "invalid", "{backend:?}: {done}");
+        assert_eq!(
+            done["error"]["type"],
+            "urn:ietf:params:acme:error:unauthorized"
+        );
+        let detail = done["error"]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("api.internal") && detail.contains("404"),
+            "{detail}"
+        );
+        assert_eq!(done["authorizations"][0]["status"], "invalid");
+        let failed = challenge(&done, "api.internal", "http-01");
+        assert_eq!(failed["status"], "invalid");
+        assert!(failed["error"]["detail"].as_str().unwrap().contains("404"));
+
+        // An invalid order takes no more answers; nothing was issued.
+        let other = challenge(&done, "api.internal", "dns-01");
+        let (status, p) = lab.post(&key, &api_path(&other["url"]), json!({})).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{p}");
+        assert_eq!(p["type"], "urn:hallmark:error:conflict");
+        assert!(done["certificate"].is_null());
+        assert_eq!(
+            lab.running
+                .authority
+                .store()
+                .count_certificates()
+                .await
+                .unwrap(),
+            1, // the HTTPS listener's own
+        );
+
+        // A validation whose instance died mid-way is taken over by the
+        // worker: simulate one stuck in `processing` for an hour.
+        let pem = csr(dir, "api2", "api.internal", "DNS:api.internal");
+        let (_, order) = lab
+            .post(&key, "/orders", json!({"csr": pem, "validation": "dv"}))
+            .await;
+        let c = challenge(&order, "api.internal", "http-01");
+        lab.http01.publish(
+            c["http_path"].as_str().unwrap(),
+            c["http_body"].as_str().unwrap(),
+        );
+        let an_hour_ago = time::OffsetDateTime::now_utc().unix_timestamp() - 3600;
+        lab.ca
+            .db
+            .execute(&format!(
+                "UPDATE challenges SET status = 'processing', attempted_at = {an_hour_ago} WHERE id = '{}'",
+                c["id"].as_str().unwrap()
+            ))
+            .await;
+        lab.running.orders.work_once().await.unwrap();
+        let done = lab.settle(&key, order["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "valid", "{backend:?}: {done}");
+        lab.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ov_order_waits_for_a_reviewer_who_issues_it_with_the_vetted_organisation() {
+    for backend in backends() {
+        let lab = DvLab::new(backend, &[]).await;
+        let key = lab.account("team ov", Role::Requester).await;
+        let reviewer = lab.account("vetting", Role::Reviewer).await;
+        let dir = lab.ca.dir.path();
+        let pem = csr(dir, "ov", "ov.internal", "DNS:ov.internal");
+
+        let (status, p) = lab
+            .post(&key, "/orders", json!({"csr": pem, "validation": "ov"}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            p["detail"].as_str().unwrap().contains("organization"),
+            "{p}"
+        );
+        let (status, p) = lab
+            .post(
+                &key,
+                "/orders",
+                json!({"csr": pem, "validation": "dv", "organization": {"name": "X"}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+
+        let org = json!({"name": "Example Corp", "locality": "Berlin", "country": "DE"});
+        let (status, order) = lab
+            .post(
+                &key,
+                "/orders",
+                json!({"csr": pem, "validation": "ov", "organization": org}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{order}");
+        assert_eq!(order["organization"], org);
+        let id = order["id"].as_str().unwrap().to_owned();
+        let c = challenge(&order, "ov.internal", "http-01");
+        lab.http01.publish(
+            c["http_path"].as_str().unwrap(),
+            c["http_body"].as_str().unwrap(),
+        );
+        lab.post(&key, &api_path(&c["url"]), json!({})).await;
+        let waiting = lab.settle(&key, &id).await;
+        assert_eq!(waiting["status"], "awaiting_approval", "{waiting}");
+        assert!(waiting["certificate"].is_null());
+
+        // The requester cannot approve; the reviewer sees the order.
+        let (status, p) = lab
+            .post(&key, &format!("/orders/{id}/approve"), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{p}");
+        assert_eq!(p["type"], "urn:ietf:params:acme:error:unauthorized");
+        let (status, _) = lab.get(&reviewer, &format!("/orders/{id}")).await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, queue) = lab
+            .get(&reviewer, "/orders?status=awaiting_approval&all=true")
+            .await;
+        assert_eq!(queue["orders"][0]["id"], id.as_str());
+
+        // The reviewer approves with the vetted details.
+        let vetted = json!({"name": "Example Corp GmbH", "locality": "Berlin", "state": "Berlin", "country": "de"});
+        let (status, approved) = lab
+            .post(
+                &reviewer,
+                &format!("/orders/{id}/approve"),
+                json!({"organization": vetted}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{approved}");
+        assert_eq!(approved["status"], "valid", "{approved}");
+        let r = lab
+            .running
+            .client()
+            .get(lab.url(&api_path(&approved["certificate"])))
+            .bearer_auth(&key)
+            .header("accept", "application/pem-certificate-chain")
+            .send()
+            .await
+            .unwrap();
+        std::fs::write(dir.join("ov.pem"), r.text().await.unwrap()).unwrap();
+        let subject = openssl(dir, &["x509", "-in", "ov.pem", "-noout", "-subject"]);
+        for part in [
+            "C = DE",
+            "ST = Berlin",
+            "L = Berlin",
+            "O = Example Corp GmbH",
+            "CN = ov.internal",
+        ] {
+            assert!(subject.contains(part), "{part} in {subject}");
+        }
+        // Approving twice is a conflict that changes nothing.
+        let (status, _) = lab
+            .post(&reviewer, &format!("/orders/{id}/approve"), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+
+        // A second OV order for the same name skips DV but still waits;
+        // the reviewer rejects it with a reason the requester sees.
+        let pem2 = csr(dir, "ov2", "ov.internal", "DNS:ov.internal");
+        let (_, second) = lab
+            .post(
+                &key,
+                "/orders",
+                json!({"csr": pem2, "validation": "ov", "organization": {"name": "Example Corp"}}),
+            )
+            .await;
+        assert_eq!(second["status"], "awaiting_approval", "{second}");
+        let id2 = second["id"].as_str().unwrap();
+        let (status, _) = lab
+            .post(
+                &reviewer,
+                &format!("/orders/{id2}/reject"),
+                json!({"reason": " "}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, rejected) = lab
+            .post(
+                &reviewer,
+                &format!("/orders/{id2}/reject"),
+                json!({"reason": "the organisation could not be verified"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{rejected}");
+        assert_eq!(rejected["status"], "rejected");
+        let (_, seen) = lab.get(&key, &format!("/orders/{id2}")).await;
+        assert_eq!(
+            seen["rejection_reason"],
+            "the organisation could not be verified"
+        );
+        let (status, _) = lab
+            .post(&reviewer, &format!("/orders/{id2}/approve"), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        lab.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_order_requests_get_one_clear_problem_each() {
+    for backend in backends() {
+        let lab = DvLab::new(backend, &[("HALLMARK_ORDERS__RATE_PER_MINUTE", "4".into())]).await;
+        let key = lab.account("team bad", Role::Requester).await;
+        let dir = lab.ca.dir.path();
+        let client = lab.running.client();
+        let problem = |status: StatusCode, p: &Value, kind: &str| {
+            assert_eq!(p["type"], kind, "{status} {p}");
+            assert!(!p["detail"].as_str().unwrap_or("").is_empty(), "{p}");
+        };
+
+        // Not JSON, wrong fields, wrong values.
+        let r = client
+            .post(lab.url("/orders"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        problem(
+            r.status(),
+            &r.json().await.unwrap(),
+            "urn:ietf:params:acme:error:malformed",
+        );
+        let (status, p) = lab
+            .post(&key, "/orders", json!({"csr": "x", "validation": "ev"}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        problem(status, &p, "urn:ietf:params:acme:error:malformed");
+        let (status, p) = lab
+            .post(
+                &key,
+                "/orders",
+                json!({"csr": "garbage", "validation": "dv"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        problem(status, &p, "urn:ietf:params:acme:error:badCSR");
+        let outside = csr(dir, "out", "www.example.com", "DNS:www.example.com");
+        let (status, p) = lab
+            .post(&key, "/orders", json!({"csr": outside, "validation": "dv"}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        problem(status, &p, "urn:ietf:params:acme:error:rejectedIdentifier");
+        let weak = String::from_utf8(openssl_csr(
+            dir,
+            "weak",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
+            "/CN=web.internal",
+            Some("DNS:web.internal"),
+        ))
+        .unwrap();
+        let (status, p) = lab
+            .post(&key, "/orders", json!({"csr": weak, "validation": "dv"}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        problem(status, &p, "urn:ietf:params:acme:error:badPublicKey");
+        let good = csr(dir, "good", "web.internal", "DNS:web.internal");
+        let (status, p) = lab
+            .post(
+                &key,
+                "/orders",
+                json!({"csr": good, "validation": "dv", "validity_days": 9999}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        problem(status, &p, "urn:ietf:params:acme:error:malformed");
+
+        // Over 64 KiB: 413 before anything is parsed.
+        let r = client
+            .post(lab.url("/orders"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(format!(
+                "{{\"csr\": \"{}\", \"validation\": \"dv\"}}",
+                "A".repeat(70 * 1024)
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        problem(
+            r.status(),
+            &r.json().await.unwrap(),
+            "urn:hallmark:error:bodyTooLarge",
+        );
+
+        // Unknown things are 404s.
+        let (status, p) = lab.get(&key, "/orders/ord_nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        problem(status, &p, "urn:hallmark:error:notFound");
+        let (status, _) = lab
+            .get(&key, &format!("/certificates/{}", "0".repeat(32)))
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = lab.get(&key, "/orders?status=bogus").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        // The rate limit: four orders reached the engine this minute (the
+        // ones the body parser refused did not), so the fifth is a 429.
+        let r = client
+            .post(lab.url("/orders"))
+            .bearer_auth(&key)
+            .json(&json!({"csr": good, "validation": "dv"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        problem(
+            r.status(),
+            &r.json().await.unwrap(),
+            "urn:ietf:params:acme:error:rateLimited",
+        );
+        // Another account has its own budget.
+        let other = lab.account("team other", Role::Requester).await;
+        let (status, p) = lab
+            .post(&other, "/orders", json!({"csr": good, "validation": "dv"}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{p}");
+        lab.finish().await;
+    }
+}
