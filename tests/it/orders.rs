@@ -793,3 +793,136 @@ async fn bad_order_requests_get_one_clear_problem_each() {
         lab.finish().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_command_gets_a_certificate_by_http01_and_by_dns01() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    for backend in backends() {
+        // The CLI answers http-01 itself: validation fetches from its port.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let lab = DvLab::new(
+            backend,
+            &[("HALLMARK_VALIDATION__HTTP_PORT", port.to_string())],
+        )
+        .await;
+        let key = lab.account("team cli", Role::Requester).await;
+        let dir = lab.ca.dir.path();
+        std::fs::write(dir.join("root.pem"), &lab.running.root_pem).unwrap();
+        let base_args = |out: &str| {
+            vec![
+                "request".to_string(),
+                "--server".into(),
+                lab.running.https_url.clone(),
+                "--ca-file".into(),
+                dir.join("root.pem").display().to_string(),
+                "--out".into(),
+                dir.join(out).display().to_string(),
+            ]
+        };
+
+        let mut args = base_args("http");
+        args.extend(
+            [
+                "--domain",
+                "web.internal",
+                "--domain",
+                "api.internal",
+                "--http-listen",
+            ]
+            .map(String::from),
+        );
+        args.push(format!("127.0.0.1:{port}"));
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hallmark"))
+            .args(&args)
+            .env("HALLMARK_API_KEY", &key)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{backend:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("http/key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let verified = openssl(
+            dir,
+            &[
+                "verify",
+                "-CAfile",
+                "root.pem",
+                "-untrusted",
+                "http/chain.pem",
+                "http/cert.pem",
+            ],
+        );
+        assert!(verified.contains("OK"), "{verified}");
+        let text = openssl(dir, &["x509", "-in", "http/cert.pem", "-noout", "-text"]);
+        assert!(
+            text.contains("DNS:web.internal, DNS:api.internal"),
+            "{text}"
+        );
+        // The key on disk is the certificate's.
+        let cert_key = openssl(dir, &["x509", "-in", "http/cert.pem", "-noout", "-pubkey"]);
+        let file_key = openssl(dir, &["pkey", "-in", "http/key.pem", "-pubout"]);
+        assert_eq!(cert_key, file_key);
+
+        // dns-01 for a wildcard: the command prints the records and waits.
+        let mut args = base_args("dns");
+        args.extend(["--dns", "--domain", "*.apps.internal"].map(String::from));
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hallmark"))
+            .args(&args)
+            .env("HALLMARK_API_KEY", &key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let record = loop {
+            let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+                .await
+                .expect("the command prints the record")
+                .unwrap()
+                .expect("a line");
+            if line.trim_start().starts_with("_acme-challenge") {
+                break line;
+            }
+        };
+        let parts: Vec<&str> = record.split_whitespace().collect();
+        assert_eq!(parts[0], "_acme-challenge.apps.internal.");
+        lab.dns
+            .add_txt(parts[0].trim_end_matches('.'), parts[4].trim_matches('"'))
+            .await;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"\n").await.unwrap();
+        drop(stdin);
+        let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{backend:?}");
+        let text = openssl(dir, &["x509", "-in", "dns/cert.pem", "-noout", "-text"]);
+        assert!(text.contains("DNS:*.apps.internal"), "{text}");
+
+        // A wildcard cannot be proven by http-01: a clear error, exit 1.
+        let mut args = base_args("none");
+        args.extend(["--domain", "*.other.internal"].map(String::from));
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hallmark"))
+            .args(&args)
+            .env("HALLMARK_API_KEY", &key)
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("use --dns"), "{err}");
+        lab.finish().await;
+    }
+}

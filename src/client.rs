@@ -1,0 +1,326 @@
+//! `hallmark request`: the requester's side of a DV order in one command.
+//! It makes a key and CSR, opens the order, answers http-01 with its own
+//! little web server (or prints the dns-01 records to create and waits),
+//! polls until the order is done, and writes the key and certificates.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::{json, Value};
+
+use crate::datadir::replace_file;
+use crate::pki::{pem_decode_all, pem_encode, KeyType, PrivateKey};
+
+/// What `hallmark request` was asked for.
+#[derive(Debug, Clone)]
+pub struct RequestOptions {
+    /// The hallmark HTTPS base URL (`https://ca.internal:8443`).
+    pub server: String,
+    /// The account's API key.
+    pub api_key: String,
+    /// Names (and IP addresses) to certify; the first is the CN.
+    pub domains: Vec<String>,
+    /// Answer dns-01 (records created by hand) instead of http-01.
+    pub dns: bool,
+    /// The CA root to trust for the server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Where to write `key.pem`, `cert.pem`, `chain.pem`, `fullchain.pem`.
+    pub out: PathBuf,
+    /// Where the http-01 answer server listens.
+    pub http_listen: SocketAddr,
+    /// The certificate's key type.
+    pub key_type: KeyType,
+    /// Validity in days (the CA's default if none).
+    pub days: Option<u32>,
+    /// How long to wait for validation and issuance.
+    pub timeout: Duration,
+}
+
+/// Runs the whole request; returns the paths written.
+pub async fn request(
+    options: &RequestOptions,
+    mut wait_for_dns: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<PathBuf>> {
+    if options.domains.is_empty() {
+        bail!("name at least one --domain");
+    }
+    let api = Api::new(options)?;
+
+    let key = PrivateKey::generate(options.key_type)?;
+    let key_pem = key.to_pkcs8_pem()?;
+    let csr_pem = make_csr(&key_pem, &options.domains)?;
+
+    let mut body = json!({"csr": csr_pem, "validation": "dv"});
+    if let Some(days) = options.days {
+        body["validity_days"] = json!(days);
+    }
+    let order = api.post("/api/v1/orders", &body).await?;
+    let order_url = string(&order, "url")?;
+    eprintln!(
+        "order {} is {}",
+        string(&order, "id")?,
+        string(&order, "status")?
+    );
+
+    if order["status"] == "pending" {
+        let challenges = pick_challenges(&order, options.dns)?;
+        let _server = if options.dns {
+            println!("Create these DNS TXT records, then press Enter:");
+            for c in &challenges {
+                println!(
+                    "  {}. 60 IN TXT \"{}\"",
+                    string(c, "dns_name")?,
+                    string(c, "dns_txt")?
+                );
+            }
+            wait_for_dns()?;
+            None
+        } else {
+            let answers: HashMap<String, String> = challenges
+                .iter()
+                .map(|c| Ok((string(c, "token")?, string(c, "http_body")?)))
+                .collect::<anyhow::Result<_>>()?;
+            Some(serve_http01(options.http_listen, answers).await?)
+        };
+        for c in &challenges {
+            api.post_url(&string(c, "url")?, &json!({})).await?;
+        }
+    }
+
+    let order = api.wait(&order_url, options.timeout).await?;
+    match order["status"].as_str() {
+        Some("valid") => {}
+        Some("invalid") => bail!(
+            "the order failed: {}",
+            order["error"]["detail"]
+                .as_str()
+                .unwrap_or("no reason was given")
+        ),
+        Some(other) => bail!("the order is {other}; see {order_url}"),
+        None => bail!("the server answered an order without a status"),
+    }
+    let chain = api.chain(&string(&order, "certificate")?).await?;
+    let certs = pem_decode_all(&chain, "CERTIFICATE");
+    let Some((leaf, rest)) = certs.split_first() else {
+        bail!("the server sent no certificate");
+    };
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("creating {}", options.out.display()))?;
+    let issuers: String = rest.iter().map(|c| pem_encode("CERTIFICATE", c)).collect();
+    let files = [
+        ("key.pem", key_pem.as_bytes().to_vec(), 0o600),
+        (
+            "cert.pem",
+            pem_encode("CERTIFICATE", leaf).into_bytes(),
+            0o644,
+        ),
+        ("chain.pem", issuers.into_bytes(), 0o644),
+        ("fullchain.pem", chain.into_bytes(), 0o644),
+    ];
+    let mut written = Vec::new();
+    for (name, bytes, mode) in files {
+        let path = options.out.join(name);
+        replace_file(&path, &bytes, mode)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// A CSR for `names` signed by the PKCS#8 key; the first name is the CN.
+fn make_csr(key_pem: &str, names: &[String]) -> anyhow::Result<String> {
+    let key = rcgen::KeyPair::from_pem(key_pem).context("loading the new key for the CSR")?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec())
+        .map_err(|e| anyhow!("{e}: every --domain must be a DNS name or an IP address"))?;
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, names[0].as_str());
+    params.distinguished_name = dn;
+    Ok(params.serialize_request(&key)?.pem()?)
+}
+
+/// One challenge per pending authorization: http-01, or dns-01 with `dns`.
+fn pick_challenges(order: &Value, dns: bool) -> anyhow::Result<Vec<Value>> {
+    let kind = if dns { "dns-01" } else { "http-01" };
+    let mut picked = Vec::new();
+    for authz in order["authorizations"].as_array().into_iter().flatten() {
+        if authz["status"] != "pending" {
+            continue;
+        }
+        let name = authz["identifier"]["value"].as_str().unwrap_or("?");
+        let challenge = authz["challenges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == kind)
+            .ok_or_else(|| {
+                if dns {
+                    anyhow!("{name} cannot be validated by dns-01 (IP addresses need http-01): leave out --dns")
+                } else {
+                    anyhow!("{name} cannot be validated by http-01 (wildcards need dns-01): use --dns")
+                }
+            })?;
+        picked.push(challenge.clone());
+    }
+    Ok(picked)
+}
+
+/// Serves `/.well-known/acme-challenge/<token>` until dropped.
+async fn serve_http01(
+    listen: SocketAddr,
+    answers: HashMap<String, String>,
+) -> anyhow::Result<ServerGuard> {
+    use axum::extract::{Path as UrlPath, State};
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+        format!("listening on {listen} for http-01 (port 80 needs root or CAP_NET_BIND_SERVICE; --http-listen picks another address)")
+    })?;
+    let answers = Arc::new(Mutex::new(answers));
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/acme-challenge/{token}",
+            axum::routing::get(
+                |State(answers): State<Arc<Mutex<HashMap<String, String>>>>,
+                 UrlPath(token): UrlPath<String>| async move {
+                    let found = answers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&token)
+                        .cloned();
+                    found.ok_or(axum::http::StatusCode::NOT_FOUND)
+                },
+            ),
+        )
+        .with_state(answers);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(ServerGuard(task))
+}
+
+/// Stops the http-01 server when dropped.
+struct ServerGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn string(v: &Value, field: &str) -> anyhow::Result<String> {
+    v[field]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("the server's answer has no \"{field}\""))
+}
+
+/// The REST API as the client sees it.
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Api {
+    fn new(options: &RequestOptions) -> anyhow::Result<Api> {
+        let base = options.server.trim_end_matches('/').to_owned();
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .tls_built_in_root_certs(false);
+        match &options.ca_file {
+            Some(path) => {
+                for der in pem_decode_all(&read(path)?, "CERTIFICATE") {
+                    builder = builder.add_root_certificate(reqwest::Certificate::from_der(&der)?);
+                }
+            }
+            None if base.starts_with("https://") => bail!(
+                "--ca-file is needed: download the root from the CA's /ca/root.pem and check its fingerprint"
+            ),
+            None => {}
+        }
+        Ok(Api {
+            http: builder.build()?,
+            base,
+            key: options.api_key.clone(),
+        })
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.post_url(&format!("{}{path}", self.base), body).await
+    }
+
+    async fn post_url(&self, url: &str, body: &Value) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(&self.key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        answer(response).await
+    }
+
+    async fn get(&self, url: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        answer(response).await
+    }
+
+    /// Polls the order until it is no longer in progress.
+    async fn wait(&self, url: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let start = Instant::now();
+        loop {
+            let order = self.get(url).await?;
+            let busy = matches!(
+                order["status"].as_str(),
+                Some("pending" | "ready" | "processing")
+            );
+            if !busy || start.elapsed() > timeout {
+                return Ok(order);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn chain(&self, url: &str) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(&self.key)
+            .header("accept", "application/pem-certificate-chain")
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        if !response.status().is_success() {
+            answer(response).await?;
+            bail!("downloading the certificate failed");
+        }
+        Ok(response.text().await?)
+    }
+}
+
+/// The JSON body of a success, or the problem's detail as the error.
+async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(body);
+    }
+    match body["detail"].as_str() {
+        Some(detail) => bail!("the CA refused ({status}): {detail}"),
+        None => bail!("the CA answered {status}: {}", text.trim()),
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
