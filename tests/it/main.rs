@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod dns;
 mod issuance;
+mod openapi;
 mod orders;
 mod service;
 mod store;

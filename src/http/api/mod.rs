@@ -21,12 +21,22 @@ use crate::workflow::accounts::{self, AccountError, Caller};
 
 /// Routes under `/api/v1`.
 pub fn router() -> Router<Arc<AppState>> {
-    Router::new().nest(
-        "/api/v1",
-        account::router()
-            .merge(orders::router())
-            .merge(certificates::router()),
-    )
+    Router::new()
+        .nest(
+            "/api/v1",
+            account::router()
+                .merge(orders::router())
+                .merge(certificates::router()),
+        )
+        .route("/api/openapi.json", axum::routing::get(openapi))
+}
+
+/// The OpenAPI 3.1 description of this API, written by hand next to the
+/// handlers; `tests/it/openapi.rs` checks real answers against it.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
 
 pub use certificates::PEM_CHAIN;
