@@ -292,25 +292,29 @@ pub(super) fn order_bundle(
     })
 }
 
-pub(super) const INSERT_ORDER: &str =
+/// Followed by `VALUES (…), (…)`.
+pub(super) const INSERT_ORDER_PREFIX: &str =
     "INSERT INTO orders (id, account_id, status, validation, source, profile, validity_days, \
      csr_der, organization, error, rejection_reason, certificate_serial, created_at, updated_at, \
-     expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+     expires_at) ";
 
-pub(super) const INSERT_AUTHORIZATION: &str =
+/// Followed by `VALUES (…), (…)`.
+pub(super) const INSERT_AUTHORIZATION_PREFIX: &str =
     "INSERT INTO authorizations (id, order_id, account_id, identifier_type, identifier_value, \
-     wildcard, status, validated_at, expires_at, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+     wildcard, status, validated_at, expires_at, created_at) ";
 
-pub(super) const INSERT_CHALLENGE: &str =
+/// Followed by `VALUES (…), (…)`.
+pub(super) const INSERT_CHALLENGE_PREFIX: &str =
     "INSERT INTO challenges (id, authorization_id, type, token, status, error, attempted_at, \
-     validated_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+     validated_at, created_at) ";
 
-/// The newest proof of control by this account (index `authorizations_reuse`).
+/// The newest proof of control by this account: one backward probe of
+/// the index `authorizations_reuse` (a `MAX()` would scan every earlier
+/// authorization of the name, and reuse adds one per order).
 pub(super) const SELECT_LAST_VALIDATION: &str =
-    "SELECT MAX(validated_at) FROM authorizations WHERE account_id = $1 \
+    "SELECT validated_at FROM authorizations WHERE account_id = $1 \
      AND identifier_type = $2 AND identifier_value = $3 AND status = 'valid' \
-     AND validated_at >= $4";
+     AND validated_at >= $4 ORDER BY validated_at DESC LIMIT 1";
 
 /// A challenge is claimed only while it, its authorization and its order
 /// are all pending.
@@ -435,59 +439,79 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
-            /// Inserts an order, its authorizations and challenges in `tx`.
-            async fn insert_order_tx(
+            /// Inserts orders with their authorizations and challenges in
+            /// `tx`, with multi-row INSERTs (a batch of issuances brings
+            /// many).
+            async fn insert_orders_tx(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                bundle: &$crate::store::OrderBundle,
+                bundles: &[&$crate::store::OrderBundle],
             ) -> $crate::store::Result<()> {
-                let o = &bundle.order;
-                sqlx::query($crate::store::shared::INSERT_ORDER)
-                    .bind(&o.id)
-                    .bind(&o.account_id)
-                    .bind(o.status.as_str())
-                    .bind(&o.validation)
-                    .bind(&o.source)
-                    .bind(&o.profile)
-                    .bind(o.validity_days)
-                    .bind(&o.csr_der)
-                    .bind(&o.organization)
-                    .bind(&o.error)
-                    .bind(&o.rejection_reason)
-                    .bind(&o.certificate_serial)
-                    .bind(o.created_at)
-                    .bind(o.updated_at)
-                    .bind(o.expires_at)
-                    .execute(&mut **tx)
-                    .await?;
-                for authz in &bundle.authorizations {
-                    let a = &authz.authorization;
-                    sqlx::query($crate::store::shared::INSERT_AUTHORIZATION)
-                        .bind(&a.id)
-                        .bind(&a.order_id)
-                        .bind(&a.account_id)
-                        .bind(&a.identifier_type)
-                        .bind(&a.identifier_value)
-                        .bind(a.wildcard)
-                        .bind(&a.status)
-                        .bind(a.validated_at)
-                        .bind(a.expires_at)
-                        .bind(a.created_at)
-                        .execute(&mut **tx)
-                        .await?;
-                    for c in &authz.challenges {
-                        sqlx::query($crate::store::shared::INSERT_CHALLENGE)
-                            .bind(&c.id)
-                            .bind(&c.authorization_id)
-                            .bind(&c.kind)
-                            .bind(&c.token)
-                            .bind(&c.status)
-                            .bind(&c.error)
-                            .bind(c.attempted_at)
-                            .bind(c.validated_at)
-                            .bind(c.created_at)
-                            .execute(&mut **tx)
-                            .await?;
-                    }
+                use $crate::store::shared::ROWS_PER_INSERT;
+                for chunk in bundles.chunks(ROWS_PER_INSERT) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        $crate::store::shared::INSERT_ORDER_PREFIX,
+                    );
+                    q.push_values(chunk, |mut b, bundle| {
+                        let o = &bundle.order;
+                        b.push_bind(o.id.clone())
+                            .push_bind(o.account_id.clone())
+                            .push_bind(o.status.as_str())
+                            .push_bind(o.validation.clone())
+                            .push_bind(o.source.clone())
+                            .push_bind(o.profile.clone())
+                            .push_bind(o.validity_days)
+                            .push_bind(o.csr_der.clone())
+                            .push_bind(o.organization.clone())
+                            .push_bind(o.error.clone())
+                            .push_bind(o.rejection_reason.clone())
+                            .push_bind(o.certificate_serial.clone())
+                            .push_bind(o.created_at)
+                            .push_bind(o.updated_at)
+                            .push_bind(o.expires_at);
+                    });
+                    q.build().execute(&mut **tx).await?;
+                }
+                let authorizations: Vec<&$crate::store::AuthorizationBundle> =
+                    bundles.iter().flat_map(|b| b.authorizations.iter()).collect();
+                for chunk in authorizations.chunks(ROWS_PER_INSERT) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        $crate::store::shared::INSERT_AUTHORIZATION_PREFIX,
+                    );
+                    q.push_values(chunk, |mut b, authz| {
+                        let a = &authz.authorization;
+                        b.push_bind(a.id.clone())
+                            .push_bind(a.order_id.clone())
+                            .push_bind(a.account_id.clone())
+                            .push_bind(a.identifier_type.clone())
+                            .push_bind(a.identifier_value.clone())
+                            .push_bind(a.wildcard)
+                            .push_bind(a.status.clone())
+                            .push_bind(a.validated_at)
+                            .push_bind(a.expires_at)
+                            .push_bind(a.created_at);
+                    });
+                    q.build().execute(&mut **tx).await?;
+                }
+                let challenges: Vec<&$crate::store::ChallengeRecord> = authorizations
+                    .iter()
+                    .flat_map(|a| a.challenges.iter())
+                    .collect();
+                for chunk in challenges.chunks(ROWS_PER_INSERT) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        $crate::store::shared::INSERT_CHALLENGE_PREFIX,
+                    );
+                    q.push_values(chunk, |mut b, c| {
+                        b.push_bind(c.id.clone())
+                            .push_bind(c.authorization_id.clone())
+                            .push_bind(c.kind.clone())
+                            .push_bind(c.token.clone())
+                            .push_bind(c.status.clone())
+                            .push_bind(c.error.clone())
+                            .push_bind(c.attempted_at)
+                            .push_bind(c.validated_at)
+                            .push_bind(c.created_at);
+                    });
+                    q.build().execute(&mut **tx).await?;
                 }
                 Ok(())
             }
@@ -503,11 +527,14 @@ macro_rules! impl_sql_store {
                 Self::append_audit_tx(&mut tx, &events).await?;
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
                 // Orders first: certificates refer to them.
-                for item in items.iter() {
-                    if let Some($crate::store::IssuanceOrder::Create(bundle)) = &item.order {
-                        Self::insert_order_tx(&mut tx, bundle).await?;
-                    }
-                }
+                let created: Vec<&$crate::store::OrderBundle> = items
+                    .iter()
+                    .filter_map(|i| match &i.order {
+                        Some($crate::store::IssuanceOrder::Create(bundle)) => Some(&**bundle),
+                        _ => None,
+                    })
+                    .collect();
+                Self::insert_orders_tx(&mut tx, &created).await?;
                 for chunk in items.chunks($crate::store::shared::ROWS_PER_INSERT) {
                     let mut insert = sqlx::QueryBuilder::<$db>::new(
                         $crate::store::shared::INSERT_CERTIFICATE_PREFIX,
@@ -610,7 +637,7 @@ macro_rules! impl_sql_store {
                 let mut tx = self.write.begin().await?;
                 let refs: Vec<&$crate::store::AuditEvent> = events.iter().collect();
                 Self::append_audit_tx(&mut tx, &refs).await?;
-                Self::insert_order_tx(&mut tx, bundle).await?;
+                Self::insert_orders_tx(&mut tx, &[bundle]).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -671,15 +698,15 @@ macro_rules! impl_sql_store {
                 identifier_value: &str,
                 since: i64,
             ) -> $crate::store::Result<Option<i64>> {
-                let (at,): (Option<i64>,) =
+                let row: Option<(Option<i64>,)> =
                     sqlx::query_as($crate::store::shared::SELECT_LAST_VALIDATION)
                         .bind(account_id)
                         .bind(identifier_type)
                         .bind(identifier_value)
                         .bind(since)
-                        .fetch_one(&self.read)
+                        .fetch_optional(&self.read)
                         .await?;
-                Ok(at)
+                Ok(row.and_then(|(at,)| at))
             }
 
             async fn claim_challenge(

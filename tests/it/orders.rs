@@ -799,9 +799,13 @@ async fn the_request_command_gets_a_certificate_by_http01_and_by_dns01() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     for backend in backends() {
         // The CLI answers http-01 itself: validation fetches from its port.
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
+        // Outside the kernel's ephemeral range (32768+), so no other test's
+        // bind to port 0 can take it between here and the command's bind.
+        let port = loop {
+            let candidate = 20_000 + rand::random::<u16>() % 10_000;
+            if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+                break candidate;
+            }
         };
         let lab = DvLab::new(
             backend,
