@@ -6,6 +6,8 @@
 //! Run: `cargo bench --bench issuance` (options after `--`:
 //! `--count N --concurrency C --backends sqlite,postgres --key-types p256,rsa2048`).
 
+mod common;
+
 use std::time::Instant;
 
 use hallmark::config::Config;
@@ -74,33 +76,9 @@ fn openssl_speed(algorithm: &str) -> Option<f64> {
         .and_then(|s| s.parse::<f64>().ok())
 }
 
-async fn database_url(backend: &str, dir: &std::path::Path) -> Option<(String, Option<String>)> {
-    match backend {
-        "sqlite" => Some((format!("sqlite://{}", dir.join("bench.db").display()), None)),
-        "postgres" => {
-            use sqlx::Connection;
-            let admin = std::env::var("TEST_DATABASE_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-            let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
-            let name = format!("hallmark_bench_{}", std::process::id());
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
-                .execute(&mut conn)
-                .await
-                .ok()?;
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await
-                .ok()?;
-            let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned())?;
-            Some((format!("{base}/{name}"), Some(name)))
-        }
-        _ => None,
-    }
-}
-
 async fn run(key_type: &str, backend: &str, args: &Args, csr: &[u8]) -> Result<f64, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (url, pg_name) = database_url(backend, dir.path())
+    let (url, pg_name) = common::database_url(backend, dir.path(), "issuance")
         .await
         .ok_or("database unavailable")?;
     let env = vec![
@@ -145,16 +123,7 @@ async fn run(key_type: &str, backend: &str, args: &Args, csr: &[u8]) -> Result<f
     let elapsed = started.elapsed().as_secs_f64();
     let issued = (per_task * args.concurrency) as f64;
     drop(authority);
-    if let Some(name) = pg_name {
-        use sqlx::Connection;
-        let admin = std::env::var("TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await;
-        }
-    }
+    common::drop_database(pg_name).await;
     Ok(issued / elapsed)
 }
 

@@ -7,6 +7,8 @@
 //! Run: `cargo bench --bench rest_orders` (options after `--`:
 //! `--count N --concurrency C --backends sqlite,postgres`).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,34 +55,6 @@ fn args() -> Args {
     a
 }
 
-fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-async fn database_url(backend: &str, dir: &std::path::Path) -> Option<(String, Option<String>)> {
-    match backend {
-        "sqlite" => Some((format!("sqlite://{}", dir.join("bench.db").display()), None)),
-        "postgres" => {
-            use sqlx::Connection;
-            let admin = admin_url();
-            let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
-            let name = format!("hallmark_bench_rest_{}", std::process::id());
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
-                .execute(&mut conn)
-                .await
-                .ok()?;
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await
-                .ok()?;
-            let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned())?;
-            Some((format!("{base}/{name}"), Some(name)))
-        }
-        _ => None,
-    }
-}
-
 /// Answers every http-01 request with `body` (the bench proves one name).
 async fn http01_server(body: Arc<std::sync::Mutex<String>>) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -100,7 +74,7 @@ async fn http01_server(body: Arc<std::sync::Mutex<String>>) -> u16 {
 
 async fn run(backend: &str, args: &Args, csr: &str) -> Result<f64, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (url, pg_name) = database_url(backend, dir.path())
+    let (url, pg_name) = common::database_url(backend, dir.path(), "rest")
         .await
         .ok_or("database unavailable")?;
     let answer = Arc::new(std::sync::Mutex::new(String::new()));
@@ -232,14 +206,7 @@ async fn run(backend: &str, args: &Args, csr: &str) -> Result<f64, String> {
     let issued = (per_task * args.concurrency) as f64;
     let _ = stop.send(true);
     let _ = server.await;
-    if let Some(name) = pg_name {
-        use sqlx::Connection;
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url()).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await;
-        }
-    }
+    common::drop_database(pg_name).await;
     Ok(issued / elapsed)
 }
 

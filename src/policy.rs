@@ -124,6 +124,19 @@ pub enum PolicyError {
     },
 }
 
+impl PolicyError {
+    /// The ACME error code (RFC 8555 §6.7) this refusal is reported as.
+    pub fn acme_code(&self) -> &'static str {
+        match self {
+            PolicyError::WeakRsaKey { .. }
+            | PolicyError::BadRsaExponent
+            | PolicyError::KeyTypeNotAllowed(..) => "badPublicKey",
+            PolicyError::ValidityNotAllowed { .. } => "malformed",
+            _ => "rejectedIdentifier",
+        }
+    }
+}
+
 impl Policy {
     /// Checks the key and every name of a CSR; returns the identifiers,
     /// de-duplicated, in CSR order.

@@ -5,8 +5,6 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::pki::CsrError;
-use crate::policy::PolicyError;
 use crate::store::StoreError;
 use crate::workflow::WorkflowError;
 
@@ -118,34 +116,28 @@ impl From<StoreError> for Problem {
     }
 }
 
+/// The problem title for an ACME error code.
+fn title(code: &str) -> &'static str {
+    match code {
+        "badCSR" => "Bad CSR",
+        "badPublicKey" => "Public key not allowed",
+        "rejectedIdentifier" => "Identifier rejected",
+        _ => "Malformed request",
+    }
+}
+
 impl From<WorkflowError> for Problem {
     fn from(e: WorkflowError) -> Self {
         let bad = StatusCode::BAD_REQUEST;
         match e {
-            WorkflowError::Csr(CsrError::UnsupportedName { .. })
-            | WorkflowError::Csr(CsrError::BadIpAddress) => Problem::acme(
-                bad,
-                "rejectedIdentifier",
-                "Identifier rejected",
-                e.to_string(),
-            ),
-            WorkflowError::Csr(ref c) => Problem::acme(bad, "badCSR", "Bad CSR", c.to_string()),
-            WorkflowError::Policy(ref p) => match p {
-                PolicyError::WeakRsaKey { .. }
-                | PolicyError::BadRsaExponent
-                | PolicyError::KeyTypeNotAllowed(..) => {
-                    Problem::acme(bad, "badPublicKey", "Public key not allowed", p.to_string())
-                }
-                PolicyError::ValidityNotAllowed { .. } => {
-                    Problem::acme(bad, "malformed", "Malformed request", p.to_string())
-                }
-                _ => Problem::acme(
-                    bad,
-                    "rejectedIdentifier",
-                    "Identifier rejected",
-                    p.to_string(),
-                ),
-            },
+            WorkflowError::Csr(ref c) => {
+                let code = c.acme_code();
+                Problem::acme(bad, code, title(code), c.to_string())
+            }
+            WorkflowError::Policy(ref p) => {
+                let code = p.acme_code();
+                Problem::acme(bad, code, title(code), p.to_string())
+            }
             WorkflowError::Profile(p) => {
                 Problem::acme(bad, "malformed", "Malformed request", p.to_string())
             }

@@ -96,6 +96,16 @@ pub enum CsrError {
     CommonNameNotInSans(String),
 }
 
+impl CsrError {
+    /// The ACME error code (RFC 8555 §6.7) this refusal is reported as.
+    pub fn acme_code(&self) -> &'static str {
+        match self {
+            CsrError::UnsupportedName { .. } | CsrError::BadIpAddress => "rejectedIdentifier",
+            _ => "badCSR",
+        }
+    }
+}
+
 /// A parsed CSR whose signature has been verified.
 #[derive(Debug, Clone)]
 pub struct Csr {

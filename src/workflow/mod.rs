@@ -160,17 +160,13 @@ impl Authority {
             None => Profile::Server,
         };
         self.issue(
-            IssueRequest {
-                spki_der: checked.csr.spki_der(),
-                key_is_rsa: checked.csr.key().is_rsa(),
-                identifiers: &checked.identifiers,
-                subject: &options.subject,
+            checked.issue_request(
+                &options.subject,
                 profile,
                 validity_days,
-                account_id: options.account_id,
+                options.account_id,
                 actor,
-                now: OffsetDateTime::now_utc(),
-            },
+            ),
             None,
             Vec::new(),
         )
@@ -294,6 +290,31 @@ pub struct CheckedCsr {
     pub csr: Csr,
     /// Its names, checked against policy, in CSR order.
     pub identifiers: Vec<Identifier>,
+}
+
+impl CheckedCsr {
+    /// What to issue for this CSR: its key and checked names, with the
+    /// rest from the caller.
+    pub(crate) fn issue_request<'a>(
+        &'a self,
+        subject: &'a Subject,
+        profile: Profile,
+        validity_days: u32,
+        account_id: Option<String>,
+        actor: &'a str,
+    ) -> IssueRequest<'a> {
+        IssueRequest {
+            spki_der: self.csr.spki_der(),
+            key_is_rsa: self.csr.key().is_rsa(),
+            identifiers: &self.identifiers,
+            subject,
+            profile,
+            validity_days,
+            account_id,
+            actor,
+            now: OffsetDateTime::now_utc(),
+        }
+    }
 }
 
 /// What to put in one certificate.

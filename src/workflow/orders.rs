@@ -27,7 +27,6 @@ use super::{Authority, IssueRequest, Signed, WorkflowError};
 use crate::config::OrdersSection;
 use crate::pki::profile::Organization;
 use crate::pki::{Identifier, Profile, Subject};
-use crate::policy::PolicyError;
 use crate::store::{
     AuditEvent, AuthorizationBundle, AuthorizationRecord, ChallengeOutcome, ChallengeRecord,
     IssuanceOrder, OrderBundle, OrderQuery, OrderRecord, OrderStatus, OrderUpdate, StoreError,
@@ -331,15 +330,14 @@ impl Orders {
                     .authority
                     .issue(
                         IssueRequest {
-                            spki_der: checked.csr.spki_der(),
-                            key_is_rsa: checked.csr.key().is_rsa(),
-                            identifiers: &checked.identifiers,
-                            subject: &subject,
-                            profile,
-                            validity_days,
-                            account_id: Some(caller.account_id.clone()),
-                            actor: &actor,
                             now,
+                            ..checked.issue_request(
+                                &subject,
+                                profile,
+                                validity_days,
+                                Some(caller.account_id.clone()),
+                                &actor,
+                            )
                         },
                         Some(IssuanceOrder::Create(Box::new(bundle.clone()))),
                         events,
@@ -860,8 +858,8 @@ impl Orders {
                 tracing::warn!(order = %order.id, error = %e, "recording an issuance failed; the worker will resume it");
                 return result;
             }
-            Err(WorkflowError::Csr(e)) => problem_document("badCSR", &e.to_string()),
-            Err(WorkflowError::Policy(e)) => problem_document(policy_code(e), &e.to_string()),
+            Err(WorkflowError::Csr(e)) => problem_document(e.acme_code(), &e.to_string()),
+            Err(WorkflowError::Policy(e)) => problem_document(e.acme_code(), &e.to_string()),
             Err(e) => {
                 tracing::error!(order = %order.id, error = %e, "issuing an order failed");
                 problem_document(
@@ -918,19 +916,16 @@ impl Orders {
             _ => None,
         };
         let subject = Subject { organization };
+        let actor = account_actor(&order.account_id);
         self.authority
             .issue(
-                IssueRequest {
-                    spki_der: checked.csr.spki_der(),
-                    key_is_rsa: checked.csr.key().is_rsa(),
-                    identifiers: &checked.identifiers,
-                    subject: &subject,
+                checked.issue_request(
+                    &subject,
                     profile,
                     validity_days,
-                    account_id: Some(order.account_id.clone()),
-                    actor: &account_actor(&order.account_id),
-                    now: OffsetDateTime::now_utc(),
-                },
+                    Some(order.account_id.clone()),
+                    &actor,
+                ),
                 Some(IssuanceOrder::Complete {
                     order_id: order.id.clone(),
                 }),
@@ -991,17 +986,6 @@ fn find_challenge<'a>(
 
 fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
-}
-
-/// The ACME error code for a policy refusal (as the HTTP edge maps it).
-fn policy_code(e: &PolicyError) -> &'static str {
-    match e {
-        PolicyError::WeakRsaKey { .. }
-        | PolicyError::BadRsaExponent
-        | PolicyError::KeyTypeNotAllowed(..) => "badPublicKey",
-        PolicyError::ValidityNotAllowed { .. } => "malformed",
-        _ => "rejectedIdentifier",
-    }
 }
 
 /// Checks and normalises OV organisation details: what X.520 allows in
