@@ -66,9 +66,12 @@ pub async fn request(
         string(&order, "status")?
     );
 
+    // The http-01 server must answer until validation is over: it lives
+    // until the order has settled, not just until the challenges are posted.
+    let mut http01_server = None;
     if order["status"] == "pending" {
         let challenges = pick_challenges(&order, options.dns)?;
-        let _server = if options.dns {
+        if options.dns {
             println!("Create these DNS TXT records, then press Enter:");
             for c in &challenges {
                 println!(
@@ -78,20 +81,20 @@ pub async fn request(
                 );
             }
             wait_for_dns()?;
-            None
         } else {
             let answers: HashMap<String, String> = challenges
                 .iter()
                 .map(|c| Ok((string(c, "token")?, string(c, "http_body")?)))
                 .collect::<anyhow::Result<_>>()?;
-            Some(serve_http01(options.http_listen, answers).await?)
-        };
+            http01_server = Some(servehttp01_server(options.http_listen, answers).await?);
+        }
         for c in &challenges {
             api.post_url(&string(c, "url")?, &json!({})).await?;
         }
     }
 
     let order = api.wait(&order_url, options.timeout).await?;
+    drop(http01_server);
     match order["status"].as_str() {
         Some("valid") => {}
         Some("invalid") => bail!(
@@ -168,7 +171,7 @@ fn pick_challenges(order: &Value, dns: bool) -> anyhow::Result<Vec<Value>> {
 }
 
 /// Serves `/.well-known/acme-challenge/<token>` until dropped.
-async fn serve_http01(
+async fn servehttp01_server(
     listen: SocketAddr,
     answers: HashMap<String, String>,
 ) -> anyhow::Result<ServerGuard> {
