@@ -132,6 +132,14 @@ impl CaCertificate {
             .join(":")
     }
 
+    /// The subject Name, DER-encoded (the issuer field of what it signs).
+    pub fn subject_raw(&self) -> &[u8] {
+        &self.subject_raw
+    }
+    /// The DER SubjectPublicKeyInfo.
+    pub fn spki(&self) -> &[u8] {
+        &self.spki
+    }
     /// The subjectKeyIdentifier.
     pub fn key_id(&self) -> &[u8] {
         &self.key_id
@@ -324,6 +332,72 @@ impl Issuer {
         let parsed = CaCertificate::from_der("", der)?;
         let id = intermediate_id(parsed.key_id());
         Ok(CaCertificate { id, ..parsed })
+    }
+}
+
+impl Issuer {
+    /// Signs a delegated OCSP responder certificate (RFC 6960 §4.2.2.2):
+    /// id-kp-OCSPSigning, digitalSignature, and id-pkix-ocsp-nocheck so
+    /// clients do not ask about the responder itself; it should live days,
+    /// not years, since nobody can check whether it was revoked.
+    pub fn issue_ocsp_responder(
+        &self,
+        key: &Arc<dyn KeySigner>,
+        now: OffsetDateTime,
+        validity: Duration,
+        serial: Serial,
+    ) -> Result<IssuedCertificate, CaError> {
+        let mut params = CertificateParams::default();
+        params.key_identifier_method = profile::key_identifier(key.public_key_spki())?;
+        let mut dn = DistinguishedName::new();
+        if let Some(org) = self.organization() {
+            dn.push(DnType::OrganizationName, org);
+        }
+        dn.push(
+            DnType::CommonName,
+            format!("OCSP responder for {}", self.cert.id),
+        );
+        params.distinguished_name = dn;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
+        params.not_before = (now - profile::BACKDATE)
+            .replace_nanosecond(0)
+            .unwrap_or(now);
+        params.not_after = (params.not_before + validity).min(self.cert.not_after);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::OcspSigning];
+        params.use_authority_key_identifier_extension = true;
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5],
+                vec![0x05, 0x00],
+            ));
+        let cert = params
+            .signed_by(&RcgenKey(key.clone()), &self.signer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let der = cert.der().to_vec();
+        let subject = CaCertificate::from_der("", der.clone())?.subject;
+        Ok(IssuedCertificate {
+            der,
+            serial,
+            not_before: params.not_before,
+            not_after: params.not_after,
+            subject,
+            identifiers: Vec::new(),
+        })
+    }
+
+    /// The O of the issuer's subject, if any.
+    fn organization(&self) -> Option<String> {
+        let (_, cert) = X509Certificate::from_der(&self.cert.der).ok()?;
+        let org = cert
+            .subject()
+            .iter_organization()
+            .next()
+            .and_then(|o| o.as_str().ok())
+            .map(str::to_owned);
+        org
     }
 }
 

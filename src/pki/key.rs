@@ -130,6 +130,25 @@ impl SignatureScheme {
             SignatureScheme::RsaPkcs1Sha256 => &rcgen::PKCS_RSA_SHA256,
         }
     }
+
+    /// The DER AlgorithmIdentifier of this signature algorithm.
+    pub fn algorithm_identifier(self) -> &'static [u8] {
+        match self {
+            // ecdsa-with-SHA256 (1.2.840.10045.4.3.2), no parameters
+            SignatureScheme::EcdsaP256Sha256 => &[
+                0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+            ],
+            // ecdsa-with-SHA384 (1.2.840.10045.4.3.3)
+            SignatureScheme::EcdsaP384Sha384 => &[
+                0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03,
+            ],
+            // sha256WithRSAEncryption (1.2.840.113549.1.1.11), NULL parameters
+            SignatureScheme::RsaPkcs1Sha256 => &[
+                0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05,
+                0x00,
+            ],
+        }
+    }
 }
 
 /// Anything that can sign for an issuer: a key in memory today, an HSM later.

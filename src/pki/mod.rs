@@ -2,8 +2,11 @@
 //! signing. No I/O here: time and randomness come in as arguments.
 
 pub mod ca;
+pub mod crl;
 pub mod csr;
+pub mod der;
 pub mod key;
+pub mod ocsp;
 pub mod profile;
 pub mod serial;
 
