@@ -156,6 +156,24 @@ pub struct CrlSection {
     pub validity_hours: u32,
     /// Regular regeneration interval (default 24 h).
     pub regenerate_every_hours: u32,
+    /// After a revocation, wait this long for more before regenerating, so
+    /// a burst makes one CRL (default 2 s).
+    pub debounce_secs: u32,
+    /// Spread new certificates over this many partitioned CRLs, each
+    /// named by its certificates' CDP (default 0: one CRL per issuer).
+    pub partitions: u32,
+    /// Publish delta CRLs (RFC 5280 §5.2.4) announced by freshestCRL in
+    /// the complete CRL (default false).
+    pub delta: bool,
+    /// With `delta`: how often the delta CRL is regenerated even without
+    /// revocations, and how long it is valid for twice that (default 60).
+    pub delta_every_minutes: u32,
+    /// nextUpdate of the root's CRL, which only `hallmark crl generate
+    /// --root` signs (default 365 days).
+    pub root_validity_days: u32,
+    /// `Cache-Control: max-age` of a served CRL, never past its nextUpdate
+    /// (default 300 s).
+    pub max_age_secs: u32,
 }
 
 impl Default for CrlSection {
@@ -163,6 +181,40 @@ impl Default for CrlSection {
         CrlSection {
             validity_hours: 168,
             regenerate_every_hours: 24,
+            debounce_secs: 2,
+            partitions: 0,
+            delta: false,
+            delta_every_minutes: 60,
+            root_validity_days: 365,
+            max_age_secs: 300,
+        }
+    }
+}
+
+/// `[ocsp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OcspSection {
+    /// nextUpdate − thisUpdate of each answer (default 60 minutes).
+    pub validity_minutes: u32,
+    /// `delegated` (a short-lived OCSP-signing certificate hallmark issues
+    /// and rotates) or `issuer` (the intermediate's key signs).
+    pub signer: String,
+    /// Lifetime of the delegated responder certificate (default 7 days);
+    /// a new one is issued when half of it has passed.
+    pub responder_validity_days: u32,
+    /// Answers without a nonce are reused for this long (default 60 s);
+    /// a revocation through this instance clears them at once.
+    pub cache_secs: u32,
+}
+
+impl Default for OcspSection {
+    fn default() -> Self {
+        OcspSection {
+            validity_minutes: 60,
+            signer: "delegated".into(),
+            responder_validity_days: 7,
+            cache_secs: 60,
         }
     }
 }
@@ -233,6 +285,8 @@ pub struct FileConfig {
     pub orders: OrdersSection,
     /// `[crl]`
     pub crl: CrlSection,
+    /// `[ocsp]`
+    pub ocsp: OcspSection,
     /// `[ca]`
     pub ca: CaSection,
 }
@@ -278,6 +332,8 @@ pub struct Config {
     pub orders: OrdersSection,
     /// CRL settings.
     pub crl: CrlSection,
+    /// OCSP settings.
+    pub ocsp: OcspSection,
     /// CA creation settings.
     pub ca_key_type: KeyType,
     /// CA names.
@@ -302,6 +358,7 @@ impl std::fmt::Debug for Config {
             .field("validation", &self.validation)
             .field("orders", &self.orders)
             .field("crl", &self.crl)
+            .field("ocsp", &self.ocsp)
             .field("ca_key_type", &self.ca_key_type)
             .field("ca", &self.ca)
             .finish()
@@ -491,6 +548,32 @@ impl Config {
                 reason: "must be less than crl.validity_hours, so a new CRL is out before the old one expires".into(),
             });
         }
+        if file.crl.partitions > 1000 {
+            return Err(ConfigError::Invalid {
+                key: "crl.partitions",
+                reason: "must be at most 1000".into(),
+            });
+        }
+        if file.crl.root_validity_days == 0 || file.crl.delta_every_minutes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "crl.root_validity_days",
+                reason: "crl.root_validity_days and crl.delta_every_minutes must be at least 1"
+                    .into(),
+            });
+        }
+        if !matches!(file.ocsp.signer.as_str(), "delegated" | "issuer") {
+            return Err(ConfigError::Invalid {
+                key: "ocsp.signer",
+                reason: "must be \"delegated\" or \"issuer\"".into(),
+            });
+        }
+        if file.ocsp.validity_minutes == 0 || file.ocsp.responder_validity_days == 0 {
+            return Err(ConfigError::Invalid {
+                key: "ocsp.validity_minutes",
+                reason: "ocsp.validity_minutes and ocsp.responder_validity_days must be at least 1"
+                    .into(),
+            });
+        }
         if file.orders.lifetime_hours == 0 {
             return Err(ConfigError::Invalid {
                 key: "orders.lifetime_hours",
@@ -509,6 +592,7 @@ impl Config {
             validation: file.validation,
             orders: file.orders,
             crl: file.crl,
+            ocsp: file.ocsp,
             ca_key_type,
             ca: file.ca,
         })

@@ -11,7 +11,10 @@ use zeroize::Zeroizing;
 
 use hallmark::config::{Config, DEFAULT_DATA_DIR};
 use hallmark::datadir::{self, Layout};
+use hallmark::pki::crl::RevocationReason;
 use hallmark::service::Service;
+use hallmark::workflow::crl::{CrlKind, CrlPublisher};
+use hallmark::workflow::revocation::{RevokeRequest, Revoker};
 use hallmark::workflow::{accounts, audit, SignOptions};
 
 /// hallmark: a private certificate authority.
@@ -56,6 +59,20 @@ enum Command {
     Account {
         #[command(subcommand)]
         command: AccountCommand,
+    },
+    /// Revoke a certificate as the operator (audited); the next CRL lists it
+    Revoke {
+        /// The certificate's serial (lower-case hex, as the API shows it)
+        serial: String,
+        /// RFC 5280 reason: unspecified, keyCompromise, cACompromise,
+        /// affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// CRLs
+    Crl {
+        #[command(subcommand)]
+        command: CrlCommand,
     },
     /// The audit log
     Audit {
@@ -118,6 +135,17 @@ enum AccountCommand {
     RotateKey {
         /// The account's id (`acct_…`)
         account_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CrlCommand {
+    /// Generate and publish the issuing CA's CRLs now (complete, partitions,
+    /// delta); with --root, the root's CRL (needs the root passphrase)
+    Generate {
+        /// Sign the root's CRL with the root key instead
+        #[arg(long)]
+        root: bool,
     },
 }
 
@@ -269,6 +297,98 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Request { .. } => unreachable!("handled above"),
+        Command::Revoke { serial, reason } => {
+            let reason = reason.parse::<RevocationReason>()?;
+            let serial = serial.parse::<hallmark::pki::Serial>().map_err(|_| {
+                anyhow::anyhow!("{serial:?} is not a serial: expected 32 lower-case hex digits")
+            })?;
+            let authority = hallmark::service::open_authority(&config).await?;
+            let operator = operator();
+            let cert = authority
+                .revoke(
+                    Revoker::Operator(&operator),
+                    &serial,
+                    RevokeRequest {
+                        reason,
+                        invalidity_date: None,
+                    },
+                )
+                .await?;
+            println!(
+                "revoked {} ({}); running services list it in their next CRL within seconds",
+                cert.serial, reason
+            );
+            // A running `serve` only hears of revocations made through it;
+            // publish now so the CRL does not wait for the schedule.
+            let crls = CrlPublisher::new(authority.clone(), config.crl.clone());
+            crls.refresh().await?;
+            let g = crls.generate(CrlKind::Complete).await?;
+            println!(
+                "published {} number {}",
+                CrlKind::Complete.file_name(&g.record.issuer_id),
+                g.record.number
+            );
+            if cert.crl_partition > 0 {
+                crls.generate(CrlKind::Partition(cert.crl_partition as u32))
+                    .await?;
+            }
+            if config.crl.delta {
+                crls.generate(CrlKind::Delta).await?;
+            }
+            Ok(())
+        }
+        Command::Crl {
+            command: CrlCommand::Generate { root },
+        } => {
+            let authority = hallmark::service::open_authority(&config).await?;
+            let crls = CrlPublisher::new(authority.clone(), config.crl.clone());
+            crls.refresh().await?;
+            let mut done = Vec::new();
+            if root {
+                let passphrase = root_passphrase(false)?;
+                let root_issuer = datadir::load_root_issuer(
+                    &Layout::new(&config.data_dir),
+                    &config.public_http_url,
+                    passphrase.as_bytes(),
+                )?;
+                done.push(
+                    crls.generate_root(root_issuer.key().as_ref(), &operator())
+                        .await?,
+                );
+            } else {
+                done.push(crls.generate(CrlKind::Complete).await?);
+                for p in 1..=authority.crl_partitions() {
+                    done.push(crls.generate(CrlKind::Partition(p)).await?);
+                }
+                if config.crl.delta {
+                    done.push(crls.generate(CrlKind::Delta).await?);
+                }
+            }
+            for g in done {
+                let r = &g.record;
+                let kind = if r.delta {
+                    CrlKind::Delta
+                } else if r.partition > 0 {
+                    CrlKind::Partition(r.partition as u32)
+                } else {
+                    CrlKind::Complete
+                };
+                println!(
+                    "{} number {}: {} entries, next update {}, {} ms{}",
+                    kind.file_name(&r.issuer_id),
+                    r.number,
+                    r.entries,
+                    hallmark::workflow::rfc3339(r.next_update),
+                    g.elapsed.as_millis(),
+                    if g.published {
+                        ""
+                    } else {
+                        " (a fresher one was already published)"
+                    }
+                );
+            }
+            Ok(())
+        }
         Command::Audit {
             command: AuditCommand::Verify,
         } => {

@@ -17,6 +17,8 @@ use crate::http::{self, public::CaFiles, AppState};
 use crate::pki::{pem_decode_all, CaCertificate, Identifier, KeySigner, KeyType, PrivateKey};
 use crate::store::{self, IssuerKind, IssuerRecord, StoreError};
 use crate::validation::Validators;
+use crate::workflow::crl::CrlPublisher;
+use crate::workflow::ocsp::OcspResponder;
 use crate::workflow::orders::Orders;
 use crate::workflow::{users, Authority, WorkflowError};
 
@@ -40,6 +42,9 @@ pub enum StartError {
     /// The TLS configuration.
     #[error("TLS set-up failed: {0}")]
     Tls(String),
+    /// Loading CRLs or starting the OCSP responder.
+    #[error("setting up CRLs and OCSP failed: {0}")]
+    Revocation(WorkflowError),
     /// The `[validation]` settings.
     #[error("the validators could not be set up: {0}")]
     Validation(String),
@@ -54,6 +59,8 @@ pub struct Service {
     config: Config,
     authority: Arc<Authority>,
     orders: Arc<Orders>,
+    crls: Arc<CrlPublisher>,
+    ocsp: Arc<OcspResponder>,
     tls: Option<(Arc<rustls::ServerConfig>, Arc<CertificateSlot>)>,
     initial_admin_password: Option<Zeroizing<String>>,
 }
@@ -70,6 +77,12 @@ impl Service {
             config.orders.clone(),
             std::time::Duration::from_secs(config.validation.timeout_secs.max(1)),
         );
+        let crls = CrlPublisher::new(authority.clone(), config.crl.clone());
+        crls.refresh().await.map_err(StartError::Revocation)?;
+        warn_about_root_crl(&crls, authority.root().id());
+        let ocsp = OcspResponder::new(authority.clone(), config.ocsp.clone())
+            .await
+            .map_err(StartError::Revocation)?;
         let tls = match current_tls_material(&config, &layout, &authority).await? {
             None => None,
             Some((chain, key)) => {
@@ -85,9 +98,21 @@ impl Service {
             config,
             authority,
             orders,
+            crls,
+            ocsp,
             tls,
             initial_admin_password,
         })
+    }
+
+    /// The CRL publisher.
+    pub fn crls(&self) -> &Arc<CrlPublisher> {
+        &self.crls
+    }
+
+    /// The OCSP responder.
+    pub fn ocsp(&self) -> &Arc<OcspResponder> {
+        &self.ocsp
     }
 
     /// The CA.
@@ -122,6 +147,8 @@ impl Service {
             ca_files: CaFiles::new(self.authority.root(), &issuing),
             authority: self.authority.clone(),
             orders: self.orders.clone(),
+            crls: self.crls.clone(),
+            ocsp: self.ocsp.clone(),
             public_https_url: self.config.public_https_url.clone(),
             public_http_url: self.config.public_http_url.clone(),
         });
@@ -142,6 +169,8 @@ impl Service {
             });
         }
         tokio::spawn(self.orders.clone().run_worker(shutdown.clone()));
+        tokio::spawn(self.crls.clone().run(shutdown.clone()));
+        tokio::spawn(self.ocsp.clone().run(shutdown.clone()));
         let https_task = http::server::serve(
             https,
             http::https_router(state.clone()),
@@ -248,12 +277,26 @@ pub async fn open_authority(config: &Config) -> Result<Arc<Authority>, StartErro
     ] {
         store.upsert_issuer(&issuer_record(cert, kind)).await?;
     }
-    Ok(Arc::new(Authority::new(
-        store,
-        config.policy.clone(),
-        issuer,
-        root,
-    )))
+    Ok(Arc::new(
+        Authority::new(store, config.policy.clone(), issuer, root)
+            .with_crl_partitions(config.crl.partitions),
+    ))
+}
+
+/// The root's CRL is signed only when the operator runs `hallmark crl
+/// generate --root`; say so when it is missing or about to expire.
+fn warn_about_root_crl(crls: &CrlPublisher, root_id: &str) {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    match crls.served(&format!("{root_id}.crl")) {
+        None => tracing::warn!(
+            "there is no root CRL yet; run `hallmark crl generate --root` so /crl/{root_id}.crl (named in the intermediate's CRL distribution point) exists"
+        ),
+        Some(c) if c.next_update - now < 30 * 86_400 => tracing::warn!(
+            next_update = c.next_update,
+            "the root CRL expires within 30 days; run `hallmark crl generate --root`"
+        ),
+        Some(_) => {}
+    }
 }
 
 fn issuer_record(cert: &CaCertificate, kind: IssuerKind) -> IssuerRecord {

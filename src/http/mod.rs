@@ -33,6 +33,10 @@ pub struct AppState {
     pub orders: Arc<Orders>,
     /// Pre-encoded CA certificates.
     pub ca_files: public::CaFiles,
+    /// CRL publishing and the served copies.
+    pub crls: Arc<crate::workflow::crl::CrlPublisher>,
+    /// The OCSP responder.
+    pub ocsp: Arc<crate::workflow::ocsp::OcspResponder>,
     /// Public HTTPS base URL.
     pub public_https_url: String,
     /// Public HTTP base URL.

@@ -160,6 +160,9 @@ impl From<WorkflowError> for Problem {
             WorkflowError::Conflict(m) => {
                 Problem::hallmark(StatusCode::CONFLICT, "conflict", "Conflict", m)
             }
+            WorkflowError::AlreadyRevoked(m) => {
+                Problem::acme(StatusCode::CONFLICT, "alreadyRevoked", "Already revoked", m)
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Public endpoints on both listeners: CA certificates (pre-encoded once at
-//! start-up, served from memory with an ETag) and health checks.
+//! start-up, served from memory with an ETag), CRLs (served from the
+//! in-memory copy of the newest in the database), OCSP and health checks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,6 +69,9 @@ impl CaFiles {
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/ca/{file}", get(ca_file))
+        .route("/crl/{file}", get(crl_file))
+        .route("/ocsp", axum::routing::post(ocsp_post))
+        .route("/ocsp/{*request}", get(ocsp_get))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -91,12 +95,7 @@ async fn ca_file(
             HeaderValue::from_static("public, max-age=3600"),
         ),
     ];
-    let matches = headers.get(header::IF_NONE_MATCH).is_some_and(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii() == f.etag.as_bytes() || t.trim_ascii() == b"*")
-    });
-    if matches {
+    if etag_matches(&headers, f.etag.as_bytes()) {
         return (StatusCode::NOT_MODIFIED, cache).into_response();
     }
     (
@@ -105,6 +104,181 @@ async fn ca_file(
         f.body.clone(),
     )
         .into_response()
+}
+
+/// `If-None-Match` names `etag` (or `*`).
+fn etag_matches(headers: &HeaderMap, etag: &[u8]) -> bool {
+    headers.get(header::IF_NONE_MATCH).is_some_and(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii() == etag || t.trim_ascii() == b"*")
+    })
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110 §5.6.7).
+const HTTP_DATE: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+    "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+);
+
+fn http_date(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(HTTP_DATE).ok())
+        .unwrap_or_default()
+}
+
+fn parse_http_date(s: &str) -> Option<i64> {
+    time::PrimitiveDateTime::parse(s.trim(), HTTP_DATE)
+        .ok()
+        .map(|t| t.assume_utc().unix_timestamp())
+}
+
+async fn crl_file(
+    State(state): State<Arc<AppState>>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut crl = state.crls.served(&file);
+    if crl.is_none() && file.ends_with(".crl") {
+        // Not seen yet by this instance (just started, or published by
+        // another one a moment ago): look in the database once.
+        if let Err(e) = state.crls.refresh().await {
+            tracing::warn!(error = %e, "reading the newest CRLs failed");
+        }
+        crl = state.crls.served(&file);
+    }
+    let Some(crl) = crl else {
+        return Problem::not_found(format!(
+            "there is no CRL {file:?}; the issuing CA's is named in every certificate's CRL distribution point"
+        ))
+        .into_response();
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let max_age = (crl.next_update - now).clamp(0, i64::from(state.crls.config().max_age_secs));
+    let last_modified = http_date(crl.this_update);
+    let cache = [
+        (
+            header::ETAG,
+            HeaderValue::from_str(&crl.etag).unwrap_or(HeaderValue::from_static("\"\"")),
+        ),
+        (
+            header::LAST_MODIFIED,
+            HeaderValue::from_str(&last_modified).unwrap_or(HeaderValue::from_static("")),
+        ),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_str(&format!("public, max-age={max_age}"))
+                .unwrap_or(HeaderValue::from_static("no-cache")),
+        ),
+    ];
+    let not_modified = if headers.contains_key(header::IF_NONE_MATCH) {
+        etag_matches(&headers, crl.etag.as_bytes())
+    } else {
+        headers
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date)
+            .is_some_and(|since| since >= crl.this_update)
+    };
+    if not_modified {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+    (
+        cache,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/pkix-crl"),
+        )],
+        crl.der.clone(),
+    )
+        .into_response()
+}
+
+/// `GET /ocsp/<base64 of the DER request>` (RFC 6960 appendix A.1); the
+/// answer is cacheable until its nextUpdate (RFC 5019 §6).
+async fn ocsp_get(State(state): State<Arc<AppState>>, Path(request): Path<String>) -> Response {
+    use base64::Engine;
+    // Clients URL-encode the base64, and some keep '+' unencoded, which
+    // some paths turn into a space; base64 never contains spaces.
+    let text: String = request.trim_start_matches('/').replace(' ', "+");
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(text.as_bytes())
+        .unwrap_or_default();
+    let answer = state.ocsp.answer(&der).await;
+    ocsp_response(answer, true)
+}
+
+/// `POST /ocsp` with `application/ocsp-request`.
+async fn ocsp_post(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let type_ok = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|t| t.trim().eq_ignore_ascii_case("application/ocsp-request"));
+    if !type_ok {
+        return Problem::hallmark(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupportedMediaType",
+            "Unsupported media type",
+            "an OCSP request must be sent as application/ocsp-request",
+        )
+        .into_response();
+    }
+    let answer = state.ocsp.answer(&body).await;
+    ocsp_response(answer, false)
+}
+
+fn ocsp_response(answer: crate::workflow::ocsp::OcspAnswer, cacheable: bool) -> Response {
+    let content_type = (
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/ocsp-response"),
+    );
+    match answer.validity {
+        Some((this_update, next_update)) if cacheable => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let max_age = (next_update - now).max(0);
+            let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&answer.der)[..16]));
+            (
+                [
+                    content_type,
+                    (
+                        header::CACHE_CONTROL,
+                        HeaderValue::from_str(&format!(
+                            "public, max-age={max_age}, no-transform, must-revalidate"
+                        ))
+                        .unwrap_or(HeaderValue::from_static("no-cache")),
+                    ),
+                    (
+                        header::LAST_MODIFIED,
+                        HeaderValue::from_str(&http_date(this_update))
+                            .unwrap_or(HeaderValue::from_static("")),
+                    ),
+                    (
+                        header::EXPIRES,
+                        HeaderValue::from_str(&http_date(next_update))
+                            .unwrap_or(HeaderValue::from_static("")),
+                    ),
+                    (
+                        header::ETAG,
+                        HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\"")),
+                    ),
+                ],
+                answer.der,
+            )
+                .into_response()
+        }
+        _ => (
+            [
+                content_type,
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            answer.der,
+        )
+            .into_response(),
+    }
 }
 
 async fn healthz() -> &'static str {

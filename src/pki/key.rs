@@ -131,6 +131,15 @@ impl SignatureScheme {
         }
     }
 
+    /// A key type that signs with this scheme (RSA: 2048 bits).
+    pub fn key_type(self) -> KeyType {
+        match self {
+            SignatureScheme::EcdsaP256Sha256 => KeyType::P256,
+            SignatureScheme::EcdsaP384Sha384 => KeyType::P384,
+            SignatureScheme::RsaPkcs1Sha256 => KeyType::Rsa2048,
+        }
+    }
+
     /// The DER AlgorithmIdentifier of this signature algorithm.
     pub fn algorithm_identifier(self) -> &'static [u8] {
         match self {

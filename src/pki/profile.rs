@@ -110,6 +110,22 @@ pub struct IssuerUrls {
     pub ca_issuers: String,
 }
 
+impl IssuerUrls {
+    /// The CRL URL of a partition: the complete CRL's for 0, else
+    /// `<issuer>-p<N>.crl` beside it.
+    pub fn crl_partition(&self, partition: u32) -> String {
+        match partition {
+            0 => self.crl.clone(),
+            p => format!("{}-p{p}.crl", self.crl.trim_end_matches(".crl")),
+        }
+    }
+
+    /// The delta CRL's URL, `<issuer>-delta.crl` beside the complete CRL.
+    pub fn crl_delta(&self) -> String {
+        format!("{}-delta.crl", self.crl.trim_end_matches(".crl"))
+    }
+}
+
 /// Everything the profile needs to build one leaf certificate.
 #[derive(Debug, Clone)]
 pub struct LeafRequest<'a> {
@@ -129,6 +145,9 @@ pub struct LeafRequest<'a> {
     pub now: OffsetDateTime,
     /// Validity in days (already checked against policy).
     pub validity_days: u32,
+    /// The CRL partition its CRL distribution point names (0: the
+    /// complete CRL).
+    pub crl_partition: u32,
 }
 
 impl LeafRequest<'_> {
@@ -237,7 +256,7 @@ pub(crate) fn leaf_params(
     }
     params.distinguished_name = dn;
     params.crl_distribution_points = vec![CrlDistributionPoint {
-        uris: vec![urls.crl.clone()],
+        uris: vec![urls.crl_partition(req.crl_partition)],
     }];
     params.custom_extensions.push(authority_info_access(
         urls.ocsp.as_deref(),
@@ -439,7 +458,7 @@ pub(crate) fn check_leaf(
                     && matches!(
                         &cdp.points[0].distribution_point,
                         Some(x509_parser::extensions::DistributionPointName::FullName(names))
-                            if matches!(names.as_slice(), [GeneralName::URI(u)] if *u == exp.urls.crl)
+                            if matches!(names.as_slice(), [GeneralName::URI(u)] if *u == exp.urls.crl_partition(exp.req.crl_partition))
                     );
                 if !ok {
                     return bad("cRLDistributionPoints is not the issuer's CRL URL".into());

@@ -8,6 +8,7 @@
 mod batch;
 mod orders;
 pub mod postgres;
+mod revocation;
 mod shared;
 pub mod sqlite;
 
@@ -18,6 +19,11 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::pki::Serial;
+
+pub use revocation::{
+    CertificateQuery, CertificateStatus, CrlRecord, NewCrl, Revocation, RevokedRow, RevokedScan,
+    StatusRecord,
+};
 
 pub use orders::{
     AuthorizationBundle, AuthorizationRecord, ChallengeOutcome, ChallengeRecord, IssuanceOrder,
@@ -121,6 +127,8 @@ pub struct NewCertificate {
     pub not_after: OffsetDateTime,
     /// DER.
     pub der: Vec<u8>,
+    /// The CRL partition its CRL distribution point names (0: none).
+    pub crl_partition: i64,
 }
 
 /// An issuance to commit: the certificate, its audit records and what it
@@ -164,6 +172,10 @@ pub struct CertificateRecord {
     pub revoked_at: Option<i64>,
     /// RFC 5280 CRLReason code, if revoked.
     pub revocation_reason: Option<i64>,
+    /// When the key was compromised, if the revoker said.
+    pub invalidity_date: Option<i64>,
+    /// Its CRL partition (0: none).
+    pub crl_partition: i64,
     /// When recorded.
     pub created_at: i64,
 }
@@ -428,6 +440,47 @@ pub trait Store: Send + Sync + 'static {
         at: i64,
         event: AuditEvent,
     ) -> Result<()>;
+
+    /// Revokes a certificate with its audit record in one transaction;
+    /// `NotFound` if there is no such certificate, `Conflict` (and nothing
+    /// written) if it is already revoked.
+    async fn revoke_certificate(&self, revocation: &Revocation, event: AuditEvent) -> Result<()>;
+
+    /// What OCSP needs about a serial, if it was issued here.
+    async fn certificate_status(&self, serial: &Serial) -> Result<Option<StatusRecord>>;
+
+    /// A page of certificates.
+    async fn certificates(&self, query: &CertificateQuery) -> Result<Vec<CertificateRecord>>;
+
+    /// Streams the revoked certificates `scan` selects into `sink`, from one
+    /// read snapshot, and returns the audit sequence number of that
+    /// snapshot (every revocation at or below it is included).
+    async fn scan_revoked(
+        &self,
+        scan: &RevokedScan,
+        sink: &mut (dyn FnMut(RevokedRow) + Send),
+    ) -> Result<i64>;
+
+    /// Publishes a CRL: under the audit-head lock, takes the issuer's next
+    /// CRL number, calls `sign` with it for the DER, stores the CRL (keeping
+    /// the newest two of its scope) and appends `event` (with the number
+    /// added to its details). `None` (nothing written) if a CRL of the same
+    /// scope was already published from a later snapshot.
+    async fn publish_crl(
+        &self,
+        crl: &NewCrl,
+        sign: &mut (dyn FnMut(i64) -> std::result::Result<Vec<u8>, String> + Send),
+        event: AuditEvent,
+    ) -> Result<Option<CrlRecord>>;
+
+    /// The newest CRL of every scope, without DER.
+    async fn crl_heads(&self) -> Result<Vec<CrlRecord>>;
+
+    /// The DER of the CRL `head` names.
+    async fn crl_der(&self, head: &CrlRecord) -> Result<Vec<u8>>;
+
+    /// The partitions (> 0) holding revoked certificates of an issuer.
+    async fn revoked_partitions(&self, issuer_id: &str) -> Result<Vec<i64>>;
 
     /// The enabled account owning an unrevoked API key with this hash, and
     /// the stored hash (for a constant-time comparison by the caller).

@@ -8,6 +8,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Pool, Postgres};
 
 use super::batch::Batcher;
+use super::revocation::impl_revocation_sql;
 use super::shared::impl_sql_store;
 use super::{redact_url, Result, StoreError};
 
@@ -46,3 +47,8 @@ impl PostgresStore {
 }
 
 impl_sql_store!(PostgresStore, Postgres, "postgres");
+impl_revocation_sql!(
+    PostgresStore,
+    Postgres,
+    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+);

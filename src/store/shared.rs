@@ -63,6 +63,8 @@ pub(super) struct CertificateRow {
     der: Vec<u8>,
     revoked_at: Option<i64>,
     revocation_reason: Option<i64>,
+    invalidity_date: Option<i64>,
+    crl_partition: i64,
     created_at: i64,
 }
 
@@ -86,6 +88,8 @@ impl CertificateRow {
             der: self.der,
             revoked_at: self.revoked_at,
             revocation_reason: self.revocation_reason,
+            invalidity_date: self.invalidity_date,
+            crl_partition: self.crl_partition,
             created_at: self.created_at,
         })
     }
@@ -93,8 +97,8 @@ impl CertificateRow {
 
 pub(super) const SELECT_CERTIFICATE: &str =
     "SELECT serial, issuer_id, account_id, order_id, subject, identifiers, profile, \
-     requested_by, not_before, not_after, der, revoked_at, revocation_reason, created_at \
-     FROM certificates WHERE serial = $1";
+     requested_by, not_before, not_after, der, revoked_at, revocation_reason, invalidity_date, \
+     crl_partition, created_at FROM certificates WHERE serial = $1";
 
 /// Rows per multi-row INSERT: 128 rows of 12 parameters stay far below
 /// SQLite's and PostgreSQL's bound-parameter limits.
@@ -103,7 +107,7 @@ pub(super) const ROWS_PER_INSERT: usize = 128;
 /// Followed by `VALUES (…), (…)` for a batch.
 pub(super) const INSERT_CERTIFICATE_PREFIX: &str =
     "INSERT INTO certificates (serial, issuer_id, account_id, order_id, subject, identifiers, \
-     profile, requested_by, not_before, not_after, der, created_at) ";
+     profile, requested_by, not_before, not_after, der, created_at, crl_partition) ";
 
 /// Taking the audit head first both reads the chain's end and, by writing,
 /// serialises every audit-writing transaction: a row lock on PostgreSQL
@@ -558,7 +562,8 @@ macro_rules! impl_sql_store {
                             .push_bind(cert.not_before.unix_timestamp())
                             .push_bind(cert.not_after.unix_timestamp())
                             .push_bind(cert.der.clone())
-                            .push_bind(now);
+                            .push_bind(now)
+                            .push_bind(cert.crl_partition);
                     });
                     if let Some(e) = encode_error {
                         return Err($crate::store::StoreError::Database(e));
@@ -1083,6 +1088,63 @@ macro_rules! impl_sql_store {
                         r.key_hash,
                     )
                 }))
+            }
+
+            async fn revoke_certificate(
+                &self,
+                revocation: &$crate::store::Revocation,
+                event: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<()> {
+                self.revoke_certificate_impl(revocation, event).await
+            }
+
+            async fn certificate_status(
+                &self,
+                serial: &$crate::pki::Serial,
+            ) -> $crate::store::Result<Option<$crate::store::StatusRecord>> {
+                self.certificate_status_impl(serial).await
+            }
+
+            async fn certificates(
+                &self,
+                query: &$crate::store::CertificateQuery,
+            ) -> $crate::store::Result<Vec<$crate::store::CertificateRecord>> {
+                self.certificates_impl(query).await
+            }
+
+            async fn scan_revoked(
+                &self,
+                scan: &$crate::store::RevokedScan,
+                sink: &mut (dyn FnMut($crate::store::RevokedRow) + Send),
+            ) -> $crate::store::Result<i64> {
+                self.scan_revoked_impl(scan, sink).await
+            }
+
+            async fn publish_crl(
+                &self,
+                crl: &$crate::store::NewCrl,
+                sign: &mut (dyn FnMut(i64) -> std::result::Result<Vec<u8>, String> + Send),
+                event: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<Option<$crate::store::CrlRecord>> {
+                self.publish_crl_impl(crl, sign, event).await
+            }
+
+            async fn crl_heads(&self) -> $crate::store::Result<Vec<$crate::store::CrlRecord>> {
+                self.crl_heads_impl().await
+            }
+
+            async fn crl_der(
+                &self,
+                head: &$crate::store::CrlRecord,
+            ) -> $crate::store::Result<Vec<u8>> {
+                self.crl_der_impl(head).await
+            }
+
+            async fn revoked_partitions(
+                &self,
+                issuer_id: &str,
+            ) -> $crate::store::Result<Vec<i64>> {
+                self.revoked_partitions_impl(issuer_id).await
             }
 
             async fn count_users(&self) -> $crate::store::Result<i64> {

@@ -11,6 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Pool, Sqlite};
 
 use super::batch::Batcher;
+use super::revocation::impl_revocation_sql;
 use super::shared::impl_sql_store;
 use super::{Result, StoreError};
 
@@ -60,3 +61,5 @@ impl SqliteStore {
 }
 
 impl_sql_store!(SqliteStore, Sqlite, "sqlite");
+// A SQLite read transaction is a snapshot from its first read on.
+impl_revocation_sql!(SqliteStore, Sqlite, "");

@@ -4,7 +4,10 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod crl;
+pub mod ocsp;
 pub mod orders;
+pub mod revocation;
 pub mod users;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +66,20 @@ pub enum WorkflowError {
     /// The order is not in a state that allows this.
     #[error("{0}")]
     Conflict(String),
+    /// The certificate was already revoked; nothing changed.
+    #[error("{0}")]
+    AlreadyRevoked(String),
+}
+
+/// Unix seconds as RFC 3339 UTC (`2026-01-02T03:04:05Z`).
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// Options for signing a CSR.
@@ -94,6 +111,19 @@ pub struct Authority {
     issuer: Issuer,
     root: CaCertificate,
     issued: AtomicU64,
+    crl_partitions: u32,
+    revocations: tokio::sync::watch::Sender<u64>,
+    dirty_partitions: std::sync::Mutex<std::collections::BTreeSet<i64>>,
+}
+
+/// The CRL partition a new certificate goes into: none (0) when CRLs are
+/// not partitioned, else 1..=`partitions`, spread by the random serial.
+pub fn crl_partition_of(serial: &Serial, partitions: u32) -> u32 {
+    if partitions == 0 {
+        return 0;
+    }
+    let b = serial.as_bytes();
+    1 + u32::from_be_bytes([b[12], b[13], b[14], b[15]]) % partitions
 }
 
 impl Authority {
@@ -105,7 +135,22 @@ impl Authority {
             issuer,
             root,
             issued: AtomicU64::new(0),
+            crl_partitions: 0,
+            revocations: tokio::sync::watch::channel(0).0,
+            dirty_partitions: Default::default(),
         }
+    }
+
+    /// Spreads new certificates over `partitions` CRL partitions (0: one
+    /// complete CRL per issuer).
+    pub fn with_crl_partitions(mut self, partitions: u32) -> Self {
+        self.crl_partitions = partitions;
+        self
+    }
+
+    /// How many CRL partitions new certificates are spread over.
+    pub fn crl_partitions(&self) -> u32 {
+        self.crl_partitions
     }
 
     /// The store.
@@ -208,15 +253,18 @@ impl Authority {
         mut order: Option<IssuanceOrder>,
         before: Vec<AuditEvent>,
     ) -> Result<Signed, WorkflowError> {
+        let serial = Serial::random(&mut rand::thread_rng());
+        let leaf_partition = crl_partition_of(&serial, self.crl_partitions);
         let leaf = LeafRequest {
             spki_der: req.spki_der,
             key_is_rsa: req.key_is_rsa,
             identifiers: req.identifiers,
             subject: req.subject,
             profile: req.profile,
-            serial: Serial::random(&mut rand::thread_rng()),
+            serial,
             now: req.now,
             validity_days: req.validity_days,
+            crl_partition: leaf_partition,
         };
         let cert = self
             .issuer
@@ -269,6 +317,7 @@ impl Authority {
                     not_before: cert.not_before,
                     not_after: cert.not_after,
                     der: cert.der.clone(),
+                    crl_partition: i64::from(leaf_partition),
                 },
                 events,
                 order,

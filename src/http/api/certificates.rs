@@ -1,26 +1,33 @@
-//! Issued certificates: metadata as JSON, or the PEM chain.
+//! Issued certificates: a paginated list, metadata as JSON or the PEM
+//! chain, and revocation (by API key or by proof of key possession).
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{rfc3339, ApiCaller};
+use super::{rfc3339, ApiCaller, ApiJson};
 use crate::http::problem::Problem;
 use crate::http::AppState;
+use crate::pki::crl::RevocationReason;
 use crate::pki::{pem_encode, Serial};
-use crate::store::StoreError;
+use crate::store::{CertificateQuery, CertificateRecord, CertificateStatus, StoreError};
 use crate::workflow::accounts::Role;
+use crate::workflow::orders::MAX_PAGE;
+use crate::workflow::revocation::{KeyProof, RevokeRequest, Revoker};
 
 /// The media type of a PEM chain (RFC 8555 §9.1).
 pub const PEM_CHAIN: &str = "application/pem-certificate-chain";
 
 pub(super) fn router() -> Router<Arc<AppState>> {
-    Router::new().route("/certificates/{serial}", get(show))
+    Router::new()
+        .route("/certificates", get(list))
+        .route("/certificates/{serial}", get(show))
+        .route("/certificates/{serial}/revoke", axum::routing::post(revoke))
 }
 
 #[derive(Serialize)]
@@ -37,8 +44,241 @@ struct CertificateView {
     not_before: String,
     not_after: String,
     revoked_at: Option<String>,
-    revocation_reason: Option<i64>,
+    revocation_reason: Option<&'static str>,
+    invalidity_date: Option<String>,
+    crl: String,
     certificate_pem: String,
+}
+
+impl CertificateView {
+    fn new(state: &AppState, cert: CertificateRecord, now: i64) -> Self {
+        let serial = cert.serial.to_hex();
+        let status = if cert.revoked_at.is_some() {
+            CertificateStatus::Revoked
+        } else if cert.not_after < now {
+            CertificateStatus::Expired
+        } else {
+            CertificateStatus::Valid
+        };
+        let crl = state
+            .authority
+            .issuer()
+            .urls()
+            .crl_partition(cert.crl_partition as u32);
+        CertificateView {
+            url: super::orders::certificate_url(state, &serial),
+            serial,
+            status: status.as_str(),
+            subject: cert.subject,
+            identifiers: cert.identifiers,
+            profile: cert.profile,
+            issuer: cert.issuer_id,
+            account: cert.account_id,
+            order: cert.order_id,
+            not_before: rfc3339(cert.not_before),
+            not_after: rfc3339(cert.not_after),
+            revoked_at: cert.revoked_at.map(rfc3339),
+            revocation_reason: cert.revoked_at.map(|_| {
+                cert.revocation_reason
+                    .and_then(RevocationReason::from_code)
+                    .unwrap_or(RevocationReason::Unspecified)
+                    .as_str()
+            }),
+            invalidity_date: cert.invalidity_date.map(rfc3339),
+            crl,
+            certificate_pem: pem_encode("CERTIFICATE", &cert.der),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    q: Option<String>,
+    #[serde(default)]
+    before: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    all: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct CertificateList {
+    certificates: Vec<CertificateView>,
+    /// Pass as `before` for the next page; null on the last page.
+    next: Option<String>,
+}
+
+/// Longest search text.
+const MAX_SEARCH: usize = 253;
+
+async fn list(
+    State(state): State<Arc<AppState>>,
+    ApiCaller(caller): ApiCaller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<CertificateList>, Problem> {
+    let Query(query) = query.map_err(|e| Problem::malformed(e.body_text()))?;
+    let status = match query.status.as_deref() {
+        None | Some("") => None,
+        Some("valid") => Some(CertificateStatus::Valid),
+        Some("revoked") => Some(CertificateStatus::Revoked),
+        Some("expired") => Some(CertificateStatus::Expired),
+        Some(other) => {
+            return Err(Problem::malformed(format!(
+                "unknown status {other:?}; expected valid, revoked or expired"
+            )))
+        }
+    };
+    let search = query
+        .q
+        .map(|q| q.trim().to_ascii_lowercase())
+        .filter(|q| !q.is_empty());
+    if search.as_ref().is_some_and(|q| q.len() > MAX_SEARCH) {
+        return Err(Problem::malformed(format!(
+            "\"q\" must be at most {MAX_SEARCH} characters"
+        )));
+    }
+    let before = query
+        .before
+        .as_deref()
+        .map(|b| {
+            b.split_once('.')
+                .and_then(|(at, serial)| Some((at.parse::<i64>().ok()?, serial.to_owned())))
+                .ok_or_else(|| {
+                    Problem::malformed("\"before\" must be the \"next\" value of a previous page")
+                })
+        })
+        .transpose()?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Problem::malformed("\"limit\" must be between 1 and 100"));
+    }
+    let everyone = query.all.unwrap_or(false);
+    if everyone && caller.role == Role::Requester {
+        return Err(Problem::acme(
+            StatusCode::FORBIDDEN,
+            "unauthorized",
+            "Unauthorized",
+            "only reviewer and admin keys may list every account's certificates",
+        ));
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let certs = state
+        .authority
+        .store()
+        .certificates(&CertificateQuery {
+            account_id: (!everyone).then(|| caller.account_id.clone()),
+            status,
+            search,
+            before,
+            limit,
+            now,
+        })
+        .await?;
+    let next = (certs.len() as i64 == limit)
+        .then(|| {
+            certs
+                .last()
+                .map(|c| format!("{}.{}", c.created_at, c.serial))
+        })
+        .flatten();
+    Ok(Json(CertificateList {
+        certificates: certs
+            .into_iter()
+            .map(|c| CertificateView::new(&state, c, now))
+            .collect(),
+        next,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    invalidity_date: Option<String>,
+    #[serde(default)]
+    proof: Option<ProofBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProofBody {
+    signed_at: i64,
+    signature: String,
+}
+
+async fn revoke(
+    State(state): State<Arc<AppState>>,
+    caller: Option<ApiCaller>,
+    Path(serial): Path<String>,
+    ApiJson(body): ApiJson<RevokeBody>,
+) -> Result<Json<CertificateView>, Problem> {
+    let parsed: Serial = serial
+        .parse()
+        .map_err(|_| Problem::not_found(format!("there is no certificate {serial:?}")))?;
+    let reason = match body.reason.as_deref() {
+        None => RevocationReason::Unspecified,
+        Some(r) => r
+            .parse::<RevocationReason>()
+            .map_err(|e| Problem::malformed(e.to_string()))?,
+    };
+    let invalidity_date =
+        body.invalidity_date
+            .as_deref()
+            .map(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| {
+                        Problem::malformed(
+                            "invalidity_date must be an RFC 3339 time such as 2026-01-02T03:04:05Z",
+                        )
+                    })
+            })
+            .transpose()?;
+    let request = RevokeRequest {
+        reason,
+        invalidity_date,
+    };
+    let cert = match (caller, body.proof) {
+        (Some(ApiCaller(caller)), _) => {
+            state
+                .authority
+                .revoke(Revoker::Account(&caller), &parsed, request)
+                .await?
+        }
+        (None, Some(proof)) => {
+            use base64::Engine;
+            let signature = base64::engine::general_purpose::STANDARD
+                .decode(proof.signature.trim())
+                .map_err(|_| Problem::malformed("proof.signature must be standard base64"))?;
+            state
+                .authority
+                .revoke_with_key_proof(
+                    &parsed,
+                    request,
+                    &KeyProof {
+                        signed_at: proof.signed_at,
+                        signature,
+                    },
+                )
+                .await?
+        }
+        (None, None) => {
+            return Err(Problem::acme(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                "revoking needs an \"Authorization: Bearer <api key>\" header or a \"proof\" signed with the certificate's key",
+            ))
+        }
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    Ok(Json(CertificateView::new(&state, cert, now)))
 }
 
 async fn show(
@@ -83,28 +323,5 @@ async fn show(
             .into_response());
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let status = if cert.revoked_at.is_some() {
-        "revoked"
-    } else if cert.not_after < now {
-        "expired"
-    } else {
-        "valid"
-    };
-    Ok(Json(CertificateView {
-        url: super::orders::certificate_url(&state, &serial),
-        serial: cert.serial.to_hex(),
-        status,
-        subject: cert.subject,
-        identifiers: cert.identifiers,
-        profile: cert.profile,
-        issuer: cert.issuer_id,
-        account: cert.account_id,
-        order: cert.order_id,
-        not_before: rfc3339(cert.not_before),
-        not_after: rfc3339(cert.not_after),
-        revoked_at: cert.revoked_at.map(rfc3339),
-        revocation_reason: cert.revocation_reason,
-        certificate_pem: leaf_pem,
-    })
-    .into_response())
+    Ok(Json(CertificateView::new(&state, cert, now)).into_response())
 }

@@ -111,16 +111,7 @@ fn json_problem(rejection: JsonRejection) -> Problem {
     }
 }
 
-/// Unix seconds as RFC 3339 UTC (`2026-01-02T03:04:05Z`).
-pub fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
+pub use crate::workflow::rfc3339;
 
 /// The authenticated caller of an API route.
 pub struct ApiCaller(pub Caller);
@@ -159,5 +150,22 @@ impl FromRequestParts<Arc<AppState>> for ApiCaller {
             Err(AccountError::Store(e)) => Err(Problem::from(e).into_response()),
             Err(e) => Err(unauthorized(&e.to_string())),
         }
+    }
+}
+
+impl axum::extract::OptionalFromRequestParts<Arc<AppState>> for ApiCaller {
+    type Rejection = Response;
+
+    /// No `Authorization` header is `None`; a header must authenticate.
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            return Ok(None);
+        }
+        <ApiCaller as FromRequestParts<Arc<AppState>>>::from_request_parts(parts, state)
+            .await
+            .map(Some)
     }
 }

@@ -1,0 +1,494 @@
+//! CRL publishing: generation (entries streamed from the database into the
+//! encoder, published under the store's lock with the next CRL number),
+//! scheduling (within seconds of a revocation, debounced, and before
+//! nextUpdate), and the served copies, which every instance refreshes from
+//! the database — never from local disk — so all serve the newest.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use super::{Authority, WorkflowError};
+use crate::config::CrlSection;
+use crate::pki::crl::{CrlBuilder, CrlEntry, CrlScope, CrlSpec, RevocationReason};
+use crate::pki::{CaCertificate, KeySigner};
+use crate::store::{AuditEvent, CrlRecord, NewCrl, RevokedScan};
+
+/// How often each instance looks for newer CRLs in the database and checks
+/// whether one is due.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Revocations at most this much older than a base CRL's thisUpdate are
+/// repeated in its deltas, covering commits that were in flight while the
+/// base was read and clock differences between instances.
+pub const DELTA_OVERLAP_SECS: i64 = 300;
+
+/// Which CRL of an issuer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CrlKind {
+    /// Every revoked certificate of the issuer.
+    Complete,
+    /// Revocations since the complete CRL.
+    Delta,
+    /// One partition (1-based).
+    Partition(u32),
+}
+
+impl CrlKind {
+    fn from_record(partition: i64, delta: bool) -> Self {
+        match (partition, delta) {
+            (0, true) => CrlKind::Delta,
+            (0, false) => CrlKind::Complete,
+            (p, _) => CrlKind::Partition(p as u32),
+        }
+    }
+
+    fn partition(self) -> i64 {
+        match self {
+            CrlKind::Partition(p) => i64::from(p),
+            _ => 0,
+        }
+    }
+
+    /// The file name it is served as (`<issuer>.crl`, `<issuer>-delta.crl`,
+    /// `<issuer>-p<N>.crl`).
+    pub fn file_name(self, issuer_id: &str) -> String {
+        match self {
+            CrlKind::Complete => format!("{issuer_id}.crl"),
+            CrlKind::Delta => format!("{issuer_id}-delta.crl"),
+            CrlKind::Partition(p) => format!("{issuer_id}-p{p}.crl"),
+        }
+    }
+}
+
+/// A CRL as served: pre-encoded, with its validators.
+#[derive(Debug, Clone)]
+pub struct ServedCrl {
+    /// DER.
+    pub der: Bytes,
+    /// Its issuer.
+    pub issuer_id: String,
+    /// Which CRL.
+    pub kind: CrlKind,
+    /// CRL number.
+    pub number: i64,
+    /// thisUpdate (Unix seconds; also Last-Modified).
+    pub this_update: i64,
+    /// nextUpdate (Unix seconds).
+    pub next_update: i64,
+    /// Number of entries.
+    pub entries: i64,
+    /// Strong ETag (quoted).
+    pub etag: String,
+}
+
+/// Publishes and serves the CRLs of the issuing intermediate (and the
+/// root's, which only the operator can sign).
+pub struct CrlPublisher {
+    authority: Arc<Authority>,
+    config: CrlSection,
+    served: RwLock<HashMap<String, Arc<ServedCrl>>>,
+    generating: tokio::sync::Mutex<()>,
+}
+
+/// What one generation did.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// The CRL published, or the fresher one that made ours unnecessary.
+    pub record: CrlRecord,
+    /// Whether this call published it.
+    pub published: bool,
+    /// How long reading, encoding, signing and storing took.
+    pub elapsed: Duration,
+}
+
+impl CrlPublisher {
+    /// A publisher for `authority` with `[crl]` settings.
+    pub fn new(authority: Arc<Authority>, config: CrlSection) -> Arc<Self> {
+        Arc::new(CrlPublisher {
+            authority,
+            config,
+            served: RwLock::new(HashMap::new()),
+            generating: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The `[crl]` settings.
+    pub fn config(&self) -> &CrlSection {
+        &self.config
+    }
+
+    /// The served copy of a CRL file (`int-….crl`, `root.crl`, …).
+    pub fn served(&self, file: &str) -> Option<Arc<ServedCrl>> {
+        self.served.read().ok()?.get(file).cloned()
+    }
+
+    /// Every served CRL, by file name.
+    pub fn all_served(&self) -> Vec<Arc<ServedCrl>> {
+        let mut all: Vec<_> = self
+            .served
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        all.sort_by(|a, b| (&a.issuer_id, a.kind).cmp(&(&b.issuer_id, b.kind)));
+        all
+    }
+
+    /// Loads the newest CRLs from the database into the served copies
+    /// (fetching the DER only of those that changed).
+    pub async fn refresh(&self) -> Result<(), WorkflowError> {
+        let store = self.authority.store();
+        for head in store.crl_heads().await? {
+            let kind = CrlKind::from_record(head.partition, head.delta);
+            let file = kind.file_name(&head.issuer_id);
+            let current = self.served(&file).map(|s| s.number);
+            if current.is_some_and(|n| n >= head.number) {
+                continue;
+            }
+            let der = store.crl_der(&head).await?;
+            self.install(&head, der);
+        }
+        Ok(())
+    }
+
+    fn install(&self, head: &CrlRecord, der: Vec<u8>) {
+        let kind = CrlKind::from_record(head.partition, head.delta);
+        let file = kind.file_name(&head.issuer_id);
+        let served = Arc::new(ServedCrl {
+            der: Bytes::from(der),
+            issuer_id: head.issuer_id.clone(),
+            kind,
+            number: head.number,
+            this_update: head.this_update,
+            next_update: head.next_update,
+            entries: head.entries,
+            etag: format!("\"{}-{}\"", file.trim_end_matches(".crl"), head.number),
+        });
+        if let Ok(mut map) = self.served.write() {
+            let newer = map.get(&file).is_none_or(|s| s.number < head.number);
+            if newer {
+                map.insert(file, served);
+            }
+        }
+    }
+
+    /// Generates and publishes one CRL of the issuing intermediate now.
+    pub async fn generate(&self, kind: CrlKind) -> Result<Generated, WorkflowError> {
+        let _one_at_a_time = self.generating.lock().await;
+        let issuer = self.authority.issuer();
+        let validity = match kind {
+            CrlKind::Delta => {
+                time::Duration::minutes(2 * i64::from(self.config.delta_every_minutes))
+            }
+            _ => time::Duration::hours(i64::from(self.config.validity_hours)),
+        };
+        let urls = issuer.urls();
+        let (scope, revoked_since) = match kind {
+            CrlKind::Complete => (
+                CrlScope::Complete {
+                    delta_url: self.config.delta.then(|| urls.crl_delta()),
+                },
+                None,
+            ),
+            CrlKind::Partition(p) => (
+                CrlScope::Partition {
+                    url: urls.crl_partition(p),
+                },
+                None,
+            ),
+            CrlKind::Delta => {
+                let base = self.current_base().await?;
+                (
+                    CrlScope::Delta {
+                        base: base.number as u64,
+                    },
+                    Some(base.this_update - DELTA_OVERLAP_SECS),
+                )
+            }
+        };
+        let partition = match kind {
+            CrlKind::Partition(p) => Some(i64::from(p)),
+            _ => None,
+        };
+        let g = self
+            .generate_with(
+                issuer.certificate(),
+                issuer.key().as_ref(),
+                kind,
+                scope,
+                validity,
+                partition,
+                revoked_since,
+                "system",
+            )
+            .await?;
+        self.install(&g.record, g.record.der.clone());
+        Ok(g)
+    }
+
+    /// Generates the root's CRL, signed with the root key (which the
+    /// operator unlocks for this; the service never holds it).
+    pub async fn generate_root(
+        &self,
+        root_key: &dyn KeySigner,
+        actor: &str,
+    ) -> Result<Generated, WorkflowError> {
+        let _one_at_a_time = self.generating.lock().await;
+        let root = self.authority.root().clone();
+        let g = self
+            .generate_with(
+                &root,
+                root_key,
+                CrlKind::Complete,
+                CrlScope::Complete { delta_url: None },
+                time::Duration::days(i64::from(self.config.root_validity_days)),
+                None,
+                None,
+                actor,
+            )
+            .await?;
+        self.install(&g.record, g.record.der.clone());
+        Ok(g)
+    }
+
+    /// The complete CRL deltas refer to, generating one if there is none.
+    async fn current_base(&self) -> Result<CrlRecord, WorkflowError> {
+        let id = self.authority.issuer().certificate().id().to_owned();
+        let heads = self.authority.store().crl_heads().await?;
+        if let Some(base) = heads
+            .into_iter()
+            .find(|h| h.issuer_id == id && h.partition == 0 && !h.delta)
+        {
+            return Ok(base);
+        }
+        Err(WorkflowError::Conflict(
+            "a delta CRL needs a complete CRL to refer to; generate the complete CRL first".into(),
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn generate_with(
+        &self,
+        ca: &CaCertificate,
+        key: &dyn KeySigner,
+        kind: CrlKind,
+        scope: CrlScope,
+        validity: time::Duration,
+        partition: Option<i64>,
+        revoked_since: Option<i64>,
+        actor: &str,
+    ) -> Result<Generated, WorkflowError> {
+        let started = std::time::Instant::now();
+        let now = OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap_or(OffsetDateTime::now_utc());
+        let next_update = (now + validity).min(ca.not_after());
+        let spec = CrlSpec {
+            issuer: ca,
+            this_update: now,
+            next_update,
+            scope,
+        };
+        let mut builder = CrlBuilder::new(&spec, key);
+        let scan = RevokedScan {
+            issuer_id: ca.id().to_owned(),
+            partition,
+            revoked_since,
+            not_after_from: now.unix_timestamp(),
+        };
+        let mut bad_time = None;
+        let snapshot_seq = self
+            .authority
+            .store()
+            .scan_revoked(&scan, &mut |row| {
+                let at = OffsetDateTime::from_unix_timestamp(row.revoked_at);
+                let invalidity = row
+                    .invalidity_date
+                    .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+                match at {
+                    Ok(revoked_at) => builder.push(&CrlEntry {
+                        serial: row.serial.as_bytes(),
+                        revoked_at,
+                        reason: RevocationReason::from_code(row.reason)
+                            .unwrap_or(RevocationReason::Unspecified),
+                        invalidity_date: invalidity,
+                    }),
+                    Err(_) => bad_time = Some(row.serial),
+                }
+            })
+            .await?;
+        if let Some(serial) = bad_time {
+            return Err(WorkflowError::Store(crate::store::StoreError::Corrupt(
+                format!("certificate {serial} has an impossible revocation time"),
+            )));
+        }
+        let entries = builder.len() as i64;
+        let new = NewCrl {
+            issuer_id: ca.id().to_owned(),
+            partition: kind.partition(),
+            delta: kind == CrlKind::Delta,
+            this_update: now.unix_timestamp(),
+            next_update: next_update.unix_timestamp(),
+            snapshot_seq,
+            entries,
+        };
+        let event = AuditEvent {
+            at: now,
+            actor: actor.to_owned(),
+            action: "crl.publish".into(),
+            subject: kind.file_name(ca.id()),
+            details: serde_json::json!({
+                "entries": entries,
+                "this_update": new.this_update,
+                "next_update": new.next_update,
+                "snapshot_seq": snapshot_seq,
+            }),
+        };
+        let mut builder = Some(builder);
+        let published = self
+            .authority
+            .store()
+            .publish_crl(
+                &new,
+                &mut |number| {
+                    let b = builder
+                        .take()
+                        .ok_or_else(|| "the CRL was already signed".to_owned())?;
+                    b.finish(number as u64, key).map_err(|e| e.to_string())
+                },
+                event,
+            )
+            .await?;
+        let elapsed = started.elapsed();
+        match published {
+            Some(record) => {
+                tracing::info!(
+                    crl = %kind.file_name(ca.id()),
+                    number = record.number,
+                    entries,
+                    bytes = record.der.len(),
+                    ms = elapsed.as_millis() as u64,
+                    "published a CRL"
+                );
+                Ok(Generated {
+                    record,
+                    published: true,
+                    elapsed,
+                })
+            }
+            None => {
+                // A fresher one exists: serve that.
+                self.refresh().await?;
+                let file = kind.file_name(ca.id());
+                let served = self.served(&file).ok_or_else(|| {
+                    WorkflowError::Conflict(format!(
+                        "{file} was published elsewhere but cannot be read"
+                    ))
+                })?;
+                Ok(Generated {
+                    record: CrlRecord {
+                        issuer_id: served.issuer_id.clone(),
+                        partition: kind.partition(),
+                        delta: kind == CrlKind::Delta,
+                        number: served.number,
+                        this_update: served.this_update,
+                        next_update: served.next_update,
+                        entries: served.entries,
+                        snapshot_seq,
+                        der: served.der.to_vec(),
+                    },
+                    published: false,
+                    elapsed,
+                })
+            }
+        }
+    }
+
+    /// The CRLs of the intermediate that are due: missing, older than
+    /// `regenerate_every_hours` (deltas: `delta_every_minutes`), or within
+    /// a tenth of their validity of nextUpdate.
+    fn due(&self, now: i64) -> Vec<CrlKind> {
+        let id = self.authority.issuer().certificate().id().to_owned();
+        let mut kinds = vec![CrlKind::Complete];
+        kinds.extend((1..=self.authority.crl_partitions()).map(CrlKind::Partition));
+        if self.config.delta {
+            kinds.push(CrlKind::Delta);
+        }
+        kinds
+            .into_iter()
+            .filter(|kind| {
+                let every = match kind {
+                    CrlKind::Delta => i64::from(self.config.delta_every_minutes) * 60,
+                    _ => i64::from(self.config.regenerate_every_hours) * 3600,
+                };
+                match self.served(&kind.file_name(&id)) {
+                    None => true,
+                    Some(s) => {
+                        let margin = (s.next_update - s.this_update) / 10;
+                        now - s.this_update >= every || s.next_update - now <= margin
+                    }
+                }
+            })
+            .collect()
+    }
+
+    async fn generate_logged(&self, kind: CrlKind) {
+        if let Err(e) = self.generate(kind).await {
+            tracing::error!(crl = ?kind, error = %e, "generating a CRL failed; will retry");
+        }
+    }
+
+    /// Runs until `shutdown`: refreshes the served copies from the
+    /// database, regenerates CRLs that are due, and regenerates within
+    /// `debounce_secs` after revocations through this instance.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut revocations = self.authority.revocations();
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let debounce = Duration::from_secs(u64::from(self.config.debounce_secs));
+        let mut pending: Option<tokio::time::Instant> = None;
+        loop {
+            let deadline = pending;
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                changed = revocations.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    if pending.is_none() {
+                        pending = Some(tokio::time::Instant::now() + debounce);
+                    }
+                }
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    pending = None;
+                    self.generate_logged(CrlKind::Complete).await;
+                    for p in self.authority.take_dirty_partitions() {
+                        self.generate_logged(CrlKind::Partition(p as u32)).await;
+                    }
+                    if self.config.delta {
+                        self.generate_logged(CrlKind::Delta).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Err(e) = self.refresh().await {
+                        tracing::warn!(error = %e, "reading the newest CRLs failed");
+                        continue;
+                    }
+                    let now = OffsetDateTime::now_utc().unix_timestamp();
+                    for kind in self.due(now) {
+                        self.generate_logged(kind).await;
+                    }
+                }
+            }
+        }
+    }
+}
