@@ -339,3 +339,27 @@ pub fn assert_openssl_verifies(dir: &Path, root_pem: &str, chain_pem: &str, leaf
     );
     assert!(out.contains("leaf.pem: OK"), "{out}");
 }
+
+/// Runs one of pkilint's linters (`lint_pkix_cert`, `lint_crl`,
+/// `lint_ocsp_response`); `None` when pkilint is not installed outside CI
+/// (under `CI=true` it must be).
+pub fn pkilint(dir: &Path, program: &str, args: &[&str]) -> Option<(bool, String)> {
+    let out = Command::new(program).args(args).current_dir(dir).output();
+    match out {
+        Ok(o) => Some((
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )),
+        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but pkilint ({program}) is not installed")
+        }
+        Err(_) => {
+            eprintln!("note: pkilint is not installed; skipping {program}");
+            None
+        }
+    }
+}

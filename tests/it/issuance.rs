@@ -557,30 +557,9 @@ async fn every_ca_key_type_makes_a_chain_openssl_accepts() {
     }
 }
 
-/// Runs pkilint's RFC 5280 certificate linter; `None` when it is not
-/// installed outside CI (under `CI=true` it must be).
+/// Runs pkilint's RFC 5280 certificate linter.
 fn pkilint(dir: &std::path::Path, file: &str) -> Option<(bool, String)> {
-    let out = std::process::Command::new("lint_pkix_cert")
-        .args(["lint", "-s", "WARNING", file])
-        .current_dir(dir)
-        .output();
-    match out {
-        Ok(o) => Some((
-            o.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        )),
-        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but pkilint (lint_pkix_cert) is not installed")
-        }
-        Err(_) => {
-            eprintln!("note: pkilint is not installed; skipping the RFC 5280 lint");
-            None
-        }
-    }
+    crate::common::pkilint(dir, "lint_pkix_cert", &["lint", "-s", "WARNING", file])
 }
 
 #[tokio::test]

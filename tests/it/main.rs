@@ -8,6 +8,7 @@ mod dns;
 mod issuance;
 mod openapi;
 mod orders;
+mod revocation;
 mod service;
 mod store;
 mod tls;

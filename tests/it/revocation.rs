@@ -1,0 +1,898 @@
+//! Revocation, CRLs and OCSP against the real service, checked by the real
+//! peers: `openssl verify -crl_check`, `openssl crl -verify`, `openssl
+//! ocsp`, and pkilint's CRL and OCSP linters.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hallmark::workflow::accounts::{self, Role};
+use hallmark::workflow::{Authority, SignOptions};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use x509_parser::prelude::*;
+
+use crate::common::*;
+
+/// Issues a certificate for `name` owned by `account`; writes
+/// `<file>.key`, `<file>.pem` into `dir` and returns (serial hex, leaf PEM).
+async fn issue(
+    authority: &Authority,
+    dir: &Path,
+    file: &str,
+    name: &str,
+    account: &str,
+) -> (String, String) {
+    let csr = openssl_csr(
+        dir,
+        file,
+        P256,
+        &format!("/CN={name}"),
+        Some(&format!("DNS:{name}")),
+    );
+    let signed = authority
+        .sign_csr(
+            &csr,
+            SignOptions {
+                account_id: Some(account.to_owned()),
+                ..SignOptions::default()
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let pem = signed.certificate.pem();
+    std::fs::write(dir.join(format!("{file}.pem")), &pem).unwrap();
+    (signed.certificate.serial.to_hex(), pem)
+}
+
+fn parse_pem(pem: &str) -> Vec<u8> {
+    hallmark::pki::pem_decode_all(pem, "CERTIFICATE").remove(0)
+}
+
+/// The CRL distribution point and OCSP URL of a certificate.
+fn urls(pem: &str) -> (String, String) {
+    let der = parse_pem(pem);
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    let mut crl = None;
+    let mut ocsp = None;
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::CRLDistributionPoints(cdp) => {
+                if let Some(DistributionPointName::FullName(names)) =
+                    &cdp.points[0].distribution_point
+                {
+                    if let GeneralName::URI(u) = names[0] {
+                        crl = Some(u.to_owned());
+                    }
+                }
+            }
+            ParsedExtension::AuthorityInfoAccess(aia) => {
+                for ad in &aia.accessdescs {
+                    if ad.access_method.to_id_string() == "1.3.6.1.5.5.7.48.1" {
+                        if let GeneralName::URI(u) = ad.access_location {
+                            ocsp = Some(u.to_owned());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (crl.unwrap(), ocsp.unwrap())
+}
+
+/// A CRL's number and revoked serials (lower-case hex).
+fn crl_contents(der: &[u8]) -> (u64, Vec<String>) {
+    let (_, crl) = CertificateRevocationList::from_der(der).unwrap();
+    let number = crl
+        .crl_number()
+        .map(|n| n.to_string().parse().unwrap())
+        .unwrap();
+    let serials = crl
+        .iter_revoked_certificates()
+        .map(|r| hex::encode(r.raw_serial()))
+        .collect();
+    (number, serials)
+}
+
+/// Fetches `url` until the CRL satisfies `ok` (at most 20 s).
+async fn crl_until(url: &str, ok: impl Fn(u64, &[String]) -> bool) -> (Vec<u8>, u64, Vec<String>) {
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        let resp = client.get(url).send().await.unwrap();
+        if resp.status() == StatusCode::OK {
+            let der = resp.bytes().await.unwrap().to_vec();
+            let (n, serials) = crl_contents(&der);
+            if ok(n, &serials) {
+                return (der, n, serials);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} never served the expected CRL");
+}
+
+fn write_crl_pem(dir: &Path, der: &[u8], file: &str) {
+    std::fs::write(dir.join(file), hallmark::pki::pem_encode("X509 CRL", der)).unwrap();
+}
+
+async fn api_key(authority: &Authority, name: &str, role: Role) -> (String, String) {
+    let created = accounts::create_account(authority.store().as_ref(), name, role, "test")
+        .await
+        .unwrap();
+    (created.account.id, created.api_key.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_certificates_are_refused_by_openssl_through_crl_and_ocsp() {
+    for backend in backends() {
+        let mut ca =
+            TestCa::with_env(backend, &[("HALLMARK_CRL__DEBOUNCE_SECS", "0".into())]).await;
+        let run = ca.start().await;
+        let dir = ca.dir.path();
+        let authority = run.authority.clone();
+        let (owner, owner_key) = api_key(&authority, "owner", Role::Requester).await;
+        let (_, other_key) = api_key(&authority, "other", Role::Requester).await;
+        let (_, admin_key) = api_key(&authority, "admin", Role::Admin).await;
+        let (s1, pem1) = issue(&authority, dir, "one", "one.internal", &owner).await;
+        let (s2, _pem2) = issue(&authority, dir, "two", "two.internal", &owner).await;
+        let (s3, _pem3) = issue(&authority, dir, "three", "three.internal", &owner).await;
+        std::fs::write(dir.join("root.pem"), &run.root_pem).unwrap();
+        std::fs::write(
+            dir.join("issuing.pem"),
+            authority.issuer().certificate().pem(),
+        )
+        .unwrap();
+
+        let (crl_url, ocsp_url) = urls(&pem1);
+        assert!(crl_url.starts_with(&run.http_url), "{crl_url}");
+        let (der, first_number, serials) = crl_until(&crl_url, |_, _| true).await;
+        assert!(serials.is_empty());
+        write_crl_pem(dir, &der, "crl0.pem");
+        let ok = openssl(
+            dir,
+            &[
+                "verify",
+                "-crl_check",
+                "-CRLfile",
+                "crl0.pem",
+                "-CAfile",
+                "root.pem",
+                "-untrusted",
+                "issuing.pem",
+                "one.pem",
+            ],
+        );
+        assert!(ok.contains("one.pem: OK"), "{ok}");
+        let ocsp = |cert: &str, extra: &[&str]| {
+            // A CertID digest option must come before -cert.
+            let mut args = vec!["ocsp"];
+            args.extend_from_slice(extra);
+            args.extend_from_slice(&[
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                cert,
+                "-url",
+                &ocsp_url,
+                "-CAfile",
+                "root.pem",
+            ]);
+            let (ok, out) = openssl_status(dir, &args);
+            assert!(ok, "{out}");
+            out
+        };
+        let good = ocsp("one.pem", &[]);
+        assert!(
+            good.contains("one.pem: good") && good.contains("Response verify OK"),
+            "{good}"
+        );
+
+        // Refusals change nothing.
+        let client = run.client();
+        let revoke_url = |s: &str| format!("{}/api/v1/certificates/{s}/revoke", run.https_url);
+        let r = client
+            .post(revoke_url(&s1))
+            .bearer_auth(&other_key)
+            .json(&json!({"reason": "keyCompromise"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::NOT_FOUND,
+            "another account's certificate does not exist"
+        );
+        let r = client
+            .post(revoke_url(&s1))
+            .json(&json!({"reason": "superseded"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        for (reason, needle) in [
+            ("certificateHold", "certificateHold is not offered"),
+            ("nonsense", "unknown revocation reason"),
+        ] {
+            let r = client
+                .post(revoke_url(&s1))
+                .bearer_auth(&owner_key)
+                .json(&json!({"reason": reason}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["type"], "urn:ietf:params:acme:error:malformed");
+            assert!(body["detail"].as_str().unwrap().contains(needle), "{body}");
+        }
+        let cert = authority
+            .store()
+            .certificate(&s1.parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(cert.revoked_at, None);
+
+        // The owner revokes; a second time is a 409 that changes nothing.
+        let r = client
+            .post(revoke_url(&s1))
+            .bearer_auth(&owner_key)
+            .json(&json!({"reason": "keyCompromise", "invalidity_date": "2026-01-02T03:04:05Z"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["status"], "revoked");
+        assert_eq!(body["revocation_reason"], "keyCompromise");
+        let r = client
+            .post(revoke_url(&s1))
+            .bearer_auth(&admin_key)
+            .json(&json!({"reason": "superseded"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["type"], "urn:ietf:params:acme:error:alreadyRevoked");
+        let cert = authority
+            .store()
+            .certificate(&s1.parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(cert.revocation_reason, Some(1), "the first reason stands");
+
+        // An admin revokes another account's certificate.
+        let r = client
+            .post(revoke_url(&s3))
+            .bearer_auth(&admin_key)
+            .json(&json!({"reason": "cessationOfOperation"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+
+        // Within seconds the CRL at the certificate's CDP lists both.
+        let (der, number, serials) =
+            crl_until(&crl_url, |_, s| s.contains(&s1) && s.contains(&s3)).await;
+        assert!(
+            number > first_number,
+            "CRL numbers increase: {first_number} then {number}"
+        );
+        assert!(!serials.contains(&s2));
+        write_crl_pem(dir, &der, "crl.pem");
+        let (refused, out) = openssl_status(
+            dir,
+            &[
+                "verify",
+                "-crl_check",
+                "-CRLfile",
+                "crl.pem",
+                "-CAfile",
+                "root.pem",
+                "-untrusted",
+                "issuing.pem",
+                "one.pem",
+            ],
+        );
+        assert!(!refused && out.contains("certificate revoked"), "{out}");
+        let ok = openssl(
+            dir,
+            &[
+                "verify",
+                "-crl_check",
+                "-CRLfile",
+                "crl.pem",
+                "-CAfile",
+                "root.pem",
+                "-untrusted",
+                "issuing.pem",
+                "two.pem",
+            ],
+        );
+        assert!(ok.contains("two.pem: OK"), "{ok}");
+        let verified = openssl(
+            dir,
+            &[
+                "crl",
+                "-in",
+                "crl.pem",
+                "-CAfile",
+                "issuing.pem",
+                "-noout",
+                "-verify",
+            ],
+        );
+        assert!(
+            verified.contains("verify OK") || verified.is_empty(),
+            "{verified}"
+        );
+        let text = openssl(dir, &["crl", "-in", "crl.pem", "-noout", "-text"]);
+        assert!(
+            text.contains("Key Compromise") && text.contains("Invalidity Date"),
+            "{text}"
+        );
+
+        // Conditional GETs.
+        let resp = reqwest::get(&crl_url).await.unwrap();
+        let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+        let last_modified = resp.headers()["last-modified"].to_str().unwrap().to_owned();
+        let max_age = resp.headers()["cache-control"].to_str().unwrap().to_owned();
+        assert_eq!(resp.headers()["content-type"], "application/pkix-crl");
+        assert!(max_age.starts_with("public, max-age="), "{max_age}");
+        let plain = reqwest::Client::new();
+        let r = plain
+            .get(&crl_url)
+            .header("If-None-Match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+        let r = plain
+            .get(&crl_url)
+            .header("If-Modified-Since", &last_modified)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+        let r = plain
+            .get(&crl_url)
+            .header("If-None-Match", "\"old\"")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        // The HTTPS listener serves the same CRL.
+        let https_crl = client
+            .get(crl_url.replace(&run.http_url, &run.https_url))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(crl_contents(&https_crl).0, number);
+
+        // OCSP: revoked (with reason and time) and good, by SHA-1 and SHA-256
+        // CertIDs, POST and GET.
+        let revoked = ocsp("one.pem", &[]);
+        assert!(
+            revoked.contains("one.pem: revoked") && revoked.contains("Response verify OK"),
+            "{revoked}"
+        );
+        assert!(revoked.contains("keyCompromise"), "{revoked}");
+        let good = ocsp("two.pem", &["-sha256"]);
+        assert!(
+            good.contains("two.pem: good") && good.contains("Response verify OK"),
+            "{good}"
+        );
+        openssl(
+            dir,
+            &[
+                "ocsp",
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                "one.pem",
+                "-no_nonce",
+                "-reqout",
+                "req.der",
+            ],
+        );
+        let req = std::fs::read(dir.join("req.der")).unwrap();
+        let b64 = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(&req)
+        };
+        let resp = plain
+            .get(format!(
+                "{ocsp_url}/{}",
+                b64.replace('+', "%2B")
+                    .replace('/', "%2F")
+                    .replace('=', "%3D")
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "application/ocsp-response");
+        assert!(resp.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age="));
+        std::fs::write(dir.join("get.der"), resp.bytes().await.unwrap()).unwrap();
+        let text = openssl(
+            dir,
+            &[
+                "ocsp",
+                "-respin",
+                "get.der",
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                "one.pem",
+                "-CAfile",
+                "root.pem",
+            ],
+        );
+        assert!(text.contains("one.pem: revoked"), "{text}");
+        let garbage = plain
+            .post(&ocsp_url)
+            .header("content-type", "application/ocsp-request")
+            .body("this is not DER")
+            .send()
+            .await
+            .unwrap();
+        std::fs::write(dir.join("garbage.der"), garbage.bytes().await.unwrap()).unwrap();
+        let (_, text) = openssl_status(dir, &["ocsp", "-respin", "garbage.der", "-resp_text"]);
+        assert!(text.contains("malformedrequest"), "{text}");
+
+        // pkilint: the CRL and the OCSP answers.
+        openssl(
+            dir,
+            &[
+                "ocsp",
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                "one.pem",
+                "-url",
+                &ocsp_url,
+                "-CAfile",
+                "root.pem",
+                "-respout",
+                "resp.der",
+            ],
+        );
+        for (program, args) in [
+            (
+                "lint_crl",
+                vec!["lint", "-t", "CRL", "-p", "BR", "-s", "WARNING", "crl.pem"],
+            ),
+            (
+                "lint_crl",
+                vec![
+                    "lint", "-t", "CRL", "-p", "PKIX", "-s", "WARNING", "crl.pem",
+                ],
+            ),
+            (
+                "lint_ocsp_response",
+                vec!["lint", "-s", "WARNING", "resp.der"],
+            ),
+            (
+                "lint_ocsp_response",
+                vec!["lint", "-s", "WARNING", "get.der"],
+            ),
+        ] {
+            if let Some((ok, out)) = pkilint(dir, program, &args) {
+                assert!(ok && out.trim().is_empty(), "{program} {args:?}: {out}");
+            }
+        }
+
+        // The owner's list, filtered and searched; pages.
+        let list = |q: &str| {
+            let client = client.clone();
+            let url = format!("{}/api/v1/certificates?{q}", run.https_url);
+            let key = owner_key.clone();
+            async move {
+                let r = client.get(url).bearer_auth(key).send().await.unwrap();
+                assert_eq!(r.status(), StatusCode::OK);
+                r.json::<Value>().await.unwrap()
+            }
+        };
+        let serials_of = |v: &Value| -> Vec<String> {
+            v["certificates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["serial"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let revoked = list("status=revoked").await;
+        let mut got = serials_of(&revoked);
+        got.sort();
+        let mut want = vec![s1.clone(), s3.clone()];
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(serials_of(&list("status=valid").await), vec![s2.clone()]);
+        assert_eq!(serials_of(&list("q=two.internal").await), vec![s2.clone()]);
+        assert_eq!(
+            serials_of(&list(&format!("q={}", &s3[..10])).await),
+            vec![s3.clone()]
+        );
+        let page1 = list("limit=2").await;
+        assert_eq!(serials_of(&page1).len(), 2);
+        let next = page1["next"].as_str().unwrap();
+        let page2 = list(&format!("limit=2&before={next}")).await;
+        assert_eq!(serials_of(&page2).len(), 1);
+        let r = client
+            .get(format!(
+                "{}/api/v1/certificates?status=bogus",
+                run.https_url
+            ))
+            .bearer_auth(&owner_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let others = client
+            .get(format!("{}/api/v1/certificates", run.https_url))
+            .bearer_auth(&other_key)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        assert!(
+            serials_of(&others).is_empty(),
+            "accounts see only their own"
+        );
+
+        // Every revocation is in the audit chain, which still verifies.
+        let records = authority.store().audit_page(0, 10_000).await.unwrap();
+        let revocations: Vec<_> = records
+            .iter()
+            .filter(|r| r.action == "certificate.revoke")
+            .collect();
+        assert_eq!(revocations.len(), 2);
+        assert!(records.iter().any(|r| r.action == "crl.publish"));
+        hallmark::workflow::audit::verify(authority.store().as_ref())
+            .await
+            .unwrap();
+
+        run.stop().await;
+        ca.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_without_an_api_key_revokes_by_signing_with_the_certificate_key() {
+    let mut ca = TestCa::new(Backend::Sqlite).await;
+    let run = ca.start().await;
+    let dir = ca.dir.path();
+    let (owner, _) = api_key(&run.authority, "owner", Role::Requester).await;
+    let (serial, _) = issue(&run.authority, dir, "lost", "lost.internal", &owner).await;
+    let url = format!("{}/api/v1/certificates/{serial}/revoke", run.https_url);
+    let client = run.client();
+    let now = ::time::OffsetDateTime::now_utc().unix_timestamp();
+    let sign = |message: &str, key: &str| {
+        std::fs::write(dir.join("message.txt"), message).unwrap();
+        openssl(
+            dir,
+            &[
+                "dgst",
+                "-sha256",
+                "-sign",
+                key,
+                "-out",
+                "sig.der",
+                "message.txt",
+            ],
+        );
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .encode(std::fs::read(dir.join("sig.der")).unwrap())
+    };
+    let message = format!("hallmark-revoke-v1\n{serial}\nkeyCompromise\n{now}\n");
+
+    // Another key's signature, and a signature over another reason, fail.
+    openssl_csr(dir, "stranger", P256, "/CN=x", None);
+    for (sig, reason) in [
+        (sign(&message, "stranger.key"), "keyCompromise"),
+        (sign(&message, "lost.key"), "superseded"),
+    ] {
+        let r = client
+            .post(&url)
+            .json(&json!({"reason": reason, "proof": {"signed_at": now, "signature": sig}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+    // A stale proof is refused.
+    let old = now - 3600;
+    let stale = sign(
+        &format!("hallmark-revoke-v1\n{serial}\nkeyCompromise\n{old}\n"),
+        "lost.key",
+    );
+    let r = client
+        .post(&url)
+        .json(&json!({"reason": "keyCompromise", "proof": {"signed_at": old, "signature": stale}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let cert = run
+        .authority
+        .store()
+        .certificate(&serial.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(cert.revoked_at, None, "refused proofs change nothing");
+
+    let r = client
+        .post(&url)
+        .json(&json!({"reason": "keyCompromise", "proof": {"signed_at": now, "signature": sign(&message, "lost.key")}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let cert = run
+        .authority
+        .store()
+        .certificate(&serial.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(cert.revocation_reason, Some(1));
+    let audit = run.authority.store().audit_page(0, 1000).await.unwrap();
+    let rec = audit
+        .iter()
+        .find(|r| r.action == "certificate.revoke")
+        .unwrap();
+    assert_eq!(rec.actor, "key-holder");
+    run.stop().await;
+    ca.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_and_delta_crls_name_each_other_and_list_revocations() {
+    for backend in backends() {
+        let mut ca = TestCa::with_env(
+            backend,
+            &[
+                ("HALLMARK_CRL__DEBOUNCE_SECS", "0".into()),
+                ("HALLMARK_CRL__PARTITIONS", "3".into()),
+                ("HALLMARK_CRL__DELTA", "true".into()),
+            ],
+        )
+        .await;
+        let run = ca.start().await;
+        let dir = ca.dir.path();
+        let authority = run.authority.clone();
+        let (owner, owner_key) = api_key(&authority, "owner", Role::Requester).await;
+        std::fs::write(dir.join("root.pem"), &run.root_pem).unwrap();
+        std::fs::write(
+            dir.join("issuing.pem"),
+            authority.issuer().certificate().pem(),
+        )
+        .unwrap();
+        let mut certs = Vec::new();
+        for i in 0..6 {
+            certs.push(
+                issue(
+                    &authority,
+                    dir,
+                    &format!("c{i}"),
+                    &format!("c{i}.internal"),
+                    &owner,
+                )
+                .await,
+            );
+        }
+        let issuer = authority.issuer().certificate().id().to_owned();
+        let complete_url = format!("{}/crl/{issuer}.crl", run.http_url);
+        let delta_url = format!("{}/crl/{issuer}-delta.crl", run.http_url);
+        let (serial, pem) = &certs[0];
+        let (cdp, _) = urls(pem);
+        assert!(
+            cdp.starts_with(&format!("{}/crl/{issuer}-p", run.http_url)) && cdp.ends_with(".crl"),
+            "a partitioned certificate names its partition: {cdp}"
+        );
+        let (base_der, _, _) = crl_until(&complete_url, |_, _| true).await;
+        crl_until(&cdp, |_, _| true).await;
+
+        let r = run
+            .client()
+            .post(format!(
+                "{}/api/v1/certificates/{serial}/revoke",
+                run.https_url
+            ))
+            .bearer_auth(&owner_key)
+            .json(&json!({"reason": "superseded"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+
+        let (part_der, _, listed) = crl_until(&cdp, |_, s| s.contains(serial)).await;
+        assert_eq!(listed.len(), 1);
+        let (_, part) = CertificateRevocationList::from_der(&part_der).unwrap();
+        let idp = part
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "2.5.29.28")
+            .expect("a partition CRL has an issuingDistributionPoint");
+        assert!(idp.critical);
+        write_crl_pem(dir, &part_der, "part.pem");
+        let (ok, out) = openssl_status(
+            dir,
+            &[
+                "verify",
+                "-crl_check",
+                "-CRLfile",
+                "part.pem",
+                "-CAfile",
+                "root.pem",
+                "-untrusted",
+                "issuing.pem",
+                "c0.pem",
+            ],
+        );
+        assert!(!ok && out.contains("certificate revoked"), "{out}");
+
+        let (complete_der, complete_number, all) =
+            crl_until(&complete_url, |_, s| s.contains(serial)).await;
+        assert_eq!(all.len(), 1);
+        let (_, complete) = CertificateRevocationList::from_der(&complete_der).unwrap();
+        assert!(
+            complete
+                .extensions()
+                .iter()
+                .any(|e| e.oid.to_id_string() == "2.5.29.46"),
+            "the complete CRL announces its delta (freshestCRL)"
+        );
+        let (delta_der, delta_number, in_delta) =
+            crl_until(&delta_url, |_, s| s.contains(serial)).await;
+        assert!(delta_number > 0);
+        assert_eq!(in_delta, vec![serial.clone()]);
+        let (_, delta) = CertificateRevocationList::from_der(&delta_der).unwrap();
+        let indicator = delta
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "2.5.29.27")
+            .expect("deltaCRLIndicator");
+        assert!(indicator.critical);
+        // The delta's base is a complete CRL that was published.
+        let (base_number, _) = crl_contents(&base_der);
+        let base_in_delta: u64 = {
+            let mut r = hallmark::pki::der::Reader::new(indicator.value);
+            let i = r.expect(0x02).unwrap();
+            i.content.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b))
+        };
+        assert!(base_in_delta >= base_number && base_in_delta <= complete_number);
+        // openssl accepts the pair with -use_deltas.
+        write_crl_pem(dir, &complete_der, "complete.pem");
+        write_crl_pem(dir, &delta_der, "delta.pem");
+        for f in ["part.pem", "complete.pem", "delta.pem"] {
+            if let Some((ok, out)) = pkilint(
+                dir,
+                "lint_crl",
+                &["lint", "-t", "CRL", "-p", "PKIX", "-s", "WARNING", f],
+            ) {
+                assert!(ok && out.trim().is_empty(), "lint_crl {f}: {out}");
+            }
+        }
+        run.stop().await;
+        ca.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_database_publish_unique_numbers_and_serve_every_revocation() {
+    // Several instances share PostgreSQL in production; SQLite runs the
+    // same check with two services on one file.
+    for backend in backends() {
+        let mut ca =
+            TestCa::with_env(backend, &[("HALLMARK_CRL__DEBOUNCE_SECS", "1".into())]).await;
+        let first = ca.start().await;
+        let mut config = ca.config.clone();
+        let https = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        config.https_listen = https.local_addr().unwrap();
+        config.http_listen = http.local_addr().unwrap();
+        let second_http = format!("http://{}", config.http_listen);
+        let second_https = format!("https://localhost:{}", config.https_listen.port());
+        let service = hallmark::service::Service::start(config).await.unwrap();
+        let (stop2, stopped2) = tokio::sync::watch::channel(false);
+        let second = tokio::spawn(service.run(https, http, stopped2));
+
+        let dir = ca.dir.path();
+        let authority = first.authority.clone();
+        let (owner, owner_key) = api_key(&authority, "owner", Role::Requester).await;
+        let mut serials = Vec::new();
+        for i in 0..16 {
+            serials.push(
+                issue(
+                    &authority,
+                    dir,
+                    &format!("m{i}"),
+                    &format!("m{i}.internal"),
+                    &owner,
+                )
+                .await
+                .0,
+            );
+        }
+        let client = first.client();
+        let mut tasks = Vec::new();
+        for (i, serial) in serials.iter().enumerate() {
+            let base = if i % 2 == 0 {
+                first.https_url.clone()
+            } else {
+                second_https.clone()
+            };
+            let client = client.clone();
+            let key = owner_key.clone();
+            let serial = serial.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = client
+                    .post(format!("{base}/api/v1/certificates/{serial}/revoke"))
+                    .bearer_auth(key)
+                    .json(&json!({"reason": "superseded"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let issuer = authority.issuer().certificate().id().to_owned();
+        let all = |_: u64, s: &[String]| serials.iter().all(|x| s.contains(x));
+        let (_, n1, _) = crl_until(&format!("{}/crl/{issuer}.crl", first.http_url), all).await;
+        let (_, n2, _) = crl_until(&format!("{second_http}/crl/{issuer}.crl",), all).await;
+        assert!(n1 > 0 && n2 > 0);
+
+        // Every CRL number was published once, with one content.
+        let published: Vec<i64> = authority
+            .store()
+            .audit_page(0, 100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.action == "crl.publish" && r.subject == format!("{issuer}.crl"))
+            .map(|r| {
+                serde_json::from_str::<Value>(&r.details).unwrap()["number"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        let mut unique = published.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            published.len(),
+            "numbers published twice: {published:?}"
+        );
+        // Both instances serve the newest once the dust settles.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let newest = *unique.last().unwrap() as u64;
+        let (_, a, _) = crl_until(&format!("{}/crl/{issuer}.crl", first.http_url), |n, _| {
+            n == newest
+        })
+        .await;
+        let (_, b, _) = crl_until(&format!("{second_http}/crl/{issuer}.crl"), |n, _| {
+            n == newest
+        })
+        .await;
+        assert_eq!(a, b);
+
+        let _ = stop2.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(15), second).await;
+        first.stop().await;
+        ca.cleanup().await;
+    }
+}
