@@ -319,7 +319,7 @@ async fn http_figures(config: &Config, issuer: &str, dir: &std::path::Path) {
     let ocsp_url = format!("{base}/ocsp");
     let figures = tokio::task::spawn_blocking(move || {
         let hallmark_crl = wrk(&crl_url, None);
-        let nginx_crl = nginx_rate(&www, &crl_url.rsplit('/').next().unwrap().to_owned());
+        let nginx_crl = nginx_rate(&www, crl_url.rsplit('/').next().unwrap());
         let ocsp = wrk(&ocsp_url, Some(&plain));
         let ocsp_nonce = wrk(&ocsp_url, Some(&nonce));
         (hallmark_crl, nginx_crl, ocsp, ocsp_nonce)

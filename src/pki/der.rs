@@ -224,7 +224,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads the next element.
-    pub fn next(&mut self) -> Result<Element<'a>, DerError> {
+    pub fn read(&mut self) -> Result<Element<'a>, DerError> {
         let d = self.data;
         let tag = *d.first().ok_or(DerError("unexpected end of data"))?;
         if tag & 0x1f == 0x1f {
@@ -259,7 +259,7 @@ impl<'a> Reader<'a> {
 
     /// Reads the next element, which must have `tag`.
     pub fn expect(&mut self, tag: u8) -> Result<Element<'a>, DerError> {
-        let e = self.next()?;
+        let e = self.read()?;
         if e.tag != tag {
             return Err(DerError("unexpected element"));
         }
@@ -269,7 +269,7 @@ impl<'a> Reader<'a> {
     /// Reads the next element if it has `tag`.
     pub fn optional(&mut self, tag: u8) -> Result<Option<Element<'a>>, DerError> {
         if self.peek_tag() == Some(tag) {
-            self.next().map(Some)
+            self.read().map(Some)
         } else {
             Ok(None)
         }
@@ -288,7 +288,7 @@ mod tests {
             assert_eq!(out.len(), header_len(len), "{len}");
             out.resize(out.len() + len, 7);
             let mut r = Reader::new(&out);
-            let e = r.next().unwrap();
+            let e = r.read().unwrap();
             assert_eq!(e.content.len(), len);
             assert!(r.is_empty());
         }
@@ -309,10 +309,10 @@ mod tests {
 
     #[test]
     fn reader_refuses_bad_lengths() {
-        assert!(Reader::new(&[0x30, 0x80, 0, 0]).next().is_err());
-        assert!(Reader::new(&[0x30, 0x05, 1]).next().is_err());
-        assert!(Reader::new(&[0x30]).next().is_err());
-        assert!(Reader::new(&[0x30, 0x85, 1, 1, 1, 1, 1]).next().is_err());
+        assert!(Reader::new(&[0x30, 0x80, 0, 0]).read().is_err());
+        assert!(Reader::new(&[0x30, 0x05, 1]).read().is_err());
+        assert!(Reader::new(&[0x30]).read().is_err());
+        assert!(Reader::new(&[0x30, 0x85, 1, 1, 1, 1, 1]).read().is_err());
     }
 
     #[test]
