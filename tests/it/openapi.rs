@@ -205,6 +205,23 @@ async fn the_openapi_document_matches_the_server() {
         let serial = approved["certificate_serial"].as_str().unwrap();
         let (_, cert) = lab.get(&key, &format!("/certificates/{serial}")).await;
         assert_matches(&doc, "Certificate", &cert);
+        let (_, certs) = lab.get(&key, "/certificates?status=valid").await;
+        assert_matches(&doc, "CertificateList", &certs);
+        assert_eq!(certs["certificates"][0]["serial"], serial);
+        let (status, revoked) = lab
+            .post(
+                &key,
+                &format!("/certificates/{serial}/revoke"),
+                json!({"reason": "superseded"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{revoked}");
+        assert_matches(&doc, "Certificate", &revoked);
+        let (status, again) = lab
+            .post(&key, &format!("/certificates/{serial}/revoke"), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_matches(&doc, "Problem", &again);
         let (_, list) = lab.get(&key, "/orders?limit=1").await;
         assert_matches(&doc, "OrderList", &list);
         assert!(list["next"].is_string());

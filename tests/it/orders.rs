@@ -493,7 +493,7 @@ async fn a_failed_challenge_makes_the_order_invalid_with_the_validators_error() 
                 .count_certificates()
                 .await
                 .unwrap(),
-            1, // the HTTPS listener's own
+            2, // the HTTPS listener's own and the OCSP responder's
         );
 
         // A validation whose instance died mid-way is taken over by the
