@@ -139,7 +139,7 @@ async fn crl_file(
     headers: HeaderMap,
 ) -> Response {
     let mut crl = state.crls.served(&file);
-    if crl.is_none() && file.ends_with(".crl") {
+    if crl.is_none() && state.crls.could_serve(&file) {
         // Not seen yet by this instance (just started, or published by
         // another one a moment ago): look in the database once.
         if let Err(e) = state.crls.refresh().await {

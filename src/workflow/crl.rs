@@ -127,6 +127,26 @@ impl CrlPublisher {
         self.served.read().ok()?.get(file).cloned()
     }
 
+    /// Whether `file` is a name this publisher could serve (so an unknown
+    /// name never costs a database query).
+    pub fn could_serve(&self, file: &str) -> bool {
+        let int = self.authority.issuer().certificate().id();
+        let Some(stem) = file.strip_suffix(".crl") else {
+            return false;
+        };
+        if stem == self.authority.root().id() || stem == int {
+            return true;
+        }
+        match stem.strip_prefix(int) {
+            Some("-delta") => self.config.delta,
+            Some(rest) => rest
+                .strip_prefix("-p")
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|p| p >= 1),
+            None => false,
+        }
+    }
+
     /// Every served CRL, by file name.
     pub fn all_served(&self) -> Vec<Arc<ServedCrl>> {
         let mut all: Vec<_> = self

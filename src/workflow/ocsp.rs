@@ -22,8 +22,9 @@ use crate::pki::ocsp::{
 use crate::pki::{KeySigner, PrivateKey, Serial};
 use crate::store::{AuditEvent, NewCertificate};
 
-/// Most cached answers; the cache is emptied when it is full.
-const CACHE_LIMIT: usize = 100_000;
+/// Most cached answers (about 1 KiB each); the cache is emptied when it
+/// is full.
+const CACHE_LIMIT: usize = 10_000;
 
 /// How often the delegated certificate's age is checked.
 const ROTATE_CHECK: Duration = Duration::from_secs(600);

@@ -896,3 +896,82 @@ async fn two_instances_on_one_database_publish_unique_numbers_and_serve_every_re
         ca.cleanup().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocsp_answers_signed_by_the_issuing_ca_itself_verify_too() {
+    let mut ca = TestCa::with_env(
+        Backend::Sqlite,
+        &[("HALLMARK_OCSP__SIGNER", "issuer".into())],
+    )
+    .await;
+    let run = ca.start().await;
+    let dir = ca.dir.path();
+    assert!(
+        run.authority.store().count_certificates().await.unwrap() <= 1,
+        "no responder certificate is issued"
+    );
+    let (owner, _) = api_key(&run.authority, "owner", Role::Requester).await;
+    let (_, pem) = issue(&run.authority, dir, "leaf", "leaf.internal", &owner).await;
+    let (_, ocsp_url) = urls(&pem);
+    std::fs::write(dir.join("root.pem"), &run.root_pem).unwrap();
+    std::fs::write(
+        dir.join("issuing.pem"),
+        run.authority.issuer().certificate().pem(),
+    )
+    .unwrap();
+    let (ok, out) = openssl_status(
+        dir,
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "leaf.pem",
+            "-url",
+            &ocsp_url,
+            "-CAfile",
+            "root.pem",
+            "-resp_text",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("Response verify OK") && out.contains("leaf.pem: good"),
+        "{out}"
+    );
+    // A certificate of another CA is not ours to answer for.
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "x.key",
+            "-subj",
+            "/CN=other",
+            "-out",
+            "other.pem",
+        ],
+    );
+    let (_, out) = openssl_status(
+        dir,
+        &[
+            "ocsp",
+            "-issuer",
+            "other.pem",
+            "-cert",
+            "other.pem",
+            "-url",
+            &ocsp_url,
+            "-noverify",
+        ],
+    );
+    assert!(out.contains("unauthorized"), "{out}");
+    run.stop().await;
+    ca.cleanup().await;
+}
