@@ -24,6 +24,9 @@ struct Args {
     sizes: Vec<u64>,
     backends: Vec<String>,
     http: bool,
+    /// Run one generation case in this process (each case runs in a fresh
+    /// process, so its peak memory is its own).
+    case: Option<(String, u64)>,
 }
 
 fn args() -> Args {
@@ -31,6 +34,7 @@ fn args() -> Args {
         sizes: vec![10_000, 100_000, 1_000_000],
         backends: vec!["sqlite".into(), "postgres".into()],
         http: true,
+        case: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -52,6 +56,11 @@ fn args() -> Args {
                     .collect()
             }
             "--no-http" => a.http = false,
+            "--case" => {
+                let backend = it.next().expect("--case BACKEND N");
+                let n = it.next().and_then(|v| v.parse().ok()).expect("--case BACKEND N");
+                a.case = Some((backend, n));
+            }
             _ => {}
         }
     }
@@ -182,7 +191,10 @@ fn nginx_rate(root: &std::path::Path, file: &str) -> Option<f64> {
         .ok()?;
     std::thread::sleep(Duration::from_millis(500));
     let rate = wrk(&format!("http://127.0.0.1:{port}/{file}"), None);
-    let _ = child.kill();
+    // SIGQUIT lets the master stop its workers (SIGKILL would orphan them).
+    let _ = Command::new("kill")
+        .args(["-QUIT", &child.id().to_string()])
+        .status();
     let _ = child.wait();
     rate
 }
@@ -193,64 +205,77 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let have_http_tools = Command::new("wrk").arg("--version").output().is_ok()
-        && Command::new("nginx").arg("-v").output().is_ok();
-    println!("| store | revoked entries | CRL bytes | generation s | peak RSS during generation (MiB) | RSS before (MiB) |");
+    if let Some((backend, n)) = &args.case {
+        runtime.block_on(generation_case(backend, *n, false));
+        return;
+    }
+    println!("| store | revoked entries | CRL bytes | generation s | peak RSS of the process (MiB) | RSS before generating (MiB) |");
     println!("|---|---:|---:|---:|---:|---:|");
-    let mut http_done = false;
+    let exe = std::env::current_exe().unwrap();
     for backend in &args.backends {
-        for &n in &args.sizes {
-            runtime.block_on(async {
-                let dir = tempfile::tempdir().unwrap();
-                let Some((url, pg)) = common::database_url(backend, dir.path(), "crl").await else {
-                    eprintln!("{backend}: not reachable, skipped");
-                    return;
-                };
-                let port = |_: ()| {
-                    std::net::TcpListener::bind("127.0.0.1:0")
-                        .unwrap()
-                        .local_addr()
-                        .unwrap()
-                        .port()
-                };
-                let config = config(dir.path(), &url, port(()), port(()));
-                hallmark::datadir::init_ca(
-                    &config,
-                    PASSPHRASE.as_bytes(),
-                    time::OffsetDateTime::now_utc(),
-                )
+        for n in &args.sizes {
+            let out = Command::new(&exe)
+                .args(["--case", backend, &n.to_string()])
+                .output()
                 .unwrap();
-                let authority = hallmark::service::open_authority(&config).await.unwrap();
-                let issuer = authority.issuer().certificate().id().to_owned();
-                fill(&url, backend, &issuer, n).await;
-                let crls = CrlPublisher::new(authority.clone(), config.crl.clone());
-                // Warm the database cache once, as a running service would be.
-                crls.generate(CrlKind::Complete).await.unwrap();
-                let before = rss_mib();
-                reset_peak();
-                let started = Instant::now();
-                let g = crls.generate(CrlKind::Complete).await.unwrap();
-                let secs = started.elapsed().as_secs_f64();
-                let peak = peak_rss_mib();
-                assert_eq!(g.record.entries as u64, n);
-                println!(
-                    "| {backend} | {n} | {} | {secs:.2} | {peak:.0} | {before:.0} |",
-                    g.record.der.len()
-                );
-                drop(g);
-                if args.http && have_http_tools && !http_done && n == args.sizes[0] {
-                    http_done = true;
-                    http_figures(&config, &issuer, dir.path()).await;
-                }
-                drop(crls);
-                drop(authority);
-                common::drop_database(pg).await;
-            });
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            if !out.status.success() {
+                eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+            }
         }
     }
-    if args.http && !have_http_tools {
+    let have_http_tools = Command::new("wrk").arg("--version").output().is_ok()
+        && Command::new("nginx").arg("-v").output().is_ok();
+    if args.http && have_http_tools {
+        runtime.block_on(generation_case("sqlite", 10_000, true));
+    } else if args.http {
         eprintln!("wrk or nginx is not installed: the HTTP figures were skipped");
     }
+}
+
+/// Fills a fresh database with `n` revoked certificates, generates the
+/// complete CRL once to warm the caches, then measures one generation;
+/// with `http`, serves it and measures the HTTP rates.
+async fn generation_case(backend: &str, n: u64, http: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((url, pg)) = common::database_url(backend, dir.path(), "crl").await else {
+        eprintln!("{backend}: not reachable, skipped");
+        return;
+    };
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let config = config(dir.path(), &url, port(), port());
+    hallmark::datadir::init_ca(&config, PASSPHRASE.as_bytes(), time::OffsetDateTime::now_utc())
+        .unwrap();
+    let authority = hallmark::service::open_authority(&config).await.unwrap();
+    let issuer = authority.issuer().certificate().id().to_owned();
+    fill(&url, backend, &issuer, n).await;
+    let crls = CrlPublisher::new(authority.clone(), config.crl.clone());
+    if http {
+        drop(crls);
+        http_figures(&config, &issuer, dir.path()).await;
+    } else {
+        // Warm the database cache once, as a running service would be.
+        drop(crls.generate(CrlKind::Complete).await.unwrap());
+        let before = rss_mib();
+        reset_peak();
+        let started = Instant::now();
+        let g = crls.generate(CrlKind::Complete).await.unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        let peak = peak_rss_mib();
+        assert_eq!(g.record.entries as u64, n);
+        println!(
+            "| {backend} | {n} | {} | {secs:.2} | {peak:.0} | {before:.0} |",
+            g.der.len()
+        );
+    }
+    drop(authority);
+    common::drop_database(pg).await;
 }
 
 /// CRL GETs (hallmark and nginx, same file) and OCSP answers per second.

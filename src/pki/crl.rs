@@ -192,9 +192,11 @@ impl CrlBuilder {
         }
     }
 
-    /// Reserves room for about `n` more entries.
-    pub fn reserve_entries(&mut self, n: usize) {
-        self.buf.reserve(n.saturating_mul(56));
+    /// Reserves room for `bytes` more bytes of entries (e.g. the size of
+    /// the previous CRL of this scope and a margin), so the buffer does
+    /// not grow by doubling — which would briefly hold two copies.
+    pub fn reserve_bytes(&mut self, bytes: usize) {
+        self.buf.reserve_exact(bytes);
     }
 
     /// Appends one revoked certificate.
@@ -315,8 +317,9 @@ impl CrlBuilder {
         self.buf.extend_from_slice(&signature);
         let total = self.buf.len() - pos;
         pos = der::header_before(&mut self.buf, pos, tag::SEQUENCE, total);
+        // Shifts the CRL to the front in place (no second buffer; the spare
+        // capacity stays, which is cheaper than a copy of a large CRL).
         self.buf.drain(..pos);
-        self.buf.shrink_to_fit();
         Ok(self.buf)
     }
 }

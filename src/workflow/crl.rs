@@ -98,8 +98,11 @@ pub struct CrlPublisher {
 /// What one generation did.
 #[derive(Debug, Clone)]
 pub struct Generated {
-    /// The CRL published, or the fresher one that made ours unnecessary.
+    /// The CRL published, or the fresher one that made ours unnecessary
+    /// (its `der` is empty: the DER is in `der`).
     pub record: CrlRecord,
+    /// The DER, shared with the served copy.
+    pub der: Bytes,
     /// Whether this call published it.
     pub published: bool,
     /// How long reading, encoding, signing and storing took.
@@ -170,16 +173,16 @@ impl CrlPublisher {
                 continue;
             }
             let der = store.crl_der(&head).await?;
-            self.install(&head, der);
+            self.install(&head, Bytes::from(der));
         }
         Ok(())
     }
 
-    fn install(&self, head: &CrlRecord, der: Vec<u8>) {
+    fn install(&self, head: &CrlRecord, der: Bytes) {
         let kind = CrlKind::from_record(head.partition, head.delta);
         let file = kind.file_name(&head.issuer_id);
         let served = Arc::new(ServedCrl {
-            der: Bytes::from(der),
+            der,
             issuer_id: head.issuer_id.clone(),
             kind,
             number: head.number,
@@ -246,7 +249,7 @@ impl CrlPublisher {
                 "system",
             )
             .await?;
-        self.install(&g.record, g.record.der.clone());
+        self.install(&g.record, g.der.clone());
         Ok(g)
     }
 
@@ -271,7 +274,7 @@ impl CrlPublisher {
                 actor,
             )
             .await?;
-        self.install(&g.record, g.record.der.clone());
+        self.install(&g.record, g.der.clone());
         Ok(g)
     }
 
@@ -314,6 +317,10 @@ impl CrlPublisher {
             scope,
         };
         let mut builder = CrlBuilder::new(&spec, key);
+        if let Some(previous) = self.served(&kind.file_name(ca.id())) {
+            // The next CRL is about as large as the last one.
+            builder.reserve_bytes(previous.der.len() + previous.der.len() / 50 + 65_536);
+        }
         let scan = RevokedScan {
             issuer_id: ca.id().to_owned(),
             partition,
@@ -385,17 +392,19 @@ impl CrlPublisher {
             .await?;
         let elapsed = started.elapsed();
         match published {
-            Some(record) => {
+            Some(mut record) => {
+                let der = Bytes::from(std::mem::take(&mut record.der));
                 tracing::info!(
                     crl = %kind.file_name(ca.id()),
                     number = record.number,
                     entries,
-                    bytes = record.der.len(),
+                    bytes = der.len(),
                     ms = elapsed.as_millis() as u64,
                     "published a CRL"
                 );
                 Ok(Generated {
                     record,
+                    der,
                     published: true,
                     elapsed,
                 })
@@ -419,8 +428,9 @@ impl CrlPublisher {
                         next_update: served.next_update,
                         entries: served.entries,
                         snapshot_seq,
-                        der: served.der.to_vec(),
+                        der: Vec::new(),
                     },
+                    der: served.der.clone(),
                     published: false,
                     elapsed,
                 })
