@@ -58,7 +58,10 @@ fn args() -> Args {
             "--no-http" => a.http = false,
             "--case" => {
                 let backend = it.next().expect("--case BACKEND N");
-                let n = it.next().and_then(|v| v.parse().ok()).expect("--case BACKEND N");
+                let n = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--case BACKEND N");
                 a.case = Some((backend, n));
             }
             _ => {}
@@ -250,8 +253,12 @@ async fn generation_case(backend: &str, n: u64, http: bool) {
             .port()
     };
     let config = config(dir.path(), &url, port(), port());
-    hallmark::datadir::init_ca(&config, PASSPHRASE.as_bytes(), time::OffsetDateTime::now_utc())
-        .unwrap();
+    hallmark::datadir::init_ca(
+        &config,
+        PASSPHRASE.as_bytes(),
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
     let authority = hallmark::service::open_authority(&config).await.unwrap();
     let issuer = authority.issuer().certificate().id().to_owned();
     fill(&url, backend, &issuer, n).await;
