@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hallmark::workflow::accounts::{self, Role};
+use hallmark::workflow::crl::{CrlKind, CrlPublisher};
 use hallmark::workflow::{Authority, SignOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
