@@ -652,6 +652,22 @@ async fn a_holder_without_an_api_key_revokes_by_signing_with_the_certificate_key
         .find(|r| r.action == "certificate.revoke")
         .unwrap();
     assert_eq!(rec.actor, "key-holder");
+
+    // Listed while valid; gone from the next CRL once expired.
+    let crls = CrlPublisher::new(run.authority.clone(), ca.config.crl.clone());
+    let listed = crls.generate(CrlKind::Complete).await.unwrap();
+    assert_eq!(listed.record.entries, 1);
+    ca.db
+        .execute(&format!(
+            "UPDATE certificates SET not_after = 1000 WHERE serial = '{serial}'"
+        ))
+        .await;
+    let after = crls.generate(CrlKind::Complete).await.unwrap();
+    assert_eq!(
+        after.record.entries, 0,
+        "an expired certificate leaves the CRL"
+    );
+    assert!(after.record.number > listed.record.number);
     run.stop().await;
     ca.cleanup().await;
 }
