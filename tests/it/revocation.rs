@@ -113,6 +113,25 @@ async fn crl_until(url: &str, ok: impl Fn(u64, &[String]) -> bool) -> (Vec<u8>, 
     panic!("{url} never served the expected CRL");
 }
 
+/// `openssl verify -crl_check` of `cert` with `crl`, `root.pem` and
+/// `issuing.pem`: (accepted, output).
+fn crl_verify(dir: &Path, crl: &str, cert: &str) -> (bool, String) {
+    openssl_status(
+        dir,
+        &[
+            "verify",
+            "-crl_check",
+            "-CRLfile",
+            crl,
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "issuing.pem",
+            cert,
+        ],
+    )
+}
+
 fn write_crl_pem(dir: &Path, der: &[u8], file: &str) {
     std::fs::write(dir.join(file), hallmark::pki::pem_encode("X509 CRL", der)).unwrap();
 }
@@ -150,20 +169,7 @@ async fn revoked_certificates_are_refused_by_openssl_through_crl_and_ocsp() {
         let (der, first_number, serials) = crl_until(&crl_url, |_, _| true).await;
         assert!(serials.is_empty());
         write_crl_pem(dir, &der, "crl0.pem");
-        let ok = openssl(
-            dir,
-            &[
-                "verify",
-                "-crl_check",
-                "-CRLfile",
-                "crl0.pem",
-                "-CAfile",
-                "root.pem",
-                "-untrusted",
-                "issuing.pem",
-                "one.pem",
-            ],
-        );
+        let ok = crl_verify(dir, "crl0.pem", "one.pem").1;
         assert!(ok.contains("one.pem: OK"), "{ok}");
         let ocsp = |cert: &str, extra: &[&str]| {
             // A CertID digest option must come before -cert.
@@ -282,35 +288,9 @@ async fn revoked_certificates_are_refused_by_openssl_through_crl_and_ocsp() {
         );
         assert!(!serials.contains(&s2));
         write_crl_pem(dir, &der, "crl.pem");
-        let (refused, out) = openssl_status(
-            dir,
-            &[
-                "verify",
-                "-crl_check",
-                "-CRLfile",
-                "crl.pem",
-                "-CAfile",
-                "root.pem",
-                "-untrusted",
-                "issuing.pem",
-                "one.pem",
-            ],
-        );
+        let (refused, out) = crl_verify(dir, "crl.pem", "one.pem");
         assert!(!refused && out.contains("certificate revoked"), "{out}");
-        let ok = openssl(
-            dir,
-            &[
-                "verify",
-                "-crl_check",
-                "-CRLfile",
-                "crl.pem",
-                "-CAfile",
-                "root.pem",
-                "-untrusted",
-                "issuing.pem",
-                "two.pem",
-            ],
-        );
+        let ok = crl_verify(dir, "crl.pem", "two.pem").1;
         assert!(ok.contains("two.pem: OK"), "{ok}");
         let verified = openssl(
             dir,
@@ -742,20 +722,7 @@ async fn partitioned_and_delta_crls_name_each_other_and_list_revocations() {
             .expect("a partition CRL has an issuingDistributionPoint");
         assert!(idp.critical);
         write_crl_pem(dir, &part_der, "part.pem");
-        let (ok, out) = openssl_status(
-            dir,
-            &[
-                "verify",
-                "-crl_check",
-                "-CRLfile",
-                "part.pem",
-                "-CAfile",
-                "root.pem",
-                "-untrusted",
-                "issuing.pem",
-                "c0.pem",
-            ],
-        );
+        let (ok, out) = crl_verify(dir, "part.pem", "c0.pem");
         assert!(!ok && out.contains("certificate revoked"), "{out}");
 
         let (complete_der, complete_number, all) =

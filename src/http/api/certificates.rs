@@ -17,7 +17,6 @@ use crate::pki::crl::RevocationReason;
 use crate::pki::{pem_encode, Serial};
 use crate::store::{CertificateQuery, CertificateRecord, CertificateStatus, StoreError};
 use crate::workflow::accounts::Role;
-use crate::workflow::orders::MAX_PAGE;
 use crate::workflow::revocation::{KeyProof, RevokeRequest, Revoker};
 
 /// The media type of a PEM chain (RFC 8555 §9.1).
@@ -142,21 +141,7 @@ async fn list(
             "\"q\" must be at most {MAX_SEARCH} characters"
         )));
     }
-    let before = query
-        .before
-        .as_deref()
-        .map(|b| {
-            b.split_once('.')
-                .and_then(|(at, serial)| Some((at.parse::<i64>().ok()?, serial.to_owned())))
-                .ok_or_else(|| {
-                    Problem::malformed("\"before\" must be the \"next\" value of a previous page")
-                })
-        })
-        .transpose()?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Problem::malformed("\"limit\" must be between 1 and 100"));
-    }
+    let (before, limit) = super::page(query.before.as_deref(), query.limit)?;
     let everyone = query.all.unwrap_or(false);
     if everyone && caller.role == Role::Requester {
         return Err(Problem::acme(

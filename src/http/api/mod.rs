@@ -169,3 +169,29 @@ impl axum::extract::OptionalFromRequestParts<Arc<AppState>> for ApiCaller {
             .map(Some)
     }
 }
+
+/// The `before` and `limit` of a list request: `before` is a previous
+/// page's `next` (`<created_at>.<id>`), `limit` 1 to `MAX_PAGE` (50 if
+/// none).
+pub(super) fn page(
+    before: Option<&str>,
+    limit: Option<i64>,
+) -> Result<(Option<(i64, String)>, i64), Problem> {
+    let before = before
+        .map(|b| {
+            b.split_once('.')
+                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())))
+                .ok_or_else(|| {
+                    Problem::malformed("\"before\" must be the \"next\" value of a previous page")
+                })
+        })
+        .transpose()?;
+    let limit = limit.unwrap_or(50);
+    if !(1..=crate::workflow::orders::MAX_PAGE).contains(&limit) {
+        return Err(Problem::malformed(format!(
+            "\"limit\" must be between 1 and {}",
+            crate::workflow::orders::MAX_PAGE
+        )));
+    }
+    Ok((before, limit))
+}

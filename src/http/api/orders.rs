@@ -16,7 +16,7 @@ use crate::http::AppState;
 use crate::pki::profile::Organization;
 use crate::store::{AuthorizationBundle, ChallengeRecord, OrderBundle, OrderRecord, OrderStatus};
 use crate::validation::{dns01, key_authorization, tls_alpn01};
-use crate::workflow::orders::{rest_thumbprint, NewOrder, Validation, MAX_PAGE};
+use crate::workflow::orders::{rest_thumbprint, NewOrder, Validation};
 
 pub(super) fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -107,21 +107,7 @@ async fn list(
                 })
         })
         .transpose()?;
-    let before = query
-        .before
-        .as_deref()
-        .map(|b| {
-            b.split_once('.')
-                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())))
-                .ok_or_else(|| {
-                    Problem::malformed("\"before\" must be the \"next\" value of a previous page")
-                })
-        })
-        .transpose()?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Problem::malformed("\"limit\" must be between 1 and 100"));
-    }
+    let (before, limit) = super::page(query.before.as_deref(), query.limit)?;
     let orders = state
         .orders
         .list(&caller, status, before, limit, query.all.unwrap_or(false))
