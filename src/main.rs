@@ -1,6 +1,6 @@
 //! The `hallmark` command line.
 
-use std::io::{IsTerminal, Read};
+use std::io::{BufRead, IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,7 +15,7 @@ use hallmark::pki::crl::RevocationReason;
 use hallmark::service::Service;
 use hallmark::workflow::crl::{CrlKind, CrlPublisher};
 use hallmark::workflow::revocation::{RevokeRequest, Revoker};
-use hallmark::workflow::{accounts, audit, SignOptions};
+use hallmark::workflow::{accounts, audit, users, SignOptions};
 
 /// hallmark: a private certificate authority.
 #[derive(Parser)]
@@ -59,6 +59,11 @@ enum Command {
     Account {
         #[command(subcommand)]
         command: AccountCommand,
+    },
+    /// Dashboard users
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
     },
     /// Revoke a certificate as the operator (audited); the next CRL lists it
     Revoke {
@@ -135,6 +140,24 @@ enum AccountCommand {
     RotateKey {
         /// The account's id (`acct_…`)
         account_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a dashboard user; the password is read from standard input
+    Add {
+        /// Sign-in name (a-z, 0-9, '.', '_', '-')
+        name: String,
+        /// What the user may do
+        #[arg(long, value_parser = ["admin", "reviewer", "auditor"])]
+        role: String,
+        /// Read the password from standard input (the first line)
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// Make the user choose a new password at first sign-in
+        #[arg(long)]
+        must_change: bool,
     },
 }
 
@@ -297,6 +320,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Request { .. } => unreachable!("handled above"),
+        Command::User {
+            command:
+                UserCommand::Add {
+                    name,
+                    role,
+                    password_stdin: _,
+                    must_change,
+                },
+        } => {
+            let mut line = Zeroizing::new(String::new());
+            std::io::stdin()
+                .lock()
+                .take(4096)
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\n', '\r']);
+            let store = hallmark::store::connect(&config.database_url).await?;
+            users::add_user(
+                store.as_ref(),
+                &name,
+                role.parse()?,
+                password,
+                must_change,
+                &operator(),
+            )
+            .await?;
+            println!("added {role} {name}");
+            Ok(())
+        }
         Command::Revoke { serial, reason } => {
             let reason = reason.parse::<RevocationReason>()?;
             let serial = serial.parse::<hallmark::pki::Serial>().map_err(|_| {

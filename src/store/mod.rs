@@ -6,6 +6,7 @@
 //! task that commits them together, so many issuances share one fsync.
 
 mod batch;
+mod dashboard;
 mod orders;
 pub mod postgres;
 mod revocation;
@@ -20,6 +21,7 @@ use time::OffsetDateTime;
 
 use crate::pki::Serial;
 
+pub use dashboard::{AuditQuery, Overview, SessionRecord, UserRecord, UserUpdate};
 pub use revocation::{
     CertificateQuery, CertificateStatus, CrlRecord, NewCrl, Revocation, RevokedRow, RevokedScan,
     StatusRecord,
@@ -481,6 +483,63 @@ pub trait Store: Send + Sync + 'static {
 
     /// The partitions (> 0) holding revoked certificates of an issuer.
     async fn revoked_partitions(&self, issuer_id: &str) -> Result<Vec<i64>>;
+
+    /// A dashboard user by name (read from the writer, so a sign-in sees
+    /// the newest failure count).
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>>;
+
+    /// Every dashboard user, by name.
+    async fn users(&self) -> Result<Vec<UserRecord>>;
+
+    /// Records a user's failed sign-ins and lock (not audited: a failure
+    /// changes no authority).
+    async fn record_login(
+        &self,
+        user_id: &str,
+        failed_logins: i64,
+        locked_until: Option<i64>,
+    ) -> Result<()>;
+
+    /// Changes a user with its audit record; `Conflict` (nothing written)
+    /// if no enabled admin would remain. A new password, role or disabling
+    /// ends the user's sessions.
+    async fn update_user(
+        &self,
+        user_id: &str,
+        update: &UserUpdate,
+        at: i64,
+        event: AuditEvent,
+    ) -> Result<()>;
+
+    /// Stores a new session (and resets the user's failure count) with its
+    /// audit record.
+    async fn create_session(&self, session: &SessionRecord, event: AuditEvent) -> Result<()>;
+
+    /// A session by the hash of its cookie, with its user.
+    async fn session(&self, id_hash: &[u8]) -> Result<Option<(SessionRecord, UserRecord)>>;
+
+    /// Marks a session used now (for the idle timeout).
+    async fn touch_session(&self, id_hash: &[u8], at: i64) -> Result<()>;
+
+    /// Ends a session.
+    async fn delete_session(&self, id_hash: &[u8]) -> Result<()>;
+
+    /// Every requester account, newest first.
+    async fn accounts(&self) -> Result<Vec<AccountRecord>>;
+
+    /// Disables or enables an account, with its audit record.
+    async fn set_account_disabled(
+        &self,
+        account_id: &str,
+        disabled: bool,
+        event: AuditEvent,
+    ) -> Result<()>;
+
+    /// Audit records, newest first, filtered.
+    async fn audit_search(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
+
+    /// The dashboard overview's counts at `now`.
+    async fn overview(&self, now: i64) -> Result<Overview>;
 
     /// The enabled account owning an unrevoked API key with this hash, and
     /// the stored hash (for a constant-time comparison by the caller).

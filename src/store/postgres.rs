@@ -8,6 +8,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Pool, Postgres};
 
 use super::batch::Batcher;
+use super::dashboard::impl_dashboard_sql;
 use super::revocation::impl_revocation_sql;
 use super::shared::impl_sql_store;
 use super::{redact_url, Result, StoreError};
@@ -52,3 +53,4 @@ impl_revocation_sql!(
     Postgres,
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 );
+impl_dashboard_sql!(PostgresStore, Postgres);

@@ -1147,6 +1147,85 @@ macro_rules! impl_sql_store {
                 self.revoked_partitions_impl(issuer_id).await
             }
 
+            async fn user_by_name(
+                &self,
+                username: &str,
+            ) -> $crate::store::Result<Option<$crate::store::UserRecord>> {
+                self.user_by_name_impl(username).await
+            }
+
+            async fn users(&self) -> $crate::store::Result<Vec<$crate::store::UserRecord>> {
+                self.users_impl().await
+            }
+
+            async fn record_login(
+                &self,
+                user_id: &str,
+                failed_logins: i64,
+                locked_until: Option<i64>,
+            ) -> $crate::store::Result<()> {
+                self.record_login_impl(user_id, failed_logins, locked_until).await
+            }
+
+            async fn update_user(
+                &self,
+                user_id: &str,
+                update: &$crate::store::UserUpdate,
+                at: i64,
+                event: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<()> {
+                self.update_user_impl(user_id, update, at, event).await
+            }
+
+            async fn create_session(
+                &self,
+                session: &$crate::store::SessionRecord,
+                event: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<()> {
+                self.create_session_impl(session, event).await
+            }
+
+            async fn session(
+                &self,
+                id_hash: &[u8],
+            ) -> $crate::store::Result<
+                Option<($crate::store::SessionRecord, $crate::store::UserRecord)>,
+            > {
+                self.session_impl(id_hash).await
+            }
+
+            async fn touch_session(&self, id_hash: &[u8], at: i64) -> $crate::store::Result<()> {
+                self.touch_session_impl(id_hash, at).await
+            }
+
+            async fn delete_session(&self, id_hash: &[u8]) -> $crate::store::Result<()> {
+                self.delete_session_impl(id_hash).await
+            }
+
+            async fn accounts(&self) -> $crate::store::Result<Vec<$crate::store::AccountRecord>> {
+                self.accounts_impl().await
+            }
+
+            async fn set_account_disabled(
+                &self,
+                account_id: &str,
+                disabled: bool,
+                event: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<()> {
+                self.set_account_disabled_impl(account_id, disabled, event).await
+            }
+
+            async fn audit_search(
+                &self,
+                query: &$crate::store::AuditQuery,
+            ) -> $crate::store::Result<Vec<$crate::store::AuditRecord>> {
+                self.audit_search_impl(query).await
+            }
+
+            async fn overview(&self, now: i64) -> $crate::store::Result<$crate::store::Overview> {
+                self.overview_impl(now).await
+            }
+
             async fn count_users(&self) -> $crate::store::Result<i64> {
                 let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
                     .fetch_one(&self.read)

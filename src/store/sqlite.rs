@@ -11,6 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Pool, Sqlite};
 
 use super::batch::Batcher;
+use super::dashboard::impl_dashboard_sql;
 use super::revocation::impl_revocation_sql;
 use super::shared::impl_sql_store;
 use super::{Result, StoreError};
@@ -63,3 +64,4 @@ impl SqliteStore {
 impl_sql_store!(SqliteStore, Sqlite, "sqlite");
 // A SQLite read transaction is a snapshot from its first read on.
 impl_revocation_sql!(SqliteStore, Sqlite, "");
+impl_dashboard_sql!(SqliteStore, Sqlite);

@@ -96,6 +96,8 @@ pub struct Caller {
     pub name: String,
     /// Role.
     pub role: Role,
+    /// Who it is in the audit log (`account:<id>`, `user:<name>`).
+    pub actor: String,
 }
 
 /// A new account and the API key to show once.
@@ -231,6 +233,7 @@ pub async fn authenticate(store: &dyn Store, token: &str) -> Result<Caller, Acco
     }
     let role = account.role.parse::<Role>()?;
     Ok(Caller {
+        actor: format!("account:{}", account.id),
         account_id: account.id,
         name: account.name,
         role,

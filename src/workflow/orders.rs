@@ -303,7 +303,7 @@ impl Orders {
             },
             authorizations,
         };
-        let actor = account_actor(&caller.account_id);
+        let actor = caller.actor.clone();
         let names: Vec<String> = checked.identifiers.iter().map(Identifier::value).collect();
         let reused = bundle
             .authorizations
@@ -439,7 +439,7 @@ impl Orders {
                 now.unix_timestamp(),
                 AuditEvent {
                     at: now,
-                    actor: account_actor(&caller.account_id),
+                    actor: caller.actor.clone(),
                     action: "challenge.attempt".into(),
                     subject: challenge_id.to_owned(),
                     details: serde_json::json!({
@@ -488,7 +488,7 @@ impl Orders {
                 now.unix_timestamp(),
                 vec![AuditEvent {
                     at: now,
-                    actor: account_actor(&caller.account_id),
+                    actor: caller.actor.clone(),
                     action: "order.approve".into(),
                     subject: order_id.to_owned(),
                     details: serde_json::json!({
@@ -535,7 +535,7 @@ impl Orders {
                 now.unix_timestamp(),
                 vec![AuditEvent {
                     at: now,
-                    actor: account_actor(&caller.account_id),
+                    actor: caller.actor.clone(),
                     action: "order.reject".into(),
                     subject: order_id.to_owned(),
                     details: serde_json::json!({ "reason": reason }),

@@ -75,7 +75,7 @@ impl Authority {
                         "only the owning account or an admin may revoke this certificate".into(),
                     ));
                 }
-                format!("account:{}", caller.account_id)
+                caller.actor.clone()
             }
             Revoker::Operator(name) => name.to_owned(),
         };

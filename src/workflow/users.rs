@@ -9,7 +9,412 @@ use rand::RngCore;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::store::{AuditEvent, NewUser, Store, StoreError};
+use std::sync::OnceLock;
+
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use sha2::{Digest, Sha256};
+
+use crate::store::{
+    AuditEvent, NewUser, SessionRecord, Store, StoreError, UserRecord, UserUpdate,
+};
+
+/// A session ends after this long without a request (seconds).
+pub const IDLE_TIMEOUT_SECS: i64 = 30 * 60;
+/// A session ends this long after sign-in, used or not (seconds).
+pub const ABSOLUTE_TIMEOUT_SECS: i64 = 12 * 3600;
+/// Failed sign-ins in a row that lock a user.
+pub const MAX_FAILED_LOGINS: i64 = 5;
+/// How long a lock lasts (seconds).
+pub const LOCK_SECS: i64 = 15 * 60;
+/// Shortest password.
+pub const MIN_PASSWORD_LEN: usize = 12;
+/// Longest password (argon2 input is bounded so hashing stays cheap).
+pub const MAX_PASSWORD_LEN: usize = 256;
+
+/// What a dashboard user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UserRole {
+    /// Reads everything, changes nothing.
+    Auditor,
+    /// Approves and rejects requests, revokes certificates.
+    Reviewer,
+    /// Everything.
+    Admin,
+}
+
+impl UserRole {
+    /// Every role, least first.
+    pub const ALL: [UserRole; 3] = [UserRole::Auditor, UserRole::Reviewer, UserRole::Admin];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserRole::Auditor => "auditor",
+            UserRole::Reviewer => "reviewer",
+            UserRole::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for UserRole {
+    type Err = UserError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UserError::Invalid(format!("unknown role {s:?}; expected admin, reviewer or auditor")))
+    }
+}
+
+/// Why a user operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// Wrong name or password (deliberately not saying which).
+    #[error("wrong user name or password")]
+    BadCredentials,
+    /// Too many failures.
+    #[error("too many failed sign-ins; try again in {minutes} minutes")]
+    Locked {
+        /// Minutes left.
+        minutes: i64,
+    },
+    /// Input that cannot be accepted (the sentence says why).
+    #[error("{0}")]
+    Invalid(String),
+    /// The change would break a rule (the last admin).
+    #[error("{0}")]
+    Conflict(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for UserError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => UserError::Conflict(m),
+            other => UserError::Store(other),
+        }
+    }
+}
+
+/// A signed-in user, as every dashboard request sees it.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    /// The user.
+    pub user: UserRecord,
+    /// Its role.
+    pub role: UserRole,
+    /// The session's CSRF token.
+    pub csrf: String,
+    /// SHA-256 of the session cookie.
+    pub id_hash: Vec<u8>,
+}
+
+impl SignedIn {
+    /// The audit actor: `user:<name>`.
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.user.username)
+    }
+}
+
+/// SHA-256 of a session cookie value (only the hash is stored).
+pub fn session_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Verifies a password against a PHC hash off the async threads (argon2 is
+/// deliberately slow).
+async fn verify_password(password: &str, hash: &str) -> bool {
+    let password = Zeroizing::new(password.to_owned());
+    let hash = hash.to_owned();
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// A hash to verify against when the user does not exist, so a sign-in
+/// takes as long for unknown names as for known ones.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| hash_password(&random_token(16)).unwrap_or_default())
+}
+
+/// Signs a user in: checks the lock, the password (argon2id) and the
+/// account state, counts failures (locking after [`MAX_FAILED_LOGINS`]),
+/// and on success creates a session. Returns the cookie value (shown to
+/// the browser only) and the session.
+pub async fn sign_in(
+    store: &dyn Store,
+    username: &str,
+    password: &str,
+) -> Result<(Zeroizing<String>, SignedIn), UserError> {
+    let now = now();
+    let user = if username.len() <= 64 && password.len() <= MAX_PASSWORD_LEN {
+        store.user_by_name(username).await?
+    } else {
+        None
+    };
+    let Some(user) = user else {
+        verify_password(password, dummy_hash()).await;
+        return Err(UserError::BadCredentials);
+    };
+    if let Some(until) = user.locked_until.filter(|u| *u > now) {
+        return Err(UserError::Locked {
+            minutes: (until - now + 59) / 60,
+        });
+    }
+    let ok = verify_password(password, &user.password_hash).await;
+    if !ok || user.disabled {
+        let failed = user.failed_logins + 1;
+        let locked = (failed >= MAX_FAILED_LOGINS).then_some(now + LOCK_SECS);
+        store.record_login(&user.id, failed, locked).await?;
+        if locked.is_some() {
+            tracing::warn!(user = %user.username, "dashboard user locked after repeated failed sign-ins");
+            return Err(UserError::Locked {
+                minutes: LOCK_SECS / 60,
+            });
+        }
+        return Err(UserError::BadCredentials);
+    }
+    start_session(store, user, now).await
+}
+
+async fn start_session(
+    store: &dyn Store,
+    user: UserRecord,
+    now: i64,
+) -> Result<(Zeroizing<String>, SignedIn), UserError> {
+    let token = Zeroizing::new(random_token(32));
+    let session = SessionRecord {
+        id_hash: session_hash(&token),
+        user_id: user.id.clone(),
+        csrf_token: random_token(24),
+        created_at: now,
+        last_seen_at: now,
+        expires_at: now + ABSOLUTE_TIMEOUT_SECS,
+    };
+    store
+        .create_session(
+            &session,
+            AuditEvent {
+                at: OffsetDateTime::now_utc(),
+                actor: format!("user:{}", user.username),
+                action: "user.sign_in".into(),
+                subject: user.username.clone(),
+                details: serde_json::json!({}),
+            },
+        )
+        .await?;
+    let role = user.role.parse()?;
+    Ok((
+        token,
+        SignedIn {
+            user,
+            role,
+            csrf: session.csrf_token,
+            id_hash: session.id_hash,
+        },
+    ))
+}
+
+/// The signed-in user of a session cookie, if the session is still good
+/// (not past its idle or absolute timeout, user enabled). Expired sessions
+/// are deleted.
+pub async fn session(store: &dyn Store, token: &str) -> Result<Option<SignedIn>, StoreError> {
+    let id_hash = session_hash(token);
+    let Some((session, user)) = store.session(&id_hash).await? else {
+        return Ok(None);
+    };
+    let now = now();
+    if user.disabled
+        || session.expires_at <= now
+        || session.last_seen_at + IDLE_TIMEOUT_SECS <= now
+    {
+        store.delete_session(&id_hash).await?;
+        return Ok(None);
+    }
+    // One write a minute at most per session.
+    if now - session.last_seen_at >= 60 {
+        store.touch_session(&id_hash, now).await?;
+    }
+    let Ok(role) = user.role.parse() else {
+        return Ok(None);
+    };
+    Ok(Some(SignedIn {
+        user,
+        role,
+        csrf: session.csrf_token,
+        id_hash,
+    }))
+}
+
+/// Ends a session.
+pub async fn sign_out(store: &dyn Store, who: &SignedIn) -> Result<(), StoreError> {
+    store.delete_session(&who.id_hash).await
+}
+
+fn check_new_password(password: &str) -> Result<(), UserError> {
+    let n = password.chars().count();
+    if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&n) {
+        return Err(UserError::Invalid(format!(
+            "a password must have {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Changes the signed-in user's own password (the current one must be
+/// given); every session of the user ends and a new one starts.
+pub async fn change_password(
+    store: &dyn Store,
+    who: &SignedIn,
+    current: &str,
+    new: &str,
+) -> Result<(Zeroizing<String>, SignedIn), UserError> {
+    if !verify_password(current, &who.user.password_hash).await {
+        return Err(UserError::Invalid("the current password is wrong".into()));
+    }
+    check_new_password(new)?;
+    if new == current {
+        return Err(UserError::Invalid(
+            "the new password must differ from the current one".into(),
+        ));
+    }
+    let hash = hash_password(new).map_err(|e| UserError::Invalid(e.to_string()))?;
+    store
+        .update_user(
+            &who.user.id,
+            &UserUpdate {
+                password_hash: Some(hash.clone()),
+                must_change_password: Some(false),
+                ..UserUpdate::default()
+            },
+            now(),
+            AuditEvent {
+                at: OffsetDateTime::now_utc(),
+                actor: who.actor(),
+                action: "user.password".into(),
+                subject: who.user.username.clone(),
+                details: serde_json::json!({}),
+            },
+        )
+        .await?;
+    let mut user = who.user.clone();
+    user.password_hash = hash;
+    user.must_change_password = false;
+    start_session(store, user, now()).await
+}
+
+/// Checks a new user name: 1 to 64 of `a-z 0-9 . _ -`.
+fn check_username(name: &str) -> Result<(), UserError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(UserError::Invalid(
+            "a user name has 1 to 64 characters from a-z, 0-9, '.', '_' and '-'".into(),
+        ))
+    }
+}
+
+/// Adds a dashboard user; `must_change` forces a new password at first
+/// sign-in (for passwords an admin chose).
+pub async fn add_user(
+    store: &dyn Store,
+    username: &str,
+    role: UserRole,
+    password: &str,
+    must_change: bool,
+    actor: &str,
+) -> Result<(), UserError> {
+    check_username(username)?;
+    check_new_password(password)?;
+    let hash = hash_password(password).map_err(|e| UserError::Invalid(e.to_string()))?;
+    let result = store
+        .create_user(
+            NewUser {
+                id: random_token(12),
+                username: username.to_owned(),
+                password_hash: hash,
+                role: role.as_str().into(),
+                must_change_password: must_change,
+            },
+            AuditEvent {
+                at: OffsetDateTime::now_utc(),
+                actor: actor.to_owned(),
+                action: "user.create".into(),
+                subject: username.to_owned(),
+                details: serde_json::json!({ "role": role.as_str() }),
+            },
+        )
+        .await;
+    match result {
+        Err(StoreError::Conflict(_)) => Err(UserError::Conflict(format!(
+            "a user named {username:?} exists already"
+        ))),
+        other => Ok(other?),
+    }
+}
+
+/// Changes another user's role or enabled state (admins only; checked by
+/// the caller). Refused if no enabled admin would remain.
+pub async fn modify_user(
+    store: &dyn Store,
+    username: &str,
+    role: Option<UserRole>,
+    disabled: Option<bool>,
+    actor: &str,
+) -> Result<(), UserError> {
+    let user = store
+        .user_by_name(username)
+        .await?
+        .ok_or_else(|| UserError::Invalid(format!("there is no user {username:?}")))?;
+    let action = match (role, disabled) {
+        (Some(_), _) => "user.role",
+        (None, Some(true)) => "user.disable",
+        (None, Some(false)) => "user.enable",
+        (None, None) => return Ok(()),
+    };
+    store
+        .update_user(
+            &user.id,
+            &UserUpdate {
+                role: role.map(|r| r.as_str().to_owned()),
+                disabled,
+                ..UserUpdate::default()
+            },
+            now(),
+            AuditEvent {
+                at: OffsetDateTime::now_utc(),
+                actor: actor.to_owned(),
+                action: action.into(),
+                subject: username.to_owned(),
+                details: serde_json::json!({
+                    "role": role.map(UserRole::as_str),
+                    "disabled": disabled,
+                }),
+            },
+        )
+        .await?;
+    Ok(())
+}
 
 /// The name of the first administrator.
 pub const INITIAL_ADMIN: &str = "admin";
