@@ -14,9 +14,7 @@ use std::sync::OnceLock;
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use sha2::{Digest, Sha256};
 
-use crate::store::{
-    AuditEvent, NewUser, SessionRecord, Store, StoreError, UserRecord, UserUpdate,
-};
+use crate::store::{AuditEvent, NewUser, SessionRecord, Store, StoreError, UserRecord, UserUpdate};
 
 /// A session ends after this long without a request (seconds).
 pub const IDLE_TIMEOUT_SECS: i64 = 30 * 60;
@@ -62,7 +60,11 @@ impl std::str::FromStr for UserRole {
         Self::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| UserError::Invalid(format!("unknown role {s:?}; expected admin, reviewer or auditor")))
+            .ok_or_else(|| {
+                UserError::Invalid(format!(
+                    "unknown role {s:?}; expected admin, reviewer or auditor"
+                ))
+            })
     }
 }
 
@@ -239,9 +241,7 @@ pub async fn session(store: &dyn Store, token: &str) -> Result<Option<SignedIn>,
         return Ok(None);
     };
     let now = now();
-    if user.disabled
-        || session.expires_at <= now
-        || session.last_seen_at + IDLE_TIMEOUT_SECS <= now
+    if user.disabled || session.expires_at <= now || session.last_seen_at + IDLE_TIMEOUT_SECS <= now
     {
         store.delete_session(&id_hash).await?;
         return Ok(None);

@@ -1,5 +1,8 @@
-//! Server-rendered pages (askama). The dashboard grows here; for now the
-//! landing page tells a visitor what this CA is and where its files are.
+//! Server-rendered pages (askama): the landing page, which tells a visitor
+//! what this CA is and where its files are, and the admin dashboard.
+
+pub mod admin;
+pub mod session;
 
 use std::sync::Arc;
 
@@ -15,6 +18,7 @@ use super::AppState;
 /// Routes of the web pages.
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
+        .merge(admin::router())
         .route("/", get(index))
         .route("/static/style.css", get(style))
 }
