@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod common;
+mod dashboard;
 mod dns;
 mod issuance;
 mod openapi;
