@@ -408,12 +408,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .await?,
                 );
             } else {
-                done.push(crls.generate(CrlKind::Complete).await?);
+                let operator = operator();
+                done.push(crls.generate_by(CrlKind::Complete, &operator).await?);
                 for p in 1..=authority.crl_partitions() {
-                    done.push(crls.generate(CrlKind::Partition(p)).await?);
+                    done.push(crls.generate_by(CrlKind::Partition(p), &operator).await?);
                 }
                 if config.crl.delta {
-                    done.push(crls.generate(CrlKind::Delta).await?);
+                    done.push(crls.generate_by(CrlKind::Delta, &operator).await?);
                 }
             }
             for g in done {

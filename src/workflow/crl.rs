@@ -199,8 +199,18 @@ impl CrlPublisher {
         }
     }
 
-    /// Generates and publishes one CRL of the issuing intermediate now.
+    /// Generates and publishes one CRL of the issuing intermediate now (as
+    /// the service itself, `system`, in the audit log).
     pub async fn generate(&self, kind: CrlKind) -> Result<Generated, WorkflowError> {
+        self.generate_by(kind, "system").await
+    }
+
+    /// Like [`CrlPublisher::generate`], audited as `actor`.
+    pub async fn generate_by(
+        &self,
+        kind: CrlKind,
+        actor: &str,
+    ) -> Result<Generated, WorkflowError> {
         let _one_at_a_time = self.generating.lock().await;
         let issuer = self.authority.issuer();
         let validity = match kind {
@@ -246,7 +256,7 @@ impl CrlPublisher {
                 validity,
                 partition,
                 revoked_since,
-                "system",
+                actor,
             )
             .await?;
         self.install(&g.record, g.der.clone());

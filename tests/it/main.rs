@@ -2,6 +2,7 @@
 //! per area. Every storage-touching test runs on SQLite and PostgreSQL.
 
 mod api;
+mod browser;
 mod cli;
 mod common;
 mod dashboard;

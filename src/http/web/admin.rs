@@ -1494,7 +1494,7 @@ async fn regenerate_crl(
         kinds.push(CrlKind::Delta);
     }
     for kind in kinds {
-        match state.crls.generate(kind).await {
+        match state.crls.generate_by(kind, &who.0.actor()).await {
             Ok(g) => done.push(format!(
                 "{} number {}",
                 kind.file_name(&g.record.issuer_id),
