@@ -360,19 +360,7 @@ macro_rules! impl_dashboard_sql {
                 q.push(" ORDER BY seq DESC LIMIT ").push_bind(query.limit);
                 let rows: Vec<$crate::store::shared::AuditRow> =
                     q.build_query_as().fetch_all(&self.read).await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|r| $crate::store::AuditRecord {
-                        seq: r.seq,
-                        at: r.at,
-                        actor: r.actor,
-                        action: r.action,
-                        subject: r.subject,
-                        details: r.details,
-                        prev_hash: r.prev_hash,
-                        hash: r.hash,
-                    })
-                    .collect())
+                Ok(rows.into_iter().map(|r| r.into_record()).collect())
             }
 
             pub(super) async fn overview_impl(

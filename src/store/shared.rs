@@ -133,6 +133,21 @@ pub(super) struct AuditRow {
     pub hash: Vec<u8>,
 }
 
+impl AuditRow {
+    pub(super) fn into_record(self) -> super::AuditRecord {
+        super::AuditRecord {
+            seq: self.seq,
+            at: self.at,
+            actor: self.actor,
+            action: self.action,
+            subject: self.subject,
+            details: self.details,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
+}
+
 pub(super) const SELECT_AUDIT_PAGE: &str =
     "SELECT seq, at, actor, action, subject, details, prev_hash, hash \
      FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2";
@@ -953,19 +968,7 @@ macro_rules! impl_sql_store {
                         .bind(limit)
                         .fetch_all(&self.read)
                         .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|r| $crate::store::AuditRecord {
-                        seq: r.seq,
-                        at: r.at,
-                        actor: r.actor,
-                        action: r.action,
-                        subject: r.subject,
-                        details: r.details,
-                        prev_hash: r.prev_hash,
-                        hash: r.hash,
-                    })
-                    .collect())
+                Ok(rows.into_iter().map(|r| r.into_record()).collect())
             }
 
             async fn create_user(

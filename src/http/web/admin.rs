@@ -56,13 +56,11 @@ pub fn router() -> Router<Arc<AppState>> {
         )
         .route("/admin/certificates/{serial}/revoke", post(revoke))
         .route("/admin/accounts", get(accounts_page).post(create_account))
-        .route("/admin/accounts/{id}/disable", post(disable_account))
-        .route("/admin/accounts/{id}/enable", post(enable_account))
+        .route("/admin/accounts/{id}/{action}", post(toggle_account))
         .route("/admin/accounts/{id}/rotate", post(rotate_account_key))
         .route("/admin/users", get(users_page).post(add_user))
         .route("/admin/users/{name}/role", post(set_user_role))
-        .route("/admin/users/{name}/disable", post(disable_user))
-        .route("/admin/users/{name}/enable", post(enable_user))
+        .route("/admin/users/{name}/{action}", post(toggle_user))
         .route("/admin/audit", get(audit))
         .route("/admin/crl", get(crl_status))
         .route("/admin/crl/regenerate", post(regenerate_crl))
@@ -1186,28 +1184,20 @@ async fn set_account(state: &AppState, who: &Admin, id: &str, disabled: bool) ->
     }
 }
 
-async fn disable_account(
+async fn toggle_account(
     State(state): State<Arc<AppState>>,
     who: Admin,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     Form(f): Fields,
 ) -> Response {
     if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
         return r;
     }
-    set_account(&state, &who, &id, true).await
-}
-
-async fn enable_account(
-    State(state): State<Arc<AppState>>,
-    who: Admin,
-    Path(id): Path<String>,
-    Form(f): Fields,
-) -> Response {
-    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
-        return r;
+    match action.as_str() {
+        "disable" => set_account(&state, &who, &id, true).await,
+        "enable" => set_account(&state, &who, &id, false).await,
+        _ => not_found("such action"),
     }
-    set_account(&state, &who, &id, false).await
 }
 
 async fn rotate_account_key(
@@ -1341,44 +1331,34 @@ async fn set_user_role(
     user_result(r, &format!("{name} is now {}.", role.as_str()))
 }
 
-async fn disable_user(
+async fn toggle_user(
     State(state): State<Arc<AppState>>,
     who: Admin,
-    Path(name): Path<String>,
+    Path((name, action)): Path<(String, String)>,
     Form(f): Fields,
 ) -> Response {
     if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
         return r;
     }
+    let disabled = match action.as_str() {
+        "disable" => true,
+        "enable" => false,
+        _ => return not_found("such action"),
+    };
     let r = users::modify_user(
         state.authority.store().as_ref(),
         &name,
         None,
-        Some(true),
+        Some(disabled),
         &who.0.actor(),
     )
     .await;
-    user_result(r, &format!("{name} is disabled and signed out."))
-}
-
-async fn enable_user(
-    State(state): State<Arc<AppState>>,
-    who: Admin,
-    Path(name): Path<String>,
-    Form(f): Fields,
-) -> Response {
-    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
-        return r;
-    }
-    let r = users::modify_user(
-        state.authority.store().as_ref(),
-        &name,
-        None,
-        Some(false),
-        &who.0.actor(),
-    )
-    .await;
-    user_result(r, &format!("{name} is enabled."))
+    let done = if disabled {
+        format!("{name} is disabled and signed out.")
+    } else {
+        format!("{name} is enabled.")
+    };
+    user_result(r, &done)
 }
 
 // ------------------------------------------------------------------- audit
