@@ -1,6 +1,7 @@
 //! The HTTP edge: axum routers for the two listeners, the problem+json error
 //! type, and the connection loop with TLS and graceful shutdown.
 
+pub mod acme;
 pub mod api;
 pub mod problem;
 pub mod public;
