@@ -163,6 +163,10 @@ impl From<WorkflowError> for Problem {
             WorkflowError::AlreadyRevoked(m) => {
                 Problem::acme(StatusCode::CONFLICT, "alreadyRevoked", "Already revoked", m)
             }
+            WorkflowError::OrderNotReady(m) => {
+                Problem::acme(StatusCode::FORBIDDEN, "orderNotReady", "Order not ready", m)
+            }
+            WorkflowError::BadCsr(m) => Problem::acme(bad, "badCSR", title("badCSR"), m),
         }
     }
 }

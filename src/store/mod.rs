@@ -5,6 +5,7 @@
 //! Issuances are group-committed: concurrent inserts queue for one writer
 //! task that commits them together, so many issuances share one fsync.
 
+mod acme;
 mod batch;
 mod dashboard;
 mod orders;
@@ -21,6 +22,7 @@ use time::OffsetDateTime;
 
 use crate::pki::Serial;
 
+pub use acme::AcmeAccountRecord;
 pub use dashboard::{AuditQuery, Overview, SessionRecord, UserRecord, UserUpdate};
 pub use revocation::{
     CertificateQuery, CertificateStatus, CrlRecord, NewCrl, Revocation, RevokedRow, RevokedScan,
@@ -540,6 +542,41 @@ pub trait Store: Send + Sync + 'static {
 
     /// The dashboard overview's counts at `now`.
     async fn overview(&self, now: i64) -> Result<Overview>;
+
+    /// Records a fresh ACME replay nonce.
+    async fn add_nonce(&self, nonce: &str, expires_at: i64) -> Result<()>;
+
+    /// Uses up a nonce: `true` once if it was issued and has not expired.
+    async fn use_nonce(&self, nonce: &str, now: i64) -> Result<bool>;
+
+    /// Creates an ACME account (and, with `owner`, the hallmark account
+    /// that will own its orders) with its audit record.
+    async fn create_acme_account(
+        &self,
+        acme: &AcmeAccountRecord,
+        owner: Option<&AccountRecord>,
+        event: AuditEvent,
+    ) -> Result<()>;
+
+    /// An ACME account by id.
+    async fn acme_account(&self, id: &str) -> Result<Option<AcmeAccountRecord>>;
+
+    /// An ACME account by its key's thumbprint.
+    async fn acme_account_by_key(&self, thumbprint: &str) -> Result<Option<AcmeAccountRecord>>;
+
+    /// The ACME account bound to a hallmark account, if any.
+    async fn acme_account_of(&self, account_id: &str) -> Result<Option<AcmeAccountRecord>>;
+
+    /// Changes a valid ACME account's contact, status or key (thumbprint,
+    /// JWK), with its audit record; `NotFound` if it is not valid.
+    async fn update_acme_account(
+        &self,
+        id: &str,
+        contact: Option<&str>,
+        status: Option<&str>,
+        key: Option<(&str, &str)>,
+        event: AuditEvent,
+    ) -> Result<()>;
 
     /// The enabled account owning an unrevoked API key with this hash, and
     /// the stored hash (for a constant-time comparison by the caller).

@@ -208,6 +208,8 @@ pub struct OrderUpdate {
     pub rejection_reason: Option<String>,
     /// Vetted organisation (JSON), replacing the requested one.
     pub organization: Option<String>,
+    /// The CSR an ACME order is finalized with.
+    pub csr_der: Option<Vec<u8>>,
     /// Only if the order was last updated before this (to take over a
     /// stale `processing` claim).
     pub updated_before: Option<i64>,

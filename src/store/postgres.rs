@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Pool, Postgres};
 
+use super::acme::impl_acme_sql;
 use super::batch::Batcher;
 use super::dashboard::impl_dashboard_sql;
 use super::revocation::impl_revocation_sql;
@@ -54,3 +55,4 @@ impl_revocation_sql!(
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 );
 impl_dashboard_sql!(PostgresStore, Postgres);
+impl_acme_sql!(PostgresStore, Postgres);

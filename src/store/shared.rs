@@ -362,11 +362,12 @@ pub(super) const COUNT_UNFINISHED_AUTHORIZATIONS: &str =
     "SELECT COUNT(*) FROM authorizations WHERE order_id = $1 AND status <> 'valid'";
 
 /// Followed by optional conditions; `$1` id, `$2` from, `$3` to, `$4` at,
-/// `$5` error, `$6` rejection reason, `$7` organisation.
+/// `$5` error, `$6` rejection reason, `$7` organisation, `$8` CSR.
 pub(super) const TRANSITION_ORDER: &str =
     "UPDATE orders SET status = $3, updated_at = $4, error = COALESCE($5, error), \
      rejection_reason = COALESCE($6, rejection_reason), \
-     organization = COALESCE($7, organization) WHERE id = $1 AND status = $2";
+     organization = COALESCE($7, organization), csr_der = COALESCE($8, csr_der) \
+     WHERE id = $1 AND status = $2";
 
 pub(super) const COMPLETE_ORDER: &str =
     "UPDATE orders SET status = 'valid', certificate_serial = $2, updated_at = $3 \
@@ -833,6 +834,7 @@ macro_rules! impl_sql_store {
                         .bind(&outcome.error)
                         .bind(None::<String>)
                         .bind(None::<String>)
+                        .bind(None::<Vec<u8>>)
                         .execute(&mut *tx)
                         .await?;
                     if moved.rows_affected() == 1 {
@@ -858,10 +860,12 @@ macro_rules! impl_sql_store {
                 let head = Self::lock_audit_tx(&mut tx).await?;
                 let mut q = sqlx::QueryBuilder::<$db>::new("");
                 q.push($crate::store::shared::TRANSITION_ORDER);
-                if let Some(before) = update.updated_before {
-                    q.push(" AND updated_at < ").push_bind(before);
+                if update.updated_before.is_some() {
+                    // Numbered by hand: the statement's own $1…$8 come first
+                    // (a pushed bind would be numbered $1 on PostgreSQL).
+                    q.push(" AND updated_at < $9");
                 }
-                // The statement's own $1…$7 come first, in order.
+                // The statement's own $1…$8 come first, in order.
                 let sql = q.sql().to_owned();
                 let mut query = sqlx::query(&sql)
                     .bind(order_id)
@@ -870,7 +874,8 @@ macro_rules! impl_sql_store {
                     .bind(at)
                     .bind(&update.error)
                     .bind(&update.rejection_reason)
-                    .bind(&update.organization);
+                    .bind(&update.organization)
+                    .bind(&update.csr_der);
                 if let Some(before) = update.updated_before {
                     query = query.bind(before);
                 }
@@ -1227,6 +1232,55 @@ macro_rules! impl_sql_store {
 
             async fn overview(&self, now: i64) -> $crate::store::Result<$crate::store::Overview> {
                 self.overview_impl(now).await
+            }
+
+            async fn add_nonce(&self, nonce: &str, expires_at: i64) -> $crate::store::Result<()> {
+                self.add_nonce_impl(nonce, expires_at).await
+            }
+
+            async fn use_nonce(&self, nonce: &str, now: i64) -> $crate::store::Result<bool> {
+                self.use_nonce_impl(nonce, now).await
+            }
+
+            async fn create_acme_account(
+                &self,
+                acme: &$crate::store::AcmeAccountRecord,
+                owner: Option<&$crate::store::AccountRecord>,
+                event: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<()> {
+                self.create_acme_account_impl(acme, owner, event).await
+            }
+
+            async fn acme_account(
+                &self,
+                id: &str,
+            ) -> $crate::store::Result<Option<$crate::store::AcmeAccountRecord>> {
+                self.acme_account_impl(Some(id), None, None).await
+            }
+
+            async fn acme_account_by_key(
+                &self,
+                thumbprint: &str,
+            ) -> $crate::store::Result<Option<$crate::store::AcmeAccountRecord>> {
+                self.acme_account_impl(None, Some(thumbprint), None).await
+            }
+
+            async fn acme_account_of(
+                &self,
+                account_id: &str,
+            ) -> $crate::store::Result<Option<$crate::store::AcmeAccountRecord>> {
+                self.acme_account_impl(None, None, Some(account_id)).await
+            }
+
+            async fn update_acme_account(
+                &self,
+                id: &str,
+                contact: Option<&str>,
+                status: Option<&str>,
+                key: Option<(&str, &str)>,
+                event: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<()> {
+                self.update_acme_account_impl(id, contact, status, key, event).await
             }
 
             async fn count_users(&self) -> $crate::store::Result<i64> {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Pool, Sqlite};
 
+use super::acme::impl_acme_sql;
 use super::batch::Batcher;
 use super::dashboard::impl_dashboard_sql;
 use super::revocation::impl_revocation_sql;
@@ -65,3 +66,4 @@ impl_sql_store!(SqliteStore, Sqlite, "sqlite");
 // A SQLite read transaction is a snapshot from its first read on.
 impl_revocation_sql!(SqliteStore, Sqlite, "");
 impl_dashboard_sql!(SqliteStore, Sqlite);
+impl_acme_sql!(SqliteStore, Sqlite);

@@ -69,6 +69,12 @@ pub enum WorkflowError {
     /// The certificate was already revoked; nothing changed.
     #[error("{0}")]
     AlreadyRevoked(String),
+    /// An ACME order was finalized before all its authorizations were valid.
+    #[error("{0}")]
+    OrderNotReady(String),
+    /// A finalize CSR does not match its order (ACME `badCSR`).
+    #[error("{0}")]
+    BadCsr(String),
 }
 
 /// Unix seconds as RFC 3339 UTC (`2026-01-02T03:04:05Z`).

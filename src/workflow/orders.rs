@@ -223,86 +223,29 @@ impl Orders {
         };
 
         let now = OffsetDateTime::now_utc();
-        let at = now.unix_timestamp();
-        let expires_at = at + i64::from(self.settings.lifetime_hours) * 3600;
-        let reuse_secs = i64::from(self.settings.reuse_days) * 86_400;
-        // Time first, so ids sort by creation (pages of orders made in the
-        // same second keep their order), then 96 random bits.
-        let millis = now.unix_timestamp_nanos() / 1_000_000;
-        let key = format!("{millis:012x}{}", random_token(12));
-        let order_id = format!("ord_{key}");
+        let expires_at = now.unix_timestamp() + i64::from(self.settings.lifetime_hours) * 3600;
         let store = self.authority.store();
-        let mut authorizations = Vec::with_capacity(checked.identifiers.len());
-        for (i, identifier) in checked.identifiers.iter().enumerate() {
-            let (kind, value) = match identifier {
-                Identifier::Dns(name) => ("dns", name.clone()),
-                Identifier::Ip(ip) => ("ip", ip.to_string()),
-            };
-            let reused = if reuse_secs > 0 {
-                store
-                    .last_validation(&caller.account_id, kind, &value, at - reuse_secs)
-                    .await?
-            } else {
-                None
-            };
-            let authz_id = format!("authz_{key}_{i:03}");
-            let challenges = match reused {
-                Some(_) => Vec::new(),
-                None => ChallengeKind::offered_for(identifier)
-                    .iter()
-                    .map(|kind| ChallengeRecord {
-                        id: format!("chall_{key}_{i:03}_{}", challenge_letter(*kind)),
-                        authorization_id: authz_id.clone(),
-                        kind: kind.as_str().to_owned(),
-                        token: random_token(32),
-                        status: "pending".into(),
-                        error: None,
-                        attempted_at: None,
-                        validated_at: None,
-                        created_at: at,
-                    })
-                    .collect(),
-            };
-            authorizations.push(AuthorizationBundle {
-                authorization: AuthorizationRecord {
-                    id: authz_id,
-                    order_id: order_id.clone(),
-                    account_id: caller.account_id.clone(),
-                    identifier_type: kind.to_owned(),
-                    wildcard: value.starts_with("*."),
-                    identifier_value: value,
-                    status: if reused.is_some() { "valid" } else { "pending" }.into(),
-                    validated_at: reused,
-                    expires_at: reused.map_or(expires_at, |v| v + reuse_secs),
-                    created_at: at,
-                },
-                challenges,
-            });
-        }
-        let all_valid = authorizations.iter().all(|a| a.challenges.is_empty());
-        let organization_json = organization
+        let mut bundle = self
+            .new_bundle(
+                caller,
+                &checked.identifiers,
+                now,
+                expires_at,
+                "rest",
+                request.validation,
+            )
+            .await?;
+        let order_id = bundle.order.id.clone();
+        let all_valid = bundle
+            .authorizations
+            .iter()
+            .all(|a| a.challenges.is_empty());
+        bundle.order.profile = profile.as_str().into();
+        bundle.order.validity_days = Some(i64::from(validity_days));
+        bundle.order.csr_der = Some(checked.csr.der().to_vec());
+        bundle.order.organization = organization
             .as_ref()
             .map(|o| serde_json::to_string(o).unwrap_or_default());
-        let mut bundle = OrderBundle {
-            order: OrderRecord {
-                id: order_id.clone(),
-                account_id: caller.account_id.clone(),
-                status: OrderStatus::Pending,
-                validation: request.validation.as_str().into(),
-                source: "rest".into(),
-                profile: profile.as_str().into(),
-                validity_days: Some(i64::from(validity_days)),
-                csr_der: Some(checked.csr.der().to_vec()),
-                organization: organization_json,
-                error: None,
-                rejection_reason: None,
-                certificate_serial: None,
-                created_at: at,
-                updated_at: at,
-                expires_at,
-            },
-            authorizations,
-        };
         let actor = caller.actor.clone();
         let names: Vec<String> = checked.identifiers.iter().map(Identifier::value).collect();
         let reused = bundle
@@ -359,6 +302,95 @@ impl Orders {
             (false, _) => store.create_order(&bundle, events).await?,
         }
         Ok(bundle)
+    }
+
+    /// A new order (status `pending`, profile `server`) with one
+    /// authorization per identifier: reused when this account proved the
+    /// identifier within `orders.reuse_days`, else with fresh challenges.
+    async fn new_bundle(
+        &self,
+        caller: &Caller,
+        identifiers: &[Identifier],
+        now: OffsetDateTime,
+        expires_at: i64,
+        source: &str,
+        validation: Validation,
+    ) -> Result<OrderBundle, WorkflowError> {
+        let at = now.unix_timestamp();
+        let reuse_secs = i64::from(self.settings.reuse_days) * 86_400;
+        // Time first, so ids sort by creation (pages of orders made in the
+        // same second keep their order), then 96 random bits.
+        let millis = now.unix_timestamp_nanos() / 1_000_000;
+        let key = format!("{millis:012x}{}", random_token(12));
+        let order_id = format!("ord_{key}");
+        let store = self.authority.store();
+        let mut authorizations = Vec::with_capacity(identifiers.len());
+        for (i, identifier) in identifiers.iter().enumerate() {
+            let (kind, value) = match identifier {
+                Identifier::Dns(name) => ("dns", name.clone()),
+                Identifier::Ip(ip) => ("ip", ip.to_string()),
+            };
+            let reused = if reuse_secs > 0 {
+                store
+                    .last_validation(&caller.account_id, kind, &value, at - reuse_secs)
+                    .await?
+            } else {
+                None
+            };
+            let authz_id = format!("authz_{key}_{i:03}");
+            let challenges = match reused {
+                Some(_) => Vec::new(),
+                None => ChallengeKind::offered_for(identifier)
+                    .iter()
+                    .map(|kind| ChallengeRecord {
+                        id: format!("chall_{key}_{i:03}_{}", challenge_letter(*kind)),
+                        authorization_id: authz_id.clone(),
+                        kind: kind.as_str().to_owned(),
+                        token: random_token(32),
+                        status: "pending".into(),
+                        error: None,
+                        attempted_at: None,
+                        validated_at: None,
+                        created_at: at,
+                    })
+                    .collect(),
+            };
+            authorizations.push(AuthorizationBundle {
+                authorization: AuthorizationRecord {
+                    id: authz_id,
+                    order_id: order_id.clone(),
+                    account_id: caller.account_id.clone(),
+                    identifier_type: kind.to_owned(),
+                    wildcard: value.starts_with("*."),
+                    identifier_value: value,
+                    status: if reused.is_some() { "valid" } else { "pending" }.into(),
+                    validated_at: reused,
+                    expires_at: reused.map_or(expires_at, |v| v + reuse_secs),
+                    created_at: at,
+                },
+                challenges,
+            });
+        }
+        Ok(OrderBundle {
+            order: OrderRecord {
+                id: order_id,
+                account_id: caller.account_id.clone(),
+                status: OrderStatus::Pending,
+                validation: validation.as_str().into(),
+                source: source.into(),
+                profile: "server".into(),
+                validity_days: None,
+                csr_der: None,
+                organization: None,
+                error: None,
+                rejection_reason: None,
+                certificate_serial: None,
+                created_at: at,
+                updated_at: at,
+                expires_at,
+            },
+            authorizations,
+        })
     }
 
     /// One order, if the caller may see it: its owner, or any reviewer or
@@ -751,7 +783,10 @@ impl Orders {
             )
             .await;
         match result {
-            Ok(Some(OrderStatus::Ready)) => self.issue_ready(&order.id).await,
+            // An ACME order waits in `ready` for its client to finalize.
+            Ok(Some(OrderStatus::Ready)) if order.source == "rest" => {
+                self.issue_ready(&order.id).await
+            }
             Ok(_) => {}
             Err(StoreError::Conflict(why)) => {
                 tracing::debug!(challenge = %challenge.id, %why, "validation result superseded")
@@ -787,8 +822,14 @@ impl Orders {
                     url: identifier.to_string(),
                     reason,
                 })?;
-        let key_authorization =
-            key_authorization(&challenge.token, &rest_thumbprint(&order.account_id));
+        let thumbprint = self
+            .thumbprint_of(order)
+            .await
+            .map_err(|e| ValidationError::Dns {
+                name: authz.identifier_value.clone(),
+                reason: e.to_string(),
+            })?;
+        let key_authorization = key_authorization(&challenge.token, &thumbprint);
         // The validators bound each network step; this bounds the whole.
         let limit = self.validation_timeout * 2 + Duration::from_secs(5);
         tokio::time::timeout(
@@ -803,6 +844,136 @@ impl Orders {
                 seconds: limit.as_secs(),
             })
         })
+    }
+
+    /// The thumbprint in an order's key authorizations: the ACME account
+    /// key's for ACME orders, the REST account's derived one otherwise.
+    pub async fn thumbprint_of(&self, order: &OrderRecord) -> Result<String, StoreError> {
+        if order.source == "acme" {
+            let acme = self
+                .authority
+                .store()
+                .acme_account_of(&order.account_id)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("order {} has no ACME account", order.id))
+                })?;
+            return Ok(acme.jwk_thumbprint);
+        }
+        Ok(rest_thumbprint(&order.account_id))
+    }
+
+    /// Opens an ACME order (RFC 8555 §7.4) for identifiers, without a CSR
+    /// yet: policy checks every name, recent proofs are reused, the rest
+    /// get challenges. It waits in `pending`, then `ready` for finalize.
+    pub async fn create_acme(
+        &self,
+        caller: &Caller,
+        identifiers: &[Identifier],
+    ) -> Result<OrderBundle, WorkflowError> {
+        self.limiter.check(&caller.account_id)?;
+        if identifiers.is_empty() {
+            return Err(WorkflowError::Malformed(
+                "an order needs at least one identifier".into(),
+            ));
+        }
+        let checked = self.authority.policy().check_identifiers(identifiers)?;
+        let validity_days = self.authority.policy().validity_days(None)?;
+        let now = OffsetDateTime::now_utc();
+        let at = now.unix_timestamp();
+        let expires_at = at + i64::from(self.settings.lifetime_hours) * 3600;
+        let mut bundle = self
+            .new_bundle(caller, &checked, now, expires_at, "acme", Validation::Dv)
+            .await?;
+        bundle.order.validity_days = Some(i64::from(validity_days));
+        if bundle
+            .authorizations
+            .iter()
+            .all(|a| a.challenges.is_empty())
+        {
+            bundle.order.status = OrderStatus::Ready;
+        }
+        let names: Vec<String> = checked.iter().map(Identifier::value).collect();
+        let mut events = vec![AuditEvent {
+            at: now,
+            actor: caller.actor.clone(),
+            action: "order.create".into(),
+            subject: bundle.order.id.clone(),
+            details: serde_json::json!({"validation": "dv", "names": names, "source": "acme"}),
+        }];
+        if bundle.order.status == OrderStatus::Ready {
+            events.push(transition_event(
+                now,
+                &caller.actor,
+                &bundle.order.id,
+                OrderStatus::Ready,
+            ));
+        }
+        self.authority.store().create_order(&bundle, events).await?;
+        Ok(bundle)
+    }
+
+    /// Finalizes a `ready` ACME order with its CSR (RFC 8555 §7.4): the
+    /// CSR passes intake and policy and names exactly the order's
+    /// identifiers; then the certificate is issued.
+    pub async fn finalize(
+        &self,
+        caller: &Caller,
+        order_id: &str,
+        csr: &[u8],
+    ) -> Result<OrderBundle, WorkflowError> {
+        let bundle = self.get(caller, order_id).await?;
+        if bundle.order.status != OrderStatus::Ready {
+            return Err(WorkflowError::OrderNotReady(format!(
+                "order {order_id} is {}; it can be finalized only when ready",
+                bundle.order.status
+            )));
+        }
+        let checked = self.authority.check_csr(csr)?;
+        let mut want: Vec<String> = bundle
+            .authorizations
+            .iter()
+            .map(|a| a.authorization.identifier_value.clone())
+            .collect();
+        let mut have: Vec<String> = checked.identifiers.iter().map(Identifier::value).collect();
+        want.sort();
+        have.sort();
+        if want != have {
+            return Err(WorkflowError::BadCsr(format!(
+                "the CSR names {} but the order is for {}",
+                have.join(", "),
+                want.join(", ")
+            )));
+        }
+        let now = OffsetDateTime::now_utc();
+        let moved = self
+            .authority
+            .store()
+            .transition_order(
+                order_id,
+                OrderStatus::Ready,
+                OrderStatus::Processing,
+                &OrderUpdate {
+                    csr_der: Some(checked.csr.der().to_vec()),
+                    ..OrderUpdate::default()
+                },
+                now.unix_timestamp(),
+                vec![transition_event(
+                    now,
+                    &caller.actor,
+                    order_id,
+                    OrderStatus::Processing,
+                )],
+            )
+            .await?;
+        if !moved {
+            return Err(WorkflowError::OrderNotReady(format!(
+                "order {order_id} changed meanwhile; it is no longer ready"
+            )));
+        }
+        let order = self.load(order_id).await?.order;
+        self.issue_claimed(&order).await?;
+        self.load(order_id).await
     }
 
     /// Takes a `ready` DV order to `processing` and issues it.
