@@ -69,6 +69,7 @@ pub fn https_router(state: Arc<AppState>) -> Router {
     let router = public::router()
         .merge(web::router())
         .merge(api::router())
+        .merge(acme::router())
         .with_state(state);
     common_layers(router)
         .layer(TraceLayer::new_for_http())

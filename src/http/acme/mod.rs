@@ -1,4 +1,743 @@
 //! ACME (RFC 8555) on the HTTPS listener, sharing the order workflow and
-//! validators with the REST API. Built in steps: the JWS layer first.
+//! validators with the REST API (one engine, two front doors).
+//!
+//! Every POST is a JWS checked here in one place ([`Acme::verify`]): a
+//! nonce from the database (single use, valid on every instance), the
+//! `url` header equal to the URL requested, `kid` naming a valid account
+//! (or `jwk` where the RFC allows it), and the signature. Every answer
+//! carries a fresh `Replay-Nonce` and `Link: <directory>;rel="index"`.
 
 pub mod jws;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use self::jws::{thumbprint, Jws};
+use super::problem::Problem;
+use super::AppState;
+use crate::pki::{pem_encode, Identifier, Serial};
+use crate::store::{
+    AccountRecord, AcmeAccountRecord, AuditEvent, OrderBundle, OrderStatus, StoreError,
+};
+use crate::workflow::accounts::{Caller, Role};
+use crate::workflow::users::random_token;
+
+/// How long a nonce may wait for its request.
+const NONCE_LIFETIME_SECS: i64 = 3600;
+
+/// Routes under `/acme`.
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/acme/directory", get(directory))
+        .route("/acme/new-nonce", get(new_nonce).head(new_nonce))
+        .route("/acme/new-account", post(new_account))
+        .route("/acme/account/{id}", post(account))
+        .route("/acme/account/{id}/orders", post(account_orders))
+        .route("/acme/new-order", post(new_order))
+        .route("/acme/order/{id}", post(order))
+        .route("/acme/order/{id}/finalize", post(finalize))
+        .route("/acme/authz/{id}", post(authorization))
+        .route("/acme/chall/{id}", post(challenge))
+        .route("/acme/cert/{serial}", post(certificate))
+}
+
+fn base(state: &AppState) -> String {
+    format!("{}/acme", state.public_https_url)
+}
+
+/// A fresh nonce, recorded so any instance accepts it once.
+async fn fresh_nonce(state: &AppState) -> Option<String> {
+    let nonce = random_token(16);
+    let expires = time::OffsetDateTime::now_utc().unix_timestamp() + NONCE_LIFETIME_SECS;
+    match state.authority.store().add_nonce(&nonce, expires).await {
+        Ok(()) => Some(nonce),
+        Err(e) => {
+            tracing::error!(error = %e, "storing an ACME nonce failed");
+            None
+        }
+    }
+}
+
+/// Adds `Replay-Nonce`, `Link: rel="index"` and `Cache-Control: no-store`.
+async fn finish(state: &AppState, mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    if let Some(nonce) = fresh_nonce(state).await {
+        if let Ok(v) = HeaderValue::from_str(&nonce) {
+            headers.insert("replay-nonce", v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("<{}/directory>;rel=\"index\"", base(state))) {
+        headers.append(header::LINK, v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn acme_problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Problem {
+    let title = match code {
+        "badNonce" => "Bad nonce",
+        "accountDoesNotExist" => "Account does not exist",
+        "badSignatureAlgorithm" => "Bad signature algorithm",
+        "unauthorized" => "Unauthorized",
+        _ => "Malformed request",
+    };
+    Problem::acme(status, code, title, detail)
+}
+
+async fn directory(State(state): State<Arc<AppState>>) -> Response {
+    let b = base(&state);
+    let body = json!({
+        "newNonce": format!("{b}/new-nonce"),
+        "newAccount": format!("{b}/new-account"),
+        "newOrder": format!("{b}/new-order"),
+        "meta": {
+            "website": state.public_https_url,
+            "externalAccountRequired": false,
+        }
+    });
+    finish(&state, Json(body).into_response()).await
+}
+
+async fn new_nonce(State(state): State<Arc<AppState>>, method: Method) -> Response {
+    let status = if method == Method::HEAD {
+        StatusCode::OK
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    finish(&state, status.into_response()).await
+}
+
+/// A verified request: its JWS and the account that signed it (none for
+/// `jwk` requests).
+struct Verified {
+    jws: Jws,
+    account: Option<AcmeAccountRecord>,
+}
+
+impl Verified {
+    fn account(&self) -> &AcmeAccountRecord {
+        self.account.as_ref().expect("kid requests have an account")
+    }
+
+    /// The hallmark account acting, as the order workflow sees it.
+    fn caller(&self) -> Caller {
+        let a = self.account();
+        Caller {
+            account_id: a.account_id.clone(),
+            name: format!("acme:{}", a.id),
+            role: Role::Requester,
+            actor: format!("acme:{}", a.id),
+        }
+    }
+
+    fn is_post_as_get(&self) -> bool {
+        self.jws.payload.is_empty()
+    }
+}
+
+/// Checks nonce, url, key and signature. `jwk_ok`: this resource takes a
+/// `jwk` (newAccount) instead of a `kid`.
+async fn verify(
+    state: &AppState,
+    uri: &Uri,
+    body: &[u8],
+    jwk_ok: bool,
+) -> Result<Verified, Problem> {
+    let bad = StatusCode::BAD_REQUEST;
+    let jws = Jws::parse(body).map_err(|e| acme_problem(bad, e.acme_code(), e.to_string()))?;
+    let store = state.authority.store();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let nonce = jws
+        .protected
+        .nonce
+        .as_deref()
+        .ok_or_else(|| acme_problem(bad, "badNonce", "the JWS header has no \"nonce\""))?;
+    if !store.use_nonce(nonce, now).await? {
+        return Err(acme_problem(
+            bad,
+            "badNonce",
+            "the nonce is unknown, used or expired; retry with the one in this answer's Replay-Nonce",
+        ));
+    }
+    let expected = format!("{}{}", state.public_https_url, uri.path());
+    if jws.protected.url != expected {
+        return Err(acme_problem(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!(
+                "the JWS \"url\" is {:?} but the request went to {expected:?}",
+                jws.protected.url
+            ),
+        ));
+    }
+    match (&jws.protected.kid, &jws.protected.jwk) {
+        (Some(kid), None) => {
+            let prefix = format!("{}/account/", base(state));
+            let id = kid.strip_prefix(&prefix).unwrap_or("");
+            let account = if id.is_empty() {
+                None
+            } else {
+                store.acme_account(id).await?
+            };
+            let Some(account) = account else {
+                return Err(acme_problem(
+                    bad,
+                    "accountDoesNotExist",
+                    format!("there is no account {kid:?}"),
+                ));
+            };
+            if account.status != "valid" {
+                return Err(acme_problem(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    format!("the account is {}", account.status),
+                ));
+            }
+            let jwk: Value = serde_json::from_str(&account.jwk)
+                .map_err(|e| Problem::internal(&StoreError::Corrupt(e.to_string())))?;
+            jws.verify(&jwk)
+                .map_err(|e| acme_problem(bad, e.acme_code(), e.to_string()))?;
+            Ok(Verified {
+                jws,
+                account: Some(account),
+            })
+        }
+        (None, Some(jwk)) if jwk_ok => {
+            jws.verify(jwk)
+                .map_err(|e| acme_problem(bad, e.acme_code(), e.to_string()))?;
+            Ok(Verified { jws, account: None })
+        }
+        (None, Some(_)) => Err(acme_problem(
+            bad,
+            "malformed",
+            "this request must be signed with the account's \"kid\", not a \"jwk\"",
+        )),
+        _ => Err(acme_problem(
+            bad,
+            "malformed",
+            "the JWS header must have one of \"jwk\" and \"kid\"",
+        )),
+    }
+}
+
+/// Runs a handler body after verification, adding the ACME headers to
+/// whatever it answers (problems included).
+async fn respond(state: &AppState, result: Result<Response, Problem>) -> Response {
+    let response = match result {
+        Ok(r) => r,
+        Err(p) => p.into_response(),
+    };
+    finish(state, response).await
+}
+
+fn account_json(state: &AppState, a: &AcmeAccountRecord) -> Value {
+    let contact: Value = serde_json::from_str(&a.contact).unwrap_or(json!([]));
+    json!({
+        "status": a.status,
+        "contact": contact,
+        "orders": format!("{}/account/{}/orders", base(state), a.id),
+    })
+}
+
+fn with_location(status: StatusCode, location: &str, body: Value) -> Response {
+    let mut r = (status, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+fn contacts(payload: &Value) -> Result<Option<String>, Problem> {
+    let Some(c) = payload.get("contact") else {
+        return Ok(None);
+    };
+    let list = c.as_array().ok_or_else(|| {
+        acme_problem(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "\"contact\" must be an array",
+        )
+    })?;
+    for item in list {
+        let ok = item
+            .as_str()
+            .is_some_and(|s| s.starts_with("mailto:") && s.len() <= 254 && !s.contains(','));
+        if !ok {
+            return Err(Problem::acme(
+                StatusCode::BAD_REQUEST,
+                "invalidContact",
+                "Invalid contact",
+                "each contact must be one mailto: URL",
+            ));
+        }
+    }
+    Ok(Some(c.to_string()))
+}
+
+async fn new_account(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -> Response {
+    let result = async {
+        let v = verify(&state, &uri, &body, true).await?;
+        let payload = v
+            .jws
+            .json()
+            .map_err(|e| acme_problem(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+        let jwk = v.jws.protected.jwk.clone().unwrap_or_default();
+        let thumb = thumbprint(&jwk)
+            .map_err(|e| acme_problem(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+        let store = state.authority.store();
+        if let Some(existing) = store.acme_account_by_key(&thumb).await? {
+            let url = format!("{}/account/{}", base(&state), existing.id);
+            return Ok(with_location(
+                StatusCode::OK,
+                &url,
+                account_json(&state, &existing),
+            ));
+        }
+        if payload.get("onlyReturnExisting").and_then(Value::as_bool) == Some(true) {
+            return Err(acme_problem(
+                StatusCode::BAD_REQUEST,
+                "accountDoesNotExist",
+                "no account exists for this key",
+            ));
+        }
+        let contact = contacts(&payload)?.unwrap_or_else(|| "[]".into());
+        let now = time::OffsetDateTime::now_utc();
+        let id = random_token(12);
+        let owner = AccountRecord {
+            id: format!("acct_{}", random_token(12)),
+            name: format!("acme {}", &thumb[..8]),
+            role: "requester".into(),
+            disabled: false,
+            created_at: now.unix_timestamp(),
+        };
+        let acme = AcmeAccountRecord {
+            id: id.clone(),
+            account_id: owner.id.clone(),
+            jwk_thumbprint: thumb.clone(),
+            jwk: jwk.to_string(),
+            contact,
+            status: "valid".into(),
+            created_at: now.unix_timestamp(),
+        };
+        let event = AuditEvent {
+            at: now,
+            actor: format!("acme:{id}"),
+            action: "acme.account.create".into(),
+            subject: id.clone(),
+            details: json!({"account": owner.id, "thumbprint": thumb}),
+        };
+        store
+            .create_acme_account(&acme, Some(&owner), event)
+            .await?;
+        let url = format!("{}/account/{id}", base(&state));
+        Ok(with_location(
+            StatusCode::CREATED,
+            &url,
+            account_json(&state, &acme),
+        ))
+    }
+    .await;
+    respond(&state, result).await
+}
+
+async fn account(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let v = verify(&state, &uri, &body, false).await?;
+        let a = v.account();
+        if a.id != id {
+            return Err(acme_problem(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this is not your account",
+            ));
+        }
+        if v.is_post_as_get() {
+            return Ok(Json(account_json(&state, a)).into_response());
+        }
+        let payload = v
+            .jws
+            .json()
+            .map_err(|e| acme_problem(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+        let contact = contacts(&payload)?;
+        let deactivate = payload.get("status").and_then(Value::as_str) == Some("deactivated");
+        if contact.is_some() || deactivate {
+            let event = AuditEvent {
+                at: time::OffsetDateTime::now_utc(),
+                actor: format!("acme:{id}"),
+                action: if deactivate {
+                    "acme.account.deactivate"
+                } else {
+                    "acme.account.update"
+                }
+                .into(),
+                subject: id.clone(),
+                details: json!({}),
+            };
+            state
+                .authority
+                .store()
+                .update_acme_account(
+                    &id,
+                    contact.as_deref(),
+                    deactivate.then_some("deactivated"),
+                    None,
+                    event,
+                )
+                .await?;
+        }
+        let updated = state
+            .authority
+            .store()
+            .acme_account(&id)
+            .await?
+            .ok_or_else(|| {
+                acme_problem(
+                    StatusCode::BAD_REQUEST,
+                    "accountDoesNotExist",
+                    "the account is gone",
+                )
+            })?;
+        Ok(Json(account_json(&state, &updated)).into_response())
+    }
+    .await;
+    respond(&state, result).await
+}
+
+async fn account_orders(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let v = verify(&state, &uri, &body, false).await?;
+        if v.account().id != id {
+            return Err(acme_problem(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this is not your account",
+            ));
+        }
+        let orders = state
+            .authority
+            .store()
+            .orders(&crate::store::OrderQuery {
+                account_id: Some(v.account().account_id.clone()),
+                status: None,
+                before: None,
+                limit: 100,
+            })
+            .await?;
+        let urls: Vec<String> = orders
+            .iter()
+            .filter(|o| o.source == "acme")
+            .map(|o| format!("{}/order/{}", base(&state), o.id))
+            .collect();
+        Ok(Json(json!({ "orders": urls })).into_response())
+    }
+    .await;
+    respond(&state, result).await
+}
+
+/// The ACME name of an order status (OV states never occur for ACME).
+fn order_status(s: OrderStatus) -> &'static str {
+    match s {
+        OrderStatus::Pending => "pending",
+        OrderStatus::Ready => "ready",
+        OrderStatus::Processing => "processing",
+        OrderStatus::Valid => "valid",
+        _ => "invalid",
+    }
+}
+
+fn rfc3339(t: i64) -> String {
+    crate::workflow::rfc3339(t)
+}
+
+fn identifier_json(kind: &str, value: &str) -> Value {
+    json!({"type": kind, "value": value})
+}
+
+fn order_json(state: &AppState, b: &OrderBundle) -> Value {
+    let base = base(state);
+    let o = &b.order;
+    let mut v = json!({
+        "status": order_status(o.status),
+        "expires": rfc3339(o.expires_at),
+        "identifiers": b.authorizations.iter().map(|a| identifier_json(&a.authorization.identifier_type, &a.authorization.identifier_value)).collect::<Vec<_>>(),
+        "authorizations": b.authorizations.iter().map(|a| format!("{base}/authz/{}", a.authorization.id)).collect::<Vec<_>>(),
+        "finalize": format!("{base}/order/{}/finalize", o.id),
+    });
+    if let Some(serial) = &o.certificate_serial {
+        v["certificate"] = json!(format!("{base}/cert/{serial}"));
+    }
+    if let Some(err) = o
+        .error
+        .as_deref()
+        .and_then(|e| serde_json::from_str::<Value>(e).ok())
+    {
+        v["error"] = err;
+    }
+    v
+}
+
+fn order_response(state: &AppState, b: &OrderBundle, status: StatusCode) -> Response {
+    let url = format!("{}/order/{}", base(state), b.order.id);
+    let mut r = with_location(status, &url, order_json(state, b));
+    if b.order.status == OrderStatus::Processing {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+fn parse_identifiers(payload: &Value) -> Result<Vec<Identifier>, Problem> {
+    let bad = |d: &str| acme_problem(StatusCode::BAD_REQUEST, "malformed", d);
+    let list = payload
+        .get("identifiers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("a new order needs \"identifiers\""))?;
+    list.iter()
+        .map(|i| {
+            let value = i
+                .get("value")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("an identifier needs a \"value\""))?;
+            match i.get("type").and_then(Value::as_str) {
+                Some("dns") => Ok(Identifier::Dns(value.to_owned())),
+                Some("ip") => value
+                    .parse()
+                    .map(Identifier::Ip)
+                    .map_err(|_| bad(&format!("{value:?} is not an IP address"))),
+                _ => Err(Problem::acme(
+                    StatusCode::BAD_REQUEST,
+                    "unsupportedIdentifier",
+                    "Unsupported identifier",
+                    "identifiers are of type \"dns\" or \"ip\"",
+                )),
+            }
+        })
+        .collect()
+}
+
+async fn new_order(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -> Response {
+    let result = async {
+        let v = verify(&state, &uri, &body, false).await?;
+        let payload = v.jws.json().map_err(|e| acme_problem(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+        if payload.get("notBefore").is_some() || payload.get("notAfter").is_some() {
+            return Err(acme_problem(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                "notBefore and notAfter are not supported; certificates start now and last the policy's default validity",
+            ));
+        }
+        let identifiers = parse_identifiers(&payload)?;
+        let bundle = state.orders.create_acme(&v.caller(), &identifiers).await?;
+        Ok(order_response(&state, &bundle, StatusCode::CREATED))
+    }
+    .await;
+    respond(&state, result).await
+}
+
+async fn order(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let v = verify(&state, &uri, &body, false).await?;
+        let bundle = state.orders.get(&v.caller(), &id).await?;
+        Ok(order_response(&state, &bundle, StatusCode::OK))
+    }
+    .await;
+    respond(&state, result).await
+}
+
+async fn finalize(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let v = verify(&state, &uri, &body, false).await?;
+        let payload = v
+            .jws
+            .json()
+            .map_err(|e| acme_problem(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+        let csr = payload
+            .get("csr")
+            .and_then(Value::as_str)
+            .and_then(|c| URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok())
+            .ok_or_else(|| {
+                acme_problem(
+                    StatusCode::BAD_REQUEST,
+                    "malformed",
+                    "finalize needs \"csr\": the DER CSR in base64url",
+                )
+            })?;
+        let bundle = state.orders.finalize(&v.caller(), &id, &csr).await?;
+        Ok(order_response(&state, &bundle, StatusCode::OK))
+    }
+    .await;
+    respond(&state, result).await
+}
+
+/// `authz_<key>_<n>` and `chall_<key>_<n>_<x>` belong to `ord_<key>`.
+fn order_of(id: &str, prefix: &str) -> Option<String> {
+    let rest = id.strip_prefix(prefix)?;
+    let key = rest.split('_').next()?;
+    (!key.is_empty()).then(|| format!("ord_{key}"))
+}
+
+fn challenge_json(state: &AppState, c: &crate::store::ChallengeRecord) -> Value {
+    let mut v = json!({
+        "type": c.kind,
+        "url": format!("{}/chall/{}", base(state), c.id),
+        "token": c.token,
+        "status": match c.status.as_str() { "processing" => "processing", s => s },
+    });
+    if let Some(t) = c.validated_at {
+        v["validated"] = json!(rfc3339(t));
+    }
+    if let Some(err) = c
+        .error
+        .as_deref()
+        .and_then(|e| serde_json::from_str::<Value>(e).ok())
+    {
+        v["error"] = err;
+    }
+    v
+}
+
+fn authz_json(state: &AppState, a: &crate::store::AuthorizationBundle) -> Value {
+    let r = &a.authorization;
+    let value = r
+        .identifier_value
+        .strip_prefix("*.")
+        .unwrap_or(&r.identifier_value);
+    let mut v = json!({
+        "identifier": identifier_json(&r.identifier_type, value),
+        "status": r.status,
+        "expires": rfc3339(r.expires_at),
+        "challenges": a.challenges.iter().map(|c| challenge_json(state, c)).collect::<Vec<_>>(),
+    });
+    if r.wildcard {
+        v["wildcard"] = json!(true);
+    }
+    v
+}
+
+async fn authorization(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let v = verify(&state, &uri, &body, false).await?;
+        let not_found = || Problem::not_found(format!("there is no authorization {id:?}"));
+        let order_id = order_of(&id, "authz_").ok_or_else(not_found)?;
+        let bundle = state
+            .orders
+            .get(&v.caller(), &order_id)
+            .await
+            .map_err(|_| not_found())?;
+        let authz = bundle
+            .authorizations
+            .iter()
+            .find(|a| a.authorization.id == id)
+            .ok_or_else(not_found)?;
+        Ok(Json(authz_json(&state, authz)).into_response())
+    }
+    .await;
+    respond(&state, result).await
+}
+
+async fn challenge(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let v = verify(&state, &uri, &body, false).await?;
+        let not_found = || Problem::not_found(format!("there is no challenge {id:?}"));
+        let order_id = order_of(&id, "chall_").ok_or_else(not_found)?;
+        let caller = v.caller();
+        let mut bundle = state
+            .orders
+            .get(&caller, &order_id)
+            .await
+            .map_err(|_| not_found())?;
+        let find = |b: &OrderBundle| {
+            b.authorizations
+                .iter()
+                .flat_map(|a| a.challenges.iter())
+                .find(|c| c.id == id)
+                .cloned()
+        };
+        let current = find(&bundle).ok_or_else(not_found)?;
+        if !v.is_post_as_get() && current.status == "pending" {
+            // The client says it is ready: validate (in the background).
+            bundle = state.orders.respond(&caller, &order_id, &id).await?;
+        }
+        let c = find(&bundle).ok_or_else(not_found)?;
+        let authz_url = format!("{}/authz/{}", base(&state), c.authorization_id);
+        let mut r = Json(challenge_json(&state, &c)).into_response();
+        if let Ok(link) = HeaderValue::from_str(&format!("<{authz_url}>;rel=\"up\"")) {
+            r.headers_mut().append(header::LINK, link);
+        }
+        Ok(r)
+    }
+    .await;
+    respond(&state, result).await
+}
+
+async fn certificate(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    Path(serial): Path<String>,
+    _headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let v = verify(&state, &uri, &body, false).await?;
+        let not_found = || Problem::not_found(format!("there is no certificate {serial:?}"));
+        let parsed: Serial = serial.parse().map_err(|_| not_found())?;
+        let cert = match state.authority.store().certificate(&parsed).await {
+            Err(StoreError::NotFound) => return Err(not_found()),
+            other => other?,
+        };
+        if cert.account_id.as_deref() != Some(v.account().account_id.as_str()) {
+            return Err(not_found());
+        }
+        let issuer = state.authority.issuer().certificate();
+        let chain = format!("{}{}", pem_encode("CERTIFICATE", &cert.der), issuer.pem());
+        Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::http::api::PEM_CHAIN),
+            )],
+            chain,
+        )
+            .into_response())
+    }
+    .await;
+    respond(&state, result).await
+}
