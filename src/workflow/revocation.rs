@@ -105,6 +105,19 @@ impl Authority {
             .await
     }
 
+    /// Revokes a certificate for a caller who proved possession of its key
+    /// some other way (an ACME revokeCert JWS signed by the certificate's
+    /// key, checked by the caller against the certificate).
+    pub async fn revoke_as_key_holder(
+        &self,
+        serial: &Serial,
+        request: RevokeRequest,
+        actor: &str,
+    ) -> Result<CertificateRecord, WorkflowError> {
+        let cert = self.revocable(serial).await?;
+        self.record_revocation(cert, actor, "key", request).await
+    }
+
     /// The certificate, if it exists and can still be revoked.
     async fn revocable(&self, serial: &Serial) -> Result<CertificateRecord, WorkflowError> {
         let cert = match self.store.certificate(serial).await {

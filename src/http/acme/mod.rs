@@ -24,11 +24,13 @@ use serde_json::{json, Value};
 use self::jws::{thumbprint, Jws};
 use super::problem::Problem;
 use super::AppState;
+use crate::pki::crl::RevocationReason;
 use crate::pki::{pem_encode, Identifier, Serial};
 use crate::store::{
     AccountRecord, AcmeAccountRecord, AuditEvent, OrderBundle, OrderStatus, StoreError,
 };
 use crate::workflow::accounts::{Caller, Role};
+use crate::workflow::revocation::{RevokeRequest, Revoker};
 use crate::workflow::users::random_token;
 
 /// How long a nonce may wait for its request.
@@ -48,6 +50,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/acme/authz/{id}", post(authorization))
         .route("/acme/chall/{id}", post(challenge))
         .route("/acme/cert/{serial}", post(certificate))
+        .route("/acme/revoke-cert", post(revoke_cert))
 }
 
 fn base(state: &AppState) -> String {
@@ -99,6 +102,7 @@ async fn directory(State(state): State<Arc<AppState>>) -> Response {
         "newNonce": format!("{b}/new-nonce"),
         "newAccount": format!("{b}/new-account"),
         "newOrder": format!("{b}/new-order"),
+        "revokeCert": format!("{b}/revoke-cert"),
         "meta": {
             "website": state.public_https_url,
             "externalAccountRequired": false,
@@ -737,6 +741,106 @@ async fn certificate(
             chain,
         )
             .into_response())
+    }
+    .await;
+    respond(&state, result).await
+}
+
+/// Whether `jwk` is the public key of the certificate `der`.
+fn jwk_matches_certificate(jwk: &Value, der: &[u8]) -> bool {
+    use x509_parser::prelude::FromDer;
+    use x509_parser::public_key::PublicKey;
+    let Ok(key) = jws::PublicJwk::from_jwk(jwk) else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) else {
+        return false;
+    };
+    let spki = cert.public_key();
+    let bits = spki.subject_public_key.data.as_ref();
+    match key {
+        jws::PublicJwk::P256(p) | jws::PublicJwk::P384(p) | jws::PublicJwk::Ed25519(p) => p == bits,
+        jws::PublicJwk::Rsa { n, e } => match spki.parsed() {
+            Ok(PublicKey::RSA(rsa)) => {
+                let trim = |b: &[u8]| {
+                    b.iter()
+                        .skip_while(|x| **x == 0)
+                        .copied()
+                        .collect::<Vec<u8>>()
+                };
+                trim(rsa.modulus) == trim(&n) && trim(rsa.exponent) == trim(&e)
+            }
+            _ => false,
+        },
+    }
+}
+
+/// revokeCert (RFC 8555 §7.6): signed by the account that owns the
+/// certificate (`kid`) or by the certificate's own key (`jwk`).
+async fn revoke_cert(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -> Response {
+    let result = async {
+        let v = verify(&state, &uri, &body, true).await?;
+        let payload = v.jws.json().map_err(|e| acme_problem(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+        let der = payload
+            .get("certificate")
+            .and_then(Value::as_str)
+            .and_then(|c| URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok())
+            .ok_or_else(|| acme_problem(StatusCode::BAD_REQUEST, "malformed", "revokeCert needs \"certificate\": the DER certificate in base64url"))?;
+        let reason = match payload.get("reason").and_then(Value::as_i64) {
+            None => RevocationReason::Unspecified,
+            Some(code) => RevocationReason::from_code(code).ok_or_else(|| {
+                Problem::acme(
+                    StatusCode::BAD_REQUEST,
+                    "badRevocationReason",
+                    "Bad revocation reason",
+                    format!("reason {code} is not offered; use 0-5 or 9 (certificateHold is not)"),
+                )
+            })?,
+        };
+        let serial: Option<Serial> = {
+            use x509_parser::prelude::FromDer;
+            x509_parser::certificate::X509Certificate::from_der(&der)
+                .ok()
+                .and_then(|(_, c)| hex::encode(c.raw_serial()).parse().ok())
+        };
+        let not_ours = || Problem::not_found("this CA did not issue that certificate");
+        let serial = serial.ok_or_else(not_ours)?;
+        let store = state.authority.store();
+        let cert = match store.certificate(&serial).await {
+            Err(StoreError::NotFound) => return Err(not_ours()),
+            other => other?,
+        };
+        if cert.der != der {
+            return Err(not_ours());
+        }
+        let request = RevokeRequest { reason, invalidity_date: None };
+        match &v.account {
+            Some(a) => {
+                if cert.account_id.as_deref() != Some(a.account_id.as_str()) {
+                    return Err(acme_problem(
+                        StatusCode::FORBIDDEN,
+                        "unauthorized",
+                        "this account did not order that certificate; sign with the certificate's key instead",
+                    ));
+                }
+                state.authority.revoke(Revoker::Account(&v.caller()), &serial, request).await?;
+            }
+            None => {
+                let jwk = v.jws.protected.jwk.clone().unwrap_or_default();
+                if !jwk_matches_certificate(&jwk, &cert.der) {
+                    return Err(acme_problem(
+                        StatusCode::FORBIDDEN,
+                        "unauthorized",
+                        "the JWS key is neither an account's nor the certificate's",
+                    ));
+                }
+                state
+                    .authority
+                    .revoke_as_key_holder(&serial, request, "acme:key-holder")
+                    .await?;
+            }
+        }
+        Ok(StatusCode::OK.into_response())
     }
     .await;
     respond(&state, result).await
