@@ -602,11 +602,35 @@ async fn finalize(
     respond(&state, result).await
 }
 
-/// `authz_<key>_<n>` and `chall_<key>_<n>_<x>` belong to `ord_<key>`.
+/// `authz_<key>_<n>` and `chall_<key>_<n>_<x>` belong to `ord_<key>`
+/// (the key is base64url and may itself hold `_`, so split from the end).
 fn order_of(id: &str, prefix: &str) -> Option<String> {
     let rest = id.strip_prefix(prefix)?;
-    let key = rest.split('_').next()?;
+    let tail_segments = if prefix == "chall_" { 2 } else { 1 };
+    let mut key = rest;
+    for _ in 0..tail_segments {
+        key = key.rsplit_once('_')?.0;
+    }
     (!key.is_empty()).then(|| format!("ord_{key}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order_of;
+
+    #[test]
+    fn ids_lead_back_to_their_order_even_with_underscores_in_the_key() {
+        assert_eq!(
+            order_of("authz_01ab_c-d_000", "authz_").as_deref(),
+            Some("ord_01ab_c-d")
+        );
+        assert_eq!(
+            order_of("chall_01ab_c-d_002_h", "chall_").as_deref(),
+            Some("ord_01ab_c-d")
+        );
+        assert_eq!(order_of("chall_x", "chall_"), None);
+        assert_eq!(order_of("authz_", "authz_"), None);
+    }
 }
 
 fn challenge_json(state: &AppState, c: &crate::store::ChallengeRecord) -> Value {

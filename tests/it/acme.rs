@@ -1,0 +1,207 @@
+//! ACME against real clients: certbot (PyPI) gets, renews and revokes a
+//! certificate for two names by http-01 through its own standalone server,
+//! with hallmark's validator resolving the names through a test DNS server.
+//! On SQLite and PostgreSQL; skipped without certbot except under CI.
+
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use x509_parser::prelude::*;
+
+use crate::common::*;
+use crate::orders::DvLab;
+
+fn certbot_present() -> bool {
+    if Command::new("certbot").arg("--version").output().is_ok() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but certbot is not installed (pip install certbot)");
+    }
+    eprintln!("note: certbot is not installed; skipping the certbot test");
+    false
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serial_of(pem: &str) -> String {
+    let der = hallmark::pki::pem_decode_all(pem, "CERTIFICATE").remove(0);
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    hex::encode(cert.raw_serial())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certbot_gets_renews_and_revokes_a_certificate_by_http01() {
+    if !certbot_present() {
+        return;
+    }
+    for backend in backends() {
+        let port = free_port();
+        let lab = DvLab::new(
+            backend,
+            &[
+                ("HALLMARK_VALIDATION__HTTP_PORT", port.to_string()),
+                ("HALLMARK_CRL__DEBOUNCE_SECS", "0".into()),
+            ],
+        )
+        .await;
+        let dir = lab.ca.dir.path().to_owned();
+        std::fs::write(dir.join("root.pem"), &lab.running.root_pem).unwrap();
+        let server = format!("{}/acme/directory", lab.running.https_url);
+        let certbot = move |args: Vec<String>| {
+            let dir = dir.clone();
+            let server = server.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let mut cmd = Command::new("certbot");
+                    cmd.args(&args)
+                        .args(["--non-interactive", "--server", &server])
+                        .args([
+                            "--config-dir",
+                            "cb/config",
+                            "--work-dir",
+                            "cb/work",
+                            "--logs-dir",
+                            "cb/logs",
+                        ])
+                        .current_dir(&dir)
+                        .env("REQUESTS_CA_BUNDLE", dir.join("root.pem"));
+                    let out = cmd.output().unwrap();
+                    (
+                        out.status.success(),
+                        format!(
+                            "{}{}",
+                            String::from_utf8_lossy(&out.stdout),
+                            String::from_utf8_lossy(&out.stderr)
+                        ),
+                    )
+                })
+                .await
+                .unwrap()
+            }
+        };
+        let p = port.to_string();
+        let (ok, out) = certbot(
+            [
+                "certonly",
+                "--standalone",
+                "--http-01-port",
+                &p,
+                "-d",
+                "web.internal",
+                "-d",
+                "api.internal",
+                "--agree-tos",
+                "--register-unsafely-without-email",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .await;
+        assert!(ok, "certbot certonly failed:\n{out}");
+        let live = lab.ca.dir.path().join("cb/config/live/web.internal");
+        let cert = std::fs::read_to_string(live.join("cert.pem")).unwrap();
+        let chain = std::fs::read_to_string(live.join("chain.pem")).unwrap();
+        assert_openssl_verifies(lab.ca.dir.path(), &lab.running.root_pem, &chain, &cert);
+        let text = openssl(
+            lab.ca.dir.path(),
+            &[
+                "x509",
+                "-in",
+                "leaf.pem",
+                "-noout",
+                "-ext",
+                "subjectAltName",
+            ],
+        );
+        assert!(
+            text.contains("DNS:web.internal") && text.contains("DNS:api.internal"),
+            "{text}"
+        );
+        let first = serial_of(&cert);
+
+        let (ok, out) = certbot(
+            [
+                "renew",
+                "--force-renewal",
+                "--no-random-sleep-on-renew",
+                "--http-01-port",
+                &p,
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .await;
+        assert!(ok, "certbot renew failed:\n{out}");
+        let renewed = std::fs::read_to_string(live.join("cert.pem")).unwrap();
+        let second = serial_of(&renewed);
+        assert_ne!(first, second, "renewal issued a new certificate");
+
+        let cert_path = live.join("cert.pem").to_string_lossy().into_owned();
+        let (ok, out) = certbot(
+            [
+                "revoke",
+                "--cert-path",
+                &cert_path,
+                "--reason",
+                "keycompromise",
+                "--no-delete-after-revoke",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .await;
+        assert!(ok, "certbot revoke failed:\n{out}");
+        let stored = lab
+            .running
+            .authority
+            .store()
+            .certificate(&second.parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(stored.revocation_reason, Some(1));
+        // The next CRL lists it.
+        let issuer = lab.running.authority.issuer().certificate().id().to_owned();
+        let url = format!("{}/crl/{issuer}.crl", lab.running.http_url);
+        let mut listed = false;
+        for _ in 0..100 {
+            let r = reqwest::get(&url).await.unwrap();
+            if r.status() == StatusCode::OK {
+                let der = r.bytes().await.unwrap();
+                let (_, crl) = CertificateRevocationList::from_der(&der).unwrap();
+                if crl
+                    .iter_revoked_certificates()
+                    .any(|e| hex::encode(e.raw_serial()) == second)
+                {
+                    listed = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(listed, "the revoked certificate is in the next CRL");
+        // Every step is in the audit chain, under the ACME account.
+        let audit = lab
+            .running
+            .authority
+            .store()
+            .audit_page(0, 10_000)
+            .await
+            .unwrap();
+        assert!(audit.iter().any(|r| r.action == "acme.account.create"));
+        assert!(audit
+            .iter()
+            .any(|r| r.action == "certificate.revoke" && r.actor.starts_with("acme:")));
+        hallmark::workflow::audit::verify(lab.running.authority.store().as_ref())
+            .await
+            .unwrap();
+        lab.finish().await;
+    }
+}
