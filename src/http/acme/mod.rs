@@ -614,25 +614,6 @@ fn order_of(id: &str, prefix: &str) -> Option<String> {
     (!key.is_empty()).then(|| format!("ord_{key}"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::order_of;
-
-    #[test]
-    fn ids_lead_back_to_their_order_even_with_underscores_in_the_key() {
-        assert_eq!(
-            order_of("authz_01ab_c-d_000", "authz_").as_deref(),
-            Some("ord_01ab_c-d")
-        );
-        assert_eq!(
-            order_of("chall_01ab_c-d_002_h", "chall_").as_deref(),
-            Some("ord_01ab_c-d")
-        );
-        assert_eq!(order_of("chall_x", "chall_"), None);
-        assert_eq!(order_of("authz_", "authz_"), None);
-    }
-}
-
 fn challenge_json(state: &AppState, c: &crate::store::ChallengeRecord) -> Value {
     let mut v = json!({
         "type": c.kind,
@@ -868,4 +849,23 @@ async fn revoke_cert(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) 
     }
     .await;
     respond(&state, result).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order_of;
+
+    #[test]
+    fn ids_lead_back_to_their_order_even_with_underscores_in_the_key() {
+        assert_eq!(
+            order_of("authz_01ab_c-d_000", "authz_").as_deref(),
+            Some("ord_01ab_c-d")
+        );
+        assert_eq!(
+            order_of("chall_01ab_c-d_002_h", "chall_").as_deref(),
+            Some("ord_01ab_c-d")
+        );
+        assert_eq!(order_of("chall_x", "chall_"), None);
+        assert_eq!(order_of("authz_", "authz_"), None);
+    }
 }
