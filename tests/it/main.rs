@@ -2,6 +2,7 @@
 //! per area. Every storage-touching test runs on SQLite and PostgreSQL.
 
 mod acme;
+mod acme_lego;
 mod acme_protocol;
 mod api;
 mod browser;
