@@ -12,25 +12,6 @@ use x509_parser::prelude::*;
 use crate::common::*;
 use crate::orders::DvLab;
 
-fn certbot_present() -> bool {
-    if Command::new("certbot").arg("--version").output().is_ok() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true but certbot is not installed (pip install certbot)");
-    }
-    eprintln!("note: certbot is not installed; skipping the certbot test");
-    false
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn serial_of(pem: &str) -> String {
     let der = hallmark::pki::pem_decode_all(pem, "CERTIFICATE").remove(0);
     let (_, cert) = X509Certificate::from_der(&der).unwrap();
@@ -39,7 +20,7 @@ fn serial_of(pem: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certbot_gets_renews_and_revokes_a_certificate_by_http01() {
-    if !certbot_present() {
+    if !tool_present("certbot", "pip install certbot") {
         return;
     }
     for backend in backends() {

@@ -11,28 +11,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use crate::common::*;
 use crate::orders::DvLab;
 
-fn lego_present() -> bool {
-    if Command::new("lego").arg("--version").output().is_ok() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true but lego is not installed (apt-get install lego)");
-    }
-    eprintln!("note: lego is not installed; skipping the lego test");
-    false
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lego_gets_certificates_by_http01_tls_alpn01_and_dns01_with_a_wildcard() {
-    if !lego_present() {
+    if !tool_present("lego", "apt-get install lego") {
         return;
     }
     for backend in backends() {

@@ -30,14 +30,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn hallmark_sign_prints_a_chain_openssl_accepts_and_records_it() {
     for backend in backends() {

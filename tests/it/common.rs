@@ -363,3 +363,25 @@ pub fn pkilint(dir: &Path, program: &str, args: &[&str]) -> Option<(bool, String
         }
     }
 }
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether `program --version` runs; under `CI=true` a missing tool fails
+/// the test (`install` says how to get it), elsewhere the test is skipped.
+pub fn tool_present(program: &str, install: &str) -> bool {
+    if Command::new(program).arg("--version").output().is_ok() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but {program} is not installed ({install})");
+    }
+    eprintln!("note: {program} is not installed; skipping this test");
+    false
+}

@@ -143,6 +143,13 @@ impl Verified {
         }
     }
 
+    /// The JSON payload, or a `malformed` problem.
+    fn payload(&self) -> Result<Value, Problem> {
+        self.jws
+            .json()
+            .map_err(|e| acme_problem(StatusCode::BAD_REQUEST, "malformed", e.to_string()))
+    }
+
     fn is_post_as_get(&self) -> bool {
         self.jws.payload.is_empty()
     }
@@ -290,10 +297,7 @@ fn contacts(payload: &Value) -> Result<Option<String>, Problem> {
 async fn new_account(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -> Response {
     let result = async {
         let v = verify(&state, &uri, &body, true).await?;
-        let payload = v
-            .jws
-            .json()
-            .map_err(|e| acme_problem(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+        let payload = v.payload()?;
         let jwk = v.jws.protected.jwk.clone().unwrap_or_default();
         let thumb = thumbprint(&jwk)
             .map_err(|e| acme_problem(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
@@ -372,10 +376,7 @@ async fn account(
         if v.is_post_as_get() {
             return Ok(Json(account_json(&state, a)).into_response());
         }
-        let payload = v
-            .jws
-            .json()
-            .map_err(|e| acme_problem(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+        let payload = v.payload()?;
         let contact = contacts(&payload)?;
         let deactivate = payload.get("status").and_then(Value::as_str) == Some("deactivated");
         if contact.is_some() || deactivate {
@@ -541,7 +542,7 @@ fn parse_identifiers(payload: &Value) -> Result<Vec<Identifier>, Problem> {
 async fn new_order(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -> Response {
     let result = async {
         let v = verify(&state, &uri, &body, false).await?;
-        let payload = v.jws.json().map_err(|e| acme_problem(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+        let payload = v.payload()?;
         if payload.get("notBefore").is_some() || payload.get("notAfter").is_some() {
             return Err(acme_problem(
                 StatusCode::BAD_REQUEST,
@@ -580,10 +581,7 @@ async fn finalize(
 ) -> Response {
     let result = async {
         let v = verify(&state, &uri, &body, false).await?;
-        let payload = v
-            .jws
-            .json()
-            .map_err(|e| acme_problem(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+        let payload = v.payload()?;
         let csr = payload
             .get("csr")
             .and_then(Value::as_str)
@@ -785,7 +783,7 @@ fn jwk_matches_certificate(jwk: &Value, der: &[u8]) -> bool {
 async fn revoke_cert(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -> Response {
     let result = async {
         let v = verify(&state, &uri, &body, true).await?;
-        let payload = v.jws.json().map_err(|e| acme_problem(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+        let payload = v.payload()?;
         let der = payload
             .get("certificate")
             .and_then(Value::as_str)
