@@ -244,6 +244,36 @@ impl Default for OrdersSection {
     }
 }
 
+/// `[acme]`: the ACME server (RFC 8555).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeSection {
+    /// newAccount needs an external account binding (RFC 8555 §7.3.4): an
+    /// HMAC key an administrator issued for a hallmark account, so every
+    /// ACME certificate belongs to an account someone created.
+    pub eab_required: bool,
+    /// URL of the terms of service clients are asked to agree to; empty:
+    /// none (the directory then omits `termsOfService`).
+    pub terms_of_service: String,
+    /// The directory's `website`; empty: the public HTTPS URL.
+    pub website: String,
+    /// CAA issuer domains that name this CA (the directory's
+    /// `caaIdentities`); empty: left out.
+    pub caa_identities: Vec<String>,
+}
+
+/// Test-only faults for the ACME server, as Let's Encrypt's test server
+/// (Pebble) injects them. Not part of [`FileConfig`]: no TOML key or
+/// `HALLMARK_*` variable reaches it; only code that builds a [`Config`]
+/// (the integration tests) can set [`Config::danger_acme_chaos`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DangerAcmeChaos {
+    /// Percentage (0–100) of valid nonces refused with `badNonce`.
+    pub reject_nonce_percent: u8,
+    /// Each validation first sleeps a random time up to this many ms.
+    pub max_validation_delay_ms: u64,
+}
+
 /// `[ca]`: used by `hallmark init` (and first-start `serve`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -287,6 +317,8 @@ pub struct FileConfig {
     pub crl: CrlSection,
     /// `[ocsp]`
     pub ocsp: OcspSection,
+    /// `[acme]`
+    pub acme: AcmeSection,
     /// `[ca]`
     pub ca: CaSection,
 }
@@ -338,6 +370,10 @@ pub struct Config {
     pub ca_key_type: KeyType,
     /// CA names.
     pub ca: CaSection,
+    /// ACME settings.
+    pub acme: AcmeSection,
+    /// Test-only ACME faults; always `None` from [`Config::load`].
+    pub danger_acme_chaos: Option<DangerAcmeChaos>,
 }
 
 impl std::fmt::Debug for Config {
@@ -361,6 +397,8 @@ impl std::fmt::Debug for Config {
             .field("ocsp", &self.ocsp)
             .field("ca_key_type", &self.ca_key_type)
             .field("ca", &self.ca)
+            .field("acme", &self.acme)
+            .field("danger_acme_chaos", &self.danger_acme_chaos)
             .finish()
     }
 }
@@ -574,6 +612,16 @@ impl Config {
                     .into(),
             });
         }
+        for url in std::iter::once(&file.acme.terms_of_service).chain([&file.acme.website]) {
+            if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(ConfigError::Invalid {
+                    key: "acme.terms_of_service",
+                    reason: format!(
+                        "acme.terms_of_service and acme.website must be http(s) URLs, not {url:?}"
+                    ),
+                });
+            }
+        }
         if file.orders.lifetime_hours == 0 {
             return Err(ConfigError::Invalid {
                 key: "orders.lifetime_hours",
@@ -595,6 +643,8 @@ impl Config {
             ocsp: file.ocsp,
             ca_key_type,
             ca: file.ca,
+            acme: file.acme,
+            danger_acme_chaos: None,
         })
     }
 }
@@ -699,5 +749,38 @@ mod tests {
         );
         let missing = Config::load(Some(&dir.path().join("nope.toml")), dir.path(), env(&[]));
         assert!(matches!(missing, Err(ConfigError::Read { .. })));
+        assert!(err(&[("HALLMARK_ACME__TERMS_OF_SERVICE", "terms.html")])
+            .contains("acme.terms_of_service"));
+    }
+
+    #[test]
+    fn acme_settings_load_and_the_danger_switch_is_out_of_reach() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(
+            None,
+            dir.path(),
+            env(&[
+                ("HALLMARK_ACME__EAB_REQUIRED", "true"),
+                ("HALLMARK_ACME__CAA_IDENTITIES", "[\"ca.internal\"]"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.acme.eab_required);
+        assert_eq!(c.acme.caa_identities, ["ca.internal"]);
+        assert_eq!(c.danger_acme_chaos, None);
+        // Neither a section, a key nor a variable reaches the test switch.
+        for pairs in [
+            [("HALLMARK_DANGER_ACME_CHAOS__REJECT_NONCE_PERCENT", "50")],
+            [("HALLMARK_ACME__DANGER_ACME_CHAOS", "true")],
+            [("HALLMARK_ACME__REJECT_NONCE_PERCENT", "50")],
+        ] {
+            assert!(
+                Config::load(None, dir.path(), env(&pairs)).is_err(),
+                "{pairs:?}"
+            );
+        }
+        let path = dir.path().join("x.toml");
+        std::fs::write(&path, "danger_acme_chaos = { reject_nonce_percent = 50 }\n").unwrap();
+        assert!(Config::load(Some(&path), dir.path(), env(&[])).is_err());
     }
 }

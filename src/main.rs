@@ -141,6 +141,12 @@ enum AccountCommand {
         /// The account's id (`acct_…`)
         account_id: String,
     },
+    /// Issue a single-use ACME external account binding key for an account;
+    /// prints {"kid", "hmac_key"} once (certbot --eab-kid/--eab-hmac-key)
+    EabKey {
+        /// The account's id (`acct_…`) that ACME certificates will belong to
+        account_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -316,6 +322,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "{}",
                 serde_json::json!({"id": account_id, "key_id": key_id, "api_key": api_key.as_str()})
+            );
+            Ok(())
+        }
+        Command::Account {
+            command: AccountCommand::EabKey { account_id },
+        } => {
+            let store = hallmark::store::connect(&config.database_url).await?;
+            let key = accounts::create_eab_key(store.as_ref(), &account_id, &operator()).await?;
+            println!(
+                "{}",
+                serde_json::json!({"account_id": account_id, "kid": key.kid, "hmac_key": key.hmac_key.as_str()})
             );
             Ok(())
         }

@@ -76,6 +76,9 @@ impl Service {
             Arc::new(validators),
             config.orders.clone(),
             std::time::Duration::from_secs(config.validation.timeout_secs.max(1)),
+            config
+                .danger_acme_chaos
+                .map_or(0, |c| c.max_validation_delay_ms),
         );
         let crls = CrlPublisher::new(authority.clone(), config.crl.clone());
         crls.refresh().await.map_err(StartError::Revocation)?;
@@ -151,6 +154,8 @@ impl Service {
             ocsp: self.ocsp.clone(),
             public_https_url: self.config.public_https_url.clone(),
             public_http_url: self.config.public_http_url.clone(),
+            acme: self.config.acme.clone(),
+            danger_acme_chaos: self.config.danger_acme_chaos,
         });
         if let Some(refresher) = self.tls_refresher() {
             let mut stop = shutdown.clone();

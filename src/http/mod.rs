@@ -42,6 +42,10 @@ pub struct AppState {
     pub public_https_url: String,
     /// Public HTTP base URL.
     pub public_http_url: String,
+    /// ACME settings.
+    pub acme: crate::config::AcmeSection,
+    /// Test-only ACME faults (never set from configuration).
+    pub danger_acme_chaos: Option<crate::config::DangerAcmeChaos>,
 }
 
 fn common_layers(router: Router) -> Router {

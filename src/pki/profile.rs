@@ -145,6 +145,9 @@ pub struct LeafRequest<'a> {
     pub now: OffsetDateTime,
     /// Validity in days (already checked against policy).
     pub validity_days: u32,
+    /// An exact end of validity asked for (ACME `notAfter`), earlier than
+    /// `validity_days` would give; `None`: from `validity_days`.
+    pub not_after: Option<OffsetDateTime>,
     /// The CRL partition its CRL distribution point names (0: the
     /// complete CRL).
     pub crl_partition: u32,
@@ -161,7 +164,12 @@ impl LeafRequest<'_> {
     /// `not_after`: the validity period is inclusive of both ends
     /// (RFC 5280 §4.1.2.5), so it ends one second before `days` have passed.
     pub fn not_after(&self) -> OffsetDateTime {
-        self.not_before() + Duration::days(i64::from(self.validity_days)) - Duration::seconds(1)
+        let by_days = self.not_before() + Duration::days(i64::from(self.validity_days))
+            - Duration::seconds(1);
+        match self.not_after {
+            Some(t) => t.replace_nanosecond(0).unwrap_or(t).min(by_days),
+            None => by_days,
+        }
     }
 
     /// The CN: the first DNS name if it fits in ub-common-name, else the

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 
 use crate::pki::Serial;
 
-pub use acme::AcmeAccountRecord;
+pub use acme::{AcmeAccountRecord, EabKeyRecord};
 pub use dashboard::{AuditQuery, Overview, SessionRecord, UserRecord, UserUpdate};
 pub use revocation::{
     CertificateQuery, CertificateStatus, CrlRecord, NewCrl, Revocation, RevokedRow, RevokedScan,
@@ -555,8 +555,19 @@ pub trait Store: Send + Sync + 'static {
         &self,
         acme: &AcmeAccountRecord,
         owner: Option<&AccountRecord>,
+        eab_kid: Option<&str>,
         event: AuditEvent,
     ) -> Result<()>;
+
+    /// Issues an external account binding key for an enabled account, with
+    /// its audit record; `NotFound` if the account is missing or disabled.
+    async fn create_eab_key(&self, key: &EabKeyRecord, event: AuditEvent) -> Result<()>;
+
+    /// An external account binding key by kid.
+    async fn eab_key(&self, kid: &str) -> Result<Option<EabKeyRecord>>;
+
+    /// An account's external account binding keys, newest first (at most 100).
+    async fn eab_keys_of(&self, account_id: &str) -> Result<Vec<EabKeyRecord>>;
 
     /// An ACME account by id.
     async fn acme_account(&self, id: &str) -> Result<Option<AcmeAccountRecord>>;

@@ -112,6 +112,10 @@ pub struct OrderRecord {
     pub updated_at: i64,
     /// Unix seconds; an order not finished by then becomes invalid.
     pub expires_at: i64,
+    /// The certificate's requested end (ACME `notAfter`), Unix seconds.
+    pub not_after: Option<i64>,
+    /// The ACME account that opened it (ACME orders only).
+    pub acme_account_id: Option<String>,
 }
 
 /// One identifier's authorization, as stored.

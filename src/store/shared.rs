@@ -194,6 +194,8 @@ pub(super) struct OrderRow {
     created_at: i64,
     updated_at: i64,
     expires_at: i64,
+    not_after: Option<i64>,
+    acme_account_id: Option<String>,
 }
 
 impl OrderRow {
@@ -214,14 +216,16 @@ impl OrderRow {
             created_at: self.created_at,
             updated_at: self.updated_at,
             expires_at: self.expires_at,
+            not_after: self.not_after,
+            acme_account_id: self.acme_account_id,
         })
     }
 }
 
 pub(super) const ORDER_COLUMNS: &str =
     "SELECT id, account_id, status, validation, source, profile, validity_days, csr_der, \
-     organization, error, rejection_reason, certificate_serial, created_at, updated_at, expires_at \
-     FROM orders";
+     organization, error, rejection_reason, certificate_serial, created_at, updated_at, expires_at, \
+     not_after, acme_account_id FROM orders";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct AuthorizationRow {
@@ -315,7 +319,7 @@ pub(super) fn order_bundle(
 pub(super) const INSERT_ORDER_PREFIX: &str =
     "INSERT INTO orders (id, account_id, status, validation, source, profile, validity_days, \
      csr_der, organization, error, rejection_reason, certificate_serial, created_at, updated_at, \
-     expires_at) ";
+     expires_at, not_after, acme_account_id) ";
 
 /// Followed by `VALUES (…), (…)`.
 pub(super) const INSERT_AUTHORIZATION_PREFIX: &str =
@@ -487,7 +491,9 @@ macro_rules! impl_sql_store {
                             .push_bind(o.certificate_serial.clone())
                             .push_bind(o.created_at)
                             .push_bind(o.updated_at)
-                            .push_bind(o.expires_at);
+                            .push_bind(o.expires_at)
+                            .push_bind(o.not_after)
+                            .push_bind(o.acme_account_id.clone());
                     });
                     q.build().execute(&mut **tx).await?;
                 }
@@ -1246,9 +1252,32 @@ macro_rules! impl_sql_store {
                 &self,
                 acme: &$crate::store::AcmeAccountRecord,
                 owner: Option<&$crate::store::AccountRecord>,
+                eab_kid: Option<&str>,
                 event: $crate::store::AuditEvent,
             ) -> $crate::store::Result<()> {
-                self.create_acme_account_impl(acme, owner, event).await
+                self.create_acme_account_impl(acme, owner, eab_kid, event).await
+            }
+
+            async fn create_eab_key(
+                &self,
+                key: &$crate::store::EabKeyRecord,
+                event: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<()> {
+                self.create_eab_key_impl(key, event).await
+            }
+
+            async fn eab_key(
+                &self,
+                kid: &str,
+            ) -> $crate::store::Result<Option<$crate::store::EabKeyRecord>> {
+                Ok(self.eab_keys_impl(Some(kid), None).await?.pop())
+            }
+
+            async fn eab_keys_of(
+                &self,
+                account_id: &str,
+            ) -> $crate::store::Result<Vec<$crate::store::EabKeyRecord>> {
+                self.eab_keys_impl(None, Some(account_id)).await
             }
 
             async fn acme_account(

@@ -208,6 +208,54 @@ pub async fn rotate_key(
     }
 }
 
+/// A new external account binding key (RFC 8555 §7.3.4) to show once.
+#[derive(Debug)]
+pub struct EabKey {
+    /// The key id (`eab_…`): `--eab-kid` for certbot, `--kid` for lego.
+    pub kid: String,
+    /// The HMAC-SHA256 key, base64url: `--eab-hmac-key` / `--hmac`.
+    pub hmac_key: Zeroizing<String>,
+}
+
+/// Issues a single-use external account binding key for an enabled
+/// account: the ACME account bound with it owns that account's orders and
+/// certificates. `actor` is recorded in the audit log.
+pub async fn create_eab_key(
+    store: &dyn Store,
+    account_id: &str,
+    actor: &str,
+) -> Result<EabKey, AccountError> {
+    use base64::Engine;
+    let now = OffsetDateTime::now_utc();
+    let raw: Zeroizing<[u8; 32]> = Zeroizing::new(rand::random());
+    let kid = format!("eab_{}", random_token(12));
+    let record = crate::store::EabKeyRecord {
+        kid: kid.clone(),
+        account_id: account_id.to_owned(),
+        hmac_key: raw.to_vec(),
+        created_at: now.unix_timestamp(),
+        used_at: None,
+        acme_account_id: None,
+    };
+    let event = AuditEvent {
+        at: now,
+        actor: actor.to_owned(),
+        action: "acme.eab_key.create".into(),
+        subject: account_id.to_owned(),
+        details: serde_json::json!({"kid": kid}),
+    };
+    match store.create_eab_key(&record, event).await {
+        Err(StoreError::NotFound) => Err(AccountError::NoSuchAccount(account_id.to_owned())),
+        Err(e) => Err(e.into()),
+        Ok(()) => Ok(EabKey {
+            kid,
+            hmac_key: Zeroizing::new(
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_slice()),
+            ),
+        }),
+    }
+}
+
 /// Checks a bearer token: well-formed, known, not revoked, account enabled.
 pub async fn authenticate(store: &dyn Store, token: &str) -> Result<Caller, AccountError> {
     // A well-formed key is the prefix and 43 base64url characters.

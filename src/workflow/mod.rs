@@ -240,6 +240,7 @@ impl Authority {
                 subject: &Subject::default(),
                 profile: Profile::Server,
                 validity_days,
+                not_after: None,
                 account_id: None,
                 actor: "system",
                 now: OffsetDateTime::now_utc(),
@@ -270,6 +271,7 @@ impl Authority {
             serial,
             now: req.now,
             validity_days: req.validity_days,
+            not_after: req.not_after,
             crl_partition: leaf_partition,
         };
         let cert = self
@@ -365,6 +367,7 @@ impl CheckedCsr {
             subject,
             profile,
             validity_days,
+            not_after: None,
             account_id,
             actor,
             now: OffsetDateTime::now_utc(),
@@ -380,6 +383,7 @@ pub(crate) struct IssueRequest<'a> {
     pub subject: &'a Subject,
     pub profile: Profile,
     pub validity_days: u32,
+    pub not_after: Option<OffsetDateTime>,
     pub account_id: Option<String>,
     pub actor: &'a str,
     pub now: OffsetDateTime,

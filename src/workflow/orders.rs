@@ -161,6 +161,8 @@ pub struct Orders {
     settings: OrdersSection,
     validation_timeout: Duration,
     limiter: RateLimiter,
+    /// Test-only: each validation first sleeps up to this long (ms).
+    danger_validation_delay_ms: u64,
 }
 
 impl Orders {
@@ -170,6 +172,7 @@ impl Orders {
         validators: Arc<Validators>,
         settings: OrdersSection,
         validation_timeout: Duration,
+        danger_validation_delay_ms: u64,
     ) -> Arc<Orders> {
         Arc::new(Orders {
             authority,
@@ -180,6 +183,7 @@ impl Orders {
             },
             settings,
             validation_timeout,
+            danger_validation_delay_ms,
         })
     }
 
@@ -388,6 +392,8 @@ impl Orders {
                 created_at: at,
                 updated_at: at,
                 expires_at,
+                not_after: None,
+                acme_account_id: None,
             },
             authorizations,
         })
@@ -720,7 +726,13 @@ impl Orders {
         challenge: ChallengeRecord,
     ) {
         let this = self.clone();
-        tokio::spawn(async move { this.validate(order, authz, challenge).await });
+        tokio::spawn(async move {
+            if this.danger_validation_delay_ms > 0 {
+                let ms = rand::random::<u64>() % (this.danger_validation_delay_ms + 1);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            this.validate(order, authz, challenge).await
+        });
     }
 
     /// Runs one claimed challenge and records what it found.
@@ -850,14 +862,15 @@ impl Orders {
     /// key's for ACME orders, the REST account's derived one otherwise.
     pub async fn thumbprint_of(&self, order: &OrderRecord) -> Result<String, StoreError> {
         if order.source == "acme" {
-            let acme = self
-                .authority
-                .store()
-                .acme_account_of(&order.account_id)
-                .await?
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("order {} has no ACME account", order.id))
-                })?;
+            let store = self.authority.store();
+            let acme = match &order.acme_account_id {
+                Some(id) => store.acme_account(id).await?,
+                // Orders from before migration 0004 name no ACME account.
+                None => store.acme_account_of(&order.account_id).await?,
+            };
+            let acme = acme.ok_or_else(|| {
+                StoreError::Corrupt(format!("order {} has no ACME account", order.id))
+            })?;
             return Ok(acme.jwk_thumbprint);
         }
         Ok(rest_thumbprint(&order.account_id))
@@ -866,10 +879,14 @@ impl Orders {
     /// Opens an ACME order (RFC 8555 §7.4) for identifiers, without a CSR
     /// yet: policy checks every name, recent proofs are reused, the rest
     /// get challenges. It waits in `pending`, then `ready` for finalize.
+    /// `not_after`: the certificate's requested end; it must leave at least
+    /// an hour and fall within the policy's maximum validity.
     pub async fn create_acme(
         &self,
         caller: &Caller,
+        acme_account_id: &str,
         identifiers: &[Identifier],
+        not_after: Option<OffsetDateTime>,
     ) -> Result<OrderBundle, WorkflowError> {
         self.limiter.check(&caller.account_id)?;
         if identifiers.is_empty() {
@@ -878,14 +895,30 @@ impl Orders {
             ));
         }
         let checked = self.authority.policy().check_identifiers(identifiers)?;
-        let validity_days = self.authority.policy().validity_days(None)?;
         let now = OffsetDateTime::now_utc();
         let at = now.unix_timestamp();
+        let requested_days = match not_after {
+            None => None,
+            Some(t) if t < now + time::Duration::hours(1) => {
+                return Err(WorkflowError::Malformed(format!(
+                    "notAfter {} is less than an hour away",
+                    crate::workflow::rfc3339(t.unix_timestamp())
+                )))
+            }
+            Some(t) => {
+                let from = at - crate::pki::profile::BACKDATE.whole_seconds();
+                let days = (t.unix_timestamp() - from + 86_399) / 86_400;
+                Some(u32::try_from(days).unwrap_or(u32::MAX))
+            }
+        };
+        let validity_days = self.authority.policy().validity_days(requested_days)?;
         let expires_at = at + i64::from(self.settings.lifetime_hours) * 3600;
         let mut bundle = self
             .new_bundle(caller, &checked, now, expires_at, "acme", Validation::Dv)
             .await?;
         bundle.order.validity_days = Some(i64::from(validity_days));
+        bundle.order.not_after = not_after.map(OffsetDateTime::unix_timestamp);
+        bundle.order.acme_account_id = Some(acme_account_id.to_owned());
         if bundle
             .authorizations
             .iter()
@@ -1088,15 +1121,19 @@ impl Orders {
         };
         let subject = Subject { organization };
         let actor = account_actor(&order.account_id);
+        let mut request = checked.issue_request(
+            &subject,
+            profile,
+            validity_days,
+            Some(order.account_id.clone()),
+            &actor,
+        );
+        request.not_after = order
+            .not_after
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
         self.authority
             .issue(
-                checked.issue_request(
-                    &subject,
-                    profile,
-                    validity_days,
-                    Some(order.account_id.clone()),
-                    &actor,
-                ),
+                request,
                 Some(IssuanceOrder::Complete {
                     order_id: order.id.clone(),
                 }),

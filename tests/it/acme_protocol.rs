@@ -6,118 +6,14 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-use serde_json::{json, Value};
+use serde_json::json;
 
+use crate::acme_client::{Answer, Client};
 use crate::common::*;
 
-/// An ACME client with one P-256 account key.
-pub struct Client {
-    http: reqwest::Client,
-    pub base: String,
-    key: EcdsaKeyPair,
-    pub kid: Option<String>,
-}
-
-/// An answer: status, headers and JSON (or text) body.
-pub struct Answer {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: Value,
-}
-
-impl Client {
-    pub fn new(running: &Running) -> Client {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        Client {
-            http: running.client(),
-            base: format!("{}/acme", running.https_url),
-            key: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-                .unwrap(),
-            kid: None,
-        }
-    }
-
-    pub fn jwk(&self) -> Value {
-        let p = self.key.public_key().as_ref();
-        json!({"kty": "EC", "crv": "P-256", "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..])})
-    }
-
-    pub async fn nonce(&self) -> String {
-        let r = self
-            .http
-            .head(format!("{}/new-nonce", self.base))
-            .send()
-            .await
-            .unwrap();
-        r.headers()["replay-nonce"].to_str().unwrap().to_owned()
-    }
-
-    /// A signed request body; `header` overrides the defaults.
-    pub fn sign(&self, url: &str, nonce: &str, payload: Option<&Value>, header: Value) -> Value {
-        let mut protected = json!({"alg": "ES256", "nonce": nonce, "url": url});
-        match &self.kid {
-            Some(kid) => protected["kid"] = json!(kid),
-            None => protected["jwk"] = self.jwk(),
-        }
-        for (k, v) in header.as_object().unwrap() {
-            if v.is_null() {
-                protected.as_object_mut().unwrap().remove(k);
-            } else {
-                protected[k] = v.clone();
-            }
-        }
-        let p = URL_SAFE_NO_PAD.encode(protected.to_string());
-        let b = payload
-            .map(|v| URL_SAFE_NO_PAD.encode(v.to_string()))
-            .unwrap_or_default();
-        let sig = self
-            .key
-            .sign(&SystemRandom::new(), format!("{p}.{b}").as_bytes())
-            .unwrap();
-        json!({"protected": p, "payload": b, "signature": URL_SAFE_NO_PAD.encode(sig.as_ref())})
-    }
-
-    pub async fn post_body(&self, url: &str, body: &Value) -> Answer {
-        let r = self
-            .http
-            .post(url)
-            .header("content-type", "application/jose+json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        let text = r.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Answer {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    /// A correctly signed POST (POST-as-GET when `payload` is None).
-    pub async fn post(&self, url: &str, payload: Option<&Value>) -> Answer {
-        let nonce = self.nonce().await;
-        let body = self.sign(url, &nonce, payload, json!({}));
-        self.post_body(url, &body).await
-    }
-
-    pub async fn register(&mut self) -> Answer {
-        let a = self
-            .post(
-                &format!("{}/new-account", self.base),
-                Some(&json!({"termsOfServiceAgreed": true})),
-            )
-            .await;
-        assert_eq!(a.status, 201, "{}", a.body);
-        self.kid = Some(a.headers["location"].to_str().unwrap().to_owned());
-        a
-    }
+/// A client for this server's ACME directory.
+pub fn client(running: &Running) -> Client {
+    Client::with(running.client(), format!("{}/acme", running.https_url))
 }
 
 fn problem(a: &Answer) -> &str {
@@ -129,7 +25,7 @@ async fn protocol_errors_have_the_exact_acme_types() {
     for backend in backends() {
         let mut ca = TestCa::new(backend).await;
         let run = ca.start().await;
-        let mut alice = Client::new(&run);
+        let mut alice = client(&run);
         let new_account = format!("{}/new-account", alice.base);
 
         // Every answer carries a nonce and the directory link.
@@ -216,10 +112,7 @@ async fn protocol_errors_have_the_exact_acme_types() {
         // Registration; the same key again returns the same account.
         alice.register().await;
         let kid = alice.kid.clone().unwrap();
-        let mut again = Client {
-            kid: None,
-            ..Client::new(&run)
-        };
+        let mut again = client(&run);
         std::mem::swap(&mut again.key, &mut alice.key);
         let a = again.post(&new_account, Some(&json!({}))).await;
         assert_eq!(a.status, 200);
@@ -227,7 +120,7 @@ async fn protocol_errors_have_the_exact_acme_types() {
         std::mem::swap(&mut again.key, &mut alice.key);
 
         // An unknown kid.
-        let mut ghost = Client::new(&run);
+        let mut ghost = client(&run);
         ghost.kid = Some(format!("{}/account/nobody", ghost.base));
         let a = ghost
             .post(&format!("{}/new-order", ghost.base), Some(&json!({})))
@@ -317,14 +210,14 @@ async fn protocol_errors_have_the_exact_acme_types() {
         );
 
         // Another account sees neither the order nor the certificate.
-        let mut bob = Client::new(&run);
+        let mut bob = client(&run);
         bob.register().await;
         for url in [&order_url, &cert_url] {
             let a = bob.post(url, None).await;
             assert_eq!(a.status, 404, "{url}: {}", a.body);
         }
         // A kid request signed by the wrong key fails.
-        let mut mallory = Client::new(&run);
+        let mut mallory = client(&run);
         mallory.kid = alice.kid.clone();
         let a = mallory.post(&order_url, None).await;
         assert_eq!(problem(&a), "urn:ietf:params:acme:error:malformed");
@@ -350,7 +243,7 @@ async fn two_instances_share_nonces_and_accounts() {
 
         // Behind a load balancer both answer for the same public URL; the
         // client signs that URL and the request lands on the second.
-        let mut client = Client::new(&first);
+        let mut client = client(&first);
         let public = client.base.clone();
         let nonce = client.nonce().await; // from the first instance
         let body = client.sign(

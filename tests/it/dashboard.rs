@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use hallmark::workflow::accounts::Role;
 use hallmark::workflow::users::{self, UserRole};
 use reqwest::StatusCode;
@@ -220,6 +222,11 @@ fn routes(
         (
             "POST",
             format!("/admin/accounts/{account}/rotate"),
+            Some(UserRole::Admin),
+        ),
+        (
+            "POST",
+            format!("/admin/accounts/{account}/eab"),
             Some(UserRole::Admin),
         ),
         ("POST", "/admin/users".into(), Some(UserRole::Admin)),
@@ -583,6 +590,24 @@ async fn admins_manage_accounts_and_users_but_never_remove_the_last_admin() {
             "shown once only"
         );
         let id = who["id"].as_str().unwrap().to_owned();
+
+        // An ACME external account binding key, shown once, bound to it.
+        let page = admin
+            .post(&format!("/admin/accounts/{id}/eab"), &[("csrf", &token)])
+            .await;
+        assert_eq!(page.status, StatusCode::OK);
+        let pre = |name: &str| {
+            let open = format!("<pre id=\"{name}\">");
+            let at = page.body.find(&open).unwrap() + open.len();
+            page.body[at..at + page.body[at..].find('<').unwrap()].to_owned()
+        };
+        let (kid, hmac) = (pre("eab-kid"), pre("eab-hmac"));
+        assert!(kid.starts_with("eab_") && hmac.len() == 43, "{kid} {hmac}");
+        let stored = store.eab_key(&kid).await.unwrap().unwrap();
+        assert_eq!(stored.account_id, id);
+        assert_eq!(URL_SAFE_NO_PAD.encode(&stored.hmac_key), hmac);
+        assert!(!admin.get("/admin/accounts").await.body.contains(&hmac));
+
         admin
             .post(
                 &format!("/admin/accounts/{id}/disable"),

@@ -2,6 +2,8 @@
 //! per area. Every storage-touching test runs on SQLite and PostgreSQL.
 
 mod acme;
+mod acme_accounts;
+mod acme_client;
 mod acme_lego;
 mod acme_protocol;
 mod api;

@@ -52,6 +52,7 @@ fn chain_at(
                 serial: Serial::random(&mut rng),
                 now: issued,
                 validity_days: days,
+                not_after: None,
                 crl_partition: 0,
             },
             397,

@@ -135,6 +135,78 @@ impl Jws {
     }
 }
 
+/// An external account binding (RFC 8555 §7.3.4): a flattened JWS inside
+/// the newAccount payload, MACed (HS256/384/512) with the key an
+/// administrator issued, over the new account's JWK.
+#[derive(Debug, Clone)]
+pub struct ExternalBinding {
+    /// The EAB key id.
+    pub kid: String,
+    /// Must equal the newAccount URL.
+    pub url: String,
+    /// The decoded payload: the account's JWK.
+    pub payload: Vec<u8>,
+    alg: String,
+    signing_input: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+impl ExternalBinding {
+    /// Parses the `externalAccountBinding` member of a newAccount payload.
+    pub fn parse(value: &Value) -> Result<ExternalBinding, JwsError> {
+        let f: Flattened = serde_json::from_value(value.clone()).map_err(|_| {
+            JwsError::Malformed(
+                "\"externalAccountBinding\" must be a flattened JWS (protected, payload, signature)"
+                    .into(),
+            )
+        })?;
+        let header: Value = serde_json::from_slice(&b64("EAB protected header", &f.protected)?)
+            .map_err(|_| JwsError::Malformed("the EAB protected header is not JSON".into()))?;
+        let text = |k: &str| header.get(k).and_then(Value::as_str).map(str::to_owned);
+        let alg = text("alg").unwrap_or_default();
+        if !matches!(alg.as_str(), "HS256" | "HS384" | "HS512") {
+            return Err(JwsError::BadAlgorithm(alg));
+        }
+        if header.get("nonce").is_some() {
+            return Err(JwsError::Malformed(
+                "the EAB protected header must not have a \"nonce\"".into(),
+            ));
+        }
+        let kid = text("kid")
+            .ok_or_else(|| JwsError::Malformed("the EAB protected header has no \"kid\"".into()))?;
+        let url = text("url")
+            .ok_or_else(|| JwsError::Malformed("the EAB protected header has no \"url\"".into()))?;
+        let mut signing_input = Vec::with_capacity(f.protected.len() + f.payload.len() + 1);
+        signing_input.extend_from_slice(f.protected.as_bytes());
+        signing_input.push(b'.');
+        signing_input.extend_from_slice(f.payload.as_bytes());
+        Ok(ExternalBinding {
+            kid,
+            url,
+            payload: b64("EAB payload", &f.payload)?,
+            alg,
+            signing_input,
+            signature: b64("EAB signature", &f.signature)?,
+        })
+    }
+
+    /// Checks the MAC with `key`, in constant time (ring).
+    pub fn verify(&self, key: &[u8]) -> Result<(), JwsError> {
+        use ring::hmac;
+        let algorithm = match self.alg.as_str() {
+            "HS256" => hmac::HMAC_SHA256,
+            "HS384" => hmac::HMAC_SHA384,
+            _ => hmac::HMAC_SHA512,
+        };
+        hmac::verify(
+            &hmac::Key::new(algorithm, key),
+            &self.signing_input,
+            &self.signature,
+        )
+        .map_err(|_| JwsError::BadSignature)
+    }
+}
+
 /// A public key from a JWK.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublicJwk {
@@ -346,6 +418,39 @@ mod tests {
             JwsError::BadAlgorithm("x".into()).acme_code(),
             "badSignatureAlgorithm"
         );
+    }
+
+    #[test]
+    fn external_bindings_verify_with_their_key_only() {
+        use ring::hmac;
+        let key = b"0123456789abcdef0123456789abcdef";
+        let protected = URL_SAFE_NO_PAD.encode(
+            json!({"alg": "HS256", "kid": "eab_1", "url": "https://ca/acme/new-account"})
+                .to_string(),
+        );
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"kty":"EC"}"#);
+        let mac = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, key),
+            format!("{protected}.{payload}").as_bytes(),
+        );
+        let eab = json!({"protected": protected, "payload": payload,
+            "signature": URL_SAFE_NO_PAD.encode(mac.as_ref())});
+        let parsed = ExternalBinding::parse(&eab).unwrap();
+        assert_eq!(parsed.kid, "eab_1");
+        assert_eq!(parsed.url, "https://ca/acme/new-account");
+        assert_eq!(parsed.payload, br#"{"kty":"EC"}"#);
+        parsed.verify(key).unwrap();
+        assert_eq!(
+            parsed.verify(b"another key, same length........"),
+            Err(JwsError::BadSignature)
+        );
+        let none =
+            URL_SAFE_NO_PAD.encode(json!({"alg": "none", "kid": "k", "url": "u"}).to_string());
+        let bad = json!({"protected": none, "payload": payload, "signature": ""});
+        assert!(matches!(
+            ExternalBinding::parse(&bad),
+            Err(JwsError::BadAlgorithm(_))
+        ));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use self::jws::{thumbprint, Jws};
+use self::jws::{thumbprint, ExternalBinding, Jws};
 use super::problem::Problem;
 use super::AppState;
 use crate::pki::crl::RevocationReason;
@@ -51,6 +51,8 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/acme/chall/{id}", post(challenge))
         .route("/acme/cert/{serial}", post(certificate))
         .route("/acme/revoke-cert", post(revoke_cert))
+        .route("/acme/key-change", post(key_change))
+        .route("/acme/renewal-info/{id}", get(renewal_info))
 }
 
 fn base(state: &AppState) -> String {
@@ -98,15 +100,25 @@ fn acme_problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Pr
 
 async fn directory(State(state): State<Arc<AppState>>) -> Response {
     let b = base(&state);
+    let settings = &state.acme;
+    let mut meta = json!({
+        "website": if settings.website.is_empty() { &state.public_https_url } else { &settings.website },
+        "externalAccountRequired": settings.eab_required,
+    });
+    if !settings.terms_of_service.is_empty() {
+        meta["termsOfService"] = json!(settings.terms_of_service);
+    }
+    if !settings.caa_identities.is_empty() {
+        meta["caaIdentities"] = json!(settings.caa_identities);
+    }
     let body = json!({
         "newNonce": format!("{b}/new-nonce"),
         "newAccount": format!("{b}/new-account"),
         "newOrder": format!("{b}/new-order"),
         "revokeCert": format!("{b}/revoke-cert"),
-        "meta": {
-            "website": state.public_https_url,
-            "externalAccountRequired": false,
-        }
+        "keyChange": format!("{b}/key-change"),
+        "renewalInfo": format!("{b}/renewal-info"),
+        "meta": meta,
     });
     finish(&state, Json(body).into_response()).await
 }
@@ -172,7 +184,10 @@ async fn verify(
         .nonce
         .as_deref()
         .ok_or_else(|| acme_problem(bad, "badNonce", "the JWS header has no \"nonce\""))?;
-    if !store.use_nonce(nonce, now).await? {
+    let chaos = state
+        .danger_acme_chaos
+        .is_some_and(|c| rand::random::<u8>() % 100 < c.reject_nonce_percent);
+    if !store.use_nonce(nonce, now).await? || chaos {
         return Err(acme_problem(
             bad,
             "badNonce",
@@ -211,6 +226,13 @@ async fn verify(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
                     format!("the account is {}", account.status),
+                ));
+            }
+            if account.owner_disabled {
+                return Err(acme_problem(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the hallmark account this ACME account belongs to is disabled",
                 ));
             }
             let jwk: Value = serde_json::from_str(&account.jwk)
@@ -294,6 +316,46 @@ fn contacts(payload: &Value) -> Result<Option<String>, Problem> {
     Ok(Some(c.to_string()))
 }
 
+/// Checks a newAccount's external account binding (RFC 8555 §7.3.4): the
+/// EAB JWS names an unused key, is for this URL, covers the account's JWK
+/// and carries a valid MAC. Returns the key, whose account will own the
+/// new ACME account.
+async fn check_binding(
+    state: &AppState,
+    uri: &Uri,
+    eab: &Value,
+    jwk: &Value,
+) -> Result<crate::store::EabKeyRecord, Problem> {
+    let refused = |detail: &str| acme_problem(StatusCode::UNAUTHORIZED, "unauthorized", detail);
+    let binding = ExternalBinding::parse(eab)
+        .map_err(|e| acme_problem(StatusCode::BAD_REQUEST, e.acme_code(), e.to_string()))?;
+    let expected = format!("{}{}", state.public_https_url, uri.path());
+    if binding.url != expected {
+        return Err(refused(
+            "the external account binding's \"url\" is not this newAccount URL",
+        ));
+    }
+    if serde_json::from_slice::<Value>(&binding.payload)
+        .ok()
+        .as_ref()
+        != Some(jwk)
+    {
+        return Err(refused(
+            "the external account binding does not cover this account's key",
+        ));
+    }
+    let key = state.authority.store().eab_key(&binding.kid).await?;
+    let Some(key) = key.filter(|k| k.used_at.is_none() && !k.hmac_key.is_empty()) else {
+        return Err(refused(
+            "the external account binding key is unknown or already used; ask an administrator for a new one",
+        ));
+    };
+    binding
+        .verify(&key.hmac_key)
+        .map_err(|_| refused("the external account binding's MAC does not verify with its key"))?;
+    Ok(key)
+}
+
 async fn new_account(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -> Response {
     let result = async {
         let v = verify(&state, &uri, &body, true).await?;
@@ -317,35 +379,75 @@ async fn new_account(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) 
                 "no account exists for this key",
             ));
         }
+        let tos = &state.acme.terms_of_service;
+        if !tos.is_empty()
+            && payload.get("termsOfServiceAgreed").and_then(Value::as_bool) != Some(true)
+        {
+            return Err(acme_problem(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                format!("agree to the terms of service at {tos} (\"termsOfServiceAgreed\": true)"),
+            ));
+        }
+        let binding = match payload.get("externalAccountBinding") {
+            Some(eab) => Some(check_binding(&state, &uri, eab, &jwk).await?),
+            None if state.acme.eab_required => {
+                return Err(Problem::acme(
+                    StatusCode::UNAUTHORIZED,
+                    "externalAccountRequired",
+                    "External account required",
+                    "this CA needs an external account binding: ask an administrator for a key (hallmark account eab-key) and pass its kid and HMAC key to your client",
+                ))
+            }
+            None => None,
+        };
         let contact = contacts(&payload)?.unwrap_or_else(|| "[]".into());
         let now = time::OffsetDateTime::now_utc();
         let id = random_token(12);
-        let owner = AccountRecord {
+        // Without a binding, a hallmark account of its own owns its orders.
+        let owner = binding.is_none().then(|| AccountRecord {
             id: format!("acct_{}", random_token(12)),
             name: format!("acme {}", &thumb[..8]),
             role: "requester".into(),
             disabled: false,
             created_at: now.unix_timestamp(),
+        });
+        let account_id = match (&binding, &owner) {
+            (Some(key), _) => key.account_id.clone(),
+            (None, Some(owner)) => owner.id.clone(),
+            (None, None) => unreachable!("an owner is made when there is no binding"),
         };
         let acme = AcmeAccountRecord {
             id: id.clone(),
-            account_id: owner.id.clone(),
+            account_id: account_id.clone(),
             jwk_thumbprint: thumb.clone(),
             jwk: jwk.to_string(),
             contact,
             status: "valid".into(),
             created_at: now.unix_timestamp(),
+            owner_disabled: false,
         };
+        let kid = binding.as_ref().map(|k| k.kid.as_str());
         let event = AuditEvent {
             at: now,
             actor: format!("acme:{id}"),
             action: "acme.account.create".into(),
             subject: id.clone(),
-            details: json!({"account": owner.id, "thumbprint": thumb}),
+            details: json!({"account": account_id, "thumbprint": thumb, "eab_kid": kid}),
         };
-        store
-            .create_acme_account(&acme, Some(&owner), event)
-            .await?;
+        match store
+            .create_acme_account(&acme, owner.as_ref(), kid, event)
+            .await
+        {
+            Err(StoreError::Conflict(_)) if kid.is_some() => {
+                return Err(acme_problem(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the external account binding key was used meanwhile, or its account is disabled",
+                ))
+            }
+            other => other?,
+        }
         let url = format!("{}/account/{id}", base(&state));
         Ok(with_location(
             StatusCode::CREATED,
@@ -490,6 +592,9 @@ fn order_json(state: &AppState, b: &OrderBundle) -> Value {
     if let Some(serial) = &o.certificate_serial {
         v["certificate"] = json!(format!("{base}/cert/{serial}"));
     }
+    if let Some(t) = o.not_after {
+        v["notAfter"] = json!(rfc3339(t));
+    }
     if let Some(err) = o
         .error
         .as_deref()
@@ -543,15 +648,45 @@ async fn new_order(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) ->
     let result = async {
         let v = verify(&state, &uri, &body, false).await?;
         let payload = v.payload()?;
-        if payload.get("notBefore").is_some() || payload.get("notAfter").is_some() {
-            return Err(acme_problem(
-                StatusCode::BAD_REQUEST,
-                "malformed",
-                "notBefore and notAfter are not supported; certificates start now and last the policy's default validity",
-            ));
+        let bad = |d: String| acme_problem(StatusCode::BAD_REQUEST, "malformed", d);
+        let when = |key: &str| -> Result<Option<time::OffsetDateTime>, Problem> {
+            match payload.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(t)) => time::OffsetDateTime::parse(
+                    t,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map(Some)
+                .map_err(|_| bad(format!("{key} {t:?} is not an RFC 3339 date-time"))),
+                Some(_) => Err(bad(format!("{key} must be an RFC 3339 date-time string"))),
+            }
+        };
+        // Certificates start now (backdated a minute for clock skew): a
+        // notBefore is accepted only if it is about now.
+        if let Some(nb) = when("notBefore")? {
+            let skew = (nb - time::OffsetDateTime::now_utc()).abs();
+            if skew > time::Duration::minutes(5) {
+                return Err(bad(format!(
+                    "notBefore must be now or left out (it is {}); hallmark neither back- nor post-dates certificates",
+                    rfc3339(nb.unix_timestamp())
+                )));
+            }
+        }
+        let not_after = when("notAfter")?;
+        if let Some(replaces) = payload.get("replaces") {
+            let id = replaces.as_str().unwrap_or_default();
+            let cert = renewal_target(&state, id).await?;
+            if cert.account_id.as_deref() != Some(v.account().account_id.as_str()) {
+                return Err(bad(format!(
+                    "\"replaces\" names {id:?}, a certificate this account did not order"
+                )));
+            }
         }
         let identifiers = parse_identifiers(&payload)?;
-        let bundle = state.orders.create_acme(&v.caller(), &identifiers).await?;
+        let bundle = state
+            .orders
+            .create_acme(&v.caller(), &v.account().id, &identifiers, not_after)
+            .await?;
         Ok(order_response(&state, &bundle, StatusCode::CREATED))
     }
     .await;
@@ -566,7 +701,7 @@ async fn order(
 ) -> Response {
     let result = async {
         let v = verify(&state, &uri, &body, false).await?;
-        let bundle = state.orders.get(&v.caller(), &id).await?;
+        let bundle = acme_order(&state, &v, &id).await?;
         Ok(order_response(&state, &bundle, StatusCode::OK))
     }
     .await;
@@ -593,11 +728,28 @@ async fn finalize(
                     "finalize needs \"csr\": the DER CSR in base64url",
                 )
             })?;
+        acme_order(&state, &v, &id).await?;
         let bundle = state.orders.finalize(&v.caller(), &id, &csr).await?;
         Ok(order_response(&state, &bundle, StatusCode::OK))
     }
     .await;
     respond(&state, result).await
+}
+
+/// An order this ACME account opened; any other is a 404, even one of
+/// another ACME account of the same hallmark account.
+async fn acme_order(state: &AppState, v: &Verified, id: &str) -> Result<OrderBundle, Problem> {
+    let bundle = state.orders.get(&v.caller(), id).await?;
+    let mine = bundle.order.source == "acme"
+        && bundle
+            .order
+            .acme_account_id
+            .as_deref()
+            .is_none_or(|a| a == v.account().id);
+    if !mine {
+        return Err(Problem::not_found(format!("there is no order {id:?}")));
+    }
+    Ok(bundle)
 }
 
 /// `authz_<key>_<n>` and `chall_<key>_<n>_<x>` belong to `ord_<key>`
@@ -660,9 +812,7 @@ async fn authorization(
         let v = verify(&state, &uri, &body, false).await?;
         let not_found = || Problem::not_found(format!("there is no authorization {id:?}"));
         let order_id = order_of(&id, "authz_").ok_or_else(not_found)?;
-        let bundle = state
-            .orders
-            .get(&v.caller(), &order_id)
+        let bundle = acme_order(&state, &v, &order_id)
             .await
             .map_err(|_| not_found())?;
         let authz = bundle
@@ -687,9 +837,7 @@ async fn challenge(
         let not_found = || Problem::not_found(format!("there is no challenge {id:?}"));
         let order_id = order_of(&id, "chall_").ok_or_else(not_found)?;
         let caller = v.caller();
-        let mut bundle = state
-            .orders
-            .get(&caller, &order_id)
+        let mut bundle = acme_order(&state, &v, &order_id)
             .await
             .map_err(|_| not_found())?;
         let find = |b: &OrderBundle| {
@@ -847,6 +995,162 @@ async fn revoke_cert(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) 
     }
     .await;
     respond(&state, result).await
+}
+
+/// keyChange (RFC 8555 §7.3.5): the outer JWS is signed by the account's
+/// current key, the inner one (its payload) by the new key over
+/// `{account, oldKey}`.
+async fn key_change(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -> Response {
+    let result = async {
+        let v = verify(&state, &uri, &body, false).await?;
+        let bad = |d: &str| acme_problem(StatusCode::BAD_REQUEST, "malformed", d);
+        let inner = Jws::parse(&v.jws.payload).map_err(|e| {
+            acme_problem(
+                StatusCode::BAD_REQUEST,
+                e.acme_code(),
+                format!("the inner JWS: {e}"),
+            )
+        })?;
+        let Some(new_jwk) = inner.protected.jwk.clone() else {
+            return Err(bad("the inner JWS must carry the new key as \"jwk\""));
+        };
+        if inner.protected.nonce.is_some() {
+            return Err(bad("the inner JWS must not have a \"nonce\""));
+        }
+        if inner.protected.url != v.jws.protected.url {
+            return Err(bad("the inner JWS \"url\" must equal the outer one"));
+        }
+        inner.verify(&new_jwk).map_err(|e| {
+            acme_problem(
+                StatusCode::BAD_REQUEST,
+                e.acme_code(),
+                format!("the inner JWS: {e}"),
+            )
+        })?;
+        let payload = inner.json().map_err(|e| bad(&e.to_string()))?;
+        let account = v.account();
+        if payload.get("account").and_then(Value::as_str) != v.jws.protected.kid.as_deref() {
+            return Err(bad(
+                "the inner payload's \"account\" must be the account URL that signed the request",
+            ));
+        }
+        let old = payload
+            .get("oldKey")
+            .ok_or_else(|| bad("the inner payload needs \"oldKey\""))?;
+        if thumbprint(old).ok().as_deref() != Some(account.jwk_thumbprint.as_str()) {
+            return Err(bad("\"oldKey\" is not the account's current key"));
+        }
+        let new_thumb = thumbprint(&new_jwk).map_err(|e| bad(&e.to_string()))?;
+        let store = state.authority.store();
+        if let Some(holder) = store.acme_account_by_key(&new_thumb).await? {
+            let url = format!("{}/account/{}", base(&state), holder.id);
+            let mut r = Problem::acme(
+                StatusCode::CONFLICT,
+                "malformed",
+                "Key in use",
+                "the new key already belongs to an account",
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&url) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return Ok(r);
+        }
+        let event = AuditEvent {
+            at: time::OffsetDateTime::now_utc(),
+            actor: format!("acme:{}", account.id),
+            action: "acme.account.key_change".into(),
+            subject: account.id.clone(),
+            details: json!({"old": account.jwk_thumbprint, "new": new_thumb}),
+        };
+        store
+            .update_acme_account(
+                &account.id,
+                None,
+                None,
+                Some((&new_thumb, &new_jwk.to_string())),
+                event,
+            )
+            .await?;
+        let updated = store.acme_account(&account.id).await?.ok_or_else(|| {
+            acme_problem(
+                StatusCode::BAD_REQUEST,
+                "accountDoesNotExist",
+                "the account is gone",
+            )
+        })?;
+        Ok(Json(account_json(&state, &updated)).into_response())
+    }
+    .await;
+    respond(&state, result).await
+}
+
+/// The certificate an ARI certificate id (RFC 9773 §4.1) names:
+/// `base64url(AKI keyIdentifier) "." base64url(serial DER content)`.
+async fn renewal_target(
+    state: &AppState,
+    id: &str,
+) -> Result<crate::store::CertificateRecord, Problem> {
+    let bad = || {
+        acme_problem(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!(
+                "{id:?} is not a certificate id: base64url(key identifier) \".\" base64url(serial)"
+            ),
+        )
+    };
+    let (aki, serial) = id.split_once('.').ok_or_else(bad)?;
+    let aki = URL_SAFE_NO_PAD.decode(aki).map_err(|_| bad())?;
+    let serial = URL_SAFE_NO_PAD.decode(serial).map_err(|_| bad())?;
+    let not_ours = || Problem::not_found(format!("this CA issued no certificate {id:?}"));
+    if aki != state.authority.issuer().certificate().key_id() {
+        return Err(not_ours());
+    }
+    let serial: Serial = hex::encode(serial).parse().map_err(|_| not_ours())?;
+    match state.authority.store().certificate(&serial).await {
+        Err(StoreError::NotFound) => Err(not_ours()),
+        other => Ok(other?),
+    }
+}
+
+/// How often clients should ask again about a certificate (seconds).
+const RENEWAL_INFO_RETRY_SECS: i64 = 6 * 3600;
+
+/// ARI (RFC 9773): when to renew. Normally within the third quarter of the
+/// certificate's second half (2/3 to 5/6 of its lifetime); a revoked
+/// certificate gets a window in the past, which means "now".
+async fn renewal_info(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let result = async {
+        let cert = renewal_target(&state, &id).await?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let (start, end) = if cert.revoked_at.is_some() {
+            (now - 2 * 3600, now - 3600)
+        } else {
+            let life = cert.not_after - cert.not_before;
+            (
+                cert.not_before + life * 2 / 3,
+                cert.not_before + life * 5 / 6,
+            )
+        };
+        let body = json!({"suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)}});
+        let mut r = Json(body).into_response();
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(RENEWAL_INFO_RETRY_SECS),
+        );
+        Ok(r)
+    }
+    .await;
+    let mut response = respond(&state, result).await;
+    // Unlike the other ACME resources, this one may be cached.
+    if response.status() == StatusCode::OK {
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=3600"),
+        );
+    }
+    response
 }
 
 #[cfg(test)]

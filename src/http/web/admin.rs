@@ -58,6 +58,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/admin/accounts", get(accounts_page).post(create_account))
         .route("/admin/accounts/{id}/{action}", post(toggle_account))
         .route("/admin/accounts/{id}/rotate", post(rotate_account_key))
+        .route("/admin/accounts/{id}/eab", post(create_account_eab))
         .route("/admin/users", get(users_page).post(add_user))
         .route("/admin/users/{name}/role", post(set_user_role))
         .route("/admin/users/{name}/{action}", post(toggle_user))
@@ -1074,6 +1075,10 @@ struct AccountsPage {
     chrome: Chrome,
     rows: Vec<AccountRow>,
     new_key: Option<(String, String)>,
+    /// A new ACME external account binding: account, kid, HMAC key.
+    new_eab: Option<(String, String, String)>,
+    /// The ACME directory URL (for the client command shown with new_eab).
+    acme_directory: String,
 }
 
 async fn accounts_page(
@@ -1082,6 +1087,30 @@ async fn accounts_page(
     headers: HeaderMap,
 ) -> Response {
     accounts_view(&state, &who, &headers, None, StatusCode::OK).await
+}
+
+/// Issues a single-use ACME external account binding key, shown once.
+async fn create_account_eab(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Fields,
+) -> Response {
+    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
+        return r;
+    }
+    match accounts::create_eab_key(state.authority.store().as_ref(), &id, &who.0.actor()).await {
+        Ok(key) => {
+            let rows = match state.authority.store().accounts().await {
+                Ok(a) => a,
+                Err(e) => return internal(e),
+            };
+            let eab = Some((id, key.kid, key.hmac_key.to_string()));
+            accounts_render(&state, &who, &headers, rows, None, eab, StatusCode::OK)
+        }
+        Err(e) => redirect_with("/admin/accounts", &format!("No ACME key issued: {e}")),
+    }
 }
 
 async fn accounts_view(
@@ -1095,6 +1124,18 @@ async fn accounts_view(
         Ok(a) => a,
         Err(e) => return internal(e),
     };
+    accounts_render(state, who, headers, rows, new_key, None, status)
+}
+
+fn accounts_render(
+    state: &AppState,
+    who: &Admin,
+    headers: &HeaderMap,
+    rows: Vec<crate::store::AccountRecord>,
+    new_key: Option<(String, String)>,
+    new_eab: Option<(String, String, String)>,
+    status: StatusCode,
+) -> Response {
     let page = render(&AccountsPage {
         chrome: chrome(who, headers, "accounts"),
         rows: rows
@@ -1108,6 +1149,8 @@ async fn accounts_view(
             })
             .collect(),
         new_key,
+        new_eab,
+        acme_directory: format!("{}/acme/directory", state.public_https_url),
     });
     let mut page = with_flash_cleared(headers, page);
     *page.status_mut() = status;
