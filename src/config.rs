@@ -268,8 +268,11 @@ pub struct AcmeSection {
 /// (the integration tests) can set [`Config::danger_acme_chaos`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DangerAcmeChaos {
-    /// Percentage (0–100) of valid nonces refused with `badNonce`.
-    pub reject_nonce_percent: u8,
+    /// Every Nth valid nonce (counted per instance) is refused with
+    /// `badNonce`; 0: none. Every Nth rather than a random share, so a
+    /// client that retries once, as RFC 8555 §6.5 asks, always gets
+    /// through and the tests that prove it cannot flake.
+    pub reject_every_nth_nonce: u32,
     /// Each validation first sleeps a random time up to this many ms.
     pub max_validation_delay_ms: u64,
 }
@@ -770,9 +773,9 @@ mod tests {
         assert_eq!(c.danger_acme_chaos, None);
         // Neither a section, a key nor a variable reaches the test switch.
         for pairs in [
-            [("HALLMARK_DANGER_ACME_CHAOS__REJECT_NONCE_PERCENT", "50")],
+            [("HALLMARK_DANGER_ACME_CHAOS__REJECT_EVERY_NTH_NONCE", "3")],
             [("HALLMARK_ACME__DANGER_ACME_CHAOS", "true")],
-            [("HALLMARK_ACME__REJECT_NONCE_PERCENT", "50")],
+            [("HALLMARK_ACME__REJECT_EVERY_NTH_NONCE", "3")],
         ] {
             assert!(
                 Config::load(None, dir.path(), env(&pairs)).is_err(),
@@ -780,7 +783,11 @@ mod tests {
             );
         }
         let path = dir.path().join("x.toml");
-        std::fs::write(&path, "danger_acme_chaos = { reject_nonce_percent = 50 }\n").unwrap();
+        std::fs::write(
+            &path,
+            "danger_acme_chaos = { reject_every_nth_nonce = 3 }\n",
+        )
+        .unwrap();
         assert!(Config::load(Some(&path), dir.path(), env(&[])).is_err());
     }
 }

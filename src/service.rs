@@ -156,6 +156,7 @@ impl Service {
             public_http_url: self.config.public_http_url.clone(),
             acme: self.config.acme.clone(),
             danger_acme_chaos: self.config.danger_acme_chaos,
+            acme_nonce_uses: Default::default(),
         });
         if let Some(refresher) = self.tls_refresher() {
             let mut stop = shutdown.clone();

@@ -46,6 +46,8 @@ pub struct AppState {
     pub acme: crate::config::AcmeSection,
     /// Test-only ACME faults (never set from configuration).
     pub danger_acme_chaos: Option<crate::config::DangerAcmeChaos>,
+    /// Valid nonces used on this instance (for `danger_acme_chaos`).
+    pub acme_nonce_uses: std::sync::atomic::AtomicU64,
 }
 
 fn common_layers(router: Router) -> Router {

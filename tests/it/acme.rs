@@ -3,6 +3,7 @@
 //! with hallmark's validator resolving the names through a test DNS server.
 //! On SQLite and PostgreSQL; skipped without certbot except under CI.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,6 +17,38 @@ fn serial_of(pem: &str) -> String {
     let der = hallmark::pki::pem_decode_all(pem, "CERTIFICATE").remove(0);
     let (_, cert) = X509Certificate::from_der(&der).unwrap();
     hex::encode(cert.raw_serial())
+}
+
+/// Runs certbot with its state under `dir/cb` against `server`, trusting
+/// `dir/root.pem`; returns success and everything it printed.
+pub async fn run_certbot(dir: PathBuf, server: String, args: Vec<String>) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("certbot")
+            .args(&args)
+            .args(["--non-interactive", "--server", &server])
+            .args([
+                "--config-dir",
+                "cb/config",
+                "--work-dir",
+                "cb/work",
+                "--logs-dir",
+                "cb/logs",
+            ])
+            .current_dir(&dir)
+            .env("REQUESTS_CA_BUNDLE", dir.join("root.pem"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,38 +69,7 @@ async fn certbot_gets_renews_and_revokes_a_certificate_by_http01() {
         let dir = lab.ca.dir.path().to_owned();
         std::fs::write(dir.join("root.pem"), &lab.running.root_pem).unwrap();
         let server = format!("{}/acme/directory", lab.running.https_url);
-        let certbot = move |args: Vec<String>| {
-            let dir = dir.clone();
-            let server = server.clone();
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    let mut cmd = Command::new("certbot");
-                    cmd.args(&args)
-                        .args(["--non-interactive", "--server", &server])
-                        .args([
-                            "--config-dir",
-                            "cb/config",
-                            "--work-dir",
-                            "cb/work",
-                            "--logs-dir",
-                            "cb/logs",
-                        ])
-                        .current_dir(&dir)
-                        .env("REQUESTS_CA_BUNDLE", dir.join("root.pem"));
-                    let out = cmd.output().unwrap();
-                    (
-                        out.status.success(),
-                        format!(
-                            "{}{}",
-                            String::from_utf8_lossy(&out.stdout),
-                            String::from_utf8_lossy(&out.stderr)
-                        ),
-                    )
-                })
-                .await
-                .unwrap()
-            }
-        };
+        let certbot = |args: Vec<String>| run_certbot(dir.clone(), server.clone(), args);
         let p = port.to_string();
         let (ok, out) = certbot(
             [
@@ -183,6 +185,96 @@ async fn certbot_gets_renews_and_revokes_a_certificate_by_http01() {
         hallmark::workflow::audit::verify(lab.running.authority.store().as_ref())
             .await
             .unwrap();
+        lab.finish().await;
+    }
+}
+
+/// With `acme.eab_required`, certbot without a binding is refused with
+/// `externalAccountRequired`; with `--eab-kid/--eab-hmac-key` from `hallmark
+/// account eab-key` it registers and gets a certificate owned by that
+/// account, while the server refuses every third nonce and delays each
+/// validation up to 2 s (the test-only `danger_acme_chaos`), so certbot
+/// must retry `badNonce` and wait for slow validations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certbot_binds_an_external_account_and_survives_bad_nonces_and_slow_validation() {
+    if !tool_present("certbot", "pip install certbot") {
+        return;
+    }
+    for backend in backends() {
+        let port = free_port();
+        let lab = DvLab::with_chaos(
+            backend,
+            &[
+                ("HALLMARK_VALIDATION__HTTP_PORT", port.to_string()),
+                ("HALLMARK_ACME__EAB_REQUIRED", "true".into()),
+            ],
+            Some(hallmark::config::DangerAcmeChaos {
+                reject_every_nth_nonce: 3,
+                max_validation_delay_ms: 2000,
+            }),
+        )
+        .await;
+        let dir = lab.ca.dir.path().to_owned();
+        std::fs::write(dir.join("root.pem"), &lab.running.root_pem).unwrap();
+        let server = format!("{}/acme/directory", lab.running.https_url);
+        let certbot = |args: &[&str]| {
+            run_certbot(
+                dir.clone(),
+                server.clone(),
+                args.iter().map(|a| a.to_string()).collect(),
+            )
+        };
+        let p = port.to_string();
+        let get = [
+            "certonly",
+            "--standalone",
+            "--http-01-port",
+            &p,
+            "-d",
+            "web.internal",
+            "-d",
+            "api.internal",
+            "--agree-tos",
+            "--register-unsafely-without-email",
+        ];
+        let (ok, out) = certbot(&get).await;
+        assert!(!ok, "certbot without a binding must fail:\n{out}");
+        assert!(
+            out.contains("externalAccountRequired") || out.contains("external account"),
+            "{out}"
+        );
+
+        let store = lab.running.authority.store().clone();
+        let team = hallmark::workflow::accounts::create_account(
+            store.as_ref(),
+            "team",
+            hallmark::workflow::accounts::Role::Requester,
+            "test",
+        )
+        .await
+        .unwrap();
+        let eab =
+            hallmark::workflow::accounts::create_eab_key(store.as_ref(), &team.account.id, "test")
+                .await
+                .unwrap();
+        let mut with_eab = get.to_vec();
+        with_eab.extend(["--eab-kid", &eab.kid, "--eab-hmac-key", &eab.hmac_key]);
+        let (ok, out) = certbot(&with_eab).await;
+        assert!(ok, "certbot with a binding failed:\n{out}");
+        let live = dir.join("cb/config/live/web.internal");
+        let cert = std::fs::read_to_string(live.join("cert.pem")).unwrap();
+        let chain = std::fs::read_to_string(live.join("chain.pem")).unwrap();
+        assert_openssl_verifies(&dir, &lab.running.root_pem, &chain, &cert);
+        let record = store
+            .certificate(&serial_of(&cert).parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(record.account_id.as_deref(), Some(team.account.id.as_str()));
+        let log = std::fs::read_to_string(dir.join("cb/logs/letsencrypt.log")).unwrap_or_default();
+        assert!(
+            log.contains("badNonce"),
+            "certbot met (and retried) refused nonces"
+        );
         lab.finish().await;
     }
 }

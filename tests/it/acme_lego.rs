@@ -1,7 +1,8 @@
 //! ACME against lego (Debian's package): http-01 and tls-alpn-01 through
 //! lego's own servers, and dns-01 for a wildcard through lego's `exec`
 //! provider, whose script hands each TXT record to this test, which puts it
-//! into the test DNS server the CA resolves with. SQLite and PostgreSQL;
+//! into the test DNS server the CA resolves with; all while the server
+//! refuses a share of nonces and delays validations. SQLite and PostgreSQL;
 //! skipped without lego except under CI.
 
 use std::process::Command;
@@ -18,7 +19,9 @@ async fn lego_gets_certificates_by_http01_tls_alpn01_and_dns01_with_a_wildcard()
     }
     for backend in backends() {
         let (http_port, alpn_port) = (free_port(), free_port());
-        let lab = DvLab::new(
+        // The server refuses every fourth nonce and delays validations up
+        // to 1.5 s (test-only), so lego must retry badNonce and poll.
+        let lab = DvLab::with_chaos(
             backend,
             &[
                 ("HALLMARK_VALIDATION__HTTP_PORT", http_port.to_string()),
@@ -26,6 +29,10 @@ async fn lego_gets_certificates_by_http01_tls_alpn01_and_dns01_with_a_wildcard()
                 // Every run proves its names afresh.
                 ("HALLMARK_ORDERS__REUSE_DAYS", "0".into()),
             ],
+            Some(hallmark::config::DangerAcmeChaos {
+                reject_every_nth_nonce: 4,
+                max_validation_delay_ms: 1500,
+            }),
         )
         .await;
         let dir = lab.ca.dir.path().to_owned();

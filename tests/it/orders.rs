@@ -66,6 +66,15 @@ pub struct DvLab {
 
 impl DvLab {
     pub async fn new(backend: Backend, extra: &[(&str, String)]) -> DvLab {
+        Self::with_chaos(backend, extra, None).await
+    }
+
+    /// Like `new`, with the test-only ACME faults switched on.
+    pub async fn with_chaos(
+        backend: Backend,
+        extra: &[(&str, String)],
+        chaos: Option<hallmark::config::DangerAcmeChaos>,
+    ) -> DvLab {
         let http01 = Http01Server::start().await;
         let dns = dns::serve(vec![
             Entry::A("web", "127.0.0.1".parse().unwrap()),
@@ -86,6 +95,7 @@ impl DvLab {
         ];
         env.extend(extra.iter().cloned());
         let mut ca = TestCa::with_env(backend, &env).await;
+        ca.config.danger_acme_chaos = chaos;
         let running = ca.start().await;
         DvLab {
             ca,

@@ -167,6 +167,21 @@ impl Verified {
     }
 }
 
+/// Test-only (`danger_acme_chaos`): whether to refuse this valid nonce.
+fn refused_by_chaos(state: &AppState) -> bool {
+    let Some(every) = state
+        .danger_acme_chaos
+        .map(|c| u64::from(c.reject_every_nth_nonce))
+        .filter(|n| *n > 0)
+    else {
+        return false;
+    };
+    let n = state
+        .acme_nonce_uses
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (n + 1) % every == 0
+}
+
 /// Checks nonce, url, key and signature. `jwk_ok`: this resource takes a
 /// `jwk` (newAccount) instead of a `kid`.
 async fn verify(
@@ -184,10 +199,7 @@ async fn verify(
         .nonce
         .as_deref()
         .ok_or_else(|| acme_problem(bad, "badNonce", "the JWS header has no \"nonce\""))?;
-    let chaos = state
-        .danger_acme_chaos
-        .is_some_and(|c| rand::random::<u8>() % 100 < c.reject_nonce_percent);
-    if !store.use_nonce(nonce, now).await? || chaos {
+    if !store.use_nonce(nonce, now).await? || refused_by_chaos(state) {
         return Err(acme_problem(
             bad,
             "badNonce",
