@@ -63,6 +63,7 @@ pub struct Service {
     ocsp: Arc<OcspResponder>,
     tls: Option<(Arc<rustls::ServerConfig>, Arc<CertificateSlot>)>,
     initial_admin_password: Option<Zeroizing<String>>,
+    acme_nonce_key: ring::hmac::Key,
 }
 
 impl Service {
@@ -93,6 +94,14 @@ impl Service {
                 Some((tls_config_with(slot.clone())?, slot))
             }
         };
+        let candidate: Zeroizing<[u8; 32]> = Zeroizing::new(rand::random());
+        let shared = Zeroizing::new(
+            authority
+                .store()
+                .acme_nonce_key(candidate.as_slice())
+                .await?,
+        );
+        let acme_nonce_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &shared);
         // Last, so a start that fails earlier cannot swallow the one-time
         // password.
         let initial_admin_password =
@@ -105,6 +114,7 @@ impl Service {
             ocsp,
             tls,
             initial_admin_password,
+            acme_nonce_key,
         })
     }
 
@@ -156,6 +166,7 @@ impl Service {
             public_http_url: self.config.public_http_url.clone(),
             acme: self.config.acme.clone(),
             danger_acme_chaos: self.config.danger_acme_chaos,
+            acme_nonce_key: self.acme_nonce_key.clone(),
             acme_nonce_uses: Default::default(),
         });
         if let Some(refresher) = self.tls_refresher() {

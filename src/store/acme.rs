@@ -82,37 +82,39 @@ macro_rules! impl_acme_sql {
                 }
             }
 
-            pub(super) async fn add_nonce_impl(
+            pub(super) async fn nonce_key_impl(
                 &self,
-                nonce: &str,
-                expires_at: i64,
-            ) -> $crate::store::Result<()> {
-                sqlx::query("INSERT INTO acme_nonces (nonce, expires_at) VALUES ($1, $2)")
-                    .bind(nonce)
-                    .bind(expires_at)
-                    .execute(&self.write)
-                    .await?;
-                Ok(())
+                candidate: &[u8],
+            ) -> $crate::store::Result<Vec<u8>> {
+                sqlx::query(
+                    "INSERT INTO acme_nonce_key (id, hmac_key) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(candidate)
+                .execute(&self.write)
+                .await?;
+                let (key,): (Vec<u8>,) =
+                    sqlx::query_as("SELECT hmac_key FROM acme_nonce_key WHERE id = 1")
+                        .fetch_one(&self.write)
+                        .await?;
+                Ok(key)
             }
 
             pub(super) async fn use_nonce_impl(
                 &self,
                 nonce: &str,
+                expires_at: i64,
                 now: i64,
             ) -> $crate::store::Result<bool> {
-                let done = sqlx::query("DELETE FROM acme_nonces WHERE nonce = $1 AND expires_at >= $2")
-                    .bind(nonce)
-                    .bind(now)
-                    .execute(&self.write)
-                    .await?;
-                if rand::random::<u8>() == 0 {
-                    // Now and then, sweep nonces nobody used.
+                let fresh = self.insert_used_nonce(nonce, expires_at).await?;
+                if rand::random::<u16>() < 64 {
+                    // Now and then, forget used nonces that have expired
+                    // (they are refused for their expiry anyway).
                     sqlx::query("DELETE FROM acme_nonces WHERE expires_at < $1")
                         .bind(now)
                         .execute(&self.write)
                         .await?;
                 }
-                Ok(done.rows_affected() == 1)
+                Ok(fresh)
             }
 
             fn eab_row(

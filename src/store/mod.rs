@@ -543,11 +543,13 @@ pub trait Store: Send + Sync + 'static {
     /// The dashboard overview's counts at `now`.
     async fn overview(&self, now: i64) -> Result<Overview>;
 
-    /// Records a fresh ACME replay nonce.
-    async fn add_nonce(&self, nonce: &str, expires_at: i64) -> Result<()>;
+    /// The key ACME nonces are MACed with, shared by every instance:
+    /// `candidate` becomes it if there is none yet.
+    async fn acme_nonce_key(&self, candidate: &[u8]) -> Result<Vec<u8>>;
 
-    /// Uses up a nonce: `true` once if it was issued and has not expired.
-    async fn use_nonce(&self, nonce: &str, now: i64) -> Result<bool>;
+    /// Records the use of an (authentic, unexpired) ACME nonce: `true` the
+    /// first time, `false` on a replay.
+    async fn use_nonce(&self, nonce: &str, expires_at: i64, now: i64) -> Result<bool>;
 
     /// Creates an ACME account (and, with `owner`, the hallmark account
     /// that will own its orders) with its audit record.

@@ -1240,12 +1240,17 @@ macro_rules! impl_sql_store {
                 self.overview_impl(now).await
             }
 
-            async fn add_nonce(&self, nonce: &str, expires_at: i64) -> $crate::store::Result<()> {
-                self.add_nonce_impl(nonce, expires_at).await
+            async fn acme_nonce_key(&self, candidate: &[u8]) -> $crate::store::Result<Vec<u8>> {
+                self.nonce_key_impl(candidate).await
             }
 
-            async fn use_nonce(&self, nonce: &str, now: i64) -> $crate::store::Result<bool> {
-                self.use_nonce_impl(nonce, now).await
+            async fn use_nonce(
+                &self,
+                nonce: &str,
+                expires_at: i64,
+                now: i64,
+            ) -> $crate::store::Result<bool> {
+                self.use_nonce_impl(nonce, expires_at, now).await
             }
 
             async fn create_acme_account(

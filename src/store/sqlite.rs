@@ -62,6 +62,31 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Records a used ACME nonce: `false` if it was used before. Without
+    /// an fsync (`synchronous = OFF` for this one statement, on the one
+    /// write connection): a used nonce is worth no disk flush, and the
+    /// next durable commit flushes it anyway.
+    async fn insert_used_nonce(&self, nonce: &str, expires_at: i64) -> Result<bool> {
+        let mut conn = self.write.acquire().await?;
+        sqlx::query("PRAGMA synchronous = OFF")
+            .execute(&mut *conn)
+            .await?;
+        let done = sqlx::query(
+            "INSERT INTO acme_nonces (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING",
+        )
+        .bind(nonce)
+        .bind(expires_at)
+        .execute(&mut *conn)
+        .await;
+        // Back to durable commits whatever happened.
+        sqlx::query("PRAGMA synchronous = FULL")
+            .execute(&mut *conn)
+            .await?;
+        Ok(done?.rows_affected() == 1)
+    }
+}
+
 impl_sql_store!(SqliteStore, Sqlite, "sqlite");
 // A SQLite read transaction is a snapshot from its first read on.
 impl_revocation_sql!(SqliteStore, Sqlite, "");

@@ -219,7 +219,12 @@ impl Client {
         extra: Value,
         publish: &(dyn Fn(&str, &str) + Sync),
     ) -> Result<String, Answer> {
-        let mut payload = json!({"identifiers": names.iter().map(|n| json!({"type": "dns", "value": n})).collect::<Vec<_>>()});
+        let identifier = |n: &&str| match n.parse::<std::net::IpAddr>() {
+            Ok(_) => json!({"type": "ip", "value": n}),
+            Err(_) => json!({"type": "dns", "value": n}),
+        };
+        let mut payload =
+            json!({"identifiers": names.iter().map(identifier).collect::<Vec<_>>()});
         for (k, v) in extra.as_object().unwrap() {
             payload[k] = v.clone();
         }

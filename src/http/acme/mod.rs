@@ -59,26 +59,50 @@ fn base(state: &AppState) -> String {
     format!("{}/acme", state.public_https_url)
 }
 
-/// A fresh nonce, recorded so any instance accepts it once.
-async fn fresh_nonce(state: &AppState) -> Option<String> {
-    let nonce = random_token(16);
+/// A fresh nonce, made without touching the database: its expiry and 64
+/// random bits, MACed with the key every instance shares
+/// (base64url of expiry ‖ random ‖ 128-bit HMAC-SHA256 tag). Any instance
+/// can check it; [`check_nonce`] records its use so it works once.
+fn fresh_nonce(state: &AppState) -> String {
     let expires = time::OffsetDateTime::now_utc().unix_timestamp() + NONCE_LIFETIME_SECS;
-    match state.authority.store().add_nonce(&nonce, expires).await {
-        Ok(()) => Some(nonce),
-        Err(e) => {
-            tracing::error!(error = %e, "storing an ACME nonce failed");
-            None
-        }
+    let mut raw = [0u8; 32];
+    raw[..8].copy_from_slice(&expires.to_be_bytes());
+    raw[8..16].copy_from_slice(&rand::random::<[u8; 8]>());
+    let tag = ring::hmac::sign(&state.acme_nonce_key, &raw[..16]);
+    raw[16..].copy_from_slice(&tag.as_ref()[..16]);
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// Whether `nonce` is one of ours, unexpired and not used before (its use
+/// is recorded, shared by every instance).
+async fn check_nonce(state: &AppState, nonce: &str, now: i64) -> Result<bool, StoreError> {
+    use subtle::ConstantTimeEq;
+    let raw = match URL_SAFE_NO_PAD.decode(nonce) {
+        Ok(r) if r.len() == 32 => r,
+        _ => return Ok(false),
+    };
+    let tag = ring::hmac::sign(&state.acme_nonce_key, &raw[..16]);
+    if !bool::from(tag.as_ref()[..16].ct_eq(&raw[16..])) {
+        return Ok(false);
     }
+    let mut expiry = [0u8; 8];
+    expiry.copy_from_slice(&raw[..8]);
+    let expires = i64::from_be_bytes(expiry);
+    if expires < now {
+        return Ok(false);
+    }
+    state
+        .authority
+        .store()
+        .use_nonce(nonce, expires, now)
+        .await
 }
 
 /// Adds `Replay-Nonce`, `Link: rel="index"` and `Cache-Control: no-store`.
 async fn finish(state: &AppState, mut response: Response) -> Response {
     let headers = response.headers_mut();
-    if let Some(nonce) = fresh_nonce(state).await {
-        if let Ok(v) = HeaderValue::from_str(&nonce) {
-            headers.insert("replay-nonce", v);
-        }
+    if let Ok(v) = HeaderValue::from_str(&fresh_nonce(state)) {
+        headers.insert("replay-nonce", v);
     }
     if let Ok(v) = HeaderValue::from_str(&format!("<{}/directory>;rel=\"index\"", base(state))) {
         headers.append(header::LINK, v);
@@ -199,7 +223,7 @@ async fn verify(
         .nonce
         .as_deref()
         .ok_or_else(|| acme_problem(bad, "badNonce", "the JWS header has no \"nonce\""))?;
-    if !store.use_nonce(nonce, now).await? || refused_by_chaos(state) {
+    if !check_nonce(state, nonce, now).await? || refused_by_chaos(state) {
         return Err(acme_problem(
             bad,
             "badNonce",

@@ -1,0 +1,225 @@
+//! Complete ACME issuances per second (issue 6), beside the REST figure:
+//! the real service on loopback HTTPS and C concurrent ACME clients, each
+//! with its own account (ES256 JWS made with ring, the nonce of each
+//! answer reused), doing the whole protocol for every certificate:
+//! newOrder, authorization, (challenge, polling), finalize with a fresh
+//! P-256 CSR, order polling and the PEM chain download.
+//!
+//! Two runs per store:
+//! - `renewal`: the account proved its name before (authorization reuse),
+//!   as a renewal within `orders.reuse_days` is;
+//! - `new name`: `orders.reuse_days = 0`, so every certificate also needs
+//!   an http-01 validation, fetched from the bench's own server.
+//!
+//! Run: `cargo bench --bench acme` (options after `--`:
+//! `--count N --concurrency C --backends sqlite,postgres`).
+
+mod common;
+
+#[path = "../tests/it/acme_client.rs"]
+mod acme_client;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use hallmark::config::Config;
+use hallmark::service::Service;
+use serde_json::json;
+
+use acme_client::Client;
+
+const PASSPHRASE: &str = "benchmark passphrase";
+const NAME: &str = "127.0.0.1";
+
+struct Args {
+    count: usize,
+    concurrency: usize,
+    backends: Vec<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        count: 2_000,
+        concurrency: 32,
+        backends: vec!["sqlite".into(), "postgres".into()],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--count" => a.count = it.next().and_then(|v| v.parse().ok()).expect("--count N"),
+            "--concurrency" => {
+                a.concurrency = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--concurrency C")
+            }
+            "--backends" => {
+                a.backends = it
+                    .next()
+                    .expect("--backends list")
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            }
+            _ => {}
+        }
+    }
+    a
+}
+
+type Answers = Arc<Mutex<HashMap<String, String>>>;
+
+/// Serves the key authorizations the clients publish, by token.
+async fn http01_server(answers: Answers) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route(
+        "/.well-known/acme-challenge/{token}",
+        axum::routing::get(
+            move |axum::extract::Path(token): axum::extract::Path<String>| {
+                let answers = answers.clone();
+                async move { answers.lock().unwrap().get(&token).cloned().unwrap_or_default() }
+            },
+        ),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    port
+}
+
+async fn run(backend: &str, args: &Args, reuse: bool) -> Result<f64, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (url, pg_name) = common::database_url(backend, dir.path(), "acme")
+        .await
+        .ok_or("database unavailable")?;
+    let answers: Answers = Arc::default();
+    let http01_port = http01_server(answers.clone()).await;
+    let https = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let env = vec![
+        ("DATABASE_URL".to_string(), url),
+        (
+            "HALLMARK_SERVER__HTTPS_LISTEN".into(),
+            https.local_addr().unwrap().to_string(),
+        ),
+        (
+            "HALLMARK_SERVER__HTTP_LISTEN".into(),
+            http.local_addr().unwrap().to_string(),
+        ),
+        (
+            "HALLMARK_VALIDATION__HTTP_PORT".into(),
+            http01_port.to_string(),
+        ),
+        ("HALLMARK_ORDERS__RATE_PER_MINUTE".into(), "0".into()),
+        (
+            "HALLMARK_ORDERS__REUSE_DAYS".into(),
+            if reuse { "30" } else { "0" }.into(),
+        ),
+    ];
+    let config = Config::load(None, &dir.path().join("data"), env).map_err(|e| e.to_string())?;
+    hallmark::datadir::init_ca(
+        &config,
+        PASSPHRASE.as_bytes(),
+        time::OffsetDateTime::now_utc(),
+    )
+    .map_err(|e| e.to_string())?;
+    let service = Service::start(config.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(service.run(https, http, stopped));
+
+    let root = std::fs::read(config.data_dir.join("ca/root.crt.pem")).map_err(|e| e.to_string())?;
+    let http_client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&root).map_err(|e| e.to_string())?)
+        .tls_built_in_root_certs(false)
+        .pool_max_idle_per_host(args.concurrency)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let base = format!("{}/acme", config.public_https_url);
+    let publish = {
+        let answers = answers.clone();
+        Arc::new(move |token: &str, body: &str| {
+            answers
+                .lock()
+                .unwrap()
+                .insert(token.to_owned(), body.to_owned());
+        })
+    };
+
+    // Each client registers and gets one certificate (proving the name)
+    // before the clock starts.
+    let mut clients = Vec::new();
+    for _ in 0..args.concurrency {
+        let mut c = Client::with(http_client.clone(), base.clone());
+        let a = c.register_with(json!({"termsOfServiceAgreed": true})).await;
+        if a.status != 201 {
+            return Err(format!("register: {}", a.body));
+        }
+        c.issue(&[NAME], json!({}), publish.as_ref())
+            .await
+            .map_err(|a| format!("warm-up issuance: {}", a.body))?;
+        clients.push(c);
+    }
+    let per_client = args.count / args.concurrency;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in clients {
+        let publish = publish.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_client {
+                let chain = c
+                    .issue(&[NAME], json!({}), publish.as_ref())
+                    .await
+                    .map_err(|a| format!("{}: {}", a.status, a.body))?;
+                if !chain.contains("BEGIN CERTIFICATE") {
+                    return Err(format!("not a chain: {chain}"));
+                }
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let issued = (per_client * args.concurrency) as f64;
+    let _ = stop.send(true);
+    let _ = server.await;
+    common::drop_database(pg_name).await;
+    Ok(issued / elapsed)
+}
+
+fn main() {
+    let args = args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "ACME issuance benchmark: {} certificates per run, {} concurrent ACME clients (one account each), {cores} cores",
+        args.count, args.concurrency
+    );
+    println!();
+    println!("| store | renewal (name reused)/s | new name (http-01 each)/s |");
+    println!("|---|---:|---:|");
+    for backend in &args.backends {
+        let mut cells = Vec::new();
+        for reuse in [true, false] {
+            cells.push(match runtime.block_on(run(backend, &args, reuse)) {
+                Ok(r) => format!("{r:.0}"),
+                Err(e) => format!("failed: {e}"),
+            });
+        }
+        println!("| {backend} | {} | {} |", cells[0], cells[1]);
+    }
+}
