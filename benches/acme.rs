@@ -79,7 +79,14 @@ async fn http01_server(answers: Answers) -> u16 {
         axum::routing::get(
             move |axum::extract::Path(token): axum::extract::Path<String>| {
                 let answers = answers.clone();
-                async move { answers.lock().unwrap().get(&token).cloned().unwrap_or_default() }
+                async move {
+                    answers
+                        .lock()
+                        .unwrap()
+                        .get(&token)
+                        .cloned()
+                        .unwrap_or_default()
+                }
             },
         ),
     );

@@ -223,8 +223,7 @@ impl Client {
             Ok(_) => json!({"type": "ip", "value": n}),
             Err(_) => json!({"type": "dns", "value": n}),
         };
-        let mut payload =
-            json!({"identifiers": names.iter().map(identifier).collect::<Vec<_>>()});
+        let mut payload = json!({"identifiers": names.iter().map(identifier).collect::<Vec<_>>()});
         for (k, v) in extra.as_object().unwrap() {
             payload[k] = v.clone();
         }

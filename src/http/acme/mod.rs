@@ -91,11 +91,7 @@ async fn check_nonce(state: &AppState, nonce: &str, now: i64) -> Result<bool, St
     if expires < now {
         return Ok(false);
     }
-    state
-        .authority
-        .store()
-        .use_nonce(nonce, expires, now)
-        .await
+    state.authority.store().use_nonce(nonce, expires, now).await
 }
 
 /// Adds `Replay-Nonce`, `Link: rel="index"` and `Cache-Control: no-store`.
