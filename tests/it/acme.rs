@@ -194,7 +194,9 @@ async fn certbot_gets_renews_and_revokes_a_certificate_by_http01() {
 /// account eab-key` it registers and gets a certificate owned by that
 /// account, while the server refuses every third nonce and delays each
 /// validation up to 2 s (the test-only `danger_acme_chaos`), so certbot
-/// must retry `badNonce` and wait for slow validations.
+/// must retry `badNonce` and wait for slow validations. Then renewal
+/// information (RFC 9773) makes a plain `certbot renew` replace the
+/// certificate once it is revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certbot_binds_an_external_account_and_survives_bad_nonces_and_slow_validation() {
     if !tool_present("certbot", "pip install certbot") {
@@ -274,6 +276,32 @@ async fn certbot_binds_an_external_account_and_survives_bad_nonces_and_slow_vali
         assert!(
             log.contains("badNonce"),
             "certbot met (and retried) refused nonces"
+        );
+
+        // Renewal information: once the operator revokes the certificate,
+        // the window moves into the past and a plain `certbot renew` (no
+        // --force-renewal), which asks ARI, renews it at once.
+        let first = serial_of(&cert);
+        lab.running
+            .authority
+            .revoke(
+                hallmark::workflow::revocation::Revoker::Operator("operator:test"),
+                &first.parse().unwrap(),
+                hallmark::workflow::revocation::RevokeRequest {
+                    reason: hallmark::pki::crl::RevocationReason::Superseded,
+                    invalidity_date: None,
+                },
+            )
+            .await
+            .unwrap();
+        let (ok, out) =
+            certbot(&["renew", "--no-random-sleep-on-renew", "--http-01-port", &p]).await;
+        assert!(ok, "certbot renew failed:\n{out}");
+        let renewed = std::fs::read_to_string(live.join("cert.pem")).unwrap();
+        assert_ne!(
+            serial_of(&renewed),
+            first,
+            "certbot renewed because ARI said so:\n{out}"
         );
         lab.finish().await;
     }
