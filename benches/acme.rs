@@ -32,42 +32,6 @@ use acme_client::Client;
 const PASSPHRASE: &str = "benchmark passphrase";
 const NAME: &str = "127.0.0.1";
 
-struct Args {
-    count: usize,
-    concurrency: usize,
-    backends: Vec<String>,
-}
-
-fn args() -> Args {
-    let mut a = Args {
-        count: 2_000,
-        concurrency: 32,
-        backends: vec!["sqlite".into(), "postgres".into()],
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--count" => a.count = it.next().and_then(|v| v.parse().ok()).expect("--count N"),
-            "--concurrency" => {
-                a.concurrency = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--concurrency C")
-            }
-            "--backends" => {
-                a.backends = it
-                    .next()
-                    .expect("--backends list")
-                    .split(',')
-                    .map(String::from)
-                    .collect()
-            }
-            _ => {}
-        }
-    }
-    a
-}
-
 type Answers = Arc<Mutex<HashMap<String, String>>>;
 
 /// Serves the key authorizations the clients publish, by token.
@@ -96,7 +60,7 @@ async fn http01_server(answers: Answers) -> u16 {
     port
 }
 
-async fn run(backend: &str, args: &Args, reuse: bool) -> Result<f64, String> {
+async fn run(backend: &str, args: &common::LoadArgs, reuse: bool) -> Result<f64, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (url, pg_name) = common::database_url(backend, dir.path(), "acme")
         .await
@@ -204,7 +168,7 @@ async fn run(backend: &str, args: &Args, reuse: bool) -> Result<f64, String> {
 }
 
 fn main() {
-    let args = args();
+    let args = common::load_args(2_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

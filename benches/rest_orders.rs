@@ -19,42 +19,6 @@ use serde_json::{json, Value};
 
 const PASSPHRASE: &str = "benchmark passphrase";
 
-struct Args {
-    count: usize,
-    concurrency: usize,
-    backends: Vec<String>,
-}
-
-fn args() -> Args {
-    let mut a = Args {
-        count: 20_000,
-        concurrency: 32,
-        backends: vec!["sqlite".into(), "postgres".into()],
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--count" => a.count = it.next().and_then(|v| v.parse().ok()).expect("--count N"),
-            "--concurrency" => {
-                a.concurrency = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--concurrency C")
-            }
-            "--backends" => {
-                a.backends = it
-                    .next()
-                    .expect("--backends list")
-                    .split(',')
-                    .map(String::from)
-                    .collect()
-            }
-            _ => {}
-        }
-    }
-    a
-}
-
 /// Answers every http-01 request with `body` (the bench proves one name).
 async fn http01_server(body: Arc<std::sync::Mutex<String>>) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -72,7 +36,7 @@ async fn http01_server(body: Arc<std::sync::Mutex<String>>) -> u16 {
     port
 }
 
-async fn run(backend: &str, args: &Args, csr: &str) -> Result<f64, String> {
+async fn run(backend: &str, args: &common::LoadArgs, csr: &str) -> Result<f64, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (url, pg_name) = common::database_url(backend, dir.path(), "rest")
         .await
@@ -211,7 +175,7 @@ async fn run(backend: &str, args: &Args, csr: &str) -> Result<f64, String> {
 }
 
 fn main() {
-    let args = args();
+    let args = common::load_args(20_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -45,3 +45,44 @@ pub async fn drop_database(name: Option<String>) {
             .await;
     }
 }
+
+/// The load options the HTTP benchmarks share: `--count N --concurrency C
+/// --backends sqlite,postgres` (anything else, such as cargo's `--bench`,
+/// is ignored).
+pub struct LoadArgs {
+    pub count: usize,
+    pub concurrency: usize,
+    pub backends: Vec<String>,
+}
+
+/// Parses [`LoadArgs`] from the command line, with `count` as default.
+#[allow(dead_code)]
+pub fn load_args(count: usize) -> LoadArgs {
+    let mut a = LoadArgs {
+        count,
+        concurrency: 32,
+        backends: vec!["sqlite".into(), "postgres".into()],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--count" => a.count = it.next().and_then(|v| v.parse().ok()).expect("--count N"),
+            "--concurrency" => {
+                a.concurrency = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--concurrency C")
+            }
+            "--backends" => {
+                a.backends = it
+                    .next()
+                    .expect("--backends list")
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            }
+            _ => {}
+        }
+    }
+    a
+}

@@ -946,16 +946,39 @@ impl Orders {
         Ok(bundle)
     }
 
+    /// An ACME order, if this ACME account opened it: any other order is
+    /// `NotFound`, even one of another ACME account of the same hallmark
+    /// account (orders from before migration 0004 name none).
+    pub async fn get_acme(
+        &self,
+        caller: &Caller,
+        acme_account_id: &str,
+        order_id: &str,
+    ) -> Result<OrderBundle, WorkflowError> {
+        let bundle = self.get(caller, order_id).await?;
+        let mine = bundle.order.source == "acme"
+            && bundle
+                .order
+                .acme_account_id
+                .as_deref()
+                .is_none_or(|a| a == acme_account_id);
+        if !mine {
+            return Err(no_such_order(order_id));
+        }
+        Ok(bundle)
+    }
+
     /// Finalizes a `ready` ACME order with its CSR (RFC 8555 §7.4): the
     /// CSR passes intake and policy and names exactly the order's
     /// identifiers; then the certificate is issued.
     pub async fn finalize(
         &self,
         caller: &Caller,
+        acme_account_id: &str,
         order_id: &str,
         csr: &[u8],
     ) -> Result<OrderBundle, WorkflowError> {
-        let bundle = self.get(caller, order_id).await?;
+        let bundle = self.get_acme(caller, acme_account_id, order_id).await?;
         if bundle.order.status != OrderStatus::Ready {
             return Err(WorkflowError::OrderNotReady(format!(
                 "order {order_id} is {}; it can be finalized only when ready",

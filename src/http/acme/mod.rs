@@ -760,8 +760,10 @@ async fn finalize(
                     "finalize needs \"csr\": the DER CSR in base64url",
                 )
             })?;
-        acme_order(&state, &v, &id).await?;
-        let bundle = state.orders.finalize(&v.caller(), &id, &csr).await?;
+        let bundle = state
+            .orders
+            .finalize(&v.caller(), &v.account().id, &id, &csr)
+            .await?;
         Ok(order_response(&state, &bundle, StatusCode::OK))
     }
     .await;
@@ -771,17 +773,10 @@ async fn finalize(
 /// An order this ACME account opened; any other is a 404, even one of
 /// another ACME account of the same hallmark account.
 async fn acme_order(state: &AppState, v: &Verified, id: &str) -> Result<OrderBundle, Problem> {
-    let bundle = state.orders.get(&v.caller(), id).await?;
-    let mine = bundle.order.source == "acme"
-        && bundle
-            .order
-            .acme_account_id
-            .as_deref()
-            .is_none_or(|a| a == v.account().id);
-    if !mine {
-        return Err(Problem::not_found(format!("there is no order {id:?}")));
-    }
-    Ok(bundle)
+    Ok(state
+        .orders
+        .get_acme(&v.caller(), &v.account().id, id)
+        .await?)
 }
 
 /// `authz_<key>_<n>` and `chall_<key>_<n>_<x>` belong to `ord_<key>`
