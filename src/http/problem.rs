@@ -85,6 +85,26 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// 503: the database cannot take the request now; nothing was written
+    /// and the client may retry after a few seconds.
+    pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %cause, "database unavailable");
+        Problem {
+            retry_after: Some(UNAVAILABLE_RETRY_SECS),
+            ..Self::hallmark(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "databaseUnavailable",
+                "Service unavailable",
+                "the database is unavailable right now; retry in a few seconds",
+            )
+        }
+    }
+}
+
+/// `Retry-After` of a 503 for an unavailable database.
+const UNAVAILABLE_RETRY_SECS: u64 = 5;
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -111,6 +131,7 @@ impl From<StoreError> for Problem {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => Problem::not_found("no such resource"),
+            StoreError::Unavailable(why) => Problem::unavailable(&why),
             other => Problem::internal(&other),
         }
     }

@@ -285,20 +285,37 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// How long `/readyz` waits for the database before answering 503.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    match state.authority.store().ping().await {
-        Ok(()) => "ready\n".into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            Problem::hallmark(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "databaseUnavailable",
-                "Not ready",
-                "the database does not answer",
-            )
-            .into_response()
+    let store = state.authority.store();
+    let check = async {
+        store.ping().await?;
+        store.check_durable().await
+    };
+    let detail = match tokio::time::timeout(READY_TIMEOUT, check).await {
+        Ok(Ok(())) => return "ready\n".into_response(),
+        Ok(Err(crate::store::StoreError::NotDurable(why))) => {
+            tracing::error!(error = %why, "readiness check failed");
+            "the database would not flush commits to disk"
         }
-    }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            "the database does not answer"
+        }
+        Err(_) => {
+            tracing::warn!("readiness check timed out");
+            "the database did not answer within 3 seconds"
+        }
+    };
+    Problem::hallmark(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "databaseUnavailable",
+        "Not ready",
+        detail,
+    )
+    .into_response()
 }
 
 /// Prometheus text exposition: what an operator alerts on (CA expiry, the

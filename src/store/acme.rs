@@ -109,10 +109,7 @@ macro_rules! impl_acme_sql {
                 if rand::random::<u16>() < 64 {
                     // Now and then, forget used nonces that have expired
                     // (they are refused for their expiry anyway).
-                    sqlx::query("DELETE FROM acme_nonces WHERE expires_at < $1")
-                        .bind(now)
-                        .execute(&self.write)
-                        .await?;
+                    self.prune_nonces(now).await?;
                 }
                 Ok(fresh)
             }

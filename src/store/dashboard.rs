@@ -92,6 +92,20 @@ pub(super) const USER_COLUMNS: &str = "SELECT id, username, password_hash, role,
 
 /// Implements the dashboard methods as inherent `*_impl` methods of a
 /// backend with `read` and `write` pools; the `Store` impl calls them.
+/// Ends the unfinished orders of an account being disabled.
+pub(super) const END_ORDERS_OF_DISABLED_ACCOUNT: &str = "UPDATE orders SET status = 'invalid', \
+     updated_at = $2, error = $3 WHERE account_id = $1 \
+     AND status IN ('pending', 'ready', 'processing', 'awaiting_approval') RETURNING id";
+
+/// The problem an order of a disabled account ends with.
+pub(super) fn account_disabled_problem() -> String {
+    serde_json::json!({
+        "type": "urn:ietf:params:acme:error:unauthorized",
+        "detail": "the account that placed this order was disabled; the order will not be issued",
+    })
+    .to_string()
+}
+
 macro_rules! impl_dashboard_sql {
     ($store:ty, $db:ty) => {
         impl $store {
@@ -331,7 +345,32 @@ macro_rules! impl_dashboard_sql {
                 if done.rows_affected() != 1 {
                     return Err($crate::store::StoreError::NotFound);
                 }
-                Self::write_audit_tx(&mut tx, head, &[&event]).await?;
+                let mut events = vec![event];
+                if disabled {
+                    // Its unfinished orders end with it: validations
+                    // finishing later find no pending order, reviewers find
+                    // nothing to approve, and an issuance in flight finds
+                    // its order no longer `processing` and is rolled back.
+                    let ended: Vec<(String,)> = sqlx::query_as(
+                        $crate::store::dashboard::END_ORDERS_OF_DISABLED_ACCOUNT,
+                    )
+                    .bind(account_id)
+                    .bind(events[0].at.unix_timestamp())
+                    .bind($crate::store::dashboard::account_disabled_problem())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    for (order_id,) in ended {
+                        events.push($crate::store::AuditEvent {
+                            at: events[0].at,
+                            actor: events[0].actor.clone(),
+                            action: "order.invalid".into(),
+                            subject: order_id,
+                            details: serde_json::json!({ "reason": "account disabled" }),
+                        });
+                    }
+                }
+                let refs: Vec<&$crate::store::AuditEvent> = events.iter().collect();
+                Self::write_audit_tx(&mut tx, head, &refs).await?;
                 tx.commit().await?;
                 Ok(())
             }

@@ -25,8 +25,8 @@ use crate::pki::Serial;
 pub use acme::{AcmeAccountRecord, EabKeyRecord};
 pub use dashboard::{AuditQuery, Overview, SessionRecord, UserRecord, UserUpdate};
 pub use revocation::{
-    CertificateQuery, CertificateStatus, CrlRecord, NewCrl, Revocation, RevokedRow, RevokedScan,
-    StatusRecord,
+    CertificateQuery, CertificateStatus, CrlMark, CrlRecord, NewCrl, Revocation, RevokedRow,
+    RevokedScan, StatusRecord,
 };
 
 pub use orders::{
@@ -49,9 +49,18 @@ pub enum StoreError {
     /// The database could not be reached or failed.
     #[error("database error: {0}")]
     Database(String),
+    /// The database cannot take the request now (unreachable, every
+    /// connection busy, restarting, out of disk); nothing was written and
+    /// the same request can be retried.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// A stored value could not be decoded.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A write connection would not flush its commits to disk (the
+    /// setting it has).
+    #[error("durability is off: {0}")]
+    NotDurable(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -61,9 +70,36 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 StoreError::Conflict(db.message().to_owned())
             }
+            sqlx::Error::Database(db) if db_unavailable(db.code().as_deref()) => {
+                StoreError::Unavailable(db.message().to_owned())
+            }
+            sqlx::Error::PoolTimedOut => {
+                StoreError::Unavailable("no database connection became free in time".into())
+            }
+            sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+                StoreError::Unavailable("the connection pool is closed".into())
+            }
+            sqlx::Error::Io(e) => StoreError::Unavailable(format!("connection lost: {e}")),
             other => StoreError::Database(other.to_string()),
         }
     }
+}
+
+/// Whether a database error code means "not now" rather than "never":
+/// SQLite out of disk, busy or failing I/O; PostgreSQL shutting down,
+/// starting up, out of disk or connections, or the connection lost.
+fn db_unavailable(code: Option<&str>) -> bool {
+    let Some(code) = code else { return false };
+    // SQLite: extended result codes, the primary one in the low byte.
+    if let Ok(n) = code.parse::<i32>() {
+        return matches!(n & 0xff, 5 | 6 | 10 | 13 | 14);
+    }
+    // PostgreSQL SQLSTATEs: 08 connection exceptions, 53 insufficient
+    // resources (disk full, too many connections), 57P01-57P03 shutdown
+    // and startup, 40001 serialization failure, 40P01 deadlock.
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
 }
 
 /// Result alias for the store.
@@ -291,6 +327,11 @@ pub trait Store: Send + Sync + 'static {
     /// Checks the database answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;
 
+    /// Checks that the connections writing certificates, revocations and
+    /// audit records flush every commit (SQLite `synchronous` FULL,
+    /// PostgreSQL `synchronous_commit` not `off`); for `/readyz`.
+    async fn check_durable(&self) -> Result<()>;
+
     /// Inserts or refreshes a CA certificate.
     async fn upsert_issuer(&self, issuer: &IssuerRecord) -> Result<()>;
 
@@ -479,6 +520,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest CRL of every scope, without DER.
     async fn crl_heads(&self) -> Result<Vec<CrlRecord>>;
+
+    /// The durable staleness marks: for every `(issuer, partition)` with a
+    /// revocation, the audit sequence number of its newest revocation
+    /// (partition 0 stands for the issuer's complete and delta CRLs). A
+    /// CRL whose `snapshot_seq` is below its mark is missing a revocation.
+    async fn crl_marks(&self) -> Result<Vec<CrlMark>>;
 
     /// The DER of the CRL `head` names.
     async fn crl_der(&self, head: &CrlRecord) -> Result<Vec<u8>>;

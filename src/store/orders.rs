@@ -116,6 +116,8 @@ pub struct OrderRecord {
     pub not_after: Option<i64>,
     /// The ACME account that opened it (ACME orders only).
     pub acme_account_id: Option<String>,
+    /// How often a stale `processing` claim on it was taken over.
+    pub issue_attempts: i64,
 }
 
 /// One identifier's authorization, as stored.
@@ -217,6 +219,8 @@ pub struct OrderUpdate {
     /// Only if the order was last updated before this (to take over a
     /// stale `processing` claim).
     pub updated_before: Option<i64>,
+    /// Count one more taken-over issuance attempt.
+    pub count_issue_attempt: bool,
 }
 
 /// What an issuance does to an order, in the same transaction as the

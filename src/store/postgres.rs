@@ -69,6 +69,31 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Forgets used nonces that expired before `now`.
+    async fn prune_nonces(&self, now: i64) -> Result<()> {
+        sqlx::query("DELETE FROM acme_nonces WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Commits wait for the WAL flush (`synchronous_commit` is not `off`
+    /// for the sessions of the write pool).
+    async fn check_durable_impl(&self) -> Result<()> {
+        let (level,): (String,) = sqlx::query_as("SHOW synchronous_commit")
+            .fetch_one(&self.write)
+            .await?;
+        if level == "off" {
+            return Err(StoreError::NotDurable(
+                "PostgreSQL has synchronous_commit = off".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl_sql_store!(PostgresStore, Postgres, "postgres");
 impl_revocation_sql!(
     PostgresStore,

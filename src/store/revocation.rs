@@ -138,12 +138,27 @@ pub struct CrlRecord {
     pub der: Vec<u8>,
 }
 
+/// The newest revocation of one CRL scope (see [`super::Store::crl_marks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlMark {
+    /// The issuer.
+    pub issuer_id: String,
+    /// 0 for the complete (and delta) CRL, else the partition.
+    pub partition: i64,
+    /// The audit sequence number of the newest revocation in the scope.
+    pub seq: i64,
+}
+
 /// How many CRLs of one scope are kept (the newest and the one before, so
 /// a client fetching during a switch still finds what an ETag names).
 pub(super) const CRLS_KEPT: i64 = 2;
 
 pub(super) const REVOKE: &str = "UPDATE certificates SET revoked_at = $2, revocation_reason = $3, \
-     invalidity_date = $4 WHERE serial = $1 AND revoked_at IS NULL";
+     invalidity_date = $4 WHERE serial = $1 AND revoked_at IS NULL \
+     RETURNING issuer_id, crl_partition";
+
+pub(super) const MARK_CRL: &str = "INSERT INTO crl_marks (issuer_id, partition, seq) \
+     VALUES ($1, $2, $3) ON CONFLICT (issuer_id, partition) DO UPDATE SET seq = excluded.seq";
 
 pub(super) const SELECT_STATUS: &str =
     "SELECT issuer_id, not_after, revoked_at, revocation_reason FROM certificates WHERE serial = $1";
@@ -207,14 +222,14 @@ macro_rules! impl_revocation_sql {
                 use $crate::store::StoreError;
                 let mut tx = self.write.begin().await?;
                 let head = Self::lock_audit_tx(&mut tx).await?;
-                let done = sqlx::query($crate::store::revocation::REVOKE)
+                let done: Option<(String, i64)> = sqlx::query_as($crate::store::revocation::REVOKE)
                     .bind(rev.serial.to_hex())
                     .bind(rev.at)
                     .bind(rev.reason)
                     .bind(rev.invalidity_date)
-                    .execute(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
-                if done.rows_affected() != 1 {
+                let Some((issuer_id, partition)) = done else {
                     let exists: Option<(Option<i64>,)> =
                         sqlx::query_as("SELECT revoked_at FROM certificates WHERE serial = $1")
                             .bind(rev.serial.to_hex())
@@ -227,6 +242,21 @@ macro_rules! impl_revocation_sql {
                             rev.serial
                         )),
                     });
+                };
+                // The revocation's own audit sequence number marks its
+                // CRLs stale until one is published from a later snapshot.
+                let seq = head.0 + 1;
+                let mut scopes = vec![0];
+                if partition > 0 {
+                    scopes.push(partition);
+                }
+                for p in scopes {
+                    sqlx::query($crate::store::revocation::MARK_CRL)
+                        .bind(&issuer_id)
+                        .bind(p)
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 Self::write_audit_tx(&mut tx, head, &[&event]).await?;
                 tx.commit().await?;
@@ -454,6 +484,23 @@ macro_rules! impl_revocation_sql {
                             }
                         },
                     )
+                    .collect())
+            }
+
+            pub(super) async fn crl_marks_impl(
+                &self,
+            ) -> $crate::store::Result<Vec<$crate::store::CrlMark>> {
+                let rows: Vec<(String, i64, i64)> =
+                    sqlx::query_as("SELECT issuer_id, partition, seq FROM crl_marks")
+                        .fetch_all(&self.read)
+                        .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(issuer_id, partition, seq)| $crate::store::CrlMark {
+                        issuer_id,
+                        partition,
+                        seq,
+                    })
                     .collect())
             }
 

@@ -196,6 +196,7 @@ pub(super) struct OrderRow {
     expires_at: i64,
     not_after: Option<i64>,
     acme_account_id: Option<String>,
+    issue_attempts: i64,
 }
 
 impl OrderRow {
@@ -218,6 +219,7 @@ impl OrderRow {
             expires_at: self.expires_at,
             not_after: self.not_after,
             acme_account_id: self.acme_account_id,
+            issue_attempts: self.issue_attempts,
         })
     }
 }
@@ -225,7 +227,7 @@ impl OrderRow {
 pub(super) const ORDER_COLUMNS: &str =
     "SELECT id, account_id, status, validation, source, profile, validity_days, csr_der, \
      organization, error, rejection_reason, certificate_serial, created_at, updated_at, expires_at, \
-     not_after, acme_account_id FROM orders";
+     not_after, acme_account_id, issue_attempts FROM orders";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct AuthorizationRow {
@@ -370,7 +372,8 @@ pub(super) const COUNT_UNFINISHED_AUTHORIZATIONS: &str =
 pub(super) const TRANSITION_ORDER: &str =
     "UPDATE orders SET status = $3, updated_at = $4, error = COALESCE($5, error), \
      rejection_reason = COALESCE($6, rejection_reason), \
-     organization = COALESCE($7, organization), csr_der = COALESCE($8, csr_der) \
+     organization = COALESCE($7, organization), csr_der = COALESCE($8, csr_der), \
+     issue_attempts = issue_attempts + $9 \
      WHERE id = $1 AND status = $2";
 
 pub(super) const COMPLETE_ORDER: &str =
@@ -623,6 +626,10 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
+            async fn check_durable(&self) -> $crate::store::Result<()> {
+                self.check_durable_impl().await
+            }
+
             async fn upsert_issuer(
                 &self,
                 issuer: &$crate::store::IssuerRecord,
@@ -841,6 +848,7 @@ macro_rules! impl_sql_store {
                         .bind(None::<String>)
                         .bind(None::<String>)
                         .bind(None::<Vec<u8>>)
+                        .bind(0_i64)
                         .execute(&mut *tx)
                         .await?;
                     if moved.rows_affected() == 1 {
@@ -867,11 +875,11 @@ macro_rules! impl_sql_store {
                 let mut q = sqlx::QueryBuilder::<$db>::new("");
                 q.push($crate::store::shared::TRANSITION_ORDER);
                 if update.updated_before.is_some() {
-                    // Numbered by hand: the statement's own $1…$8 come first
+                    // Numbered by hand: the statement's own $1…$9 come first
                     // (a pushed bind would be numbered $1 on PostgreSQL).
-                    q.push(" AND updated_at < $9");
+                    q.push(" AND updated_at < $10");
                 }
-                // The statement's own $1…$8 come first, in order.
+                // The statement's own $1…$9 come first, in order.
                 let sql = q.sql().to_owned();
                 let mut query = sqlx::query(&sql)
                     .bind(order_id)
@@ -881,7 +889,8 @@ macro_rules! impl_sql_store {
                     .bind(&update.error)
                     .bind(&update.rejection_reason)
                     .bind(&update.organization)
-                    .bind(&update.csr_der);
+                    .bind(&update.csr_der)
+                    .bind(i64::from(update.count_issue_attempt));
                 if let Some(before) = update.updated_before {
                     query = query.bind(before);
                 }
@@ -1145,6 +1154,10 @@ macro_rules! impl_sql_store {
 
             async fn crl_heads(&self) -> $crate::store::Result<Vec<$crate::store::CrlRecord>> {
                 self.crl_heads_impl().await
+            }
+
+            async fn crl_marks(&self) -> $crate::store::Result<Vec<$crate::store::CrlMark>> {
+                self.crl_marks_impl().await
             }
 
             async fn crl_der(

@@ -2,7 +2,15 @@
 //!
 //! All writes go through one connection (SQLite has one writer anyway), so
 //! writers in this process never fight over the lock; readers get their own
-//! pool. `synchronous = FULL` makes every commit durable.
+//! pool. `synchronous = FULL` makes every commit durable, and is set once
+//! when a connection opens, never changed per request.
+//!
+//! The one exception is a second, separate connection that only records
+//! used ACME nonces and is opened with `synchronous = OFF`: a used nonce is
+//! worth no disk flush (the next durable commit flushes the WAL it shares),
+//! and because the setting belongs to that connection alone, no cancelled
+//! request can leave a connection that writes certificates or revocations
+//! without durability.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,6 +31,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     read: Pool<Sqlite>,
     write: Pool<Sqlite>,
+    /// The nonce connection (`synchronous = OFF`, nonces only).
+    nonces: Pool<Sqlite>,
     batcher: Batcher,
 }
 
@@ -46,6 +56,12 @@ impl SqliteStore {
             .run(&write)
             .await
             .map_err(|e| StoreError::Database(format!("migrating {url}: {e}")))?;
+        let nonces = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone().synchronous(SqliteSynchronous::Off))
+            .await
+            .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
         let read = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
@@ -57,33 +73,47 @@ impl SqliteStore {
         Ok(SqliteStore {
             read,
             write,
+            nonces,
             batcher,
         })
     }
 }
 
 impl SqliteStore {
-    /// Records a used ACME nonce: `false` if it was used before. Without
-    /// an fsync (`synchronous = OFF` for this one statement, on the one
-    /// write connection): a used nonce is worth no disk flush, and the
-    /// next durable commit flushes it anyway.
+    /// Records a used ACME nonce on the nonce connection: `false` if it was
+    /// used before.
     async fn insert_used_nonce(&self, nonce: &str, expires_at: i64) -> Result<bool> {
-        let mut conn = self.write.acquire().await?;
-        sqlx::query("PRAGMA synchronous = OFF")
-            .execute(&mut *conn)
-            .await?;
         let done = sqlx::query(
             "INSERT INTO acme_nonces (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING",
         )
         .bind(nonce)
         .bind(expires_at)
-        .execute(&mut *conn)
-        .await;
-        // Back to durable commits whatever happened.
-        sqlx::query("PRAGMA synchronous = FULL")
-            .execute(&mut *conn)
+        .execute(&self.nonces)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets used nonces that expired before `now`.
+    async fn prune_nonces(&self, now: i64) -> Result<()> {
+        sqlx::query("DELETE FROM acme_nonces WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.nonces)
             .await?;
-        Ok(done?.rows_affected() == 1)
+        Ok(())
+    }
+
+    /// Every connection that writes durable state flushes each commit
+    /// (`synchronous` FULL or EXTRA).
+    async fn check_durable_impl(&self) -> Result<()> {
+        let (level,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+            .fetch_one(&self.write)
+            .await?;
+        if level < 2 {
+            return Err(StoreError::NotDurable(format!(
+                "the SQLite write connection has synchronous = {level}"
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -16,7 +16,7 @@ use super::{Authority, WorkflowError};
 use crate::config::CrlSection;
 use crate::pki::crl::{CrlBuilder, CrlEntry, CrlScope, CrlSpec, RevocationReason};
 use crate::pki::{CaCertificate, KeySigner};
-use crate::store::{AuditEvent, CrlRecord, NewCrl, RevokedScan};
+use crate::store::{AuditEvent, CrlMark, CrlRecord, NewCrl, RevokedScan};
 
 /// How often each instance looks for newer CRLs in the database and checks
 /// whether one is due.
@@ -84,6 +84,9 @@ pub struct ServedCrl {
     pub entries: i64,
     /// Strong ETag (quoted).
     pub etag: String,
+    /// The audit sequence number its entries were read at: it lists every
+    /// revocation recorded at or before it.
+    pub snapshot_seq: i64,
 }
 
 /// Publishes and serves the CRLs of the issuing intermediate (and the
@@ -190,6 +193,7 @@ impl CrlPublisher {
             next_update: head.next_update,
             entries: head.entries,
             etag: format!("\"{}-{}\"", file.trim_end_matches(".crl"), head.number),
+            snapshot_seq: head.snapshot_seq,
         });
         if let Ok(mut map) = self.served.write() {
             let newer = map.get(&file).is_none_or(|s| s.number < head.number);
@@ -482,52 +486,84 @@ impl CrlPublisher {
         }
     }
 
-    /// Runs until `shutdown`: refreshes the served copies from the
-    /// database, regenerates CRLs that are due, and regenerates within
-    /// `debounce_secs` after revocations through this instance.
+    /// The intermediate's CRLs that miss a revocation recorded in the
+    /// database (by any instance or process: the durable marks), and were
+    /// last published at least `debounce_secs` ago — so a burst of
+    /// revocations makes one CRL per scope per `debounce_secs`, and the
+    /// first revocation after a quiet spell one at once.
+    fn stale(&self, marks: &[CrlMark], now: i64) -> Vec<CrlKind> {
+        let id = self.authority.issuer().certificate().id();
+        let debounce = i64::from(self.config.debounce_secs);
+        let mut kinds = Vec::new();
+        for mark in marks.iter().filter(|m| m.issuer_id == id) {
+            let scopes: &[CrlKind] = match mark.partition {
+                0 if self.config.delta => &[CrlKind::Complete, CrlKind::Delta],
+                0 => &[CrlKind::Complete],
+                _ => &[],
+            };
+            let partition = [CrlKind::Partition(mark.partition.max(1) as u32)];
+            let scopes = if mark.partition > 0 {
+                &partition[..]
+            } else {
+                scopes
+            };
+            for kind in scopes {
+                let behind = match self.served(&kind.file_name(id)) {
+                    None => true,
+                    Some(s) => s.snapshot_seq < mark.seq && now - s.this_update >= debounce,
+                };
+                if behind {
+                    kinds.push(*kind);
+                }
+            }
+        }
+        // The delta refers to the complete CRL: make that first.
+        kinds.sort();
+        kinds.dedup();
+        kinds
+    }
+
+    /// One poll: load the newest CRLs, learn of revocations made anywhere
+    /// (which also drops cached OCSP answers), then regenerate what misses
+    /// a revocation and what is due by age.
+    pub async fn poll_once(&self) -> Result<(), WorkflowError> {
+        self.refresh().await?;
+        let marks = self.authority.store().crl_marks().await?;
+        if let Some(newest) = marks.iter().map(|m| m.seq).max() {
+            self.authority.saw_revocation_marks(newest);
+        }
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let mut kinds = self.stale(&marks, now);
+        kinds.extend(self.due(now));
+        kinds.sort();
+        kinds.dedup();
+        for kind in kinds {
+            self.generate_logged(kind).await;
+        }
+        Ok(())
+    }
+
+    /// Runs until `shutdown`: every [`POLL_INTERVAL`] (and at once after a
+    /// revocation through this process) runs [`CrlPublisher::poll_once`].
+    /// Nothing about what is stale lives only in memory: a revocation
+    /// whose process died before its CRL was published is picked up by
+    /// the next poll of any instance.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut revocations = self.authority.revocations();
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let debounce = Duration::from_secs(u64::from(self.config.debounce_secs));
-        let mut pending: Option<tokio::time::Instant> = None;
         loop {
-            let deadline = pending;
             tokio::select! {
                 _ = shutdown.changed() => break,
                 changed = revocations.changed() => {
                     if changed.is_err() {
                         break;
                     }
-                    if pending.is_none() {
-                        pending = Some(tokio::time::Instant::now() + debounce);
-                    }
                 }
-                _ = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    pending = None;
-                    self.generate_logged(CrlKind::Complete).await;
-                    for p in self.authority.take_dirty_partitions() {
-                        self.generate_logged(CrlKind::Partition(p as u32)).await;
-                    }
-                    if self.config.delta {
-                        self.generate_logged(CrlKind::Delta).await;
-                    }
-                }
-                _ = tick.tick() => {
-                    if let Err(e) = self.refresh().await {
-                        tracing::warn!(error = %e, "reading the newest CRLs failed");
-                        continue;
-                    }
-                    let now = OffsetDateTime::now_utc().unix_timestamp();
-                    for kind in self.due(now) {
-                        self.generate_logged(kind).await;
-                    }
-                }
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.poll_once().await {
+                tracing::warn!(error = %e, "checking the CRLs failed; will retry");
             }
         }
     }

@@ -10,7 +10,7 @@ pub mod orders;
 pub mod revocation;
 pub mod users;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use time::OffsetDateTime;
@@ -119,7 +119,9 @@ pub struct Authority {
     issued: AtomicU64,
     crl_partitions: u32,
     revocations: tokio::sync::watch::Sender<u64>,
-    dirty_partitions: std::sync::Mutex<std::collections::BTreeSet<i64>>,
+    /// The newest revocation mark (audit sequence number) seen in the
+    /// database, from any process.
+    newest_mark_seen: AtomicI64,
 }
 
 /// The CRL partition a new certificate goes into: none (0) when CRLs are
@@ -143,7 +145,7 @@ impl Authority {
             issued: AtomicU64::new(0),
             crl_partitions: 0,
             revocations: tokio::sync::watch::channel(0).0,
-            dirty_partitions: Default::default(),
+            newest_mark_seen: AtomicI64::new(0),
         }
     }
 

@@ -185,27 +185,32 @@ impl Authority {
         cert.revoked_at = Some(revocation.at);
         cert.revocation_reason = Some(revocation.reason);
         cert.invalidity_date = revocation.invalidity_date;
-        if cert.crl_partition > 0 {
-            if let Ok(mut dirty) = self.dirty_partitions.lock() {
-                dirty.insert(cert.crl_partition);
-            }
-        }
         self.revocations.send_modify(|n| *n += 1);
         tracing::info!(serial = %cert.serial, reason = %request.reason, actor, "certificate revoked");
         Ok(cert)
     }
 
-    /// The CRL partitions with revocations since the last call.
-    pub fn take_dirty_partitions(&self) -> Vec<i64> {
-        match self.dirty_partitions.lock() {
-            Ok(mut d) => std::mem::take(&mut *d).into_iter().collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-
-    /// How many revocations this process has recorded.
+    /// A number that changes whenever a revocation is recorded: by this
+    /// process at once, by other processes and instances once the CRL
+    /// publisher's poll has seen their durable mark (see
+    /// [`Authority::saw_revocation_marks`]). The OCSP cache is tagged with it.
     pub fn revocation_count(&self) -> u64 {
         *self.revocations.borrow()
+    }
+
+    /// Tells the authority the newest revocation mark in the database; if
+    /// it is newer than any seen before, the revocation count changes (so
+    /// cached OCSP answers made before it are dropped). Returns whether it
+    /// was new.
+    pub fn saw_revocation_marks(&self, newest_seq: i64) -> bool {
+        let before = self
+            .newest_mark_seen
+            .fetch_max(newest_seq, std::sync::atomic::Ordering::AcqRel);
+        if newest_seq > before {
+            self.revocations.send_modify(|n| *n += 1);
+            return true;
+        }
+        false
     }
 
     /// Changes whenever this process records a revocation (the CRL
