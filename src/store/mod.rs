@@ -90,16 +90,24 @@ impl From<sqlx::Error> for StoreError {
 /// starting up, out of disk or connections, or the connection lost.
 fn db_unavailable(code: Option<&str>) -> bool {
     let Some(code) = code else { return false };
-    // SQLite: extended result codes, the primary one in the low byte.
-    if let Ok(n) = code.parse::<i32>() {
-        return matches!(n & 0xff, 5 | 6 | 10 | 13 | 14);
+    // SQLite: extended result codes (at most 4 digits), the primary one
+    // in the low byte; PostgreSQL's SQLSTATEs are always 5 characters.
+    if code.len() < 5 {
+        return code
+            .parse::<i32>()
+            .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 10 | 13 | 14));
     }
     // PostgreSQL SQLSTATEs: 08 connection exceptions, 53 insufficient
     // resources (disk full, too many connections), 57P01-57P03 shutdown
-    // and startup, 40001 serialization failure, 40P01 deadlock.
+    // and startup, 57014 statement timeout, 55000 (a database not
+    // accepting connections), 40001 serialization failure, 40P01 deadlock,
+    // 25006 a read-only transaction (a standby during failover).
     code.starts_with("08")
         || code.starts_with("53")
-        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "57014" | "55000" | "40001" | "40P01" | "25006"
+        )
 }
 
 /// Result alias for the store.

@@ -170,7 +170,7 @@ impl DvLab {
     }
 }
 
-fn csr(dir: &std::path::Path, name: &str, cn: &str, san: &str) -> String {
+pub fn csr(dir: &std::path::Path, name: &str, cn: &str, san: &str) -> String {
     String::from_utf8(openssl_csr(
         dir,
         name,
@@ -181,7 +181,7 @@ fn csr(dir: &std::path::Path, name: &str, cn: &str, san: &str) -> String {
     .unwrap()
 }
 
-fn challenge<'a>(order: &'a Value, identifier: &str, kind: &str) -> &'a Value {
+pub fn challenge<'a>(order: &'a Value, identifier: &str, kind: &str) -> &'a Value {
     order["authorizations"]
         .as_array()
         .unwrap()

@@ -16,7 +16,7 @@ use crate::common::*;
 
 /// Issues a certificate for `name` owned by `account`; writes
 /// `<file>.key`, `<file>.pem` into `dir` and returns (serial hex, leaf PEM).
-async fn issue(
+pub async fn issue(
     authority: &Authority,
     dir: &Path,
     file: &str,
@@ -51,7 +51,7 @@ fn parse_pem(pem: &str) -> Vec<u8> {
 }
 
 /// The CRL distribution point and OCSP URL of a certificate.
-fn urls(pem: &str) -> (String, String) {
+pub fn urls(pem: &str) -> (String, String) {
     let der = parse_pem(pem);
     let (_, cert) = X509Certificate::from_der(&der).unwrap();
     let mut crl = None;
@@ -83,7 +83,7 @@ fn urls(pem: &str) -> (String, String) {
 }
 
 /// A CRL's number and revoked serials (lower-case hex).
-fn crl_contents(der: &[u8]) -> (u64, Vec<String>) {
+pub fn crl_contents(der: &[u8]) -> (u64, Vec<String>) {
     let (_, crl) = CertificateRevocationList::from_der(der).unwrap();
     let number = crl
         .crl_number()
@@ -97,7 +97,10 @@ fn crl_contents(der: &[u8]) -> (u64, Vec<String>) {
 }
 
 /// Fetches `url` until the CRL satisfies `ok` (at most 20 s).
-async fn crl_until(url: &str, ok: impl Fn(u64, &[String]) -> bool) -> (Vec<u8>, u64, Vec<String>) {
+pub async fn crl_until(
+    url: &str,
+    ok: impl Fn(u64, &[String]) -> bool,
+) -> (Vec<u8>, u64, Vec<String>) {
     let client = reqwest::Client::new();
     for _ in 0..200 {
         let resp = client.get(url).send().await.unwrap();
@@ -136,7 +139,7 @@ fn write_crl_pem(dir: &Path, der: &[u8], file: &str) {
     std::fs::write(dir.join(file), hallmark::pki::pem_encode("X509 CRL", der)).unwrap();
 }
 
-async fn api_key(authority: &Authority, name: &str, role: Role) -> (String, String) {
+pub async fn api_key(authority: &Authority, name: &str, role: Role) -> (String, String) {
     let created = accounts::create_account(authority.store().as_ref(), name, role, "test")
         .await
         .unwrap();
