@@ -17,7 +17,7 @@ use crate::orders::DvLab;
 /// A browser: keeps cookies, never follows redirects.
 pub struct Browser {
     client: reqwest::Client,
-    base: String,
+    pub base: String,
     cookies: HashMap<String, String>,
 }
 

@@ -155,6 +155,50 @@ struct Acknowledged {
     revoked: BTreeSet<String>,
     requests: u64,
     errors: u64,
+    acme: u64,
+    /// What the requests that did not complete got, by kind.
+    failures: std::collections::BTreeMap<String, u64>,
+}
+
+impl Acknowledged {
+    fn failed(&mut self, what: String) {
+        self.errors += 1;
+        *self.failures.entry(what).or_default() += 1;
+    }
+}
+
+/// Complete ACME issuances for web.internal (http-01 the first time, then
+/// the authorization is reused) until `stop`; each in its own task, so a
+/// connection cut by a kill is one error.
+async fn acme_burst(
+    acme: Arc<crate::acme_client::Client>,
+    http01: Http01Server,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Acknowledged>>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let (acme, http01) = (acme.clone(), http01.clone());
+        let one = tokio::spawn(async move {
+            let publish = |token: &str, ka: &str| {
+                http01.publish(&format!("/.well-known/acme-challenge/{token}"), ka)
+            };
+            acme.issue(&["web.internal"], json!({}), &publish)
+                .await
+                .ok()
+        });
+        let chain = one.await.ok().flatten();
+        let mut s = seen.lock().unwrap();
+        s.requests += 1;
+        match chain {
+            Some(pem) => {
+                let der = hallmark::pki::pem_decode_all(&pem, "CERTIFICATE").remove(0);
+                let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("a certificate");
+                s.issued.insert(hex::encode(cert.raw_serial()));
+                s.acme += 1;
+            }
+            None => s.failed("acme: cut or refused".into()),
+        }
+    }
 }
 
 /// Issues (names already proven) and revokes every third certificate,
@@ -188,9 +232,18 @@ async fn burst(
                     .json(&json!({"csr": csrs[i % csrs.len()], "validation": "dv"}))
                     .send()
                     .await;
-                let order: Option<Value> = match r {
-                    Ok(r) if r.status() == StatusCode::CREATED => r.json().await.ok(),
-                    _ => None,
+                let (order, what): (Option<Value>, String) = match r {
+                    Ok(r) if r.status() == StatusCode::CREATED => {
+                        (r.json().await.ok(), String::new())
+                    }
+                    Ok(r) => (None, format!("order: {}", r.status())),
+                    Err(e) => (
+                        None,
+                        format!(
+                            "order: connection ({})",
+                            if e.is_connect() { "refused" } else { "cut" }
+                        ),
+                    ),
                 };
                 let serial = order
                     .as_ref()
@@ -203,7 +256,7 @@ async fn burst(
                         Some(serial) => {
                             s.issued.insert(serial.clone());
                         }
-                        None => s.errors += 1,
+                        None => s.failed(what),
                     }
                 }
                 let Some(serial) = serial else {
@@ -223,7 +276,8 @@ async fn burst(
                         Ok(r) if r.status() == StatusCode::OK => {
                             s.revoked.insert(serial);
                         }
-                        _ => s.errors += 1,
+                        Ok(r) => s.failed(format!("revoke: {}", r.status())),
+                        Err(_) => s.failed("revoke: connection".into()),
                     }
                 }
             }
@@ -315,6 +369,10 @@ async fn serve_killed_mid_burst_loses_no_acknowledged_issuance_or_revocation() {
                 .collect(),
         );
         let seen = Arc::new(Mutex::new(Acknowledged::default()));
+        let mut acme =
+            crate::acme_client::Client::with(client.clone(), format!("{}/acme", node.https));
+        assert_eq!(acme.register().await.status, 201);
+        let acme = Arc::new(acme);
         let kills = 3;
         for round in 0..kills {
             let stop = Arc::new(AtomicBool::new(false));
@@ -323,7 +381,13 @@ async fn serve_killed_mid_burst_loses_no_acknowledged_issuance_or_revocation() {
                 node.https.clone(),
                 key.clone(),
                 csrs.clone(),
-                8,
+                6,
+                stop.clone(),
+                seen.clone(),
+            ));
+            let acme_load = tokio::spawn(acme_burst(
+                acme.clone(),
+                http01.clone(),
                 stop.clone(),
                 seen.clone(),
             ));
@@ -334,13 +398,15 @@ async fn serve_killed_mid_burst_loses_no_acknowledged_issuance_or_revocation() {
             assert!(!status.success(), "round {round}: killed, not exited");
             stop.store(true, Ordering::Relaxed);
             load.await.unwrap();
+            acme_load.await.unwrap();
             node.start().await;
         }
         let seen = std::mem::take(&mut *seen.lock().unwrap());
         assert!(
-            seen.issued.len() >= 10 && !seen.revoked.is_empty(),
-            "{backend:?}: the burst did too little: {} issued, {} revoked",
+            seen.issued.len() >= 10 && !seen.revoked.is_empty() && seen.acme > 0,
+            "{backend:?}: the burst did too little: {} issued ({} by ACME), {} revoked",
             seen.issued.len(),
+            seen.acme,
             seen.revoked.len()
         );
 
@@ -407,9 +473,15 @@ async fn serve_killed_mid_burst_loses_no_acknowledged_issuance_or_revocation() {
         }
 
         // No order is stuck: claims the dead processes left behind are
-        // resumed by the worker (made stale here instead of waiting).
+        // resumed by the worker, and ACME orders whose client was cut off
+        // expire (both made due here instead of waiting minutes).
         node.db
             .execute("UPDATE orders SET updated_at = 0 WHERE status IN ('ready', 'processing')")
+            .await;
+        node.db
+            .execute(
+                "UPDATE orders SET expires_at = 1 WHERE source = 'acme' AND status IN ('pending', 'ready')",
+            )
             .await;
         let started = Instant::now();
         loop {
@@ -424,7 +496,8 @@ async fn serve_killed_mid_burst_loses_no_acknowledged_issuance_or_revocation() {
                 .filter(|o| {
                     matches!(
                         o.status,
-                        hallmark::store::OrderStatus::Ready
+                        hallmark::store::OrderStatus::Pending
+                            | hallmark::store::OrderStatus::Ready
                             | hallmark::store::OrderStatus::Processing
                     )
                 })
@@ -442,12 +515,14 @@ async fn serve_killed_mid_burst_loses_no_acknowledged_issuance_or_revocation() {
         let (ok, out) = node.cli(&["audit", "verify"]);
         assert!(ok, "{backend:?}: audit verify: {out}");
         eprintln!(
-            "{backend:?}: {kills} kills, {} requests, {} not completed (cut by the kills), {} issued, {} revoked, 0 lost",
+            "{backend:?}: {kills} kills, {} requests, {} not completed (cut by the kills), {} issued ({} by ACME), {} revoked, 0 lost",
             seen.requests,
             seen.errors,
             seen.issued.len(),
+            seen.acme,
             seen.revoked.len()
         );
+        eprintln!("{backend:?}: not completed: {:?}", seen.failures);
         node.signal("-TERM");
         drop(store);
         let db = std::mem::replace(
@@ -642,4 +717,289 @@ async fn graceful_shutdown_finishes_the_requests_in_flight() {
         );
         db.cleanup().await;
     }
+}
+
+/// Another instance of `lab`'s CA on the same database, on its own
+/// listeners (as behind a load balancer: the same public URLs).
+async fn another_instance(
+    lab: &DvLab,
+) -> (
+    String,
+    String,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut config = lab.ca.config.clone();
+    let https = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    config.https_listen = https.local_addr().unwrap();
+    config.http_listen = http.local_addr().unwrap();
+    let https_url = format!("https://localhost:{}", config.https_listen.port());
+    let http_url = format!("http://{}", config.http_listen);
+    let service = hallmark::service::Service::start(config).await.unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let handle = tokio::spawn(service.run(https, http, stopped));
+    (https_url, http_url, stop, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_database_issue_revoke_and_publish_as_one() {
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    // A round-robin TCP load balancer in front of the three (TLS passes
+    // through): the public HTTPS URL every instance announces.
+    let balancer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = format!(
+        "https://localhost:{}",
+        balancer.local_addr().unwrap().port()
+    );
+    let lab = DvLab::new(
+        Backend::Postgres,
+        &[
+            ("HALLMARK_CRL__DEBOUNCE_SECS", "1".into()),
+            ("HALLMARK_SERVER__PUBLIC_HTTPS_URL", public.clone()),
+        ],
+    )
+    .await;
+    let (b_https, b_http, stop_b, b) = another_instance(&lab).await;
+    let (c_https, c_http, stop_c, c) = another_instance(&lab).await;
+    let a_https = format!("https://localhost:{}", lab.ca.config.https_listen.port());
+    let https = [a_https, b_https, c_https];
+    let backends: Vec<String> = https
+        .iter()
+        .map(|u| format!("127.0.0.1:{}", u.rsplit(':').next().unwrap()))
+        .collect();
+    tokio::spawn(async move {
+        let mut next = 0;
+        while let Ok((mut inbound, _)) = balancer.accept().await {
+            let backend = backends[next % backends.len()].clone();
+            next += 1;
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let http = [lab.running.http_url.clone(), b_http, c_http];
+    let store = lab.running.authority.store().clone();
+    let (_, key) = api_key(&lab.running.authority, "team", Role::Requester).await;
+    let client = lab.running.client();
+
+    // Prove web.internal once (through the first), then issue through all
+    // three at once, by REST and by ACME, and revoke every other one
+    // through a different instance than the one that issued it.
+    let http01 = lab.http01.clone();
+    prove_rest(&lab, &key).await;
+    let pem = csr(lab.ca.dir.path(), "m", "web.internal", "DNS:web.internal");
+    let mut tasks = Vec::new();
+    for i in 0..24usize {
+        let (client, key, pem) = (client.clone(), key.clone(), pem.clone());
+        let (at, revoke_at) = (https[i % 3].clone(), https[(i + 1) % 3].clone());
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(format!("{at}/api/v1/orders"))
+                .bearer_auth(&key)
+                .json(&json!({"csr": pem, "validation": "dv"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            let order: Value = r.json().await.unwrap();
+            assert_eq!(order["status"], "valid", "{order}");
+            let serial = order["certificate_serial"].as_str().unwrap().to_owned();
+            let revoked = i % 2 == 0;
+            if revoked {
+                let r = client
+                    .post(format!("{revoke_at}/api/v1/certificates/{serial}/revoke"))
+                    .bearer_auth(&key)
+                    .json(&json!({"reason": "superseded"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::OK);
+            }
+            (serial, revoked)
+        }));
+    }
+    // ACME clients through the balancer: each connection (and so each
+    // nonce, order and finalize) may land on another instance.
+    let mut acme = Vec::new();
+    for i in 0..3 {
+        let http01 = http01.clone();
+        let fresh = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(lab.running.root_pem.as_bytes()).unwrap(),
+            )
+            .tls_built_in_root_certs(false)
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let mut acme_client = crate::acme_client::Client::with(fresh, format!("{public}/acme"));
+        acme.push(tokio::spawn(async move {
+            assert_eq!(acme_client.register().await.status, 201);
+            let publish = |token: &str, ka: &str| {
+                http01.publish(&format!("/.well-known/acme-challenge/{token}"), ka)
+            };
+            let mut chains = Vec::new();
+            for _ in 0..3 {
+                let name = ["web.internal", "api.internal", "alpn.internal"][i];
+                match acme_client.issue(&[name], json!({}), &publish).await {
+                    Ok(chain) => chains.push(chain),
+                    Err(a) => panic!("ACME through instance {i}: {} {}", a.status, a.body),
+                }
+            }
+            chains
+        }));
+    }
+    let mut serials = Vec::new();
+    let mut revoked = BTreeSet::new();
+    for t in tasks {
+        let (serial, r) = t.await.unwrap();
+        if r {
+            revoked.insert(serial.clone());
+        }
+        serials.push(serial);
+    }
+    let mut acme_chains = 0;
+    for t in acme {
+        acme_chains += t.await.unwrap().len();
+    }
+    assert_eq!(acme_chains, 9);
+    let unique: BTreeSet<&String> = serials.iter().collect();
+    assert_eq!(unique.len(), serials.len(), "a serial issued twice");
+    let issues = store
+        .audit_page(0, 1_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "certificate.issue")
+        .map(|r| r.subject)
+        .collect::<Vec<_>>();
+    let unique_issues: BTreeSet<&String> = issues.iter().collect();
+    assert_eq!(issues.len(), unique_issues.len());
+
+    // Every instance serves a CRL with every revocation, and once the
+    // dust settles the same newest number, within one poll (2 s).
+    let issuer = lab.running.authority.issuer().certificate().id().to_owned();
+    let plain = reqwest::Client::new();
+    let crl_at = |base: String| {
+        let plain = plain.clone();
+        let issuer = issuer.clone();
+        async move {
+            let der = plain
+                .get(format!("{base}/crl/{issuer}.crl"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            crl_contents(&der)
+        }
+    };
+    let started = Instant::now();
+    for base in &http {
+        loop {
+            let (_, listed) = crl_at(base.clone()).await;
+            if revoked.iter().all(|s| listed.contains(s)) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{base} lacks revocations"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let newest = store
+        .crl_heads()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|h| h.issuer_id == issuer && h.partition == 0 && !h.delta)
+        .unwrap()
+        .number as u64;
+    tokio::time::sleep(hallmark::workflow::crl::POLL_INTERVAL + Duration::from_millis(500)).await;
+    for base in &http {
+        let (n, _) = crl_at(base.clone()).await;
+        assert!(n >= newest, "{base} serves CRL {n}, the newest is {newest}");
+    }
+    // One content per CRL number.
+    let numbers: Vec<i64> = store
+        .audit_page(0, 1_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "crl.publish" && r.subject == format!("{issuer}.crl"))
+        .map(|r| {
+            serde_json::from_str::<Value>(&r.details).unwrap()["number"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    let unique_numbers: BTreeSet<i64> = numbers.iter().copied().collect();
+    assert_eq!(
+        unique_numbers.len(),
+        numbers.len(),
+        "a CRL number published twice"
+    );
+
+    // A dashboard session made through one instance works at the others.
+    hallmark::workflow::users::add_user(
+        store.as_ref(),
+        "ops",
+        hallmark::workflow::users::UserRole::Admin,
+        crate::dashboard::PASSWORD,
+        false,
+        "test",
+    )
+    .await
+    .unwrap();
+    let mut browser = crate::dashboard::Browser::new(&lab.running);
+    browser.sign_in("ops", crate::dashboard::PASSWORD).await;
+    for base in &https[1..] {
+        browser.base = base.clone();
+        let page = browser.get("/admin/certificates").await;
+        assert_eq!(page.status, StatusCode::OK, "{base}: {}", page.location);
+    }
+    assert!(hallmark::workflow::audit::verify(store.as_ref())
+        .await
+        .is_ok());
+    eprintln!(
+        "three instances: {} REST and {acme_chains} ACME issuances, {} revocations, {} CRLs published, numbers unique",
+        serials.len(),
+        revoked.len(),
+        numbers.len()
+    );
+    for (stop, handle) in [(stop_b, b), (stop_c, c)] {
+        let _ = stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(15), handle).await;
+    }
+    lab.finish().await;
+}
+
+/// Proves `web.internal` for the account behind `key` through `lab`.
+async fn prove_rest(lab: &DvLab, key: &str) {
+    let pem = csr(lab.ca.dir.path(), "p", "web.internal", "DNS:web.internal");
+    let (status, order) = lab
+        .post(key, "/orders", json!({"csr": pem, "validation": "dv"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let c = challenge(&order, "web.internal", "http-01");
+    lab.http01.publish(
+        c["http_path"].as_str().unwrap(),
+        c["http_body"].as_str().unwrap(),
+    );
+    let id = order["id"].as_str().unwrap();
+    let (status, _) = lab
+        .post(
+            key,
+            &format!("/orders/{id}/challenges/{}", c["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(lab.settle(key, id).await["status"], "valid");
 }
