@@ -257,14 +257,17 @@ def disk_full(args):
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=64"],
                        capture_output=True)
         results = {}
-        for _ in range(40):
+        for _ in range(100):
             status, ctype, body = node.call("POST", "/api/v1/orders", key, {"csr": csr, "validation": "dv"})
+            if status == 201 and json.loads(body)["status"] != "valid":
+                status = "201 but " + json.loads(body)["status"]
             results[status] = results.get(status, 0) + 1
             if status not in (201, 503):
                 sys.exit(f"disk full gave {status} {ctype}: {body[:300]}")
             if status == 503:
                 assert ctype.startswith("application/problem+json"), ctype
-                detail = json.loads(body)["detail"]
+                problem = json.loads(body)
+                detail = f"{problem['type']}: {problem['detail']}"
         os.remove(filler)
         print("disk full:", results, "detail:", detail if 503 in results else "-")
         ok = 0
@@ -272,13 +275,23 @@ def disk_full(args):
             status, _, _ = node.call("POST", "/api/v1/orders", key, {"csr": csr, "validation": "dv"})
             ok += status == 201
         node.stop()
-        check = subprocess.run(["sqlite3", os.path.join(mnt, "hallmark-data/hallmark.db"),
-                                "PRAGMA integrity_check"], capture_output=True, text=True)
+        db = os.path.join(mnt, "hallmark-data/hallmark.db")
+        check = subprocess.run(["sqlite3", db, "PRAGMA integrity_check"],
+                               capture_output=True, text=True)
+        stored = int(subprocess.run(["sqlite3", db, "SELECT COUNT(*) FROM certificates"],
+                                    capture_output=True, text=True).stdout.strip())
+        # Besides the 201s: the proof's, the HTTPS listener's and the OCSP
+        # responder's certificates.
+        acknowledged = results.get(201, 0) + ok + 3
+        print(f"certificates stored {stored}, acknowledged {acknowledged}")
+        if os.environ.get("SOAK_DEBUG"):
+            subprocess.run(["ls", "-la", mnt, os.path.join(mnt, "hallmark-data")])
+            subprocess.run(["sqlite3", db, "SELECT COUNT(*), MAX(seq) FROM audit_log; SELECT action, COUNT(*) FROM audit_log GROUP BY 1"])
         audit = node.cli("audit", "verify", check=False)
         print(f"after freeing space: {ok}/20 issued without a restart; integrity_check: "
               f"{check.stdout.strip() or check.stderr.strip()}; audit verify: "
               f"{'passed' if audit.returncode == 0 else audit.stderr.strip()}")
-        if ok != 20 or audit.returncode != 0 or 503 not in results:
+        if ok != 20 or audit.returncode != 0 or 503 not in results or stored != acknowledged:
             sys.exit("disk-full FAILED")
     finally:
         subprocess.run(["umount", "-l", mnt])

@@ -132,6 +132,18 @@ impl From<StoreError> for Problem {
         match e {
             StoreError::NotFound => Problem::not_found("no such resource"),
             StoreError::Unavailable(why) => Problem::unavailable(&why),
+            StoreError::DiskFull(why) => {
+                tracing::error!(error = %why, "the database's disk is full");
+                Problem {
+                    retry_after: Some(UNAVAILABLE_RETRY_SECS),
+                    ..Self::hallmark(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "databaseFull",
+                        "Service unavailable",
+                        "the database's disk is full, so nothing was written; retry once an operator has freed space",
+                    )
+                }
+            }
             other => Problem::internal(&other),
         }
     }

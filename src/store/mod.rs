@@ -54,6 +54,10 @@ pub enum StoreError {
     /// the same request can be retried.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database's disk is full: nothing was written; writes work again
+    /// once space is freed.
+    #[error("database disk full: {0}")]
+    DiskFull(String),
     /// A stored value could not be decoded.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -70,6 +74,9 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 StoreError::Conflict(db.message().to_owned())
             }
+            sqlx::Error::Database(db) if db_full(db.code().as_deref()) => {
+                StoreError::DiskFull(db.message().to_owned())
+            }
             sqlx::Error::Database(db) if db_unavailable(db.code().as_deref()) => {
                 StoreError::Unavailable(db.message().to_owned())
             }
@@ -82,6 +89,16 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Io(e) => StoreError::Unavailable(format!("connection lost: {e}")),
             other => StoreError::Database(other.to_string()),
         }
+    }
+}
+
+/// Whether a database error code means the disk is full (SQLite
+/// `SQLITE_FULL`, PostgreSQL `53100 disk_full`).
+fn db_full(code: Option<&str>) -> bool {
+    match code {
+        Some(c) if c.len() < 5 => c.parse::<i32>().is_ok_and(|n| n & 0xff == 13),
+        Some(c) => c == "53100",
+        None => false,
     }
 }
 

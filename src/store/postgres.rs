@@ -29,6 +29,19 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
+            // A connection sqlx still counts a transaction on (a COMMIT
+            // that failed mid-way) is closed, never reused.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    let idle = !sqlx::Connection::is_in_transaction(conn);
+                    if !idle {
+                        tracing::error!(
+                            "a PostgreSQL connection was left inside a transaction; closing it"
+                        );
+                    }
+                    Ok(idle)
+                })
+            })
             .connect(url)
             .await
             .map_err(|e| {

@@ -15,8 +15,12 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Pool, Sqlite};
+use futures_util::future::BoxFuture;
+use sqlx::pool::PoolConnectionMetadata;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Pool, Sqlite};
 
 use super::acme::impl_acme_sql;
 use super::batch::Batcher;
@@ -49,6 +53,7 @@ impl SqliteStore {
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            .after_release(closed_unless_idle)
             .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
@@ -59,6 +64,7 @@ impl SqliteStore {
         let nonces = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            .after_release(closed_unless_idle)
             .connect_with(options.clone().synchronous(SqliteSynchronous::Off))
             .await
             .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
@@ -77,6 +83,39 @@ impl SqliteStore {
             batcher,
         })
     }
+}
+
+/// Whether a write connection may go back to the pool: only if no
+/// transaction is open on it, by SQLite's account and by sqlx's. After a
+/// failed COMMIT or statement (a full disk, an I/O error) SQLite may roll
+/// the transaction back itself; sqlx's ROLLBACK then fails and it keeps
+/// counting a transaction, so the next `begin` becomes a SAVEPOINT and a
+/// later failure can leave every following "commit" inside a transaction
+/// that never commits — writes acknowledged and then lost. Such a
+/// connection is closed instead, and the pool opens a clean one.
+fn closed_unless_idle(
+    conn: &mut SqliteConnection,
+    _: PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        // Locking the handle waits for the worker to finish what is queued
+        // (a dropped transaction's rollback) first.
+        let sqlite_idle = {
+            let mut handle = conn.lock_handle().await?;
+            // SAFETY: the handle is locked for this call; sqlite3_get_autocommit
+            // only reads the connection's state.
+            unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) != 0 }
+        };
+        let idle = sqlite_idle && !conn.is_in_transaction();
+        if !idle {
+            tracing::error!(
+                sqlite_idle,
+                sqlx_depth_zero = !conn.is_in_transaction(),
+                "a SQLite write connection was left inside a transaction after a failure; closing it"
+            );
+        }
+        Ok(idle)
+    })
 }
 
 impl SqliteStore {

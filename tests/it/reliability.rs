@@ -400,3 +400,105 @@ async fn disabling_an_account_ends_its_unfinished_orders() {
         lab.finish().await;
     }
 }
+
+/// A small tmpfs for the disk-full test (root only; `None` elsewhere, and
+/// under `CI=true` the test must run).
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let path = tempfile::tempdir().unwrap().keep();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(SmallDisk { path });
+        }
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but a tmpfs cannot be mounted (the disk-full test needs root)");
+        }
+        eprintln!("note: cannot mount a tmpfs; skipping the disk-full test");
+        None
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_clearly_and_every_write_acknowledged_after_it_is_kept() {
+    let Some(disk) = SmallDisk::mount("2m") else {
+        return;
+    };
+    let url = format!("sqlite://{}", disk.path.join("hallmark.db").display());
+    let store = hallmark::store::connect(&url).await.unwrap();
+    // Fill the disk.
+    let filler = disk.path.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k", "count=64"])
+        .arg(format!("of={}", filler.display()))
+        .output();
+    let mut acknowledged = Vec::new();
+    let mut full = 0;
+    for i in 0..400 {
+        let name = format!("team-{i}-{}", "x".repeat(90));
+        match create_account(store.as_ref(), &name, Role::Requester, "operator:test").await {
+            Ok(created) => acknowledged.push(created.account.id),
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.contains("disk full"), "a clear error: {text}");
+                full += 1;
+                if full >= 3 {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(full > 0, "the disk never filled");
+    // Space returns: writes work again without a restart, and every one
+    // acknowledged (before and after) is in the database for a new reader.
+    std::fs::remove_file(&filler).unwrap();
+    for i in 0..20 {
+        let created = create_account(
+            store.as_ref(),
+            &format!("after-{i}"),
+            Role::Requester,
+            "operator:test",
+        )
+        .await
+        .unwrap();
+        acknowledged.push(created.account.id);
+    }
+    let fresh = hallmark::store::connect(&url).await.unwrap();
+    let stored: std::collections::BTreeSet<String> = fresh
+        .accounts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes are not in the database",
+        lost.len(),
+        acknowledged.len()
+    );
+    assert!(hallmark::workflow::audit::verify(fresh.as_ref())
+        .await
+        .is_ok());
+    drop((store, fresh));
+}
