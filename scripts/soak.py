@@ -61,6 +61,8 @@ class Challenges(http.server.BaseHTTPRequestHandler):
 class Node:
     def __init__(self, data, database_url=None):
         self.data = data
+        # The log lives off the data disk (the disk-full run fills that).
+        self.log = os.path.join(tempfile.mkdtemp(prefix="hallmark-log-"), "serve.log")
         self.https_port, self.http_port = free_port(), free_port()
         self.challenges = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Challenges)
         threading.Thread(target=self.challenges.serve_forever, daemon=True).start()
@@ -89,7 +91,7 @@ class Node:
         return out
 
     def start(self):
-        log = open(os.path.join(self.data, "serve.log"), "a")
+        log = open(self.log, "a")
         self.proc = subprocess.Popen([BIN, "serve"], cwd=self.data, env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=log)
         for _ in range(300):
@@ -293,6 +295,12 @@ def disk_full(args):
               f"{'passed' if audit.returncode == 0 else audit.stderr.strip()}")
         if ok != 20 or audit.returncode != 0 or 503 not in results or stored != acknowledged:
             sys.exit("disk-full FAILED")
+    except BaseException:
+        log = node.log if "node" in locals() else ""
+        if os.path.exists(log):
+            lines = open(log).read().splitlines()
+            print("serve.log:", "\n".join(l for l in lines if "panic" in l or "WARN" in l)[-3000:], "\n".join(lines[-4:]), file=sys.stderr)
+        raise
     finally:
         subprocess.run(["umount", "-l", mnt])
 

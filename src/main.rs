@@ -223,9 +223,13 @@ fn error_sentence(e: &anyhow::Error) -> String {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    // A log that cannot be written (its disk full) is lost, never fatal:
+    // tracing-subscriber would otherwise report the failure with
+    // `eprintln!`, which panics when stderr itself cannot be written.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if format == "json" {
         builder.json().init();
     } else {

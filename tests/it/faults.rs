@@ -1003,3 +1003,50 @@ async fn prove_rest(lab: &DvLab, key: &str) {
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(lab.settle(key, id).await["status"], "valid");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keeps_serving_when_its_log_cannot_be_written() {
+    // A full log disk loses log lines; it never stops the CA.
+    let http01 = Http01Server::start().await;
+    let node = Node::new(Backend::Sqlite, &http01, "127.0.0.1:53").await;
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hallmark"))
+        .arg("serve")
+        .current_dir(node.dir.path())
+        .env_remove("DATABASE_URL")
+        .envs(node.env.iter().map(|(k, v)| (k, v)))
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(full)
+        .spawn()
+        .unwrap();
+    let client = node.client();
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(r) = reqwest::get(format!("{}/readyz", node.http)).await {
+            ready = r.status() == StatusCode::OK;
+            if ready {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "serve with an unwritable log never became ready");
+    // Requests that log (a refusal, a warning) are still answered.
+    for _ in 0..20 {
+        let r = client
+            .post(format!("{}/api/v1/orders", node.https))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert!(child.try_wait().unwrap().is_none(), "serve exited");
+    let _ = child.kill();
+    let _ = child.wait();
+}
