@@ -250,6 +250,13 @@ impl OcspResponder {
                 }
                 answer
             }
+            Err(WorkflowError::Store(
+                e @ (crate::store::StoreError::Unavailable(_)
+                | crate::store::StoreError::DiskFull(_)),
+            )) => {
+                tracing::warn!(error = %e, "OCSP: the database is unavailable; answering tryLater");
+                error(ErrorStatus::TryLater)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "answering an OCSP request failed");
                 error(ErrorStatus::InternalError)

@@ -540,7 +540,6 @@ async fn postgres_refusing_connections_gives_503s_and_the_service_recovers_by_it
     }
     let lab = DvLab::new(Backend::Postgres, &[]).await;
     let (owner, key) = api_key(&lab.running.authority, "team", Role::Requester).await;
-    let _ = owner;
     let client = lab.running.client();
     let name = lab.ca.db.url.rsplit('/').next().unwrap().to_owned();
     let admin = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -570,6 +569,34 @@ async fn postgres_refusing_connections_gives_503s_and_the_service_recovers_by_it
     let (status, _, body, _) =
         order(client.clone(), key.clone(), pem.clone(), lab.url("/orders")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    let dir = lab.ca.dir.path();
+    let (_, leaf) =
+        crate::revocation::issue(&lab.running.authority, dir, "o", "o.internal", &owner).await;
+    let (_, ocsp_url) = crate::revocation::urls(&leaf);
+    std::fs::write(dir.join("root.pem"), &lab.running.root_pem).unwrap();
+    std::fs::write(
+        dir.join("issuing.pem"),
+        lab.running.authority.issuer().certificate().pem(),
+    )
+    .unwrap();
+    let ocsp = || {
+        openssl_status(
+            dir,
+            &[
+                "ocsp",
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                "o.pem",
+                "-url",
+                &ocsp_url,
+                "-CAfile",
+                "root.pem",
+            ],
+        )
+        .1
+    };
+    assert!(ocsp().contains("o.pem: good"));
 
     // The database goes away: no new connections, existing ones cut.
     admin_sql(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await;
@@ -606,6 +633,10 @@ async fn postgres_refusing_connections_gives_503s_and_the_service_recovers_by_it
         .await
         .unwrap();
     assert_eq!(crl.status(), StatusCode::OK);
+
+    // OCSP with a nonce (never cached) says "try later", as RFC 6960 has it.
+    let answer = ocsp();
+    assert!(answer.to_lowercase().contains("trylater"), "{answer}");
 
     // Nothing half-written: no order was recorded during the outage.
     admin_sql(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
