@@ -156,8 +156,8 @@ pub struct CrlSection {
     pub validity_hours: u32,
     /// Regular regeneration interval (default 24 h).
     pub regenerate_every_hours: u32,
-    /// After a revocation, wait this long for more before regenerating, so
-    /// a burst makes one CRL (default 2 s).
+    /// A CRL missing a revocation is republished at once, but at most once
+    /// per this many seconds, so a burst makes one CRL (default 2 s).
     pub debounce_secs: u32,
     /// Spread new certificates over this many partitioned CRLs, each
     /// named by its certificates' CDP (default 0: one CRL per issuer).
