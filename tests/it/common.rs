@@ -94,6 +94,15 @@ impl TestDb {
         }
     }
 
+    /// No database (a placeholder for one already cleaned up).
+    pub fn none() -> TestDb {
+        TestDb {
+            backend: Backend::Sqlite,
+            url: String::new(),
+            pg_name: None,
+        }
+    }
+
     /// Runs raw SQL against the database (to tamper with it in tests).
     pub async fn execute(&self, sql: &str) {
         use sqlx::Connection;

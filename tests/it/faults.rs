@@ -6,7 +6,6 @@
 //! `scripts/faults.sh`, with figures in docs/RELIABILITY.md.)
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -136,6 +135,39 @@ impl Node {
             .timeout(Duration::from_secs(20))
             .build()
             .unwrap()
+    }
+}
+
+impl Node {
+    /// A node with `serve` running, an account whose key it returns, and
+    /// `web.internal` proven for that account (so orders for it are
+    /// issued at once).
+    async fn serving_with_a_proven_name(
+        backend: Backend,
+        http01: &Http01Server,
+        dns_addr: &str,
+    ) -> (Node, String, reqwest::Client) {
+        let mut node = Node::new(backend, http01, dns_addr).await;
+        let (ok, out) = node.cli(&["account", "create", "burst"]);
+        assert!(ok, "{out}");
+        let key = serde_json::from_str::<Value>(&out).unwrap()["api_key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        node.start().await;
+        let client = node.client();
+        prove_name(&node, &client, &key, http01).await;
+        (node, key, client)
+    }
+
+    /// Stops `serve` (if running) and drops the test database.
+    async fn finish(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let db = std::mem::replace(&mut self.db, TestDb::none());
+        db.cleanup().await;
     }
 }
 
@@ -346,16 +378,8 @@ async fn serve_killed_mid_burst_loses_no_acknowledged_issuance_or_revocation() {
     for backend in backends() {
         let http01 = Http01Server::start().await;
         let dns = dns::serve(vec![Entry::A("web", "127.0.0.1".parse().unwrap())]).await;
-        let mut node = Node::new(backend, &http01, &dns.addr).await;
-        let (ok, out) = node.cli(&["account", "create", "burst"]);
-        assert!(ok, "{out}");
-        let key = serde_json::from_str::<Value>(&out).unwrap()["api_key"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        node.start().await;
-        let client = node.client();
-        prove_name(&node, &client, &key, &http01).await;
+        let (mut node, key, client) =
+            Node::serving_with_a_proven_name(backend, &http01, &dns.addr).await;
         let csrs: Arc<Vec<String>> = Arc::new(
             (0..4)
                 .map(|i| {
@@ -525,11 +549,7 @@ async fn serve_killed_mid_burst_loses_no_acknowledged_issuance_or_revocation() {
         eprintln!("{backend:?}: not completed: {:?}", seen.failures);
         node.signal("-TERM");
         drop(store);
-        let db = std::mem::replace(
-            &mut node.db,
-            TestDb::new(Backend::Sqlite, Path::new("/nonexistent")).await,
-        );
-        db.cleanup().await;
+        node.finish().await;
     }
 }
 
@@ -678,16 +698,8 @@ async fn graceful_shutdown_finishes_the_requests_in_flight() {
     for backend in backends() {
         let http01 = Http01Server::start().await;
         let dns = dns::serve(vec![Entry::A("web", "127.0.0.1".parse().unwrap())]).await;
-        let mut node = Node::new(backend, &http01, &dns.addr).await;
-        let (ok, out) = node.cli(&["account", "create", "burst"]);
-        assert!(ok, "{out}");
-        let key = serde_json::from_str::<Value>(&out).unwrap()["api_key"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        node.start().await;
-        let client = node.client();
-        prove_name(&node, &client, &key, &http01).await;
+        let (mut node, key, client) =
+            Node::serving_with_a_proven_name(backend, &http01, &dns.addr).await;
         let csrs = Arc::new(vec![csr(
             node.dir.path(),
             "g",
@@ -742,11 +754,7 @@ async fn graceful_shutdown_finishes_the_requests_in_flight() {
         assert_eq!(stored as usize, done + 3, "{backend:?}: {refused} refused");
         eprintln!("{backend:?}: graceful shutdown: {done} finished, {refused} not read by the server, 0 cut");
         drop(store);
-        let db = std::mem::replace(
-            &mut node.db,
-            TestDb::new(Backend::Sqlite, Path::new("/nonexistent")).await,
-        );
-        db.cleanup().await;
+        node.finish().await;
     }
 }
 
@@ -958,18 +966,7 @@ async fn three_instances_on_one_database_issue_revoke_and_publish_as_one() {
         assert!(n >= newest, "{base} serves CRL {n}, the newest is {newest}");
     }
     // One content per CRL number.
-    let numbers: Vec<i64> = store
-        .audit_page(0, 1_000_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.action == "crl.publish" && r.subject == format!("{issuer}.crl"))
-        .map(|r| {
-            serde_json::from_str::<Value>(&r.details).unwrap()["number"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
+    let numbers = crate::revocation::published_crl_numbers(store.as_ref(), &issuer).await;
     let unique_numbers: BTreeSet<i64> = numbers.iter().copied().collect();
     assert_eq!(
         unique_numbers.len(),

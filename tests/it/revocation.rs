@@ -139,6 +139,23 @@ fn write_crl_pem(dir: &Path, der: &[u8], file: &str) {
     std::fs::write(dir.join(file), hallmark::pki::pem_encode("X509 CRL", der)).unwrap();
 }
 
+/// The numbers of every complete CRL of `issuer` published, from the audit
+/// log (`crl.publish` records), in publishing order.
+pub async fn published_crl_numbers(store: &dyn hallmark::store::Store, issuer: &str) -> Vec<i64> {
+    store
+        .audit_page(0, 1_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "crl.publish" && r.subject == format!("{issuer}.crl"))
+        .map(|r| {
+            serde_json::from_str::<Value>(&r.details).unwrap()["number"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect()
+}
+
 pub async fn api_key(authority: &Authority, name: &str, role: Role) -> (String, String) {
     let created = accounts::create_account(authority.store().as_ref(), name, role, "test")
         .await
@@ -843,19 +860,7 @@ async fn two_instances_on_one_database_publish_unique_numbers_and_serve_every_re
         assert!(n1 > 0 && n2 > 0);
 
         // Every CRL number was published once, with one content.
-        let published: Vec<i64> = authority
-            .store()
-            .audit_page(0, 100_000)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|r| r.action == "crl.publish" && r.subject == format!("{issuer}.crl"))
-            .map(|r| {
-                serde_json::from_str::<Value>(&r.details).unwrap()["number"]
-                    .as_i64()
-                    .unwrap()
-            })
-            .collect();
+        let published = published_crl_numbers(authority.store().as_ref(), &issuer).await;
         let mut unique = published.clone();
         unique.sort();
         unique.dedup();
