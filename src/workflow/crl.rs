@@ -496,16 +496,11 @@ impl CrlPublisher {
         let debounce = i64::from(self.config.debounce_secs);
         let mut kinds = Vec::new();
         for mark in marks.iter().filter(|m| m.issuer_id == id) {
-            let scopes: &[CrlKind] = match mark.partition {
-                0 if self.config.delta => &[CrlKind::Complete, CrlKind::Delta],
-                0 => &[CrlKind::Complete],
-                _ => &[],
-            };
-            let partition = [CrlKind::Partition(mark.partition.max(1) as u32)];
-            let scopes = if mark.partition > 0 {
-                &partition[..]
-            } else {
-                scopes
+            let scopes = match u32::try_from(mark.partition) {
+                Ok(0) if self.config.delta => vec![CrlKind::Complete, CrlKind::Delta],
+                Ok(0) => vec![CrlKind::Complete],
+                Ok(p) => vec![CrlKind::Partition(p)],
+                Err(_) => Vec::new(),
             };
             for kind in scopes {
                 let behind = match self.served(&kind.file_name(id)) {
@@ -513,7 +508,7 @@ impl CrlPublisher {
                     Some(s) => s.snapshot_seq < mark.seq && now - s.this_update >= debounce,
                 };
                 if behind {
-                    kinds.push(*kind);
+                    kinds.push(kind);
                 }
             }
         }
