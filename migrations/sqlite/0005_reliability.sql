@@ -12,3 +12,7 @@ CREATE TABLE crl_marks (
 -- How often issuance of an order was taken over after its claim went
 -- stale; past a bound the order becomes invalid instead of retried.
 ALTER TABLE orders ADD COLUMN issue_attempts INTEGER NOT NULL DEFAULT 0;
+-- Used ACME nonces now live in the file `<database>-nonces`, attached by
+-- every write connection without disk flushes for it alone (see
+-- src/store/sqlite.rs); the table here is no longer read.
+DROP TABLE acme_nonces;

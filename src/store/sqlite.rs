@@ -5,12 +5,14 @@
 //! pool. `synchronous = FULL` makes every commit durable, and is set once
 //! when a connection opens, never changed per request.
 //!
-//! The one exception is a second, separate connection that only records
-//! used ACME nonces and is opened with `synchronous = OFF`: a used nonce is
-//! worth no disk flush (the next durable commit flushes the WAL it shares),
-//! and because the setting belongs to that connection alone, no cancelled
-//! request can leave a connection that writes certificates or revocations
-//! without durability.
+//! The one exception is the record of used ACME nonces: it lives in a
+//! second database file (`<db>-nonces`) that every write connection
+//! attaches as `nonces` with `synchronous = OFF`. A used nonce is worth no
+//! disk flush, a commit that only touches that file does not flush, and
+//! because `synchronous` is set per database file once when the connection
+//! opens, no request — cancelled or not — can change the durability of the
+//! main database. The nonce writes share the one write connection, so they
+//! never contend with certificate writes for SQLite's lock.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -35,8 +37,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     read: Pool<Sqlite>,
     write: Pool<Sqlite>,
-    /// The nonce connection (`synchronous = OFF`, nonces only).
-    nonces: Pool<Sqlite>,
     batcher: Batcher,
 }
 
@@ -50,9 +50,14 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        let nonce_file = nonce_file_of(&options);
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                let nonce_file = nonce_file.clone();
+                Box::pin(async move { attach_nonces(conn, &nonce_file).await })
+            })
             .after_release(closed_unless_idle)
             .connect_with(options.clone())
             .await
@@ -61,13 +66,6 @@ impl SqliteStore {
             .run(&write)
             .await
             .map_err(|e| StoreError::Database(format!("migrating {url}: {e}")))?;
-        let nonces = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .after_release(closed_unless_idle)
-            .connect_with(options.clone().synchronous(SqliteSynchronous::Off))
-            .await
-            .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
         let read = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
@@ -79,10 +77,38 @@ impl SqliteStore {
         Ok(SqliteStore {
             read,
             write,
-            nonces,
             batcher,
         })
     }
+}
+
+/// The file used nonces are recorded in: beside the database, or in
+/// memory for an in-memory database.
+fn nonce_file_of(options: &SqliteConnectOptions) -> String {
+    let main = options.get_filename().to_string_lossy().into_owned();
+    if main.is_empty() || main == ":memory:" {
+        ":memory:".to_owned()
+    } else {
+        format!("{main}-nonces")
+    }
+}
+
+/// Attaches the used-nonce file to a new write connection, without disk
+/// flushes for it alone (the main database keeps `synchronous = FULL`).
+async fn attach_nonces(conn: &mut SqliteConnection, file: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("ATTACH DATABASE $1 AS nonces")
+        .bind(file)
+        .execute(&mut *conn)
+        .await?;
+    for statement in [
+        "PRAGMA nonces.journal_mode = WAL",
+        "PRAGMA nonces.synchronous = OFF",
+        "CREATE TABLE IF NOT EXISTS nonces.used (nonce TEXT PRIMARY KEY, expires_at INTEGER NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS nonces.used_expiry ON used (expires_at)",
+    ] {
+        sqlx::query(statement).execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// Whether a write connection may go back to the pool: only if no
@@ -119,24 +145,24 @@ fn closed_unless_idle(
 }
 
 impl SqliteStore {
-    /// Records a used ACME nonce on the nonce connection: `false` if it was
-    /// used before.
+    /// Records a used ACME nonce in the attached nonce file: `false` if it
+    /// was used before.
     async fn insert_used_nonce(&self, nonce: &str, expires_at: i64) -> Result<bool> {
         let done = sqlx::query(
-            "INSERT INTO acme_nonces (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING",
+            "INSERT INTO nonces.used (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING",
         )
         .bind(nonce)
         .bind(expires_at)
-        .execute(&self.nonces)
+        .execute(&self.write)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Forgets used nonces that expired before `now`.
     async fn prune_nonces(&self, now: i64) -> Result<()> {
-        sqlx::query("DELETE FROM acme_nonces WHERE expires_at < $1")
+        sqlx::query("DELETE FROM nonces.used WHERE expires_at < $1")
             .bind(now)
-            .execute(&self.nonces)
+            .execute(&self.write)
             .await?;
         Ok(())
     }
@@ -144,7 +170,7 @@ impl SqliteStore {
     /// Every connection that writes durable state flushes each commit
     /// (`synchronous` FULL or EXTRA).
     async fn check_durable_impl(&self) -> Result<()> {
-        let (level,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+        let (level,): (i64,) = sqlx::query_as("PRAGMA main.synchronous")
             .fetch_one(&self.write)
             .await?;
         if level < 2 {
