@@ -1217,7 +1217,7 @@ async fn set_account(state: &AppState, who: &Admin, id: &str, disabled: bool) ->
         Ok(()) => redirect_with(
             "/admin/accounts",
             if disabled {
-                "Account disabled: its API keys no longer work."
+                "Account disabled: its API keys no longer work, and its unfinished orders were ended."
             } else {
                 "Account enabled."
             },
