@@ -22,8 +22,11 @@ COPY --from=build /src/target/release/hallmark /usr/local/bin/hallmark
 USER hallmark
 WORKDIR /data
 VOLUME /data
+# MALLOC_ARENA_MAX: glibc's per-thread arenas made RSS creep under a long
+# soak; two arenas keep it nearly flat (docs/RELIABILITY.md, soak).
 ENV HALLMARK_SERVER__HTTPS_LISTEN=0.0.0.0:8443 \
-    HALLMARK_SERVER__HTTP_LISTEN=0.0.0.0:8080
+    HALLMARK_SERVER__HTTP_LISTEN=0.0.0.0:8080 \
+    MALLOC_ARENA_MAX=2
 EXPOSE 8443 8080
 HEALTHCHECK --interval=30s --timeout=3s CMD ["/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q '200 OK' <&3"]
 ENTRYPOINT ["hallmark", "--data-dir", "/data", "--log-format", "json"]
