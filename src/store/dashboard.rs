@@ -151,19 +151,50 @@ macro_rules! impl_dashboard_sql {
                 Ok(rows.into_iter().map(Self::user_row).collect())
             }
 
-            pub(super) async fn record_login_impl(
+            pub(super) async fn record_failed_sign_in_impl(
                 &self,
                 user_id: &str,
-                failed_logins: i64,
-                locked_until: Option<i64>,
-            ) -> $crate::store::Result<()> {
-                sqlx::query("UPDATE users SET failed_logins = $2, locked_until = $3 WHERE id = $1")
-                    .bind(user_id)
-                    .bind(failed_logins)
-                    .bind(locked_until)
-                    .execute(&self.write)
-                    .await?;
-                Ok(())
+                now: i64,
+                policy: $crate::store::SignInLimits,
+                mut failed: $crate::store::AuditEvent,
+                locked: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<(i64, Option<i64>)> {
+                let mut tx = self.write.begin().await?;
+                // The audit-head lock serialises this with every other
+                // sign-in failure, across instances: read, count, write.
+                let head = Self::lock_audit_tx(&mut tx).await?;
+                let (count, lock, last): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+                    "SELECT failed_logins, locked_until, last_failed_at FROM users WHERE id = $1",
+                )
+                .bind(user_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                if let Some(until) = lock.filter(|u| *u > now) {
+                    return Ok((count, Some(until)));
+                }
+                let fresh = lock.is_some()
+                    || last.is_none_or(|t| now - t > policy.window_secs);
+                let count = if fresh { 1 } else { count + 1 };
+                let lock = (count >= policy.max_failures).then_some(now + policy.lock_secs);
+                sqlx::query(
+                    "UPDATE users SET failed_logins = $2, locked_until = $3, last_failed_at = $4 WHERE id = $1",
+                )
+                .bind(user_id)
+                .bind(count)
+                .bind(lock)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if let Some(details) = failed.details.as_object_mut() {
+                    details.insert("failures_in_a_row".into(), count.into());
+                }
+                let mut events = vec![&failed];
+                if lock.is_some() {
+                    events.push(&locked);
+                }
+                Self::write_audit_tx(&mut tx, head, &events).await?;
+                tx.commit().await?;
+                Ok((count, lock))
             }
 
             pub(super) async fn update_user_impl(
@@ -235,7 +266,9 @@ macro_rules! impl_dashboard_sql {
                 .bind(session.expires_at)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
+                sqlx::query(
+                    "UPDATE users SET failed_logins = 0, locked_until = NULL, last_failed_at = NULL WHERE id = $1",
+                )
                     .bind(&session.user_id)
                     .execute(&mut *tx)
                     .await?;

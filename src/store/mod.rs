@@ -127,6 +127,17 @@ fn db_unavailable(code: Option<&str>) -> bool {
         )
 }
 
+/// How failed sign-ins lock a user (see [`Store::record_failed_sign_in`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignInLimits {
+    /// Failures in a row that lock.
+    pub max_failures: i64,
+    /// How long a lock lasts (seconds).
+    pub lock_secs: i64,
+    /// Failures further apart than this (seconds) do not add up.
+    pub window_secs: i64,
+}
+
 /// Result alias for the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -565,14 +576,22 @@ pub trait Store: Send + Sync + 'static {
     /// Every dashboard user, by name.
     async fn users(&self) -> Result<Vec<UserRecord>>;
 
-    /// Records a user's failed sign-ins and lock (not audited: a failure
-    /// changes no authority).
-    async fn record_login(
+    /// Counts a failed sign-in of an existing user, atomically (parallel
+    /// guesses each count) and fairly: a failure after an expired lock, or
+    /// more than `policy.window_secs` after the previous failure, starts
+    /// the count again at one. At `policy.max_failures` the user is locked
+    /// until `now + policy.lock_secs`. Appends `failed` (always) and
+    /// `locked` (when this failure set the lock) to the audit log. If a
+    /// lock is already in force nothing is counted or written. Returns the
+    /// failures in a row and the lock in force.
+    async fn record_failed_sign_in(
         &self,
         user_id: &str,
-        failed_logins: i64,
-        locked_until: Option<i64>,
-    ) -> Result<()>;
+        now: i64,
+        policy: SignInLimits,
+        failed: AuditEvent,
+        locked: AuditEvent,
+    ) -> Result<(i64, Option<i64>)>;
 
     /// Changes a user with its audit record; `Conflict` (nothing written)
     /// if no enabled admin would remain. A new password, role or disabling

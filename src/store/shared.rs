@@ -1185,13 +1185,16 @@ macro_rules! impl_sql_store {
                 self.users_impl().await
             }
 
-            async fn record_login(
+            async fn record_failed_sign_in(
                 &self,
                 user_id: &str,
-                failed_logins: i64,
-                locked_until: Option<i64>,
-            ) -> $crate::store::Result<()> {
-                self.record_login_impl(user_id, failed_logins, locked_until).await
+                now: i64,
+                policy: $crate::store::SignInLimits,
+                failed: $crate::store::AuditEvent,
+                locked: $crate::store::AuditEvent,
+            ) -> $crate::store::Result<(i64, Option<i64>)> {
+                self.record_failed_sign_in_impl(user_id, now, policy, failed, locked)
+                    .await
             }
 
             async fn update_user(

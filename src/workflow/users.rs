@@ -14,7 +14,9 @@ use std::sync::OnceLock;
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use sha2::{Digest, Sha256};
 
-use crate::store::{AuditEvent, NewUser, SessionRecord, Store, StoreError, UserRecord, UserUpdate};
+use crate::store::{
+    AuditEvent, NewUser, SessionRecord, SignInLimits, Store, StoreError, UserRecord, UserUpdate,
+};
 
 /// A session ends after this long without a request (seconds).
 pub const IDLE_TIMEOUT_SECS: i64 = 30 * 60;
@@ -24,6 +26,13 @@ pub const ABSOLUTE_TIMEOUT_SECS: i64 = 12 * 3600;
 pub const MAX_FAILED_LOGINS: i64 = 5;
 /// How long a lock lasts (seconds).
 pub const LOCK_SECS: i64 = 15 * 60;
+/// How failed sign-ins lock a user: [`MAX_FAILED_LOGINS`] within
+/// [`LOCK_SECS`] of each other lock for [`LOCK_SECS`].
+pub const SIGN_IN_LIMITS: SignInLimits = SignInLimits {
+    max_failures: MAX_FAILED_LOGINS,
+    lock_secs: LOCK_SECS,
+    window_secs: LOCK_SECS,
+};
 /// Shortest password.
 pub const MIN_PASSWORD_LEN: usize = 12;
 /// Longest password (argon2 input is bounded so hashing stays cheap).
@@ -180,13 +189,27 @@ pub async fn sign_in(
     }
     let ok = verify_password(password, &user.password_hash).await;
     if !ok || user.disabled {
-        let failed = user.failed_logins + 1;
-        let locked = (failed >= MAX_FAILED_LOGINS).then_some(now + LOCK_SECS);
-        store.record_login(&user.id, failed, locked).await?;
-        if locked.is_some() {
-            tracing::warn!(user = %user.username, "dashboard user locked after repeated failed sign-ins");
+        let at = OffsetDateTime::now_utc();
+        let event = |action: &str| AuditEvent {
+            at,
+            actor: "anonymous".into(),
+            action: action.into(),
+            subject: user.username.clone(),
+            details: serde_json::json!({}),
+        };
+        let (failures, locked) = store
+            .record_failed_sign_in(
+                &user.id,
+                now,
+                SIGN_IN_LIMITS,
+                event("user.sign_in_failed"),
+                event("user.lock"),
+            )
+            .await?;
+        if let Some(until) = locked {
+            tracing::warn!(user = %user.username, failures, "dashboard user locked after repeated failed sign-ins");
             return Err(UserError::Locked {
-                minutes: LOCK_SECS / 60,
+                minutes: (until - now + 59) / 60,
             });
         }
         return Err(UserError::BadCredentials);

@@ -730,3 +730,94 @@ async fn admins_manage_accounts_and_users_but_never_remove_the_last_admin() {
         ca.cleanup().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_failures_count_atomically_lock_once_and_are_forgiven_in_time() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(backend, dir.path()).await;
+        let store = hallmark::store::connect(&db.url).await.unwrap();
+        users::add_user(
+            store.as_ref(),
+            "ops",
+            UserRole::Admin,
+            PASSWORD,
+            false,
+            "test",
+        )
+        .await
+        .unwrap();
+        // Twelve wrong guesses at once: every one counts, the fifth locks,
+        // the rest find the lock and count nothing.
+        let mut guesses = Vec::new();
+        for i in 0..12 {
+            let store = store.clone();
+            guesses.push(tokio::spawn(async move {
+                users::sign_in(store.as_ref(), "ops", &format!("wrong password {i}")).await
+            }));
+        }
+        for g in guesses {
+            assert!(g.await.unwrap().is_err());
+        }
+        let user = store.user_by_name("ops").await.unwrap().unwrap();
+        assert_eq!(user.failed_logins, 5, "{backend:?}");
+        assert!(
+            user.locked_until.is_some(),
+            "{backend:?}: parallel guesses must lock"
+        );
+        let log = store.audit_page(0, 10_000).await.unwrap();
+        let count = |action: &str| {
+            log.iter()
+                .filter(|r| r.action == action && r.subject == "ops")
+                .count()
+        };
+        assert_eq!(count("user.sign_in_failed"), 5, "{backend:?}");
+        assert_eq!(count("user.lock"), 1, "{backend:?}");
+        // Locked: even the right password is refused.
+        assert!(matches!(
+            users::sign_in(store.as_ref(), "ops", PASSWORD).await,
+            Err(users::UserError::Locked { .. })
+        ));
+
+        // Once the lock has expired, one wrong password is one failure,
+        // not a new lock.
+        db.execute("UPDATE users SET locked_until = 1, last_failed_at = 1 WHERE username = 'ops'")
+            .await;
+        assert!(matches!(
+            users::sign_in(store.as_ref(), "ops", "wrong again").await,
+            Err(users::UserError::BadCredentials)
+        ));
+        let user = store.user_by_name("ops").await.unwrap().unwrap();
+        assert_eq!(
+            (user.failed_logins, user.locked_until),
+            (1, None),
+            "{backend:?}"
+        );
+        // Failures further apart than the lock time do not add up.
+        for _ in 0..6 {
+            db.execute("UPDATE users SET last_failed_at = 1 WHERE username = 'ops'")
+                .await;
+            assert!(matches!(
+                users::sign_in(store.as_ref(), "ops", "one a day").await,
+                Err(users::UserError::BadCredentials)
+            ));
+        }
+        let user = store.user_by_name("ops").await.unwrap().unwrap();
+        assert_eq!(
+            (user.failed_logins, user.locked_until),
+            (1, None),
+            "{backend:?}"
+        );
+        // And the right password signs in and clears the count.
+        assert!(users::sign_in(store.as_ref(), "ops", PASSWORD)
+            .await
+            .is_ok());
+        let user = store.user_by_name("ops").await.unwrap().unwrap();
+        assert_eq!(user.failed_logins, 0);
+        assert!(hallmark::workflow::audit::verify(store.as_ref())
+            .await
+            .is_ok());
+        drop(store);
+        db.cleanup().await;
+    }
+}
