@@ -200,6 +200,9 @@ impl From<WorkflowError> for Problem {
                 Problem::acme(StatusCode::FORBIDDEN, "orderNotReady", "Order not ready", m)
             }
             WorkflowError::BadCsr(m) => Problem::acme(bad, "badCSR", title("badCSR"), m),
+            WorkflowError::CompromisedKey(m) => {
+                Problem::acme(bad, "badPublicKey", title("badPublicKey"), m)
+            }
         }
     }
 }

@@ -527,6 +527,10 @@ pub trait Store: Send + Sync + 'static {
     /// written) if it is already revoked.
     async fn revoke_certificate(&self, revocation: &Revocation, event: AuditEvent) -> Result<()>;
 
+    /// Whether a key (SHA-256 of its SubjectPublicKeyInfo) was revoked for
+    /// keyCompromise.
+    async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool>;
+
     /// What OCSP needs about a serial, if it was issued here.
     async fn certificate_status(&self, serial: &Serial) -> Result<Option<StatusRecord>>;
 

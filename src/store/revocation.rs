@@ -16,6 +16,9 @@ pub struct Revocation {
     pub reason: i64,
     /// When the key was compromised, if known (Unix seconds).
     pub invalidity_date: Option<i64>,
+    /// For a keyCompromise: the SHA-256 of the certificate's
+    /// SubjectPublicKeyInfo, blocked for every later CSR.
+    pub blocked_key: Option<Vec<u8>>,
 }
 
 /// The lifecycle state of a certificate.
@@ -243,6 +246,17 @@ macro_rules! impl_revocation_sql {
                         )),
                     });
                 };
+                if let Some(spki_sha256) = &rev.blocked_key {
+                    sqlx::query(
+                        "INSERT INTO blocked_keys (spki_sha256, serial, blocked_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (spki_sha256) DO NOTHING",
+                    )
+                    .bind(spki_sha256)
+                    .bind(rev.serial.to_hex())
+                    .bind(rev.at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 // The revocation's own audit sequence number marks its
                 // CRLs stale until one is published from a later snapshot.
                 let seq = head.0 + 1;
@@ -485,6 +499,18 @@ macro_rules! impl_revocation_sql {
                         },
                     )
                     .collect())
+            }
+
+            pub(super) async fn key_blocked_impl(
+                &self,
+                spki_sha256: &[u8],
+            ) -> $crate::store::Result<bool> {
+                let row: Option<(String,)> =
+                    sqlx::query_as("SELECT serial FROM blocked_keys WHERE spki_sha256 = $1")
+                        .bind(spki_sha256)
+                        .fetch_optional(&self.read)
+                        .await?;
+                Ok(row.is_some())
             }
 
             pub(super) async fn crl_marks_impl(

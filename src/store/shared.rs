@@ -1156,6 +1156,10 @@ macro_rules! impl_sql_store {
                 self.crl_heads_impl().await
             }
 
+            async fn key_blocked(&self, spki_sha256: &[u8]) -> $crate::store::Result<bool> {
+                self.key_blocked_impl(spki_sha256).await
+            }
+
             async fn crl_marks(&self) -> $crate::store::Result<Vec<$crate::store::CrlMark>> {
                 self.crl_marks_impl().await
             }

@@ -75,6 +75,9 @@ pub enum WorkflowError {
     /// A finalize CSR does not match its order (ACME `badCSR`).
     #[error("{0}")]
     BadCsr(String),
+    /// The CSR's key was revoked for keyCompromise (ACME `badPublicKey`).
+    #[error("{0}")]
+    CompromisedKey(String),
 }
 
 /// Unix seconds as RFC 3339 UTC (`2026-01-02T03:04:05Z`).
@@ -197,6 +200,22 @@ impl Authority {
         Ok(CheckedCsr { csr, identifiers })
     }
 
+    /// [`Authority::check_csr`], then refuses a key that was revoked for
+    /// keyCompromise. Every path that accepts a CSR (REST orders, ACME
+    /// finalize, `hallmark sign`, issuance itself) comes through here.
+    pub async fn intake(&self, csr: &[u8]) -> Result<CheckedCsr, WorkflowError> {
+        let checked = self.check_csr(csr)?;
+        use sha2::Digest;
+        let spki_sha256 = sha2::Sha256::digest(checked.csr.spki_der());
+        if self.store.key_blocked(&spki_sha256).await? {
+            return Err(WorkflowError::CompromisedKey(
+                "the CSR's public key belongs to a certificate revoked for keyCompromise; make a new key"
+                    .into(),
+            ));
+        }
+        Ok(checked)
+    }
+
     /// Signs a CSR under policy without domain validation — the operator's
     /// `hallmark sign`. Nothing is written unless the certificate is issued;
     /// the certificate and its audit record are committed together.
@@ -206,7 +225,7 @@ impl Authority {
         options: SignOptions,
         actor: &str,
     ) -> Result<Signed, WorkflowError> {
-        let checked = self.check_csr(csr)?;
+        let checked = self.intake(csr).await?;
         let validity_days = self.policy.validity_days(options.validity_days)?;
         let profile = match &options.profile {
             Some(name) => name.parse::<Profile>()?,

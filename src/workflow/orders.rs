@@ -206,7 +206,7 @@ impl Orders {
         request: NewOrder,
     ) -> Result<OrderBundle, WorkflowError> {
         self.limiter.check(&caller.account_id)?;
-        let checked = self.authority.check_csr(&request.csr)?;
+        let checked = self.authority.intake(&request.csr).await?;
         let validity_days = self
             .authority
             .policy()
@@ -1087,7 +1087,7 @@ impl Orders {
                 bundle.order.status
             )));
         }
-        let checked = self.authority.check_csr(csr)?;
+        let checked = self.authority.intake(csr).await?;
         let mut want: Vec<String> = bundle
             .authorizations
             .iter()
@@ -1231,7 +1231,7 @@ impl Orders {
                 order.id
             )))
         })?;
-        let checked = self.authority.check_csr(csr_der)?;
+        let checked = self.authority.intake(csr_der).await?;
         let validity_days = self
             .authority
             .policy()

@@ -151,11 +151,15 @@ impl Authority {
                 "invalidity_date must not be in the future".into(),
             ));
         }
+        let blocked_key = (request.reason == RevocationReason::KeyCompromise)
+            .then(|| spki_sha256_of(&cert.der))
+            .transpose()?;
         let revocation = Revocation {
             serial: cert.serial,
             at: now.unix_timestamp(),
             reason: i64::from(request.reason.code()),
             invalidity_date: invalidity,
+            blocked_key,
         };
         let event = AuditEvent {
             at: now,
@@ -232,6 +236,14 @@ fn already_revoked(serial: &Serial, at: i64, reason: Option<i64>) -> WorkflowErr
         "certificate {serial} was already revoked at {} ({reason}); nothing was changed",
         super::rfc3339(at)
     ))
+}
+
+/// SHA-256 of the SubjectPublicKeyInfo of the certificate `der`.
+fn spki_sha256_of(der: &[u8]) -> Result<Vec<u8>, WorkflowError> {
+    use sha2::Digest;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|e| WorkflowError::Store(StoreError::Corrupt(e.to_string())))?;
+    Ok(sha2::Sha256::digest(cert.public_key().raw).to_vec())
 }
 
 /// Verifies `signature` over `message` with the public key of the

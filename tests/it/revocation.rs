@@ -967,3 +967,86 @@ async fn ocsp_answers_signed_by_the_issuing_ca_itself_verify_too() {
     run.stop().await;
     ca.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_for_key_compromise_is_refused_in_every_later_csr() {
+    for backend in backends() {
+        let mut ca = TestCa::new(backend).await;
+        let run = ca.start().await;
+        let dir = ca.dir.path();
+        let authority = run.authority.clone();
+        let (owner, owner_key) = api_key(&authority, "owner", Role::Requester).await;
+        let (s1, _) = issue(&authority, dir, "leaked", "leaked.internal", &owner).await;
+        let (s2, _) = issue(&authority, dir, "old", "old.internal", &owner).await;
+        let client = run.client();
+        for (serial, reason) in [(&s1, "keyCompromise"), (&s2, "superseded")] {
+            let r = client
+                .post(format!(
+                    "{}/api/v1/certificates/{serial}/revoke",
+                    run.https_url
+                ))
+                .bearer_auth(&owner_key)
+                .json(&json!({ "reason": reason }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+        // A new CSR with the compromised key, for another name.
+        let again = |key: &str, name: &str| {
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-new",
+                    "-key",
+                    key,
+                    "-subj",
+                    &format!("/CN={name}"),
+                    "-addext",
+                    &format!("subjectAltName=DNS:{name}"),
+                    "-out",
+                    "again.csr",
+                ],
+            );
+            std::fs::read(dir.join("again.csr")).unwrap()
+        };
+        let csr = again("leaked.key", "fresh.internal");
+        let r = client
+            .post(format!("{}/api/v1/orders", run.https_url))
+            .bearer_auth(&owner_key)
+            .json(&json!({"csr": String::from_utf8(csr.clone()).unwrap(), "validation": "dv"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["type"], "urn:ietf:params:acme:error:badPublicKey",
+            "{body}"
+        );
+        assert!(
+            body["detail"].as_str().unwrap().contains("keyCompromise"),
+            "{body}"
+        );
+        // The operator's `hallmark sign` path refuses it too.
+        let refused = authority
+            .sign_csr(&csr, SignOptions::default(), "operator:test")
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(hallmark::workflow::WorkflowError::CompromisedKey(_))
+            ),
+            "{backend:?}"
+        );
+        // A key revoked for another reason is still good.
+        let csr = again("old.key", "fresh.internal");
+        authority
+            .sign_csr(&csr, SignOptions::default(), "operator:test")
+            .await
+            .unwrap();
+        run.stop().await;
+        ca.cleanup().await;
+    }
+}

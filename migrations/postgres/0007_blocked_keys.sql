@@ -1,0 +1,7 @@
+-- Keys revoked for keyCompromise, by the SHA-256 of their
+-- SubjectPublicKeyInfo: no later CSR with one of them is accepted.
+CREATE TABLE blocked_keys (
+    spki_sha256 BYTEA PRIMARY KEY,
+    serial      TEXT NOT NULL,
+    blocked_at  BIGINT NOT NULL
+);
