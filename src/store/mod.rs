@@ -702,13 +702,14 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PostgresStore::connect(url).await?))
     } else {
-        Err(StoreError::UnsupportedUrl(url.to_owned()))
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
     }
 }
 
-/// A URL with any password replaced, for logs and messages.
+/// A URL with any password replaced, for logs and messages: the one
+/// after `user:` before the host, and `password=` in the query.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let mut out = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let creds = &url[scheme + 3..at];
             match creds.find(':') {
@@ -722,7 +723,19 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    };
+    if let Some(q) = out.find('?') {
+        let (base, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out = format!("{base}{}", query.join("&"));
     }
+    out
 }
 
 #[cfg(test)]
@@ -736,6 +749,19 @@ mod tests {
             "postgres://u:***@db:5432/x"
         );
         assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+        assert_eq!(
+            redact_url("postgres://db/x?user=u&password=secret&sslmode=require"),
+            "postgres://db/x?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("mysql://u:secret@db/x"), "mysql://u:***@db/x");
+    }
+
+    #[tokio::test]
+    async fn an_unsupported_url_is_refused_without_its_password() {
+        let Err(e) = connect("mysql://u:hunter2@db/x").await else {
+            panic!("mysql is not supported");
+        };
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

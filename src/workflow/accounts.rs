@@ -101,7 +101,6 @@ pub struct Caller {
 }
 
 /// A new account and the API key to show once.
-#[derive(Debug)]
 pub struct CreatedAccount {
     /// The account.
     pub account: AccountRecord,
@@ -109,6 +108,16 @@ pub struct CreatedAccount {
     pub key_id: String,
     /// The API key (secret).
     pub api_key: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for CreatedAccount {
+    /// Like a derived `Debug`, without the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedAccount")
+            .field("account", &self.account)
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A freshly generated key: its id, the token to show once, and its hash.
@@ -209,12 +218,20 @@ pub async fn rotate_key(
 }
 
 /// A new external account binding key (RFC 8555 §7.3.4) to show once.
-#[derive(Debug)]
 pub struct EabKey {
     /// The key id (`eab_…`): `--eab-kid` for certbot, `--kid` for lego.
     pub kid: String,
     /// The HMAC-SHA256 key, base64url: `--eab-hmac-key` / `--hmac`.
     pub hmac_key: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for EabKey {
+    /// Like a derived `Debug`, without the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EabKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Issues a single-use external account binding key for an enabled
@@ -298,6 +315,35 @@ mod tests {
             assert_eq!(r.as_str().parse::<Role>().unwrap(), r);
         }
         assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_key() {
+        let eab = EabKey {
+            kid: "eab_x".into(),
+            hmac_key: Zeroizing::new("super-secret-hmac".into()),
+        };
+        let shown = format!("{eab:?}");
+        assert!(
+            shown.contains("eab_x") && !shown.contains("super-secret"),
+            "{shown}"
+        );
+        let created = CreatedAccount {
+            account: AccountRecord {
+                id: "acct_x".into(),
+                name: "team".into(),
+                role: "requester".into(),
+                disabled: false,
+                created_at: 0,
+            },
+            key_id: "key_x".into(),
+            api_key: Zeroizing::new("hm_super-secret-api-key".into()),
+        };
+        let shown = format!("{created:?}");
+        assert!(
+            shown.contains("key_x") && !shown.contains("super-secret"),
+            "{shown}"
+        );
     }
 
     #[test]
