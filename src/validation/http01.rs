@@ -1,13 +1,14 @@
 //! http-01 (RFC 8555 §8.3): GET
 //! `http://<name>:<http_port>/.well-known/acme-challenge/<token>`; the body
 //! must be the key authorization (trailing whitespace ignored). At most 10
-//! redirects, only to http or https on ports 80 and 443 (certificates of
-//! HTTPS redirect targets are not checked, as public CAs do); the body is
-//! read up to 8 KiB; the whole fetch is bounded by the configured timeout.
+//! redirects, only to http or https on ports 80 and 443 of the same host
+//! (certificates of HTTPS redirect targets are not checked, as public CAs
+//! do); the body is read up to 8 KiB and never repeated in an error; the
+//! whole fetch is bounded by the configured timeout.
 
 use std::net::IpAddr;
 
-use super::{ValidationConfig, ValidationError, MAX_BODY_BYTES, MAX_REDIRECTS};
+use super::{ValidationConfig, ValidationError, WrongContentKind, MAX_BODY_BYTES, MAX_REDIRECTS};
 use crate::pki::Identifier;
 
 /// A redirect refused by the policy (carried through reqwest's error chain).
@@ -69,13 +70,14 @@ pub fn client(
         if attempt.previous().len() > MAX_REDIRECTS {
             return attempt.error(RedirectRefused::TooMany);
         }
-        let url = attempt.url();
-        let allowed = matches!(url.scheme(), "http" | "https")
-            && matches!(url.port_or_known_default(), Some(80) | Some(443));
+        let allowed = match attempt.previous().first() {
+            Some(first) => redirect_allowed(first, attempt.url()),
+            None => false,
+        };
         if allowed {
             attempt.follow()
         } else {
-            let to = url.to_string();
+            let to = attempt.url().to_string();
             attempt.error(RedirectRefused::Forbidden(to))
         }
     });
@@ -88,6 +90,17 @@ pub fn client(
         .connect_timeout(config.timeout)
         .user_agent(concat!("hallmark-validator/", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+/// Whether a redirect from the challenge URL `first` to `to` is followed:
+/// http or https, on port 80 or 443, and the same host as the identifier
+/// (so a requester cannot point the CA at another host through a
+/// redirect).
+fn redirect_allowed(first: &reqwest::Url, to: &reqwest::Url) -> bool {
+    matches!(to.scheme(), "http" | "https")
+        && matches!(to.port_or_known_default(), Some(80) | Some(443))
+        && to.host_str().is_some()
+        && to.host_str() == first.host_str()
 }
 
 /// Fetches the challenge and compares it with `key_authorization`.
@@ -105,9 +118,17 @@ pub async fn validate(
             if text.trim_end() == key_authorization {
                 Ok(())
             } else {
+                let kind = if body.is_empty() {
+                    WrongContentKind::Empty
+                } else if text.starts_with(&format!("{token}.")) {
+                    WrongContentKind::OtherAccountKey
+                } else {
+                    WrongContentKind::Other
+                };
                 Err(ValidationError::WrongContent {
                     url,
-                    got: text.chars().take(100).collect(),
+                    length: body.len(),
+                    kind,
                 })
             }
         }
@@ -176,6 +197,24 @@ fn request_error(url: &str, e: reqwest::Error) -> ValidationError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects_stay_on_the_identifier() {
+        let first: reqwest::Url = "http://web.internal:80/.well-known/acme-challenge/t"
+            .parse()
+            .unwrap();
+        for (to, ok) in [
+            ("https://web.internal/.well-known/acme-challenge/t", true),
+            ("http://web.internal:443/x", true),
+            ("http://other.internal/.well-known/acme-challenge/t", false),
+            ("http://169.254.169.254/latest/meta-data/", false),
+            ("http://127.0.0.1/", false),
+            ("http://web.internal:8080/x", false),
+            ("ftp://web.internal/x", false),
+        ] {
+            assert_eq!(redirect_allowed(&first, &to.parse().unwrap()), ok, "{to}");
+        }
+    }
 
     #[test]
     fn challenge_urls_bracket_ipv6() {

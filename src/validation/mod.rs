@@ -35,6 +35,29 @@ pub struct ValidationConfig {
     pub timeout: Duration,
 }
 
+/// What kind of wrong answer an http-01 body was (never its content).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrongContentKind {
+    /// A key authorization for this token, made with another account key.
+    OtherAccountKey,
+    /// Empty.
+    Empty,
+    /// Anything else.
+    Other,
+}
+
+impl std::fmt::Display for WrongContentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WrongContentKind::OtherAccountKey => {
+                "the key authorization of this token for another account key"
+            }
+            WrongContentKind::Empty => "empty",
+            WrongContentKind::Other => "not a key authorization of this token",
+        })
+    }
+}
+
 /// Why a challenge failed; shown to the requester, one sentence each.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
@@ -68,16 +91,21 @@ pub enum ValidationError {
         /// What was fetched.
         url: String,
     },
-    /// The body is not the key authorization.
-    #[error("the response from {url} is not the key authorization: got {got:?}")]
+    /// The body is not the key authorization. What came back is never
+    /// repeated (the validator must not become a way to read internal
+    /// services): only its length and what kind of wrong it is.
+    #[error("the response from {url} is not the key authorization ({length} bytes: {kind})")]
     WrongContent {
         /// What was fetched.
         url: String,
-        /// The start of what came back.
-        got: String,
+        /// How long the body was.
+        length: usize,
+        /// What kind of wrong answer it was.
+        kind: WrongContentKind,
     },
-    /// A redirect to a scheme or port other than http(s) on 80/443.
-    #[error("refused to follow the redirect to {to}: only http and https on ports 80 and 443 are followed")]
+    /// A redirect to another host, or to a scheme or port other than
+    /// http(s) on 80/443.
+    #[error("refused to follow the redirect to {to}: only http and https on ports 80 and 443 of the same host are followed")]
     ForbiddenRedirect {
         /// Where the redirect pointed.
         to: String,
