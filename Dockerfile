@@ -1,6 +1,8 @@
 # Build: docker build -t hallmark .
 # Run:   docker run -p 8443:8443 -p 8080:8080 -v hallmark-data:/data \
-#          -e HALLMARK_ROOT_PASSPHRASE=... hallmark
+#          -v "$PWD/root-passphrase.txt:/run/secrets/root_passphrase:ro" \
+#          -e HALLMARK_ROOT_PASSPHRASE_FILE=/run/secrets/root_passphrase hallmark
+#        (the file's first line is the root passphrase, readable by uid 10001)
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./

@@ -185,6 +185,7 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
+    take_env_passphrase();
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -485,14 +486,47 @@ fn operator() -> String {
     )
 }
 
-/// The root passphrase: `HALLMARK_ROOT_PASSPHRASE`, else a prompt.
+/// `HALLMARK_ROOT_PASSPHRASE`, taken out of the process environment at
+/// start (so no child process inherits it) and kept only here.
+static ENV_PASSPHRASE: std::sync::OnceLock<Option<Zeroizing<String>>> = std::sync::OnceLock::new();
+
+/// Moves `HALLMARK_ROOT_PASSPHRASE` out of the environment. Called first
+/// thing in `main`, while the process has one thread.
+fn take_env_passphrase() {
+    let value = std::env::var("HALLMARK_ROOT_PASSPHRASE")
+        .ok()
+        .map(Zeroizing::new);
+    std::env::remove_var("HALLMARK_ROOT_PASSPHRASE");
+    let _ = ENV_PASSPHRASE.set(value);
+}
+
+/// The root passphrase: the first line of the file named by
+/// `HALLMARK_ROOT_PASSPHRASE_FILE` (a Docker or systemd secret), else
+/// `HALLMARK_ROOT_PASSPHRASE`, else a prompt.
 fn root_passphrase(confirm: bool) -> anyhow::Result<Zeroizing<String>> {
-    if let Ok(p) = std::env::var("HALLMARK_ROOT_PASSPHRASE") {
-        return Ok(Zeroizing::new(p));
+    if let Some(path) = std::env::var_os("HALLMARK_ROOT_PASSPHRASE_FILE") {
+        let path = std::path::PathBuf::from(path);
+        let text = Zeroizing::new(std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read the root passphrase from {} (HALLMARK_ROOT_PASSPHRASE_FILE)",
+                path.display()
+            )
+        })?);
+        let line = Zeroizing::new(text.lines().next().unwrap_or("").to_owned());
+        if line.is_empty() {
+            bail!(
+                "{} (HALLMARK_ROOT_PASSPHRASE_FILE) is empty; its first line must be the root passphrase",
+                path.display()
+            );
+        }
+        return Ok(line);
+    }
+    if let Some(Some(p)) = ENV_PASSPHRASE.get() {
+        return Ok(p.clone());
     }
     if !std::io::stdin().is_terminal() {
         bail!(
-            "the root key passphrase is needed: set HALLMARK_ROOT_PASSPHRASE or run in a terminal"
+            "the root key passphrase is needed: set HALLMARK_ROOT_PASSPHRASE_FILE (or HALLMARK_ROOT_PASSPHRASE) or run in a terminal"
         );
     }
     let first = Zeroizing::new(rpassword::prompt_password("Root key passphrase: ")?);

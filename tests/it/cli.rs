@@ -294,3 +294,46 @@ fn run_serve(d: &Path, env: &[(&str, &str)], expect_password: bool) -> String {
     );
     printed
 }
+
+#[test]
+fn the_root_passphrase_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let secret = d.join("root-passphrase");
+    let file = secret.to_str().unwrap();
+    // Missing and empty files are clear errors; nothing is half-made.
+    let out = hallmark(d, &["init"], &[("HALLMARK_ROOT_PASSPHRASE_FILE", file)]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("HALLMARK_ROOT_PASSPHRASE_FILE") && text(&out).contains("cannot read"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&secret, "\n").unwrap();
+    let out = hallmark(d, &["init"], &[("HALLMARK_ROOT_PASSPHRASE_FILE", file)]);
+    assert!(
+        !out.status.success() && text(&out).contains("is empty"),
+        "{}",
+        text(&out)
+    );
+    assert!(!d.join("hallmark-data/ca").exists(), "nothing half-made");
+    // The first line is the passphrase (as Docker secrets are written).
+    std::fs::write(&secret, format!("{PASSPHRASE}\n")).unwrap();
+    let out = hallmark(d, &["init"], &[("HALLMARK_ROOT_PASSPHRASE_FILE", file)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (ok, opened) = openssl_status(
+        d,
+        &[
+            "pkey",
+            "-in",
+            "hallmark-data/ca/root.key.pem",
+            "-passin",
+            &format!("pass:{PASSPHRASE}"),
+            "-noout",
+        ],
+    );
+    assert!(
+        ok,
+        "the root key opens with the file's passphrase: {opened}"
+    );
+}
