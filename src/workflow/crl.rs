@@ -145,10 +145,12 @@ impl CrlPublisher {
         }
         match stem.strip_prefix(int) {
             Some("-delta") => self.config.delta,
+            // Only partitions new certificates are spread over: any other
+            // number is a 404 without a database read.
             Some(rest) => rest
                 .strip_prefix("-p")
                 .and_then(|p| p.parse::<u32>().ok())
-                .is_some_and(|p| p >= 1),
+                .is_some_and(|p| p >= 1 && p <= self.authority.crl_partitions()),
             None => false,
         }
     }

@@ -1050,3 +1050,29 @@ async fn a_key_revoked_for_key_compromise_is_refused_in_every_later_csr() {
         ca.cleanup().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_crl_names_that_can_exist_are_looked_up_in_the_database() {
+    // A stranger asking for /crl/<anything> must not make the server read
+    // its database: only names it could have published are looked up.
+    let ca = TestCa::with_env(Backend::Sqlite, &[("HALLMARK_CRL__PARTITIONS", "2".into())]).await;
+    let authority = ca.authority().await;
+    let int = authority.issuer().certificate().id().to_owned();
+    let root = authority.root().id().to_owned();
+    let crls = CrlPublisher::new(authority, ca.config.crl.clone());
+    for (file, lookup) in [
+        (format!("{int}.crl"), true),
+        (format!("{root}.crl"), true),
+        (format!("{int}-p1.crl"), true),
+        (format!("{int}-p2.crl"), true),
+        (format!("{int}-p3.crl"), false),
+        (format!("{int}-p4000000000.crl"), false),
+        (format!("{int}-p0.crl"), false),
+        (format!("{int}-delta.crl"), false),
+        ("int-ffffffff.crl".to_owned(), false),
+        (format!("{int}.der"), false),
+    ] {
+        assert_eq!(crls.could_serve(&file), lookup, "{file}");
+    }
+    ca.cleanup().await;
+}
