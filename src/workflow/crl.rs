@@ -514,9 +514,6 @@ impl CrlPublisher {
                 }
             }
         }
-        // The delta refers to the complete CRL: make that first.
-        kinds.sort();
-        kinds.dedup();
         kinds
     }
 
@@ -532,6 +529,7 @@ impl CrlPublisher {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let mut kinds = self.stale(&marks, now);
         kinds.extend(self.due(now));
+        // Once each; the complete CRL (which deltas refer to) first.
         kinds.sort();
         kinds.dedup();
         for kind in kinds {
@@ -562,6 +560,10 @@ impl CrlPublisher {
             if let Err(e) = self.poll_once().await {
                 tracing::warn!(error = %e, "checking the CRLs failed; will retry");
             }
+            // The poll itself moves the revocation count when it sees a new
+            // mark (for the OCSP cache); that is not a reason to poll again.
+            // A revocation made meanwhile waits at most for the next tick.
+            revocations.borrow_and_update();
         }
     }
 }

@@ -779,6 +779,10 @@ async fn sign_in_failures_count_atomically_lock_once_and_are_forgiven_in_time() 
             Err(users::UserError::Locked { .. })
         ));
 
+        let failures_and_lock = || async {
+            let user = store.user_by_name("ops").await.unwrap().unwrap();
+            (user.failed_logins, user.locked_until)
+        };
         // Once the lock has expired, one wrong password is one failure,
         // not a new lock.
         db.execute("UPDATE users SET locked_until = 1, last_failed_at = 1 WHERE username = 'ops'")
@@ -787,12 +791,7 @@ async fn sign_in_failures_count_atomically_lock_once_and_are_forgiven_in_time() 
             users::sign_in(store.as_ref(), "ops", "wrong again").await,
             Err(users::UserError::BadCredentials)
         ));
-        let user = store.user_by_name("ops").await.unwrap().unwrap();
-        assert_eq!(
-            (user.failed_logins, user.locked_until),
-            (1, None),
-            "{backend:?}"
-        );
+        assert_eq!(failures_and_lock().await, (1, None), "{backend:?}");
         // Failures further apart than the lock time do not add up.
         for _ in 0..6 {
             db.execute("UPDATE users SET last_failed_at = 1 WHERE username = 'ops'")
@@ -802,12 +801,7 @@ async fn sign_in_failures_count_atomically_lock_once_and_are_forgiven_in_time() 
                 Err(users::UserError::BadCredentials)
             ));
         }
-        let user = store.user_by_name("ops").await.unwrap().unwrap();
-        assert_eq!(
-            (user.failed_logins, user.locked_until),
-            (1, None),
-            "{backend:?}"
-        );
+        assert_eq!(failures_and_lock().await, (1, None), "{backend:?}");
         // And the right password signs in and clears the count.
         assert!(users::sign_in(store.as_ref(), "ops", PASSWORD)
             .await

@@ -160,6 +160,15 @@ async fn a_revocation_recorded_elsewhere_reaches_the_crl_and_ocsp_of_a_running_i
     }
 }
 
+/// Leaves a challenge's validation as a process that died mid-way would:
+/// `processing`, attempted long ago (so the worker takes it over).
+async fn strand_validation(db: &TestDb, challenge_id: &str) {
+    db.execute(&format!(
+        "UPDATE challenges SET status = 'processing', attempted_at = 0 WHERE id = '{challenge_id}'"
+    ))
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issuance_that_keeps_failing_ends_invalid_and_one_bad_row_stops_nothing() {
     for backend in backends() {
@@ -213,13 +222,7 @@ async fn an_issuance_that_keeps_failing_ends_invalid_and_one_bad_row_stops_nothi
                     .await
             }
         }
-        lab.ca
-            .db
-            .execute(&format!(
-                "UPDATE challenges SET status = 'processing', attempted_at = 0 WHERE id = '{}'",
-                c["id"].as_str().unwrap()
-            ))
-            .await;
+        strand_validation(&lab.ca.db, c["id"].as_str().unwrap()).await;
         // And one order past its lifetime, which the same pass must expire.
         let (_, old) = lab.post(&key, "/orders", order_of("alpn")).await;
         let old_id = old["id"].as_str().unwrap().to_owned();
@@ -373,13 +376,7 @@ async fn disabling_an_account_ends_its_unfinished_orders() {
             assert!(o["certificate"].is_null(), "{o}");
         }
         // A validation finishing now (the worker resuming it) issues nothing.
-        lab.ca
-            .db
-            .execute(&format!(
-                "UPDATE challenges SET status = 'processing', attempted_at = 0 WHERE id = '{}'",
-                c["id"].as_str().unwrap()
-            ))
-            .await;
+        strand_validation(&lab.ca.db, c["id"].as_str().unwrap()).await;
         lab.running.orders.work_once().await.unwrap();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let (_, o) = lab.get(&reviewer, &format!("/orders/{dv_id}")).await;
