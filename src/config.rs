@@ -135,6 +135,15 @@ pub struct ValidationSection {
     pub tls_alpn_port: u16,
     /// Per-validation timeout (default 10 s).
     pub timeout_secs: u64,
+    /// CIDR blocks validators never connect to, beside the defaults
+    /// (link-local, metadata, non-unicast; see `validation::network`).
+    pub deny_networks: Vec<String>,
+    /// CIDR blocks validators may connect to even where a default or a
+    /// wider `deny_networks` block refuses them (most specific wins).
+    pub allow_networks: Vec<String>,
+    /// Validations one account may have running at once, per instance
+    /// (default 8); more wait, so one account cannot fill every slot.
+    pub max_per_account: u32,
 }
 
 impl Default for ValidationSection {
@@ -144,6 +153,9 @@ impl Default for ValidationSection {
             http_port: 80,
             tls_alpn_port: 443,
             timeout_secs: 10,
+            deny_networks: Vec::new(),
+            allow_networks: Vec::new(),
+            max_per_account: 8,
         }
     }
 }
@@ -526,6 +538,21 @@ impl Config {
             .public_http_url
             .unwrap_or_else(|| format!("http://127.0.0.1:{}", http_listen.port()));
         let public_http_url = url("server.public_http_url", Some(public_http_url), "http", 0)?;
+        for (key, list) in [
+            ("validation.deny_networks", &file.validation.deny_networks),
+            ("validation.allow_networks", &file.validation.allow_networks),
+        ] {
+            for net in list {
+                net.parse::<crate::validation::network::IpNet>()
+                    .map_err(|reason| ConfigError::Invalid { key, reason })?;
+            }
+        }
+        if file.validation.max_per_account == 0 {
+            return Err(ConfigError::Invalid {
+                key: "validation.max_per_account",
+                reason: "must be at least 1".into(),
+            });
+        }
         let database_url = database_url
             .or(file.database.url)
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("hallmark.db").display()));
@@ -746,6 +773,12 @@ mod tests {
         };
         assert!(err(&[("HALLMARK_SERVER__TLS", "maybe")]).contains("server.tls"));
         assert!(err(&[("HALLMARK_POLICY__KEY_TYPES", "[\"dsa\"]")]).contains("policy.key_types"));
+        assert!(
+            err(&[("HALLMARK_VALIDATION__DENY_NETWORKS", "[\"10.0.0.0/40\"]")])
+                .contains("validation.deny_networks")
+        );
+        assert!(err(&[("HALLMARK_VALIDATION__ALLOW_NETWORKS", "[\"x\"]")])
+            .contains("validation.allow_networks"));
         assert!(err(&[("HALLMARK_POLICY__NO_SUCH_KEY", "1")]).contains("no_such_key"));
         assert!(
             err(&[("HALLMARK_SERVER__HTTPS_LISTEN", "localhost")]).contains("server.https_listen")

@@ -71,7 +71,11 @@ impl Service {
     pub async fn start(config: Config) -> Result<Service, StartError> {
         let layout = Layout::new(&config.data_dir);
         let authority = open_authority(&config).await?;
-        let validators = Validators::new(&config.validation).map_err(StartError::Validation)?;
+        let validators = Validators::new(
+            &config.validation,
+            &[config.https_listen, config.http_listen],
+        )
+        .map_err(StartError::Validation)?;
         let orders = Orders::new(
             authority.clone(),
             Arc::new(validators),

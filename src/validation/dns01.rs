@@ -104,7 +104,7 @@ pub async fn validate(
     } else {
         Err(ValidationError::DnsWrongValue {
             name: record,
-            found,
+            count: found.len(),
         })
     }
 }

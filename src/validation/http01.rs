@@ -4,12 +4,34 @@
 //! redirects, only to http or https on ports 80 and 443 of the same host
 //! (certificates of HTTPS redirect targets are not checked, as public CAs
 //! do); the body is read up to 8 KiB and never repeated in an error; the
-//! whole fetch is bounded by the configured timeout.
+//! whole fetch is bounded by the configured timeout. Names resolve through
+//! a resolver that drops every address the network policy refuses, and the
+//! connection is made only to what it returns; a fresh connection (no
+//! pool) for every validation, so each one resolves anew.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use super::network::NetworkPolicy;
 use super::{ValidationConfig, ValidationError, WrongContentKind, MAX_BODY_BYTES, MAX_REDIRECTS};
 use crate::pki::Identifier;
+
+/// Every address a name resolved to was refused by the network policy
+/// (carried through reqwest's error chain).
+#[derive(Debug)]
+struct AddressRefused {
+    name: String,
+    address: IpAddr,
+    reason: String,
+}
+
+impl std::fmt::Display for AddressRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.name, self.address, self.reason)
+    }
+}
+
+impl std::error::Error for AddressRefused {}
 
 /// A redirect refused by the policy (carried through reqwest's error chain).
 #[derive(Debug)]
@@ -41,19 +63,42 @@ pub fn challenge_url(identifier: &Identifier, port: u16, token: &str) -> String 
 
 /// Resolves names for http-01 through the validation resolver
 /// (`validation.dns_resolver`), not the host's, so validation sees the
-/// same DNS as dns-01 does.
-struct ValidationDns(hickory_resolver::TokioResolver);
+/// same DNS as dns-01 does; and returns only the addresses the network
+/// policy allows on any port the fetch may use (the challenge port, and
+/// 80 and 443 for redirects), so the address checked is the address
+/// connected to.
+struct ValidationDns {
+    resolver: hickory_resolver::TokioResolver,
+    network: Arc<NetworkPolicy>,
+    ports: [u16; 3],
+}
 
 impl reqwest::dns::Resolve for ValidationDns {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let resolver = self.0.clone();
-        let host = format!("{}.", name.as_str().trim_end_matches('.'));
+        let resolver = self.resolver.clone();
+        let network = self.network.clone();
+        let ports = self.ports;
+        let name = name.as_str().trim_end_matches('.').to_owned();
         Box::pin(async move {
-            let ips = resolver.lookup_ip(host).await?;
-            let addrs: Vec<std::net::SocketAddr> = ips
-                .iter()
-                .map(|ip| std::net::SocketAddr::new(ip, 0))
-                .collect();
+            let ips = resolver.lookup_ip(format!("{name}.")).await?;
+            let mut refused = None;
+            let mut addrs = Vec::new();
+            for ip in ips.iter() {
+                match network.check(ip, &ports) {
+                    Ok(()) => addrs.push(std::net::SocketAddr::new(ip, 0)),
+                    Err(why) => {
+                        refused.get_or_insert((ip, why));
+                    }
+                }
+            }
+            if let (true, Some((address, why))) = (addrs.is_empty(), refused) {
+                return Err(Box::new(AddressRefused {
+                    name,
+                    address,
+                    reason: why.to_string(),
+                })
+                    as Box<dyn std::error::Error + Send + Sync>);
+            }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
@@ -82,8 +127,13 @@ pub fn client(
         }
     });
     reqwest::Client::builder()
-        .dns_resolver(std::sync::Arc::new(ValidationDns(resolver)))
+        .dns_resolver(Arc::new(ValidationDns {
+            resolver,
+            network: config.network.clone(),
+            ports: [config.http_port, 80, 443],
+        }))
         .redirect(policy)
+        .pool_max_idle_per_host(0)
         .no_proxy()
         .danger_accept_invalid_certs(true)
         .timeout(config.timeout)
@@ -112,6 +162,17 @@ pub async fn validate(
     key_authorization: &str,
 ) -> Result<(), ValidationError> {
     let url = challenge_url(identifier, config.http_port, token);
+    if let Identifier::Ip(ip) = identifier {
+        // An IP literal is connected to without a lookup, redirects
+        // included (they stay on the same host).
+        config
+            .network
+            .check(*ip, &[config.http_port, 80, 443])
+            .map_err(|why| ValidationError::RefusedAddress {
+                address: identifier.to_string(),
+                reason: why.to_string(),
+            })?;
+    }
     match tokio::time::timeout(config.timeout, fetch(client, &url)).await {
         Ok(Ok(body)) => {
             let text = String::from_utf8_lossy(&body);
@@ -166,6 +227,12 @@ async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, Validatio
 fn request_error(url: &str, e: reqwest::Error) -> ValidationError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(err) = source {
+        if let Some(refused) = err.downcast_ref::<AddressRefused>() {
+            return ValidationError::RefusedAddress {
+                address: format!("{} ({})", refused.name, refused.address),
+                reason: refused.reason.clone(),
+            };
+        }
         if let Some(refused) = err.downcast_ref::<RedirectRefused>() {
             return match refused {
                 RedirectRefused::Forbidden(to) => {

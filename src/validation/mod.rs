@@ -4,17 +4,20 @@
 
 pub mod dns01;
 pub mod http01;
+pub mod network;
 pub mod tls_alpn01;
 
-use std::net::IpAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
 use crate::config::ValidationSection;
 use crate::pki::Identifier;
+use network::{IpNet, NetworkPolicy};
 
 /// Largest challenge response read (RFC 8555 §8.3 answers are ~90 bytes).
 pub const MAX_BODY_BYTES: usize = 8 * 1024;
@@ -33,6 +36,19 @@ pub struct ValidationConfig {
     pub tls_alpn_port: u16,
     /// Longest a validation may take, end to end.
     pub timeout: Duration,
+    /// Which addresses may be connected to.
+    pub network: Arc<NetworkPolicy>,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            http_port: 80,
+            tls_alpn_port: 443,
+            timeout: Duration::from_secs(10),
+            network: Arc::default(),
+        }
+    }
 }
 
 /// What kind of wrong answer an http-01 body was (never its content).
@@ -110,6 +126,15 @@ pub enum ValidationError {
         /// Where the redirect pointed.
         to: String,
     },
+    /// The address a name resolved to (or an IP identifier) is one
+    /// validators must not connect to (see [`network`]).
+    #[error("refused to connect to {address}: {reason}")]
+    RefusedAddress {
+        /// The identifier and address.
+        address: String,
+        /// Why, one clause.
+        reason: String,
+    },
     /// More than [`MAX_REDIRECTS`] redirects.
     #[error("more than 10 redirects")]
     TooManyRedirects,
@@ -133,13 +158,14 @@ pub enum ValidationError {
         /// The queried name.
         name: String,
     },
-    /// TXT records exist but none is the expected value.
-    #[error("no TXT record at {name} matches the expected value; found {found:?}")]
+    /// TXT records exist but none is the expected value. The values are
+    /// not repeated, only how many there were.
+    #[error("none of the {count} TXT records at {name} is the expected value")]
     DnsWrongValue {
         /// The queried name.
         name: String,
-        /// The values found.
-        found: Vec<String>,
+        /// How many TXT records there were.
+        count: usize,
     },
     /// The lookup failed (timeout, SERVFAIL, refused).
     #[error("the DNS lookup of {name} failed: {reason}")]
@@ -155,7 +181,9 @@ impl ValidationError {
     /// The ACME error type (RFC 8555 §6.7) to report this as.
     pub fn acme_type(&self) -> &'static str {
         match self {
-            ValidationError::Connection { .. } | ValidationError::Timeout { .. } => "connection",
+            ValidationError::Connection { .. }
+            | ValidationError::Timeout { .. }
+            | ValidationError::RefusedAddress { .. } => "connection",
             ValidationError::BadStatus { .. }
             | ValidationError::BodyTooLarge { .. }
             | ValidationError::ForbiddenRedirect { .. }
@@ -232,15 +260,33 @@ pub struct Validators {
     http: reqwest::Client,
     tls: Arc<rustls::ClientConfig>,
     permits: Semaphore,
+    per_account: Mutex<HashMap<String, Arc<Semaphore>>>,
+    max_per_account: usize,
 }
 
 impl Validators {
     /// Builds the validators; fails with a sentence naming the bad setting.
-    pub fn new(section: &ValidationSection) -> Result<Validators, String> {
+    /// `listeners` are the CA's own listen addresses, which validators
+    /// never connect to.
+    pub fn new(
+        section: &ValidationSection,
+        listeners: &[SocketAddr],
+    ) -> Result<Validators, String> {
+        let nets = |key: &str, list: &[String]| {
+            list.iter()
+                .map(|n| n.parse::<IpNet>().map_err(|e| format!("{key}: {e}")))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let network = NetworkPolicy::new(
+            nets("validation.deny_networks", &section.deny_networks)?,
+            nets("validation.allow_networks", &section.allow_networks)?,
+            listeners.to_vec(),
+        );
         let config = ValidationConfig {
             http_port: section.http_port,
             tls_alpn_port: section.tls_alpn_port,
             timeout: Duration::from_secs(section.timeout_secs.max(1)),
+            network: Arc::new(network),
         };
         let resolver = dns01::resolver(&section.dns_resolver, config.timeout)?;
         let http = http01::client(&config, resolver.clone())
@@ -253,25 +299,65 @@ impl Validators {
             http,
             tls,
             permits: Semaphore::new(MAX_CONCURRENT_VALIDATIONS),
+            per_account: Mutex::default(),
+            max_per_account: (section.max_per_account.max(1) as usize)
+                .min(MAX_CONCURRENT_VALIDATIONS),
         })
     }
 
-    /// Runs one challenge check, waiting for a free slot first.
+    /// Runs one challenge check for `account`. It waits first for one of
+    /// the account's own slots (`validation.max_per_account`), then for one
+    /// of the process's; the time limit starts only once it runs, so an
+    /// account whose challenges point at black holes delays only itself.
     pub async fn check(
+        &self,
+        account: &str,
+        kind: ChallengeKind,
+        identifier: &Identifier,
+        token: &str,
+        key_authorization: &str,
+    ) -> Result<(), ValidationError> {
+        let closed = || ValidationError::Connection {
+            url: identifier.to_string(),
+            reason: "the validator is shutting down".into(),
+        };
+        let account_slots = self.account_slots(account);
+        let _account_permit = account_slots.acquire().await.map_err(|_| closed())?;
+        let _permit = self.permits.acquire().await.map_err(|_| closed())?;
+        // Each network step is bounded by the timeout; this bounds the
+        // whole (a DNS lookup, then a connection and a read).
+        let limit = self.config.timeout * 2 + Duration::from_secs(1);
+        tokio::time::timeout(limit, self.run(kind, identifier, token, key_authorization))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ValidationError::Timeout {
+                    url: identifier.to_string(),
+                    seconds: limit.as_secs(),
+                })
+            })
+    }
+
+    /// The semaphore bounding `account`'s concurrent validations.
+    fn account_slots(&self, account: &str) -> Arc<Semaphore> {
+        let mut slots = self.per_account.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.len() > 4096 {
+            // Forget idle accounts (only the map holds them, all permits free).
+            let max = self.max_per_account;
+            slots.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < max);
+        }
+        slots
+            .entry(account.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.max_per_account)))
+            .clone()
+    }
+
+    async fn run(
         &self,
         kind: ChallengeKind,
         identifier: &Identifier,
         token: &str,
         key_authorization: &str,
     ) -> Result<(), ValidationError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| ValidationError::Connection {
-                url: identifier.to_string(),
-                reason: "the validator is shutting down".into(),
-            })?;
         match (kind, identifier) {
             (ChallengeKind::Http01, _) => {
                 http01::validate(
@@ -304,9 +390,22 @@ impl Validators {
         }
     }
 
+    /// The address tls-alpn-01 connects to: the first the network policy
+    /// allows (the one checked is the one connected to).
     async fn address_of(&self, identifier: &Identifier) -> Result<IpAddr, ValidationError> {
+        let port = self.config.tls_alpn_port;
+        let refused = |ip: IpAddr, why: network::Refusal| ValidationError::RefusedAddress {
+            address: format!("{identifier} ({})", SocketAddr::new(ip, port)),
+            reason: why.to_string(),
+        };
         match identifier {
-            Identifier::Ip(ip) => Ok(*ip),
+            Identifier::Ip(ip) => {
+                self.config
+                    .network
+                    .check(*ip, &[port])
+                    .map_err(|why| refused(*ip, why))?;
+                Ok(*ip)
+            }
             Identifier::Dns(name) => {
                 let lookup = self
                     .resolver
@@ -322,9 +421,21 @@ impl Validators {
                             }
                         }
                     })?;
-                lookup.iter().next().ok_or_else(|| ValidationError::Dns {
-                    name: name.clone(),
-                    reason: "no A or AAAA record".into(),
+                let mut first_refusal = None;
+                for ip in lookup.iter() {
+                    match self.config.network.check(ip, &[port]) {
+                        Ok(()) => return Ok(ip),
+                        Err(why) => {
+                            first_refusal.get_or_insert((ip, why));
+                        }
+                    }
+                }
+                Err(match first_refusal {
+                    Some((ip, why)) => refused(ip, why),
+                    None => ValidationError::Dns {
+                        name: name.clone(),
+                        reason: "no A or AAAA record".into(),
+                    },
                 })
             }
         }

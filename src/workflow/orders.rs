@@ -165,6 +165,9 @@ pub struct Orders {
     settings: OrdersSection,
     validation_timeout: Duration,
     limiter: RateLimiter,
+    /// Challenges this process is validating (or waiting to): the worker
+    /// does not resume them, however long they wait for a slot.
+    running: Mutex<std::collections::HashSet<String>>,
     /// Test-only: each validation first sleeps up to this long (ms).
     danger_validation_delay_ms: u64,
 }
@@ -187,6 +190,7 @@ impl Orders {
             },
             settings,
             validation_timeout,
+            running: Mutex::default(),
             danger_validation_delay_ms,
         })
     }
@@ -695,6 +699,9 @@ impl Orders {
         now: i64,
     ) -> Result<(), WorkflowError> {
         let store = self.authority.store();
+        if self.running_here().contains(challenge_id) {
+            return Ok(());
+        }
         if !store
             .reclaim_challenge(challenge_id, attempted_at, now)
             .await?
@@ -828,13 +835,28 @@ impl Orders {
         challenge: ChallengeRecord,
     ) {
         let this = self.clone();
+        if !self.running_here().insert(challenge.id.clone()) {
+            return;
+        }
         tokio::spawn(async move {
+            // Forgotten however the task ends, panics included.
+            struct Forget(Arc<Orders>, String);
+            impl Drop for Forget {
+                fn drop(&mut self) {
+                    self.0.running_here().remove(&self.1);
+                }
+            }
+            let _forget = Forget(this.clone(), challenge.id.clone());
             if this.danger_validation_delay_ms > 0 {
                 let ms = rand::random::<u64>() % (this.danger_validation_delay_ms + 1);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
-            this.validate(order, authz, challenge).await
+            this.validate(order, authz, challenge).await;
         });
+    }
+
+    fn running_here(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs one claimed challenge and records what it found.
@@ -944,20 +966,21 @@ impl Orders {
                 reason: e.to_string(),
             })?;
         let key_authorization = key_authorization(&challenge.token, &thumbprint);
-        // The validators bound each network step; this bounds the whole.
-        let limit = self.validation_timeout * 2 + Duration::from_secs(5);
-        tokio::time::timeout(
-            limit,
-            self.validators
-                .check(kind, &identifier, &challenge.token, &key_authorization),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(ValidationError::Timeout {
-                url: identifier.to_string(),
-                seconds: limit.as_secs(),
-            })
-        })
+        // Slots are per ACME account for ACME orders, so one client's black
+        // holes do not hold another's validations.
+        let slots = order
+            .acme_account_id
+            .as_deref()
+            .unwrap_or(&order.account_id);
+        self.validators
+            .check(
+                slots,
+                kind,
+                &identifier,
+                &challenge.token,
+                &key_authorization,
+            )
+            .await
     }
 
     /// The thumbprint in an order's key authorizations: the ACME account

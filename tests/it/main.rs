@@ -1,6 +1,7 @@
 //! Integration tests: one binary (linking is slow on two cores), one module
 //! per area. Every storage-touching test runs on SQLite and PostgreSQL.
 
+mod abuse;
 mod acme;
 mod acme_accounts;
 mod acme_client;
