@@ -88,6 +88,12 @@ async fn run(backend: &str, args: &common::LoadArgs, reuse: bool) -> Result<f64,
             http01_port.to_string(),
         ),
         ("HALLMARK_ORDERS__RATE_PER_MINUTE".into(), "0".into()),
+        // Every client registers and asks for nonces from one address.
+        (
+            "HALLMARK_LIMITS__NEW_ACCOUNTS_PER_MINUTE".into(),
+            "0".into(),
+        ),
+        ("HALLMARK_LIMITS__NEW_NONCES_PER_MINUTE".into(), "0".into()),
         (
             "HALLMARK_ORDERS__REUSE_DAYS".into(),
             if reuse { "30" } else { "0" }.into(),

@@ -66,6 +66,14 @@ pub struct ServerSection {
     pub tls_cert: Option<PathBuf>,
     /// With `tls = "files"`: PEM private key.
     pub tls_key: Option<PathBuf>,
+    /// Open connections per listener (default 1024). At the cap, the
+    /// connection idle longest is closed for the new one; if none is idle,
+    /// the new one is refused.
+    pub max_connections: usize,
+    /// A connection that has sent nothing for this long with no request in
+    /// progress is closed (default 30 s); the first request must begin
+    /// within 10 s of connecting.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -78,6 +86,8 @@ impl Default for ServerSection {
             tls: "self".into(),
             tls_cert: None,
             tls_key: None,
+            max_connections: 1024,
+            idle_timeout_secs: 30,
         }
     }
 }
@@ -314,6 +324,35 @@ impl Default for CaSection {
     }
 }
 
+/// `[limits]`: per client address, per instance, per minute (0: none).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Dashboard sign-in attempts (default 20).
+    pub sign_in_per_minute: u32,
+    /// ACME newAccount requests (default 30).
+    pub new_accounts_per_minute: u32,
+    /// ACME newNonce requests (default 600).
+    pub new_nonces_per_minute: u32,
+    /// ACME revokeCert requests signed with a certificate's own key, the
+    /// one revocation that needs no account (default 60).
+    pub key_revocations_per_minute: u32,
+    /// Password checks (argon2id, 19 MiB each) running at once (default 2).
+    pub password_checks: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            sign_in_per_minute: 20,
+            new_accounts_per_minute: 30,
+            new_nonces_per_minute: 600,
+            key_revocations_per_minute: 60,
+            password_checks: 2,
+        }
+    }
+}
+
 /// The configuration file as written.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -336,6 +375,8 @@ pub struct FileConfig {
     pub acme: AcmeSection,
     /// `[ca]`
     pub ca: CaSection,
+    /// `[limits]`
+    pub limits: LimitsSection,
 }
 
 /// How the HTTPS listener gets its certificate.
@@ -369,6 +410,8 @@ pub struct Config {
     pub public_http_url: String,
     /// TLS mode.
     pub tls: TlsMode,
+    /// Connection limits of both listeners.
+    pub connections: crate::http::server::ConnectionLimits,
     /// Database URL.
     pub database_url: String,
     /// Issuance policy.
@@ -387,6 +430,8 @@ pub struct Config {
     pub ca: CaSection,
     /// ACME settings.
     pub acme: AcmeSection,
+    /// Per-address limits.
+    pub limits: LimitsSection,
     /// Test-only ACME faults; always `None` from [`Config::load`].
     pub danger_acme_chaos: Option<DangerAcmeChaos>,
 }
@@ -401,6 +446,7 @@ impl std::fmt::Debug for Config {
             .field("public_https_url", &self.public_https_url)
             .field("public_http_url", &self.public_http_url)
             .field("tls", &self.tls)
+            .field("connections", &self.connections)
             .field(
                 "database_url",
                 &crate::store::redact_url(&self.database_url),
@@ -413,6 +459,7 @@ impl std::fmt::Debug for Config {
             .field("ca_key_type", &self.ca_key_type)
             .field("ca", &self.ca)
             .field("acme", &self.acme)
+            .field("limits", &self.limits)
             .field("danger_acme_chaos", &self.danger_acme_chaos)
             .finish()
     }
@@ -658,6 +705,22 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        if file.server.max_connections < 16 || file.server.idle_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "server.max_connections",
+                reason: "must be at least 16, and server.idle_timeout_secs at least 1".into(),
+            });
+        }
+        if file.limits.password_checks == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.password_checks",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let connections = crate::http::server::ConnectionLimits {
+            max_connections: file.server.max_connections,
+            idle_timeout: std::time::Duration::from_secs(file.server.idle_timeout_secs),
+        };
         Ok(Config {
             data_dir: data_dir.to_path_buf(),
             https_listen,
@@ -665,6 +728,7 @@ impl Config {
             public_https_url,
             public_http_url,
             tls,
+            connections,
             database_url,
             policy,
             validation: file.validation,
@@ -674,6 +738,7 @@ impl Config {
             ca_key_type,
             ca: file.ca,
             acme: file.acme,
+            limits: file.limits,
             danger_acme_chaos: None,
         })
     }

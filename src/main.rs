@@ -586,6 +586,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 config.http_listen
             )
         })?;
+    // Both listeners full, plus the database pool, files and validators.
+    let wanted = 2 * config.connections.max_connections as u64 + 256;
+    match hallmark::http::server::raise_open_file_limit(wanted) {
+        Ok(have) if have < wanted => tracing::warn!(
+            have,
+            wanted,
+            "the open-file limit is below what server.max_connections needs; raise it (ulimit -n, LimitNOFILE=) or lower server.max_connections"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
+    }
     let started = std::time::Instant::now();
     let mut service = Service::start(config.clone()).await?;
     tracing::info!(

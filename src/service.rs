@@ -70,6 +70,7 @@ impl Service {
     /// Opens everything the service needs. The CA must exist.
     pub async fn start(config: Config) -> Result<Service, StartError> {
         let layout = Layout::new(&config.data_dir);
+        crate::workflow::users::limit_password_checks(config.limits.password_checks);
         let authority = open_authority(&config).await?;
         let validators = Validators::new(
             &config.validation,
@@ -172,6 +173,7 @@ impl Service {
             danger_acme_chaos: self.config.danger_acme_chaos,
             acme_nonce_key: self.acme_nonce_key.clone(),
             acme_nonce_uses: Default::default(),
+            limits: crate::workflow::limits::AddressLimits::new(&self.config.limits),
         });
         if let Some(refresher) = self.tls_refresher() {
             let mut stop = shutdown.clone();
@@ -196,9 +198,16 @@ impl Service {
             https,
             http::https_router(state.clone()),
             self.tls.as_ref().map(|(config, _)| config.clone()),
+            self.config.connections,
             shutdown.clone(),
         );
-        let http_task = http::server::serve(http, http::http_router(state), None, shutdown);
+        let http_task = http::server::serve(
+            http,
+            http::http_router(state),
+            None,
+            self.config.connections,
+            shutdown,
+        );
         tokio::join!(https_task, http_task);
     }
 }

@@ -50,6 +50,8 @@ pub struct AppState {
     pub acme_nonce_key: ring::hmac::Key,
     /// Valid nonces used on this instance (for `danger_acme_chaos`).
     pub acme_nonce_uses: std::sync::atomic::AtomicU64,
+    /// Per-address limits of the unauthenticated doors.
+    pub limits: crate::workflow::limits::AddressLimits,
 }
 
 fn common_layers(router: Router) -> Router {

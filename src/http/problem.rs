@@ -42,6 +42,19 @@ impl Problem {
         }
     }
 
+    /// `rateLimited` (429) with `Retry-After`.
+    pub fn rate_limited(retry_after_secs: u64, detail: impl Into<String>) -> Self {
+        Problem {
+            retry_after: Some(retry_after_secs),
+            ..Problem::acme(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rateLimited",
+                "Rate limited",
+                detail,
+            )
+        }
+    }
+
     /// A problem with a hallmark error code.
     pub fn hallmark(
         status: StatusCode,
@@ -177,15 +190,9 @@ impl From<WorkflowError> for Problem {
             WorkflowError::Ca(c) => Problem::internal(&c),
             WorkflowError::Store(s) => s.into(),
             WorkflowError::Malformed(m) => Problem::malformed(m),
-            WorkflowError::RateLimited { retry_after_secs } => Problem {
-                retry_after: Some(retry_after_secs),
-                ..Problem::acme(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rateLimited",
-                    "Rate limited",
-                    e.to_string(),
-                )
-            },
+            WorkflowError::RateLimited { retry_after_secs } => {
+                Problem::rate_limited(retry_after_secs, e.to_string())
+            }
             WorkflowError::NotFound(m) => Problem::not_found(m),
             WorkflowError::Forbidden(m) => {
                 Problem::acme(StatusCode::FORBIDDEN, "unauthorized", "Unauthorized", m)

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod crl;
+pub mod limits;
 pub mod ocsp;
 pub mod orders;
 pub mod revocation;

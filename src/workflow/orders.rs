@@ -12,9 +12,8 @@
 //! worker) can never both move one order. Validation runs in background
 //! tasks; a validation whose process died is taken over by the worker.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -22,6 +21,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::accounts::{Caller, Role};
+use super::limits::TokenBuckets;
 use super::users::random_token;
 use super::{Authority, IssueRequest, Signed, WorkflowError};
 use crate::config::OrdersSection;
@@ -119,44 +119,6 @@ pub fn problem_document(acme_code: &str, detail: &str) -> String {
     .to_string()
 }
 
-/// Per-account token buckets for new orders, in this instance's memory.
-struct RateLimiter {
-    per_minute: u32,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    fn check(&self, account_id: &str) -> Result<(), WorkflowError> {
-        if self.per_minute == 0 {
-            return Ok(());
-        }
-        let capacity = f64::from(self.per_minute);
-        let per_second = capacity / 60.0;
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() > 10_000 {
-            // Forget accounts whose bucket has refilled: they lose nothing.
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * per_second < capacity
-            });
-        }
-        let (tokens, at) = buckets
-            .entry(account_id.to_owned())
-            .or_insert((capacity, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(capacity);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = ((1.0 - *tokens) / per_second).ceil().max(1.0);
-            Err(WorkflowError::RateLimited {
-                retry_after_secs: wait as u64,
-            })
-        }
-    }
-}
-
 /// The order engine: creation, validation, approval, issuance and the
 /// background worker. One per process, shared by the REST API and ACME.
 pub struct Orders {
@@ -164,7 +126,8 @@ pub struct Orders {
     validators: Arc<Validators>,
     settings: OrdersSection,
     validation_timeout: Duration,
-    limiter: RateLimiter,
+    /// Per-account token buckets for new orders.
+    limiter: TokenBuckets<String>,
     /// Challenges this process is validating (or waiting to): the worker
     /// does not resume them, however long they wait for a slot.
     running: Mutex<std::collections::HashSet<String>>,
@@ -184,15 +147,18 @@ impl Orders {
         Arc::new(Orders {
             authority,
             validators,
-            limiter: RateLimiter {
-                per_minute: settings.rate_per_minute,
-                buckets: Mutex::new(HashMap::new()),
-            },
+            limiter: TokenBuckets::new(settings.rate_per_minute),
             settings,
             validation_timeout,
             running: Mutex::default(),
             danger_validation_delay_ms,
         })
+    }
+
+    fn rate_limit(&self, account_id: &str) -> Result<(), WorkflowError> {
+        self.limiter
+            .take(account_id.to_owned())
+            .map_err(|retry_after_secs| WorkflowError::RateLimited { retry_after_secs })
     }
 
     /// The CA.
@@ -209,7 +175,7 @@ impl Orders {
         caller: &Caller,
         request: NewOrder,
     ) -> Result<OrderBundle, WorkflowError> {
-        self.limiter.check(&caller.account_id)?;
+        self.rate_limit(&caller.account_id)?;
         let checked = self.authority.intake(&request.csr).await?;
         let validity_days = self
             .authority
@@ -1013,7 +979,7 @@ impl Orders {
         identifiers: &[Identifier],
         not_after: Option<OffsetDateTime>,
     ) -> Result<OrderBundle, WorkflowError> {
-        self.limiter.check(&caller.account_id)?;
+        self.rate_limit(&caller.account_id)?;
         if identifiers.is_empty() {
             return Err(WorkflowError::Malformed(
                 "an order needs at least one identifier".into(),
@@ -1430,31 +1396,6 @@ mod tests {
                 check_organization(bad),
                 Err(WorkflowError::Malformed(_))
             ));
-        }
-    }
-
-    #[test]
-    fn the_rate_limiter_allows_a_burst_then_says_when_to_come_back() {
-        let limiter = RateLimiter {
-            per_minute: 3,
-            buckets: Mutex::new(HashMap::new()),
-        };
-        for _ in 0..3 {
-            limiter.check("a").unwrap();
-        }
-        match limiter.check("a") {
-            Err(WorkflowError::RateLimited { retry_after_secs }) => {
-                assert!((1..=20).contains(&retry_after_secs), "{retry_after_secs}")
-            }
-            other => panic!("{other:?}"),
-        }
-        limiter.check("b").unwrap();
-        let off = RateLimiter {
-            per_minute: 0,
-            buckets: Mutex::new(HashMap::new()),
-        };
-        for _ in 0..100 {
-            off.check("a").unwrap();
         }
     }
 

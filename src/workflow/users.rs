@@ -9,6 +9,7 @@ use rand::RngCore;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
@@ -89,6 +90,13 @@ pub enum UserError {
         /// Minutes left.
         minutes: i64,
     },
+    /// Too many sign-ins at once (password checks are bounded), or too
+    /// many from this address.
+    #[error("too many sign-in attempts right now; try again in {retry_after_secs} seconds")]
+    Busy {
+        /// When to come back.
+        retry_after_secs: u64,
+    },
     /// Input that cannot be accepted (the sentence says why).
     #[error("{0}")]
     Invalid(String),
@@ -138,22 +146,74 @@ fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// Sign-ins waiting for a password check beyond which more are refused.
+const MAX_WAITING_PASSWORD_CHECKS: usize = 32;
+
+/// The bound on concurrent argon2 checks (each takes 19 MiB and a core
+/// for tens of milliseconds): a few run, a few dozen wait, the rest are
+/// told to come back.
+struct PasswordGate {
+    running: tokio::sync::Semaphore,
+    waiting: AtomicUsize,
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+static PASSWORD_GATE: OnceLock<PasswordGate> = OnceLock::new();
+
+fn password_gate(limit: usize) -> &'static PasswordGate {
+    PASSWORD_GATE.get_or_init(|| PasswordGate {
+        running: tokio::sync::Semaphore::new(limit.max(1)),
+        waiting: AtomicUsize::new(0),
+        now: AtomicUsize::new(0),
+        peak: AtomicUsize::new(0),
+    })
+}
+
+/// Sets how many password checks run at once in this process
+/// (`limits.password_checks`); the first call wins.
+pub fn limit_password_checks(limit: u32) {
+    password_gate(limit as usize);
+}
+
+/// The most password checks that ever ran at once in this process.
+pub fn password_checks_peak() -> usize {
+    password_gate(2).peak.load(Ordering::Relaxed)
+}
+
 /// Verifies a password against a PHC hash off the async threads (argon2 is
-/// deliberately slow).
-async fn verify_password(password: &str, hash: &str) -> bool {
+/// deliberately slow), within the process's bound on concurrent checks.
+async fn verify_password(password: &str, hash: &str) -> Result<bool, UserError> {
+    let gate = password_gate(2);
+    if gate.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING_PASSWORD_CHECKS {
+        gate.waiting.fetch_sub(1, Ordering::AcqRel);
+        return Err(UserError::Busy {
+            retry_after_secs: 1,
+        });
+    }
+    let permit = gate.running.acquire().await;
+    gate.waiting.fetch_sub(1, Ordering::AcqRel);
+    let _permit = permit.map_err(|_| UserError::Busy {
+        retry_after_secs: 1,
+    })?;
     let password = Zeroizing::new(password.to_owned());
     let hash = hash.to_owned();
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
+    let ok = tokio::task::spawn_blocking(move || {
+        let now = gate.now.fetch_add(1, Ordering::AcqRel) + 1;
+        gate.peak.fetch_max(now, Ordering::AcqRel);
+        let ok = PasswordHash::new(&hash)
             .map(|parsed| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)
                     .is_ok()
             })
-            .unwrap_or(false)
+            .unwrap_or(false);
+        gate.now.fetch_sub(1, Ordering::AcqRel);
+        ok
     })
     .await
-    .unwrap_or(false)
+    .unwrap_or(false);
+    Ok(ok)
 }
 
 /// A hash to verify against when the user does not exist, so a sign-in
@@ -179,7 +239,7 @@ pub async fn sign_in(
         None
     };
     let Some(user) = user else {
-        verify_password(password, dummy_hash()).await;
+        verify_password(password, dummy_hash()).await?;
         return Err(UserError::BadCredentials);
     };
     if let Some(until) = user.locked_until.filter(|u| *u > now) {
@@ -187,7 +247,7 @@ pub async fn sign_in(
             minutes: (until - now + 59) / 60,
         });
     }
-    let ok = verify_password(password, &user.password_hash).await;
+    let ok = verify_password(password, &user.password_hash).await?;
     if !ok || user.disabled {
         let at = OffsetDateTime::now_utc();
         let event = |action: &str| AuditEvent {
@@ -307,7 +367,7 @@ pub async fn change_password(
     current: &str,
     new: &str,
 ) -> Result<(Zeroizing<String>, SignedIn), UserError> {
-    if !verify_password(current, &who.user.password_hash).await {
+    if !verify_password(current, &who.user.password_hash).await? {
         return Err(UserError::Invalid("the current password is wrong".into()));
     }
     check_new_password(new)?;

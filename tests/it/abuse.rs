@@ -313,3 +313,320 @@ async fn an_order_for_the_metadata_address_fails_without_a_connection() {
     );
     lab.finish().await;
 }
+
+/// Whether the server has closed `socket` (EOF or reset), waiting at most
+/// `within`.
+async fn closed_by_server(socket: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // A 408 or similar before closing: keep reading to the end.
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crl_and_ocsp_answer_while_idle_and_slow_connections_flood_the_listener() {
+    use hallmark::workflow::revocation::RevokeRequest;
+    use tokio::io::AsyncWriteExt;
+
+    // Both ends of 1,200 connections live in this process.
+    hallmark::http::server::raise_open_file_limit(8192).unwrap();
+    let mut ca = TestCa::with_env(
+        backends().remove(0),
+        &[
+            ("HALLMARK_SERVER__MAX_CONNECTIONS", "256".into()),
+            ("HALLMARK_SERVER__IDLE_TIMEOUT_SECS", "3".into()),
+        ],
+    )
+    .await;
+    let run = ca.start().await;
+    let dir = ca.dir.path();
+    let (owner, _) = crate::revocation::api_key(&run.authority, "owner", Role::Requester).await;
+    let (serial, pem) =
+        crate::revocation::issue(&run.authority, dir, "leaf", "leaf.internal", &owner).await;
+    run.authority
+        .revoke_as_key_holder(
+            &serial.parse().unwrap(),
+            RevokeRequest {
+                reason: hallmark::pki::crl::RevocationReason::Superseded,
+                invalidity_date: None,
+            },
+            "operator:test",
+        )
+        .await
+        .unwrap();
+    std::fs::write(dir.join("root.pem"), &run.root_pem).unwrap();
+    std::fs::write(
+        dir.join("issuing.pem"),
+        run.authority.issuer().certificate().pem(),
+    )
+    .unwrap();
+    let (crl_url, ocsp_url) = crate::revocation::urls(&pem);
+    let http_addr = run.http_url.trim_start_matches("http://").to_owned();
+    let https_addr = ca.config.https_listen;
+
+    // 1,000 sockets that send nothing, 150 that start a TLS handshake
+    // never, and 50 slowloris clients dribbling a header byte every 500 ms.
+    let mut idle = Vec::new();
+    for i in 0..1150 {
+        let socket = if i < 1000 {
+            tokio::net::TcpStream::connect(&http_addr).await.unwrap()
+        } else {
+            tokio::net::TcpStream::connect(https_addr).await.unwrap()
+        };
+        idle.push(socket);
+    }
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut socket = tokio::net::TcpStream::connect(&http_addr).await.unwrap();
+        socket
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: ca\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(tokio::spawn(async move {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(30) {
+                if socket.write_all(b"a").await.is_err() {
+                    return started.elapsed();
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            started.elapsed()
+        }));
+    }
+
+    // Meanwhile CRL and OCSP answer, each on a new connection, promptly.
+    for round in 0..10 {
+        let started = Instant::now();
+        let client = reqwest::Client::new();
+        let crl = client.get(&crl_url).send().await.unwrap();
+        assert_eq!(crl.status(), StatusCode::OK, "round {round}");
+        assert!(!crl.bytes().await.unwrap().is_empty());
+        let d = dir.to_path_buf();
+        let url = ocsp_url.clone();
+        let status = tokio::task::spawn_blocking(move || {
+            crate::reliability::ocsp_status(&d, "leaf.pem", &url)
+        })
+        .await
+        .unwrap();
+        assert!(status.starts_with("revoked"), "round {round}: {status}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "round {round}: CRL and OCSP took {:?}",
+            started.elapsed()
+        );
+    }
+
+    // Every idle socket is closed by the server: evicted for newer ones or
+    // after the first-request timeout (3 s here).
+    let mut still_open = 0;
+    for socket in &mut idle {
+        if !closed_by_server(socket, Duration::from_secs(6)).await {
+            still_open += 1;
+        }
+    }
+    assert_eq!(still_open, 0, "idle sockets the server kept open");
+    // Dribbled headers are cut off by the 10 s header timeout.
+    for task in slow {
+        let held = task.await.unwrap();
+        assert!(
+            held < Duration::from_secs(15),
+            "a slowloris client held on for {held:?}"
+        );
+    }
+    run.stop().await;
+    ca.cleanup().await;
+}
+
+/// A nonce from the directory (every ACME answer carries one; the
+/// directory is not rate-limited).
+async fn directory_nonce(run: &Running) -> String {
+    let r = run
+        .client()
+        .get(format!("{}/acme/directory", run.https_url))
+        .send()
+        .await
+        .unwrap();
+    r.headers()["replay-nonce"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unauthenticated_doors_are_rate_limited_per_address() {
+    use crate::acme_client::Client;
+    use crate::dashboard::Browser;
+
+    let mut ca = TestCa::with_env(
+        backends().remove(0),
+        &[
+            ("HALLMARK_LIMITS__SIGN_IN_PER_MINUTE", "4".into()),
+            ("HALLMARK_LIMITS__NEW_ACCOUNTS_PER_MINUTE", "3".into()),
+            ("HALLMARK_LIMITS__NEW_NONCES_PER_MINUTE", "5".into()),
+            ("HALLMARK_LIMITS__KEY_REVOCATIONS_PER_MINUTE", "2".into()),
+        ],
+    )
+    .await;
+    let run = ca.start().await;
+    let acme = format!("{}/acme", run.https_url);
+    let limited = |status: u16, body: &serde_json::Value, what: &str| {
+        assert_eq!(status, 429, "{what}: {body}");
+        assert_eq!(
+            body["type"], "urn:ietf:params:acme:error:rateLimited",
+            "{what}"
+        );
+        assert!(
+            body["detail"].as_str().unwrap().contains("your address"),
+            "{body}"
+        );
+    };
+
+    // newAccount: three, then refused (before any signature is checked).
+    for i in 0..4 {
+        let client = Client::with(run.client(), acme.clone());
+        let url = format!("{acme}/new-account");
+        let nonce = directory_nonce(&run).await;
+        let body = client.sign(
+            &url,
+            &nonce,
+            Some(&json!({"termsOfServiceAgreed": true})),
+            json!({}),
+        );
+        let a = client.post_body(&url, &body).await;
+        if i < 3 {
+            assert_eq!(a.status, 201, "{}", a.body);
+        } else {
+            limited(a.status, &a.body, "newAccount");
+            assert!(a.headers.contains_key("retry-after"));
+        }
+    }
+
+    // newNonce: five, then refused.
+    for i in 0..6 {
+        let r = run
+            .client()
+            .head(format!("{acme}/new-nonce"))
+            .send()
+            .await
+            .unwrap();
+        if i < 5 {
+            assert_eq!(r.status(), StatusCode::OK);
+        } else {
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert!(r.headers().contains_key("retry-after"));
+        }
+    }
+    let r = run
+        .client()
+        .get(format!("{acme}/new-nonce"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    limited(status, &r.json().await.unwrap(), "newNonce");
+
+    // revokeCert signed by a (certificate) key: two, then refused.
+    for i in 0..3 {
+        let stranger = Client::with(run.client(), acme.clone());
+        let url = format!("{acme}/revoke-cert");
+        let nonce = directory_nonce(&run).await;
+        let body = stranger.sign(
+            &url,
+            &nonce,
+            Some(&json!({"certificate": "AAAA"})),
+            json!({}),
+        );
+        let a = stranger.post_body(&url, &body).await;
+        if i < 2 {
+            assert_ne!(a.status, 429, "{}", a.body);
+        } else {
+            limited(a.status, &a.body, "revokeCert");
+        }
+    }
+
+    // Dashboard sign-in: four attempts, then 429 with a sentence.
+    let mut browser = Browser::new(&run);
+    for i in 0..5 {
+        let login = browser.get("/admin/login").await;
+        let csrf = login.csrf();
+        let page = browser
+            .post(
+                "/admin/login",
+                &[
+                    ("csrf", &csrf),
+                    ("username", "admin"),
+                    ("password", "guess"),
+                ],
+            )
+            .await;
+        if i < 4 {
+            assert_eq!(page.status, StatusCode::UNAUTHORIZED, "attempt {i}");
+        } else {
+            assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS, "attempt {i}");
+            assert!(
+                page.body.contains("too many sign-in attempts"),
+                "{}",
+                page.body
+            );
+            assert!(page.headers.contains_key("retry-after"));
+        }
+    }
+    run.stop().await;
+    ca.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_checks_are_bounded_and_the_excess_told_to_come_back() {
+    let mut ca = TestCa::with_env(
+        backends().remove(0),
+        &[("HALLMARK_LIMITS__SIGN_IN_PER_MINUTE", "0".into())],
+    )
+    .await;
+    let run = ca.start().await;
+    // Four connections, 30 sign-ins each, all at once.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut browser = crate::dashboard::Browser::new(&run);
+        let csrf = browser.get("/admin/login").await.csrf();
+        let (http, cookies) = (browser.http(), browser.cookie_header());
+        let url = format!("{}/admin/login", browser.base);
+        for i in 0..30 {
+            let (http, cookies, csrf, url) =
+                (http.clone(), cookies.clone(), csrf.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let user = format!("nobody{i}");
+                let form = [
+                    ("csrf", csrf.as_str()),
+                    ("username", &user),
+                    ("password", "x"),
+                ];
+                let r = http
+                    .post(url)
+                    .header("cookie", cookies)
+                    .form(&form)
+                    .send()
+                    .await
+                    .unwrap();
+                r.status().as_u16()
+            }));
+        }
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for t in tasks {
+        *statuses.entry(t.await.unwrap()).or_insert(0) += 1;
+    }
+    let peak = hallmark::workflow::users::password_checks_peak();
+    assert!(peak <= 2, "{peak} password checks ran at once");
+    assert!(
+        statuses.keys().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(statuses.get(&429).copied().unwrap_or(0) > 0, "{statuses:?}");
+    run.stop().await;
+    ca.cleanup().await;
+}

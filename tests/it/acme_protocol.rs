@@ -67,6 +67,21 @@ async fn protocol_errors_have_the_exact_acme_types() {
             "urn:ietf:params:acme:error:badNonce"
         );
 
+        // A forged signature costs no nonce: the signature is checked
+        // before the nonce is used up, so the same nonce still works.
+        let nonce = alice.nonce().await;
+        let lookup = json!({"onlyReturnExisting": true});
+        let mut forged = alice.sign(&new_account, &nonce, Some(&lookup), json!({}));
+        forged["signature"] = json!("AAAA".repeat(21) + "AAAA");
+        let a = alice.post_body(&new_account, &forged).await;
+        assert_eq!(a.status, 400, "{}", a.body);
+        assert_ne!(problem(&a), "urn:ietf:params:acme:error:badNonce");
+        let body = alice.sign(&new_account, &nonce, Some(&lookup), json!({}));
+        assert_eq!(
+            problem(&alice.post_body(&new_account, &body).await),
+            "urn:ietf:params:acme:error:accountDoesNotExist"
+        );
+
         // The url header must be the URL requested.
         let nonce = alice.nonce().await;
         let wrong = alice.sign(

@@ -65,13 +65,22 @@ impl Browser {
         }
     }
 
-    async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
-        let cookie = self
-            .cookies
+    /// The HTTP client (no redirects followed, this CA's root trusted).
+    pub fn http(&self) -> reqwest::Client {
+        self.client.clone()
+    }
+
+    /// The `Cookie` header this browser sends.
+    pub fn cookie_header(&self) -> String {
+        self.cookies
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
-            .join("; ");
+            .join("; ")
+    }
+
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
+        let cookie = self.cookie_header();
         let r = req.header("cookie", cookie).send().await.unwrap();
         for v in r.headers().get_all("set-cookie") {
             let v = v.to_str().unwrap();

@@ -65,7 +65,7 @@ async fn nonce_uses_cancelled_at_any_point_leave_every_write_connection_durable(
 
 /// `openssl ocsp` for `cert` against the certificate's OCSP URL; the
 /// status word it prints (`good`, `revoked`, `unknown`).
-fn ocsp_status(dir: &Path, cert: &str, url: &str) -> String {
+pub fn ocsp_status(dir: &Path, cert: &str, url: &str) -> String {
     let out = openssl(
         dir,
         &[

@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 
 use self::jws::{thumbprint, ExternalBinding, Jws};
 use super::problem::Problem;
+use super::server::ClientAddr;
 use super::AppState;
 use crate::pki::crl::RevocationReason;
 use crate::pki::{pem_encode, Identifier, Serial};
@@ -30,6 +31,7 @@ use crate::store::{
     AccountRecord, AcmeAccountRecord, AuditEvent, OrderBundle, OrderStatus, StoreError,
 };
 use crate::workflow::accounts::{Caller, Role};
+use crate::workflow::limits::address_key;
 use crate::workflow::revocation::{RevokeRequest, Revoker};
 use crate::workflow::users::random_token;
 
@@ -73,24 +75,33 @@ fn fresh_nonce(state: &AppState) -> String {
     URL_SAFE_NO_PAD.encode(raw)
 }
 
-/// Whether `nonce` is one of ours, unexpired and not used before (its use
-/// is recorded, shared by every instance).
-async fn check_nonce(state: &AppState, nonce: &str, now: i64) -> Result<bool, StoreError> {
+/// When `nonce` expires, if it is one of ours and unexpired: checked by
+/// its MAC alone, without the database. Whether it was used before is
+/// [`use_nonce`]'s question, asked only once the signature has verified.
+fn nonce_expiry(state: &AppState, nonce: &str, now: i64) -> Option<i64> {
     use subtle::ConstantTimeEq;
     let raw = match URL_SAFE_NO_PAD.decode(nonce) {
         Ok(r) if r.len() == 32 => r,
-        _ => return Ok(false),
+        _ => return None,
     };
     let tag = ring::hmac::sign(&state.acme_nonce_key, &raw[..16]);
     if !bool::from(tag.as_ref()[..16].ct_eq(&raw[16..])) {
-        return Ok(false);
+        return None;
     }
     let mut expiry = [0u8; 8];
     expiry.copy_from_slice(&raw[..8]);
     let expires = i64::from_be_bytes(expiry);
-    if expires < now {
-        return Ok(false);
-    }
+    (expires >= now).then_some(expires)
+}
+
+/// Records the use of a nonce [`nonce_expiry`] accepted; false if it was
+/// used before (shared by every instance).
+async fn use_nonce(
+    state: &AppState,
+    nonce: &str,
+    expires: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
     state.authority.store().use_nonce(nonce, expires, now).await
 }
 
@@ -143,7 +154,22 @@ async fn directory(State(state): State<Arc<AppState>>) -> Response {
     finish(&state, Json(body).into_response()).await
 }
 
-async fn new_nonce(State(state): State<Arc<AppState>>, method: Method) -> Response {
+/// A per-address limit's refusal.
+fn too_many(what: &str, retry_after_secs: u64) -> Problem {
+    Problem::rate_limited(
+        retry_after_secs,
+        format!("too many {what} from your address; retry after {retry_after_secs} seconds"),
+    )
+}
+
+async fn new_nonce(
+    State(state): State<Arc<AppState>>,
+    ClientAddr(client): ClientAddr,
+    method: Method,
+) -> Response {
+    if let Err(secs) = state.limits.new_nonce.take(address_key(client)) {
+        return too_many("newNonce requests", secs).into_response();
+    }
     let status = if method == Method::HEAD {
         StatusCode::OK
     } else {
@@ -202,8 +228,10 @@ fn refused_by_chaos(state: &AppState) -> bool {
     (n + 1) % every == 0
 }
 
-/// Checks nonce, url, key and signature. `jwk_ok`: this resource takes a
-/// `jwk` (newAccount) instead of a `kid`.
+/// Checks nonce, url, key and signature, cheapest first: the nonce's MAC
+/// and the url cost nothing, the signature a verification, and only a
+/// request whose signature verified uses up its nonce (a database write).
+/// `jwk_ok`: this resource takes a `jwk` (newAccount) instead of a `kid`.
 async fn verify(
     state: &AppState,
     uri: &Uri,
@@ -212,20 +240,20 @@ async fn verify(
 ) -> Result<Verified, Problem> {
     let bad = StatusCode::BAD_REQUEST;
     let jws = Jws::parse(body).map_err(|e| acme_problem(bad, e.acme_code(), e.to_string()))?;
-    let store = state.authority.store();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let nonce = jws
-        .protected
-        .nonce
-        .as_deref()
-        .ok_or_else(|| acme_problem(bad, "badNonce", "the JWS header has no \"nonce\""))?;
-    if !check_nonce(state, nonce, now).await? || refused_by_chaos(state) {
-        return Err(acme_problem(
+    let bad_nonce = || {
+        acme_problem(
             bad,
             "badNonce",
             "the nonce is unknown, used or expired; retry with the one in this answer's Replay-Nonce",
-        ));
-    }
+        )
+    };
+    let nonce = jws
+        .protected
+        .nonce
+        .clone()
+        .ok_or_else(|| acme_problem(bad, "badNonce", "the JWS header has no \"nonce\""))?;
+    let expires = nonce_expiry(state, &nonce, now).ok_or_else(bad_nonce)?;
     let expected = format!("{}{}", state.public_https_url, uri.path());
     if jws.protected.url != expected {
         return Err(acme_problem(
@@ -237,6 +265,17 @@ async fn verify(
             ),
         ));
     }
+    let verified = verify_signature(state, jws, jwk_ok).await?;
+    if !use_nonce(state, &nonce, expires, now).await? || refused_by_chaos(state) {
+        return Err(bad_nonce());
+    }
+    Ok(verified)
+}
+
+/// The key and signature of a JWS whose nonce and url were checked.
+async fn verify_signature(state: &AppState, jws: Jws, jwk_ok: bool) -> Result<Verified, Problem> {
+    let bad = StatusCode::BAD_REQUEST;
+    let store = state.authority.store();
     match (&jws.protected.kid, &jws.protected.jwk) {
         (Some(kid), None) => {
             let prefix = format!("{}/account/", base(state));
@@ -388,8 +427,18 @@ async fn check_binding(
     Ok(key)
 }
 
-async fn new_account(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -> Response {
+async fn new_account(
+    State(state): State<Arc<AppState>>,
+    ClientAddr(client): ClientAddr,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     let result = async {
+        state
+            .limits
+            .new_account
+            .take(address_key(client))
+            .map_err(|secs| too_many("newAccount requests", secs))?;
         let v = verify(&state, &uri, &body, true).await?;
         let payload = v.payload()?;
         let jwk = v.jws.protected.jwk.clone().unwrap_or_default();
@@ -955,8 +1004,23 @@ fn jwk_matches_certificate(jwk: &Value, der: &[u8]) -> bool {
 
 /// revokeCert (RFC 8555 §7.6): signed by the account that owns the
 /// certificate (`kid`) or by the certificate's own key (`jwk`).
-async fn revoke_cert(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -> Response {
+async fn revoke_cert(
+    State(state): State<Arc<AppState>>,
+    ClientAddr(client): ClientAddr,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     let result = async {
+        // Signed by a certificate's key, revocation needs no account: the
+        // one unauthenticated write, limited per address.
+        let by_certificate_key = Jws::parse(&body).is_ok_and(|j| j.protected.jwk.is_some());
+        if by_certificate_key {
+            state
+                .limits
+                .key_revocation
+                .take(address_key(client))
+                .map_err(|secs| too_many("revocations signed by a certificate key", secs))?;
+        }
         let v = verify(&state, &uri, &body, true).await?;
         let payload = v.payload()?;
         let der = payload

@@ -12,13 +12,14 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use subtle::ConstantTimeEq;
 
 use super::session::{self, redirect_with, Admin};
+use crate::http::server::ClientAddr;
 use crate::http::AppState;
 use crate::pki::crl::RevocationReason;
 use crate::pki::{pem_encode, Csr, Serial};
@@ -28,6 +29,7 @@ use crate::store::{
 };
 use crate::workflow::accounts::{self, Caller, Role};
 use crate::workflow::crl::CrlKind;
+use crate::workflow::limits::address_key;
 use crate::workflow::revocation::{RevokeRequest, Revoker};
 use crate::workflow::users::{self, UserError, UserRole};
 use crate::workflow::WorkflowError;
@@ -225,6 +227,7 @@ async fn login_page(headers: HeaderMap) -> Response {
 
 async fn login(
     State(state): State<Arc<AppState>>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Form(f): Fields,
 ) -> Response {
@@ -235,7 +238,11 @@ async fn login(
     }
     let username = field(&f, "username").unwrap_or("").trim().to_owned();
     let password = field(&f, "password").unwrap_or("");
-    match users::sign_in(state.authority.store().as_ref(), &username, password).await {
+    let attempt = match state.limits.sign_in.take(address_key(client)) {
+        Ok(()) => users::sign_in(state.authority.store().as_ref(), &username, password).await,
+        Err(retry_after_secs) => Err(UserError::Busy { retry_after_secs }),
+    };
+    match attempt {
         Ok((token, who)) => {
             let to = if who.user.must_change_password {
                 "/admin/password"
@@ -257,20 +264,32 @@ async fn login(
         Err(UserError::Store(e)) => internal(e),
         Err(e) => {
             let token = users::random_token(24);
+            let (status, retry_after) = match &e {
+                UserError::Busy { retry_after_secs } => {
+                    (StatusCode::TOO_MANY_REQUESTS, Some(*retry_after_secs))
+                }
+                _ => (StatusCode::UNAUTHORIZED, None),
+            };
             let page = render(&LoginPage {
                 csrf: token.clone(),
                 error: Some(e.to_string()),
                 username,
             });
-            (
-                StatusCode::UNAUTHORIZED,
+            let mut response = (
+                status,
                 [(
                     header::SET_COOKIE,
                     session::set_cookie(session::LOGIN_COOKIE, &token, 3600),
                 )],
                 page,
             )
-                .into_response()
+                .into_response();
+            if let Some(secs) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            response
         }
     }
 }
