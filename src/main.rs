@@ -164,6 +164,27 @@ enum UserCommand {
         /// Make the user choose a new password at first sign-in
         #[arg(long)]
         must_change: bool,
+        /// The requester account this person belongs to: they will never
+        /// approve its orders (four-eyes)
+        #[arg(long, value_name = "ACCOUNT_ID")]
+        account: Option<String>,
+    },
+    /// Link a dashboard user to the requester account they belong to (or
+    /// unlink with --none), so they never approve its orders
+    Link {
+        /// Sign-in name
+        name: String,
+        /// The account id (acct_…)
+        #[arg(
+            long,
+            value_name = "ACCOUNT_ID",
+            required_unless_present = "none",
+            conflicts_with = "none"
+        )]
+        account: Option<String>,
+        /// Belongs to no account
+        #[arg(long)]
+        none: bool,
     },
 }
 
@@ -349,6 +370,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     role,
                     password_stdin: _,
                     must_change,
+                    account,
                 },
         } => {
             let mut line = Zeroizing::new(String::new());
@@ -368,7 +390,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &operator(),
             )
             .await?;
-            println!("added {role} {name}");
+            if let Some(account) = account.as_deref() {
+                users::link_user(store.as_ref(), &name, Some(account), &operator()).await?;
+                println!("added {role} {name}, belonging to account {account}");
+            } else {
+                println!("added {role} {name}");
+            }
+            Ok(())
+        }
+        Command::User {
+            command:
+                UserCommand::Link {
+                    name,
+                    account,
+                    none: _,
+                },
+        } => {
+            let store = hallmark::store::connect(&config.database_url).await?;
+            users::link_user(store.as_ref(), &name, account.as_deref(), &operator()).await?;
+            match account {
+                Some(a) => println!("{name} now belongs to account {a}"),
+                None => println!("{name} now belongs to no account"),
+            }
             Ok(())
         }
         Command::Revoke { serial, reason } => {

@@ -23,6 +23,9 @@ pub struct UserRecord {
     pub locked_until: Option<i64>,
     /// When created.
     pub created_at: i64,
+    /// The requester account this person belongs to, if any: they never
+    /// approve its orders.
+    pub account_id: Option<String>,
 }
 
 /// Changes to a user (each `None` leaves the field alone).
@@ -36,6 +39,8 @@ pub struct UserUpdate {
     pub role: Option<String>,
     /// Disable or enable.
     pub disabled: Option<bool>,
+    /// Link to an account (`Some(Some(id))`) or unlink (`Some(None)`).
+    pub account_id: Option<Option<String>>,
 }
 
 /// A signed-in session.
@@ -88,7 +93,7 @@ pub struct Overview {
 }
 
 pub(super) const USER_COLUMNS: &str = "SELECT id, username, password_hash, role, \
-     must_change_password, disabled, failed_logins, locked_until, created_at FROM users";
+     must_change_password, disabled, failed_logins, locked_until, created_at, account_id FROM users";
 
 /// Implements the dashboard methods as inherent `*_impl` methods of a
 /// backend with `read` and `write` pools; the `Store` impl calls them.
@@ -110,7 +115,7 @@ macro_rules! impl_dashboard_sql {
     ($store:ty, $db:ty) => {
         impl $store {
             fn user_row(
-                r: (String, String, String, String, bool, bool, i64, Option<i64>, i64),
+                r: (String, String, String, String, bool, bool, i64, Option<i64>, i64, Option<String>),
             ) -> $crate::store::UserRecord {
                 $crate::store::UserRecord {
                     id: r.0,
@@ -122,6 +127,7 @@ macro_rules! impl_dashboard_sql {
                     failed_logins: r.6,
                     locked_until: r.7,
                     created_at: r.8,
+                    account_id: r.9,
                 }
             }
 
@@ -210,7 +216,8 @@ macro_rules! impl_dashboard_sql {
                     "UPDATE users SET password_hash = COALESCE($2, password_hash), \
                      must_change_password = COALESCE($3, must_change_password), \
                      role = COALESCE($4, role), disabled = COALESCE($5, disabled), \
-                     updated_at = $6 WHERE id = $1",
+                     updated_at = $6, \
+                     account_id = CASE WHEN $7 THEN $8 ELSE account_id END WHERE id = $1",
                 )
                 .bind(user_id)
                 .bind(&update.password_hash)
@@ -218,6 +225,8 @@ macro_rules! impl_dashboard_sql {
                 .bind(&update.role)
                 .bind(update.disabled)
                 .bind(at)
+                .bind(update.account_id.is_some())
+                .bind(update.account_id.clone().flatten())
                 .execute(&mut *tx)
                 .await?;
                 if done.rows_affected() != 1 {

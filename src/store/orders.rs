@@ -104,6 +104,8 @@ pub struct OrderRecord {
     pub error: Option<String>,
     /// Why a reviewer rejected it.
     pub rejection_reason: Option<String>,
+    /// The note a reviewer approved it with.
+    pub approval_reason: Option<String>,
     /// The issued certificate's serial (hex).
     pub certificate_serial: Option<String>,
     /// Unix seconds.
@@ -212,6 +214,8 @@ pub struct OrderUpdate {
     pub error: Option<String>,
     /// Why it was rejected.
     pub rejection_reason: Option<String>,
+    /// The reviewer's note on an approval.
+    pub approval_reason: Option<String>,
     /// Vetted organisation (JSON), replacing the requested one.
     pub organization: Option<String>,
     /// The CSR an ACME order is finalized with.

@@ -190,6 +190,7 @@ pub(super) struct OrderRow {
     organization: Option<String>,
     error: Option<String>,
     rejection_reason: Option<String>,
+    approval_reason: Option<String>,
     certificate_serial: Option<String>,
     created_at: i64,
     updated_at: i64,
@@ -213,6 +214,7 @@ impl OrderRow {
             organization: self.organization,
             error: self.error,
             rejection_reason: self.rejection_reason,
+            approval_reason: self.approval_reason,
             certificate_serial: self.certificate_serial,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -226,8 +228,8 @@ impl OrderRow {
 
 pub(super) const ORDER_COLUMNS: &str =
     "SELECT id, account_id, status, validation, source, profile, validity_days, csr_der, \
-     organization, error, rejection_reason, certificate_serial, created_at, updated_at, expires_at, \
-     not_after, acme_account_id, issue_attempts FROM orders";
+     organization, error, rejection_reason, approval_reason, certificate_serial, created_at, \
+     updated_at, expires_at, not_after, acme_account_id, issue_attempts FROM orders";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct AuthorizationRow {
@@ -368,12 +370,13 @@ pub(super) const COUNT_UNFINISHED_AUTHORIZATIONS: &str =
     "SELECT COUNT(*) FROM authorizations WHERE order_id = $1 AND status <> 'valid'";
 
 /// Followed by optional conditions; `$1` id, `$2` from, `$3` to, `$4` at,
-/// `$5` error, `$6` rejection reason, `$7` organisation, `$8` CSR.
+/// `$5` error, `$6` rejection reason, `$7` organisation, `$8` CSR, `$9`
+/// attempts to add, `$10` approval note.
 pub(super) const TRANSITION_ORDER: &str =
     "UPDATE orders SET status = $3, updated_at = $4, error = COALESCE($5, error), \
      rejection_reason = COALESCE($6, rejection_reason), \
      organization = COALESCE($7, organization), csr_der = COALESCE($8, csr_der), \
-     issue_attempts = issue_attempts + $9 \
+     issue_attempts = issue_attempts + $9, approval_reason = COALESCE($10, approval_reason) \
      WHERE id = $1 AND status = $2";
 
 pub(super) const COMPLETE_ORDER: &str =
@@ -849,6 +852,7 @@ macro_rules! impl_sql_store {
                         .bind(None::<String>)
                         .bind(None::<Vec<u8>>)
                         .bind(0_i64)
+                        .bind(None::<String>)
                         .execute(&mut *tx)
                         .await?;
                     if moved.rows_affected() == 1 {
@@ -875,9 +879,9 @@ macro_rules! impl_sql_store {
                 let mut q = sqlx::QueryBuilder::<$db>::new("");
                 q.push($crate::store::shared::TRANSITION_ORDER);
                 if update.updated_before.is_some() {
-                    // Numbered by hand: the statement's own $1…$9 come first
+                    // Numbered by hand: the statement's own $1…$10 come first
                     // (a pushed bind would be numbered $1 on PostgreSQL).
-                    q.push(" AND updated_at < $10");
+                    q.push(" AND updated_at < $11");
                 }
                 // The statement's own $1…$9 come first, in order.
                 let sql = q.sql().to_owned();
@@ -890,7 +894,8 @@ macro_rules! impl_sql_store {
                     .bind(&update.rejection_reason)
                     .bind(&update.organization)
                     .bind(&update.csr_der)
-                    .bind(i64::from(update.count_issue_attempt));
+                    .bind(i64::from(update.count_issue_attempt))
+                    .bind(&update.approval_reason);
                 if let Some(before) = update.updated_before {
                     query = query.bind(before);
                 }

@@ -362,6 +362,7 @@ impl Orders {
                 organization: None,
                 error: None,
                 rejection_reason: None,
+                approval_reason: None,
                 certificate_serial: None,
                 created_at: at,
                 updated_at: at,
@@ -471,13 +472,24 @@ impl Orders {
 
     /// Approves an OV order awaiting approval and issues its certificate
     /// with the vetted organisation (`organization` replaces the requested
-    /// one if given). Reviewer or admin keys only, never the order's own.
+    /// one if given); `reason` is the reviewer's note, kept on the order
+    /// and in the audit record. Reviewer or admin keys only, never the
+    /// order's own account (nor a dashboard user belonging to it).
     pub async fn approve(
         &self,
         caller: &Caller,
         order_id: &str,
         organization: Option<Organization>,
+        reason: Option<&str>,
     ) -> Result<OrderBundle, WorkflowError> {
+        let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+        if let Some(r) = reason {
+            if r.chars().count() > MAX_REASON_LEN || has_control(r) {
+                return Err(WorkflowError::Malformed(
+                    "an approval \"reason\" must be at most 1000 printable characters".into(),
+                ));
+            }
+        }
         let bundle = self.reviewable(caller, order_id, "approve").await?;
         let organization = organization.map(check_organization).transpose()?;
         let organization_json = organization
@@ -496,6 +508,7 @@ impl Orders {
                 OrderStatus::Processing,
                 &OrderUpdate {
                     organization: organization_json,
+                    approval_reason: reason.map(str::to_owned),
                     ..OrderUpdate::default()
                 },
                 now.unix_timestamp(),
@@ -506,6 +519,7 @@ impl Orders {
                     subject: order_id.to_owned(),
                     details: serde_json::json!({
                         "organization": vetted.and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok()),
+                        "reason": reason,
                     }),
                 }],
             )

@@ -499,6 +499,46 @@ pub async fn modify_user(
     Ok(())
 }
 
+/// Links a dashboard user to the requester account they belong to
+/// (`None` unlinks). A linked user never approves that account's orders
+/// and, as a reviewer, revokes only its certificates: the same rules as
+/// the account's own API keys of that role.
+pub async fn link_user(
+    store: &dyn Store,
+    username: &str,
+    account_id: Option<&str>,
+    actor: &str,
+) -> Result<(), UserError> {
+    let user = store
+        .user_by_name(username)
+        .await?
+        .ok_or_else(|| UserError::Invalid(format!("there is no user {username:?}")))?;
+    if let Some(id) = account_id {
+        let exists = store.accounts().await?.iter().any(|a| a.id == id);
+        if !exists {
+            return Err(UserError::Invalid(format!("there is no account {id:?}")));
+        }
+    }
+    store
+        .update_user(
+            &user.id,
+            &UserUpdate {
+                account_id: Some(account_id.map(str::to_owned)),
+                ..UserUpdate::default()
+            },
+            now(),
+            AuditEvent {
+                at: OffsetDateTime::now_utc(),
+                actor: actor.to_owned(),
+                action: "user.link".into(),
+                subject: username.to_owned(),
+                details: serde_json::json!({ "account": account_id }),
+            },
+        )
+        .await?;
+    Ok(())
+}
+
 /// The name of the first administrator.
 pub const INITIAL_ADMIN: &str = "admin";
 

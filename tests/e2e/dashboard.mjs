@@ -60,6 +60,7 @@ try {
   // Approve one request.
   await page.goto(`${base}/admin/requests/${env('ORDER_APPROVE')}`);
   await shot('request');
+  await page.fill('#approve-reason', 'Registry entry checked by phone.');
   await page.click('form[action$="/approve"] button');
   await page.waitForLoadState();
   result.pages.after_approve = await flash();
@@ -69,7 +70,7 @@ try {
 
   // Reject another, with a reason.
   await page.goto(`${base}/admin/requests/${env('ORDER_REJECT')}`);
-  await page.fill('#reason', 'The organisation could not be verified.');
+  await page.fill('#reject-reason', 'The organisation could not be verified.');
   await page.click('form[action$="/reject"] button');
   await page.waitForLoadState();
   result.pages.after_reject = await flash();

@@ -45,6 +45,7 @@ async fn an_administrator_works_the_dashboard_in_chromium() {
         let approve = ov_order(&lab, &key, "Example Shop Ltd").await;
         let reject = ov_order(&lab, &key, "Unverifiable GmbH").await;
         let reject_id = reject.clone();
+        let approve_id = approve.clone();
         let evil = "<script>alert(1)</script>";
         let xss = ov_order(&lab, &key, evil).await;
         // Screenshots go to docs/screenshots when asked (to refresh the
@@ -116,6 +117,8 @@ async fn an_administrator_works_the_dashboard_in_chromium() {
         let serial = seen["serial"].as_str().unwrap();
         let cert = store.certificate(&serial.parse().unwrap()).await.unwrap();
         assert_eq!(cert.revocation_reason, Some(1));
+        let (_, order) = lab.get(&key, &format!("/orders/{approve_id}")).await;
+        assert_eq!(order["approval_reason"], "Registry entry checked by phone.");
         let (_, order) = lab.get(&key, &format!("/orders/{reject_id}")).await;
         assert_eq!(order["status"], "rejected");
         assert_eq!(

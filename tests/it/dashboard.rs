@@ -473,6 +473,50 @@ async fn reviewers_approve_and_reject_revoke_and_user_text_is_escaped() {
         let page = rita.get(&format!("/admin/requests/{bad}")).await;
         assert!(page.text().contains("No &lt;b&gt;proof&lt;/b&gt;"));
 
+        // A reviewer revokes by the same rule as a reviewer's API key: only
+        // the certificates of the account they belong to (rita: none yet).
+        let p = rita
+            .post(
+                &format!("/admin/certificates/{serial}/revoke"),
+                &[("csrf", &token), ("reason", "superseded")],
+            )
+            .await;
+        let page = rita.get(&p.location).await;
+        assert!(
+            page.body
+                .contains("Not revoked: only the owning account or an admin"),
+            "{}",
+            page.body
+        );
+        // Once she belongs to the team, she may revoke its certificates,
+        // and never approves its orders (four-eyes).
+        let (_, me) = lab.get(&key, "/account").await;
+        let team = me["id"].as_str().unwrap().to_owned();
+        users::link_user(store.as_ref(), "rita", Some(&team), "test")
+            .await
+            .unwrap();
+        let rita_again = Browser::new(&lab.running);
+        let mut rita = rita_again;
+        rita.sign_in("rita", PASSWORD).await;
+        let own = ov_order(&lab, &key, "Own Org").await;
+        let page = rita.get(&format!("/admin/requests/{own}")).await;
+        let token = page.csrf();
+        let p = rita
+            .post(
+                &format!("/admin/requests/{own}/approve"),
+                &[("csrf", &token), ("reason", "looks fine to me")],
+            )
+            .await;
+        let page = rita.get(&p.location).await;
+        assert!(
+            page.body
+                .contains("Not approved: an account cannot approve its own order"),
+            "{}",
+            page.body
+        );
+        let (_, order) = lab.get(&key, &format!("/orders/{own}")).await;
+        assert_eq!(order["status"], "awaiting_approval");
+
         // Revoke the issued certificate; the CRL status shows a new CRL.
         let before = lab.running.authority.store().crl_heads().await.unwrap();
         let p = rita

@@ -598,11 +598,24 @@ async fn an_ov_order_waits_for_a_reviewer_who_issues_it_with_the_vetted_organisa
             .post(
                 &reviewer,
                 &format!("/orders/{id}/approve"),
-                json!({"organization": vetted}),
+                json!({"organization": vetted, "reason": "registry entry HRB 1234 checked"}),
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{approved}");
         assert_eq!(approved["status"], "valid", "{approved}");
+        assert_eq!(
+            approved["approval_reason"],
+            "registry entry HRB 1234 checked"
+        );
+        let audit = lab
+            .running
+            .authority
+            .store()
+            .audit_page(0, 10_000)
+            .await
+            .unwrap();
+        let approval = audit.iter().find(|r| r.action == "order.approve").unwrap();
+        assert!(approval.details.contains("registry entry HRB 1234 checked"));
         let r = lab
             .running
             .client()

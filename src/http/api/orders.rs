@@ -147,6 +147,9 @@ async fn respond(
 struct ApproveRequest {
     #[serde(default)]
     organization: Option<Organization>,
+    /// The reviewer's note, kept on the order and in the audit log.
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 async fn approve(
@@ -158,7 +161,7 @@ async fn approve(
     let body = body.map(|ApiJson(b)| b).unwrap_or_default();
     let bundle = state
         .orders
-        .approve(&caller, &id, body.organization)
+        .approve(&caller, &id, body.organization, body.reason.as_deref())
         .await?;
     Ok(Json(OrderView::new(&state, &bundle)))
 }
@@ -234,6 +237,7 @@ struct OrderView {
     expires_at: String,
     error: Option<serde_json::Value>,
     rejection_reason: Option<String>,
+    approval_reason: Option<String>,
     certificate: Option<String>,
     certificate_serial: Option<String>,
     authorizations: Vec<AuthorizationView>,
@@ -314,6 +318,7 @@ impl OrderView {
             expires_at: rfc3339(o.expires_at),
             error: json_text(&o.error),
             rejection_reason: o.rejection_reason.clone(),
+            approval_reason: o.approval_reason.clone(),
             certificate: o
                 .certificate_serial
                 .as_ref()

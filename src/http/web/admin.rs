@@ -63,6 +63,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/admin/accounts/{id}/eab", post(create_account_eab))
         .route("/admin/users", get(users_page).post(add_user))
         .route("/admin/users/{name}/role", post(set_user_role))
+        .route("/admin/users/{name}/account", post(link_user))
         .route("/admin/users/{name}/{action}", post(toggle_user))
         .route("/admin/audit", get(audit))
         .route("/admin/crl", get(crl_status))
@@ -620,6 +621,7 @@ struct RequestPage {
     authorizations: Vec<AuthzLine>,
     error: String,
     rejection_reason: String,
+    approval_reason: String,
     certificate: Option<String>,
     awaiting: bool,
 }
@@ -708,16 +710,25 @@ async fn request_detail(
             .collect(),
         error: problem_detail(o.error.as_deref()),
         rejection_reason: o.rejection_reason.clone().unwrap_or_default(),
+        approval_reason: o.approval_reason.clone().unwrap_or_default(),
         certificate: o.certificate_serial.clone(),
         awaiting: o.status == OrderStatus::AwaitingApproval,
     });
     with_flash_cleared(&headers, page)
 }
 
-/// The dashboard user as a reviewer for the order workflow.
+/// The dashboard user as a caller of the workflow: the account they
+/// belong to if they are linked to one (so they never approve that
+/// account's orders and revoke as it may), else themselves. The same
+/// rules then hold as for API keys of the same role.
 fn reviewer(who: &Admin) -> Caller {
     Caller {
-        account_id: who.0.actor(),
+        account_id: who
+            .0
+            .user
+            .account_id
+            .clone()
+            .unwrap_or_else(|| who.0.actor()),
         name: who.0.user.username.clone(),
         role: if who.0.role >= UserRole::Admin {
             Role::Admin
@@ -746,7 +757,12 @@ async fn approve(
         return r;
     }
     let back = format!("/admin/requests/{id}");
-    match state.orders.approve(&reviewer(&who), &id, None).await {
+    let reason = field(&f, "reason");
+    match state
+        .orders
+        .approve(&reviewer(&who), &id, None, reason)
+        .await
+    {
         Ok(b) => redirect_with(
             &back,
             &format!(
@@ -1048,11 +1064,10 @@ async fn revoke(
         Ok(r) => r,
         Err(e) => return redirect_with(&back, &format!("Not revoked: {e}")),
     };
-    let actor = who.0.actor();
     match state
         .authority
         .revoke(
-            Revoker::Operator(&actor),
+            Revoker::Account(&reviewer(&who)),
             &parsed,
             RevokeRequest {
                 reason,
@@ -1301,6 +1316,8 @@ pub struct UserRow {
     pub must_change: bool,
     /// Created.
     pub created: When,
+    /// The account they belong to (id), or empty.
+    pub account: String,
 }
 
 #[derive(Template)]
@@ -1309,6 +1326,8 @@ struct UsersPage {
     chrome: Chrome,
     rows: Vec<UserRow>,
     roles: Vec<&'static str>,
+    /// Accounts a user may belong to: (id, name).
+    accounts: Vec<(String, String)>,
 }
 
 async fn users_page(
@@ -1318,6 +1337,10 @@ async fn users_page(
 ) -> Response {
     let rows = match state.authority.store().users().await {
         Ok(u) => u,
+        Err(e) => return internal(e),
+    };
+    let accounts = match state.authority.store().accounts().await {
+        Ok(a) => a.into_iter().map(|a| (a.id, a.name)).collect(),
         Err(e) => return internal(e),
     };
     let page = render(&UsersPage {
@@ -1330,9 +1353,11 @@ async fn users_page(
                 disabled: u.disabled,
                 must_change: u.must_change_password,
                 created: when(u.created_at),
+                account: u.account_id.unwrap_or_default(),
             })
             .collect(),
         roles: UserRole::ALL.iter().map(|r| r.as_str()).collect(),
+        accounts,
     });
     with_flash_cleared(&headers, page)
 }
@@ -1391,6 +1416,32 @@ async fn set_user_role(
     )
     .await;
     user_result(r, &format!("{name} is now {}.", role.as_str()))
+}
+
+async fn link_user(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    Path(name): Path<String>,
+    Form(f): Fields,
+) -> Response {
+    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
+        return r;
+    }
+    let account = field(&f, "account")
+        .map(str::trim)
+        .filter(|a| !a.is_empty());
+    let r = users::link_user(
+        state.authority.store().as_ref(),
+        &name,
+        account,
+        &who.0.actor(),
+    )
+    .await;
+    let done = match account {
+        Some(a) => format!("{name} belongs to account {a}: they will never approve its orders."),
+        None => format!("{name} belongs to no account."),
+    };
+    user_result(r, &done)
 }
 
 async fn toggle_user(
