@@ -88,6 +88,10 @@ async fn run(backend: &str, args: &common::LoadArgs, reuse: bool) -> Result<f64,
             http01_port.to_string(),
         ),
         ("HALLMARK_ORDERS__RATE_PER_MINUTE".into(), "0".into()),
+        (
+            "HALLMARK_ORDERS__MAX_PENDING_AUTHORIZATIONS".into(),
+            "0".into(),
+        ),
         // Every client registers and asks for nonces from one address.
         (
             "HALLMARK_LIMITS__NEW_ACCOUNTS_PER_MINUTE".into(),

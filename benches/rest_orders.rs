@@ -64,6 +64,10 @@ async fn run(backend: &str, args: &common::LoadArgs, csr: &str) -> Result<f64, S
             http01_port.to_string(),
         ),
         ("HALLMARK_ORDERS__RATE_PER_MINUTE".into(), "0".into()),
+        (
+            "HALLMARK_ORDERS__MAX_PENDING_AUTHORIZATIONS".into(),
+            "0".into(),
+        ),
     ];
     let config = Config::load(None, &dir.path().join("data"), env).map_err(|e| e.to_string())?;
     hallmark::datadir::init_ca(

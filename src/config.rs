@@ -254,6 +254,10 @@ pub struct OrdersSection {
     /// New orders per account per minute, per instance (default 1000;
     /// 0 = no limit). Bursts up to the same number are allowed.
     pub rate_per_minute: u32,
+    /// Unfinished (`pending`, unexpired) authorizations one account may
+    /// hold (default 1000; 0 = no limit); beyond, new names are refused
+    /// with 429 until some are answered or expire.
+    pub max_pending_authorizations: u32,
 }
 
 impl Default for OrdersSection {
@@ -262,6 +266,7 @@ impl Default for OrdersSection {
             reuse_days: 30,
             lifetime_hours: 168,
             rate_per_minute: 1000,
+            max_pending_authorizations: 1000,
         }
     }
 }

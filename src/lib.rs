@@ -8,6 +8,8 @@
 pub mod client;
 pub mod config;
 pub mod datadir;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod pki;
 pub mod policy;

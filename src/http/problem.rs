@@ -193,6 +193,7 @@ impl From<WorkflowError> for Problem {
             WorkflowError::RateLimited { retry_after_secs } => {
                 Problem::rate_limited(retry_after_secs, e.to_string())
             }
+            WorkflowError::TooManyPending { .. } => Problem::rate_limited(60, e.to_string()),
             WorkflowError::NotFound(m) => Problem::not_found(m),
             WorkflowError::Forbidden(m) => {
                 Problem::acme(StatusCode::FORBIDDEN, "unauthorized", "Unauthorized", m)

@@ -410,6 +410,9 @@ pub trait Store: Send + Sync + 'static {
         since: i64,
     ) -> Result<Option<i64>>;
 
+    /// How many unexpired `pending` authorizations `account_id` holds.
+    async fn pending_authorizations(&self, account_id: &str, now: i64) -> Result<i64>;
+
     /// Moves a challenge from `pending` to `processing` if it, its
     /// authorization and its order are all still `pending`; `false` if not.
     async fn claim_challenge(

@@ -746,6 +746,22 @@ macro_rules! impl_sql_store {
                 Ok(row.and_then(|(at,)| at))
             }
 
+            async fn pending_authorizations(
+                &self,
+                account_id: &str,
+                now: i64,
+            ) -> $crate::store::Result<i64> {
+                let (count,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM authorizations \
+                     WHERE account_id = $1 AND status = 'pending' AND expires_at > $2",
+                )
+                .bind(account_id)
+                .bind(now)
+                .fetch_one(&self.read)
+                .await?;
+                Ok(count)
+            }
+
             async fn claim_challenge(
                 &self,
                 challenge_id: &str,

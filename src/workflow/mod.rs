@@ -57,6 +57,16 @@ pub enum WorkflowError {
         /// When to try again.
         retry_after_secs: u64,
     },
+    /// The account holds too many unfinished authorizations.
+    #[error(
+        "this account has {pending} unfinished authorizations (at most {limit}); answer or let them expire before asking for new names"
+    )]
+    TooManyPending {
+        /// How many it holds.
+        pending: i64,
+        /// `orders.max_pending_authorizations`.
+        limit: u32,
+    },
     /// The order, challenge or certificate does not exist or is not the
     /// caller's.
     #[error("{0}")]

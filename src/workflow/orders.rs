@@ -349,6 +349,17 @@ impl Orders {
                 challenges,
             });
         }
+        let fresh = authorizations
+            .iter()
+            .filter(|a| !a.challenges.is_empty())
+            .count() as i64;
+        let limit = self.settings.max_pending_authorizations;
+        if fresh > 0 && limit > 0 {
+            let pending = store.pending_authorizations(&caller.account_id, at).await?;
+            if pending + fresh > i64::from(limit) {
+                return Err(WorkflowError::TooManyPending { pending, limit });
+            }
+        }
         Ok(OrderBundle {
             order: OrderRecord {
                 id: order_id,

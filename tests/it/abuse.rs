@@ -630,3 +630,49 @@ async fn password_checks_are_bounded_and_the_excess_told_to_come_back() {
     run.stop().await;
     ca.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_cannot_hoard_pending_authorizations() {
+    for backend in backends() {
+        let lab = DvLab::new(
+            backend,
+            &[("HALLMARK_ORDERS__MAX_PENDING_AUTHORIZATIONS", "3".into())],
+        )
+        .await;
+        let hoarder = lab.account("hoarder", Role::Requester).await;
+        let other = lab.account("other", Role::Requester).await;
+        let dir = lab.ca.dir.path();
+        let order = |key: &str, file: &str, names: &[&str]| {
+            let san = names
+                .iter()
+                .map(|n| format!("DNS:{n}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let pem = csr(dir, file, names[0], &san);
+            let key = key.to_owned();
+            let lab = &lab;
+            async move {
+                lab.post(&key, "/orders", json!({"csr": pem, "validation": "dv"}))
+                    .await
+            }
+        };
+        let (status, body) = order(&hoarder, "h1", &["a1.internal", "a2.internal"]).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = order(&hoarder, "h2", &["a3.internal"]).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = order(&hoarder, "h3", &["a4.internal"]).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(body["type"], "urn:ietf:params:acme:error:rateLimited");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("3 unfinished authorizations"),
+            "{body}"
+        );
+        // Another account is not affected.
+        let (status, body) = order(&other, "o1", &["b1.internal"]).await;
+        assert_eq!(status, StatusCode::CREATED, "{backend:?}: {body}");
+        lab.finish().await;
+    }
+}

@@ -180,6 +180,19 @@ async fn list(
     }))
 }
 
+/// Fuzzing entry (`fuzz/`): the revocation body and its reason and date.
+#[doc(hidden)]
+pub fn fuzz_revoke_body(data: &[u8]) {
+    if let Ok(b) = serde_json::from_slice::<RevokeBody>(data) {
+        if let Some(r) = b.reason {
+            let _ = r.parse::<RevocationReason>();
+        }
+        if let Some(d) = b.invalidity_date {
+            let _ = time::OffsetDateTime::parse(&d, &time::format_description::well_known::Rfc3339);
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RevokeBody {

@@ -5,6 +5,13 @@ mod account;
 mod certificates;
 mod orders;
 
+/// Fuzzing entry (`fuzz/`): every REST JSON body.
+#[doc(hidden)]
+pub fn fuzz_bodies(data: &[u8]) {
+    orders::fuzz_bodies(data);
+    certificates::fuzz_revoke_body(data);
+}
+
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;

@@ -27,6 +27,24 @@ pub(super) fn router() -> Router<Arc<AppState>> {
         .route("/orders/{id}/reject", post(reject))
 }
 
+/// Fuzzing entry (`fuzz/`): the order bodies as the handlers read them,
+/// with the checks that run before any database access.
+#[doc(hidden)]
+pub fn fuzz_bodies(data: &[u8]) {
+    if let Ok(b) = serde_json::from_slice::<CreateRequest>(data) {
+        let _ = crate::pki::csr::UnverifiedCsr::parse(b.csr.as_bytes());
+        if let Some(org) = b.organization {
+            let _ = crate::workflow::orders::check_organization(org);
+        }
+    }
+    if let Ok(b) = serde_json::from_slice::<ApproveRequest>(data) {
+        if let Some(org) = b.organization {
+            let _ = crate::workflow::orders::check_organization(org);
+        }
+    }
+    let _ = serde_json::from_slice::<RejectRequest>(data);
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateRequest {
