@@ -26,8 +26,11 @@ WORKDIR /data
 VOLUME /data
 # MALLOC_ARENA_MAX: glibc's per-thread arenas made RSS creep under a long
 # soak; two arenas keep it nearly flat (docs/RELIABILITY.md, soak).
+# The first administrator's one-time password goes to a file in the
+# volume, not to the container's logs.
 ENV HALLMARK_SERVER__HTTPS_LISTEN=0.0.0.0:8443 \
     HALLMARK_SERVER__HTTP_LISTEN=0.0.0.0:8080 \
+    HALLMARK_SERVER__INITIAL_PASSWORD_FILE=/data/initial-admin-password \
     MALLOC_ARENA_MAX=2
 EXPOSE 8443 8080
 HEALTHCHECK --interval=30s --timeout=3s CMD ["/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q '200 OK' <&3"]

@@ -74,6 +74,10 @@ pub struct ServerSection {
     /// progress is closed (default 30 s); the first request must begin
     /// within 10 s of connecting.
     pub idle_timeout_secs: u64,
+    /// Write the first administrator's one-time password to this file
+    /// (created 0600, never overwritten) instead of printing it, so it
+    /// stays out of container logs.
+    pub initial_password_file: Option<PathBuf>,
 }
 
 impl Default for ServerSection {
@@ -88,6 +92,7 @@ impl Default for ServerSection {
             tls_key: None,
             max_connections: 1024,
             idle_timeout_secs: 30,
+            initial_password_file: None,
         }
     }
 }
@@ -417,6 +422,8 @@ pub struct Config {
     pub tls: TlsMode,
     /// Connection limits of both listeners.
     pub connections: crate::http::server::ConnectionLimits,
+    /// Where the first administrator's password goes instead of stdout.
+    pub initial_password_file: Option<PathBuf>,
     /// Database URL.
     pub database_url: String,
     /// Issuance policy.
@@ -452,6 +459,7 @@ impl std::fmt::Debug for Config {
             .field("public_http_url", &self.public_http_url)
             .field("tls", &self.tls)
             .field("connections", &self.connections)
+            .field("initial_password_file", &self.initial_password_file)
             .field(
                 "database_url",
                 &crate::store::redact_url(&self.database_url),
@@ -734,6 +742,7 @@ impl Config {
             public_http_url,
             tls,
             connections,
+            initial_password_file: file.server.initial_password_file,
             database_url,
             policy,
             validation: file.validation,

@@ -380,6 +380,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .read_line(&mut line)
                 .context("reading the password from standard input")?;
             let password = line.trim_end_matches(['\n', '\r']);
+            // Before the first start (to avoid the printed one-time
+            // password), the data directory may not exist yet.
+            if config.database_url.starts_with("sqlite:") && !config.data_dir.exists() {
+                hallmark::datadir::create_private_dir(&config.data_dir)?;
+            }
             let store = hallmark::store::connect(&config.database_url).await?;
             users::add_user(
                 store.as_ref(),
@@ -640,6 +645,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
     }
+    if let Some(dir) = config
+        .initial_password_file
+        .as_deref()
+        .and_then(std::path::Path::parent)
+        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        anyhow::bail!(
+            "server.initial_password_file: the directory {} does not exist",
+            dir.display()
+        );
+    }
     let started = std::time::Instant::now();
     let mut service = Service::start(config.clone()).await?;
     tracing::info!(
@@ -658,8 +674,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(password) = service.take_initial_admin_password() {
         println!();
         println!("  Initial administrator: admin");
-        println!("  One-time password:     {}", password.as_str());
-        println!("  (shown only now; you must change it at first sign-in)");
+        match &config.initial_password_file {
+            Some(path) => {
+                write_secret_file(path, password.as_bytes()).with_context(|| {
+                    format!(
+                        "cannot write the initial password to {} (server.initial_password_file)",
+                        path.display()
+                    )
+                })?;
+                println!(
+                    "  One-time password:     in {} (read it, then delete the file)",
+                    path.display()
+                );
+            }
+            None => println!("  One-time password:     {}", password.as_str()),
+        }
+        println!("  (you must change it at first sign-in)");
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -669,6 +699,31 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     service.run(https, http, stopped).await;
     Ok(())
+}
+
+/// Writes `content` to `path` through a new 0600 file beside it, renamed
+/// into place (a stale file from an earlier database is replaced; a
+/// symlink at `path` is replaced, not followed).
+fn write_secret_file(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let written = file
+        .write_all(content)
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 async fn shutdown_signal() {

@@ -234,6 +234,72 @@ async fn serve_first_start_creates_the_ca_prints_a_password_once_and_stops_on_si
     assert!(!second.contains("creating one"), "{second}");
 }
 
+#[test]
+fn the_first_password_can_go_to_a_file_or_be_avoided_with_user_add() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (https, http) = (free_port(), free_port());
+    let https_listen = format!("127.0.0.1:{https}");
+    let http_listen = format!("127.0.0.1:{http}");
+    let secret = d.join("admin-password");
+    let env = [
+        ("HALLMARK_ROOT_PASSPHRASE", PASSPHRASE),
+        ("HALLMARK_SERVER__HTTPS_LISTEN", https_listen.as_str()),
+        ("HALLMARK_SERVER__HTTP_LISTEN", http_listen.as_str()),
+        (
+            "HALLMARK_SERVER__INITIAL_PASSWORD_FILE",
+            secret.to_str().unwrap(),
+        ),
+    ];
+    let printed = run_serve(d, &env, true);
+    let password = std::fs::read_to_string(&secret).unwrap();
+    let password = password.trim();
+    assert!(password.len() >= 16, "{password:?}");
+    assert!(
+        !printed.contains(password),
+        "the password stays out of the output"
+    );
+    assert!(printed.contains(secret.to_str().unwrap()), "{printed}");
+    let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // Or: add the first administrator before the first start; serve then
+    // makes no password at all.
+    let other = tempfile::tempdir().unwrap();
+    let o = other.path();
+    let mut add = Command::new(env!("CARGO_BIN_EXE_hallmark"));
+    add.args([
+        "user",
+        "add",
+        "alice",
+        "--role",
+        "admin",
+        "--password-stdin",
+    ])
+    .current_dir(o)
+    .env_remove("DATABASE_URL")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = add.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long enough password\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let env = [
+        ("HALLMARK_ROOT_PASSPHRASE", PASSPHRASE),
+        ("HALLMARK_SERVER__HTTPS_LISTEN", https_listen.as_str()),
+        ("HALLMARK_SERVER__HTTP_LISTEN", http_listen.as_str()),
+    ];
+    run_serve(o, &env, false);
+}
+
 /// Runs `hallmark serve` until it has printed its banner, checks it answers,
 /// sends SIGTERM and returns everything it printed.
 fn run_serve(d: &Path, env: &[(&str, &str)], expect_password: bool) -> String {
