@@ -19,7 +19,7 @@ const UNAUTHORIZED: &str = "urn:ietf:params:acme:error:unauthorized";
 const MALFORMED: &str = "urn:ietf:params:acme:error:malformed";
 
 /// The `externalAccountBinding` member for `jwk`, MACed with `key`.
-fn binding(kid: &str, key: &[u8], url: &str, jwk: &Value) -> Value {
+pub fn binding(kid: &str, key: &[u8], url: &str, jwk: &Value) -> Value {
     let protected =
         URL_SAFE_NO_PAD.encode(json!({"alg": "HS256", "kid": kid, "url": url}).to_string());
     let payload = URL_SAFE_NO_PAD.encode(jwk.to_string());

@@ -19,6 +19,7 @@ mod openapi;
 mod orders;
 mod reliability;
 mod revocation;
+mod secrets;
 mod service;
 mod store;
 mod tls;
