@@ -31,7 +31,7 @@ pub fn binding(kid: &str, key: &[u8], url: &str, jwk: &Value) -> Value {
 }
 
 /// The ARI certificate id of a PEM certificate.
-fn ari_id(pem: &str) -> String {
+pub fn ari_id(pem: &str) -> String {
     let der = hallmark::pki::pem_decode_all(pem, "CERTIFICATE").remove(0);
     let (_, cert) = X509Certificate::from_der(&der).unwrap();
     let aki = cert

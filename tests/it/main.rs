@@ -8,6 +8,7 @@ mod acme_client;
 mod acme_lego;
 mod acme_protocol;
 mod api;
+mod authz;
 mod browser;
 mod cli;
 mod common;
