@@ -676,3 +676,89 @@ async fn an_account_cannot_hoard_pending_authorizations() {
         lab.finish().await;
     }
 }
+
+#[tokio::test]
+async fn http01_refuses_redirects_to_another_host_and_never_echoes_what_it_read() {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    // web.internal's server: one token redirects to another host (an
+    // internal service by name, and by address), one answers with what
+    // an internal service would hold.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/acme-challenge/to-name",
+            get(|| async {
+                (
+                    axum::http::StatusCode::FOUND,
+                    [(
+                        header::LOCATION,
+                        "http://secrets.internal/.well-known/acme-challenge/x",
+                    )],
+                )
+                    .into_response()
+            }),
+        )
+        .route(
+            "/.well-known/acme-challenge/to-address",
+            get(|| async {
+                (
+                    axum::http::StatusCode::FOUND,
+                    [(header::LOCATION, "http://127.0.0.1/admin")],
+                )
+                    .into_response()
+            }),
+        )
+        .route(
+            "/.well-known/acme-challenge/leak",
+            get(|| async { "db_password=hunter2-internal-secret" }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let resolver = dns::start(vec![
+        Entry::A("web", "127.0.0.1".parse().unwrap()),
+        Entry::A("secrets", "127.0.0.1".parse().unwrap()),
+    ])
+    .await;
+    let validators = Validators::new(&section(&resolver, port, port), &[]).unwrap();
+    let web = Identifier::Dns("web.internal".into());
+    for token in ["to-name", "to-address"] {
+        let err = validators
+            .check(
+                "acct",
+                ChallengeKind::Http01,
+                &web,
+                token,
+                KEY_AUTHORIZATION,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ValidationError::ForbiddenRedirect { .. }),
+            "{token}: {err}"
+        );
+    }
+    let err = validators
+        .check(
+            "acct",
+            ChallengeKind::Http01,
+            &web,
+            "leak",
+            KEY_AUTHORIZATION,
+        )
+        .await
+        .unwrap_err();
+    let said = err.to_string();
+    assert!(
+        matches!(err, ValidationError::WrongContent { .. }),
+        "{said}"
+    );
+    assert!(
+        !said.contains("hunter2") && !said.contains("db_password"),
+        "{said}"
+    );
+}
