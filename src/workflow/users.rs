@@ -465,10 +465,7 @@ pub async fn modify_user(
     disabled: Option<bool>,
     actor: &str,
 ) -> Result<(), UserError> {
-    let user = store
-        .user_by_name(username)
-        .await?
-        .ok_or_else(|| UserError::Invalid(format!("there is no user {username:?}")))?;
+    let user = existing_user(store, username).await?;
     let action = match (role, disabled) {
         (Some(_), _) => "user.role",
         (None, Some(true)) => "user.disable",
@@ -509,10 +506,7 @@ pub async fn link_user(
     account_id: Option<&str>,
     actor: &str,
 ) -> Result<(), UserError> {
-    let user = store
-        .user_by_name(username)
-        .await?
-        .ok_or_else(|| UserError::Invalid(format!("there is no user {username:?}")))?;
+    let user = existing_user(store, username).await?;
     if let Some(id) = account_id {
         let exists = store.accounts().await?.iter().any(|a| a.id == id);
         if !exists {
@@ -537,6 +531,14 @@ pub async fn link_user(
         )
         .await?;
     Ok(())
+}
+
+/// The user called `username`, or a sentence saying there is none.
+async fn existing_user(store: &dyn Store, username: &str) -> Result<UserRecord, UserError> {
+    store
+        .user_by_name(username)
+        .await?
+        .ok_or_else(|| UserError::Invalid(format!("there is no user {username:?}")))
 }
 
 /// The name of the first administrator.

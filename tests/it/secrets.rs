@@ -37,6 +37,33 @@ fn csrf(body: &str) -> String {
     rest[..rest.find('"').unwrap()].to_owned()
 }
 
+/// Posts the sign-in form (with the login cookie and token it needs).
+async fn sign_in(
+    client: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> reqwest::Response {
+    let login = client
+        .get(format!("{base}/admin/login"))
+        .send()
+        .await
+        .unwrap();
+    let login_cookie = cookie(&login, "__Host-hallmark_login").unwrap_or_default();
+    let token = csrf(&login.text().await.unwrap());
+    client
+        .post(format!("{base}/admin/login"))
+        .header("cookie", format!("__Host-hallmark_login={login_cookie}"))
+        .form(&[
+            ("csrf", token.as_str()),
+            ("username", user),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_life_at_debug_level_logs_no_secret() {
     for backend in backends() {
@@ -157,24 +184,7 @@ async fn a_whole_life_at_debug_level_logs_no_secret() {
             .unwrap()
             .trim()
             .to_owned();
-        let login = client
-            .get(format!("{base}/admin/login"))
-            .send()
-            .await
-            .unwrap();
-        let login_cookie = cookie(&login, "__Host-hallmark_login").unwrap_or_default();
-        let token = csrf(&login.text().await.unwrap());
-        let r = client
-            .post(format!("{base}/admin/login"))
-            .header("cookie", format!("__Host-hallmark_login={login_cookie}"))
-            .form(&[
-                ("csrf", token.as_str()),
-                ("username", "admin"),
-                ("password", &initial),
-            ])
-            .send()
-            .await
-            .unwrap();
+        let r = sign_in(&client, &base, "admin", &initial).await;
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         let session = cookie(&r, "__Host-hallmark_session").expect("a session cookie");
         let page = client
@@ -198,25 +208,8 @@ async fn a_whole_life_at_debug_level_logs_no_secret() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER, "password changed");
         // And a wrong password, which is logged as a failure.
-        let login = client
-            .get(format!("{base}/admin/login"))
-            .send()
-            .await
-            .unwrap();
-        let login_cookie = cookie(&login, "__Host-hallmark_login").unwrap_or_default();
-        let token = csrf(&login.text().await.unwrap());
         let wrong = "not-the-password-Kx7";
-        client
-            .post(format!("{base}/admin/login"))
-            .header("cookie", format!("__Host-hallmark_login={login_cookie}"))
-            .form(&[
-                ("csrf", token.as_str()),
-                ("username", "admin"),
-                ("password", wrong),
-            ])
-            .send()
-            .await
-            .unwrap();
+        sign_in(&client, &base, "admin", wrong).await;
 
         // REST with the API key, and a bad one.
         let r = client
