@@ -440,22 +440,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "revoked {} ({}); running services list it in their next CRL within seconds",
                 cert.serial, reason
             );
-            // A running `serve` only hears of revocations made through it;
-            // publish now so the CRL does not wait for the schedule.
+            // Running services publish it within their poll; publish now
+            // too, so a CA without a running `serve` is current.
             let crls = CrlPublisher::new(authority.clone(), config.crl.clone());
             crls.refresh().await?;
-            let g = crls.generate(CrlKind::Complete).await?;
-            println!(
-                "published {} number {}",
-                CrlKind::Complete.file_name(&g.record.issuer_id),
-                g.record.number
-            );
-            if cert.crl_partition > 0 {
-                crls.generate(CrlKind::Partition(cert.crl_partition as u32))
-                    .await?;
-            }
-            if config.crl.delta {
-                crls.generate(CrlKind::Delta).await?;
+            for g in crls
+                .generate_after_revocation(cert.crl_partition, &operator)
+                .await?
+            {
+                println!(
+                    "published {} number {}",
+                    CrlKind::of(&g.record).file_name(&g.record.issuer_id),
+                    g.record.number
+                );
             }
             Ok(())
         }
@@ -478,27 +475,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .await?,
                 );
             } else {
-                let operator = operator();
-                done.push(crls.generate_by(CrlKind::Complete, &operator).await?);
-                for p in 1..=authority.crl_partitions() {
-                    done.push(crls.generate_by(CrlKind::Partition(p), &operator).await?);
-                }
-                if config.crl.delta {
-                    done.push(crls.generate_by(CrlKind::Delta, &operator).await?);
-                }
+                done = crls.generate_every_by(&operator()).await?;
             }
             for g in done {
                 let r = &g.record;
-                let kind = if r.delta {
-                    CrlKind::Delta
-                } else if r.partition > 0 {
-                    CrlKind::Partition(r.partition as u32)
-                } else {
-                    CrlKind::Complete
-                };
                 println!(
                     "{} number {}: {} entries, next update {}, {} ms{}",
-                    kind.file_name(&r.issuer_id),
+                    CrlKind::of(r).file_name(&r.issuer_id),
                     r.number,
                     r.entries,
                     hallmark::workflow::rfc3339(r.next_update),

@@ -124,12 +124,7 @@ impl CaCertificate {
     /// SHA-256 fingerprint, upper-case hex pairs joined by colons (as
     /// `openssl x509 -fingerprint -sha256` prints it).
     pub fn fingerprint_sha256(&self) -> String {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(&self.der)
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<Vec<_>>()
-            .join(":")
+        super::sha256_fingerprint(&self.der)
     }
 
     /// The subject Name, DER-encoded (the issuer field of what it signs).

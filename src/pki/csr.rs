@@ -290,7 +290,8 @@ fn general_name_identifier(name: &GeneralName<'_>) -> Result<Identifier, CsrErro
     }
 }
 
-fn classify_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> PublicKeyKind {
+/// What kind of key a SubjectPublicKeyInfo holds.
+pub(crate) fn classify_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> PublicKeyKind {
     let alg = &spki.algorithm.algorithm;
     if *alg == oid!(1.3.101 .112) {
         return PublicKeyKind::Ed25519;
@@ -327,7 +328,9 @@ fn classify_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> PublicKey
     }
 }
 
-fn signature_algorithm_name(oid: &x509_parser::der_parser::Oid<'_>) -> String {
+/// The short name of a signature algorithm (`ecdsa-with-SHA256`), else
+/// its dotted OID.
+pub(crate) fn signature_algorithm_name(oid: &x509_parser::der_parser::Oid<'_>) -> String {
     let registry = x509_parser::objects::oid_registry();
     registry
         .get(oid)

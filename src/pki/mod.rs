@@ -48,6 +48,29 @@ impl fmt::Display for Identifier {
     }
 }
 
+/// SHA-256 of `der`, upper-case hex pairs joined by colons (as `openssl
+/// x509 -fingerprint -sha256` prints it).
+pub fn sha256_fingerprint(der: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A DER certificate's key (`ECDSA P-256`, `RSA 2048-bit`) and signature
+/// algorithm (`ecdsa-with-SHA256`), as the dashboard shows them; `None`
+/// if it does not parse.
+pub fn describe_certificate(der: &[u8]) -> Option<(String, String)> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some((
+        csr::classify_key(cert.public_key()).describe(),
+        csr::signature_algorithm_name(&cert.signature_algorithm.algorithm),
+    ))
+}
+
 /// Encodes PEM with LF line endings.
 pub fn pem_encode(label: &str, der: &[u8]) -> String {
     use base64::Engine;

@@ -171,6 +171,36 @@ pub async fn create_account(
     })
 }
 
+/// Disables an account (its API keys stop working, its ACME accounts are
+/// refused, its unfinished orders end, in one transaction) or enables it
+/// again. `actor` is recorded in the audit log.
+pub async fn set_disabled(
+    store: &dyn Store,
+    account_id: &str,
+    disabled: bool,
+    actor: &str,
+) -> Result<(), AccountError> {
+    let event = AuditEvent {
+        at: OffsetDateTime::now_utc(),
+        actor: actor.to_owned(),
+        action: if disabled {
+            "account.disable"
+        } else {
+            "account.enable"
+        }
+        .into(),
+        subject: account_id.to_owned(),
+        details: serde_json::json!({}),
+    };
+    match store
+        .set_account_disabled(account_id, disabled, event)
+        .await
+    {
+        Err(StoreError::NotFound) => Err(AccountError::NoSuchAccount(account_id.to_owned())),
+        other => Ok(other?),
+    }
+}
+
 /// Revokes one API key at once: the next request with it gets 401.
 pub async fn revoke_key(store: &dyn Store, key_id: &str, actor: &str) -> Result<(), AccountError> {
     let now = OffsetDateTime::now_utc();

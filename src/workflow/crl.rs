@@ -39,6 +39,11 @@ pub enum CrlKind {
 }
 
 impl CrlKind {
+    /// The kind of a stored CRL.
+    pub fn of(record: &CrlRecord) -> Self {
+        Self::from_record(record.partition, record.delta)
+    }
+
     fn from_record(partition: i64, delta: bool) -> Self {
         match (partition, delta) {
             (0, true) => CrlKind::Delta,
@@ -203,6 +208,48 @@ impl CrlPublisher {
                 map.insert(file, served);
             }
         }
+    }
+
+    /// Every CRL the intermediate publishes: the complete one, each
+    /// partition, and the delta when `crl.delta` is on.
+    pub fn every_kind(&self) -> Vec<CrlKind> {
+        let mut kinds = vec![CrlKind::Complete];
+        kinds.extend((1..=self.authority.crl_partitions()).map(CrlKind::Partition));
+        if self.config.delta {
+            kinds.push(CrlKind::Delta);
+        }
+        kinds
+    }
+
+    /// Generates and publishes every CRL of the intermediate now, audited
+    /// as `actor`; stops at the first failure.
+    pub async fn generate_every_by(&self, actor: &str) -> Result<Vec<Generated>, WorkflowError> {
+        let mut done = Vec::new();
+        for kind in self.every_kind() {
+            done.push(self.generate_by(kind, actor).await?);
+        }
+        Ok(done)
+    }
+
+    /// Generates and publishes the CRLs a revocation in `partition` changes
+    /// (the complete CRL, that partition, the delta), audited as `actor`.
+    pub async fn generate_after_revocation(
+        &self,
+        partition: i64,
+        actor: &str,
+    ) -> Result<Vec<Generated>, WorkflowError> {
+        let mut kinds = vec![CrlKind::Complete];
+        if let Ok(p @ 1..) = u32::try_from(partition) {
+            kinds.push(CrlKind::Partition(p));
+        }
+        if self.config.delta {
+            kinds.push(CrlKind::Delta);
+        }
+        let mut done = Vec::new();
+        for kind in kinds {
+            done.push(self.generate_by(kind, actor).await?);
+        }
+        Ok(done)
     }
 
     /// Generates and publishes one CRL of the issuing intermediate now (as
@@ -459,12 +506,7 @@ impl CrlPublisher {
     /// a tenth of their validity of nextUpdate.
     fn due(&self, now: i64) -> Vec<CrlKind> {
         let id = self.authority.issuer().certificate().id().to_owned();
-        let mut kinds = vec![CrlKind::Complete];
-        kinds.extend((1..=self.authority.crl_partitions()).map(CrlKind::Partition));
-        if self.config.delta {
-            kinds.push(CrlKind::Delta);
-        }
-        kinds
+        self.every_kind()
             .into_iter()
             .filter(|kind| {
                 let every = match kind {

@@ -3,6 +3,7 @@
 //! audit record with every change in the same transaction.
 
 pub mod accounts;
+pub mod acme_accounts;
 pub mod audit;
 pub mod crl;
 pub mod limits;

@@ -1,11 +1,15 @@
 //! ACME (RFC 8555) on the HTTPS listener, sharing the order workflow and
 //! validators with the REST API (one engine, two front doors).
 //!
-//! Every POST is a JWS checked here in one place ([`Acme::verify`]): a
-//! nonce from the database (single use, valid on every instance), the
-//! `url` header equal to the URL requested, `kid` naming a valid account
-//! (or `jwk` where the RFC allows it), and the signature. Every answer
-//! carries a fresh `Replay-Nonce` and `Link: <directory>;rel="index"`.
+//! Every POST is a JWS checked here in one place (`verify`), cheapest
+//! first: the nonce's MAC and expiry (nonces are made without the
+//! database: expiry and random bits under an HMAC key every instance
+//! shares), the `url` header equal to the URL requested, `kid` naming a
+//! valid account (or `jwk` where the RFC allows it), the signature — and
+//! only then the nonce's single use, recorded in the database so it holds
+//! on every instance. Account changes go through
+//! `workflow::acme_accounts`. Every answer carries a fresh `Replay-Nonce`
+//! and `Link: <directory>;rel="index"`.
 
 pub mod jws;
 
@@ -27,13 +31,11 @@ use super::server::ClientAddr;
 use super::AppState;
 use crate::pki::crl::RevocationReason;
 use crate::pki::{pem_encode, Identifier, Serial};
-use crate::store::{
-    AccountRecord, AcmeAccountRecord, AuditEvent, OrderBundle, OrderStatus, StoreError,
-};
+use crate::store::{AcmeAccountRecord, OrderBundle, OrderStatus, StoreError};
 use crate::workflow::accounts::{Caller, Role};
+use crate::workflow::acme_accounts::{self, AcmeAccountError, Registration};
 use crate::workflow::limits::address_key;
 use crate::workflow::revocation::{RevokeRequest, Revoker};
-use crate::workflow::users::random_token;
 
 /// How long a nonce may wait for its request.
 const NONCE_LIFETIME_SECS: i64 = 3600;
@@ -343,6 +345,21 @@ async fn respond(state: &AppState, result: Result<Response, Problem>) -> Respons
     finish(state, response).await
 }
 
+/// The ACME problem for an account change the workflow refused.
+fn account_problem(e: AcmeAccountError) -> Problem {
+    match e {
+        AcmeAccountError::BindingUsed => {
+            acme_problem(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+        }
+        AcmeAccountError::Gone => acme_problem(
+            StatusCode::BAD_REQUEST,
+            "accountDoesNotExist",
+            e.to_string(),
+        ),
+        AcmeAccountError::Store(s) => s.into(),
+    }
+}
+
 fn account_json(state: &AppState, a: &AcmeAccountRecord) -> Value {
     let contact: Value = serde_json::from_str(&a.contact).unwrap_or(json!([]));
     json!({
@@ -483,52 +500,18 @@ async fn new_account(
             None => None,
         };
         let contact = contacts(&payload)?.unwrap_or_else(|| "[]".into());
-        let now = time::OffsetDateTime::now_utc();
-        let id = random_token(12);
-        // Without a binding, a hallmark account of its own owns its orders.
-        let owner = binding.is_none().then(|| AccountRecord {
-            id: format!("acct_{}", random_token(12)),
-            name: format!("acme {}", &thumb[..8]),
-            role: "requester".into(),
-            disabled: false,
-            created_at: now.unix_timestamp(),
-        });
-        let account_id = match (&binding, &owner) {
-            (Some(key), _) => key.account_id.clone(),
-            (None, Some(owner)) => owner.id.clone(),
-            (None, None) => unreachable!("an owner is made when there is no binding"),
-        };
-        let acme = AcmeAccountRecord {
-            id: id.clone(),
-            account_id: account_id.clone(),
-            jwk_thumbprint: thumb.clone(),
-            jwk: jwk.to_string(),
-            contact,
-            status: "valid".into(),
-            created_at: now.unix_timestamp(),
-            owner_disabled: false,
-        };
-        let kid = binding.as_ref().map(|k| k.kid.as_str());
-        let event = AuditEvent {
-            at: now,
-            actor: format!("acme:{id}"),
-            action: "acme.account.create".into(),
-            subject: id.clone(),
-            details: json!({"account": account_id, "thumbprint": thumb, "eab_kid": kid}),
-        };
-        match store
-            .create_acme_account(&acme, owner.as_ref(), kid, event)
-            .await
-        {
-            Err(StoreError::Conflict(_)) if kid.is_some() => {
-                return Err(acme_problem(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "the external account binding key was used meanwhile, or its account is disabled",
-                ))
-            }
-            other => other?,
-        }
+        let acme = acme_accounts::register(
+            store.as_ref(),
+            Registration {
+                jwk: jwk.to_string(),
+                thumbprint: thumb,
+                contact,
+                binding: binding.map(|key| (key.kid, key.account_id)),
+            },
+        )
+        .await
+        .map_err(account_problem)?;
+        let id = &acme.id;
         let url = format!("{}/account/{id}", base(&state));
         Ok(with_location(
             StatusCode::CREATED,
@@ -562,43 +545,14 @@ async fn account(
         let payload = v.payload()?;
         let contact = contacts(&payload)?;
         let deactivate = payload.get("status").and_then(Value::as_str) == Some("deactivated");
-        if contact.is_some() || deactivate {
-            let event = AuditEvent {
-                at: time::OffsetDateTime::now_utc(),
-                actor: format!("acme:{id}"),
-                action: if deactivate {
-                    "acme.account.deactivate"
-                } else {
-                    "acme.account.update"
-                }
-                .into(),
-                subject: id.clone(),
-                details: json!({}),
-            };
-            state
-                .authority
-                .store()
-                .update_acme_account(
-                    &id,
-                    contact.as_deref(),
-                    deactivate.then_some("deactivated"),
-                    None,
-                    event,
-                )
-                .await?;
-        }
-        let updated = state
-            .authority
-            .store()
-            .acme_account(&id)
-            .await?
-            .ok_or_else(|| {
-                acme_problem(
-                    StatusCode::BAD_REQUEST,
-                    "accountDoesNotExist",
-                    "the account is gone",
-                )
-            })?;
+        let updated = acme_accounts::update(
+            state.authority.store().as_ref(),
+            &id,
+            contact.as_deref(),
+            deactivate,
+        )
+        .await
+        .map_err(account_problem)?;
         Ok(Json(account_json(&state, &updated)).into_response())
     }
     .await;
@@ -1147,29 +1101,10 @@ async fn key_change(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -
             }
             return Ok(r);
         }
-        let event = AuditEvent {
-            at: time::OffsetDateTime::now_utc(),
-            actor: format!("acme:{}", account.id),
-            action: "acme.account.key_change".into(),
-            subject: account.id.clone(),
-            details: json!({"old": account.jwk_thumbprint, "new": new_thumb}),
-        };
-        store
-            .update_acme_account(
-                &account.id,
-                None,
-                None,
-                Some((&new_thumb, &new_jwk.to_string())),
-                event,
-            )
-            .await?;
-        let updated = store.acme_account(&account.id).await?.ok_or_else(|| {
-            acme_problem(
-                StatusCode::BAD_REQUEST,
-                "accountDoesNotExist",
-                "the account is gone",
-            )
-        })?;
+        let updated =
+            acme_accounts::change_key(store.as_ref(), account, &new_thumb, &new_jwk.to_string())
+                .await
+                .map_err(account_problem)?;
         Ok(Json(account_json(&state, &updated)).into_response())
     }
     .await;

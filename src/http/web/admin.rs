@@ -947,39 +947,8 @@ async fn certificate_detail(
         Err(r) => return r,
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let (key, signature) = {
-        use x509_parser::prelude::FromDer;
-        match x509_parser::certificate::X509Certificate::from_der(&c.der) {
-            Ok((_, x)) => {
-                let key = match x.public_key().parsed() {
-                    Ok(x509_parser::public_key::PublicKey::RSA(r)) => {
-                        format!("RSA {} bits", r.key_size())
-                    }
-                    Ok(x509_parser::public_key::PublicKey::EC(p)) => {
-                        format!("ECDSA {} bits", p.key_size())
-                    }
-                    _ => x.public_key().algorithm.algorithm.to_id_string(),
-                };
-                let oid = x.signature_algorithm.algorithm.to_id_string();
-                let sig = match oid.as_str() {
-                    "1.2.840.10045.4.3.2" => "ecdsa-with-SHA256".to_owned(),
-                    "1.2.840.10045.4.3.3" => "ecdsa-with-SHA384".to_owned(),
-                    "1.2.840.113549.1.1.11" => "sha256WithRSAEncryption".to_owned(),
-                    other => other.to_owned(),
-                };
-                (key, sig)
-            }
-            Err(_) => (String::new(), String::new()),
-        }
-    };
-    let fingerprint = {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(&c.der)
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    };
+    let (key, signature) = crate::pki::describe_certificate(&c.der).unwrap_or_default();
+    let fingerprint = crate::pki::sha256_fingerprint(&c.der);
     let page = render(&CertificatePage {
         chrome: chrome(&who, &headers, "certificates"),
         serial: c.serial.to_hex(),
@@ -1230,23 +1199,13 @@ async fn create_account(
 }
 
 async fn set_account(state: &AppState, who: &Admin, id: &str, disabled: bool) -> Response {
-    let event = crate::store::AuditEvent {
-        at: time::OffsetDateTime::now_utc(),
-        actor: who.0.actor(),
-        action: if disabled {
-            "account.disable"
-        } else {
-            "account.enable"
-        }
-        .into(),
-        subject: id.to_owned(),
-        details: serde_json::json!({}),
-    };
-    match state
-        .authority
-        .store()
-        .set_account_disabled(id, disabled, event)
-        .await
+    match accounts::set_disabled(
+        state.authority.store().as_ref(),
+        id,
+        disabled,
+        &who.0.actor(),
+    )
+    .await
     {
         Ok(()) => redirect_with(
             "/admin/accounts",
@@ -1256,7 +1215,7 @@ async fn set_account(state: &AppState, who: &Admin, id: &str, disabled: bool) ->
                 "Account enabled."
             },
         ),
-        Err(StoreError::NotFound) => not_found("such account"),
+        Err(accounts::AccountError::NoSuchAccount(_)) => not_found("such account"),
         Err(e) => internal(e),
     }
 }
@@ -1580,21 +1539,21 @@ async fn regenerate_crl(
     if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
         return r;
     }
-    let mut done = Vec::new();
-    let mut kinds = vec![CrlKind::Complete];
-    kinds.extend((1..=state.authority.crl_partitions()).map(CrlKind::Partition));
-    if state.crls.config().delta {
-        kinds.push(CrlKind::Delta);
-    }
-    for kind in kinds {
-        match state.crls.generate_by(kind, &who.0.actor()).await {
-            Ok(g) => done.push(format!(
-                "{} number {}",
-                kind.file_name(&g.record.issuer_id),
-                g.record.number
-            )),
-            Err(e) => return redirect_with("/admin/crl", &format!("Regeneration failed: {e}")),
+    match state.crls.generate_every_by(&who.0.actor()).await {
+        Ok(done) => {
+            let names: Vec<String> = done
+                .iter()
+                .map(|g| {
+                    let r = &g.record;
+                    format!(
+                        "{} number {}",
+                        CrlKind::of(r).file_name(&r.issuer_id),
+                        r.number
+                    )
+                })
+                .collect();
+            redirect_with("/admin/crl", &format!("Published {}.", names.join(", ")))
         }
+        Err(e) => redirect_with("/admin/crl", &format!("Regeneration failed: {e}")),
     }
-    redirect_with("/admin/crl", &format!("Published {}.", done.join(", ")))
 }
