@@ -64,13 +64,13 @@ pub struct Service {
     tls: Option<(Arc<rustls::ServerConfig>, Arc<CertificateSlot>)>,
     initial_admin_password: Option<Zeroizing<String>>,
     acme_nonce_key: ring::hmac::Key,
+    password_gate: Arc<users::PasswordGate>,
 }
 
 impl Service {
     /// Opens everything the service needs. The CA must exist.
     pub async fn start(config: Config) -> Result<Service, StartError> {
         let layout = Layout::new(&config.data_dir);
-        crate::workflow::users::limit_password_checks(config.limits.password_checks);
         let authority = open_authority(&config).await?;
         let validators = Validators::new(
             &config.validation,
@@ -111,6 +111,7 @@ impl Service {
         // password.
         let initial_admin_password =
             users::ensure_initial_admin(authority.store().as_ref()).await?;
+        let password_gate = Arc::new(users::PasswordGate::new(config.limits.password_checks));
         Ok(Service {
             config,
             authority,
@@ -120,6 +121,7 @@ impl Service {
             tls,
             initial_admin_password,
             acme_nonce_key,
+            password_gate,
         })
     }
 
@@ -136,6 +138,11 @@ impl Service {
     /// The CA.
     pub fn authority(&self) -> &Arc<Authority> {
         &self.authority
+    }
+
+    /// The bound on concurrent password checks of this service.
+    pub fn password_gate(&self) -> &Arc<users::PasswordGate> {
+        &self.password_gate
     }
 
     /// The order engine.
@@ -174,6 +181,7 @@ impl Service {
             acme_nonce_key: self.acme_nonce_key.clone(),
             acme_nonce_uses: Default::default(),
             limits: crate::workflow::limits::AddressLimits::new(&self.config.limits),
+            password_gate: self.password_gate.clone(),
         });
         if let Some(refresher) = self.tls_refresher() {
             let mut stop = shutdown.clone();

@@ -52,6 +52,8 @@ pub struct AppState {
     pub acme_nonce_uses: std::sync::atomic::AtomicU64,
     /// Per-address limits of the unauthenticated doors.
     pub limits: crate::workflow::limits::AddressLimits,
+    /// The bound on concurrent password checks.
+    pub password_gate: Arc<crate::workflow::users::PasswordGate>,
 }
 
 fn common_layers(router: Router) -> Router {

@@ -149,42 +149,40 @@ fn now() -> i64 {
 /// Sign-ins waiting for a password check beyond which more are refused.
 const MAX_WAITING_PASSWORD_CHECKS: usize = 32;
 
-/// The bound on concurrent argon2 checks (each takes 19 MiB and a core
-/// for tens of milliseconds): a few run, a few dozen wait, the rest are
-/// told to come back.
-struct PasswordGate {
+/// The bound on concurrent argon2 checks of one service (each takes
+/// 19 MiB and a core for tens of milliseconds): a few run, a few dozen
+/// wait, the rest are told to come back (`limits.password_checks`).
+pub struct PasswordGate {
     running: tokio::sync::Semaphore,
     waiting: AtomicUsize,
     now: AtomicUsize,
     peak: AtomicUsize,
 }
 
-static PASSWORD_GATE: OnceLock<PasswordGate> = OnceLock::new();
+impl PasswordGate {
+    /// At most `limit` checks at once.
+    pub fn new(limit: u32) -> PasswordGate {
+        PasswordGate {
+            running: tokio::sync::Semaphore::new(limit.max(1) as usize),
+            waiting: AtomicUsize::new(0),
+            now: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        }
+    }
 
-fn password_gate(limit: usize) -> &'static PasswordGate {
-    PASSWORD_GATE.get_or_init(|| PasswordGate {
-        running: tokio::sync::Semaphore::new(limit.max(1)),
-        waiting: AtomicUsize::new(0),
-        now: AtomicUsize::new(0),
-        peak: AtomicUsize::new(0),
-    })
-}
-
-/// Sets how many password checks run at once in this process
-/// (`limits.password_checks`); the first call wins.
-pub fn limit_password_checks(limit: u32) {
-    password_gate(limit as usize);
-}
-
-/// The most password checks that ever ran at once in this process.
-pub fn password_checks_peak() -> usize {
-    password_gate(2).peak.load(Ordering::Relaxed)
+    /// The most checks that ever ran at once through this gate.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
 }
 
 /// Verifies a password against a PHC hash off the async threads (argon2 is
 /// deliberately slow), within the process's bound on concurrent checks.
-async fn verify_password(password: &str, hash: &str) -> Result<bool, UserError> {
-    let gate = password_gate(2);
+async fn verify_password(
+    gate: &PasswordGate,
+    password: &str,
+    hash: &str,
+) -> Result<bool, UserError> {
     if gate.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING_PASSWORD_CHECKS {
         gate.waiting.fetch_sub(1, Ordering::AcqRel);
         return Err(UserError::Busy {
@@ -198,21 +196,20 @@ async fn verify_password(password: &str, hash: &str) -> Result<bool, UserError> 
     })?;
     let password = Zeroizing::new(password.to_owned());
     let hash = hash.to_owned();
+    let now = gate.now.fetch_add(1, Ordering::AcqRel) + 1;
+    gate.peak.fetch_max(now, Ordering::AcqRel);
     let ok = tokio::task::spawn_blocking(move || {
-        let now = gate.now.fetch_add(1, Ordering::AcqRel) + 1;
-        gate.peak.fetch_max(now, Ordering::AcqRel);
-        let ok = PasswordHash::new(&hash)
+        PasswordHash::new(&hash)
             .map(|parsed| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)
                     .is_ok()
             })
-            .unwrap_or(false);
-        gate.now.fetch_sub(1, Ordering::AcqRel);
-        ok
+            .unwrap_or(false)
     })
     .await
     .unwrap_or(false);
+    gate.now.fetch_sub(1, Ordering::AcqRel);
     Ok(ok)
 }
 
@@ -229,6 +226,7 @@ fn dummy_hash() -> &'static str {
 /// the browser only) and the session.
 pub async fn sign_in(
     store: &dyn Store,
+    gate: &PasswordGate,
     username: &str,
     password: &str,
 ) -> Result<(Zeroizing<String>, SignedIn), UserError> {
@@ -239,7 +237,7 @@ pub async fn sign_in(
         None
     };
     let Some(user) = user else {
-        verify_password(password, dummy_hash()).await?;
+        verify_password(gate, password, dummy_hash()).await?;
         return Err(UserError::BadCredentials);
     };
     if let Some(until) = user.locked_until.filter(|u| *u > now) {
@@ -247,7 +245,7 @@ pub async fn sign_in(
             minutes: (until - now + 59) / 60,
         });
     }
-    let ok = verify_password(password, &user.password_hash).await?;
+    let ok = verify_password(gate, password, &user.password_hash).await?;
     if !ok || user.disabled {
         let at = OffsetDateTime::now_utc();
         let event = |action: &str| AuditEvent {
@@ -363,11 +361,12 @@ fn check_new_password(password: &str) -> Result<(), UserError> {
 /// given); every session of the user ends and a new one starts.
 pub async fn change_password(
     store: &dyn Store,
+    gate: &PasswordGate,
     who: &SignedIn,
     current: &str,
     new: &str,
 ) -> Result<(Zeroizing<String>, SignedIn), UserError> {
-    if !verify_password(current, &who.user.password_hash).await? {
+    if !verify_password(gate, current, &who.user.password_hash).await? {
         return Err(UserError::Invalid("the current password is wrong".into()));
     }
     check_new_password(new)?;

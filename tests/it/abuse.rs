@@ -620,7 +620,7 @@ async fn password_checks_are_bounded_and_the_excess_told_to_come_back() {
     for t in tasks {
         *statuses.entry(t.await.unwrap()).or_insert(0) += 1;
     }
-    let peak = hallmark::workflow::users::password_checks_peak();
+    let peak = run.password_gate.peak();
     assert!(peak <= 2, "{peak} password checks ran at once");
     assert!(
         statuses.keys().all(|s| *s == 401 || *s == 429),

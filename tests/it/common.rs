@@ -213,6 +213,7 @@ impl TestCa {
             .expect("service starts");
         let admin_password = service.take_initial_admin_password().map(|p| p.to_string());
         let authority = service.authority().clone();
+        let password_gate = service.password_gate().clone();
         let orders = service.orders().clone();
         let tls_refresher = service.tls_refresher();
         let (stop, stopped) = watch::channel(false);
@@ -223,6 +224,7 @@ impl TestCa {
             root_pem: std::fs::read_to_string(self.data_dir().join("ca/root.crt.pem")).unwrap(),
             admin_password,
             authority,
+            password_gate,
             orders,
             tls_refresher,
             stop,
@@ -241,6 +243,7 @@ pub struct Running {
     pub root_pem: String,
     pub admin_password: Option<String>,
     pub authority: Arc<Authority>,
+    pub password_gate: Arc<hallmark::workflow::users::PasswordGate>,
     pub orders: Arc<hallmark::workflow::orders::Orders>,
     pub tls_refresher: Option<service::TlsRefresher>,
     stop: watch::Sender<bool>,

@@ -800,13 +800,15 @@ async fn sign_in_failures_count_atomically_lock_once_and_are_forgiven_in_time() 
         )
         .await
         .unwrap();
+        let gate = std::sync::Arc::new(users::PasswordGate::new(2));
         // Twelve wrong guesses at once: every one counts, the fifth locks,
         // the rest find the lock and count nothing.
         let mut guesses = Vec::new();
         for i in 0..12 {
             let store = store.clone();
+            let gate = gate.clone();
             guesses.push(tokio::spawn(async move {
-                users::sign_in(store.as_ref(), "ops", &format!("wrong password {i}")).await
+                users::sign_in(store.as_ref(), &gate, "ops", &format!("wrong password {i}")).await
             }));
         }
         for g in guesses {
@@ -828,7 +830,7 @@ async fn sign_in_failures_count_atomically_lock_once_and_are_forgiven_in_time() 
         assert_eq!(count("user.lock"), 1, "{backend:?}");
         // Locked: even the right password is refused.
         assert!(matches!(
-            users::sign_in(store.as_ref(), "ops", PASSWORD).await,
+            users::sign_in(store.as_ref(), &gate, "ops", PASSWORD).await,
             Err(users::UserError::Locked { .. })
         ));
 
@@ -841,7 +843,7 @@ async fn sign_in_failures_count_atomically_lock_once_and_are_forgiven_in_time() 
         db.execute("UPDATE users SET locked_until = 1, last_failed_at = 1 WHERE username = 'ops'")
             .await;
         assert!(matches!(
-            users::sign_in(store.as_ref(), "ops", "wrong again").await,
+            users::sign_in(store.as_ref(), &gate, "ops", "wrong again").await,
             Err(users::UserError::BadCredentials)
         ));
         assert_eq!(failures_and_lock().await, (1, None), "{backend:?}");
@@ -850,13 +852,13 @@ async fn sign_in_failures_count_atomically_lock_once_and_are_forgiven_in_time() 
             db.execute("UPDATE users SET last_failed_at = 1 WHERE username = 'ops'")
                 .await;
             assert!(matches!(
-                users::sign_in(store.as_ref(), "ops", "one a day").await,
+                users::sign_in(store.as_ref(), &gate, "ops", "one a day").await,
                 Err(users::UserError::BadCredentials)
             ));
         }
         assert_eq!(failures_and_lock().await, (1, None), "{backend:?}");
         // And the right password signs in and clears the count.
-        assert!(users::sign_in(store.as_ref(), "ops", PASSWORD)
+        assert!(users::sign_in(store.as_ref(), &gate, "ops", PASSWORD)
             .await
             .is_ok());
         let user = store.user_by_name("ops").await.unwrap().unwrap();

@@ -240,7 +240,15 @@ async fn login(
     let username = field(&f, "username").unwrap_or("").trim().to_owned();
     let password = field(&f, "password").unwrap_or("");
     let attempt = match state.limits.sign_in.take(address_key(client)) {
-        Ok(()) => users::sign_in(state.authority.store().as_ref(), &username, password).await,
+        Ok(()) => {
+            users::sign_in(
+                state.authority.store().as_ref(),
+                &state.password_gate,
+                &username,
+                password,
+            )
+            .await
+        }
         Err(retry_after_secs) => Err(UserError::Busy { retry_after_secs }),
     };
     match attempt {
@@ -347,6 +355,7 @@ async fn change_password(
     } else {
         match users::change_password(
             state.authority.store().as_ref(),
+            &state.password_gate,
             &who.0,
             field(&f, "current_password").unwrap_or(""),
             new,
