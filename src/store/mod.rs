@@ -31,7 +31,7 @@ pub use revocation::{
 
 pub use orders::{
     AuthorizationBundle, AuthorizationRecord, ChallengeOutcome, ChallengeRecord, IssuanceOrder,
-    OrderBundle, OrderQuery, OrderRecord, OrderStatus, OrderUpdate,
+    OrderBundle, OrderQuery, OrderRecord, OrderStatus, OrderUpdate, Transition,
 };
 
 /// Why a storage operation failed. Callers never see sqlx errors.
@@ -453,14 +453,13 @@ pub trait Store: Send + Sync + 'static {
         on_order_change: Vec<AuditEvent>,
     ) -> Result<Option<OrderStatus>>;
 
-    /// Moves an order from `from` to `to` (setting `update`'s fields) with
-    /// its audit records; `false` (and nothing written) if it was not in
-    /// `from`.
+    /// Makes `transition` (setting `update`'s fields) with its audit
+    /// records; `false` (and nothing written) if the order was not in the
+    /// transition's starting status. An illegal transition is refused.
     async fn transition_order(
         &self,
         order_id: &str,
-        from: OrderStatus,
-        to: OrderStatus,
+        transition: Transition,
         update: &OrderUpdate,
         at: i64,
         events: Vec<AuditEvent>,

@@ -62,6 +62,101 @@ impl OrderStatus {
     }
 }
 
+/// Every move an order can make (DESIGN §2), in one place. The workflow
+/// names a transition and [`crate::store::Store::transition_order`] applies
+/// it (status checked and changed in one statement); the moves made inside
+/// other store operations — a challenge result (`finish_challenge`), the
+/// stored certificate (`complete_issuance`), a disabled account — are the
+/// same edges, listed here so the whole machine is one table.
+///
+/// ```text
+///  pending ──Validated──▶ ready ──ClaimIssuance──▶ processing ──Issue──▶ valid
+///     │ └──AwaitApproval──▶ awaiting_approval ──Approve──▶ ┘  ▲ └RetakeClaim┘
+///     │                          └──Reject──▶ rejected
+///     └── every unfinished status ──Fail──▶ invalid
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// pending → ready: every identifier proven (DV).
+    Validated,
+    /// pending → awaiting_approval: every identifier proven (OV).
+    AwaitApproval,
+    /// ready → processing: an instance claims the issuance (REST DV at
+    /// once, ACME at finalize).
+    ClaimIssuance,
+    /// awaiting_approval → processing: a reviewer approved.
+    Approve,
+    /// awaiting_approval → rejected: a reviewer said no.
+    Reject,
+    /// processing → processing: a stale claim taken over.
+    RetakeClaim,
+    /// processing → valid: the certificate is stored.
+    Issue,
+    /// (an unfinished status) → invalid: a challenge or the issuance
+    /// failed, the order expired, or its account was disabled.
+    Fail(OrderStatus),
+}
+
+impl Transition {
+    /// Every transition of the table (`Fail` from each unfinished status).
+    pub const ALL: [Transition; 11] = [
+        Transition::Validated,
+        Transition::AwaitApproval,
+        Transition::ClaimIssuance,
+        Transition::Approve,
+        Transition::Reject,
+        Transition::RetakeClaim,
+        Transition::Issue,
+        Transition::Fail(OrderStatus::Pending),
+        Transition::Fail(OrderStatus::Ready),
+        Transition::Fail(OrderStatus::AwaitingApproval),
+        Transition::Fail(OrderStatus::Processing),
+    ];
+
+    /// Where it starts.
+    pub fn from(self) -> OrderStatus {
+        match self {
+            Transition::Validated | Transition::AwaitApproval => OrderStatus::Pending,
+            Transition::ClaimIssuance => OrderStatus::Ready,
+            Transition::Approve | Transition::Reject => OrderStatus::AwaitingApproval,
+            Transition::RetakeClaim | Transition::Issue => OrderStatus::Processing,
+            Transition::Fail(from) => from,
+        }
+    }
+
+    /// Where it ends.
+    pub fn to(self) -> OrderStatus {
+        match self {
+            Transition::Validated => OrderStatus::Ready,
+            Transition::AwaitApproval => OrderStatus::AwaitingApproval,
+            Transition::ClaimIssuance | Transition::Approve | Transition::RetakeClaim => {
+                OrderStatus::Processing
+            }
+            Transition::Reject => OrderStatus::Rejected,
+            Transition::Issue => OrderStatus::Valid,
+            Transition::Fail(_) => OrderStatus::Invalid,
+        }
+    }
+
+    /// Whether it is in the table (`Fail` from a final status is not).
+    pub fn is_legal(self) -> bool {
+        !self.from().is_final()
+    }
+
+    /// The transition from `from` to `to`, if the table has one.
+    pub fn between(from: OrderStatus, to: OrderStatus) -> Option<Transition> {
+        Transition::ALL
+            .into_iter()
+            .find(|t| t.from() == from && t.to() == to)
+    }
+}
+
+impl fmt::Display for Transition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} → {}", self.from(), self.to())
+    }
+}
+
 impl fmt::Display for OrderStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -251,4 +346,61 @@ pub struct OrderQuery {
     pub before: Option<(i64, String)>,
     /// At most this many.
     pub limit: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use OrderStatus::*;
+
+    #[test]
+    fn the_transition_table_is_exactly_the_designed_machine() {
+        let edges = [
+            (Pending, Ready),
+            (Pending, AwaitingApproval),
+            (Pending, Invalid),
+            (Ready, Processing),
+            (Ready, Invalid),
+            (AwaitingApproval, Processing),
+            (AwaitingApproval, Rejected),
+            (AwaitingApproval, Invalid),
+            (Processing, Processing),
+            (Processing, Valid),
+            (Processing, Invalid),
+        ];
+        for from in OrderStatus::ALL {
+            for to in OrderStatus::ALL {
+                assert_eq!(
+                    Transition::between(from, to).is_some(),
+                    edges.contains(&(from, to)),
+                    "{from} → {to}"
+                );
+            }
+        }
+        for t in Transition::ALL {
+            assert!(t.is_legal(), "{t}");
+            assert_eq!(Transition::between(t.from(), t.to()), Some(t));
+        }
+    }
+
+    #[test]
+    fn nothing_leaves_a_final_status_and_everything_else_can_fail() {
+        for status in OrderStatus::ALL {
+            let outgoing = Transition::ALL
+                .iter()
+                .filter(|t| t.from() == status)
+                .count();
+            if status.is_final() {
+                assert_eq!(outgoing, 0, "{status}");
+                assert!(!Transition::Fail(status).is_legal(), "{status}");
+            } else {
+                assert!(Transition::Fail(status).is_legal(), "{status}");
+                assert!(outgoing >= 2, "{status}");
+            }
+        }
+        assert_eq!(
+            Transition::Approve.to_string(),
+            "awaiting_approval → processing"
+        );
+    }
 }

@@ -884,12 +884,17 @@ macro_rules! impl_sql_store {
             async fn transition_order(
                 &self,
                 order_id: &str,
-                from: $crate::store::OrderStatus,
-                to: $crate::store::OrderStatus,
+                transition: $crate::store::Transition,
                 update: &$crate::store::OrderUpdate,
                 at: i64,
                 events: Vec<$crate::store::AuditEvent>,
             ) -> $crate::store::Result<bool> {
+                if !transition.is_legal() {
+                    return Err($crate::store::StoreError::Conflict(format!(
+                        "order {order_id}: {transition} is not a transition an order can make"
+                    )));
+                }
+                let (from, to) = (transition.from(), transition.to());
                 let mut tx = self.write.begin().await?;
                 let head = Self::lock_audit_tx(&mut tx).await?;
                 let mut q = sqlx::QueryBuilder::<$db>::new("");

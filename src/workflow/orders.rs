@@ -30,6 +30,7 @@ use crate::pki::{Identifier, Profile, Subject};
 use crate::store::{
     AuditEvent, AuthorizationBundle, AuthorizationRecord, ChallengeOutcome, ChallengeRecord,
     IssuanceOrder, OrderBundle, OrderQuery, OrderRecord, OrderStatus, OrderUpdate, StoreError,
+    Transition,
 };
 use crate::validation::{key_authorization, ChallengeKind, ValidationError, Validators};
 
@@ -515,8 +516,7 @@ impl Orders {
             .store()
             .transition_order(
                 order_id,
-                OrderStatus::AwaitingApproval,
-                OrderStatus::Processing,
+                Transition::Approve,
                 &OrderUpdate {
                     organization: organization_json,
                     approval_reason: reason.map(str::to_owned),
@@ -564,8 +564,7 @@ impl Orders {
             .store()
             .transition_order(
                 order_id,
-                OrderStatus::AwaitingApproval,
-                OrderStatus::Rejected,
+                Transition::Reject,
                 &OrderUpdate {
                     rejection_reason: Some(reason.to_owned()),
                     ..OrderUpdate::default()
@@ -732,8 +731,7 @@ impl Orders {
                     .store()
                     .transition_order(
                         &order.id,
-                        OrderStatus::Processing,
-                        OrderStatus::Processing,
+                        Transition::RetakeClaim,
                         &OrderUpdate {
                             updated_before: Some(now - RESUME_PROCESSING_AFTER_SECS),
                             count_issue_attempt: true,
@@ -767,8 +765,7 @@ impl Orders {
             .store()
             .transition_order(
                 &order.id,
-                from,
-                OrderStatus::Invalid,
+                Transition::Fail(from),
                 &OrderUpdate {
                     error: Some(problem),
                     ..OrderUpdate::default()
@@ -865,13 +862,16 @@ impl Orders {
                 &format!("{} ({}): {e}", authz.identifier_value, challenge.kind),
             )
         });
+        // The store makes one of these moves when the last authorization
+        // settles (inside `finish_challenge`, atomically with the result).
         let when_all_valid = if order.validation == "ov" {
-            OrderStatus::AwaitingApproval
+            Transition::AwaitApproval
         } else {
-            OrderStatus::Ready
-        };
+            Transition::Validated
+        }
+        .to();
         let next = if error.is_some() {
-            OrderStatus::Invalid
+            Transition::Fail(OrderStatus::Pending).to()
         } else {
             when_all_valid
         };
@@ -1123,8 +1123,7 @@ impl Orders {
             .store()
             .transition_order(
                 order_id,
-                OrderStatus::Ready,
-                OrderStatus::Processing,
+                Transition::ClaimIssuance,
                 &OrderUpdate {
                     csr_der: Some(checked.csr.der().to_vec()),
                     ..OrderUpdate::default()
@@ -1156,8 +1155,7 @@ impl Orders {
             .store()
             .transition_order(
                 order_id,
-                OrderStatus::Ready,
-                OrderStatus::Processing,
+                Transition::ClaimIssuance,
                 &OrderUpdate::default(),
                 now.unix_timestamp(),
                 vec![transition_event(
@@ -1217,8 +1215,7 @@ impl Orders {
             .store()
             .transition_order(
                 &order.id,
-                OrderStatus::Processing,
-                OrderStatus::Invalid,
+                Transition::Fail(OrderStatus::Processing),
                 &OrderUpdate {
                     error: Some(error),
                     ..OrderUpdate::default()

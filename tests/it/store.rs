@@ -224,6 +224,48 @@ async fn store_contract_holds_on_every_backend() {
 }
 
 #[tokio::test]
+async fn an_illegal_order_transition_is_refused_and_a_stale_one_writes_nothing() {
+    use hallmark::store::{OrderStatus, OrderUpdate, StoreError, Transition};
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(backend, dir.path()).await;
+        let store = hallmark::store::connect(&db.url).await.unwrap();
+        let head = store.audit_head().await.unwrap();
+        // Out of a final status: refused before the database is asked.
+        let err = store
+            .transition_order(
+                "ord_x",
+                Transition::Fail(OrderStatus::Valid),
+                &OrderUpdate::default(),
+                0,
+                vec![event("order.invalid", "ord_x")],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Conflict(m) if m.contains("valid → invalid")),
+            "{backend:?}: {err}"
+        );
+        // A legal transition for an order not in its starting status: false,
+        // and no audit record.
+        let moved = store
+            .transition_order(
+                "ord_missing",
+                Transition::Approve,
+                &OrderUpdate::default(),
+                0,
+                vec![event("order.approve", "ord_missing")],
+            )
+            .await
+            .unwrap();
+        assert!(!moved, "{backend:?}");
+        assert_eq!(store.audit_head().await.unwrap(), head, "{backend:?}");
+        drop(store);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
 async fn unsupported_database_urls_are_refused_clearly() {
     let err = match store::connect("mysql://localhost/x").await {
         Err(e) => e,
