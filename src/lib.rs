@@ -5,6 +5,7 @@
 //! [`service::Service::start`] then [`service::Service::run`] on listeners
 //! they bound (port 0 in tests).
 
+pub mod acme_error;
 pub mod client;
 pub mod config;
 pub mod datadir;

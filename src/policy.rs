@@ -125,14 +125,15 @@ pub enum PolicyError {
 }
 
 impl PolicyError {
-    /// The ACME error code (RFC 8555 §6.7) this refusal is reported as.
-    pub fn acme_code(&self) -> &'static str {
+    /// The ACME error type (RFC 8555 §6.7) this refusal is reported as.
+    pub fn acme_code(&self) -> crate::acme_error::AcmeError {
+        use crate::acme_error::AcmeError;
         match self {
             PolicyError::WeakRsaKey { .. }
             | PolicyError::BadRsaExponent
-            | PolicyError::KeyTypeNotAllowed(..) => "badPublicKey",
-            PolicyError::ValidityNotAllowed { .. } => "malformed",
-            _ => "rejectedIdentifier",
+            | PolicyError::KeyTypeNotAllowed(..) => AcmeError::BadPublicKey,
+            PolicyError::ValidityNotAllowed { .. } => AcmeError::Malformed,
+            _ => AcmeError::RejectedIdentifier,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The one error type of the HTTP edge: RFC 9457 `application/problem+json`.
 //! Layer errors become problems here and nowhere else.
 
+use crate::acme_error::AcmeError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -26,16 +27,13 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// A problem with an ACME error code (RFC 8555 §6.7).
-    pub fn acme(
-        status: StatusCode,
-        code: &str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
+    /// A problem of an ACME error type (RFC 8555 §6.7), titled by the one
+    /// table in [`crate::acme_error`]; `status` where the type's default
+    /// does not fit.
+    pub fn acme(status: StatusCode, kind: AcmeError, detail: impl Into<String>) -> Self {
         Problem {
-            kind: format!("urn:ietf:params:acme:error:{code}"),
-            title,
+            kind: kind.urn(),
+            title: kind.title(),
             status: status.as_u16(),
             detail: detail.into(),
             retry_after: None,
@@ -48,8 +46,7 @@ impl Problem {
             retry_after: Some(retry_after_secs),
             ..Problem::acme(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rateLimited",
-                "Rate limited",
+                AcmeError::RateLimited,
                 detail,
             )
         }
@@ -78,12 +75,7 @@ impl Problem {
 
     /// 400 `malformed`.
     pub fn malformed(detail: impl Into<String>) -> Self {
-        Self::acme(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            "Malformed request",
-            detail,
-        )
+        Self::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, detail)
     }
 
     /// 500 with a generic detail; the cause is logged, never sent.
@@ -91,8 +83,7 @@ impl Problem {
         tracing::error!(error = %cause, "internal error");
         Self::acme(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "serverInternal",
-            "Internal server error",
+            AcmeError::ServerInternal,
             "the server failed to handle the request; the error has been logged",
         )
     }
@@ -162,31 +153,19 @@ impl From<StoreError> for Problem {
     }
 }
 
-/// The problem title for an ACME error code.
-fn title(code: &str) -> &'static str {
-    match code {
-        "badCSR" => "Bad CSR",
-        "badPublicKey" => "Public key not allowed",
-        "rejectedIdentifier" => "Identifier rejected",
-        _ => "Malformed request",
-    }
-}
-
 impl From<WorkflowError> for Problem {
     fn from(e: WorkflowError) -> Self {
         let bad = StatusCode::BAD_REQUEST;
         match e {
             WorkflowError::Csr(ref c) => {
                 let code = c.acme_code();
-                Problem::acme(bad, code, title(code), c.to_string())
+                Problem::acme(bad, code, c.to_string())
             }
             WorkflowError::Policy(ref p) => {
                 let code = p.acme_code();
-                Problem::acme(bad, code, title(code), p.to_string())
+                Problem::acme(bad, code, p.to_string())
             }
-            WorkflowError::Profile(p) => {
-                Problem::acme(bad, "malformed", "Malformed request", p.to_string())
-            }
+            WorkflowError::Profile(p) => Problem::acme(bad, AcmeError::Malformed, p.to_string()),
             WorkflowError::Ca(c) => Problem::internal(&c),
             WorkflowError::Store(s) => s.into(),
             WorkflowError::Malformed(m) => Problem::malformed(m),
@@ -196,21 +175,19 @@ impl From<WorkflowError> for Problem {
             WorkflowError::TooManyPending { .. } => Problem::rate_limited(60, e.to_string()),
             WorkflowError::NotFound(m) => Problem::not_found(m),
             WorkflowError::Forbidden(m) => {
-                Problem::acme(StatusCode::FORBIDDEN, "unauthorized", "Unauthorized", m)
+                Problem::acme(StatusCode::FORBIDDEN, AcmeError::Unauthorized, m)
             }
             WorkflowError::Conflict(m) => {
                 Problem::hallmark(StatusCode::CONFLICT, "conflict", "Conflict", m)
             }
             WorkflowError::AlreadyRevoked(m) => {
-                Problem::acme(StatusCode::CONFLICT, "alreadyRevoked", "Already revoked", m)
+                Problem::acme(StatusCode::CONFLICT, AcmeError::AlreadyRevoked, m)
             }
             WorkflowError::OrderNotReady(m) => {
-                Problem::acme(StatusCode::FORBIDDEN, "orderNotReady", "Order not ready", m)
+                Problem::acme(StatusCode::FORBIDDEN, AcmeError::OrderNotReady, m)
             }
-            WorkflowError::BadCsr(m) => Problem::acme(bad, "badCSR", title("badCSR"), m),
-            WorkflowError::CompromisedKey(m) => {
-                Problem::acme(bad, "badPublicKey", title("badPublicKey"), m)
-            }
+            WorkflowError::BadCsr(m) => Problem::acme(bad, AcmeError::BadCsr, m),
+            WorkflowError::CompromisedKey(m) => Problem::acme(bad, AcmeError::BadPublicKey, m),
         }
     }
 }

@@ -97,11 +97,14 @@ pub enum CsrError {
 }
 
 impl CsrError {
-    /// The ACME error code (RFC 8555 §6.7) this refusal is reported as.
-    pub fn acme_code(&self) -> &'static str {
+    /// The ACME error type (RFC 8555 §6.7) this refusal is reported as.
+    pub fn acme_code(&self) -> crate::acme_error::AcmeError {
+        use crate::acme_error::AcmeError;
         match self {
-            CsrError::UnsupportedName { .. } | CsrError::BadIpAddress => "rejectedIdentifier",
-            _ => "badCSR",
+            CsrError::UnsupportedName { .. } | CsrError::BadIpAddress => {
+                AcmeError::RejectedIdentifier
+            }
+            _ => AcmeError::BadCsr,
         }
     }
 }

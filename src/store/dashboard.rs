@@ -97,7 +97,8 @@ pub(super) const USER_COLUMNS: &str = "SELECT id, username, password_hash, role,
 
 /// Implements the dashboard methods as inherent `*_impl` methods of a
 /// backend with `read` and `write` pools; the `Store` impl calls them.
-/// Ends the unfinished orders of an account being disabled.
+/// Ends the unfinished orders of an account being disabled: the
+/// `Transition::Fail` of each unfinished status, in one statement.
 pub(super) const END_ORDERS_OF_DISABLED_ACCOUNT: &str = "UPDATE orders SET status = 'invalid', \
      updated_at = $2, error = $3 WHERE account_id = $1 \
      AND status IN ('pending', 'ready', 'processing', 'awaiting_approval') RETURNING id";
@@ -105,7 +106,7 @@ pub(super) const END_ORDERS_OF_DISABLED_ACCOUNT: &str = "UPDATE orders SET statu
 /// The problem an order of a disabled account ends with.
 pub(super) fn account_disabled_problem() -> String {
     serde_json::json!({
-        "type": "urn:ietf:params:acme:error:unauthorized",
+        "type": crate::acme_error::AcmeError::Unauthorized.urn(),
         "detail": "the account that placed this order was disabled; the order will not be issued",
     })
     .to_string()

@@ -179,22 +179,23 @@ pub enum ValidationError {
 
 impl ValidationError {
     /// The ACME error type (RFC 8555 §6.7) to report this as.
-    pub fn acme_type(&self) -> &'static str {
+    pub fn acme_type(&self) -> crate::acme_error::AcmeError {
+        use crate::acme_error::AcmeError;
         match self {
             ValidationError::Connection { .. }
             | ValidationError::Timeout { .. }
-            | ValidationError::RefusedAddress { .. } => "connection",
+            | ValidationError::RefusedAddress { .. } => AcmeError::Connection,
             ValidationError::BadStatus { .. }
             | ValidationError::BodyTooLarge { .. }
             | ValidationError::ForbiddenRedirect { .. }
             | ValidationError::TooManyRedirects
-            | ValidationError::TlsAlpn { .. } => "unauthorized",
+            | ValidationError::TlsAlpn { .. } => AcmeError::Unauthorized,
             ValidationError::WrongContent { .. } | ValidationError::DnsWrongValue { .. } => {
-                "incorrectResponse"
+                AcmeError::IncorrectResponse
             }
             ValidationError::DnsNameNotFound { .. }
             | ValidationError::DnsNoTxtRecord { .. }
-            | ValidationError::Dns { .. } => "dns",
+            | ValidationError::Dns { .. } => AcmeError::Dns,
         }
     }
 }

@@ -24,6 +24,7 @@ use super::accounts::{Caller, Role};
 use super::limits::TokenBuckets;
 use super::users::random_token;
 use super::{Authority, IssueRequest, Signed, WorkflowError};
+use crate::acme_error::AcmeError;
 use crate::config::OrdersSection;
 use crate::pki::profile::Organization;
 use crate::pki::{Identifier, Profile, Subject};
@@ -112,9 +113,9 @@ pub fn identifier_of(authz: &AuthorizationRecord) -> Result<Identifier, StoreErr
 
 /// A problem document (RFC 9457) as stored in an order's or challenge's
 /// `error`.
-pub fn problem_document(acme_code: &str, detail: &str) -> String {
+pub fn problem_document(kind: AcmeError, detail: &str) -> String {
     serde_json::json!({
-        "type": format!("urn:ietf:params:acme:error:{acme_code}"),
+        "type": kind.urn(),
         "detail": detail,
     })
     .to_string()
@@ -662,8 +663,10 @@ impl Orders {
         match store.expired_orders(now, WORKER_BATCH).await {
             Ok(orders) => {
                 for order in orders {
-                    let problem =
-                        problem_document("malformed", "the order expired before it was finished");
+                    let problem = problem_document(
+                        AcmeError::Malformed,
+                        "the order expired before it was finished",
+                    );
                     if let Err(e) = self
                         .fail(&order, order.status, problem, "order.expire")
                         .await
@@ -716,7 +719,7 @@ impl Orders {
             OrderStatus::Processing if order.issue_attempts >= MAX_ISSUE_ATTEMPTS => {
                 tracing::error!(order = %order.id, attempts = order.issue_attempts, "issuing an order kept failing; the order is now invalid");
                 let problem = problem_document(
-                    "serverInternal",
+                    AcmeError::ServerInternal,
                     &format!(
                         "issuing the certificate failed {} times; the error has been logged; place a new order",
                         order.issue_attempts + 1
@@ -1204,7 +1207,7 @@ impl Orders {
             Err(e) => {
                 tracing::error!(order = %order.id, error = %e, "issuing an order failed");
                 problem_document(
-                    "serverInternal",
+                    AcmeError::ServerInternal,
                     "issuing the certificate failed; the error has been logged",
                 )
             }

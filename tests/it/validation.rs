@@ -91,7 +91,7 @@ async fn http01_accepts_the_key_authorization_and_explains_every_failure() {
         !err.to_string().contains("not it"),
         "what was fetched is never repeated: {err}"
     );
-    assert_eq!(err.acme_type(), "incorrectResponse");
+    assert_eq!(err.acme_type().code(), "incorrectResponse");
 
     let err = check("big").await.unwrap_err();
     assert!(matches!(err, ValidationError::BodyTooLarge { .. }), "{err}");
@@ -121,7 +121,7 @@ async fn http01_accepts_the_key_authorization_and_explains_every_failure() {
         started.elapsed() < Duration::from_secs(3),
         "the timeout bounds the fetch"
     );
-    assert_eq!(err.acme_type(), "connection");
+    assert_eq!(err.acme_type().code(), "connection");
 
     // Nothing listening: a connection error naming the URL.
     let closed = {
@@ -218,7 +218,7 @@ async fn dns01_finds_the_txt_record_follows_cnames_and_explains_every_failure() 
             && !err.to_string().contains("not-the-value"),
         "{err}"
     );
-    assert_eq!(err.acme_type(), "incorrectResponse");
+    assert_eq!(err.acme_type().code(), "incorrectResponse");
 
     let err = dns01::validate(&resolver, "missing.internal", KEY_AUTHORIZATION)
         .await
@@ -227,7 +227,7 @@ async fn dns01_finds_the_txt_record_follows_cnames_and_explains_every_failure() 
         matches!(&err, ValidationError::DnsNameNotFound { name } if name == "_acme-challenge.missing.internal"),
         "{err}"
     );
-    assert_eq!(err.acme_type(), "dns");
+    assert_eq!(err.acme_type().code(), "dns");
 
     let err = dns01::validate(&resolver, "aonly.internal", KEY_AUTHORIZATION)
         .await
@@ -376,7 +376,7 @@ async fn tls_alpn01_checks_the_protocol_the_names_and_the_acme_identifier() {
             matches!(&err, ValidationError::TlsAlpn { reason, .. } if reason.contains(expected)),
             "{what}: {err}"
         );
-        assert_eq!(err.acme_type(), "unauthorized");
+        assert_eq!(err.acme_type().code(), "unauthorized");
     }
 
     // A server that does not hold the certificate's key fails the handshake.

@@ -24,11 +24,12 @@ pub enum JwsError {
 }
 
 impl JwsError {
-    /// The ACME error code.
-    pub fn acme_code(&self) -> &'static str {
+    /// The ACME error type.
+    pub fn acme_code(&self) -> crate::acme_error::AcmeError {
+        use crate::acme_error::AcmeError;
         match self {
-            JwsError::BadAlgorithm(_) => "badSignatureAlgorithm",
-            _ => "malformed",
+            JwsError::BadAlgorithm(_) => AcmeError::BadSignatureAlgorithm,
+            _ => AcmeError::Malformed,
         }
     }
 }
@@ -415,7 +416,7 @@ mod tests {
         );
         assert!(Jws::parse(b"not json").is_err());
         assert_eq!(
-            JwsError::BadAlgorithm("x".into()).acme_code(),
+            JwsError::BadAlgorithm("x".into()).acme_code().code(),
             "badSignatureAlgorithm"
         );
     }

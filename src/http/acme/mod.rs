@@ -13,6 +13,7 @@
 
 pub mod jws;
 
+use crate::acme_error::AcmeError;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -120,17 +121,6 @@ async fn finish(state: &AppState, mut response: Response) -> Response {
     response
 }
 
-fn acme_problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Problem {
-    let title = match code {
-        "badNonce" => "Bad nonce",
-        "accountDoesNotExist" => "Account does not exist",
-        "badSignatureAlgorithm" => "Bad signature algorithm",
-        "unauthorized" => "Unauthorized",
-        _ => "Malformed request",
-    };
-    Problem::acme(status, code, title, detail)
-}
-
 async fn directory(State(state): State<Arc<AppState>>) -> Response {
     let b = base(&state);
     let settings = &state.acme;
@@ -205,9 +195,9 @@ impl Verified {
 
     /// The JSON payload, or a `malformed` problem.
     fn payload(&self) -> Result<Value, Problem> {
-        self.jws
-            .json()
-            .map_err(|e| acme_problem(StatusCode::BAD_REQUEST, "malformed", e.to_string()))
+        self.jws.json().map_err(|e| {
+            Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, e.to_string())
+        })
     }
 
     fn is_post_as_get(&self) -> bool {
@@ -241,26 +231,24 @@ async fn verify(
     jwk_ok: bool,
 ) -> Result<Verified, Problem> {
     let bad = StatusCode::BAD_REQUEST;
-    let jws = Jws::parse(body).map_err(|e| acme_problem(bad, e.acme_code(), e.to_string()))?;
+    let jws = Jws::parse(body).map_err(|e| Problem::acme(bad, e.acme_code(), e.to_string()))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let bad_nonce = || {
-        acme_problem(
+        Problem::acme(
             bad,
-            "badNonce",
+            AcmeError::BadNonce,
             "the nonce is unknown, used or expired; retry with the one in this answer's Replay-Nonce",
         )
     };
-    let nonce = jws
-        .protected
-        .nonce
-        .clone()
-        .ok_or_else(|| acme_problem(bad, "badNonce", "the JWS header has no \"nonce\""))?;
+    let nonce = jws.protected.nonce.clone().ok_or_else(|| {
+        Problem::acme(bad, AcmeError::BadNonce, "the JWS header has no \"nonce\"")
+    })?;
     let expires = nonce_expiry(state, &nonce, now).ok_or_else(bad_nonce)?;
     let expected = format!("{}{}", state.public_https_url, uri.path());
     if jws.protected.url != expected {
-        return Err(acme_problem(
+        return Err(Problem::acme(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            AcmeError::Unauthorized,
             format!(
                 "the JWS \"url\" is {:?} but the request went to {expected:?}",
                 jws.protected.url
@@ -288,30 +276,30 @@ async fn verify_signature(state: &AppState, jws: Jws, jwk_ok: bool) -> Result<Ve
                 store.acme_account(id).await?
             };
             let Some(account) = account else {
-                return Err(acme_problem(
+                return Err(Problem::acme(
                     bad,
-                    "accountDoesNotExist",
+                    AcmeError::AccountDoesNotExist,
                     format!("there is no account {kid:?}"),
                 ));
             };
             if account.status != "valid" {
-                return Err(acme_problem(
+                return Err(Problem::acme(
                     StatusCode::UNAUTHORIZED,
-                    "unauthorized",
+                    AcmeError::Unauthorized,
                     format!("the account is {}", account.status),
                 ));
             }
             if account.owner_disabled {
-                return Err(acme_problem(
+                return Err(Problem::acme(
                     StatusCode::UNAUTHORIZED,
-                    "unauthorized",
+                    AcmeError::Unauthorized,
                     "the hallmark account this ACME account belongs to is disabled",
                 ));
             }
             let jwk: Value = serde_json::from_str(&account.jwk)
                 .map_err(|e| Problem::internal(&StoreError::Corrupt(e.to_string())))?;
             jws.verify(&jwk)
-                .map_err(|e| acme_problem(bad, e.acme_code(), e.to_string()))?;
+                .map_err(|e| Problem::acme(bad, e.acme_code(), e.to_string()))?;
             Ok(Verified {
                 jws,
                 account: Some(account),
@@ -319,17 +307,17 @@ async fn verify_signature(state: &AppState, jws: Jws, jwk_ok: bool) -> Result<Ve
         }
         (None, Some(jwk)) if jwk_ok => {
             jws.verify(jwk)
-                .map_err(|e| acme_problem(bad, e.acme_code(), e.to_string()))?;
+                .map_err(|e| Problem::acme(bad, e.acme_code(), e.to_string()))?;
             Ok(Verified { jws, account: None })
         }
-        (None, Some(_)) => Err(acme_problem(
+        (None, Some(_)) => Err(Problem::acme(
             bad,
-            "malformed",
+            AcmeError::Malformed,
             "this request must be signed with the account's \"kid\", not a \"jwk\"",
         )),
-        _ => Err(acme_problem(
+        _ => Err(Problem::acme(
             bad,
-            "malformed",
+            AcmeError::Malformed,
             "the JWS header must have one of \"jwk\" and \"kid\"",
         )),
     }
@@ -348,12 +336,14 @@ async fn respond(state: &AppState, result: Result<Response, Problem>) -> Respons
 /// The ACME problem for an account change the workflow refused.
 fn account_problem(e: AcmeAccountError) -> Problem {
     match e {
-        AcmeAccountError::BindingUsed => {
-            acme_problem(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-        }
-        AcmeAccountError::Gone => acme_problem(
+        AcmeAccountError::BindingUsed => Problem::acme(
+            StatusCode::UNAUTHORIZED,
+            AcmeError::Unauthorized,
+            e.to_string(),
+        ),
+        AcmeAccountError::Gone => Problem::acme(
             StatusCode::BAD_REQUEST,
-            "accountDoesNotExist",
+            AcmeError::AccountDoesNotExist,
             e.to_string(),
         ),
         AcmeAccountError::Store(s) => s.into(),
@@ -382,9 +372,9 @@ fn contacts(payload: &Value) -> Result<Option<String>, Problem> {
         return Ok(None);
     };
     let list = c.as_array().ok_or_else(|| {
-        acme_problem(
+        Problem::acme(
             StatusCode::BAD_REQUEST,
-            "malformed",
+            AcmeError::Malformed,
             "\"contact\" must be an array",
         )
     })?;
@@ -395,8 +385,7 @@ fn contacts(payload: &Value) -> Result<Option<String>, Problem> {
         if !ok {
             return Err(Problem::acme(
                 StatusCode::BAD_REQUEST,
-                "invalidContact",
-                "Invalid contact",
+                AcmeError::InvalidContact,
                 "each contact must be one mailto: URL",
             ));
         }
@@ -414,9 +403,10 @@ async fn check_binding(
     eab: &Value,
     jwk: &Value,
 ) -> Result<crate::store::EabKeyRecord, Problem> {
-    let refused = |detail: &str| acme_problem(StatusCode::UNAUTHORIZED, "unauthorized", detail);
+    let refused =
+        |detail: &str| Problem::acme(StatusCode::UNAUTHORIZED, AcmeError::Unauthorized, detail);
     let binding = ExternalBinding::parse(eab)
-        .map_err(|e| acme_problem(StatusCode::BAD_REQUEST, e.acme_code(), e.to_string()))?;
+        .map_err(|e| Problem::acme(StatusCode::BAD_REQUEST, e.acme_code(), e.to_string()))?;
     let expected = format!("{}{}", state.public_https_url, uri.path());
     if binding.url != expected {
         return Err(refused(
@@ -460,7 +450,7 @@ async fn new_account(
         let payload = v.payload()?;
         let jwk = v.jws.protected.jwk.clone().unwrap_or_default();
         let thumb = thumbprint(&jwk)
-            .map_err(|e| acme_problem(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+            .map_err(|e| Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, e.to_string()))?;
         let store = state.authority.store();
         if let Some(existing) = store.acme_account_by_key(&thumb).await? {
             let url = format!("{}/account/{}", base(&state), existing.id);
@@ -471,9 +461,9 @@ async fn new_account(
             ));
         }
         if payload.get("onlyReturnExisting").and_then(Value::as_bool) == Some(true) {
-            return Err(acme_problem(
+            return Err(Problem::acme(
                 StatusCode::BAD_REQUEST,
-                "accountDoesNotExist",
+                AcmeError::AccountDoesNotExist,
                 "no account exists for this key",
             ));
         }
@@ -481,9 +471,9 @@ async fn new_account(
         if !tos.is_empty()
             && payload.get("termsOfServiceAgreed").and_then(Value::as_bool) != Some(true)
         {
-            return Err(acme_problem(
+            return Err(Problem::acme(
                 StatusCode::BAD_REQUEST,
-                "malformed",
+                AcmeError::Malformed,
                 format!("agree to the terms of service at {tos} (\"termsOfServiceAgreed\": true)"),
             ));
         }
@@ -492,8 +482,7 @@ async fn new_account(
             None if state.acme.eab_required => {
                 return Err(Problem::acme(
                     StatusCode::UNAUTHORIZED,
-                    "externalAccountRequired",
-                    "External account required",
+                    AcmeError::ExternalAccountRequired,
                     "this CA needs an external account binding: ask an administrator for a key (hallmark account eab-key) and pass its kid and HMAC key to your client",
                 ))
             }
@@ -533,9 +522,9 @@ async fn account(
         let v = verify(&state, &uri, &body, false).await?;
         let a = v.account();
         if a.id != id {
-            return Err(acme_problem(
+            return Err(Problem::acme(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                AcmeError::Unauthorized,
                 "this is not your account",
             ));
         }
@@ -568,9 +557,9 @@ async fn account_orders(
     let result = async {
         let v = verify(&state, &uri, &body, false).await?;
         if v.account().id != id {
-            return Err(acme_problem(
+            return Err(Problem::acme(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                AcmeError::Unauthorized,
                 "this is not your account",
             ));
         }
@@ -651,7 +640,7 @@ fn order_response(state: &AppState, b: &OrderBundle, status: StatusCode) -> Resp
 }
 
 fn parse_identifiers(payload: &Value) -> Result<Vec<Identifier>, Problem> {
-    let bad = |d: &str| acme_problem(StatusCode::BAD_REQUEST, "malformed", d);
+    let bad = |d: &str| Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, d);
     let list = payload
         .get("identifiers")
         .and_then(Value::as_array)
@@ -670,8 +659,7 @@ fn parse_identifiers(payload: &Value) -> Result<Vec<Identifier>, Problem> {
                     .map_err(|_| bad(&format!("{value:?} is not an IP address"))),
                 _ => Err(Problem::acme(
                     StatusCode::BAD_REQUEST,
-                    "unsupportedIdentifier",
-                    "Unsupported identifier",
+                    AcmeError::UnsupportedIdentifier,
                     "identifiers are of type \"dns\" or \"ip\"",
                 )),
             }
@@ -683,7 +671,7 @@ async fn new_order(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) ->
     let result = async {
         let v = verify(&state, &uri, &body, false).await?;
         let payload = v.payload()?;
-        let bad = |d: String| acme_problem(StatusCode::BAD_REQUEST, "malformed", d);
+        let bad = |d: String| Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, d);
         let when = |key: &str| -> Result<Option<time::OffsetDateTime>, Problem> {
             match payload.get(key) {
                 None | Some(Value::Null) => Ok(None),
@@ -757,9 +745,9 @@ async fn finalize(
             .and_then(Value::as_str)
             .and_then(|c| URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok())
             .ok_or_else(|| {
-                acme_problem(
+                Problem::acme(
                     StatusCode::BAD_REQUEST,
-                    "malformed",
+                    AcmeError::Malformed,
                     "finalize needs \"csr\": the DER CSR in base64url",
                 )
             })?;
@@ -981,14 +969,13 @@ async fn revoke_cert(
             .get("certificate")
             .and_then(Value::as_str)
             .and_then(|c| URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok())
-            .ok_or_else(|| acme_problem(StatusCode::BAD_REQUEST, "malformed", "revokeCert needs \"certificate\": the DER certificate in base64url"))?;
+            .ok_or_else(|| Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, "revokeCert needs \"certificate\": the DER certificate in base64url"))?;
         let reason = match payload.get("reason").and_then(Value::as_i64) {
             None => RevocationReason::Unspecified,
             Some(code) => RevocationReason::from_code(code).ok_or_else(|| {
                 Problem::acme(
                     StatusCode::BAD_REQUEST,
-                    "badRevocationReason",
-                    "Bad revocation reason",
+                    AcmeError::BadRevocationReason,
                     format!("reason {code} is not offered; use 0-5 or 9 (certificateHold is not)"),
                 )
             })?,
@@ -1013,9 +1000,9 @@ async fn revoke_cert(
         match &v.account {
             Some(a) => {
                 if cert.account_id.as_deref() != Some(a.account_id.as_str()) {
-                    return Err(acme_problem(
+                    return Err(Problem::acme(
                         StatusCode::FORBIDDEN,
-                        "unauthorized",
+                        AcmeError::Unauthorized,
                         "this account did not order that certificate; sign with the certificate's key instead",
                     ));
                 }
@@ -1024,9 +1011,9 @@ async fn revoke_cert(
             None => {
                 let jwk = v.jws.protected.jwk.clone().unwrap_or_default();
                 if !jwk_matches_certificate(&jwk, &cert.der) {
-                    return Err(acme_problem(
+                    return Err(Problem::acme(
                         StatusCode::FORBIDDEN,
-                        "unauthorized",
+                        AcmeError::Unauthorized,
                         "the JWS key is neither an account's nor the certificate's",
                     ));
                 }
@@ -1048,9 +1035,9 @@ async fn revoke_cert(
 async fn key_change(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -> Response {
     let result = async {
         let v = verify(&state, &uri, &body, false).await?;
-        let bad = |d: &str| acme_problem(StatusCode::BAD_REQUEST, "malformed", d);
+        let bad = |d: &str| Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, d);
         let inner = Jws::parse(&v.jws.payload).map_err(|e| {
-            acme_problem(
+            Problem::acme(
                 StatusCode::BAD_REQUEST,
                 e.acme_code(),
                 format!("the inner JWS: {e}"),
@@ -1066,7 +1053,7 @@ async fn key_change(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -
             return Err(bad("the inner JWS \"url\" must equal the outer one"));
         }
         inner.verify(&new_jwk).map_err(|e| {
-            acme_problem(
+            Problem::acme(
                 StatusCode::BAD_REQUEST,
                 e.acme_code(),
                 format!("the inner JWS: {e}"),
@@ -1091,8 +1078,7 @@ async fn key_change(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -
             let url = format!("{}/account/{}", base(&state), holder.id);
             let mut r = Problem::acme(
                 StatusCode::CONFLICT,
-                "malformed",
-                "Key in use",
+                AcmeError::Malformed,
                 "the new key already belongs to an account",
             )
             .into_response();
@@ -1118,9 +1104,9 @@ async fn renewal_target(
     id: &str,
 ) -> Result<crate::store::CertificateRecord, Problem> {
     let bad = || {
-        acme_problem(
+        Problem::acme(
             StatusCode::BAD_REQUEST,
-            "malformed",
+            AcmeError::Malformed,
             format!(
                 "{id:?} is not a certificate id: base64url(key identifier) \".\" base64url(serial)"
             ),

@@ -1,6 +1,7 @@
 //! Issued certificates: a paginated list, metadata as JSON or the PEM
 //! chain, and revocation (by API key or by proof of key possession).
 
+use crate::acme_error::AcmeError;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -146,8 +147,7 @@ async fn list(
     if everyone && caller.role == Role::Requester {
         return Err(Problem::acme(
             StatusCode::FORBIDDEN,
-            "unauthorized",
-            "Unauthorized",
+            AcmeError::Unauthorized,
             "only reviewer and admin keys may list every account's certificates",
         ));
     }
@@ -269,8 +269,7 @@ async fn revoke(
         (None, None) => {
             return Err(Problem::acme(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Unauthorized",
+                AcmeError::Unauthorized,
                 "revoking needs an \"Authorization: Bearer <api key>\" header or a \"proof\" signed with the certificate's key",
             ))
         }

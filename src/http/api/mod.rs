@@ -12,6 +12,7 @@ pub fn fuzz_bodies(data: &[u8]) {
     certificates::fuzz_revoke_body(data);
 }
 
+use crate::acme_error::AcmeError;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -134,12 +135,7 @@ impl FromRequestParts<Arc<AppState>> for ApiCaller {
         let unauthorized = |detail: &str| {
             (
                 [(header::WWW_AUTHENTICATE, "Bearer realm=\"hallmark\"")],
-                Problem::acme(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "Unauthorized",
-                    detail,
-                ),
+                Problem::acme(StatusCode::UNAUTHORIZED, AcmeError::Unauthorized, detail),
             )
                 .into_response()
         };
