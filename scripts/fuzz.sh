@@ -15,12 +15,16 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(csr jws ocsp_request der rest_bodies)
 fi
+# Build once, then run the binaries: editing the tree during a long run
+# does not change what is fuzzed.
 cargo +nightly fuzz build -O >/dev/null 2>&1 || { echo "cargo +nightly fuzz build failed"; exit 2; }
+bin=target/x86_64-unknown-linux-gnu/release
 failed=0
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   log=$(mktemp)
-  cargo +nightly fuzz run -O "$t" "corpus/$t" -- \
+  mkdir -p "artifacts/$t"
+  "$bin/$t" "corpus/$t" -artifact_prefix="artifacts/$t/" \
     -max_total_time="$seconds" -max_len=65536 \
     -malloc_limit_mb=64 -rss_limit_mb=1024 -timeout=10 \
     -print_final_stats=1 >"$log" 2>&1
@@ -35,7 +39,11 @@ for t in "${targets[@]}"; do
   rm -f "$log"
   # Keep the committed corpus small: only inputs that add coverage.
   tmp=$(mktemp -d)
-  cargo +nightly fuzz cmin -O "$t" "corpus/$t" >/dev/null 2>&1 || true
-  rm -rf "$tmp"
+  if "$bin/$t" -merge=1 "$tmp" "corpus/$t" >/dev/null 2>&1; then
+    rm -rf "corpus/$t" && mv "$tmp" "corpus/$t"
+    echo "  corpus minimised to $(ls "corpus/$t" | wc -l) files"
+  else
+    rm -rf "$tmp"
+  fi
 done
 exit $failed
