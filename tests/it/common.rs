@@ -118,14 +118,37 @@ impl TestDb {
         }
     }
 
-    pub async fn cleanup(self) {
-        if let Some(name) = self.pg_name {
-            use sqlx::Connection;
-            if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await;
-            }
+    pub async fn cleanup(mut self) {
+        if let Some(name) = self.pg_name.take() {
+            drop_database(&name).await;
+        }
+    }
+}
+
+async fn drop_database(name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await;
+    }
+}
+
+impl Drop for TestDb {
+    /// A test that failed before `cleanup` still drops its PostgreSQL
+    /// database (on a thread of its own: a panic unwinds inside the test's
+    /// runtime, which cannot be blocked on).
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(drop_database(&name));
+                }
+            })
+            .join();
         }
     }
 }

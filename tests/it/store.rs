@@ -265,6 +265,28 @@ async fn an_illegal_order_transition_is_refused_and_a_stale_one_writes_nothing()
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_database_is_dropped_even_without_cleanup() {
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Backend::Postgres, dir.path()).await;
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    drop(db); // as a panicking test would
+    let admin = TestDb::new(Backend::Postgres, dir.path()).await;
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&admin.url).await.unwrap();
+    let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "{name} was left behind");
+    drop(conn);
+    admin.cleanup().await;
+}
+
 #[tokio::test]
 async fn unsupported_database_urls_are_refused_clearly() {
     let err = match store::connect("mysql://localhost/x").await {
