@@ -289,7 +289,7 @@ async fn healthz() -> &'static str {
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let store = state.authority.store();
+    let store = state.authority.reads();
     let check = async {
         store.ping().await?;
         store.check_durable().await
@@ -323,7 +323,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     use std::fmt::Write;
     let authority = &state.authority;
-    let database_up = u8::from(authority.store().ping().await.is_ok());
+    let database_up = u8::from(authority.reads().ping().await.is_ok());
     let mut out = String::new();
     let _ = writeln!(
         out,

@@ -354,9 +354,11 @@ pub struct NewApiKey {
     pub key_hash: [u8; 32],
 }
 
-/// The storage contract both backends fulfil.
+/// What the storage can be asked without changing anything: the side the
+/// HTTP layer holds (`Authority::reads`). Every change goes through the
+/// workflow, which holds the whole [`Store`].
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait StoreRead: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 
@@ -368,11 +370,147 @@ pub trait Store: Send + Sync + 'static {
     /// PostgreSQL `synchronous_commit` not `off`); for `/readyz`.
     async fn check_durable(&self) -> Result<()>;
 
-    /// Inserts or refreshes a CA certificate.
-    async fn upsert_issuer(&self, issuer: &IssuerRecord) -> Result<()>;
-
     /// Every CA certificate, root first.
     async fn issuers(&self) -> Result<Vec<IssuerRecord>>;
+
+    /// One order with its authorizations and challenges.
+    async fn order(&self, id: &str) -> Result<OrderBundle>;
+
+    /// A page of orders, newest first.
+    async fn orders(&self, query: &OrderQuery) -> Result<Vec<OrderRecord>>;
+
+    /// When `account_id` last proved control of the identifier, if it did at
+    /// or after `since` (Unix seconds).
+    async fn last_validation(
+        &self,
+        account_id: &str,
+        identifier_type: &str,
+        identifier_value: &str,
+        since: i64,
+    ) -> Result<Option<i64>>;
+
+    /// How many unexpired `pending` authorizations `account_id` holds.
+    async fn pending_authorizations(&self, account_id: &str, now: i64) -> Result<i64>;
+
+    /// Challenges `processing` since before `attempted_before` (their
+    /// validator died with its process): `(challenge, order, attempted_at)`.
+    async fn stale_challenges(
+        &self,
+        attempted_before: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String, i64)>>;
+
+    /// Orders whose issuance should be (re)started: REST DV orders `ready`
+    /// since before `ready_before`, and orders `processing` since before
+    /// `processing_before`.
+    async fn orders_to_resume(
+        &self,
+        ready_before: i64,
+        processing_before: i64,
+        limit: i64,
+    ) -> Result<Vec<OrderRecord>>;
+
+    /// Unfinished orders (`pending`, `ready`, `awaiting_approval`) whose
+    /// `expires_at` has passed.
+    async fn expired_orders(&self, now: i64, limit: i64) -> Result<Vec<OrderRecord>>;
+
+    /// One certificate by serial.
+    async fn certificate(&self, serial: &Serial) -> Result<CertificateRecord>;
+
+    /// How many certificates are recorded.
+    async fn count_certificates(&self) -> Result<i64>;
+
+    /// The end of the audit chain: the last sequence number and its hash.
+    async fn audit_head(&self) -> Result<(i64, Vec<u8>)>;
+
+    /// Audit records with `seq > after`, in order, at most `limit`.
+    async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>>;
+
+    /// How many dashboard users exist.
+    async fn count_users(&self) -> Result<i64>;
+
+    /// Whether a key (SHA-256 of its SubjectPublicKeyInfo) was revoked for
+    /// keyCompromise.
+    async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool>;
+
+    /// What OCSP needs about a serial, if it was issued here.
+    async fn certificate_status(&self, serial: &Serial) -> Result<Option<StatusRecord>>;
+
+    /// A page of certificates.
+    async fn certificates(&self, query: &CertificateQuery) -> Result<Vec<CertificateRecord>>;
+
+    /// Streams the revoked certificates `scan` selects into `sink`, from one
+    /// read snapshot, and returns the audit sequence number of that
+    /// snapshot (every revocation at or below it is included).
+    async fn scan_revoked(
+        &self,
+        scan: &RevokedScan,
+        sink: &mut (dyn FnMut(RevokedRow) + Send),
+    ) -> Result<i64>;
+
+    /// The newest CRL of every scope, without DER.
+    async fn crl_heads(&self) -> Result<Vec<CrlRecord>>;
+
+    /// The durable staleness marks: for every `(issuer, partition)` with a
+    /// revocation, the audit sequence number of its newest revocation
+    /// (partition 0 stands for the issuer's complete and delta CRLs). A
+    /// CRL whose `snapshot_seq` is below its mark is missing a revocation.
+    async fn crl_marks(&self) -> Result<Vec<CrlMark>>;
+
+    /// The DER of the CRL `head` names.
+    async fn crl_der(&self, head: &CrlRecord) -> Result<Vec<u8>>;
+
+    /// The partitions (> 0) holding revoked certificates of an issuer.
+    async fn revoked_partitions(&self, issuer_id: &str) -> Result<Vec<i64>>;
+
+    /// A dashboard user by name (read from the writer, so a sign-in sees
+    /// the newest failure count).
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>>;
+
+    /// Every dashboard user, by name.
+    async fn users(&self) -> Result<Vec<UserRecord>>;
+
+    /// A session by the hash of its cookie, with its user.
+    async fn session(&self, id_hash: &[u8]) -> Result<Option<(SessionRecord, UserRecord)>>;
+
+    /// Every requester account, newest first.
+    async fn accounts(&self) -> Result<Vec<AccountRecord>>;
+
+    /// Audit records, newest first, filtered.
+    async fn audit_search(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
+
+    /// The dashboard overview's counts at `now`.
+    async fn overview(&self, now: i64) -> Result<Overview>;
+
+    /// An external account binding key by kid.
+    async fn eab_key(&self, kid: &str) -> Result<Option<EabKeyRecord>>;
+
+    /// An account's external account binding keys, newest first (at most 100).
+    async fn eab_keys_of(&self, account_id: &str) -> Result<Vec<EabKeyRecord>>;
+
+    /// An ACME account by id.
+    async fn acme_account(&self, id: &str) -> Result<Option<AcmeAccountRecord>>;
+
+    /// An ACME account by its key's thumbprint.
+    async fn acme_account_by_key(&self, thumbprint: &str) -> Result<Option<AcmeAccountRecord>>;
+
+    /// The ACME account bound to a hallmark account, if any.
+    async fn acme_account_of(&self, account_id: &str) -> Result<Option<AcmeAccountRecord>>;
+
+    /// The enabled account owning an unrevoked API key with this hash, and
+    /// the stored hash (for a constant-time comparison by the caller).
+    async fn account_by_api_key(
+        &self,
+        key_hash: &[u8; 32],
+    ) -> Result<Option<(AccountRecord, Vec<u8>)>>;
+}
+
+/// The storage contract both backends fulfil: the reads, and every write
+/// (each with its audit records, in one transaction).
+#[async_trait]
+pub trait Store: StoreRead {
+    /// Inserts or refreshes a CA certificate.
+    async fn upsert_issuer(&self, issuer: &IssuerRecord) -> Result<()>;
 
     /// Records an issued certificate and its audit record in one
     /// transaction, group-committed with concurrent issuances.
@@ -394,25 +532,6 @@ pub trait Store: Send + Sync + 'static {
     /// audit records, in one transaction.
     async fn create_order(&self, bundle: &OrderBundle, events: Vec<AuditEvent>) -> Result<()>;
 
-    /// One order with its authorizations and challenges.
-    async fn order(&self, id: &str) -> Result<OrderBundle>;
-
-    /// A page of orders, newest first.
-    async fn orders(&self, query: &OrderQuery) -> Result<Vec<OrderRecord>>;
-
-    /// When `account_id` last proved control of the identifier, if it did at
-    /// or after `since` (Unix seconds).
-    async fn last_validation(
-        &self,
-        account_id: &str,
-        identifier_type: &str,
-        identifier_value: &str,
-        since: i64,
-    ) -> Result<Option<i64>>;
-
-    /// How many unexpired `pending` authorizations `account_id` holds.
-    async fn pending_authorizations(&self, account_id: &str, now: i64) -> Result<i64>;
-
     /// Moves a challenge from `pending` to `processing` if it, its
     /// authorization and its order are all still `pending`; `false` if not.
     async fn claim_challenge(
@@ -422,14 +541,6 @@ pub trait Store: Send + Sync + 'static {
         at: i64,
         event: AuditEvent,
     ) -> Result<bool>;
-
-    /// Challenges `processing` since before `attempted_before` (their
-    /// validator died with its process): `(challenge, order, attempted_at)`.
-    async fn stale_challenges(
-        &self,
-        attempted_before: i64,
-        limit: i64,
-    ) -> Result<Vec<(String, String, i64)>>;
 
     /// Takes over a stale `processing` challenge if nobody else has since
     /// (its `attempted_at` is still `attempted_at_was`).
@@ -465,41 +576,12 @@ pub trait Store: Send + Sync + 'static {
         events: Vec<AuditEvent>,
     ) -> Result<bool>;
 
-    /// Orders whose issuance should be (re)started: REST DV orders `ready`
-    /// since before `ready_before`, and orders `processing` since before
-    /// `processing_before`.
-    async fn orders_to_resume(
-        &self,
-        ready_before: i64,
-        processing_before: i64,
-        limit: i64,
-    ) -> Result<Vec<OrderRecord>>;
-
-    /// Unfinished orders (`pending`, `ready`, `awaiting_approval`) whose
-    /// `expires_at` has passed.
-    async fn expired_orders(&self, now: i64, limit: i64) -> Result<Vec<OrderRecord>>;
-
-    /// One certificate by serial.
-    async fn certificate(&self, serial: &Serial) -> Result<CertificateRecord>;
-
-    /// How many certificates are recorded.
-    async fn count_certificates(&self) -> Result<i64>;
-
     /// Appends an audit record on its own.
     async fn append_audit(&self, event: AuditEvent) -> Result<()>;
-
-    /// The end of the audit chain: the last sequence number and its hash.
-    async fn audit_head(&self) -> Result<(i64, Vec<u8>)>;
-
-    /// Audit records with `seq > after`, in order, at most `limit`.
-    async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>>;
 
     /// Creates a dashboard user and its audit record in one transaction;
     /// `Conflict` if the name is taken.
     async fn create_user(&self, user: NewUser, event: AuditEvent) -> Result<()>;
-
-    /// How many dashboard users exist.
-    async fn count_users(&self) -> Result<i64>;
 
     /// Creates an account with its first API key and the audit record, in
     /// one transaction.
@@ -529,25 +611,6 @@ pub trait Store: Send + Sync + 'static {
     /// written) if it is already revoked.
     async fn revoke_certificate(&self, revocation: &Revocation, event: AuditEvent) -> Result<()>;
 
-    /// Whether a key (SHA-256 of its SubjectPublicKeyInfo) was revoked for
-    /// keyCompromise.
-    async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool>;
-
-    /// What OCSP needs about a serial, if it was issued here.
-    async fn certificate_status(&self, serial: &Serial) -> Result<Option<StatusRecord>>;
-
-    /// A page of certificates.
-    async fn certificates(&self, query: &CertificateQuery) -> Result<Vec<CertificateRecord>>;
-
-    /// Streams the revoked certificates `scan` selects into `sink`, from one
-    /// read snapshot, and returns the audit sequence number of that
-    /// snapshot (every revocation at or below it is included).
-    async fn scan_revoked(
-        &self,
-        scan: &RevokedScan,
-        sink: &mut (dyn FnMut(RevokedRow) + Send),
-    ) -> Result<i64>;
-
     /// Publishes a CRL: under the audit-head lock, takes the issuer's next
     /// CRL number, calls `sign` with it for the DER, stores the CRL (keeping
     /// the newest two of its scope) and appends `event` (with the number
@@ -559,28 +622,6 @@ pub trait Store: Send + Sync + 'static {
         sign: &mut (dyn FnMut(i64) -> std::result::Result<Vec<u8>, String> + Send),
         event: AuditEvent,
     ) -> Result<Option<CrlRecord>>;
-
-    /// The newest CRL of every scope, without DER.
-    async fn crl_heads(&self) -> Result<Vec<CrlRecord>>;
-
-    /// The durable staleness marks: for every `(issuer, partition)` with a
-    /// revocation, the audit sequence number of its newest revocation
-    /// (partition 0 stands for the issuer's complete and delta CRLs). A
-    /// CRL whose `snapshot_seq` is below its mark is missing a revocation.
-    async fn crl_marks(&self) -> Result<Vec<CrlMark>>;
-
-    /// The DER of the CRL `head` names.
-    async fn crl_der(&self, head: &CrlRecord) -> Result<Vec<u8>>;
-
-    /// The partitions (> 0) holding revoked certificates of an issuer.
-    async fn revoked_partitions(&self, issuer_id: &str) -> Result<Vec<i64>>;
-
-    /// A dashboard user by name (read from the writer, so a sign-in sees
-    /// the newest failure count).
-    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>>;
-
-    /// Every dashboard user, by name.
-    async fn users(&self) -> Result<Vec<UserRecord>>;
 
     /// Counts a failed sign-in of an existing user, atomically (parallel
     /// guesses each count) and fairly: a failure after an expired lock, or
@@ -614,17 +655,11 @@ pub trait Store: Send + Sync + 'static {
     /// audit record.
     async fn create_session(&self, session: &SessionRecord, event: AuditEvent) -> Result<()>;
 
-    /// A session by the hash of its cookie, with its user.
-    async fn session(&self, id_hash: &[u8]) -> Result<Option<(SessionRecord, UserRecord)>>;
-
     /// Marks a session used now (for the idle timeout).
     async fn touch_session(&self, id_hash: &[u8], at: i64) -> Result<()>;
 
     /// Ends a session.
     async fn delete_session(&self, id_hash: &[u8]) -> Result<()>;
-
-    /// Every requester account, newest first.
-    async fn accounts(&self) -> Result<Vec<AccountRecord>>;
 
     /// Disables or enables an account, with its audit record.
     async fn set_account_disabled(
@@ -633,12 +668,6 @@ pub trait Store: Send + Sync + 'static {
         disabled: bool,
         event: AuditEvent,
     ) -> Result<()>;
-
-    /// Audit records, newest first, filtered.
-    async fn audit_search(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
-
-    /// The dashboard overview's counts at `now`.
-    async fn overview(&self, now: i64) -> Result<Overview>;
 
     /// The key ACME nonces are MACed with, shared by every instance:
     /// `candidate` becomes it if there is none yet.
@@ -662,21 +691,6 @@ pub trait Store: Send + Sync + 'static {
     /// its audit record; `NotFound` if the account is missing or disabled.
     async fn create_eab_key(&self, key: &EabKeyRecord, event: AuditEvent) -> Result<()>;
 
-    /// An external account binding key by kid.
-    async fn eab_key(&self, kid: &str) -> Result<Option<EabKeyRecord>>;
-
-    /// An account's external account binding keys, newest first (at most 100).
-    async fn eab_keys_of(&self, account_id: &str) -> Result<Vec<EabKeyRecord>>;
-
-    /// An ACME account by id.
-    async fn acme_account(&self, id: &str) -> Result<Option<AcmeAccountRecord>>;
-
-    /// An ACME account by its key's thumbprint.
-    async fn acme_account_by_key(&self, thumbprint: &str) -> Result<Option<AcmeAccountRecord>>;
-
-    /// The ACME account bound to a hallmark account, if any.
-    async fn acme_account_of(&self, account_id: &str) -> Result<Option<AcmeAccountRecord>>;
-
     /// Changes a valid ACME account's contact, status or key (thumbprint,
     /// JWK), with its audit record; `NotFound` if it is not valid.
     async fn update_acme_account(
@@ -687,13 +701,6 @@ pub trait Store: Send + Sync + 'static {
         key: Option<(&str, &str)>,
         event: AuditEvent,
     ) -> Result<()>;
-
-    /// The enabled account owning an unrevoked API key with this hash, and
-    /// the stored hash (for a constant-time comparison by the caller).
-    async fn account_by_api_key(
-        &self,
-        key_hash: &[u8; 32],
-    ) -> Result<Option<(AccountRecord, Vec<u8>)>>;
 }
 
 /// Opens the store a URL names (`sqlite://…` or `postgres://…`) and applies

@@ -619,7 +619,7 @@ macro_rules! impl_sql_store {
         }
 
         #[async_trait::async_trait]
-        impl $crate::store::Store for $store {
+        impl $crate::store::StoreRead for $store {
             fn backend(&self) -> &'static str {
                 $name
             }
@@ -633,50 +633,12 @@ macro_rules! impl_sql_store {
                 self.check_durable_impl().await
             }
 
-            async fn upsert_issuer(
-                &self,
-                issuer: &$crate::store::IssuerRecord,
-            ) -> $crate::store::Result<()> {
-                sqlx::query($crate::store::shared::UPSERT_ISSUER)
-                    .bind(&issuer.id)
-                    .bind(issuer.kind.as_str())
-                    .bind(&issuer.subject)
-                    .bind(&issuer.cert_der)
-                    .bind(&issuer.key_id)
-                    .bind(issuer.not_before)
-                    .bind(issuer.not_after)
-                    .bind(time::OffsetDateTime::now_utc().unix_timestamp())
-                    .execute(&self.write)
-                    .await?;
-                Ok(())
-            }
-
             async fn issuers(&self) -> $crate::store::Result<Vec<$crate::store::IssuerRecord>> {
                 let rows: Vec<$crate::store::shared::IssuerRow> =
                     sqlx::query_as($crate::store::shared::SELECT_ISSUERS)
                         .fetch_all(&self.read)
                         .await?;
                 rows.into_iter().map(|r| r.into_record()).collect()
-            }
-
-            async fn insert_issuance(
-                &self,
-                issuance: $crate::store::Issuance,
-            ) -> $crate::store::Result<()> {
-                self.batcher.submit(issuance).await
-            }
-
-            async fn create_order(
-                &self,
-                bundle: &$crate::store::OrderBundle,
-                events: Vec<$crate::store::AuditEvent>,
-            ) -> $crate::store::Result<()> {
-                let mut tx = self.write.begin().await?;
-                let refs: Vec<&$crate::store::AuditEvent> = events.iter().collect();
-                Self::append_audit_tx(&mut tx, &refs).await?;
-                Self::insert_orders_tx(&mut tx, &[bundle]).await?;
-                tx.commit().await?;
-                Ok(())
             }
 
             async fn order(&self, id: &str) -> $crate::store::Result<$crate::store::OrderBundle> {
@@ -762,6 +724,285 @@ macro_rules! impl_sql_store {
                 Ok(count)
             }
 
+            async fn stale_challenges(
+                &self,
+                attempted_before: i64,
+                limit: i64,
+            ) -> $crate::store::Result<Vec<(String, String, i64)>> {
+                Ok(sqlx::query_as($crate::store::shared::SELECT_STALE_CHALLENGES)
+                    .bind(attempted_before)
+                    .bind(limit)
+                    .fetch_all(&self.read)
+                    .await?)
+            }
+
+            async fn orders_to_resume(
+                &self,
+                ready_before: i64,
+                processing_before: i64,
+                limit: i64,
+            ) -> $crate::store::Result<Vec<$crate::store::OrderRecord>> {
+                let rows: Vec<$crate::store::shared::OrderRow> = sqlx::query_as(&format!(
+                    "{}{}",
+                    $crate::store::shared::ORDER_COLUMNS,
+                    $crate::store::shared::SELECT_ORDERS_TO_RESUME
+                ))
+                .bind(ready_before)
+                .bind(processing_before)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?;
+                rows.into_iter().map(|r| r.into_record()).collect()
+            }
+
+            async fn expired_orders(
+                &self,
+                now: i64,
+                limit: i64,
+            ) -> $crate::store::Result<Vec<$crate::store::OrderRecord>> {
+                let rows: Vec<$crate::store::shared::OrderRow> = sqlx::query_as(&format!(
+                    "{}{}",
+                    $crate::store::shared::ORDER_COLUMNS,
+                    $crate::store::shared::SELECT_EXPIRED_ORDERS
+                ))
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?;
+                rows.into_iter().map(|r| r.into_record()).collect()
+            }
+
+            async fn certificate(
+                &self,
+                serial: &$crate::pki::Serial,
+            ) -> $crate::store::Result<$crate::store::CertificateRecord> {
+                let row: $crate::store::shared::CertificateRow =
+                    sqlx::query_as($crate::store::shared::SELECT_CERTIFICATE)
+                        .bind(serial.to_hex())
+                        .fetch_one(&self.read)
+                        .await?;
+                row.into_record()
+            }
+
+            async fn count_certificates(&self) -> $crate::store::Result<i64> {
+                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM certificates")
+                    .fetch_one(&self.read)
+                    .await?;
+                Ok(n)
+            }
+
+            async fn audit_head(&self) -> $crate::store::Result<(i64, Vec<u8>)> {
+                Ok(
+                    sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                        .fetch_one(&self.read)
+                        .await?,
+                )
+            }
+
+            async fn audit_page(
+                &self,
+                after: i64,
+                limit: i64,
+            ) -> $crate::store::Result<Vec<$crate::store::AuditRecord>> {
+                let rows: Vec<$crate::store::shared::AuditRow> =
+                    sqlx::query_as($crate::store::shared::SELECT_AUDIT_PAGE)
+                        .bind(after)
+                        .bind(limit)
+                        .fetch_all(&self.read)
+                        .await?;
+                Ok(rows.into_iter().map(|r| r.into_record()).collect())
+            }
+
+            async fn account_by_api_key(
+                &self,
+                key_hash: &[u8; 32],
+            ) -> $crate::store::Result<Option<($crate::store::AccountRecord, Vec<u8>)>> {
+                let row: Option<$crate::store::shared::AccountKeyRow> =
+                    sqlx::query_as($crate::store::shared::SELECT_ACCOUNT_BY_KEY)
+                        .bind(key_hash.to_vec())
+                        .fetch_optional(&self.read)
+                        .await?;
+                Ok(row.map(|r| {
+                    (
+                        $crate::store::AccountRecord {
+                            id: r.id,
+                            name: r.name,
+                            role: r.role,
+                            disabled: r.disabled,
+                            created_at: r.created_at,
+                        },
+                        r.key_hash,
+                    )
+                }))
+            }
+
+            async fn certificate_status(
+                &self,
+                serial: &$crate::pki::Serial,
+            ) -> $crate::store::Result<Option<$crate::store::StatusRecord>> {
+                self.certificate_status_impl(serial).await
+            }
+
+            async fn certificates(
+                &self,
+                query: &$crate::store::CertificateQuery,
+            ) -> $crate::store::Result<Vec<$crate::store::CertificateRecord>> {
+                self.certificates_impl(query).await
+            }
+
+            async fn scan_revoked(
+                &self,
+                scan: &$crate::store::RevokedScan,
+                sink: &mut (dyn FnMut($crate::store::RevokedRow) + Send),
+            ) -> $crate::store::Result<i64> {
+                self.scan_revoked_impl(scan, sink).await
+            }
+
+            async fn crl_heads(&self) -> $crate::store::Result<Vec<$crate::store::CrlRecord>> {
+                self.crl_heads_impl().await
+            }
+
+            async fn key_blocked(&self, spki_sha256: &[u8]) -> $crate::store::Result<bool> {
+                self.key_blocked_impl(spki_sha256).await
+            }
+
+            async fn crl_marks(&self) -> $crate::store::Result<Vec<$crate::store::CrlMark>> {
+                self.crl_marks_impl().await
+            }
+
+            async fn crl_der(
+                &self,
+                head: &$crate::store::CrlRecord,
+            ) -> $crate::store::Result<Vec<u8>> {
+                self.crl_der_impl(head).await
+            }
+
+            async fn revoked_partitions(
+                &self,
+                issuer_id: &str,
+            ) -> $crate::store::Result<Vec<i64>> {
+                self.revoked_partitions_impl(issuer_id).await
+            }
+
+            async fn user_by_name(
+                &self,
+                username: &str,
+            ) -> $crate::store::Result<Option<$crate::store::UserRecord>> {
+                self.user_by_name_impl(username).await
+            }
+
+            async fn users(&self) -> $crate::store::Result<Vec<$crate::store::UserRecord>> {
+                self.users_impl().await
+            }
+
+            async fn session(
+                &self,
+                id_hash: &[u8],
+            ) -> $crate::store::Result<
+                Option<($crate::store::SessionRecord, $crate::store::UserRecord)>,
+            > {
+                self.session_impl(id_hash).await
+            }
+
+            async fn accounts(&self) -> $crate::store::Result<Vec<$crate::store::AccountRecord>> {
+                self.accounts_impl().await
+            }
+
+            async fn audit_search(
+                &self,
+                query: &$crate::store::AuditQuery,
+            ) -> $crate::store::Result<Vec<$crate::store::AuditRecord>> {
+                self.audit_search_impl(query).await
+            }
+
+            async fn overview(&self, now: i64) -> $crate::store::Result<$crate::store::Overview> {
+                self.overview_impl(now).await
+            }
+
+            async fn eab_key(
+                &self,
+                kid: &str,
+            ) -> $crate::store::Result<Option<$crate::store::EabKeyRecord>> {
+                Ok(self.eab_keys_impl(Some(kid), None).await?.pop())
+            }
+
+            async fn eab_keys_of(
+                &self,
+                account_id: &str,
+            ) -> $crate::store::Result<Vec<$crate::store::EabKeyRecord>> {
+                self.eab_keys_impl(None, Some(account_id)).await
+            }
+
+            async fn acme_account(
+                &self,
+                id: &str,
+            ) -> $crate::store::Result<Option<$crate::store::AcmeAccountRecord>> {
+                self.acme_account_impl(Some(id), None, None).await
+            }
+
+            async fn acme_account_by_key(
+                &self,
+                thumbprint: &str,
+            ) -> $crate::store::Result<Option<$crate::store::AcmeAccountRecord>> {
+                self.acme_account_impl(None, Some(thumbprint), None).await
+            }
+
+            async fn acme_account_of(
+                &self,
+                account_id: &str,
+            ) -> $crate::store::Result<Option<$crate::store::AcmeAccountRecord>> {
+                self.acme_account_impl(None, None, Some(account_id)).await
+            }
+
+            async fn count_users(&self) -> $crate::store::Result<i64> {
+                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
+                    .fetch_one(&self.read)
+                    .await?;
+                Ok(n)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+
+            async fn upsert_issuer(
+                &self,
+                issuer: &$crate::store::IssuerRecord,
+            ) -> $crate::store::Result<()> {
+                sqlx::query($crate::store::shared::UPSERT_ISSUER)
+                    .bind(&issuer.id)
+                    .bind(issuer.kind.as_str())
+                    .bind(&issuer.subject)
+                    .bind(&issuer.cert_der)
+                    .bind(&issuer.key_id)
+                    .bind(issuer.not_before)
+                    .bind(issuer.not_after)
+                    .bind(time::OffsetDateTime::now_utc().unix_timestamp())
+                    .execute(&self.write)
+                    .await?;
+                Ok(())
+            }
+
+            async fn insert_issuance(
+                &self,
+                issuance: $crate::store::Issuance,
+            ) -> $crate::store::Result<()> {
+                self.batcher.submit(issuance).await
+            }
+
+            async fn create_order(
+                &self,
+                bundle: &$crate::store::OrderBundle,
+                events: Vec<$crate::store::AuditEvent>,
+            ) -> $crate::store::Result<()> {
+                let mut tx = self.write.begin().await?;
+                let refs: Vec<&$crate::store::AuditEvent> = events.iter().collect();
+                Self::append_audit_tx(&mut tx, &refs).await?;
+                Self::insert_orders_tx(&mut tx, &[bundle]).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn claim_challenge(
                 &self,
                 challenge_id: &str,
@@ -783,18 +1024,6 @@ macro_rules! impl_sql_store {
                 Self::write_audit_tx(&mut tx, head, &[&event]).await?;
                 tx.commit().await?;
                 Ok(true)
-            }
-
-            async fn stale_challenges(
-                &self,
-                attempted_before: i64,
-                limit: i64,
-            ) -> $crate::store::Result<Vec<(String, String, i64)>> {
-                Ok(sqlx::query_as($crate::store::shared::SELECT_STALE_CHALLENGES)
-                    .bind(attempted_before)
-                    .bind(limit)
-                    .fetch_all(&self.read)
-                    .await?)
             }
 
             async fn reclaim_challenge(
@@ -930,61 +1159,6 @@ macro_rules! impl_sql_store {
                 Ok(true)
             }
 
-            async fn orders_to_resume(
-                &self,
-                ready_before: i64,
-                processing_before: i64,
-                limit: i64,
-            ) -> $crate::store::Result<Vec<$crate::store::OrderRecord>> {
-                let rows: Vec<$crate::store::shared::OrderRow> = sqlx::query_as(&format!(
-                    "{}{}",
-                    $crate::store::shared::ORDER_COLUMNS,
-                    $crate::store::shared::SELECT_ORDERS_TO_RESUME
-                ))
-                .bind(ready_before)
-                .bind(processing_before)
-                .bind(limit)
-                .fetch_all(&self.read)
-                .await?;
-                rows.into_iter().map(|r| r.into_record()).collect()
-            }
-
-            async fn expired_orders(
-                &self,
-                now: i64,
-                limit: i64,
-            ) -> $crate::store::Result<Vec<$crate::store::OrderRecord>> {
-                let rows: Vec<$crate::store::shared::OrderRow> = sqlx::query_as(&format!(
-                    "{}{}",
-                    $crate::store::shared::ORDER_COLUMNS,
-                    $crate::store::shared::SELECT_EXPIRED_ORDERS
-                ))
-                .bind(now)
-                .bind(limit)
-                .fetch_all(&self.read)
-                .await?;
-                rows.into_iter().map(|r| r.into_record()).collect()
-            }
-
-            async fn certificate(
-                &self,
-                serial: &$crate::pki::Serial,
-            ) -> $crate::store::Result<$crate::store::CertificateRecord> {
-                let row: $crate::store::shared::CertificateRow =
-                    sqlx::query_as($crate::store::shared::SELECT_CERTIFICATE)
-                        .bind(serial.to_hex())
-                        .fetch_one(&self.read)
-                        .await?;
-                row.into_record()
-            }
-
-            async fn count_certificates(&self) -> $crate::store::Result<i64> {
-                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM certificates")
-                    .fetch_one(&self.read)
-                    .await?;
-                Ok(n)
-            }
-
             async fn append_audit(
                 &self,
                 event: $crate::store::AuditEvent,
@@ -993,28 +1167,6 @@ macro_rules! impl_sql_store {
                 Self::append_audit_tx(&mut tx, &[&event]).await?;
                 tx.commit().await?;
                 Ok(())
-            }
-
-            async fn audit_head(&self) -> $crate::store::Result<(i64, Vec<u8>)> {
-                Ok(
-                    sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-                        .fetch_one(&self.read)
-                        .await?,
-                )
-            }
-
-            async fn audit_page(
-                &self,
-                after: i64,
-                limit: i64,
-            ) -> $crate::store::Result<Vec<$crate::store::AuditRecord>> {
-                let rows: Vec<$crate::store::shared::AuditRow> =
-                    sqlx::query_as($crate::store::shared::SELECT_AUDIT_PAGE)
-                        .bind(after)
-                        .bind(limit)
-                        .fetch_all(&self.read)
-                        .await?;
-                Ok(rows.into_iter().map(|r| r.into_record()).collect())
             }
 
             async fn create_user(
@@ -1116,57 +1268,12 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
-            async fn account_by_api_key(
-                &self,
-                key_hash: &[u8; 32],
-            ) -> $crate::store::Result<Option<($crate::store::AccountRecord, Vec<u8>)>> {
-                let row: Option<$crate::store::shared::AccountKeyRow> =
-                    sqlx::query_as($crate::store::shared::SELECT_ACCOUNT_BY_KEY)
-                        .bind(key_hash.to_vec())
-                        .fetch_optional(&self.read)
-                        .await?;
-                Ok(row.map(|r| {
-                    (
-                        $crate::store::AccountRecord {
-                            id: r.id,
-                            name: r.name,
-                            role: r.role,
-                            disabled: r.disabled,
-                            created_at: r.created_at,
-                        },
-                        r.key_hash,
-                    )
-                }))
-            }
-
             async fn revoke_certificate(
                 &self,
                 revocation: &$crate::store::Revocation,
                 event: $crate::store::AuditEvent,
             ) -> $crate::store::Result<()> {
                 self.revoke_certificate_impl(revocation, event).await
-            }
-
-            async fn certificate_status(
-                &self,
-                serial: &$crate::pki::Serial,
-            ) -> $crate::store::Result<Option<$crate::store::StatusRecord>> {
-                self.certificate_status_impl(serial).await
-            }
-
-            async fn certificates(
-                &self,
-                query: &$crate::store::CertificateQuery,
-            ) -> $crate::store::Result<Vec<$crate::store::CertificateRecord>> {
-                self.certificates_impl(query).await
-            }
-
-            async fn scan_revoked(
-                &self,
-                scan: &$crate::store::RevokedScan,
-                sink: &mut (dyn FnMut($crate::store::RevokedRow) + Send),
-            ) -> $crate::store::Result<i64> {
-                self.scan_revoked_impl(scan, sink).await
             }
 
             async fn publish_crl(
@@ -1176,43 +1283,6 @@ macro_rules! impl_sql_store {
                 event: $crate::store::AuditEvent,
             ) -> $crate::store::Result<Option<$crate::store::CrlRecord>> {
                 self.publish_crl_impl(crl, sign, event).await
-            }
-
-            async fn crl_heads(&self) -> $crate::store::Result<Vec<$crate::store::CrlRecord>> {
-                self.crl_heads_impl().await
-            }
-
-            async fn key_blocked(&self, spki_sha256: &[u8]) -> $crate::store::Result<bool> {
-                self.key_blocked_impl(spki_sha256).await
-            }
-
-            async fn crl_marks(&self) -> $crate::store::Result<Vec<$crate::store::CrlMark>> {
-                self.crl_marks_impl().await
-            }
-
-            async fn crl_der(
-                &self,
-                head: &$crate::store::CrlRecord,
-            ) -> $crate::store::Result<Vec<u8>> {
-                self.crl_der_impl(head).await
-            }
-
-            async fn revoked_partitions(
-                &self,
-                issuer_id: &str,
-            ) -> $crate::store::Result<Vec<i64>> {
-                self.revoked_partitions_impl(issuer_id).await
-            }
-
-            async fn user_by_name(
-                &self,
-                username: &str,
-            ) -> $crate::store::Result<Option<$crate::store::UserRecord>> {
-                self.user_by_name_impl(username).await
-            }
-
-            async fn users(&self) -> $crate::store::Result<Vec<$crate::store::UserRecord>> {
-                self.users_impl().await
             }
 
             async fn record_failed_sign_in(
@@ -1245,25 +1315,12 @@ macro_rules! impl_sql_store {
                 self.create_session_impl(session, event).await
             }
 
-            async fn session(
-                &self,
-                id_hash: &[u8],
-            ) -> $crate::store::Result<
-                Option<($crate::store::SessionRecord, $crate::store::UserRecord)>,
-            > {
-                self.session_impl(id_hash).await
-            }
-
             async fn touch_session(&self, id_hash: &[u8], at: i64) -> $crate::store::Result<()> {
                 self.touch_session_impl(id_hash, at).await
             }
 
             async fn delete_session(&self, id_hash: &[u8]) -> $crate::store::Result<()> {
                 self.delete_session_impl(id_hash).await
-            }
-
-            async fn accounts(&self) -> $crate::store::Result<Vec<$crate::store::AccountRecord>> {
-                self.accounts_impl().await
             }
 
             async fn set_account_disabled(
@@ -1273,17 +1330,6 @@ macro_rules! impl_sql_store {
                 event: $crate::store::AuditEvent,
             ) -> $crate::store::Result<()> {
                 self.set_account_disabled_impl(account_id, disabled, event).await
-            }
-
-            async fn audit_search(
-                &self,
-                query: &$crate::store::AuditQuery,
-            ) -> $crate::store::Result<Vec<$crate::store::AuditRecord>> {
-                self.audit_search_impl(query).await
-            }
-
-            async fn overview(&self, now: i64) -> $crate::store::Result<$crate::store::Overview> {
-                self.overview_impl(now).await
             }
 
             async fn acme_nonce_key(&self, candidate: &[u8]) -> $crate::store::Result<Vec<u8>> {
@@ -1317,41 +1363,6 @@ macro_rules! impl_sql_store {
                 self.create_eab_key_impl(key, event).await
             }
 
-            async fn eab_key(
-                &self,
-                kid: &str,
-            ) -> $crate::store::Result<Option<$crate::store::EabKeyRecord>> {
-                Ok(self.eab_keys_impl(Some(kid), None).await?.pop())
-            }
-
-            async fn eab_keys_of(
-                &self,
-                account_id: &str,
-            ) -> $crate::store::Result<Vec<$crate::store::EabKeyRecord>> {
-                self.eab_keys_impl(None, Some(account_id)).await
-            }
-
-            async fn acme_account(
-                &self,
-                id: &str,
-            ) -> $crate::store::Result<Option<$crate::store::AcmeAccountRecord>> {
-                self.acme_account_impl(Some(id), None, None).await
-            }
-
-            async fn acme_account_by_key(
-                &self,
-                thumbprint: &str,
-            ) -> $crate::store::Result<Option<$crate::store::AcmeAccountRecord>> {
-                self.acme_account_impl(None, Some(thumbprint), None).await
-            }
-
-            async fn acme_account_of(
-                &self,
-                account_id: &str,
-            ) -> $crate::store::Result<Option<$crate::store::AcmeAccountRecord>> {
-                self.acme_account_impl(None, None, Some(account_id)).await
-            }
-
             async fn update_acme_account(
                 &self,
                 id: &str,
@@ -1361,13 +1372,6 @@ macro_rules! impl_sql_store {
                 event: $crate::store::AuditEvent,
             ) -> $crate::store::Result<()> {
                 self.update_acme_account_impl(id, contact, status, key, event).await
-            }
-
-            async fn count_users(&self) -> $crate::store::Result<i64> {
-                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
-                    .fetch_one(&self.read)
-                    .await?;
-                Ok(n)
             }
         }
     };

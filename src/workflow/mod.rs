@@ -176,9 +176,15 @@ impl Authority {
         self.crl_partitions
     }
 
-    /// The store.
+    /// The whole store: for the workflow, and for edges to hand to
+    /// workflow functions. Edges read through [`Authority::reads`].
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The read side of the store: what the HTTP layer may ask directly.
+    pub fn reads(&self) -> &dyn crate::store::StoreRead {
+        self.store.as_ref()
     }
 
     /// The issuance policy.

@@ -105,7 +105,7 @@ async fn use_nonce(
     expires: i64,
     now: i64,
 ) -> Result<bool, StoreError> {
-    state.authority.store().use_nonce(nonce, expires, now).await
+    acme_accounts::use_nonce(state.authority.store().as_ref(), nonce, expires, now).await
 }
 
 /// Adds `Replay-Nonce`, `Link: rel="index"` and `Cache-Control: no-store`.
@@ -265,7 +265,7 @@ async fn verify(
 /// The key and signature of a JWS whose nonce and url were checked.
 async fn verify_signature(state: &AppState, jws: Jws, jwk_ok: bool) -> Result<Verified, Problem> {
     let bad = StatusCode::BAD_REQUEST;
-    let store = state.authority.store();
+    let store = state.authority.reads();
     match (&jws.protected.kid, &jws.protected.jwk) {
         (Some(kid), None) => {
             let prefix = format!("{}/account/", base(state));
@@ -422,7 +422,7 @@ async fn check_binding(
             "the external account binding does not cover this account's key",
         ));
     }
-    let key = state.authority.store().eab_key(&binding.kid).await?;
+    let key = state.authority.reads().eab_key(&binding.kid).await?;
     let Some(key) = key.filter(|k| k.used_at.is_none() && !k.hmac_key.is_empty()) else {
         return Err(refused(
             "the external account binding key is unknown or already used; ask an administrator for a new one",
@@ -451,7 +451,7 @@ async fn new_account(
         let jwk = v.jws.protected.jwk.clone().unwrap_or_default();
         let thumb = thumbprint(&jwk)
             .map_err(|e| Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, e.to_string()))?;
-        let store = state.authority.store();
+        let store = state.authority.reads();
         if let Some(existing) = store.acme_account_by_key(&thumb).await? {
             let url = format!("{}/account/{}", base(&state), existing.id);
             return Ok(with_location(
@@ -490,7 +490,7 @@ async fn new_account(
         };
         let contact = contacts(&payload)?.unwrap_or_else(|| "[]".into());
         let acme = acme_accounts::register(
-            store.as_ref(),
+            state.authority.store().as_ref(),
             Registration {
                 jwk: jwk.to_string(),
                 thumbprint: thumb,
@@ -565,7 +565,7 @@ async fn account_orders(
         }
         let orders = state
             .authority
-            .store()
+            .reads()
             .orders(&crate::store::OrderQuery {
                 account_id: Some(v.account().account_id.clone()),
                 status: None,
@@ -893,7 +893,7 @@ async fn certificate(
         let v = verify(&state, &uri, &body, false).await?;
         let not_found = || Problem::not_found(format!("there is no certificate {serial:?}"));
         let parsed: Serial = serial.parse().map_err(|_| not_found())?;
-        let cert = match state.authority.store().certificate(&parsed).await {
+        let cert = match state.authority.reads().certificate(&parsed).await {
             Err(StoreError::NotFound) => return Err(not_found()),
             other => other?,
         };
@@ -988,7 +988,7 @@ async fn revoke_cert(
         };
         let not_ours = || Problem::not_found("this CA did not issue that certificate");
         let serial = serial.ok_or_else(not_ours)?;
-        let store = state.authority.store();
+        let store = state.authority.reads();
         let cert = match store.certificate(&serial).await {
             Err(StoreError::NotFound) => return Err(not_ours()),
             other => other?,
@@ -1073,7 +1073,7 @@ async fn key_change(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -
             return Err(bad("\"oldKey\" is not the account's current key"));
         }
         let new_thumb = thumbprint(&new_jwk).map_err(|e| bad(&e.to_string()))?;
-        let store = state.authority.store();
+        let store = state.authority.reads();
         if let Some(holder) = store.acme_account_by_key(&new_thumb).await? {
             let url = format!("{}/account/{}", base(&state), holder.id);
             let mut r = Problem::acme(
@@ -1087,10 +1087,14 @@ async fn key_change(State(state): State<Arc<AppState>>, uri: Uri, body: Bytes) -
             }
             return Ok(r);
         }
-        let updated =
-            acme_accounts::change_key(store.as_ref(), account, &new_thumb, &new_jwk.to_string())
-                .await
-                .map_err(account_problem)?;
+        let updated = acme_accounts::change_key(
+            state.authority.store().as_ref(),
+            account,
+            &new_thumb,
+            &new_jwk.to_string(),
+        )
+        .await
+        .map_err(account_problem)?;
         Ok(Json(account_json(&state, &updated)).into_response())
     }
     .await;
@@ -1120,7 +1124,7 @@ async fn renewal_target(
         return Err(not_ours());
     }
     let serial: Serial = hex::encode(serial).parse().map_err(|_| not_ours())?;
-    match state.authority.store().certificate(&serial).await {
+    match state.authority.reads().certificate(&serial).await {
         Err(StoreError::NotFound) => Err(not_ours()),
         other => Ok(other?),
     }

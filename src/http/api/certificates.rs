@@ -154,7 +154,7 @@ async fn list(
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let certs = state
         .authority
-        .store()
+        .reads()
         .certificates(&CertificateQuery {
             account_id: (!everyone).then(|| caller.account_id.clone()),
             status,
@@ -286,7 +286,7 @@ async fn show(
 ) -> Result<Response, Problem> {
     let not_found = || Problem::not_found(format!("there is no certificate {serial:?}"));
     let parsed: Serial = serial.parse().map_err(|_| not_found())?;
-    let store = state.authority.store();
+    let store = state.authority.reads();
     let cert = match store.certificate(&parsed).await {
         Err(StoreError::NotFound) => return Err(not_found()),
         other => other?,

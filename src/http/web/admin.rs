@@ -447,7 +447,7 @@ fn crl_lines(state: &AppState) -> Vec<CrlLine> {
 
 async fn overview(State(state): State<Arc<AppState>>, who: Admin, headers: HeaderMap) -> Response {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let o = match state.authority.store().overview(now).await {
+    let o = match state.authority.reads().overview(now).await {
         Ok(o) => o,
         Err(e) => return internal(e),
     };
@@ -559,7 +559,7 @@ async fn requests(
         .find(|s| s.as_str() == status_name);
     let orders = match state
         .authority
-        .store()
+        .reads()
         .orders(&OrderQuery {
             account_id: None,
             status,
@@ -647,7 +647,7 @@ async fn request_detail(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let store = state.authority.store();
+    let store = state.authority.reads();
     let bundle = match store.order(&id).await {
         Ok(b) => b,
         Err(StoreError::NotFound) => return not_found("such request"),
@@ -863,7 +863,7 @@ async fn certificates(
     };
     let certs = match state
         .authority
-        .store()
+        .reads()
         .certificates(&CertificateQuery {
             account_id: q.get("account").filter(|a| !a.is_empty()).cloned(),
             status,
@@ -938,7 +938,7 @@ struct CertificatePage {
 
 async fn load_certificate(state: &AppState, serial: &str) -> Result<CertificateRecord, Response> {
     let parsed: Serial = serial.parse().map_err(|_| not_found("such certificate"))?;
-    match state.authority.store().certificate(&parsed).await {
+    match state.authority.reads().certificate(&parsed).await {
         Ok(c) => Ok(c),
         Err(StoreError::NotFound) => Err(not_found("such certificate")),
         Err(e) => Err(internal(e)),
@@ -1114,7 +1114,7 @@ async fn create_account_eab(
     }
     match accounts::create_eab_key(state.authority.store().as_ref(), &id, &who.0.actor()).await {
         Ok(key) => {
-            let rows = match state.authority.store().accounts().await {
+            let rows = match state.authority.reads().accounts().await {
                 Ok(a) => a,
                 Err(e) => return internal(e),
             };
@@ -1132,7 +1132,7 @@ async fn accounts_view(
     new_key: Option<(String, String)>,
     status: StatusCode,
 ) -> Response {
-    let rows = match state.authority.store().accounts().await {
+    let rows = match state.authority.reads().accounts().await {
         Ok(a) => a,
         Err(e) => return internal(e),
     };
@@ -1303,11 +1303,11 @@ async fn users_page(
     who: Admin,
     headers: HeaderMap,
 ) -> Response {
-    let rows = match state.authority.store().users().await {
+    let rows = match state.authority.reads().users().await {
         Ok(u) => u,
         Err(e) => return internal(e),
     };
-    let accounts = match state.authority.store().accounts().await {
+    let accounts = match state.authority.reads().accounts().await {
         Ok(a) => a.into_iter().map(|a| (a.id, a.name)).collect(),
         Err(e) => return internal(e),
     };
@@ -1489,7 +1489,7 @@ async fn audit(
         before: q.get("before").and_then(|b| b.parse().ok()),
         limit: PAGE,
     };
-    let records = match state.authority.store().audit_search(&query).await {
+    let records = match state.authority.reads().audit_search(&query).await {
         Ok(r) => r,
         Err(e) => return internal(e),
     };
