@@ -1,0 +1,213 @@
+//! Requester accounts: create, disable/enable, rotate the API key, EAB keys.
+
+#![allow(clippy::result_large_err)]
+
+use super::*;
+
+/// An account row.
+pub struct AccountRow {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: String,
+    /// Disabled.
+    pub disabled: bool,
+    /// Created.
+    pub created: When,
+}
+
+#[derive(Template)]
+#[template(path = "admin/accounts.html")]
+pub(super) struct AccountsPage {
+    chrome: Chrome,
+    rows: Vec<AccountRow>,
+    new_key: Option<(String, String)>,
+    /// A new ACME external account binding: account, kid, HMAC key.
+    new_eab: Option<(String, String, String)>,
+    /// The ACME directory URL (for the client command shown with new_eab).
+    acme_directory: String,
+}
+
+pub(super) async fn accounts_page(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    headers: HeaderMap,
+) -> Response {
+    accounts_view(&state, &who, &headers, None, StatusCode::OK).await
+}
+
+/// Issues a single-use ACME external account binding key, shown once.
+pub(super) async fn create_account_eab(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Fields,
+) -> Response {
+    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
+        return r;
+    }
+    match accounts::create_eab_key(state.authority.store().as_ref(), &id, &who.0.actor()).await {
+        Ok(key) => {
+            let rows = match state.authority.reads().accounts().await {
+                Ok(a) => a,
+                Err(e) => return internal(e),
+            };
+            let eab = Some((id, key.kid, key.hmac_key.to_string()));
+            accounts_render(&state, &who, &headers, rows, None, eab, StatusCode::OK)
+        }
+        Err(e) => redirect_with("/admin/accounts", &format!("No ACME key issued: {e}")),
+    }
+}
+
+pub(super) async fn accounts_view(
+    state: &AppState,
+    who: &Admin,
+    headers: &HeaderMap,
+    new_key: Option<(String, String)>,
+    status: StatusCode,
+) -> Response {
+    let rows = match state.authority.reads().accounts().await {
+        Ok(a) => a,
+        Err(e) => return internal(e),
+    };
+    accounts_render(state, who, headers, rows, new_key, None, status)
+}
+
+pub(super) fn accounts_render(
+    state: &AppState,
+    who: &Admin,
+    headers: &HeaderMap,
+    rows: Vec<crate::store::AccountRecord>,
+    new_key: Option<(String, String)>,
+    new_eab: Option<(String, String, String)>,
+    status: StatusCode,
+) -> Response {
+    let page = render(&AccountsPage {
+        chrome: chrome(who, headers, "accounts"),
+        rows: rows
+            .into_iter()
+            .map(|a| AccountRow {
+                id: a.id,
+                name: a.name,
+                role: a.role,
+                disabled: a.disabled,
+                created: when(a.created_at),
+            })
+            .collect(),
+        new_key,
+        new_eab,
+        acme_directory: format!("{}/acme/directory", state.public_https_url),
+    });
+    let mut page = with_flash_cleared(headers, page);
+    *page.status_mut() = status;
+    page
+}
+
+pub(super) async fn create_account(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    headers: HeaderMap,
+    Form(f): Fields,
+) -> Response {
+    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
+        return r;
+    }
+    let name = field(&f, "name").unwrap_or("").trim();
+    let role = match field(&f, "role").unwrap_or("requester").parse::<Role>() {
+        Ok(r) => r,
+        Err(e) => return redirect_with("/admin/accounts", &e.to_string()),
+    };
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return redirect_with(
+            "/admin/accounts",
+            "An account needs a name of 1 to 100 characters.",
+        );
+    }
+    match accounts::create_account(state.authority.store().as_ref(), name, role, &who.0.actor())
+        .await
+    {
+        Ok(created) => {
+            // The key is shown once, on this answer, never again.
+            accounts_view(
+                &state,
+                &who,
+                &headers,
+                Some((created.account.id.clone(), created.api_key.to_string())),
+                StatusCode::OK,
+            )
+            .await
+        }
+        Err(e) => redirect_with("/admin/accounts", &format!("Not created: {e}")),
+    }
+}
+
+pub(super) async fn set_account(
+    state: &AppState,
+    who: &Admin,
+    id: &str,
+    disabled: bool,
+) -> Response {
+    match accounts::set_disabled(
+        state.authority.store().as_ref(),
+        id,
+        disabled,
+        &who.0.actor(),
+    )
+    .await
+    {
+        Ok(()) => redirect_with(
+            "/admin/accounts",
+            if disabled {
+                "Account disabled: its API keys no longer work, and its unfinished orders were ended."
+            } else {
+                "Account enabled."
+            },
+        ),
+        Err(accounts::AccountError::NoSuchAccount(_)) => not_found("such account"),
+        Err(e) => internal(e),
+    }
+}
+
+pub(super) async fn toggle_account(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    Path((id, action)): Path<(String, String)>,
+    Form(f): Fields,
+) -> Response {
+    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
+        return r;
+    }
+    match action.as_str() {
+        "disable" => set_account(&state, &who, &id, true).await,
+        "enable" => set_account(&state, &who, &id, false).await,
+        _ => not_found("such action"),
+    }
+}
+
+pub(super) async fn rotate_account_key(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Fields,
+) -> Response {
+    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
+        return r;
+    }
+    match accounts::rotate_key(state.authority.store().as_ref(), &id, &who.0.actor()).await {
+        Ok((_, key)) => {
+            accounts_view(
+                &state,
+                &who,
+                &headers,
+                Some((id, key.to_string())),
+                StatusCode::OK,
+            )
+            .await
+        }
+        Err(e) => redirect_with("/admin/accounts", &format!("Key not rotated: {e}")),
+    }
+}

@@ -1,0 +1,319 @@
+//! The request queue, a request's detail, approve and reject.
+
+#![allow(clippy::result_large_err)]
+
+use super::*;
+
+/// An order row.
+pub struct OrderRow {
+    /// Id.
+    pub id: String,
+    /// Status.
+    pub status: String,
+    /// DV or OV.
+    pub validation: String,
+    /// Account id.
+    pub account: String,
+    /// Names from the CSR.
+    pub names: String,
+    /// Organisation name (OV).
+    pub organization: String,
+    /// Created.
+    pub created: When,
+}
+
+#[derive(Template)]
+#[template(path = "admin/requests.html")]
+pub(super) struct RequestsPage {
+    chrome: Chrome,
+    status: String,
+    statuses: Vec<&'static str>,
+    rows: Vec<OrderRow>,
+    next: Option<String>,
+}
+
+pub(super) fn org_name(json: Option<&str>) -> String {
+    json.and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .and_then(|v| v["name"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+pub(super) fn csr_names(der: Option<&[u8]>) -> String {
+    // Orders hold only CSRs that passed intake, so parsing verifies again.
+    der.and_then(|d| Csr::parse(d).ok())
+        .map(|c| {
+            c.identifiers()
+                .iter()
+                .map(|i| i.value())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+pub(super) fn parse_before(b: Option<&String>) -> Option<(i64, String)> {
+    b.and_then(|b| b.split_once('.'))
+        .and_then(|(at, id)| Some((at.parse().ok()?, id.to_owned())))
+}
+
+pub(super) async fn requests(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let status_name = q
+        .get("status")
+        .cloned()
+        .unwrap_or_else(|| "awaiting_approval".into());
+    let status = OrderStatus::ALL
+        .into_iter()
+        .find(|s| s.as_str() == status_name);
+    let orders = match state
+        .authority
+        .reads()
+        .orders(&OrderQuery {
+            account_id: None,
+            status,
+            before: parse_before(q.get("before")),
+            limit: PAGE,
+        })
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => return internal(e),
+    };
+    let next = (orders.len() as i64 == PAGE)
+        .then(|| orders.last().map(|o| format!("{}.{}", o.created_at, o.id)))
+        .flatten();
+    let rows = orders
+        .into_iter()
+        .map(|o| OrderRow {
+            names: csr_names(o.csr_der.as_deref()),
+            organization: org_name(o.organization.as_deref()),
+            id: o.id,
+            status: o.status.as_str().into(),
+            validation: o.validation.to_uppercase(),
+            account: o.account_id,
+            created: when(o.created_at),
+        })
+        .collect();
+    let mut statuses = vec!["all"];
+    statuses.extend(OrderStatus::ALL.iter().map(|s| s.as_str()));
+    let page = render(&RequestsPage {
+        chrome: chrome(&who, &headers, "requests"),
+        status: if status.is_some() {
+            status_name
+        } else {
+            "all".into()
+        },
+        statuses,
+        rows,
+        next,
+    });
+    with_flash_cleared(&headers, page)
+}
+
+/// One identifier's validation, as the detail page shows it.
+pub struct AuthzLine {
+    /// The identifier.
+    pub identifier: String,
+    /// Its status.
+    pub status: String,
+    /// Each challenge: type, status, error.
+    pub challenges: Vec<(String, String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "admin/request.html")]
+pub(super) struct RequestPage {
+    chrome: Chrome,
+    id: String,
+    status: String,
+    validation: String,
+    account: String,
+    account_name: String,
+    created: When,
+    csr_subject: String,
+    csr_names: Vec<String>,
+    csr_key: String,
+    csr_signature: String,
+    organization: Vec<(&'static str, String)>,
+    authorizations: Vec<AuthzLine>,
+    error: String,
+    rejection_reason: String,
+    approval_reason: String,
+    certificate: Option<String>,
+    awaiting: bool,
+}
+
+pub(super) fn problem_detail(json: Option<&str>) -> String {
+    json.and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .map(|v| v["detail"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default()
+}
+
+pub(super) async fn request_detail(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let store = state.authority.reads();
+    let bundle = match store.order(&id).await {
+        Ok(b) => b,
+        Err(StoreError::NotFound) => return not_found("such request"),
+        Err(e) => return internal(e),
+    };
+    let o = &bundle.order;
+    let csr = o.csr_der.as_deref().and_then(|d| Csr::parse(d).ok());
+    let org: serde_json::Value = o
+        .organization
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default();
+    let organization = [
+        ("Organisation", "name"),
+        ("Locality", "locality"),
+        ("State", "state"),
+        ("Country", "country"),
+    ]
+    .into_iter()
+    .filter_map(|(label, key)| org[key].as_str().map(|v| (label, v.to_owned())))
+    .collect();
+    let account_name = store
+        .accounts()
+        .await
+        .ok()
+        .and_then(|all| all.into_iter().find(|a| a.id == o.account_id))
+        .map(|a| a.name)
+        .unwrap_or_default();
+    let page = render(&RequestPage {
+        chrome: chrome(&who, &headers, "requests"),
+        id: o.id.clone(),
+        status: o.status.as_str().into(),
+        validation: o.validation.to_uppercase(),
+        account: o.account_id.clone(),
+        account_name,
+        created: when(o.created_at),
+        csr_subject: csr
+            .as_ref()
+            .map(|c| c.subject().to_owned())
+            .unwrap_or_default(),
+        csr_names: csr
+            .as_ref()
+            .map(|c| c.identifiers().iter().map(|i| i.value()).collect())
+            .unwrap_or_default(),
+        csr_key: csr.as_ref().map(|c| c.key().describe()).unwrap_or_default(),
+        csr_signature: csr
+            .as_ref()
+            .map(|c| c.signature_algorithm().to_owned())
+            .unwrap_or_default(),
+        organization,
+        authorizations: bundle
+            .authorizations
+            .iter()
+            .map(|a| AuthzLine {
+                identifier: a.authorization.identifier_value.clone(),
+                status: a.authorization.status.clone(),
+                challenges: a
+                    .challenges
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.kind.clone(),
+                            c.status.clone(),
+                            problem_detail(c.error.as_deref()),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect(),
+        error: problem_detail(o.error.as_deref()),
+        rejection_reason: o.rejection_reason.clone().unwrap_or_default(),
+        approval_reason: o.approval_reason.clone().unwrap_or_default(),
+        certificate: o.certificate_serial.clone(),
+        awaiting: o.status == OrderStatus::AwaitingApproval,
+    });
+    with_flash_cleared(&headers, page)
+}
+
+/// The dashboard user as a caller of the workflow: the account they
+/// belong to if they are linked to one (so they never approve that
+/// account's orders and revoke as it may), else themselves. The same
+/// rules then hold as for API keys of the same role.
+pub(super) fn reviewer(who: &Admin) -> Caller {
+    Caller {
+        account_id: who
+            .0
+            .user
+            .account_id
+            .clone()
+            .unwrap_or_else(|| who.0.actor()),
+        name: who.0.user.username.clone(),
+        role: if who.0.role >= UserRole::Admin {
+            Role::Admin
+        } else {
+            Role::Reviewer
+        },
+        actor: who.0.actor(),
+    }
+}
+
+pub(super) fn workflow_message(e: WorkflowError) -> Result<String, Response> {
+    match e {
+        WorkflowError::Store(e) => Err(internal(e)),
+        WorkflowError::Ca(e) => Err(internal(e)),
+        other => Ok(other.to_string()),
+    }
+}
+
+pub(super) async fn approve(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    Path(id): Path<String>,
+    Form(f): Fields,
+) -> Response {
+    if let Err(r) = who.may(UserRole::Reviewer, field(&f, "csrf")) {
+        return r;
+    }
+    let back = format!("/admin/requests/{id}");
+    let reason = field(&f, "reason");
+    match state
+        .orders
+        .approve(&reviewer(&who), &id, None, reason)
+        .await
+    {
+        Ok(b) => redirect_with(
+            &back,
+            &format!(
+                "Approved. Certificate {} was issued.",
+                b.order.certificate_serial.unwrap_or_default()
+            ),
+        ),
+        Err(e) => match workflow_message(e) {
+            Ok(m) => redirect_with(&back, &format!("Not approved: {m}")),
+            Err(r) => r,
+        },
+    }
+}
+
+pub(super) async fn reject(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    Path(id): Path<String>,
+    Form(f): Fields,
+) -> Response {
+    if let Err(r) = who.may(UserRole::Reviewer, field(&f, "csrf")) {
+        return r;
+    }
+    let back = format!("/admin/requests/{id}");
+    let reason = field(&f, "reason").unwrap_or("");
+    match state.orders.reject(&reviewer(&who), &id, reason).await {
+        Ok(_) => redirect_with(&back, "Rejected. The requester sees your reason."),
+        Err(e) => match workflow_message(e) {
+            Ok(m) => redirect_with(&back, &format!("Not rejected: {m}")),
+            Err(r) => r,
+        },
+    }
+}

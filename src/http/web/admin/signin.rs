@@ -1,0 +1,195 @@
+//! Sign-in, sign-out and changing one's own password.
+
+#![allow(clippy::result_large_err)]
+
+use super::*;
+
+#[derive(Template)]
+#[template(path = "admin/login.html")]
+pub(super) struct LoginPage {
+    csrf: String,
+    error: Option<String>,
+    username: String,
+}
+
+pub(super) async fn login_page(headers: HeaderMap) -> Response {
+    let token = users::random_token(24);
+    let page = render(&LoginPage {
+        csrf: token.clone(),
+        error: session::take_flash(&headers),
+        username: String::new(),
+    });
+    (
+        [(
+            header::SET_COOKIE,
+            session::set_cookie(session::LOGIN_COOKIE, &token, 3600),
+        )],
+        page,
+    )
+        .into_response()
+}
+
+pub(super) async fn login(
+    State(state): State<Arc<AppState>>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    Form(f): Fields,
+) -> Response {
+    let expected = session::cookie(&headers, session::LOGIN_COOKIE).unwrap_or("");
+    let sent = field(&f, "csrf").unwrap_or("");
+    if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(sent.as_bytes())) {
+        return session::forbidden("the sign-in form expired; reload the page and try again");
+    }
+    let username = field(&f, "username").unwrap_or("").trim().to_owned();
+    let password = field(&f, "password").unwrap_or("");
+    let attempt = match state.limits.sign_in.take(address_key(client)) {
+        Ok(()) => {
+            users::sign_in(
+                state.authority.store().as_ref(),
+                &state.password_gate,
+                &username,
+                password,
+            )
+            .await
+        }
+        Err(retry_after_secs) => Err(UserError::Busy { retry_after_secs }),
+    };
+    match attempt {
+        Ok((token, who)) => {
+            let to = if who.user.must_change_password {
+                "/admin/password"
+            } else {
+                "/admin"
+            };
+            (
+                AppendHeaders([
+                    (header::SET_COOKIE, session::session_cookie(&token)),
+                    (
+                        header::SET_COOKIE,
+                        session::set_cookie(session::LOGIN_COOKIE, "", 0),
+                    ),
+                ]),
+                Redirect::to(to),
+            )
+                .into_response()
+        }
+        Err(UserError::Store(e)) => internal(e),
+        Err(e) => {
+            let token = users::random_token(24);
+            let (status, retry_after) = match &e {
+                UserError::Busy { retry_after_secs } => {
+                    (StatusCode::TOO_MANY_REQUESTS, Some(*retry_after_secs))
+                }
+                _ => (StatusCode::UNAUTHORIZED, None),
+            };
+            let page = render(&LoginPage {
+                csrf: token.clone(),
+                error: Some(e.to_string()),
+                username,
+            });
+            let mut response = (
+                status,
+                [(
+                    header::SET_COOKIE,
+                    session::set_cookie(session::LOGIN_COOKIE, &token, 3600),
+                )],
+                page,
+            )
+                .into_response();
+            if let Some(secs) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            response
+        }
+    }
+}
+
+pub(super) async fn logout(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    Form(f): Fields,
+) -> Response {
+    if let Err(r) = who.check_csrf(field(&f, "csrf")) {
+        return r;
+    }
+    if let Err(e) = users::sign_out(state.authority.store().as_ref(), &who.0).await {
+        return internal(e);
+    }
+    (
+        AppendHeaders([
+            (
+                header::SET_COOKIE,
+                session::set_cookie(session::SESSION_COOKIE, "", 0),
+            ),
+            (header::SET_COOKIE, session::flash("You are signed out.")),
+        ]),
+        Redirect::to("/admin/login"),
+    )
+        .into_response()
+}
+
+#[derive(Template)]
+#[template(path = "admin/password.html")]
+pub(super) struct PasswordPage {
+    chrome: Chrome,
+    forced: bool,
+    error: Option<String>,
+}
+
+pub(super) async fn password_page(who: Admin, headers: HeaderMap) -> Response {
+    let page = render(&PasswordPage {
+        forced: who.0.user.must_change_password,
+        chrome: chrome(&who, &headers, "password"),
+        error: None,
+    });
+    with_flash_cleared(&headers, page)
+}
+
+pub(super) async fn change_password(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    headers: HeaderMap,
+    Form(f): Fields,
+) -> Response {
+    if let Err(r) = who.check_csrf(field(&f, "csrf")) {
+        return r;
+    }
+    let new = field(&f, "new_password").unwrap_or("");
+    let error = if new != field(&f, "confirm").unwrap_or("") {
+        Some("the two new passwords differ".to_owned())
+    } else {
+        match users::change_password(
+            state.authority.store().as_ref(),
+            &state.password_gate,
+            &who.0,
+            field(&f, "current_password").unwrap_or(""),
+            new,
+        )
+        .await
+        {
+            Ok((token, _)) => {
+                return (
+                    AppendHeaders([
+                        (header::SET_COOKIE, session::session_cookie(&token)),
+                        (
+                            header::SET_COOKIE,
+                            session::flash("Your password was changed."),
+                        ),
+                    ]),
+                    Redirect::to("/admin"),
+                )
+                    .into_response()
+            }
+            Err(UserError::Store(e)) => return internal(e),
+            Err(e) => Some(e.to_string()),
+        }
+    };
+    let page = render(&PasswordPage {
+        forced: who.0.user.must_change_password,
+        chrome: chrome(&who, &headers, "password"),
+        error,
+    });
+    (StatusCode::BAD_REQUEST, page).into_response()
+}

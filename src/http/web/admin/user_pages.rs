@@ -1,0 +1,179 @@
+//! Dashboard users: add, role, account link, disable/enable.
+
+#![allow(clippy::result_large_err)]
+
+use super::*;
+
+/// A user row.
+pub struct UserRow {
+    /// Name.
+    pub username: String,
+    /// Role.
+    pub role: String,
+    /// Disabled.
+    pub disabled: bool,
+    /// Must change password.
+    pub must_change: bool,
+    /// Created.
+    pub created: When,
+    /// The account they belong to (id), or empty.
+    pub account: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/users.html")]
+pub(super) struct UsersPage {
+    chrome: Chrome,
+    rows: Vec<UserRow>,
+    roles: Vec<&'static str>,
+    /// Accounts a user may belong to: (id, name).
+    accounts: Vec<(String, String)>,
+}
+
+pub(super) async fn users_page(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    headers: HeaderMap,
+) -> Response {
+    let rows = match state.authority.reads().users().await {
+        Ok(u) => u,
+        Err(e) => return internal(e),
+    };
+    let accounts = match state.authority.reads().accounts().await {
+        Ok(a) => a.into_iter().map(|a| (a.id, a.name)).collect(),
+        Err(e) => return internal(e),
+    };
+    let page = render(&UsersPage {
+        chrome: chrome(&who, &headers, "users"),
+        rows: rows
+            .into_iter()
+            .map(|u| UserRow {
+                username: u.username,
+                role: u.role,
+                disabled: u.disabled,
+                must_change: u.must_change_password,
+                created: when(u.created_at),
+                account: u.account_id.unwrap_or_default(),
+            })
+            .collect(),
+        roles: UserRole::ALL.iter().map(|r| r.as_str()).collect(),
+        accounts,
+    });
+    with_flash_cleared(&headers, page)
+}
+
+pub(super) fn user_result(r: Result<(), UserError>, ok: &str) -> Response {
+    match r {
+        Ok(()) => redirect_with("/admin/users", ok),
+        Err(UserError::Store(e)) => internal(e),
+        Err(e) => redirect_with("/admin/users", &format!("Not changed: {e}")),
+    }
+}
+
+pub(super) async fn add_user(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    Form(f): Fields,
+) -> Response {
+    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
+        return r;
+    }
+    let name = field(&f, "username").unwrap_or("").trim();
+    let role = match field(&f, "role").unwrap_or("").parse::<UserRole>() {
+        Ok(r) => r,
+        Err(e) => return user_result(Err(e), ""),
+    };
+    let r = users::add_user(
+        state.authority.store().as_ref(),
+        name,
+        role,
+        field(&f, "password").unwrap_or(""),
+        true,
+        &who.0.actor(),
+    )
+    .await;
+    user_result(
+        r,
+        &format!("Added {name}; they choose their own password at first sign-in."),
+    )
+}
+
+pub(super) async fn set_user_role(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    Path(name): Path<String>,
+    Form(f): Fields,
+) -> Response {
+    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
+        return r;
+    }
+    let role = match field(&f, "role").unwrap_or("").parse::<UserRole>() {
+        Ok(r) => r,
+        Err(e) => return user_result(Err(e), ""),
+    };
+    let r = users::modify_user(
+        state.authority.store().as_ref(),
+        &name,
+        Some(role),
+        None,
+        &who.0.actor(),
+    )
+    .await;
+    user_result(r, &format!("{name} is now {}.", role.as_str()))
+}
+
+pub(super) async fn link_user(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    Path(name): Path<String>,
+    Form(f): Fields,
+) -> Response {
+    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
+        return r;
+    }
+    let account = field(&f, "account")
+        .map(str::trim)
+        .filter(|a| !a.is_empty());
+    let r = users::link_user(
+        state.authority.store().as_ref(),
+        &name,
+        account,
+        &who.0.actor(),
+    )
+    .await;
+    let done = match account {
+        Some(a) => format!("{name} belongs to account {a}: they will never approve its orders."),
+        None => format!("{name} belongs to no account."),
+    };
+    user_result(r, &done)
+}
+
+pub(super) async fn toggle_user(
+    State(state): State<Arc<AppState>>,
+    who: Admin,
+    Path((name, action)): Path<(String, String)>,
+    Form(f): Fields,
+) -> Response {
+    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
+        return r;
+    }
+    let disabled = match action.as_str() {
+        "disable" => true,
+        "enable" => false,
+        _ => return not_found("such action"),
+    };
+    let r = users::modify_user(
+        state.authority.store().as_ref(),
+        &name,
+        None,
+        Some(disabled),
+        &who.0.actor(),
+    )
+    .await;
+    let done = if disabled {
+        format!("{name} is disabled and signed out.")
+    } else {
+        format!("{name} is enabled.")
+    };
+    user_result(r, &done)
+}
