@@ -1,0 +1,251 @@
+//! Every ACME request's checks: nonces (made without the database, used once after the signature verifies), the JWS `url`, key and signature (`verify`), per-address limits, and the headers every answer carries (`respond`).
+
+use super::*;
+
+/// A fresh nonce, made without touching the database: its expiry and 64
+/// random bits, MACed with the key every instance shares
+/// (base64url of expiry ‖ random ‖ 128-bit HMAC-SHA256 tag). Any instance
+/// can check it; [`check_nonce`] records its use so it works once.
+pub(super) fn fresh_nonce(state: &AppState) -> String {
+    let expires = time::OffsetDateTime::now_utc().unix_timestamp() + NONCE_LIFETIME_SECS;
+    let mut raw = [0u8; 32];
+    raw[..8].copy_from_slice(&expires.to_be_bytes());
+    raw[8..16].copy_from_slice(&rand::random::<[u8; 8]>());
+    let tag = ring::hmac::sign(&state.acme_nonce_key, &raw[..16]);
+    raw[16..].copy_from_slice(&tag.as_ref()[..16]);
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// When `nonce` expires, if it is one of ours and unexpired: checked by
+/// its MAC alone, without the database. Whether it was used before is
+/// [`use_nonce`]'s question, asked only once the signature has verified.
+pub(super) fn nonce_expiry(state: &AppState, nonce: &str, now: i64) -> Option<i64> {
+    use subtle::ConstantTimeEq;
+    let raw = match URL_SAFE_NO_PAD.decode(nonce) {
+        Ok(r) if r.len() == 32 => r,
+        _ => return None,
+    };
+    let tag = ring::hmac::sign(&state.acme_nonce_key, &raw[..16]);
+    if !bool::from(tag.as_ref()[..16].ct_eq(&raw[16..])) {
+        return None;
+    }
+    let mut expiry = [0u8; 8];
+    expiry.copy_from_slice(&raw[..8]);
+    let expires = i64::from_be_bytes(expiry);
+    (expires >= now).then_some(expires)
+}
+
+/// Records the use of a nonce [`nonce_expiry`] accepted; false if it was
+/// used before (shared by every instance).
+pub(super) async fn use_nonce(
+    state: &AppState,
+    nonce: &str,
+    expires: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    acme_accounts::use_nonce(state.authority.store().as_ref(), nonce, expires, now).await
+}
+
+/// Adds `Replay-Nonce`, `Link: rel="index"` and `Cache-Control: no-store`.
+pub(super) async fn finish(state: &AppState, mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&fresh_nonce(state)) {
+        headers.insert("replay-nonce", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("<{}/directory>;rel=\"index\"", base(state))) {
+        headers.append(header::LINK, v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A per-address limit's refusal.
+pub(super) fn too_many(what: &str, retry_after_secs: u64) -> Problem {
+    Problem::rate_limited(
+        retry_after_secs,
+        format!("too many {what} from your address; retry after {retry_after_secs} seconds"),
+    )
+}
+
+pub(super) async fn new_nonce(
+    State(state): State<Arc<AppState>>,
+    ClientAddr(client): ClientAddr,
+    method: Method,
+) -> Response {
+    if let Err(secs) = state.limits.new_nonce.take(address_key(client)) {
+        return too_many("newNonce requests", secs).into_response();
+    }
+    let status = if method == Method::HEAD {
+        StatusCode::OK
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    finish(&state, status.into_response()).await
+}
+
+/// A verified request: its JWS and the account that signed it (none for
+/// `jwk` requests).
+pub(super) struct Verified {
+    pub(super) jws: Jws,
+    pub(super) account: Option<AcmeAccountRecord>,
+}
+
+impl Verified {
+    pub(super) fn account(&self) -> &AcmeAccountRecord {
+        self.account.as_ref().expect("kid requests have an account")
+    }
+
+    /// The hallmark account acting, as the order workflow sees it.
+    pub(super) fn caller(&self) -> Caller {
+        let a = self.account();
+        Caller {
+            account_id: a.account_id.clone(),
+            name: format!("acme:{}", a.id),
+            role: Role::Requester,
+            actor: format!("acme:{}", a.id),
+        }
+    }
+
+    /// The JSON payload, or a `malformed` problem.
+    pub(super) fn payload(&self) -> Result<Value, Problem> {
+        self.jws.json().map_err(|e| {
+            Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, e.to_string())
+        })
+    }
+
+    pub(super) fn is_post_as_get(&self) -> bool {
+        self.jws.payload.is_empty()
+    }
+}
+
+/// Test-only (`danger_acme_chaos`): whether to refuse this valid nonce.
+pub(super) fn refused_by_chaos(state: &AppState) -> bool {
+    let Some(every) = state
+        .danger_acme_chaos
+        .map(|c| u64::from(c.reject_every_nth_nonce))
+        .filter(|n| *n > 0)
+    else {
+        return false;
+    };
+    let n = state
+        .acme_nonce_uses
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (n + 1) % every == 0
+}
+
+/// Checks nonce, url, key and signature, cheapest first: the nonce's MAC
+/// and the url cost nothing, the signature a verification, and only a
+/// request whose signature verified uses up its nonce (a database write).
+/// `jwk_ok`: this resource takes a `jwk` (newAccount) instead of a `kid`.
+pub(super) async fn verify(
+    state: &AppState,
+    uri: &Uri,
+    body: &[u8],
+    jwk_ok: bool,
+) -> Result<Verified, Problem> {
+    let bad = StatusCode::BAD_REQUEST;
+    let jws = Jws::parse(body).map_err(|e| Problem::acme(bad, e.acme_code(), e.to_string()))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let bad_nonce = || {
+        Problem::acme(
+            bad,
+            AcmeError::BadNonce,
+            "the nonce is unknown, used or expired; retry with the one in this answer's Replay-Nonce",
+        )
+    };
+    let nonce = jws.protected.nonce.clone().ok_or_else(|| {
+        Problem::acme(bad, AcmeError::BadNonce, "the JWS header has no \"nonce\"")
+    })?;
+    let expires = nonce_expiry(state, &nonce, now).ok_or_else(bad_nonce)?;
+    let expected = format!("{}{}", state.public_https_url, uri.path());
+    if jws.protected.url != expected {
+        return Err(Problem::acme(
+            StatusCode::UNAUTHORIZED,
+            AcmeError::Unauthorized,
+            format!(
+                "the JWS \"url\" is {:?} but the request went to {expected:?}",
+                jws.protected.url
+            ),
+        ));
+    }
+    let verified = verify_signature(state, jws, jwk_ok).await?;
+    if !use_nonce(state, &nonce, expires, now).await? || refused_by_chaos(state) {
+        return Err(bad_nonce());
+    }
+    Ok(verified)
+}
+
+/// The key and signature of a JWS whose nonce and url were checked.
+pub(super) async fn verify_signature(
+    state: &AppState,
+    jws: Jws,
+    jwk_ok: bool,
+) -> Result<Verified, Problem> {
+    let bad = StatusCode::BAD_REQUEST;
+    let store = state.authority.reads();
+    match (&jws.protected.kid, &jws.protected.jwk) {
+        (Some(kid), None) => {
+            let prefix = format!("{}/account/", base(state));
+            let id = kid.strip_prefix(&prefix).unwrap_or("");
+            let account = if id.is_empty() {
+                None
+            } else {
+                store.acme_account(id).await?
+            };
+            let Some(account) = account else {
+                return Err(Problem::acme(
+                    bad,
+                    AcmeError::AccountDoesNotExist,
+                    format!("there is no account {kid:?}"),
+                ));
+            };
+            if account.status != "valid" {
+                return Err(Problem::acme(
+                    StatusCode::UNAUTHORIZED,
+                    AcmeError::Unauthorized,
+                    format!("the account is {}", account.status),
+                ));
+            }
+            if account.owner_disabled {
+                return Err(Problem::acme(
+                    StatusCode::UNAUTHORIZED,
+                    AcmeError::Unauthorized,
+                    "the hallmark account this ACME account belongs to is disabled",
+                ));
+            }
+            let jwk: Value = serde_json::from_str(&account.jwk)
+                .map_err(|e| Problem::internal(&StoreError::Corrupt(e.to_string())))?;
+            jws.verify(&jwk)
+                .map_err(|e| Problem::acme(bad, e.acme_code(), e.to_string()))?;
+            Ok(Verified {
+                jws,
+                account: Some(account),
+            })
+        }
+        (None, Some(jwk)) if jwk_ok => {
+            jws.verify(jwk)
+                .map_err(|e| Problem::acme(bad, e.acme_code(), e.to_string()))?;
+            Ok(Verified { jws, account: None })
+        }
+        (None, Some(_)) => Err(Problem::acme(
+            bad,
+            AcmeError::Malformed,
+            "this request must be signed with the account's \"kid\", not a \"jwk\"",
+        )),
+        _ => Err(Problem::acme(
+            bad,
+            AcmeError::Malformed,
+            "the JWS header must have one of \"jwk\" and \"kid\"",
+        )),
+    }
+}
+
+/// Runs a handler body after verification, adding the ACME headers to
+/// whatever it answers (problems included).
+pub(super) async fn respond(state: &AppState, result: Result<Response, Problem>) -> Response {
+    let response = match result {
+        Ok(r) => r,
+        Err(p) => p.into_response(),
+    };
+    finish(state, response).await
+}
