@@ -1,0 +1,199 @@
+//! Issuance: ACME finalize, claiming a ready order, signing the order's CSR and storing the certificate with the order's completion.
+
+use super::*;
+
+impl Orders {
+    /// Finalizes a `ready` ACME order with its CSR (RFC 8555 §7.4): the
+    /// CSR passes intake and policy and names exactly the order's
+    /// identifiers; then the certificate is issued.
+    pub async fn finalize(
+        &self,
+        caller: &Caller,
+        acme_account_id: &str,
+        order_id: &str,
+        csr: &[u8],
+    ) -> Result<OrderBundle, WorkflowError> {
+        let bundle = self.get_acme(caller, acme_account_id, order_id).await?;
+        if bundle.order.status != OrderStatus::Ready {
+            return Err(WorkflowError::OrderNotReady(format!(
+                "order {order_id} is {}; it can be finalized only when ready",
+                bundle.order.status
+            )));
+        }
+        let checked = self.authority.intake(csr).await?;
+        let mut want: Vec<String> = bundle
+            .authorizations
+            .iter()
+            .map(|a| a.authorization.identifier_value.clone())
+            .collect();
+        let mut have: Vec<String> = checked.identifiers.iter().map(Identifier::value).collect();
+        want.sort();
+        have.sort();
+        if want != have {
+            return Err(WorkflowError::BadCsr(format!(
+                "the CSR names {} but the order is for {}",
+                have.join(", "),
+                want.join(", ")
+            )));
+        }
+        let now = OffsetDateTime::now_utc();
+        let moved = self
+            .authority
+            .store()
+            .transition_order(
+                order_id,
+                Transition::ClaimIssuance,
+                &OrderUpdate {
+                    csr_der: Some(checked.csr.der().to_vec()),
+                    ..OrderUpdate::default()
+                },
+                now.unix_timestamp(),
+                vec![transition_event(
+                    now,
+                    &caller.actor,
+                    order_id,
+                    OrderStatus::Processing,
+                )],
+            )
+            .await?;
+        if !moved {
+            return Err(WorkflowError::OrderNotReady(format!(
+                "order {order_id} changed meanwhile; it is no longer ready"
+            )));
+        }
+        let order = self.load(order_id).await?.order;
+        self.issue_claimed(&order).await?;
+        self.load(order_id).await
+    }
+
+    /// Takes a `ready` DV order to `processing` and issues it.
+    pub(super) async fn issue_ready(&self, order_id: &str) {
+        let now = OffsetDateTime::now_utc();
+        let claimed = self
+            .authority
+            .store()
+            .transition_order(
+                order_id,
+                Transition::ClaimIssuance,
+                &OrderUpdate::default(),
+                now.unix_timestamp(),
+                vec![transition_event(
+                    now,
+                    "system",
+                    order_id,
+                    OrderStatus::Processing,
+                )],
+            )
+            .await;
+        let order = match claimed {
+            Ok(true) => match self.load(order_id).await {
+                Ok(bundle) => bundle.order,
+                Err(e) => {
+                    tracing::warn!(order = %order_id, error = %e, "loading a claimed order failed; the worker will resume it");
+                    return;
+                }
+            },
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(order = %order_id, error = %e, "claiming an order for issuance failed; the worker will resume it");
+                return;
+            }
+        };
+        let _ = self.issue_claimed(&order).await;
+    }
+
+    /// Issues an order this instance holds in `processing`. If issuance is
+    /// refused (the policy changed since the order was made) the order
+    /// becomes invalid with the reason; a database failure leaves it
+    /// `processing` for the worker to resume.
+    pub(super) async fn issue_claimed(&self, order: &OrderRecord) -> Result<Signed, WorkflowError> {
+        let result = self.sign_order(order).await;
+        let error = match &result {
+            Ok(_) => return result,
+            Err(WorkflowError::Store(StoreError::Conflict(why))) => {
+                tracing::info!(order = %order.id, %why, "another instance finished this order");
+                return result;
+            }
+            Err(WorkflowError::Store(e)) => {
+                tracing::warn!(order = %order.id, error = %e, "recording an issuance failed; the worker will resume it");
+                return result;
+            }
+            Err(WorkflowError::Csr(e)) => problem_document(e.acme_code(), &e.to_string()),
+            Err(WorkflowError::Policy(e)) => problem_document(e.acme_code(), &e.to_string()),
+            Err(e) => {
+                tracing::error!(order = %order.id, error = %e, "issuing an order failed");
+                problem_document(
+                    AcmeError::ServerInternal,
+                    "issuing the certificate failed; the error has been logged",
+                )
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+        if let Err(e) = self
+            .authority
+            .store()
+            .transition_order(
+                &order.id,
+                Transition::Fail(OrderStatus::Processing),
+                &OrderUpdate {
+                    error: Some(error),
+                    ..OrderUpdate::default()
+                },
+                now.unix_timestamp(),
+                vec![transition_event(
+                    now,
+                    "system",
+                    &order.id,
+                    OrderStatus::Invalid,
+                )],
+            )
+            .await
+        {
+            tracing::warn!(order = %order.id, error = %e, "marking an order invalid failed");
+        }
+        result
+    }
+
+    pub(super) async fn sign_order(&self, order: &OrderRecord) -> Result<Signed, WorkflowError> {
+        let csr_der = order.csr_der.as_deref().ok_or_else(|| {
+            WorkflowError::Store(StoreError::Corrupt(format!(
+                "order {} has no CSR",
+                order.id
+            )))
+        })?;
+        let checked = self.authority.intake(csr_der).await?;
+        let validity_days = self
+            .authority
+            .policy()
+            .validity_days(order.validity_days.map(|d| d as u32))?;
+        let profile = order.profile.parse::<Profile>()?;
+        let organization = match &order.organization {
+            Some(json) if order.validation == "ov" => Some(
+                serde_json::from_str::<Organization>(json)
+                    .map_err(|e| StoreError::Corrupt(format!("organization: {e}")))?,
+            ),
+            _ => None,
+        };
+        let subject = Subject { organization };
+        let actor = account_actor(&order.account_id);
+        let mut request = checked.issue_request(
+            &subject,
+            profile,
+            validity_days,
+            Some(order.account_id.clone()),
+            &actor,
+        );
+        request.not_after = order
+            .not_after
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+        self.authority
+            .issue(
+                request,
+                Some(IssuanceOrder::Complete {
+                    order_id: order.id.clone(),
+                }),
+                Vec::new(),
+            )
+            .await
+    }
+}

@@ -1,0 +1,135 @@
+//! OV review: approve (with the vetted organisation and a note) and reject, never by the order's own account.
+
+use super::*;
+
+impl Orders {
+    /// Approves an OV order awaiting approval and issues its certificate
+    /// with the vetted organisation (`organization` replaces the requested
+    /// one if given); `reason` is the reviewer's note, kept on the order
+    /// and in the audit record. Reviewer or admin keys only, never the
+    /// order's own account (nor a dashboard user belonging to it).
+    pub async fn approve(
+        &self,
+        caller: &Caller,
+        order_id: &str,
+        organization: Option<Organization>,
+        reason: Option<&str>,
+    ) -> Result<OrderBundle, WorkflowError> {
+        let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+        if let Some(r) = reason {
+            if r.chars().count() > MAX_REASON_LEN || has_control(r) {
+                return Err(WorkflowError::Malformed(
+                    "an approval \"reason\" must be at most 1000 printable characters".into(),
+                ));
+            }
+        }
+        let bundle = self.reviewable(caller, order_id, "approve").await?;
+        let organization = organization.map(check_organization).transpose()?;
+        let organization_json = organization
+            .as_ref()
+            .map(|o| serde_json::to_string(o).unwrap_or_default());
+        let now = OffsetDateTime::now_utc();
+        let vetted = organization_json
+            .clone()
+            .or_else(|| bundle.order.organization.clone());
+        let moved = self
+            .authority
+            .store()
+            .transition_order(
+                order_id,
+                Transition::Approve,
+                &OrderUpdate {
+                    organization: organization_json,
+                    approval_reason: reason.map(str::to_owned),
+                    ..OrderUpdate::default()
+                },
+                now.unix_timestamp(),
+                vec![AuditEvent {
+                    at: now,
+                    actor: caller.actor.clone(),
+                    action: "order.approve".into(),
+                    subject: order_id.to_owned(),
+                    details: serde_json::json!({
+                        "organization": vetted.and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok()),
+                        "reason": reason,
+                    }),
+                }],
+            )
+            .await?;
+        if !moved {
+            return Err(changed_meanwhile(order_id));
+        }
+        let order = self.load(order_id).await?.order;
+        self.issue_claimed(&order).await?;
+        self.load(order_id).await
+    }
+
+    /// Rejects an OV order awaiting approval, with the reason the requester
+    /// will see. Reviewer or admin keys only, never the order's own.
+    pub async fn reject(
+        &self,
+        caller: &Caller,
+        order_id: &str,
+        reason: &str,
+    ) -> Result<OrderBundle, WorkflowError> {
+        let reason = reason.trim();
+        if reason.is_empty() || reason.chars().count() > MAX_REASON_LEN || has_control(reason) {
+            return Err(WorkflowError::Malformed(
+                "a rejection needs a \"reason\" of 1 to 1000 printable characters".into(),
+            ));
+        }
+        self.reviewable(caller, order_id, "reject").await?;
+        let now = OffsetDateTime::now_utc();
+        let moved = self
+            .authority
+            .store()
+            .transition_order(
+                order_id,
+                Transition::Reject,
+                &OrderUpdate {
+                    rejection_reason: Some(reason.to_owned()),
+                    ..OrderUpdate::default()
+                },
+                now.unix_timestamp(),
+                vec![AuditEvent {
+                    at: now,
+                    actor: caller.actor.clone(),
+                    action: "order.reject".into(),
+                    subject: order_id.to_owned(),
+                    details: serde_json::json!({ "reason": reason }),
+                }],
+            )
+            .await?;
+        if !moved {
+            return Err(changed_meanwhile(order_id));
+        }
+        self.load(order_id).await
+    }
+
+    /// The order, if `caller` may review it and it awaits approval.
+    pub(super) async fn reviewable(
+        &self,
+        caller: &Caller,
+        order_id: &str,
+        verb: &str,
+    ) -> Result<OrderBundle, WorkflowError> {
+        if caller.role == Role::Requester {
+            return Err(WorkflowError::Forbidden(format!(
+                "only reviewer and admin API keys may {verb} orders"
+            )));
+        }
+        let bundle = self.load(order_id).await?;
+        if bundle.order.account_id == caller.account_id {
+            return Err(WorkflowError::Forbidden(format!(
+                "an account cannot {verb} its own order; another reviewer must"
+            )));
+        }
+        if bundle.order.status != OrderStatus::AwaitingApproval {
+            return Err(WorkflowError::Conflict(format!(
+                "order {order_id} is {}; only an order awaiting approval can be {verb}d",
+                bundle.order.status
+            )));
+        }
+        Ok(bundle)
+    }
+}

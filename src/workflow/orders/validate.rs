@@ -1,0 +1,227 @@
+//! Answering a challenge: claiming it, running the validator in a task of its own, recording what it found.
+
+use super::*;
+
+impl Orders {
+    /// Asks for one challenge to be validated now. The check runs in the
+    /// background; the order as it stands is returned at once. Asking
+    /// again while it runs, or after it finished, changes nothing.
+    pub async fn respond(
+        self: &Arc<Self>,
+        caller: &Caller,
+        order_id: &str,
+        challenge_id: &str,
+    ) -> Result<OrderBundle, WorkflowError> {
+        let bundle = self.get(caller, order_id).await?;
+        if bundle.order.account_id != caller.account_id {
+            return Err(WorkflowError::Forbidden(
+                "only the account that owns an order can answer its challenges".into(),
+            ));
+        }
+        let (authz, challenge) = find_challenge(&bundle, challenge_id).ok_or_else(|| {
+            WorkflowError::NotFound(format!(
+                "order {order_id} has no challenge {challenge_id:?}"
+            ))
+        })?;
+        if challenge.status != "pending" {
+            return Ok(bundle);
+        }
+        if bundle.order.status != OrderStatus::Pending {
+            return Err(WorkflowError::Conflict(format!(
+                "order {order_id} is {}; challenges can only be answered while it is pending",
+                bundle.order.status
+            )));
+        }
+        if authz.status != "pending" {
+            return Err(WorkflowError::Conflict(format!(
+                "the authorization for {} is already {}; no other challenge is needed",
+                authz.identifier_value, authz.status
+            )));
+        }
+        let now = OffsetDateTime::now_utc();
+        let claimed = self
+            .authority
+            .store()
+            .claim_challenge(
+                challenge_id,
+                order_id,
+                now.unix_timestamp(),
+                AuditEvent {
+                    at: now,
+                    actor: caller.actor.clone(),
+                    action: "challenge.attempt".into(),
+                    subject: challenge_id.to_owned(),
+                    details: serde_json::json!({
+                        "order": order_id,
+                        "type": challenge.kind,
+                        "identifier": authz.identifier_value,
+                    }),
+                },
+            )
+            .await?;
+        if claimed {
+            self.spawn_validation(bundle.order.clone(), authz.clone(), challenge.clone());
+        }
+        self.load(order_id).await
+    }
+
+    pub(super) fn spawn_validation(
+        self: &Arc<Self>,
+        order: OrderRecord,
+        authz: AuthorizationRecord,
+        challenge: ChallengeRecord,
+    ) {
+        let this = self.clone();
+        if !self.running_here().insert(challenge.id.clone()) {
+            return;
+        }
+        tokio::spawn(async move {
+            // Forgotten however the task ends, panics included.
+            struct Forget(Arc<Orders>, String);
+            impl Drop for Forget {
+                fn drop(&mut self) {
+                    self.0.running_here().remove(&self.1);
+                }
+            }
+            let _forget = Forget(this.clone(), challenge.id.clone());
+            if this.danger_validation_delay_ms > 0 {
+                let ms = rand::random::<u64>() % (this.danger_validation_delay_ms + 1);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            this.validate(order, authz, challenge).await;
+        });
+    }
+
+    pub(super) fn running_here(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs one claimed challenge and records what it found.
+    pub(super) async fn validate(
+        &self,
+        order: OrderRecord,
+        authz: AuthorizationRecord,
+        challenge: ChallengeRecord,
+    ) {
+        let outcome = self.check(&order, &authz, &challenge).await;
+        let now = OffsetDateTime::now_utc();
+        let error = outcome.as_ref().err().map(|e| {
+            problem_document(
+                e.acme_type(),
+                &format!("{} ({}): {e}", authz.identifier_value, challenge.kind),
+            )
+        });
+        // The store makes one of these moves when the last authorization
+        // settles (inside `finish_challenge`, atomically with the result).
+        let when_all_valid = if order.validation == "ov" {
+            Transition::AwaitApproval
+        } else {
+            Transition::Validated
+        }
+        .to();
+        let next = if error.is_some() {
+            Transition::Fail(OrderStatus::Pending).to()
+        } else {
+            when_all_valid
+        };
+        let events = vec![AuditEvent {
+            at: now,
+            actor: "system".into(),
+            action: if error.is_some() {
+                "challenge.invalid"
+            } else {
+                "challenge.valid"
+            }
+            .into(),
+            subject: challenge.id.clone(),
+            details: serde_json::json!({
+                "order": order.id,
+                "type": challenge.kind,
+                "identifier": authz.identifier_value,
+                "error": outcome.as_ref().err().map(|e| e.to_string()),
+            }),
+        }];
+        let on_change = vec![transition_event(now, "system", &order.id, next)];
+        let result = self
+            .authority
+            .store()
+            .finish_challenge(
+                &ChallengeOutcome {
+                    challenge_id: challenge.id.clone(),
+                    authorization_id: authz.id.clone(),
+                    order_id: order.id.clone(),
+                    at: now.unix_timestamp(),
+                    error,
+                    when_all_valid,
+                },
+                events,
+                on_change,
+            )
+            .await;
+        match result {
+            // An ACME order waits in `ready` for its client to finalize.
+            Ok(Some(OrderStatus::Ready)) if order.source == "rest" => {
+                self.issue_ready(&order.id).await
+            }
+            Ok(_) => {}
+            Err(StoreError::Conflict(why)) => {
+                tracing::debug!(challenge = %challenge.id, %why, "validation result superseded")
+            }
+            Err(e) => tracing::warn!(
+                challenge = %challenge.id, error = %e,
+                "recording a validation failed; the worker will run it again"
+            ),
+        }
+    }
+
+    pub(super) async fn check(
+        &self,
+        order: &OrderRecord,
+        authz: &AuthorizationRecord,
+        challenge: &ChallengeRecord,
+    ) -> Result<(), ValidationError> {
+        let mut identifier = identifier_of(authz).map_err(|e| ValidationError::Dns {
+            name: authz.identifier_value.clone(),
+            reason: e.to_string(),
+        })?;
+        // A wildcard is validated at its base name (RFC 8555 §7.1.3).
+        if let Identifier::Dns(name) = &identifier {
+            if let Some(base) = name.strip_prefix("*.") {
+                identifier = Identifier::Dns(base.to_owned());
+            }
+        }
+        let kind: ChallengeKind =
+            challenge
+                .kind
+                .parse()
+                .map_err(|reason: String| ValidationError::Connection {
+                    url: identifier.to_string(),
+                    reason,
+                })?;
+        let thumbprint = self
+            .thumbprint_of(order)
+            .await
+            .map_err(|e| ValidationError::Dns {
+                name: authz.identifier_value.clone(),
+                reason: e.to_string(),
+            })?;
+        let key_authorization = key_authorization(&challenge.token, &thumbprint);
+        // Slots are per ACME account for ACME orders, so one client's black
+        // holes do not hold another's validations.
+        let slots = order
+            .acme_account_id
+            .as_deref()
+            .unwrap_or(&order.account_id);
+        self.validators
+            .check(
+                slots,
+                kind,
+                &identifier,
+                &challenge.token,
+                &key_authorization,
+            )
+            .await
+    }
+}
