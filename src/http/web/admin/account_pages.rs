@@ -41,14 +41,10 @@ pub(super) async fn accounts_page(
 /// Issues a single-use ACME external account binding key, shown once.
 pub(super) async fn create_account_eab(
     State(state): State<Arc<AppState>>,
-    who: Admin,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(f): Fields,
+    Act { who, .. }: Act<Admins>,
 ) -> Response {
-    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
-        return r;
-    }
     match accounts::create_eab_key(state.authority.store().as_ref(), &id, &who.0.actor()).await {
         Ok(key) => {
             let rows = match state.authority.reads().accounts().await {
@@ -108,13 +104,9 @@ pub(super) fn accounts_render(
 
 pub(super) async fn create_account(
     State(state): State<Arc<AppState>>,
-    who: Admin,
     headers: HeaderMap,
-    Form(f): Fields,
+    Act { who, form: f, .. }: Act<Admins>,
 ) -> Response {
-    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
-        return r;
-    }
     let name = field(&f, "name").unwrap_or("").trim();
     let role = match field(&f, "role").unwrap_or("requester").parse::<Role>() {
         Ok(r) => r,
@@ -173,13 +165,9 @@ pub(super) async fn set_account(
 
 pub(super) async fn toggle_account(
     State(state): State<Arc<AppState>>,
-    who: Admin,
     Path((id, action)): Path<(String, String)>,
-    Form(f): Fields,
+    Act { who, .. }: Act<Admins>,
 ) -> Response {
-    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
-        return r;
-    }
     match action.as_str() {
         "disable" => set_account(&state, &who, &id, true).await,
         "enable" => set_account(&state, &who, &id, false).await,
@@ -189,14 +177,10 @@ pub(super) async fn toggle_account(
 
 pub(super) async fn rotate_account_key(
     State(state): State<Arc<AppState>>,
-    who: Admin,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(f): Fields,
+    Act { who, .. }: Act<Admins>,
 ) -> Response {
-    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
-        return r;
-    }
     match accounts::rotate_key(state.authority.store().as_ref(), &id, &who.0.actor()).await {
         Ok((_, key)) => {
             accounts_view(

@@ -223,13 +223,9 @@ pub(super) async fn certificate_chain(
 
 pub(super) async fn revoke(
     State(state): State<Arc<AppState>>,
-    who: Admin,
     Path(serial): Path<String>,
-    Form(f): Fields,
+    Act { who, form: f, .. }: Act<Reviewers>,
 ) -> Response {
-    if let Err(r) = who.may(UserRole::Reviewer, field(&f, "csrf")) {
-        return r;
-    }
     let back = format!("/admin/certificates/{serial}");
     let Ok(parsed) = serial.parse::<Serial>() else {
         return not_found("such certificate");

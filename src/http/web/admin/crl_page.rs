@@ -27,12 +27,8 @@ pub(super) async fn crl_status(
 
 pub(super) async fn regenerate_crl(
     State(state): State<Arc<AppState>>,
-    who: Admin,
-    Form(f): Fields,
+    Act { who, .. }: Act<Admins>,
 ) -> Response {
-    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
-        return r;
-    }
     match state.crls.generate_every_by(&who.0.actor()).await {
         Ok(done) => {
             let names: Vec<String> = done

@@ -56,6 +56,63 @@ pub(super) const PAGE: i64 = 50;
 
 type Fields = Form<HashMap<String, String>>;
 
+/// The least role an action needs (a marker for [`Act`]).
+pub(super) trait MinRole {
+    /// The role.
+    const ROLE: UserRole;
+}
+
+/// Any signed-in user (their own password, signing out).
+pub(super) struct Anyone;
+/// Reviewers and admins.
+pub(super) struct Reviewers;
+/// Admins only.
+pub(super) struct Admins;
+
+impl MinRole for Anyone {
+    const ROLE: UserRole = UserRole::Auditor;
+}
+impl MinRole for Reviewers {
+    const ROLE: UserRole = UserRole::Reviewer;
+}
+impl MinRole for Admins {
+    const ROLE: UserRole = UserRole::Admin;
+}
+
+/// A state-changing dashboard form, with the checks every action makes,
+/// made once before the handler runs: a session (else the sign-in page),
+/// the session's CSRF token in the form, and at least role `R` (else 403).
+pub(super) struct Act<R> {
+    /// Who acts.
+    pub who: Admin,
+    /// The form's fields.
+    pub form: HashMap<String, String>,
+    _role: std::marker::PhantomData<R>,
+}
+
+impl<R: MinRole> axum::extract::FromRequest<Arc<AppState>> for Act<R> {
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::extract::FromRequestParts;
+        let (mut parts, body) = request.into_parts();
+        let who = Admin::from_request_parts(&mut parts, state).await?;
+        let request = axum::extract::Request::from_parts(parts, body);
+        let Form(form) = Fields::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        who.may(R::ROLE, field(&form, "csrf"))?;
+        Ok(Act {
+            who,
+            form,
+            _role: std::marker::PhantomData,
+        })
+    }
+}
+
 /// Routes under `/admin`.
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()

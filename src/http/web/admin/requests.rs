@@ -270,13 +270,9 @@ pub(super) fn workflow_message(e: WorkflowError) -> Result<String, Response> {
 
 pub(super) async fn approve(
     State(state): State<Arc<AppState>>,
-    who: Admin,
     Path(id): Path<String>,
-    Form(f): Fields,
+    Act { who, form: f, .. }: Act<Reviewers>,
 ) -> Response {
-    if let Err(r) = who.may(UserRole::Reviewer, field(&f, "csrf")) {
-        return r;
-    }
     let back = format!("/admin/requests/{id}");
     let reason = field(&f, "reason");
     match state
@@ -300,13 +296,9 @@ pub(super) async fn approve(
 
 pub(super) async fn reject(
     State(state): State<Arc<AppState>>,
-    who: Admin,
     Path(id): Path<String>,
-    Form(f): Fields,
+    Act { who, form: f, .. }: Act<Reviewers>,
 ) -> Response {
-    if let Err(r) = who.may(UserRole::Reviewer, field(&f, "csrf")) {
-        return r;
-    }
     let back = format!("/admin/requests/{id}");
     let reason = field(&f, "reason").unwrap_or("");
     match state.orders.reject(&reviewer(&who), &id, reason).await {

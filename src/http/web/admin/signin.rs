@@ -108,12 +108,8 @@ pub(super) async fn login(
 
 pub(super) async fn logout(
     State(state): State<Arc<AppState>>,
-    who: Admin,
-    Form(f): Fields,
+    Act { who, .. }: Act<Anyone>,
 ) -> Response {
-    if let Err(r) = who.check_csrf(field(&f, "csrf")) {
-        return r;
-    }
     if let Err(e) = users::sign_out(state.authority.store().as_ref(), &who.0).await {
         return internal(e);
     }
@@ -149,13 +145,9 @@ pub(super) async fn password_page(who: Admin, headers: HeaderMap) -> Response {
 
 pub(super) async fn change_password(
     State(state): State<Arc<AppState>>,
-    who: Admin,
     headers: HeaderMap,
-    Form(f): Fields,
+    Act { who, form: f, .. }: Act<Anyone>,
 ) -> Response {
-    if let Err(r) = who.check_csrf(field(&f, "csrf")) {
-        return r;
-    }
     let new = field(&f, "new_password").unwrap_or("");
     let error = if new != field(&f, "confirm").unwrap_or("") {
         Some("the two new passwords differ".to_owned())

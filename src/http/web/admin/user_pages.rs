@@ -72,12 +72,8 @@ pub(super) fn user_result(r: Result<(), UserError>, ok: &str) -> Response {
 
 pub(super) async fn add_user(
     State(state): State<Arc<AppState>>,
-    who: Admin,
-    Form(f): Fields,
+    Act { who, form: f, .. }: Act<Admins>,
 ) -> Response {
-    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
-        return r;
-    }
     let name = field(&f, "username").unwrap_or("").trim();
     let role = match field(&f, "role").unwrap_or("").parse::<UserRole>() {
         Ok(r) => r,
@@ -100,13 +96,9 @@ pub(super) async fn add_user(
 
 pub(super) async fn set_user_role(
     State(state): State<Arc<AppState>>,
-    who: Admin,
     Path(name): Path<String>,
-    Form(f): Fields,
+    Act { who, form: f, .. }: Act<Admins>,
 ) -> Response {
-    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
-        return r;
-    }
     let role = match field(&f, "role").unwrap_or("").parse::<UserRole>() {
         Ok(r) => r,
         Err(e) => return user_result(Err(e), ""),
@@ -124,13 +116,9 @@ pub(super) async fn set_user_role(
 
 pub(super) async fn link_user(
     State(state): State<Arc<AppState>>,
-    who: Admin,
     Path(name): Path<String>,
-    Form(f): Fields,
+    Act { who, form: f, .. }: Act<Admins>,
 ) -> Response {
-    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
-        return r;
-    }
     let account = field(&f, "account")
         .map(str::trim)
         .filter(|a| !a.is_empty());
@@ -150,13 +138,9 @@ pub(super) async fn link_user(
 
 pub(super) async fn toggle_user(
     State(state): State<Arc<AppState>>,
-    who: Admin,
     Path((name, action)): Path<(String, String)>,
-    Form(f): Fields,
+    Act { who, .. }: Act<Admins>,
 ) -> Response {
-    if let Err(r) = who.may(UserRole::Admin, field(&f, "csrf")) {
-        return r;
-    }
     let disabled = match action.as_str() {
         "disable" => true,
         "enable" => false,
