@@ -81,7 +81,7 @@ pub fn https_router(state: Arc<AppState>) -> Router {
     let router = public::router()
         .merge(web::router())
         .merge(api::router())
-        .merge(acme::router())
+        .merge(acme::router(state.clone()))
         .with_state(state);
     common_layers(router)
         .layer(TraceLayer::new_for_http())

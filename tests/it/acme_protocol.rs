@@ -54,6 +54,15 @@ async fn protocol_errors_have_the_exact_acme_types() {
             problem(&first),
             "urn:ietf:params:acme:error:accountDoesNotExist"
         );
+        // The ACME headers, once each (one layer adds them to every POST).
+        let index_links = first
+            .headers
+            .get_all("link")
+            .iter()
+            .filter(|v| v.to_str().unwrap().contains("rel=\"index\""))
+            .count();
+        assert_eq!(index_links, 1);
+        assert_eq!(first.headers.get_all("replay-nonce").iter().count(), 1);
         let replay = alice.post_body(&new_account, &body).await;
         assert_eq!(replay.status, 400);
         assert_eq!(problem(&replay), "urn:ietf:params:acme:error:badNonce");

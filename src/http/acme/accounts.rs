@@ -108,45 +108,43 @@ pub(super) async fn new_account(
     ClientAddr(client): ClientAddr,
     uri: Uri,
     body: Bytes,
-) -> Response {
-    let result = async {
-        state
-            .limits
-            .new_account
-            .take(address_key(client))
-            .map_err(|secs| too_many("newAccount requests", secs))?;
-        let v = verify(&state, &uri, &body, true).await?;
-        let payload = v.payload()?;
-        let jwk = v.jws.protected.jwk.clone().unwrap_or_default();
-        let thumb = thumbprint(&jwk)
-            .map_err(|e| Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, e.to_string()))?;
-        let store = state.authority.reads();
-        if let Some(existing) = store.acme_account_by_key(&thumb).await? {
-            let url = format!("{}/account/{}", base(&state), existing.id);
-            return Ok(with_location(
-                StatusCode::OK,
-                &url,
-                account_json(&state, &existing),
-            ));
-        }
-        if payload.get("onlyReturnExisting").and_then(Value::as_bool) == Some(true) {
-            return Err(Problem::acme(
-                StatusCode::BAD_REQUEST,
-                AcmeError::AccountDoesNotExist,
-                "no account exists for this key",
-            ));
-        }
-        let tos = &state.acme.terms_of_service;
-        if !tos.is_empty()
-            && payload.get("termsOfServiceAgreed").and_then(Value::as_bool) != Some(true)
-        {
-            return Err(Problem::acme(
-                StatusCode::BAD_REQUEST,
-                AcmeError::Malformed,
-                format!("agree to the terms of service at {tos} (\"termsOfServiceAgreed\": true)"),
-            ));
-        }
-        let binding = match payload.get("externalAccountBinding") {
+) -> Result<Response, Problem> {
+    state
+        .limits
+        .new_account
+        .take(address_key(client))
+        .map_err(|secs| too_many("newAccount requests", secs))?;
+    let v = verify(&state, &uri, &body, true).await?;
+    let payload = v.payload()?;
+    let jwk = v.jws.protected.jwk.clone().unwrap_or_default();
+    let thumb = thumbprint(&jwk)
+        .map_err(|e| Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, e.to_string()))?;
+    let store = state.authority.reads();
+    if let Some(existing) = store.acme_account_by_key(&thumb).await? {
+        let url = format!("{}/account/{}", base(&state), existing.id);
+        return Ok(with_location(
+            StatusCode::OK,
+            &url,
+            account_json(&state, &existing),
+        ));
+    }
+    if payload.get("onlyReturnExisting").and_then(Value::as_bool) == Some(true) {
+        return Err(Problem::acme(
+            StatusCode::BAD_REQUEST,
+            AcmeError::AccountDoesNotExist,
+            "no account exists for this key",
+        ));
+    }
+    let tos = &state.acme.terms_of_service;
+    if !tos.is_empty() && payload.get("termsOfServiceAgreed").and_then(Value::as_bool) != Some(true)
+    {
+        return Err(Problem::acme(
+            StatusCode::BAD_REQUEST,
+            AcmeError::Malformed,
+            format!("agree to the terms of service at {tos} (\"termsOfServiceAgreed\": true)"),
+        ));
+    }
+    let binding = match payload.get("externalAccountBinding") {
             Some(eab) => Some(check_binding(&state, &uri, eab, &jwk).await?),
             None if state.acme.eab_required => {
                 return Err(Problem::acme(
@@ -157,100 +155,85 @@ pub(super) async fn new_account(
             }
             None => None,
         };
-        let contact = contacts(&payload)?.unwrap_or_else(|| "[]".into());
-        let acme = acme_accounts::register(
-            state.authority.store().as_ref(),
-            Registration {
-                jwk: jwk.to_string(),
-                thumbprint: thumb,
-                contact,
-                binding: binding.map(|key| (key.kid, key.account_id)),
-            },
-        )
-        .await
-        .map_err(account_problem)?;
-        let id = &acme.id;
-        let url = format!("{}/account/{id}", base(&state));
-        Ok(with_location(
-            StatusCode::CREATED,
-            &url,
-            account_json(&state, &acme),
-        ))
-    }
-    .await;
-    respond(&state, result).await
+    let contact = contacts(&payload)?.unwrap_or_else(|| "[]".into());
+    let acme = acme_accounts::register(
+        state.authority.store().as_ref(),
+        Registration {
+            jwk: jwk.to_string(),
+            thumbprint: thumb,
+            contact,
+            binding: binding.map(|key| (key.kid, key.account_id)),
+        },
+    )
+    .await
+    .map_err(account_problem)?;
+    let id = &acme.id;
+    let url = format!("{}/account/{id}", base(&state));
+    Ok(with_location(
+        StatusCode::CREATED,
+        &url,
+        account_json(&state, &acme),
+    ))
 }
 
 pub(super) async fn account(
     State(state): State<Arc<AppState>>,
-    uri: Uri,
     Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
-    let result = async {
-        let v = verify(&state, &uri, &body, false).await?;
-        let a = v.account();
-        if a.id != id {
-            return Err(Problem::acme(
-                StatusCode::UNAUTHORIZED,
-                AcmeError::Unauthorized,
-                "this is not your account",
-            ));
-        }
-        if v.is_post_as_get() {
-            return Ok(Json(account_json(&state, a)).into_response());
-        }
-        let payload = v.payload()?;
-        let contact = contacts(&payload)?;
-        let deactivate = payload.get("status").and_then(Value::as_str) == Some("deactivated");
-        let updated = acme_accounts::update(
-            state.authority.store().as_ref(),
-            &id,
-            contact.as_deref(),
-            deactivate,
-        )
-        .await
-        .map_err(account_problem)?;
-        Ok(Json(account_json(&state, &updated)).into_response())
+    Signed(v): Signed,
+) -> Result<Response, Problem> {
+    let a = v.account();
+    if a.id != id {
+        return Err(Problem::acme(
+            StatusCode::UNAUTHORIZED,
+            AcmeError::Unauthorized,
+            "this is not your account",
+        ));
     }
-    .await;
-    respond(&state, result).await
+    if v.is_post_as_get() {
+        return Ok(Json(account_json(&state, a)).into_response());
+    }
+    let payload = v.payload()?;
+    let contact = contacts(&payload)?;
+    let deactivate = payload.get("status").and_then(Value::as_str) == Some("deactivated");
+    let updated = acme_accounts::update(
+        state.authority.store().as_ref(),
+        &id,
+        contact.as_deref(),
+        deactivate,
+    )
+    .await
+    .map_err(account_problem)?;
+    Ok(Json(account_json(&state, &updated)).into_response())
 }
 
 pub(super) async fn account_orders(
     State(state): State<Arc<AppState>>,
-    uri: Uri,
     Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
-    let result = async {
-        let v = verify(&state, &uri, &body, false).await?;
-        if v.account().id != id {
-            return Err(Problem::acme(
-                StatusCode::UNAUTHORIZED,
-                AcmeError::Unauthorized,
-                "this is not your account",
-            ));
-        }
-        let orders = state
-            .authority
-            .reads()
-            .orders(&crate::store::OrderQuery {
-                account_id: Some(v.account().account_id.clone()),
-                status: None,
-                before: None,
-                limit: 100,
-            })
-            .await?;
-        let urls: Vec<String> = orders
-            .iter()
-            .filter(|o| o.source == "acme")
-            .map(|o| format!("{}/order/{}", base(&state), o.id))
-            .collect();
-        Ok(Json(json!({ "orders": urls })).into_response())
+    Signed(v): Signed,
+) -> Result<Response, Problem> {
+    if v.account().id != id {
+        return Err(Problem::acme(
+            StatusCode::UNAUTHORIZED,
+            AcmeError::Unauthorized,
+            "this is not your account",
+        ));
     }
-    .await;
-    respond(&state, result).await
+    let orders = state
+        .authority
+        .reads()
+        .orders(&crate::store::OrderQuery {
+            account_id: Some(v.account().account_id.clone()),
+            status: None,
+            before: None,
+            limit: 100,
+        })
+        .await?;
+    let urls: Vec<String> = orders
+        .iter()
+        .filter(|o| o.source == "acme")
+        .map(|o| format!("{}/order/{}", base(&state), o.id))
+        .collect();
+    Ok(Json(json!({ "orders": urls })).into_response())
 }
 
 /// keyChange (RFC 8555 §7.3.5): the outer JWS is signed by the account's
@@ -258,73 +241,67 @@ pub(super) async fn account_orders(
 /// `{account, oldKey}`.
 pub(super) async fn key_change(
     State(state): State<Arc<AppState>>,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    let result = async {
-        let v = verify(&state, &uri, &body, false).await?;
-        let bad = |d: &str| Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, d);
-        let inner = Jws::parse(&v.jws.payload).map_err(|e| {
-            Problem::acme(
-                StatusCode::BAD_REQUEST,
-                e.acme_code(),
-                format!("the inner JWS: {e}"),
-            )
-        })?;
-        let Some(new_jwk) = inner.protected.jwk.clone() else {
-            return Err(bad("the inner JWS must carry the new key as \"jwk\""));
-        };
-        if inner.protected.nonce.is_some() {
-            return Err(bad("the inner JWS must not have a \"nonce\""));
-        }
-        if inner.protected.url != v.jws.protected.url {
-            return Err(bad("the inner JWS \"url\" must equal the outer one"));
-        }
-        inner.verify(&new_jwk).map_err(|e| {
-            Problem::acme(
-                StatusCode::BAD_REQUEST,
-                e.acme_code(),
-                format!("the inner JWS: {e}"),
-            )
-        })?;
-        let payload = inner.json().map_err(|e| bad(&e.to_string()))?;
-        let account = v.account();
-        if payload.get("account").and_then(Value::as_str) != v.jws.protected.kid.as_deref() {
-            return Err(bad(
-                "the inner payload's \"account\" must be the account URL that signed the request",
-            ));
-        }
-        let old = payload
-            .get("oldKey")
-            .ok_or_else(|| bad("the inner payload needs \"oldKey\""))?;
-        if thumbprint(old).ok().as_deref() != Some(account.jwk_thumbprint.as_str()) {
-            return Err(bad("\"oldKey\" is not the account's current key"));
-        }
-        let new_thumb = thumbprint(&new_jwk).map_err(|e| bad(&e.to_string()))?;
-        let store = state.authority.reads();
-        if let Some(holder) = store.acme_account_by_key(&new_thumb).await? {
-            let url = format!("{}/account/{}", base(&state), holder.id);
-            let mut r = Problem::acme(
-                StatusCode::CONFLICT,
-                AcmeError::Malformed,
-                "the new key already belongs to an account",
-            )
-            .into_response();
-            if let Ok(v) = HeaderValue::from_str(&url) {
-                r.headers_mut().insert(header::LOCATION, v);
-            }
-            return Ok(r);
-        }
-        let updated = acme_accounts::change_key(
-            state.authority.store().as_ref(),
-            account,
-            &new_thumb,
-            &new_jwk.to_string(),
+    Signed(v): Signed,
+) -> Result<Response, Problem> {
+    let bad = |d: &str| Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, d);
+    let inner = Jws::parse(&v.jws.payload).map_err(|e| {
+        Problem::acme(
+            StatusCode::BAD_REQUEST,
+            e.acme_code(),
+            format!("the inner JWS: {e}"),
         )
-        .await
-        .map_err(account_problem)?;
-        Ok(Json(account_json(&state, &updated)).into_response())
+    })?;
+    let Some(new_jwk) = inner.protected.jwk.clone() else {
+        return Err(bad("the inner JWS must carry the new key as \"jwk\""));
+    };
+    if inner.protected.nonce.is_some() {
+        return Err(bad("the inner JWS must not have a \"nonce\""));
     }
-    .await;
-    respond(&state, result).await
+    if inner.protected.url != v.jws.protected.url {
+        return Err(bad("the inner JWS \"url\" must equal the outer one"));
+    }
+    inner.verify(&new_jwk).map_err(|e| {
+        Problem::acme(
+            StatusCode::BAD_REQUEST,
+            e.acme_code(),
+            format!("the inner JWS: {e}"),
+        )
+    })?;
+    let payload = inner.json().map_err(|e| bad(&e.to_string()))?;
+    let account = v.account();
+    if payload.get("account").and_then(Value::as_str) != v.jws.protected.kid.as_deref() {
+        return Err(bad(
+            "the inner payload's \"account\" must be the account URL that signed the request",
+        ));
+    }
+    let old = payload
+        .get("oldKey")
+        .ok_or_else(|| bad("the inner payload needs \"oldKey\""))?;
+    if thumbprint(old).ok().as_deref() != Some(account.jwk_thumbprint.as_str()) {
+        return Err(bad("\"oldKey\" is not the account's current key"));
+    }
+    let new_thumb = thumbprint(&new_jwk).map_err(|e| bad(&e.to_string()))?;
+    let store = state.authority.reads();
+    if let Some(holder) = store.acme_account_by_key(&new_thumb).await? {
+        let url = format!("{}/account/{}", base(&state), holder.id);
+        let mut r = Problem::acme(
+            StatusCode::CONFLICT,
+            AcmeError::Malformed,
+            "the new key already belongs to an account",
+        )
+        .into_response();
+        if let Ok(v) = HeaderValue::from_str(&url) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return Ok(r);
+    }
+    let updated = acme_accounts::change_key(
+        state.authority.store().as_ref(),
+        account,
+        &new_thumb,
+        &new_jwk.to_string(),
+    )
+    .await
+    .map_err(account_problem)?;
+    Ok(Json(account_json(&state, &updated)).into_response())
 }

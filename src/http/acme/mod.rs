@@ -1,8 +1,9 @@
 //! ACME (RFC 8555) on the HTTPS listener, sharing the order workflow and
 //! validators with the REST API (one engine, two front doors).
 //!
-//! One file per concern: `request.rs` (nonces, the checks of every JWS,
-//! the headers of every answer), `accounts.rs`, `orders.rs` (orders,
+//! One file per concern: `request.rs` (nonces, the checks of every JWS —
+//! the `Signed` extractor most handlers take — and the layer that adds the
+//! ACME headers to every answer), `accounts.rs`, `orders.rs` (orders,
 //! authorizations, challenges, certificates), `revocation.rs` (revokeCert,
 //! renewal information); the directory and router here.
 //!
@@ -55,11 +56,11 @@ use crate::workflow::revocation::{RevokeRequest, Revoker};
 /// How long a nonce may wait for its request.
 const NONCE_LIFETIME_SECS: i64 = 3600;
 
-/// Routes under `/acme`.
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/acme/directory", get(directory))
-        .route("/acme/new-nonce", get(new_nonce).head(new_nonce))
+/// Routes under `/acme`. Every POST resource gets the ACME headers from
+/// one layer; the directory, newNonce and renewal information add their
+/// own (renewal information is cacheable).
+pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    let signed = Router::new()
         .route("/acme/new-account", post(new_account))
         .route("/acme/account/{id}", post(account))
         .route("/acme/account/{id}/orders", post(account_orders))
@@ -71,7 +72,15 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/acme/cert/{serial}", post(certificate))
         .route("/acme/revoke-cert", post(revoke_cert))
         .route("/acme/key-change", post(key_change))
+        .layer(axum::middleware::map_response_with_state(
+            state,
+            acme_headers,
+        ));
+    Router::new()
+        .route("/acme/directory", get(directory))
+        .route("/acme/new-nonce", get(new_nonce).head(new_nonce))
         .route("/acme/renewal-info/{id}", get(renewal_info))
+        .merge(signed)
 }
 
 fn base(state: &AppState) -> String {

@@ -87,100 +87,81 @@ pub(super) fn parse_identifiers(payload: &Value) -> Result<Vec<Identifier>, Prob
 
 pub(super) async fn new_order(
     State(state): State<Arc<AppState>>,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    let result = async {
-        let v = verify(&state, &uri, &body, false).await?;
-        let payload = v.payload()?;
-        let bad = |d: String| Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, d);
-        let when = |key: &str| -> Result<Option<time::OffsetDateTime>, Problem> {
-            match payload.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(t)) => time::OffsetDateTime::parse(
-                    t,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .map(Some)
-                .map_err(|_| bad(format!("{key} {t:?} is not an RFC 3339 date-time"))),
-                Some(_) => Err(bad(format!("{key} must be an RFC 3339 date-time string"))),
+    Signed(v): Signed,
+) -> Result<Response, Problem> {
+    let payload = v.payload()?;
+    let bad = |d: String| Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, d);
+    let when = |key: &str| -> Result<Option<time::OffsetDateTime>, Problem> {
+        match payload.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(t)) => {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .map(Some)
+                    .map_err(|_| bad(format!("{key} {t:?} is not an RFC 3339 date-time")))
             }
-        };
-        // Certificates start now (backdated a minute for clock skew): a
-        // notBefore is accepted only if it is about now.
-        if let Some(nb) = when("notBefore")? {
-            let skew = (nb - time::OffsetDateTime::now_utc()).abs();
-            if skew > time::Duration::minutes(5) {
-                return Err(bad(format!(
+            Some(_) => Err(bad(format!("{key} must be an RFC 3339 date-time string"))),
+        }
+    };
+    // Certificates start now (backdated a minute for clock skew): a
+    // notBefore is accepted only if it is about now.
+    if let Some(nb) = when("notBefore")? {
+        let skew = (nb - time::OffsetDateTime::now_utc()).abs();
+        if skew > time::Duration::minutes(5) {
+            return Err(bad(format!(
                     "notBefore must be now or left out (it is {}); hallmark neither back- nor post-dates certificates",
                     rfc3339(nb.unix_timestamp())
                 )));
-            }
         }
-        let not_after = when("notAfter")?;
-        if let Some(replaces) = payload.get("replaces") {
-            let id = replaces.as_str().unwrap_or_default();
-            let cert = renewal_target(&state, id).await?;
-            if cert.account_id.as_deref() != Some(v.account().account_id.as_str()) {
-                return Err(bad(format!(
-                    "\"replaces\" names {id:?}, a certificate this account did not order"
-                )));
-            }
-        }
-        let identifiers = parse_identifiers(&payload)?;
-        let bundle = state
-            .orders
-            .create_acme(&v.caller(), &v.account().id, &identifiers, not_after)
-            .await?;
-        Ok(order_response(&state, &bundle, StatusCode::CREATED))
     }
-    .await;
-    respond(&state, result).await
+    let not_after = when("notAfter")?;
+    if let Some(replaces) = payload.get("replaces") {
+        let id = replaces.as_str().unwrap_or_default();
+        let cert = renewal_target(&state, id).await?;
+        if cert.account_id.as_deref() != Some(v.account().account_id.as_str()) {
+            return Err(bad(format!(
+                "\"replaces\" names {id:?}, a certificate this account did not order"
+            )));
+        }
+    }
+    let identifiers = parse_identifiers(&payload)?;
+    let bundle = state
+        .orders
+        .create_acme(&v.caller(), &v.account().id, &identifiers, not_after)
+        .await?;
+    Ok(order_response(&state, &bundle, StatusCode::CREATED))
 }
 
 pub(super) async fn order(
     State(state): State<Arc<AppState>>,
-    uri: Uri,
     Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
-    let result = async {
-        let v = verify(&state, &uri, &body, false).await?;
-        let bundle = acme_order(&state, &v, &id).await?;
-        Ok(order_response(&state, &bundle, StatusCode::OK))
-    }
-    .await;
-    respond(&state, result).await
+    Signed(v): Signed,
+) -> Result<Response, Problem> {
+    let bundle = acme_order(&state, &v, &id).await?;
+    Ok(order_response(&state, &bundle, StatusCode::OK))
 }
 
 pub(super) async fn finalize(
     State(state): State<Arc<AppState>>,
-    uri: Uri,
     Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
-    let result = async {
-        let v = verify(&state, &uri, &body, false).await?;
-        let payload = v.payload()?;
-        let csr = payload
-            .get("csr")
-            .and_then(Value::as_str)
-            .and_then(|c| URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok())
-            .ok_or_else(|| {
-                Problem::acme(
-                    StatusCode::BAD_REQUEST,
-                    AcmeError::Malformed,
-                    "finalize needs \"csr\": the DER CSR in base64url",
-                )
-            })?;
-        let bundle = state
-            .orders
-            .finalize(&v.caller(), &v.account().id, &id, &csr)
-            .await?;
-        Ok(order_response(&state, &bundle, StatusCode::OK))
-    }
-    .await;
-    respond(&state, result).await
+    Signed(v): Signed,
+) -> Result<Response, Problem> {
+    let payload = v.payload()?;
+    let csr = payload
+        .get("csr")
+        .and_then(Value::as_str)
+        .and_then(|c| URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok())
+        .ok_or_else(|| {
+            Problem::acme(
+                StatusCode::BAD_REQUEST,
+                AcmeError::Malformed,
+                "finalize needs \"csr\": the DER CSR in base64url",
+            )
+        })?;
+    let bundle = state
+        .orders
+        .finalize(&v.caller(), &v.account().id, &id, &csr)
+        .await?;
+    Ok(order_response(&state, &bundle, StatusCode::OK))
 }
 
 /// An order this ACME account opened; any other is a 404, even one of
@@ -248,95 +229,77 @@ pub(super) fn authz_json(state: &AppState, a: &crate::store::AuthorizationBundle
 
 pub(super) async fn authorization(
     State(state): State<Arc<AppState>>,
-    uri: Uri,
     Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
-    let result = async {
-        let v = verify(&state, &uri, &body, false).await?;
-        let not_found = || Problem::not_found(format!("there is no authorization {id:?}"));
-        let order_id = order_of(&id, "authz_").ok_or_else(not_found)?;
-        let bundle = acme_order(&state, &v, &order_id)
-            .await
-            .map_err(|_| not_found())?;
-        let authz = bundle
-            .authorizations
-            .iter()
-            .find(|a| a.authorization.id == id)
-            .ok_or_else(not_found)?;
-        Ok(Json(authz_json(&state, authz)).into_response())
-    }
-    .await;
-    respond(&state, result).await
+    Signed(v): Signed,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found(format!("there is no authorization {id:?}"));
+    let order_id = order_of(&id, "authz_").ok_or_else(not_found)?;
+    let bundle = acme_order(&state, &v, &order_id)
+        .await
+        .map_err(|_| not_found())?;
+    let authz = bundle
+        .authorizations
+        .iter()
+        .find(|a| a.authorization.id == id)
+        .ok_or_else(not_found)?;
+    Ok(Json(authz_json(&state, authz)).into_response())
 }
 
 pub(super) async fn challenge(
     State(state): State<Arc<AppState>>,
-    uri: Uri,
     Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
-    let result = async {
-        let v = verify(&state, &uri, &body, false).await?;
-        let not_found = || Problem::not_found(format!("there is no challenge {id:?}"));
-        let order_id = order_of(&id, "chall_").ok_or_else(not_found)?;
-        let caller = v.caller();
-        let mut bundle = acme_order(&state, &v, &order_id)
-            .await
-            .map_err(|_| not_found())?;
-        let find = |b: &OrderBundle| {
-            b.authorizations
-                .iter()
-                .flat_map(|a| a.challenges.iter())
-                .find(|c| c.id == id)
-                .cloned()
-        };
-        let current = find(&bundle).ok_or_else(not_found)?;
-        if !v.is_post_as_get() && current.status == "pending" {
-            // The client says it is ready: validate (in the background).
-            bundle = state.orders.respond(&caller, &order_id, &id).await?;
-        }
-        let c = find(&bundle).ok_or_else(not_found)?;
-        let authz_url = format!("{}/authz/{}", base(&state), c.authorization_id);
-        let mut r = Json(challenge_json(&state, &c)).into_response();
-        if let Ok(link) = HeaderValue::from_str(&format!("<{authz_url}>;rel=\"up\"")) {
-            r.headers_mut().append(header::LINK, link);
-        }
-        Ok(r)
+    Signed(v): Signed,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found(format!("there is no challenge {id:?}"));
+    let order_id = order_of(&id, "chall_").ok_or_else(not_found)?;
+    let caller = v.caller();
+    let mut bundle = acme_order(&state, &v, &order_id)
+        .await
+        .map_err(|_| not_found())?;
+    let find = |b: &OrderBundle| {
+        b.authorizations
+            .iter()
+            .flat_map(|a| a.challenges.iter())
+            .find(|c| c.id == id)
+            .cloned()
+    };
+    let current = find(&bundle).ok_or_else(not_found)?;
+    if !v.is_post_as_get() && current.status == "pending" {
+        // The client says it is ready: validate (in the background).
+        bundle = state.orders.respond(&caller, &order_id, &id).await?;
     }
-    .await;
-    respond(&state, result).await
+    let c = find(&bundle).ok_or_else(not_found)?;
+    let authz_url = format!("{}/authz/{}", base(&state), c.authorization_id);
+    let mut r = Json(challenge_json(&state, &c)).into_response();
+    if let Ok(link) = HeaderValue::from_str(&format!("<{authz_url}>;rel=\"up\"")) {
+        r.headers_mut().append(header::LINK, link);
+    }
+    Ok(r)
 }
 
 pub(super) async fn certificate(
     State(state): State<Arc<AppState>>,
-    uri: Uri,
     Path(serial): Path<String>,
     _headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let result = async {
-        let v = verify(&state, &uri, &body, false).await?;
-        let not_found = || Problem::not_found(format!("there is no certificate {serial:?}"));
-        let parsed: Serial = serial.parse().map_err(|_| not_found())?;
-        let cert = match state.authority.reads().certificate(&parsed).await {
-            Err(StoreError::NotFound) => return Err(not_found()),
-            other => other?,
-        };
-        if cert.account_id.as_deref() != Some(v.account().account_id.as_str()) {
-            return Err(not_found());
-        }
-        let issuer = state.authority.issuer().certificate();
-        let chain = format!("{}{}", pem_encode("CERTIFICATE", &cert.der), issuer.pem());
-        Ok((
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(crate::http::api::PEM_CHAIN),
-            )],
-            chain,
-        )
-            .into_response())
+    Signed(v): Signed,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found(format!("there is no certificate {serial:?}"));
+    let parsed: Serial = serial.parse().map_err(|_| not_found())?;
+    let cert = match state.authority.reads().certificate(&parsed).await {
+        Err(StoreError::NotFound) => return Err(not_found()),
+        other => other?,
+    };
+    if cert.account_id.as_deref() != Some(v.account().account_id.as_str()) {
+        return Err(not_found());
     }
-    .await;
-    respond(&state, result).await
+    let issuer = state.authority.issuer().certificate();
+    let chain = format!("{}{}", pem_encode("CERTIFICATE", &cert.der), issuer.pem());
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::http::api::PEM_CHAIN),
+        )],
+        chain,
+    )
+        .into_response())
 }

@@ -240,6 +240,36 @@ pub(super) async fn verify_signature(
     }
 }
 
+/// A POST signed by an existing, valid account (`kid`), checked by
+/// [`verify`] before the handler runs: handlers that take it say only what
+/// is their own. Its refusals are ACME problems; the ACME headers are added
+/// to every answer by the layer in [`super::router`].
+pub(super) struct Signed(pub(super) Verified);
+
+impl axum::extract::FromRequest<Arc<AppState>> for Signed {
+    type Rejection = Problem;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let uri = request.uri().clone();
+        let body = Bytes::from_request(request, state).await.map_err(|e| {
+            Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, e.body_text())
+        })?;
+        verify(state, &uri, &body, false).await.map(Signed)
+    }
+}
+
+/// The ACME headers (`Replay-Nonce`, the directory link, `no-store`) on
+/// every answer of the layered routes, problems included.
+pub(super) async fn acme_headers(
+    State(state): State<Arc<AppState>>,
+    response: Response,
+) -> Response {
+    finish(&state, response).await
+}
+
 /// Runs a handler body after verification, adding the ACME headers to
 /// whatever it answers (problems included).
 pub(super) async fn respond(state: &AppState, result: Result<Response, Problem>) -> Response {

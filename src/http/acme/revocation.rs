@@ -38,82 +38,90 @@ pub(super) async fn revoke_cert(
     ClientAddr(client): ClientAddr,
     uri: Uri,
     body: Bytes,
-) -> Response {
-    let result = async {
-        // Signed by a certificate's key, revocation needs no account: the
-        // one unauthenticated write, limited per address.
-        let by_certificate_key = Jws::parse(&body).is_ok_and(|j| j.protected.jwk.is_some());
-        if by_certificate_key {
-            state
-                .limits
-                .key_revocation
-                .take(address_key(client))
-                .map_err(|secs| too_many("revocations signed by a certificate key", secs))?;
-        }
-        let v = verify(&state, &uri, &body, true).await?;
-        let payload = v.payload()?;
-        let der = payload
-            .get("certificate")
-            .and_then(Value::as_str)
-            .and_then(|c| URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok())
-            .ok_or_else(|| Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, "revokeCert needs \"certificate\": the DER certificate in base64url"))?;
-        let reason = match payload.get("reason").and_then(Value::as_i64) {
-            None => RevocationReason::Unspecified,
-            Some(code) => RevocationReason::from_code(code).ok_or_else(|| {
-                Problem::acme(
-                    StatusCode::BAD_REQUEST,
-                    AcmeError::BadRevocationReason,
-                    format!("reason {code} is not offered; use 0-5 or 9 (certificateHold is not)"),
-                )
-            })?,
-        };
-        let serial: Option<Serial> = {
-            use x509_parser::prelude::FromDer;
-            x509_parser::certificate::X509Certificate::from_der(&der)
-                .ok()
-                .and_then(|(_, c)| hex::encode(c.raw_serial()).parse().ok())
-        };
-        let not_ours = || Problem::not_found("this CA did not issue that certificate");
-        let serial = serial.ok_or_else(not_ours)?;
-        let store = state.authority.reads();
-        let cert = match store.certificate(&serial).await {
-            Err(StoreError::NotFound) => return Err(not_ours()),
-            other => other?,
-        };
-        if cert.der != der {
-            return Err(not_ours());
-        }
-        let request = RevokeRequest { reason, invalidity_date: None };
-        match &v.account {
-            Some(a) => {
-                if cert.account_id.as_deref() != Some(a.account_id.as_str()) {
-                    return Err(Problem::acme(
+) -> Result<Response, Problem> {
+    // Signed by a certificate's key, revocation needs no account: the
+    // one unauthenticated write, limited per address.
+    let by_certificate_key = Jws::parse(&body).is_ok_and(|j| j.protected.jwk.is_some());
+    if by_certificate_key {
+        state
+            .limits
+            .key_revocation
+            .take(address_key(client))
+            .map_err(|secs| too_many("revocations signed by a certificate key", secs))?;
+    }
+    let v = verify(&state, &uri, &body, true).await?;
+    let payload = v.payload()?;
+    let der = payload
+        .get("certificate")
+        .and_then(Value::as_str)
+        .and_then(|c| URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok())
+        .ok_or_else(|| {
+            Problem::acme(
+                StatusCode::BAD_REQUEST,
+                AcmeError::Malformed,
+                "revokeCert needs \"certificate\": the DER certificate in base64url",
+            )
+        })?;
+    let reason = match payload.get("reason").and_then(Value::as_i64) {
+        None => RevocationReason::Unspecified,
+        Some(code) => RevocationReason::from_code(code).ok_or_else(|| {
+            Problem::acme(
+                StatusCode::BAD_REQUEST,
+                AcmeError::BadRevocationReason,
+                format!("reason {code} is not offered; use 0-5 or 9 (certificateHold is not)"),
+            )
+        })?,
+    };
+    let serial: Option<Serial> = {
+        use x509_parser::prelude::FromDer;
+        x509_parser::certificate::X509Certificate::from_der(&der)
+            .ok()
+            .and_then(|(_, c)| hex::encode(c.raw_serial()).parse().ok())
+    };
+    let not_ours = || Problem::not_found("this CA did not issue that certificate");
+    let serial = serial.ok_or_else(not_ours)?;
+    let store = state.authority.reads();
+    let cert = match store.certificate(&serial).await {
+        Err(StoreError::NotFound) => return Err(not_ours()),
+        other => other?,
+    };
+    if cert.der != der {
+        return Err(not_ours());
+    }
+    let request = RevokeRequest {
+        reason,
+        invalidity_date: None,
+    };
+    match &v.account {
+        Some(a) => {
+            if cert.account_id.as_deref() != Some(a.account_id.as_str()) {
+                return Err(Problem::acme(
                         StatusCode::FORBIDDEN,
                         AcmeError::Unauthorized,
                         "this account did not order that certificate; sign with the certificate's key instead",
                     ));
-                }
-                state.authority.revoke(Revoker::Account(&v.caller()), &serial, request).await?;
             }
-            None => {
-                let jwk = v.jws.protected.jwk.clone().unwrap_or_default();
-                if !jwk_matches_certificate(&jwk, &cert.der) {
-                    return Err(Problem::acme(
-                        StatusCode::FORBIDDEN,
-                        AcmeError::Unauthorized,
-                        "the JWS key is neither an account's nor the certificate's",
-                    ));
-                }
-                state
-                    .authority
-                    .revoke_as_key_holder(&serial, request, "acme:key-holder")
-                    .await?;
-            }
+            state
+                .authority
+                .revoke(Revoker::Account(&v.caller()), &serial, request)
+                .await?;
         }
-        Ok(StatusCode::OK.into_response())
+        None => {
+            let jwk = v.jws.protected.jwk.clone().unwrap_or_default();
+            if !jwk_matches_certificate(&jwk, &cert.der) {
+                return Err(Problem::acme(
+                    StatusCode::FORBIDDEN,
+                    AcmeError::Unauthorized,
+                    "the JWS key is neither an account's nor the certificate's",
+                ));
+            }
+            state
+                .authority
+                .revoke_as_key_holder(&serial, request, "acme:key-holder")
+                .await?;
+        }
     }
-    .await;
-    respond(&state, result).await
+    Ok(StatusCode::OK.into_response())
 }
 
 /// The certificate an ARI certificate id (RFC 9773 §4.1) names:
