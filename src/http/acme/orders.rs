@@ -146,17 +146,11 @@ pub(super) async fn finalize(
     Signed(v): Signed,
 ) -> Result<Response, Problem> {
     let payload = v.payload()?;
-    let csr = payload
-        .get("csr")
-        .and_then(Value::as_str)
-        .and_then(|c| URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok())
-        .ok_or_else(|| {
-            Problem::acme(
-                StatusCode::BAD_REQUEST,
-                AcmeError::Malformed,
-                "finalize needs \"csr\": the DER CSR in base64url",
-            )
-        })?;
+    let csr = der_member(
+        &payload,
+        "csr",
+        "finalize needs \"csr\": the DER CSR in base64url",
+    )?;
     let bundle = state
         .orders
         .finalize(&v.caller(), &v.account().id, &id, &csr)

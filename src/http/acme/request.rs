@@ -240,6 +240,16 @@ pub(super) async fn verify_signature(
     }
 }
 
+/// The DER bytes of a base64url member of a payload (`csr`,
+/// `certificate`), or a `malformed` problem saying `what` is needed.
+pub(super) fn der_member(payload: &Value, name: &str, what: &str) -> Result<Vec<u8>, Problem> {
+    payload
+        .get(name)
+        .and_then(Value::as_str)
+        .and_then(|c| URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok())
+        .ok_or_else(|| Problem::acme(StatusCode::BAD_REQUEST, AcmeError::Malformed, what))
+}
+
 /// A POST signed by an existing, valid account (`kid`), checked by
 /// [`verify`] before the handler runs: handlers that take it say only what
 /// is their own. Its refusals are ACME problems; the ACME headers are added

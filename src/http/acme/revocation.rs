@@ -51,17 +51,11 @@ pub(super) async fn revoke_cert(
     }
     let v = verify(&state, &uri, &body, true).await?;
     let payload = v.payload()?;
-    let der = payload
-        .get("certificate")
-        .and_then(Value::as_str)
-        .and_then(|c| URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok())
-        .ok_or_else(|| {
-            Problem::acme(
-                StatusCode::BAD_REQUEST,
-                AcmeError::Malformed,
-                "revokeCert needs \"certificate\": the DER certificate in base64url",
-            )
-        })?;
+    let der = der_member(
+        &payload,
+        "certificate",
+        "revokeCert needs \"certificate\": the DER certificate in base64url",
+    )?;
     let reason = match payload.get("reason").and_then(Value::as_i64) {
         None => RevocationReason::Unspecified,
         Some(code) => RevocationReason::from_code(code).ok_or_else(|| {
