@@ -260,7 +260,10 @@ async fn certbot_binds_an_external_account_and_survives_bad_nonces_and_slow_vali
                 .await
                 .unwrap();
         let mut with_eab = get.to_vec();
-        with_eab.extend(["--eab-kid", &eab.kid, "--eab-hmac-key", &eab.hmac_key]);
+        // `=`: a base64url key may start with `-`, which argparse would
+        // take for an option.
+        let hmac = format!("--eab-hmac-key={}", eab.hmac_key.as_str());
+        with_eab.extend(["--eab-kid", &eab.kid, &hmac]);
         let (ok, out) = certbot(&with_eab).await;
         assert!(ok, "certbot with a binding failed:\n{out}");
         let live = dir.join("cb/config/live/web.internal");
