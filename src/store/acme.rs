@@ -2,8 +2,12 @@
 //! instance) and ACME accounts, each bound to a hallmark account that owns
 //! its orders and certificates.
 
+use async_trait::async_trait;
+
+use super::{AccountRecord, AuditEvent, NewApiKey, Result};
+
 /// An ACME account as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AcmeAccountRecord {
     /// Random id (the account URL ends with it).
     pub id: String,
@@ -25,7 +29,7 @@ pub struct AcmeAccountRecord {
 
 /// An external account binding key (RFC 8555 §7.3.4) as stored. The HMAC
 /// key is single use: binding an ACME account erases it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct EabKeyRecord {
     /// The key id clients send (`eab_…`).
     pub kid: String,
@@ -54,238 +58,99 @@ impl std::fmt::Debug for EabKeyRecord {
     }
 }
 
-pub(super) const EAB_COLUMNS: &str =
-    "SELECT kid, account_id, hmac_key, created_at, used_at, acme_account_id FROM eab_keys";
+/// What can be read about requester accounts, API keys, ACME accounts and EAB keys.
+#[async_trait]
+pub trait AccountReads: Send + Sync + 'static {
+    /// Every requester account, newest first.
+    async fn accounts(&self) -> Result<Vec<AccountRecord>>;
 
-pub(super) const ACME_ACCOUNT_COLUMNS: &str =
-    "SELECT id, account_id, jwk_thumbprint, jwk, contact, status, created_at, \
-     COALESCE((SELECT a.disabled FROM accounts a WHERE a.id = acme_accounts.account_id), FALSE) \
-     FROM acme_accounts";
+    /// The enabled account owning an unrevoked API key with this hash, and
+    /// the stored hash (for a constant-time comparison by the caller).
+    async fn account_by_api_key(
+        &self,
+        key_hash: &[u8; 32],
+    ) -> Result<Option<(AccountRecord, Vec<u8>)>>;
 
-/// Implements the ACME methods as inherent `*_impl` methods of a backend
-/// with `read` and `write` pools; the `Store` impl calls them.
-macro_rules! impl_acme_sql {
-    ($store:ty, $db:ty) => {
-        impl $store {
-            fn acme_row(
-                r: (String, Option<String>, String, String, String, String, i64, bool),
-            ) -> $crate::store::AcmeAccountRecord {
-                $crate::store::AcmeAccountRecord {
-                    id: r.0,
-                    account_id: r.1.unwrap_or_default(),
-                    jwk_thumbprint: r.2,
-                    jwk: r.3,
-                    contact: r.4,
-                    status: r.5,
-                    created_at: r.6,
-                    owner_disabled: r.7,
-                }
-            }
+    /// An external account binding key by kid.
+    async fn eab_key(&self, kid: &str) -> Result<Option<EabKeyRecord>>;
 
-            pub(super) async fn nonce_key_impl(
-                &self,
-                candidate: &[u8],
-            ) -> $crate::store::Result<Vec<u8>> {
-                sqlx::query(
-                    "INSERT INTO acme_nonce_key (id, hmac_key) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(candidate)
-                .execute(&self.write)
-                .await?;
-                let (key,): (Vec<u8>,) =
-                    sqlx::query_as("SELECT hmac_key FROM acme_nonce_key WHERE id = 1")
-                        .fetch_one(&self.write)
-                        .await?;
-                Ok(key)
-            }
+    /// An account's external account binding keys, newest first (at most 100).
+    async fn eab_keys_of(&self, account_id: &str) -> Result<Vec<EabKeyRecord>>;
 
-            pub(super) async fn use_nonce_impl(
-                &self,
-                nonce: &str,
-                expires_at: i64,
-                now: i64,
-            ) -> $crate::store::Result<bool> {
-                let fresh = self.insert_used_nonce(nonce, expires_at).await?;
-                if rand::random::<u16>() < 64 {
-                    // Now and then, forget used nonces that have expired
-                    // (they are refused for their expiry anyway).
-                    self.prune_nonces(now).await?;
-                }
-                Ok(fresh)
-            }
+    /// An ACME account by id.
+    async fn acme_account(&self, id: &str) -> Result<Option<AcmeAccountRecord>>;
 
-            fn eab_row(
-                r: (String, String, Vec<u8>, i64, Option<i64>, Option<String>),
-            ) -> $crate::store::EabKeyRecord {
-                $crate::store::EabKeyRecord {
-                    kid: r.0,
-                    account_id: r.1,
-                    hmac_key: r.2,
-                    created_at: r.3,
-                    used_at: r.4,
-                    acme_account_id: r.5,
-                }
-            }
+    /// An ACME account by its key's thumbprint.
+    async fn acme_account_by_key(&self, thumbprint: &str) -> Result<Option<AcmeAccountRecord>>;
 
-            pub(super) async fn create_eab_key_impl(
-                &self,
-                key: &$crate::store::EabKeyRecord,
-                event: $crate::store::AuditEvent,
-            ) -> $crate::store::Result<()> {
-                let mut tx = self.write.begin().await?;
-                let head = Self::lock_audit_tx(&mut tx).await?;
-                let enabled: Option<(bool,)> =
-                    sqlx::query_as("SELECT disabled FROM accounts WHERE id = $1")
-                        .bind(&key.account_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if enabled.map(|r| r.0) != Some(false) {
-                    return Err($crate::store::StoreError::NotFound);
-                }
-                sqlx::query(
-                    "INSERT INTO eab_keys (kid, account_id, hmac_key, created_at) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(&key.kid)
-                .bind(&key.account_id)
-                .bind(&key.hmac_key)
-                .bind(key.created_at)
-                .execute(&mut *tx)
-                .await?;
-                Self::write_audit_tx(&mut tx, head, &[&event]).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            pub(super) async fn eab_keys_impl(
-                &self,
-                kid: Option<&str>,
-                account_id: Option<&str>,
-            ) -> $crate::store::Result<Vec<$crate::store::EabKeyRecord>> {
-                let (column, value) = match (kid, account_id) {
-                    (Some(k), _) => ("kid", k),
-                    (_, Some(a)) => ("account_id", a),
-                    _ => return Ok(Vec::new()),
-                };
-                let rows = sqlx::query_as(&format!(
-                    "{} WHERE {column} = $1 ORDER BY created_at DESC, kid LIMIT 100",
-                    $crate::store::acme::EAB_COLUMNS
-                ))
-                .bind(value)
-                .fetch_all(&self.read)
-                .await?;
-                Ok(rows.into_iter().map(Self::eab_row).collect())
-            }
-
-            pub(super) async fn create_acme_account_impl(
-                &self,
-                acme: &$crate::store::AcmeAccountRecord,
-                owner: Option<&$crate::store::AccountRecord>,
-                eab_kid: Option<&str>,
-                event: $crate::store::AuditEvent,
-            ) -> $crate::store::Result<()> {
-                let mut tx = self.write.begin().await?;
-                let head = Self::lock_audit_tx(&mut tx).await?;
-                if let Some(kid) = eab_kid {
-                    // Single use: the first binding wins and erases the key.
-                    let done = sqlx::query(
-                        "UPDATE eab_keys SET used_at = $2, acme_account_id = $3, hmac_key = $4 \
-                         WHERE kid = $1 AND used_at IS NULL AND account_id = $5 \
-                         AND account_id IN (SELECT id FROM accounts WHERE NOT disabled)",
-                    )
-                    .bind(kid)
-                    .bind(acme.created_at)
-                    .bind(&acme.id)
-                    .bind(Vec::<u8>::new())
-                    .bind(&acme.account_id)
-                    .execute(&mut *tx)
-                    .await?;
-                    if done.rows_affected() != 1 {
-                        return Err($crate::store::StoreError::Conflict(format!(
-                            "the external account binding key {kid} is already used"
-                        )));
-                    }
-                }
-                if let Some(a) = owner {
-                    sqlx::query($crate::store::shared::INSERT_ACCOUNT)
-                        .bind(&a.id)
-                        .bind(&a.name)
-                        .bind(&a.role)
-                        .bind(a.disabled)
-                        .bind(a.created_at)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                sqlx::query(
-                    "INSERT INTO acme_accounts (id, account_id, jwk_thumbprint, jwk, contact, status, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(&acme.id)
-                .bind(&acme.account_id)
-                .bind(&acme.jwk_thumbprint)
-                .bind(&acme.jwk)
-                .bind(&acme.contact)
-                .bind(&acme.status)
-                .bind(acme.created_at)
-                .execute(&mut *tx)
-                .await?;
-                Self::write_audit_tx(&mut tx, head, &[&event]).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            pub(super) async fn acme_account_impl(
-                &self,
-                by_id: Option<&str>,
-                by_thumbprint: Option<&str>,
-                by_owner: Option<&str>,
-            ) -> $crate::store::Result<Option<$crate::store::AcmeAccountRecord>> {
-                let (column, value) = match (by_id, by_thumbprint, by_owner) {
-                    (Some(id), _, _) => ("id", id),
-                    (_, Some(t), _) => ("jwk_thumbprint", t),
-                    (_, _, Some(o)) => ("account_id", o),
-                    _ => return Ok(None),
-                };
-                let row = sqlx::query_as(&format!(
-                    "{} WHERE {column} = $1",
-                    $crate::store::acme::ACME_ACCOUNT_COLUMNS
-                ))
-                .bind(value)
-                .fetch_optional(&self.read)
-                .await?;
-                Ok(row.map(Self::acme_row))
-            }
-
-            pub(super) async fn update_acme_account_impl(
-                &self,
-                id: &str,
-                contact: Option<&str>,
-                status: Option<&str>,
-                key: Option<(&str, &str)>,
-                event: $crate::store::AuditEvent,
-            ) -> $crate::store::Result<()> {
-                let mut tx = self.write.begin().await?;
-                let head = Self::lock_audit_tx(&mut tx).await?;
-                let done = sqlx::query(
-                    "UPDATE acme_accounts SET contact = COALESCE($2, contact), \
-                     status = COALESCE($3, status), jwk_thumbprint = COALESCE($4, jwk_thumbprint), \
-                     jwk = COALESCE($5, jwk) WHERE id = $1 AND status = 'valid'",
-                )
-                .bind(id)
-                .bind(contact)
-                .bind(status)
-                .bind(key.map(|k| k.0))
-                .bind(key.map(|k| k.1))
-                .execute(&mut *tx)
-                .await?;
-                if done.rows_affected() != 1 {
-                    return Err($crate::store::StoreError::NotFound);
-                }
-                Self::write_audit_tx(&mut tx, head, &[&event]).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-        }
-    };
+    /// The ACME account bound to a hallmark account, if any.
+    async fn acme_account_of(&self, account_id: &str) -> Result<Option<AcmeAccountRecord>>;
 }
 
-pub(super) use impl_acme_sql;
+/// Every change to requester accounts, API keys, ACME accounts, EAB keys and used nonces.
+#[async_trait]
+pub trait AccountWrites: Send + Sync + 'static {
+    /// Creates an account with its first API key and the audit record, in
+    /// one transaction.
+    async fn create_account(
+        &self,
+        account: AccountRecord,
+        key: NewApiKey,
+        event: AuditEvent,
+    ) -> Result<()>;
+
+    /// Revokes one API key, with its audit record; `NotFound` if there is
+    /// no unrevoked key with this id.
+    async fn revoke_api_key(&self, key_id: &str, at: i64, event: AuditEvent) -> Result<()>;
+
+    /// Revokes every key of an account and adds `key`, with the audit
+    /// record, in one transaction; `NotFound` if the account does not exist.
+    async fn rotate_api_key(
+        &self,
+        account_id: &str,
+        key: NewApiKey,
+        at: i64,
+        event: AuditEvent,
+    ) -> Result<()>;
+
+    /// Disables or enables an account, with its audit record.
+    async fn set_account_disabled(
+        &self,
+        account_id: &str,
+        disabled: bool,
+        event: AuditEvent,
+    ) -> Result<()>;
+
+    /// The key ACME nonces are MACed with, shared by every instance:
+    /// `candidate` becomes it if there is none yet.
+    async fn acme_nonce_key(&self, candidate: &[u8]) -> Result<Vec<u8>>;
+
+    /// Records the use of an (authentic, unexpired) ACME nonce: `true` the
+    /// first time, `false` on a replay.
+    async fn use_nonce(&self, nonce: &str, expires_at: i64, now: i64) -> Result<bool>;
+
+    /// Creates an ACME account (and, with `owner`, the hallmark account
+    /// that will own its orders) with its audit record.
+    async fn create_acme_account(
+        &self,
+        acme: &AcmeAccountRecord,
+        owner: Option<&AccountRecord>,
+        eab_kid: Option<&str>,
+        event: AuditEvent,
+    ) -> Result<()>;
+
+    /// Issues an external account binding key for an enabled account, with
+    /// its audit record; `NotFound` if the account is missing or disabled.
+    async fn create_eab_key(&self, key: &EabKeyRecord, event: AuditEvent) -> Result<()>;
+
+    /// Changes a valid ACME account's contact, status or key (thumbprint,
+    /// JWK), with its audit record; `NotFound` if it is not valid.
+    async fn update_acme_account(
+        &self,
+        id: &str,
+        contact: Option<&str>,
+        status: Option<&str>,
+        key: Option<(&str, &str)>,
+        event: AuditEvent,
+    ) -> Result<()>;
+}

@@ -11,7 +11,7 @@ mod dashboard;
 mod orders;
 pub mod postgres;
 mod revocation;
-mod shared;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -22,16 +22,20 @@ use time::OffsetDateTime;
 
 use crate::pki::Serial;
 
-pub use acme::{AcmeAccountRecord, EabKeyRecord};
-pub use dashboard::{AuditQuery, Overview, SessionRecord, UserRecord, UserUpdate};
-pub use revocation::{
-    CertificateQuery, CertificateStatus, CrlMark, CrlRecord, NewCrl, Revocation, RevokedRow,
-    RevokedScan, StatusRecord,
+pub use acme::{AccountReads, AccountWrites, AcmeAccountRecord, EabKeyRecord};
+pub use dashboard::{
+    AuditQuery, Overview, SessionRecord, UserReads, UserRecord, UserUpdate, UserWrites,
 };
+pub use revocation::{
+    CertificateQuery, CertificateReads, CertificateStatus, CertificateWrites, CrlMark, CrlRecord,
+    NewCrl, Revocation, RevokedRow, RevokedScan, StatusRecord,
+};
+pub use sql::{Backend, SqlStore};
 
 pub use orders::{
     AuthorizationBundle, AuthorizationRecord, ChallengeOutcome, ChallengeRecord, IssuanceOrder,
-    OrderBundle, OrderQuery, OrderRecord, OrderStatus, OrderUpdate, Transition,
+    OrderBundle, OrderQuery, OrderReads, OrderRecord, OrderStatus, OrderUpdate, OrderWrites,
+    Transition,
 };
 
 /// Why a storage operation failed. Callers never see sqlx errors.
@@ -127,7 +131,7 @@ fn db_unavailable(code: Option<&str>) -> bool {
         )
 }
 
-/// How failed sign-ins lock a user (see [`Store::record_failed_sign_in`]).
+/// How failed sign-ins lock a user (see [`UserWrites::record_failed_sign_in`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignInLimits {
     /// Failures in a row that lock.
@@ -356,9 +360,34 @@ pub struct NewApiKey {
 
 /// What the storage can be asked without changing anything: the side the
 /// HTTP layer holds (`Authority::reads`). Every change goes through the
-/// workflow, which holds the whole [`Store`].
+/// workflow, which holds the whole [`Store`]. Each concern's reads are
+/// their own trait (`OrderReads` in `orders.rs`, …), implemented once for
+/// both databases in `sql/`.
+pub trait StoreRead:
+    Health + OrderReads + CertificateReads + AuditReads + UserReads + AccountReads
+{
+}
+
+impl<T> StoreRead for T where
+    T: Health + OrderReads + CertificateReads + AuditReads + UserReads + AccountReads
+{
+}
+
+/// The storage contract both backends fulfil: the reads, and every write
+/// (each with its audit records, in one transaction).
+pub trait Store:
+    StoreRead + OrderWrites + CertificateWrites + AuditWrites + UserWrites + AccountWrites
+{
+}
+
+impl<T> Store for T where
+    T: StoreRead + OrderWrites + CertificateWrites + AuditWrites + UserWrites + AccountWrites
+{
+}
+
+/// The store itself: whether it answers, and on what.
 #[async_trait]
-pub trait StoreRead: Send + Sync + 'static {
+pub trait Health: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 
@@ -369,338 +398,25 @@ pub trait StoreRead: Send + Sync + 'static {
     /// audit records flush every commit (SQLite `synchronous` FULL,
     /// PostgreSQL `synchronous_commit` not `off`); for `/readyz`.
     async fn check_durable(&self) -> Result<()>;
+}
 
-    /// Every CA certificate, root first.
-    async fn issuers(&self) -> Result<Vec<IssuerRecord>>;
-
-    /// One order with its authorizations and challenges.
-    async fn order(&self, id: &str) -> Result<OrderBundle>;
-
-    /// A page of orders, newest first.
-    async fn orders(&self, query: &OrderQuery) -> Result<Vec<OrderRecord>>;
-
-    /// When `account_id` last proved control of the identifier, if it did at
-    /// or after `since` (Unix seconds).
-    async fn last_validation(
-        &self,
-        account_id: &str,
-        identifier_type: &str,
-        identifier_value: &str,
-        since: i64,
-    ) -> Result<Option<i64>>;
-
-    /// How many unexpired `pending` authorizations `account_id` holds.
-    async fn pending_authorizations(&self, account_id: &str, now: i64) -> Result<i64>;
-
-    /// Challenges `processing` since before `attempted_before` (their
-    /// validator died with its process): `(challenge, order, attempted_at)`.
-    async fn stale_challenges(
-        &self,
-        attempted_before: i64,
-        limit: i64,
-    ) -> Result<Vec<(String, String, i64)>>;
-
-    /// Orders whose issuance should be (re)started: REST DV orders `ready`
-    /// since before `ready_before`, and orders `processing` since before
-    /// `processing_before`.
-    async fn orders_to_resume(
-        &self,
-        ready_before: i64,
-        processing_before: i64,
-        limit: i64,
-    ) -> Result<Vec<OrderRecord>>;
-
-    /// Unfinished orders (`pending`, `ready`, `awaiting_approval`) whose
-    /// `expires_at` has passed.
-    async fn expired_orders(&self, now: i64, limit: i64) -> Result<Vec<OrderRecord>>;
-
-    /// One certificate by serial.
-    async fn certificate(&self, serial: &Serial) -> Result<CertificateRecord>;
-
-    /// How many certificates are recorded.
-    async fn count_certificates(&self) -> Result<i64>;
-
+/// The audit log: a hash chain every write extends.
+#[async_trait]
+pub trait AuditReads: Send + Sync + 'static {
     /// The end of the audit chain: the last sequence number and its hash.
     async fn audit_head(&self) -> Result<(i64, Vec<u8>)>;
 
     /// Audit records with `seq > after`, in order, at most `limit`.
     async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>>;
 
-    /// How many dashboard users exist.
-    async fn count_users(&self) -> Result<i64>;
-
-    /// Whether a key (SHA-256 of its SubjectPublicKeyInfo) was revoked for
-    /// keyCompromise.
-    async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool>;
-
-    /// What OCSP needs about a serial, if it was issued here.
-    async fn certificate_status(&self, serial: &Serial) -> Result<Option<StatusRecord>>;
-
-    /// A page of certificates.
-    async fn certificates(&self, query: &CertificateQuery) -> Result<Vec<CertificateRecord>>;
-
-    /// Streams the revoked certificates `scan` selects into `sink`, from one
-    /// read snapshot, and returns the audit sequence number of that
-    /// snapshot (every revocation at or below it is included).
-    async fn scan_revoked(
-        &self,
-        scan: &RevokedScan,
-        sink: &mut (dyn FnMut(RevokedRow) + Send),
-    ) -> Result<i64>;
-
-    /// The newest CRL of every scope, without DER.
-    async fn crl_heads(&self) -> Result<Vec<CrlRecord>>;
-
-    /// The durable staleness marks: for every `(issuer, partition)` with a
-    /// revocation, the audit sequence number of its newest revocation
-    /// (partition 0 stands for the issuer's complete and delta CRLs). A
-    /// CRL whose `snapshot_seq` is below its mark is missing a revocation.
-    async fn crl_marks(&self) -> Result<Vec<CrlMark>>;
-
-    /// The DER of the CRL `head` names.
-    async fn crl_der(&self, head: &CrlRecord) -> Result<Vec<u8>>;
-
-    /// The partitions (> 0) holding revoked certificates of an issuer.
-    async fn revoked_partitions(&self, issuer_id: &str) -> Result<Vec<i64>>;
-
-    /// A dashboard user by name (read from the writer, so a sign-in sees
-    /// the newest failure count).
-    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>>;
-
-    /// Every dashboard user, by name.
-    async fn users(&self) -> Result<Vec<UserRecord>>;
-
-    /// A session by the hash of its cookie, with its user.
-    async fn session(&self, id_hash: &[u8]) -> Result<Option<(SessionRecord, UserRecord)>>;
-
-    /// Every requester account, newest first.
-    async fn accounts(&self) -> Result<Vec<AccountRecord>>;
-
     /// Audit records, newest first, filtered.
     async fn audit_search(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
-
-    /// The dashboard overview's counts at `now`.
-    async fn overview(&self, now: i64) -> Result<Overview>;
-
-    /// An external account binding key by kid.
-    async fn eab_key(&self, kid: &str) -> Result<Option<EabKeyRecord>>;
-
-    /// An account's external account binding keys, newest first (at most 100).
-    async fn eab_keys_of(&self, account_id: &str) -> Result<Vec<EabKeyRecord>>;
-
-    /// An ACME account by id.
-    async fn acme_account(&self, id: &str) -> Result<Option<AcmeAccountRecord>>;
-
-    /// An ACME account by its key's thumbprint.
-    async fn acme_account_by_key(&self, thumbprint: &str) -> Result<Option<AcmeAccountRecord>>;
-
-    /// The ACME account bound to a hallmark account, if any.
-    async fn acme_account_of(&self, account_id: &str) -> Result<Option<AcmeAccountRecord>>;
-
-    /// The enabled account owning an unrevoked API key with this hash, and
-    /// the stored hash (for a constant-time comparison by the caller).
-    async fn account_by_api_key(
-        &self,
-        key_hash: &[u8; 32],
-    ) -> Result<Option<(AccountRecord, Vec<u8>)>>;
 }
 
-/// The storage contract both backends fulfil: the reads, and every write
-/// (each with its audit records, in one transaction).
 #[async_trait]
-pub trait Store: StoreRead {
-    /// Inserts or refreshes a CA certificate.
-    async fn upsert_issuer(&self, issuer: &IssuerRecord) -> Result<()>;
-
-    /// Records an issued certificate and its audit record in one
-    /// transaction, group-committed with concurrent issuances.
-    async fn insert_certificate(&self, cert: NewCertificate, event: AuditEvent) -> Result<()> {
-        self.insert_issuance(Issuance {
-            certificate: cert,
-            events: vec![event],
-            order: None,
-        })
-        .await
-    }
-
-    /// Records an issuance — certificate, audit records, and the order it
-    /// creates or completes — in one transaction, group-committed with
-    /// concurrent issuances. `Conflict` if the order was not `processing`.
-    async fn insert_issuance(&self, issuance: Issuance) -> Result<()>;
-
-    /// Creates an order with its authorizations and challenges, and its
-    /// audit records, in one transaction.
-    async fn create_order(&self, bundle: &OrderBundle, events: Vec<AuditEvent>) -> Result<()>;
-
-    /// Moves a challenge from `pending` to `processing` if it, its
-    /// authorization and its order are all still `pending`; `false` if not.
-    async fn claim_challenge(
-        &self,
-        challenge_id: &str,
-        order_id: &str,
-        at: i64,
-        event: AuditEvent,
-    ) -> Result<bool>;
-
-    /// Takes over a stale `processing` challenge if nobody else has since
-    /// (its `attempted_at` is still `attempted_at_was`).
-    async fn reclaim_challenge(
-        &self,
-        challenge_id: &str,
-        attempted_at_was: i64,
-        at: i64,
-    ) -> Result<bool>;
-
-    /// Records a validation's result: the challenge and its authorization
-    /// become valid or invalid; a failure makes the order invalid; the last
-    /// valid authorization moves the order to `outcome.when_all_valid`.
-    /// `on_order_change` is written too if the order moved. Returns the
-    /// order's new status if it changed; `Conflict` if the challenge was not
-    /// `processing`.
-    async fn finish_challenge(
-        &self,
-        outcome: &ChallengeOutcome,
-        events: Vec<AuditEvent>,
-        on_order_change: Vec<AuditEvent>,
-    ) -> Result<Option<OrderStatus>>;
-
-    /// Makes `transition` (setting `update`'s fields) with its audit
-    /// records; `false` (and nothing written) if the order was not in the
-    /// transition's starting status. An illegal transition is refused.
-    async fn transition_order(
-        &self,
-        order_id: &str,
-        transition: Transition,
-        update: &OrderUpdate,
-        at: i64,
-        events: Vec<AuditEvent>,
-    ) -> Result<bool>;
-
+pub trait AuditWrites: Send + Sync + 'static {
     /// Appends an audit record on its own.
     async fn append_audit(&self, event: AuditEvent) -> Result<()>;
-
-    /// Creates a dashboard user and its audit record in one transaction;
-    /// `Conflict` if the name is taken.
-    async fn create_user(&self, user: NewUser, event: AuditEvent) -> Result<()>;
-
-    /// Creates an account with its first API key and the audit record, in
-    /// one transaction.
-    async fn create_account(
-        &self,
-        account: AccountRecord,
-        key: NewApiKey,
-        event: AuditEvent,
-    ) -> Result<()>;
-
-    /// Revokes one API key, with its audit record; `NotFound` if there is
-    /// no unrevoked key with this id.
-    async fn revoke_api_key(&self, key_id: &str, at: i64, event: AuditEvent) -> Result<()>;
-
-    /// Revokes every key of an account and adds `key`, with the audit
-    /// record, in one transaction; `NotFound` if the account does not exist.
-    async fn rotate_api_key(
-        &self,
-        account_id: &str,
-        key: NewApiKey,
-        at: i64,
-        event: AuditEvent,
-    ) -> Result<()>;
-
-    /// Revokes a certificate with its audit record in one transaction;
-    /// `NotFound` if there is no such certificate, `Conflict` (and nothing
-    /// written) if it is already revoked.
-    async fn revoke_certificate(&self, revocation: &Revocation, event: AuditEvent) -> Result<()>;
-
-    /// Publishes a CRL: under the audit-head lock, takes the issuer's next
-    /// CRL number, calls `sign` with it for the DER, stores the CRL (keeping
-    /// the newest two of its scope) and appends `event` (with the number
-    /// added to its details). `None` (nothing written) if a CRL of the same
-    /// scope was already published from a later snapshot.
-    async fn publish_crl(
-        &self,
-        crl: &NewCrl,
-        sign: &mut (dyn FnMut(i64) -> std::result::Result<Vec<u8>, String> + Send),
-        event: AuditEvent,
-    ) -> Result<Option<CrlRecord>>;
-
-    /// Counts a failed sign-in of an existing user, atomically (parallel
-    /// guesses each count) and fairly: a failure after an expired lock, or
-    /// more than `policy.window_secs` after the previous failure, starts
-    /// the count again at one. At `policy.max_failures` the user is locked
-    /// until `now + policy.lock_secs`. Appends `failed` (always) and
-    /// `locked` (when this failure set the lock) to the audit log. If a
-    /// lock is already in force nothing is counted or written. Returns the
-    /// failures in a row and the lock in force.
-    async fn record_failed_sign_in(
-        &self,
-        user_id: &str,
-        now: i64,
-        policy: SignInLimits,
-        failed: AuditEvent,
-        locked: AuditEvent,
-    ) -> Result<(i64, Option<i64>)>;
-
-    /// Changes a user with its audit record; `Conflict` (nothing written)
-    /// if no enabled admin would remain. A new password, role or disabling
-    /// ends the user's sessions.
-    async fn update_user(
-        &self,
-        user_id: &str,
-        update: &UserUpdate,
-        at: i64,
-        event: AuditEvent,
-    ) -> Result<()>;
-
-    /// Stores a new session (and resets the user's failure count) with its
-    /// audit record.
-    async fn create_session(&self, session: &SessionRecord, event: AuditEvent) -> Result<()>;
-
-    /// Marks a session used now (for the idle timeout).
-    async fn touch_session(&self, id_hash: &[u8], at: i64) -> Result<()>;
-
-    /// Ends a session.
-    async fn delete_session(&self, id_hash: &[u8]) -> Result<()>;
-
-    /// Disables or enables an account, with its audit record.
-    async fn set_account_disabled(
-        &self,
-        account_id: &str,
-        disabled: bool,
-        event: AuditEvent,
-    ) -> Result<()>;
-
-    /// The key ACME nonces are MACed with, shared by every instance:
-    /// `candidate` becomes it if there is none yet.
-    async fn acme_nonce_key(&self, candidate: &[u8]) -> Result<Vec<u8>>;
-
-    /// Records the use of an (authentic, unexpired) ACME nonce: `true` the
-    /// first time, `false` on a replay.
-    async fn use_nonce(&self, nonce: &str, expires_at: i64, now: i64) -> Result<bool>;
-
-    /// Creates an ACME account (and, with `owner`, the hallmark account
-    /// that will own its orders) with its audit record.
-    async fn create_acme_account(
-        &self,
-        acme: &AcmeAccountRecord,
-        owner: Option<&AccountRecord>,
-        eab_kid: Option<&str>,
-        event: AuditEvent,
-    ) -> Result<()>;
-
-    /// Issues an external account binding key for an enabled account, with
-    /// its audit record; `NotFound` if the account is missing or disabled.
-    async fn create_eab_key(&self, key: &EabKeyRecord, event: AuditEvent) -> Result<()>;
-
-    /// Changes a valid ACME account's contact, status or key (thumbprint,
-    /// JWK), with its audit record; `NotFound` if it is not valid.
-    async fn update_acme_account(
-        &self,
-        id: &str,
-        contact: Option<&str>,
-        status: Option<&str>,
-        key: Option<(&str, &str)>,
-        event: AuditEvent,
-    ) -> Result<()>;
 }
 
 /// Opens the store a URL names (`sqlite://…` or `postgres://…`) and applies

@@ -3,6 +3,10 @@
 //! compare-and-set inside a transaction with its audit records, so two
 //! instances can never both move the same order.
 
+use async_trait::async_trait;
+
+use super::{AuditEvent, Result};
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -63,7 +67,7 @@ impl OrderStatus {
 }
 
 /// Every move an order can make (DESIGN §2), in one place. The workflow
-/// names a transition and [`crate::store::Store::transition_order`] applies
+/// names a transition and [`OrderWrites::transition_order`] applies
 /// it (status checked and changed in one statement); the moves made inside
 /// other store operations — a challenge result (`finish_challenge`), the
 /// stored certificate (`complete_issuance`), a disabled account — are the
@@ -346,6 +350,103 @@ pub struct OrderQuery {
     pub before: Option<(i64, String)>,
     /// At most this many.
     pub limit: i64,
+}
+
+/// What can be read about orders, authorizations and challenges.
+#[async_trait]
+pub trait OrderReads: Send + Sync + 'static {
+    /// One order with its authorizations and challenges.
+    async fn order(&self, id: &str) -> Result<OrderBundle>;
+
+    /// A page of orders, newest first.
+    async fn orders(&self, query: &OrderQuery) -> Result<Vec<OrderRecord>>;
+
+    /// When `account_id` last proved control of the identifier, if it did at
+    /// or after `since` (Unix seconds).
+    async fn last_validation(
+        &self,
+        account_id: &str,
+        identifier_type: &str,
+        identifier_value: &str,
+        since: i64,
+    ) -> Result<Option<i64>>;
+
+    /// How many unexpired `pending` authorizations `account_id` holds.
+    async fn pending_authorizations(&self, account_id: &str, now: i64) -> Result<i64>;
+
+    /// Challenges `processing` since before `attempted_before` (their
+    /// validator died with its process): `(challenge, order, attempted_at)`.
+    async fn stale_challenges(
+        &self,
+        attempted_before: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String, i64)>>;
+
+    /// Orders whose issuance should be (re)started: REST DV orders `ready`
+    /// since before `ready_before`, and orders `processing` since before
+    /// `processing_before`.
+    async fn orders_to_resume(
+        &self,
+        ready_before: i64,
+        processing_before: i64,
+        limit: i64,
+    ) -> Result<Vec<OrderRecord>>;
+
+    /// Unfinished orders (`pending`, `ready`, `awaiting_approval`) whose
+    /// `expires_at` has passed.
+    async fn expired_orders(&self, now: i64, limit: i64) -> Result<Vec<OrderRecord>>;
+}
+
+/// Every change to orders, authorizations and challenges.
+#[async_trait]
+pub trait OrderWrites: Send + Sync + 'static {
+    /// Creates an order with its authorizations and challenges, and its
+    /// audit records, in one transaction.
+    async fn create_order(&self, bundle: &OrderBundle, events: Vec<AuditEvent>) -> Result<()>;
+
+    /// Moves a challenge from `pending` to `processing` if it, its
+    /// authorization and its order are all still `pending`; `false` if not.
+    async fn claim_challenge(
+        &self,
+        challenge_id: &str,
+        order_id: &str,
+        at: i64,
+        event: AuditEvent,
+    ) -> Result<bool>;
+
+    /// Takes over a stale `processing` challenge if nobody else has since
+    /// (its `attempted_at` is still `attempted_at_was`).
+    async fn reclaim_challenge(
+        &self,
+        challenge_id: &str,
+        attempted_at_was: i64,
+        at: i64,
+    ) -> Result<bool>;
+
+    /// Records a validation's result: the challenge and its authorization
+    /// become valid or invalid; a failure makes the order invalid; the last
+    /// valid authorization moves the order to `outcome.when_all_valid`.
+    /// `on_order_change` is written too if the order moved. Returns the
+    /// order's new status if it changed; `Conflict` if the challenge was not
+    /// `processing`.
+    async fn finish_challenge(
+        &self,
+        outcome: &ChallengeOutcome,
+        events: Vec<AuditEvent>,
+        on_order_change: Vec<AuditEvent>,
+    ) -> Result<Option<OrderStatus>>;
+
+    /// Makes `transition` (setting `update`'s fields) with its audit
+    /// records; `false` (and nothing written) if the order was not in the
+    /// transition's starting status. An illegal transition is refused.
+    async fn transition_order(
+        &self,
+        order_id: &str,
+        transition: Transition,
+        update: &OrderUpdate,
+        at: i64,
+        events: Vec<AuditEvent>,
+    ) -> Result<bool>;
 }
 
 #[cfg(test)]

@@ -7,23 +7,17 @@ use std::time::Duration;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Pool, Postgres};
 
-use super::acme::impl_acme_sql;
+use async_trait::async_trait;
+
 use super::batch::Batcher;
-use super::dashboard::impl_dashboard_sql;
-use super::revocation::impl_revocation_sql;
-use super::shared::impl_sql_store;
-use super::{redact_url, Result, StoreError};
+use super::{redact_url, Backend, Result, SqlStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The PostgreSQL store.
-pub struct PostgresStore {
-    read: Pool<Postgres>,
-    write: Pool<Postgres>,
-    batcher: Batcher,
-}
+pub type PostgresStore = SqlStore<Postgres>;
 
-impl PostgresStore {
+impl SqlStore<Postgres> {
     /// Connects to `url` and migrates the database.
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = PgPoolOptions::new()
@@ -53,7 +47,7 @@ impl PostgresStore {
             .map_err(|e| StoreError::Database(format!("migrating {}: {e}", redact_url(url))))?;
         let write = pool.clone();
         let batcher = Batcher::spawn(move |items| Self::commit_certificates(write.clone(), items));
-        Ok(PostgresStore {
+        Ok(SqlStore {
             read: pool.clone(),
             write: pool,
             batcher,
@@ -61,12 +55,16 @@ impl PostgresStore {
     }
 }
 
-impl PostgresStore {
-    /// Records a used ACME nonce: `false` if it was used before. The commit
-    /// does not wait for the WAL flush (`synchronous_commit = off` for this
-    /// transaction only): a used nonce is worth no disk flush.
-    async fn insert_used_nonce(&self, nonce: &str, expires_at: i64) -> Result<bool> {
-        let mut tx = self.write.begin().await?;
+#[async_trait]
+impl Backend for Postgres {
+    const LABEL: &'static str = "postgres";
+    const READ_SNAPSHOT: &'static str =
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+
+    /// The commit does not wait for the WAL flush (`synchronous_commit =
+    /// off` for this transaction only): a used nonce is worth no disk flush.
+    async fn insert_used_nonce(write: &Pool<Self>, nonce: &str, expires_at: i64) -> Result<bool> {
+        let mut tx = write.begin().await?;
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
@@ -80,23 +78,20 @@ impl PostgresStore {
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
-}
 
-impl PostgresStore {
-    /// Forgets used nonces that expired before `now`.
-    async fn prune_nonces(&self, now: i64) -> Result<()> {
+    async fn prune_nonces(write: &Pool<Self>, now: i64) -> Result<()> {
         sqlx::query("DELETE FROM acme_nonces WHERE expires_at < $1")
             .bind(now)
-            .execute(&self.write)
+            .execute(write)
             .await?;
         Ok(())
     }
 
     /// Commits wait for the WAL flush (`synchronous_commit` is not `off`
     /// for the sessions of the write pool).
-    async fn check_durable_impl(&self) -> Result<()> {
+    async fn check_durable(write: &Pool<Self>) -> Result<()> {
         let (level,): (String,) = sqlx::query_as("SHOW synchronous_commit")
-            .fetch_one(&self.write)
+            .fetch_one(write)
             .await?;
         if level == "off" {
             return Err(StoreError::NotDurable(
@@ -105,13 +100,8 @@ impl PostgresStore {
         }
         Ok(())
     }
-}
 
-impl_sql_store!(PostgresStore, Postgres, "postgres");
-impl_revocation_sql!(
-    PostgresStore,
-    Postgres,
-    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
-);
-impl_dashboard_sql!(PostgresStore, Postgres);
-impl_acme_sql!(PostgresStore, Postgres);
+    fn rows_affected(done: &Self::QueryResult) -> u64 {
+        done.rows_affected()
+    }
+}

@@ -3,6 +3,10 @@
 //! (never collected), and a CRL is published under the audit-head lock with
 //! a number from `crl_numbers`, only if nothing fresher was published.
 
+use async_trait::async_trait;
+
+use super::{AuditEvent, CertificateRecord, Issuance, IssuerRecord, NewCertificate, Result};
+
 use crate::pki::Serial;
 
 /// A revocation to record.
@@ -137,11 +141,11 @@ pub struct CrlRecord {
     pub entries: i64,
     /// The audit sequence number its entries were read at.
     pub snapshot_seq: i64,
-    /// DER (empty in [`super::Store::crl_heads`]).
+    /// DER (empty in [`CertificateReads::crl_heads`]).
     pub der: Vec<u8>,
 }
 
-/// The newest revocation of one CRL scope (see [`super::Store::crl_marks`]).
+/// The newest revocation of one CRL scope (see [`CertificateReads::crl_marks`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrlMark {
     /// The issuer.
@@ -152,411 +156,89 @@ pub struct CrlMark {
     pub seq: i64,
 }
 
-/// How many CRLs of one scope are kept (the newest and the one before, so
-/// a client fetching during a switch still finds what an ETag names).
-pub(super) const CRLS_KEPT: i64 = 2;
+/// What can be read about issuers, certificates, revocations and CRLs.
+#[async_trait]
+pub trait CertificateReads: Send + Sync + 'static {
+    /// Every CA certificate, root first.
+    async fn issuers(&self) -> Result<Vec<IssuerRecord>>;
 
-pub(super) const REVOKE: &str = "UPDATE certificates SET revoked_at = $2, revocation_reason = $3, \
-     invalidity_date = $4 WHERE serial = $1 AND revoked_at IS NULL \
-     RETURNING issuer_id, crl_partition";
+    /// One certificate by serial.
+    async fn certificate(&self, serial: &Serial) -> Result<CertificateRecord>;
 
-pub(super) const MARK_CRL: &str = "INSERT INTO crl_marks (issuer_id, partition, seq) \
-     VALUES ($1, $2, $3) ON CONFLICT (issuer_id, partition) DO UPDATE SET seq = excluded.seq";
+    /// How many certificates are recorded.
+    async fn count_certificates(&self) -> Result<i64>;
 
-pub(super) const SELECT_STATUS: &str =
-    "SELECT issuer_id, not_after, revoked_at, revocation_reason FROM certificates WHERE serial = $1";
+    /// Whether a key (SHA-256 of its SubjectPublicKeyInfo) was revoked for
+    /// keyCompromise.
+    async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool>;
 
-pub(super) const CERTIFICATE_COLUMNS: &str =
-    "SELECT serial, issuer_id, account_id, order_id, subject, identifiers, profile, \
-     requested_by, not_before, not_after, der, revoked_at, revocation_reason, invalidity_date, \
-     crl_partition, created_at FROM certificates WHERE 1 = 1";
+    /// What OCSP needs about a serial, if it was issued here.
+    async fn certificate_status(&self, serial: &Serial) -> Result<Option<StatusRecord>>;
 
-pub(super) const CRL_FRESHEST_SNAPSHOT: &str = "SELECT MAX(snapshot_seq) FROM crls \
-     WHERE issuer_id = $1 AND partition = $2 AND delta = $3";
+    /// A page of certificates.
+    async fn certificates(&self, query: &CertificateQuery) -> Result<Vec<CertificateRecord>>;
 
-pub(super) const NEXT_CRL_NUMBER: &str = "INSERT INTO crl_numbers (issuer_id, last_number) \
-     VALUES ($1, 1) ON CONFLICT (issuer_id) DO UPDATE SET last_number = crl_numbers.last_number + 1 \
-     RETURNING last_number";
+    /// Streams the revoked certificates `scan` selects into `sink`, from one
+    /// read snapshot, and returns the audit sequence number of that
+    /// snapshot (every revocation at or below it is included).
+    async fn scan_revoked(
+        &self,
+        scan: &RevokedScan,
+        sink: &mut (dyn FnMut(RevokedRow) + Send),
+    ) -> Result<i64>;
 
-pub(super) const INSERT_CRL: &str = "INSERT INTO crls (issuer_id, partition, delta, number, \
-     this_update, next_update, der, created_at, snapshot_seq, entries) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+    /// The newest CRL of every scope, without DER.
+    async fn crl_heads(&self) -> Result<Vec<CrlRecord>>;
 
-pub(super) const PRUNE_CRLS: &str = "DELETE FROM crls WHERE issuer_id = $1 AND partition = $2 \
-     AND delta = $3 AND number NOT IN (SELECT number FROM crls WHERE issuer_id = $1 \
-     AND partition = $2 AND delta = $3 ORDER BY number DESC LIMIT $4)";
+    /// The durable staleness marks: for every `(issuer, partition)` with a
+    /// revocation, the audit sequence number of its newest revocation
+    /// (partition 0 stands for the issuer's complete and delta CRLs). A
+    /// CRL whose `snapshot_seq` is below its mark is missing a revocation.
+    async fn crl_marks(&self) -> Result<Vec<CrlMark>>;
 
-pub(super) const SELECT_CRL_HEADS: &str = "SELECT c.issuer_id, c.partition, c.delta, c.number, \
-     c.this_update, c.next_update, c.entries, c.snapshot_seq FROM crls c \
-     JOIN (SELECT issuer_id, partition, delta, MAX(number) AS number FROM crls \
-     GROUP BY issuer_id, partition, delta) m ON m.issuer_id = c.issuer_id \
-     AND m.partition = c.partition AND m.delta = c.delta AND m.number = c.number \
-     ORDER BY c.issuer_id, c.partition, c.delta";
+    /// The DER of the CRL `head` names.
+    async fn crl_der(&self, head: &CrlRecord) -> Result<Vec<u8>>;
 
-pub(super) const SELECT_CRL: &str = "SELECT der FROM crls WHERE issuer_id = $1 AND partition = $2 \
-     AND delta = $3 AND number = $4";
+    /// The partitions (> 0) holding revoked certificates of an issuer.
+    async fn revoked_partitions(&self, issuer_id: &str) -> Result<Vec<i64>>;
+}
 
-pub(super) const SELECT_REVOKED_PARTITIONS: &str =
-    "SELECT DISTINCT crl_partition FROM certificates \
-     WHERE issuer_id = $1 AND revoked_at IS NOT NULL AND crl_partition > 0";
+/// Every change to issuers, certificates, revocations and CRLs.
+#[async_trait]
+pub trait CertificateWrites: Send + Sync + 'static {
+    /// Inserts or refreshes a CA certificate.
+    async fn upsert_issuer(&self, issuer: &IssuerRecord) -> Result<()>;
 
-/// Escapes `%`, `_` and `\` for `LIKE … ESCAPE '\'`.
-pub(super) fn like_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    for c in s.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
+    /// Records an issued certificate and its audit record in one
+    /// transaction, group-committed with concurrent issuances.
+    async fn insert_certificate(&self, cert: NewCertificate, event: AuditEvent) -> Result<()> {
+        self.insert_issuance(Issuance {
+            certificate: cert,
+            events: vec![event],
+            order: None,
+        })
+        .await
     }
-    out
+
+    /// Records an issuance — certificate, audit records, and the order it
+    /// creates or completes — in one transaction, group-committed with
+    /// concurrent issuances. `Conflict` if the order was not `processing`.
+    async fn insert_issuance(&self, issuance: Issuance) -> Result<()>;
+
+    /// Revokes a certificate with its audit record in one transaction;
+    /// `NotFound` if there is no such certificate, `Conflict` (and nothing
+    /// written) if it is already revoked.
+    async fn revoke_certificate(&self, revocation: &Revocation, event: AuditEvent) -> Result<()>;
+
+    /// Publishes a CRL: under the audit-head lock, takes the issuer's next
+    /// CRL number, calls `sign` with it for the DER, stores the CRL (keeping
+    /// the newest two of its scope) and appends `event` (with the number
+    /// added to its details). `None` (nothing written) if a CRL of the same
+    /// scope was already published from a later snapshot.
+    async fn publish_crl(
+        &self,
+        crl: &NewCrl,
+        sign: &mut (dyn FnMut(i64) -> std::result::Result<Vec<u8>, String> + Send),
+        event: AuditEvent,
+    ) -> Result<Option<CrlRecord>>;
 }
-
-/// Implements the revocation and CRL methods as inherent `*_impl` methods
-/// of a backend with `read` and `write` pools; the `Store` impl calls them.
-macro_rules! impl_revocation_sql {
-    ($store:ty, $db:ty, $snapshot:expr) => {
-        impl $store {
-            pub(super) async fn revoke_certificate_impl(
-                &self,
-                rev: &$crate::store::Revocation,
-                event: $crate::store::AuditEvent,
-            ) -> $crate::store::Result<()> {
-                use $crate::store::StoreError;
-                let mut tx = self.write.begin().await?;
-                let head = Self::lock_audit_tx(&mut tx).await?;
-                let done: Option<(String, i64)> = sqlx::query_as($crate::store::revocation::REVOKE)
-                    .bind(rev.serial.to_hex())
-                    .bind(rev.at)
-                    .bind(rev.reason)
-                    .bind(rev.invalidity_date)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some((issuer_id, partition)) = done else {
-                    let exists: Option<(Option<i64>,)> =
-                        sqlx::query_as("SELECT revoked_at FROM certificates WHERE serial = $1")
-                            .bind(rev.serial.to_hex())
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    return Err(match exists {
-                        None => StoreError::NotFound,
-                        Some(_) => StoreError::Conflict(format!(
-                            "certificate {} is already revoked",
-                            rev.serial
-                        )),
-                    });
-                };
-                if let Some(spki_sha256) = &rev.blocked_key {
-                    sqlx::query(
-                        "INSERT INTO blocked_keys (spki_sha256, serial, blocked_at) VALUES ($1, $2, $3) \
-                         ON CONFLICT (spki_sha256) DO NOTHING",
-                    )
-                    .bind(spki_sha256)
-                    .bind(rev.serial.to_hex())
-                    .bind(rev.at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                // The revocation's own audit sequence number marks its
-                // CRLs stale until one is published from a later snapshot.
-                let seq = head.0 + 1;
-                let mut scopes = vec![0];
-                if partition > 0 {
-                    scopes.push(partition);
-                }
-                for p in scopes {
-                    sqlx::query($crate::store::revocation::MARK_CRL)
-                        .bind(&issuer_id)
-                        .bind(p)
-                        .bind(seq)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Self::write_audit_tx(&mut tx, head, &[&event]).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            pub(super) async fn certificate_status_impl(
-                &self,
-                serial: &$crate::pki::Serial,
-            ) -> $crate::store::Result<Option<$crate::store::StatusRecord>> {
-                let row: Option<(String, i64, Option<i64>, Option<i64>)> =
-                    sqlx::query_as($crate::store::revocation::SELECT_STATUS)
-                        .bind(serial.to_hex())
-                        .fetch_optional(&self.read)
-                        .await?;
-                Ok(
-                    row.map(|(issuer_id, not_after, revoked_at, revocation_reason)| {
-                        $crate::store::StatusRecord {
-                            issuer_id,
-                            not_after,
-                            revoked_at,
-                            revocation_reason,
-                        }
-                    }),
-                )
-            }
-
-            pub(super) async fn certificates_impl(
-                &self,
-                query: &$crate::store::CertificateQuery,
-            ) -> $crate::store::Result<Vec<$crate::store::CertificateRecord>> {
-                use $crate::store::CertificateStatus;
-                let mut q =
-                    sqlx::QueryBuilder::<$db>::new($crate::store::revocation::CERTIFICATE_COLUMNS);
-                if let Some(account) = &query.account_id {
-                    q.push(" AND account_id = ").push_bind(account.clone());
-                }
-                match query.status {
-                    None => {}
-                    Some(CertificateStatus::Revoked) => {
-                        q.push(" AND revoked_at IS NOT NULL");
-                    }
-                    Some(CertificateStatus::Valid) => {
-                        q.push(" AND revoked_at IS NULL AND not_after >= ")
-                            .push_bind(query.now);
-                    }
-                    Some(CertificateStatus::Expired) => {
-                        q.push(" AND revoked_at IS NULL AND not_after < ")
-                            .push_bind(query.now);
-                    }
-                }
-                if let Some(search) = &query.search {
-                    let escaped = $crate::store::revocation::like_escape(search);
-                    q.push(" AND (serial LIKE ")
-                        .push_bind(format!("{escaped}%"))
-                        .push(" ESCAPE '\\' OR identifiers LIKE ")
-                        .push_bind(format!("%{escaped}%"))
-                        .push(" ESCAPE '\\' OR subject LIKE ")
-                        .push_bind(format!("%{escaped}%"))
-                        .push(" ESCAPE '\\')");
-                }
-                if let Some((created, serial)) = &query.before {
-                    q.push(" AND (created_at < ")
-                        .push_bind(*created)
-                        .push(" OR (created_at = ")
-                        .push_bind(*created)
-                        .push(" AND serial < ")
-                        .push_bind(serial.clone())
-                        .push("))");
-                }
-                q.push(" ORDER BY created_at DESC, serial DESC LIMIT ")
-                    .push_bind(query.limit);
-                let rows: Vec<$crate::store::shared::CertificateRow> =
-                    q.build_query_as().fetch_all(&self.read).await?;
-                rows.into_iter().map(|r| r.into_record()).collect()
-            }
-
-            pub(super) async fn scan_revoked_impl(
-                &self,
-                scan: &$crate::store::RevokedScan,
-                sink: &mut (dyn FnMut($crate::store::RevokedRow) + Send),
-            ) -> $crate::store::Result<i64> {
-                use futures_util::TryStreamExt;
-                // One read snapshot for the audit head and the entries, so
-                // the snapshot number says exactly which revocations are in.
-                let mut tx = self.read.begin().await?;
-                let snapshot: &str = $snapshot;
-                if !snapshot.is_empty() {
-                    sqlx::query(snapshot).execute(&mut *tx).await?;
-                }
-                let (seq,): (i64,) = sqlx::query_as("SELECT seq FROM audit_head WHERE id = 1")
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT serial, revoked_at, revocation_reason, invalidity_date \
-                     FROM certificates WHERE issuer_id = ",
-                );
-                q.push_bind(scan.issuer_id.clone())
-                    .push(" AND revoked_at IS NOT NULL AND not_after >= ")
-                    .push_bind(scan.not_after_from);
-                if let Some(p) = scan.partition {
-                    q.push(" AND crl_partition = ").push_bind(p);
-                }
-                if let Some(since) = scan.revoked_since {
-                    q.push(" AND revoked_at >= ").push_bind(since);
-                }
-                {
-                    let mut rows = q
-                        .build_query_as::<(String, i64, Option<i64>, Option<i64>)>()
-                        .fetch(&mut *tx);
-                    while let Some((serial, revoked_at, reason, invalidity_date)) =
-                        rows.try_next().await?
-                    {
-                        let serial = serial.parse().map_err(|_| {
-                            $crate::store::StoreError::Corrupt(format!("serial {serial:?}"))
-                        })?;
-                        sink($crate::store::RevokedRow {
-                            serial,
-                            revoked_at,
-                            reason: reason.unwrap_or(0),
-                            invalidity_date,
-                        });
-                    }
-                }
-                tx.rollback().await?;
-                Ok(seq)
-            }
-
-            pub(super) async fn publish_crl_impl(
-                &self,
-                crl: &$crate::store::NewCrl,
-                sign: &mut (dyn FnMut(i64) -> std::result::Result<Vec<u8>, String> + Send),
-                mut event: $crate::store::AuditEvent,
-            ) -> $crate::store::Result<Option<$crate::store::CrlRecord>> {
-                use $crate::store::revocation as r;
-                let mut tx = self.write.begin().await?;
-                // Serialises publication with every writer, across
-                // instances (row lock) and processes (SQLite write lock).
-                let head = Self::lock_audit_tx(&mut tx).await?;
-                let (freshest,): (Option<i64>,) = sqlx::query_as(r::CRL_FRESHEST_SNAPSHOT)
-                    .bind(&crl.issuer_id)
-                    .bind(crl.partition)
-                    .bind(crl.delta)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                if freshest.is_some_and(|f| f > crl.snapshot_seq) {
-                    // Someone published from a later snapshot: ours would
-                    // have a higher number and fewer revocations.
-                    return Ok(None);
-                }
-                let (number,): (i64,) = sqlx::query_as(r::NEXT_CRL_NUMBER)
-                    .bind(&crl.issuer_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let der = sign(number).map_err($crate::store::StoreError::Database)?;
-                let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                sqlx::query(r::INSERT_CRL)
-                    .bind(&crl.issuer_id)
-                    .bind(crl.partition)
-                    .bind(crl.delta)
-                    .bind(number)
-                    .bind(crl.this_update)
-                    .bind(crl.next_update)
-                    .bind(&der)
-                    .bind(now)
-                    .bind(crl.snapshot_seq)
-                    .bind(crl.entries)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(r::PRUNE_CRLS)
-                    .bind(&crl.issuer_id)
-                    .bind(crl.partition)
-                    .bind(crl.delta)
-                    .bind(r::CRLS_KEPT)
-                    .execute(&mut *tx)
-                    .await?;
-                if let Some(details) = event.details.as_object_mut() {
-                    details.insert("number".into(), number.into());
-                }
-                Self::write_audit_tx(&mut tx, head, &[&event]).await?;
-                tx.commit().await?;
-                Ok(Some($crate::store::CrlRecord {
-                    issuer_id: crl.issuer_id.clone(),
-                    partition: crl.partition,
-                    delta: crl.delta,
-                    number,
-                    this_update: crl.this_update,
-                    next_update: crl.next_update,
-                    entries: crl.entries,
-                    snapshot_seq: crl.snapshot_seq,
-                    der,
-                }))
-            }
-
-            pub(super) async fn crl_heads_impl(
-                &self,
-            ) -> $crate::store::Result<Vec<$crate::store::CrlRecord>> {
-                let rows: Vec<(String, i64, bool, i64, i64, i64, i64, i64)> =
-                    sqlx::query_as($crate::store::revocation::SELECT_CRL_HEADS)
-                        .fetch_all(&self.read)
-                        .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(
-                        |(
-                            issuer_id,
-                            partition,
-                            delta,
-                            number,
-                            this_update,
-                            next_update,
-                            entries,
-                            snapshot_seq,
-                        )| {
-                            $crate::store::CrlRecord {
-                                issuer_id,
-                                partition,
-                                delta,
-                                number,
-                                this_update,
-                                next_update,
-                                entries,
-                                snapshot_seq,
-                                der: Vec::new(),
-                            }
-                        },
-                    )
-                    .collect())
-            }
-
-            pub(super) async fn key_blocked_impl(
-                &self,
-                spki_sha256: &[u8],
-            ) -> $crate::store::Result<bool> {
-                let row: Option<(String,)> =
-                    sqlx::query_as("SELECT serial FROM blocked_keys WHERE spki_sha256 = $1")
-                        .bind(spki_sha256)
-                        .fetch_optional(&self.read)
-                        .await?;
-                Ok(row.is_some())
-            }
-
-            pub(super) async fn crl_marks_impl(
-                &self,
-            ) -> $crate::store::Result<Vec<$crate::store::CrlMark>> {
-                let rows: Vec<(String, i64, i64)> =
-                    sqlx::query_as("SELECT issuer_id, partition, seq FROM crl_marks")
-                        .fetch_all(&self.read)
-                        .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(issuer_id, partition, seq)| $crate::store::CrlMark {
-                        issuer_id,
-                        partition,
-                        seq,
-                    })
-                    .collect())
-            }
-
-            pub(super) async fn crl_der_impl(
-                &self,
-                head: &$crate::store::CrlRecord,
-            ) -> $crate::store::Result<Vec<u8>> {
-                let (der,): (Vec<u8>,) = sqlx::query_as($crate::store::revocation::SELECT_CRL)
-                    .bind(&head.issuer_id)
-                    .bind(head.partition)
-                    .bind(head.delta)
-                    .bind(head.number)
-                    .fetch_one(&self.read)
-                    .await?;
-                Ok(der)
-            }
-
-            pub(super) async fn revoked_partitions_impl(
-                &self,
-                issuer_id: &str,
-            ) -> $crate::store::Result<Vec<i64>> {
-                let rows: Vec<(i64,)> =
-                    sqlx::query_as($crate::store::revocation::SELECT_REVOKED_PARTITIONS)
-                        .bind(issuer_id)
-                        .fetch_all(&self.read)
-                        .await?;
-                Ok(rows.into_iter().map(|(p,)| p).collect())
-            }
-        }
-    };
-}
-
-pub(super) use impl_revocation_sql;

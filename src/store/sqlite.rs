@@ -24,23 +24,17 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Pool, Sqlite};
 
-use super::acme::impl_acme_sql;
+use async_trait::async_trait;
+
 use super::batch::Batcher;
-use super::dashboard::impl_dashboard_sql;
-use super::revocation::impl_revocation_sql;
-use super::shared::impl_sql_store;
-use super::{Result, StoreError};
+use super::{Backend, Result, SqlStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// The SQLite store.
-pub struct SqliteStore {
-    read: Pool<Sqlite>,
-    write: Pool<Sqlite>,
-    batcher: Batcher,
-}
+pub type SqliteStore = SqlStore<Sqlite>;
 
-impl SqliteStore {
+impl SqlStore<Sqlite> {
     /// Opens (creating if needed) the database at `url` and migrates it.
     pub async fn connect(url: &str) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
@@ -74,7 +68,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
         let pool = write.clone();
         let batcher = Batcher::spawn(move |items| Self::commit_certificates(pool.clone(), items));
-        Ok(SqliteStore {
+        Ok(SqlStore {
             read,
             write,
             batcher,
@@ -144,34 +138,38 @@ fn closed_unless_idle(
     })
 }
 
-impl SqliteStore {
+#[async_trait]
+impl Backend for Sqlite {
+    const LABEL: &'static str = "sqlite";
+    /// A SQLite read transaction is a snapshot from its first read on.
+    const READ_SNAPSHOT: &'static str = "";
+
     /// Records a used ACME nonce in the attached nonce file: `false` if it
     /// was used before.
-    async fn insert_used_nonce(&self, nonce: &str, expires_at: i64) -> Result<bool> {
+    async fn insert_used_nonce(write: &Pool<Self>, nonce: &str, expires_at: i64) -> Result<bool> {
         let done = sqlx::query(
             "INSERT INTO nonces.used (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING",
         )
         .bind(nonce)
         .bind(expires_at)
-        .execute(&self.write)
+        .execute(write)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    /// Forgets used nonces that expired before `now`.
-    async fn prune_nonces(&self, now: i64) -> Result<()> {
+    async fn prune_nonces(write: &Pool<Self>, now: i64) -> Result<()> {
         sqlx::query("DELETE FROM nonces.used WHERE expires_at < $1")
             .bind(now)
-            .execute(&self.write)
+            .execute(write)
             .await?;
         Ok(())
     }
 
     /// Every connection that writes durable state flushes each commit
     /// (`synchronous` FULL or EXTRA).
-    async fn check_durable_impl(&self) -> Result<()> {
+    async fn check_durable(write: &Pool<Self>) -> Result<()> {
         let (level,): (i64,) = sqlx::query_as("PRAGMA main.synchronous")
-            .fetch_one(&self.write)
+            .fetch_one(write)
             .await?;
         if level < 2 {
             return Err(StoreError::NotDurable(format!(
@@ -180,10 +178,8 @@ impl SqliteStore {
         }
         Ok(())
     }
-}
 
-impl_sql_store!(SqliteStore, Sqlite, "sqlite");
-// A SQLite read transaction is a snapshot from its first read on.
-impl_revocation_sql!(SqliteStore, Sqlite, "");
-impl_dashboard_sql!(SqliteStore, Sqlite);
-impl_acme_sql!(SqliteStore, Sqlite);
+    fn rows_affected(done: &Self::QueryResult) -> u64 {
+        done.rows_affected()
+    }
+}

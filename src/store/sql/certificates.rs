@@ -1,0 +1,640 @@
+//! The SQL of issuers, certificates, revocations and CRLs.
+
+use async_trait::async_trait;
+
+use super::{Backend, SqlStore, Statement, ROWS_PER_INSERT};
+use crate::store::*;
+
+#[derive(sqlx::FromRow)]
+struct IssuerRow {
+    id: String,
+    kind: String,
+    subject: String,
+    cert_der: Vec<u8>,
+    key_id: Vec<u8>,
+    not_before: i64,
+    not_after: i64,
+}
+
+impl IssuerRow {
+    fn into_record(self) -> Result<IssuerRecord> {
+        let kind = match self.kind.as_str() {
+            "root" => IssuerKind::Root,
+            "intermediate" => IssuerKind::Intermediate,
+            other => return Err(StoreError::Corrupt(format!("issuer kind {other:?}"))),
+        };
+        Ok(IssuerRecord {
+            id: self.id,
+            kind,
+            subject: self.subject,
+            cert_der: self.cert_der,
+            key_id: self.key_id,
+            not_before: self.not_before,
+            not_after: self.not_after,
+        })
+    }
+}
+
+const SELECT_ISSUERS: &str = "SELECT id, kind, subject, cert_der, key_id, not_before, not_after \
+     FROM issuers ORDER BY CASE kind WHEN 'root' THEN 0 ELSE 1 END, not_before";
+
+const UPSERT_ISSUER: &str =
+    "INSERT INTO issuers (id, kind, subject, cert_der, key_id, not_before, not_after, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     ON CONFLICT (id) DO UPDATE SET subject = excluded.subject, cert_der = excluded.cert_der, \
+     key_id = excluded.key_id, not_before = excluded.not_before, not_after = excluded.not_after";
+
+#[derive(sqlx::FromRow)]
+struct CertificateRow {
+    serial: String,
+    issuer_id: String,
+    account_id: Option<String>,
+    order_id: Option<String>,
+    subject: String,
+    identifiers: String,
+    profile: String,
+    requested_by: String,
+    not_before: i64,
+    not_after: i64,
+    der: Vec<u8>,
+    revoked_at: Option<i64>,
+    revocation_reason: Option<i64>,
+    invalidity_date: Option<i64>,
+    crl_partition: i64,
+    created_at: i64,
+}
+
+impl CertificateRow {
+    fn into_record(self) -> Result<CertificateRecord> {
+        Ok(CertificateRecord {
+            serial: self
+                .serial
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("serial {:?}", self.serial)))?,
+            issuer_id: self.issuer_id,
+            account_id: self.account_id,
+            order_id: self.order_id,
+            subject: self.subject,
+            identifiers: serde_json::from_str(&self.identifiers)
+                .map_err(|e| StoreError::Corrupt(format!("identifiers: {e}")))?,
+            profile: self.profile,
+            requested_by: self.requested_by,
+            not_before: self.not_before,
+            not_after: self.not_after,
+            der: self.der,
+            revoked_at: self.revoked_at,
+            revocation_reason: self.revocation_reason,
+            invalidity_date: self.invalidity_date,
+            crl_partition: self.crl_partition,
+            created_at: self.created_at,
+        })
+    }
+}
+
+const SELECT_CERTIFICATE: &str =
+    "SELECT serial, issuer_id, account_id, order_id, subject, identifiers, profile, \
+     requested_by, not_before, not_after, der, revoked_at, revocation_reason, invalidity_date, \
+     crl_partition, created_at FROM certificates WHERE serial = $1";
+
+/// Followed by `VALUES (…), (…)` for a batch.
+const INSERT_CERTIFICATE_PREFIX: &str =
+    "INSERT INTO certificates (serial, issuer_id, account_id, order_id, subject, identifiers, \
+     profile, requested_by, not_before, not_after, der, created_at, crl_partition) ";
+
+/// How many CRLs of one scope are kept (the newest and the one before, so
+/// a client fetching during a switch still finds what an ETag names).
+const CRLS_KEPT: i64 = 2;
+
+const REVOKE: &str = "UPDATE certificates SET revoked_at = $2, revocation_reason = $3, \
+     invalidity_date = $4 WHERE serial = $1 AND revoked_at IS NULL \
+     RETURNING issuer_id, crl_partition";
+
+const MARK_CRL: &str = "INSERT INTO crl_marks (issuer_id, partition, seq) \
+     VALUES ($1, $2, $3) ON CONFLICT (issuer_id, partition) DO UPDATE SET seq = excluded.seq";
+
+const SELECT_STATUS: &str =
+    "SELECT issuer_id, not_after, revoked_at, revocation_reason FROM certificates WHERE serial = $1";
+
+const CERTIFICATE_COLUMNS: &str =
+    "SELECT serial, issuer_id, account_id, order_id, subject, identifiers, profile, \
+     requested_by, not_before, not_after, der, revoked_at, revocation_reason, invalidity_date, \
+     crl_partition, created_at FROM certificates WHERE 1 = 1";
+
+const CRL_FRESHEST_SNAPSHOT: &str = "SELECT MAX(snapshot_seq) FROM crls \
+     WHERE issuer_id = $1 AND partition = $2 AND delta = $3";
+
+const NEXT_CRL_NUMBER: &str = "INSERT INTO crl_numbers (issuer_id, last_number) \
+     VALUES ($1, 1) ON CONFLICT (issuer_id) DO UPDATE SET last_number = crl_numbers.last_number + 1 \
+     RETURNING last_number";
+
+const INSERT_CRL: &str = "INSERT INTO crls (issuer_id, partition, delta, number, \
+     this_update, next_update, der, created_at, snapshot_seq, entries) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+const PRUNE_CRLS: &str = "DELETE FROM crls WHERE issuer_id = $1 AND partition = $2 \
+     AND delta = $3 AND number NOT IN (SELECT number FROM crls WHERE issuer_id = $1 \
+     AND partition = $2 AND delta = $3 ORDER BY number DESC LIMIT $4)";
+
+const SELECT_CRL_HEADS: &str = "SELECT c.issuer_id, c.partition, c.delta, c.number, \
+     c.this_update, c.next_update, c.entries, c.snapshot_seq FROM crls c \
+     JOIN (SELECT issuer_id, partition, delta, MAX(number) AS number FROM crls \
+     GROUP BY issuer_id, partition, delta) m ON m.issuer_id = c.issuer_id \
+     AND m.partition = c.partition AND m.delta = c.delta AND m.number = c.number \
+     ORDER BY c.issuer_id, c.partition, c.delta";
+
+const SELECT_CRL: &str = "SELECT der FROM crls WHERE issuer_id = $1 AND partition = $2 \
+     AND delta = $3 AND number = $4";
+
+const SELECT_REVOKED_PARTITIONS: &str = "SELECT DISTINCT crl_partition FROM certificates \
+     WHERE issuer_id = $1 AND revoked_at IS NOT NULL AND crl_partition > 0";
+
+/// Escapes `%`, `_` and `\` for `LIKE … ESCAPE '\'`.
+pub(super) fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl<B: Backend> SqlStore<B>
+where
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
+    for<'q> &'q str: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> &'q [u8]: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, B>,
+    for<'q> Option<&'q [u8]>: sqlx::Encode<'q, B>,
+    for<'q> Option<String>: sqlx::Encode<'q, B>,
+    for<'q> Option<Vec<u8>>: sqlx::Encode<'q, B>,
+    for<'q> Option<i64>: sqlx::Encode<'q, B>,
+    for<'q> Option<bool>: sqlx::Encode<'q, B>,
+    for<'q, 'r> String: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> Vec<u8>: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> i64: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> bool: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'r> &'r str: sqlx::ColumnIndex<B::Row>,
+    usize: sqlx::ColumnIndex<B::Row>,
+{
+    /// Commits a batch of issuances in one transaction.
+    pub(in crate::store) async fn commit_certificates(
+        pool: sqlx::Pool<B>,
+        items: std::sync::Arc<Vec<batch::Item>>,
+    ) -> Result<()> {
+        let mut tx = pool.begin().await?;
+        let events: Vec<&AuditEvent> = items.iter().flat_map(|i| i.events.iter()).collect();
+        Self::append_audit_tx(&mut tx, &events).await?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        // Orders first: certificates refer to them.
+        let created: Vec<&OrderBundle> = items
+            .iter()
+            .filter_map(|i| match &i.order {
+                Some(IssuanceOrder::Create(bundle)) => Some(&**bundle),
+                _ => None,
+            })
+            .collect();
+        Self::insert_orders_tx(&mut tx, &created).await?;
+        for chunk in items.chunks(ROWS_PER_INSERT) {
+            let mut insert = Statement::new(INSERT_CERTIFICATE_PREFIX);
+            let mut encode_error = None;
+            for item in chunk {
+                let cert = &item.certificate;
+                let identifiers = serde_json::to_string(&cert.identifiers).unwrap_or_else(|e| {
+                    encode_error = Some(e.to_string());
+                    String::new()
+                });
+                insert
+                    .row()
+                    .bind(cert.serial.to_hex())
+                    .bind(cert.issuer_id.clone())
+                    .bind(cert.account_id.clone())
+                    .bind(cert.order_id.clone())
+                    .bind(cert.subject.clone())
+                    .bind(identifiers)
+                    .bind(cert.profile.clone())
+                    .bind(cert.requested_by.clone())
+                    .bind(cert.not_before.unix_timestamp())
+                    .bind(cert.not_after.unix_timestamp())
+                    .bind(cert.der.clone())
+                    .bind(now)
+                    .bind(cert.crl_partition);
+            }
+            if let Some(e) = encode_error {
+                return Err(StoreError::Database(e));
+            }
+            insert.query::<B>().execute(&mut *tx).await?;
+        }
+        for item in items.iter() {
+            if let Some(IssuanceOrder::Complete { order_id }) = &item.order {
+                let done = sqlx::query(super::orders::COMPLETE_ORDER)
+                    .bind(order_id)
+                    .bind(item.certificate.serial.to_hex())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                if B::rows_affected(&done) != 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "order {order_id} is no longer processing"
+                    )));
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<B: Backend> CertificateReads for SqlStore<B>
+where
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
+    for<'q> &'q str: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> &'q [u8]: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, B>,
+    for<'q> Option<&'q [u8]>: sqlx::Encode<'q, B>,
+    for<'q> Option<String>: sqlx::Encode<'q, B>,
+    for<'q> Option<Vec<u8>>: sqlx::Encode<'q, B>,
+    for<'q> Option<i64>: sqlx::Encode<'q, B>,
+    for<'q> Option<bool>: sqlx::Encode<'q, B>,
+    for<'q, 'r> String: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> Vec<u8>: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> i64: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> bool: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'r> &'r str: sqlx::ColumnIndex<B::Row>,
+    usize: sqlx::ColumnIndex<B::Row>,
+{
+    async fn issuers(&self) -> Result<Vec<IssuerRecord>> {
+        let rows: Vec<IssuerRow> = sqlx::query_as(SELECT_ISSUERS).fetch_all(&self.read).await?;
+        rows.into_iter().map(|r| r.into_record()).collect()
+    }
+
+    async fn certificate(&self, serial: &crate::pki::Serial) -> Result<CertificateRecord> {
+        let row: CertificateRow = sqlx::query_as(SELECT_CERTIFICATE)
+            .bind(serial.to_hex())
+            .fetch_one(&self.read)
+            .await?;
+        row.into_record()
+    }
+
+    async fn count_certificates(&self) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM certificates")
+            .fetch_one(&self.read)
+            .await?;
+        Ok(n)
+    }
+
+    async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT serial FROM blocked_keys WHERE spki_sha256 = $1")
+                .bind(spki_sha256)
+                .fetch_optional(&self.read)
+                .await?;
+        Ok(row.is_some())
+    }
+
+    async fn certificate_status(
+        &self,
+        serial: &crate::pki::Serial,
+    ) -> Result<Option<StatusRecord>> {
+        let row: Option<(String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(SELECT_STATUS)
+            .bind(serial.to_hex())
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(
+            |(issuer_id, not_after, revoked_at, revocation_reason)| StatusRecord {
+                issuer_id,
+                not_after,
+                revoked_at,
+                revocation_reason,
+            },
+        ))
+    }
+
+    async fn certificates(&self, query: &CertificateQuery) -> Result<Vec<CertificateRecord>> {
+        use CertificateStatus;
+        let mut q = Statement::new(CERTIFICATE_COLUMNS);
+        if let Some(account) = &query.account_id {
+            q.push(" AND account_id = ").bind(account.clone());
+        }
+        match query.status {
+            None => {}
+            Some(CertificateStatus::Revoked) => {
+                q.push(" AND revoked_at IS NOT NULL");
+            }
+            Some(CertificateStatus::Valid) => {
+                q.push(" AND revoked_at IS NULL AND not_after >= ")
+                    .bind(query.now);
+            }
+            Some(CertificateStatus::Expired) => {
+                q.push(" AND revoked_at IS NULL AND not_after < ")
+                    .bind(query.now);
+            }
+        }
+        if let Some(search) = &query.search {
+            let escaped = like_escape(search);
+            q.push(" AND (serial LIKE ")
+                .bind(format!("{escaped}%"))
+                .push(" ESCAPE '\\' OR identifiers LIKE ")
+                .bind(format!("%{escaped}%"))
+                .push(" ESCAPE '\\' OR subject LIKE ")
+                .bind(format!("%{escaped}%"))
+                .push(" ESCAPE '\\')");
+        }
+        if let Some((created, serial)) = &query.before {
+            q.push(" AND (created_at < ")
+                .bind(*created)
+                .push(" OR (created_at = ")
+                .bind(*created)
+                .push(" AND serial < ")
+                .bind(serial.clone())
+                .push("))");
+        }
+        q.push(" ORDER BY created_at DESC, serial DESC LIMIT ")
+            .bind(query.limit);
+        let rows: Vec<CertificateRow> = q.query_as::<B, _>().fetch_all(&self.read).await?;
+        rows.into_iter().map(|r| r.into_record()).collect()
+    }
+
+    async fn scan_revoked(
+        &self,
+        scan: &RevokedScan,
+        sink: &mut (dyn FnMut(RevokedRow) + Send),
+    ) -> Result<i64> {
+        use futures_util::TryStreamExt;
+        // One read snapshot for the audit head and the entries, so
+        // the snapshot number says exactly which revocations are in.
+        let mut tx = self.read.begin().await?;
+        let snapshot: &str = B::READ_SNAPSHOT;
+        if !snapshot.is_empty() {
+            sqlx::query(snapshot).execute(&mut *tx).await?;
+        }
+        let (seq,): (i64,) = sqlx::query_as("SELECT seq FROM audit_head WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut q = Statement::new(
+            "SELECT serial, revoked_at, revocation_reason, invalidity_date \
+             FROM certificates WHERE issuer_id = ",
+        );
+        q.bind(scan.issuer_id.clone())
+            .push(" AND revoked_at IS NOT NULL AND not_after >= ")
+            .bind(scan.not_after_from);
+        if let Some(p) = scan.partition {
+            q.push(" AND crl_partition = ").bind(p);
+        }
+        if let Some(since) = scan.revoked_since {
+            q.push(" AND revoked_at >= ").bind(since);
+        }
+        {
+            let mut rows = q
+                .query_as::<B, (String, i64, Option<i64>, Option<i64>)>()
+                .fetch(&mut *tx);
+            while let Some((serial, revoked_at, reason, invalidity_date)) = rows.try_next().await? {
+                let serial = serial
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("serial {serial:?}")))?;
+                sink(RevokedRow {
+                    serial,
+                    revoked_at,
+                    reason: reason.unwrap_or(0),
+                    invalidity_date,
+                });
+            }
+        }
+        tx.rollback().await?;
+        Ok(seq)
+    }
+
+    async fn crl_heads(&self) -> Result<Vec<CrlRecord>> {
+        let rows: Vec<(String, i64, bool, i64, i64, i64, i64, i64)> =
+            sqlx::query_as(SELECT_CRL_HEADS)
+                .fetch_all(&self.read)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(
+                    issuer_id,
+                    partition,
+                    delta,
+                    number,
+                    this_update,
+                    next_update,
+                    entries,
+                    snapshot_seq,
+                )| {
+                    CrlRecord {
+                        issuer_id,
+                        partition,
+                        delta,
+                        number,
+                        this_update,
+                        next_update,
+                        entries,
+                        snapshot_seq,
+                        der: Vec::new(),
+                    }
+                },
+            )
+            .collect())
+    }
+
+    async fn crl_marks(&self) -> Result<Vec<CrlMark>> {
+        let rows: Vec<(String, i64, i64)> =
+            sqlx::query_as("SELECT issuer_id, partition, seq FROM crl_marks")
+                .fetch_all(&self.read)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(issuer_id, partition, seq)| CrlMark {
+                issuer_id,
+                partition,
+                seq,
+            })
+            .collect())
+    }
+
+    async fn crl_der(&self, head: &CrlRecord) -> Result<Vec<u8>> {
+        let (der,): (Vec<u8>,) = sqlx::query_as(SELECT_CRL)
+            .bind(&head.issuer_id)
+            .bind(head.partition)
+            .bind(head.delta)
+            .bind(head.number)
+            .fetch_one(&self.read)
+            .await?;
+        Ok(der)
+    }
+
+    async fn revoked_partitions(&self, issuer_id: &str) -> Result<Vec<i64>> {
+        let rows: Vec<(i64,)> = sqlx::query_as(SELECT_REVOKED_PARTITIONS)
+            .bind(issuer_id)
+            .fetch_all(&self.read)
+            .await?;
+        Ok(rows.into_iter().map(|(p,)| p).collect())
+    }
+}
+
+#[async_trait]
+impl<B: Backend> CertificateWrites for SqlStore<B>
+where
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
+    for<'q> &'q str: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> &'q [u8]: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, B>,
+    for<'q> Option<&'q [u8]>: sqlx::Encode<'q, B>,
+    for<'q> Option<String>: sqlx::Encode<'q, B>,
+    for<'q> Option<Vec<u8>>: sqlx::Encode<'q, B>,
+    for<'q> Option<i64>: sqlx::Encode<'q, B>,
+    for<'q> Option<bool>: sqlx::Encode<'q, B>,
+    for<'q, 'r> String: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> Vec<u8>: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> i64: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> bool: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'r> &'r str: sqlx::ColumnIndex<B::Row>,
+    usize: sqlx::ColumnIndex<B::Row>,
+{
+    async fn upsert_issuer(&self, issuer: &IssuerRecord) -> Result<()> {
+        sqlx::query(UPSERT_ISSUER)
+            .bind(&issuer.id)
+            .bind(issuer.kind.as_str())
+            .bind(&issuer.subject)
+            .bind(&issuer.cert_der)
+            .bind(&issuer.key_id)
+            .bind(issuer.not_before)
+            .bind(issuer.not_after)
+            .bind(time::OffsetDateTime::now_utc().unix_timestamp())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    // TODO insert_certificate
+
+    async fn insert_issuance(&self, issuance: Issuance) -> Result<()> {
+        self.batcher.submit(issuance).await
+    }
+
+    async fn revoke_certificate(&self, rev: &Revocation, event: AuditEvent) -> Result<()> {
+        use StoreError;
+        let mut tx = self.write.begin().await?;
+        let head = Self::lock_audit(&mut tx).await?;
+        let done: Option<(String, i64)> = sqlx::query_as(REVOKE)
+            .bind(rev.serial.to_hex())
+            .bind(rev.at)
+            .bind(rev.reason)
+            .bind(rev.invalidity_date)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((issuer_id, partition)) = done else {
+            let exists: Option<(Option<i64>,)> =
+                sqlx::query_as("SELECT revoked_at FROM certificates WHERE serial = $1")
+                    .bind(rev.serial.to_hex())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Err(match exists {
+                None => StoreError::NotFound,
+                Some(_) => {
+                    StoreError::Conflict(format!("certificate {} is already revoked", rev.serial))
+                }
+            });
+        };
+        if let Some(spki_sha256) = &rev.blocked_key {
+            sqlx::query(
+                "INSERT INTO blocked_keys (spki_sha256, serial, blocked_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (spki_sha256) DO NOTHING",
+            )
+            .bind(spki_sha256)
+            .bind(rev.serial.to_hex())
+            .bind(rev.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // The revocation's own audit sequence number marks its
+        // CRLs stale until one is published from a later snapshot.
+        let seq = head.0 + 1;
+        let mut scopes = vec![0];
+        if partition > 0 {
+            scopes.push(partition);
+        }
+        for p in scopes {
+            sqlx::query(MARK_CRL)
+                .bind(&issuer_id)
+                .bind(p)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Self::write_audit(&mut tx, head, &[&event]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn publish_crl(
+        &self,
+        crl: &NewCrl,
+        sign: &mut (dyn FnMut(i64) -> std::result::Result<Vec<u8>, String> + Send),
+        mut event: AuditEvent,
+    ) -> Result<Option<CrlRecord>> {
+        let mut tx = self.write.begin().await?;
+        // Serialises publication with every writer, across
+        // instances (row lock) and processes (SQLite write lock).
+        let head = Self::lock_audit(&mut tx).await?;
+        let (freshest,): (Option<i64>,) = sqlx::query_as(CRL_FRESHEST_SNAPSHOT)
+            .bind(&crl.issuer_id)
+            .bind(crl.partition)
+            .bind(crl.delta)
+            .fetch_one(&mut *tx)
+            .await?;
+        if freshest.is_some_and(|f| f > crl.snapshot_seq) {
+            // Someone published from a later snapshot: ours would
+            // have a higher number and fewer revocations.
+            return Ok(None);
+        }
+        let (number,): (i64,) = sqlx::query_as(NEXT_CRL_NUMBER)
+            .bind(&crl.issuer_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let der = sign(number).map_err(StoreError::Database)?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        sqlx::query(INSERT_CRL)
+            .bind(&crl.issuer_id)
+            .bind(crl.partition)
+            .bind(crl.delta)
+            .bind(number)
+            .bind(crl.this_update)
+            .bind(crl.next_update)
+            .bind(&der)
+            .bind(now)
+            .bind(crl.snapshot_seq)
+            .bind(crl.entries)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(PRUNE_CRLS)
+            .bind(&crl.issuer_id)
+            .bind(crl.partition)
+            .bind(crl.delta)
+            .bind(CRLS_KEPT)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(details) = event.details.as_object_mut() {
+            details.insert("number".into(), number.into());
+        }
+        Self::write_audit(&mut tx, head, &[&event]).await?;
+        tx.commit().await?;
+        Ok(Some(CrlRecord {
+            issuer_id: crl.issuer_id.clone(),
+            partition: crl.partition,
+            delta: crl.delta,
+            number,
+            this_update: crl.this_update,
+            next_update: crl.next_update,
+            entries: crl.entries,
+            snapshot_seq: crl.snapshot_seq,
+            der,
+        }))
+    }
+}

@@ -1,0 +1,350 @@
+//! The one SQL implementation of the store, generic over the backend.
+//!
+//! Both dialects accept the same statements (`$n` parameters, `RETURNING`,
+//! the same column types as seen from Rust), so each statement is written
+//! once, in the module of its concern (`orders.rs`, `certificates.rs`, …),
+//! inside an `impl<B: Backend> … for SqlStore<B>`. What differs between
+//! SQLite and PostgreSQL — connection set-up, the used-nonce record, the
+//! durability check — is the [`Backend`] trait, implemented in `sqlite.rs`
+//! and `postgres.rs`.
+//!
+//! Every generic impl carries the same `where` clause (Rust does not yet
+//! let a trait imply bounds on other types): what sqlx needs to run a
+//! query on `B` and move `String`, `&str`, `i64`, bytes and `bool` in and
+//! out of it. Copy it from an existing impl.
+
+use std::borrow::Cow;
+
+use async_trait::async_trait;
+use sqlx::{Database, Pool};
+
+mod accounts;
+mod audit;
+mod certificates;
+mod orders;
+mod users;
+
+use super::batch::Batcher;
+use super::{AuditEvent, Health, Result};
+
+/// A store on database `B`: a read pool, a write pool (one connection on
+/// SQLite, which has one writer anyway) and the group-commit queue in
+/// front of the write pool.
+pub struct SqlStore<B: Backend> {
+    pub(super) read: Pool<B>,
+    pub(super) write: Pool<B>,
+    pub(super) batcher: Batcher,
+}
+
+/// What differs between the databases hallmark runs on.
+#[async_trait]
+pub trait Backend: Database {
+    /// The name `/readyz` and the logs show.
+    const LABEL: &'static str;
+    /// Run first in a read transaction so its reads are one snapshot
+    /// (empty where a read transaction is one already).
+    const READ_SNAPSHOT: &'static str;
+    /// Records a used ACME nonce: `false` if it was used before.
+    async fn insert_used_nonce(write: &Pool<Self>, nonce: &str, expires_at: i64) -> Result<bool>;
+    /// Forgets used nonces that expired before `now`.
+    async fn prune_nonces(write: &Pool<Self>, now: i64) -> Result<()>;
+    /// Fails unless every commit on `write` waits for the disk.
+    async fn check_durable(write: &Pool<Self>) -> Result<()>;
+    /// How many rows a statement changed.
+    fn rows_affected(done: &Self::QueryResult) -> u64;
+}
+
+/// A transaction on the write pool.
+pub(super) type Tx<B> = sqlx::Transaction<'static, B>;
+
+impl<B: Backend> SqlStore<B>
+where
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
+    for<'q> &'q str: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> &'q [u8]: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, B>,
+    for<'q> Option<&'q [u8]>: sqlx::Encode<'q, B>,
+    for<'q> Option<String>: sqlx::Encode<'q, B>,
+    for<'q> Option<Vec<u8>>: sqlx::Encode<'q, B>,
+    for<'q> Option<i64>: sqlx::Encode<'q, B>,
+    for<'q> Option<bool>: sqlx::Encode<'q, B>,
+    for<'q, 'r> String: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> Vec<u8>: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> i64: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> bool: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'r> &'r str: sqlx::ColumnIndex<B::Row>,
+    usize: sqlx::ColumnIndex<B::Row>,
+{
+    /// Takes the audit head (serialising this transaction with every other
+    /// writer: a row lock on PostgreSQL, across instances; the write lock on
+    /// SQLite, across processes) and returns the chain's end.
+    pub(super) async fn lock_audit(tx: &mut Tx<B>) -> Result<(i64, Vec<u8>)> {
+        Ok(sqlx::query_as(LOCK_AUDIT_HEAD).fetch_one(&mut **tx).await?)
+    }
+
+    /// Appends audit records after `head` (from [`Self::lock_audit`]),
+    /// extending the hash chain, with one multi-row INSERT per 128.
+    pub(super) async fn write_audit(
+        tx: &mut Tx<B>,
+        head: (i64, Vec<u8>),
+        events: &[&AuditEvent],
+    ) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let (mut seq, mut prev) = head;
+        let mut rows = Vec::with_capacity(events.len());
+        for event in events {
+            seq += 1;
+            let at = event.at.unix_timestamp();
+            let details = event.details.to_string();
+            let hash = super::audit_hash(
+                &prev,
+                seq,
+                at,
+                &event.actor,
+                &event.action,
+                &event.subject,
+                &details,
+            );
+            let prev_hash = std::mem::replace(&mut prev, hash.clone());
+            rows.push((seq, at, *event, details, prev_hash, hash));
+        }
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let mut insert = Statement::new(INSERT_AUDIT_PREFIX);
+            for (seq, at, event, details, prev_hash, hash) in chunk {
+                insert
+                    .row()
+                    .bind(*seq)
+                    .bind(*at)
+                    .bind(event.actor.as_str())
+                    .bind(event.action.as_str())
+                    .bind(event.subject.as_str())
+                    .bind(details.as_str())
+                    .bind(prev_hash.as_slice())
+                    .bind(hash.as_slice());
+            }
+            insert.query::<B>().execute(&mut **tx).await?;
+        }
+        sqlx::query(SET_AUDIT_HEAD)
+            .bind(seq)
+            .bind(&prev)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// [`Self::lock_audit`] then [`Self::write_audit`].
+    pub(super) async fn append_audit_tx(tx: &mut Tx<B>, events: &[&AuditEvent]) -> Result<()> {
+        let head = Self::lock_audit(tx).await?;
+        Self::write_audit(tx, head, events).await
+    }
+}
+
+/// Rows per multi-row INSERT: 128 rows of 17 parameters stay far below
+/// SQLite's and PostgreSQL's bound-parameter limits.
+pub(super) const ROWS_PER_INSERT: usize = 128;
+
+/// Taking the audit head first both reads the chain's end and, by writing,
+/// serialises every audit-writing transaction.
+const LOCK_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash";
+
+const SET_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
+
+/// Followed by `VALUES (…), (…)` for a batch.
+const INSERT_AUDIT_PREFIX: &str =
+    "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash) ";
+
+/// A statement whose shape depends on the input (optional filters, a
+/// multi-row INSERT), with its parameters numbered as they are added.
+///
+/// sqlx's `QueryBuilder` cannot be used from generic code (its arguments
+/// would have to outlive it), so this one keeps the values itself and
+/// binds them when the query is made.
+pub(super) struct Statement<'a> {
+    sql: String,
+    args: Vec<Arg<'a>>,
+    /// Whether the current `VALUES` row is open.
+    in_row: bool,
+}
+
+/// One parameter of a [`Statement`]: a value or NULL of one of the
+/// column types hallmark uses.
+pub(super) enum Arg<'a> {
+    Text(Option<Cow<'a, str>>),
+    Int(Option<i64>),
+    Bytes(Option<Cow<'a, [u8]>>),
+    Bool(Option<bool>),
+}
+
+macro_rules! arg_from {
+    ($($t:ty => $v:expr),* $(,)?) => {
+        $(impl<'a> From<$t> for Arg<'a> {
+            fn from(x: $t) -> Self {
+                let f: fn($t) -> Arg<'a> = $v;
+                f(x)
+            }
+        })*
+    };
+}
+
+arg_from! {
+    &'a str => |x| Arg::Text(Some(Cow::Borrowed(x))),
+    &'a String => |x| Arg::Text(Some(Cow::Borrowed(x))),
+    String => |x| Arg::Text(Some(Cow::Owned(x))),
+    Option<&'a str> => |x| Arg::Text(x.map(Cow::Borrowed)),
+    &'a Option<String> => |x| Arg::Text(x.as_deref().map(Cow::Borrowed)),
+    Option<String> => |x| Arg::Text(x.map(Cow::Owned)),
+    i64 => |x| Arg::Int(Some(x)),
+    Option<i64> => Arg::Int,
+    &'a [u8] => |x| Arg::Bytes(Some(Cow::Borrowed(x))),
+    &'a Vec<u8> => |x| Arg::Bytes(Some(Cow::Borrowed(x))),
+    Vec<u8> => |x| Arg::Bytes(Some(Cow::Owned(x))),
+    &'a Option<Vec<u8>> => |x| Arg::Bytes(x.as_deref().map(Cow::Borrowed)),
+    Option<Vec<u8>> => |x| Arg::Bytes(x.map(Cow::Owned)),
+    bool => |x| Arg::Bool(Some(x)),
+    Option<bool> => Arg::Bool,
+}
+
+impl<'a> Statement<'a> {
+    pub(super) fn new(sql: &str) -> Self {
+        Statement {
+            sql: sql.to_owned(),
+            args: Vec::new(),
+            in_row: false,
+        }
+    }
+
+    /// Appends SQL text.
+    pub(super) fn push(&mut self, sql: &str) -> &mut Self {
+        self.close_row();
+        self.sql.push_str(sql);
+        self
+    }
+
+    /// Adds the value of a parameter the text already names (`$n`, in
+    /// order, before any [`Self::bind`]).
+    pub(super) fn arg(&mut self, value: impl Into<Arg<'a>>) -> &mut Self {
+        self.args.push(value.into());
+        self
+    }
+
+    /// Appends a parameter (`$n`) with its value.
+    pub(super) fn bind(&mut self, value: impl Into<Arg<'a>>) -> &mut Self {
+        if self.in_row {
+            self.sql
+                .push_str(if self.sql.ends_with('(') { "" } else { ", " });
+        }
+        self.args.push(value.into());
+        self.sql.push('$');
+        self.sql.push_str(&self.args.len().to_string());
+        self
+    }
+
+    /// Starts a row of a multi-row `VALUES` list; the parameters bound
+    /// until the next `row` or `push` are its columns.
+    pub(super) fn row(&mut self) -> &mut Self {
+        if self.in_row {
+            self.sql.push_str("), (");
+        } else {
+            self.sql.push_str("VALUES (");
+            self.in_row = true;
+        }
+        self
+    }
+
+    fn close_row(&mut self) {
+        if std::mem::take(&mut self.in_row) {
+            self.sql.push(')');
+        }
+    }
+
+    /// The statement, its parameters bound.
+    pub(super) fn query<B: Backend>(&mut self) -> sqlx::query::Query<'_, B, B::Arguments<'_>>
+    where
+        Self: Binds<B>,
+        for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
+    {
+        self.close_row();
+        sqlx::query_with(&self.sql, self.arguments())
+    }
+
+    /// The statement as a query for rows of type `O`, its parameters bound.
+    pub(super) fn query_as<B: Backend, O>(
+        &mut self,
+    ) -> sqlx::query::QueryAs<'_, B, O, B::Arguments<'_>>
+    where
+        Self: Binds<B>,
+        O: for<'r> sqlx::FromRow<'r, B::Row>,
+        for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
+    {
+        self.close_row();
+        sqlx::query_as_with(&self.sql, self.arguments())
+    }
+}
+
+/// Binding a [`Statement`]'s values on database `B`.
+pub(super) trait Binds<B: Backend> {
+    /// The values, in order, as `B`'s arguments.
+    fn arguments(&self) -> B::Arguments<'_>;
+}
+
+impl<B: Backend> Binds<B> for Statement<'_>
+where
+    for<'q> Option<&'q str>: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> Option<&'q [u8]>: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> Option<i64>: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> Option<bool>: sqlx::Encode<'q, B> + sqlx::Type<B>,
+{
+    fn arguments(&self) -> B::Arguments<'_> {
+        use sqlx::Arguments;
+        let mut out = B::Arguments::default();
+        for arg in &self.args {
+            let added = match arg {
+                Arg::Text(v) => out.add(v.as_deref()),
+                Arg::Int(v) => out.add(*v),
+                Arg::Bytes(v) => out.add(v.as_deref()),
+                Arg::Bool(v) => out.add(*v),
+            };
+            // Encoding these types into a buffer cannot fail; a failure
+            // would surface as the statement's parameter count being off.
+            debug_assert!(added.is_ok());
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Health for SqlStore<B>
+where
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
+    for<'q> &'q str: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> &'q [u8]: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, B>,
+    for<'q> Option<&'q [u8]>: sqlx::Encode<'q, B>,
+    for<'q> Option<String>: sqlx::Encode<'q, B>,
+    for<'q> Option<Vec<u8>>: sqlx::Encode<'q, B>,
+    for<'q> Option<i64>: sqlx::Encode<'q, B>,
+    for<'q> Option<bool>: sqlx::Encode<'q, B>,
+    for<'q, 'r> String: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> Vec<u8>: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> i64: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> bool: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'r> &'r str: sqlx::ColumnIndex<B::Row>,
+    usize: sqlx::ColumnIndex<B::Row>,
+{
+    fn backend(&self) -> &'static str {
+        B::LABEL
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    async fn check_durable(&self) -> Result<()> {
+        B::check_durable(&self.write).await
+    }
+}

@@ -1,0 +1,624 @@
+//! The SQL of orders, authorizations and challenges.
+
+use async_trait::async_trait;
+
+use super::{Backend, SqlStore, Statement, ROWS_PER_INSERT};
+use crate::store::*;
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    id: String,
+    account_id: String,
+    status: String,
+    validation: String,
+    source: String,
+    profile: String,
+    validity_days: Option<i64>,
+    csr_der: Option<Vec<u8>>,
+    organization: Option<String>,
+    error: Option<String>,
+    rejection_reason: Option<String>,
+    approval_reason: Option<String>,
+    certificate_serial: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    expires_at: i64,
+    not_after: Option<i64>,
+    acme_account_id: Option<String>,
+    issue_attempts: i64,
+}
+
+impl OrderRow {
+    fn into_record(self) -> Result<OrderRecord> {
+        Ok(OrderRecord {
+            id: self.id,
+            account_id: self.account_id,
+            status: self.status.parse()?,
+            validation: self.validation,
+            source: self.source,
+            profile: self.profile,
+            validity_days: self.validity_days,
+            csr_der: self.csr_der,
+            organization: self.organization,
+            error: self.error,
+            rejection_reason: self.rejection_reason,
+            approval_reason: self.approval_reason,
+            certificate_serial: self.certificate_serial,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            expires_at: self.expires_at,
+            not_after: self.not_after,
+            acme_account_id: self.acme_account_id,
+            issue_attempts: self.issue_attempts,
+        })
+    }
+}
+
+const ORDER_COLUMNS: &str =
+    "SELECT id, account_id, status, validation, source, profile, validity_days, csr_der, \
+     organization, error, rejection_reason, approval_reason, certificate_serial, created_at, \
+     updated_at, expires_at, not_after, acme_account_id, issue_attempts FROM orders";
+
+#[derive(sqlx::FromRow)]
+struct AuthorizationRow {
+    id: String,
+    order_id: String,
+    account_id: String,
+    identifier_type: String,
+    identifier_value: String,
+    wildcard: bool,
+    status: String,
+    validated_at: Option<i64>,
+    expires_at: i64,
+    created_at: i64,
+}
+
+const SELECT_AUTHORIZATIONS: &str =
+    "SELECT id, order_id, account_id, identifier_type, identifier_value, wildcard, status, \
+     validated_at, expires_at, created_at FROM authorizations WHERE order_id = $1 ORDER BY id";
+
+#[derive(sqlx::FromRow)]
+struct ChallengeRow {
+    id: String,
+    authorization_id: String,
+    #[sqlx(rename = "type")]
+    kind: String,
+    token: String,
+    status: String,
+    error: Option<String>,
+    attempted_at: Option<i64>,
+    validated_at: Option<i64>,
+    created_at: i64,
+}
+
+const SELECT_CHALLENGES: &str =
+    "SELECT c.id, c.authorization_id, c.type, c.token, c.status, c.error, c.attempted_at, \
+     c.validated_at, c.created_at FROM challenges c \
+     JOIN authorizations a ON a.id = c.authorization_id WHERE a.order_id = $1 \
+     ORDER BY c.id";
+
+/// Puts an order together from its rows. Authorizations keep the order
+/// their ids were created in (the workflow makes them sortable).
+fn order_bundle(
+    order: OrderRow,
+    authorizations: Vec<AuthorizationRow>,
+    challenges: Vec<ChallengeRow>,
+) -> Result<OrderBundle> {
+    let mut bundles: Vec<AuthorizationBundle> = authorizations
+        .into_iter()
+        .map(|a| AuthorizationBundle {
+            authorization: AuthorizationRecord {
+                id: a.id,
+                order_id: a.order_id,
+                account_id: a.account_id,
+                identifier_type: a.identifier_type,
+                identifier_value: a.identifier_value,
+                wildcard: a.wildcard,
+                status: a.status,
+                validated_at: a.validated_at,
+                expires_at: a.expires_at,
+                created_at: a.created_at,
+            },
+            challenges: Vec::new(),
+        })
+        .collect();
+    for c in challenges {
+        let owner = bundles
+            .iter_mut()
+            .find(|b| b.authorization.id == c.authorization_id)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("challenge {} has no authorization", c.id))
+            })?;
+        owner.challenges.push(ChallengeRecord {
+            id: c.id,
+            authorization_id: c.authorization_id,
+            kind: c.kind,
+            token: c.token,
+            status: c.status,
+            error: c.error,
+            attempted_at: c.attempted_at,
+            validated_at: c.validated_at,
+            created_at: c.created_at,
+        });
+    }
+    Ok(OrderBundle {
+        order: order.into_record()?,
+        authorizations: bundles,
+    })
+}
+
+/// Followed by `VALUES (…), (…)`.
+const INSERT_ORDER_PREFIX: &str =
+    "INSERT INTO orders (id, account_id, status, validation, source, profile, validity_days, \
+     csr_der, organization, error, rejection_reason, certificate_serial, created_at, updated_at, \
+     expires_at, not_after, acme_account_id) ";
+
+/// Followed by `VALUES (…), (…)`.
+const INSERT_AUTHORIZATION_PREFIX: &str =
+    "INSERT INTO authorizations (id, order_id, account_id, identifier_type, identifier_value, \
+     wildcard, status, validated_at, expires_at, created_at) ";
+
+/// Followed by `VALUES (…), (…)`.
+const INSERT_CHALLENGE_PREFIX: &str =
+    "INSERT INTO challenges (id, authorization_id, type, token, status, error, attempted_at, \
+     validated_at, created_at) ";
+
+/// The newest proof of control by this account: one backward probe of
+/// the index `authorizations_reuse` (a `MAX()` would scan every earlier
+/// authorization of the name, and reuse adds one per order).
+const SELECT_LAST_VALIDATION: &str =
+    "SELECT validated_at FROM authorizations WHERE account_id = $1 \
+     AND identifier_type = $2 AND identifier_value = $3 AND status = 'valid' \
+     AND validated_at >= $4 ORDER BY validated_at DESC LIMIT 1";
+
+/// A challenge is claimed only while it, its authorization and its order
+/// are all pending.
+const CLAIM_CHALLENGE: &str =
+    "UPDATE challenges SET status = 'processing', attempted_at = $3, error = NULL \
+     WHERE id = $1 AND status = 'pending' AND authorization_id IN \
+     (SELECT a.id FROM authorizations a JOIN orders o ON o.id = a.order_id \
+      WHERE a.order_id = $2 AND a.status = 'pending' AND o.status = 'pending')";
+
+const SELECT_STALE_CHALLENGES: &str = "SELECT c.id, a.order_id, c.attempted_at FROM challenges c \
+     JOIN authorizations a ON a.id = c.authorization_id \
+     WHERE c.status = 'processing' AND c.attempted_at < $1 ORDER BY c.attempted_at LIMIT $2";
+
+const RECLAIM_CHALLENGE: &str = "UPDATE challenges SET attempted_at = $3 \
+     WHERE id = $1 AND status = 'processing' AND attempted_at = $2";
+
+const FINISH_CHALLENGE: &str = "UPDATE challenges SET status = $2, error = $3, validated_at = $4 \
+     WHERE id = $1 AND status = 'processing'";
+
+const FINISH_AUTHORIZATION: &str =
+    "UPDATE authorizations SET status = $2, validated_at = $3 WHERE id = $1 AND status = 'pending'";
+
+const COUNT_UNFINISHED_AUTHORIZATIONS: &str =
+    "SELECT COUNT(*) FROM authorizations WHERE order_id = $1 AND status <> 'valid'";
+
+/// Followed by optional conditions; `$1` id, `$2` from, `$3` to, `$4` at,
+/// `$5` error, `$6` rejection reason, `$7` organisation, `$8` CSR, `$9`
+/// attempts to add, `$10` approval note.
+const TRANSITION_ORDER: &str =
+    "UPDATE orders SET status = $3, updated_at = $4, error = COALESCE($5, error), \
+     rejection_reason = COALESCE($6, rejection_reason), \
+     organization = COALESCE($7, organization), csr_der = COALESCE($8, csr_der), \
+     issue_attempts = issue_attempts + $9, approval_reason = COALESCE($10, approval_reason) \
+     WHERE id = $1 AND status = $2";
+
+pub(super) const COMPLETE_ORDER: &str =
+    "UPDATE orders SET status = 'valid', certificate_serial = $2, updated_at = $3 \
+     WHERE id = $1 AND status = 'processing'";
+
+const SELECT_ORDERS_TO_RESUME: &str =
+    " WHERE (status = 'ready' AND source = 'rest' AND validation = 'dv' AND updated_at < $1) \
+     OR (status = 'processing' AND updated_at < $2) ORDER BY updated_at LIMIT $3";
+
+const SELECT_EXPIRED_ORDERS: &str =
+    " WHERE status IN ('pending', 'ready', 'awaiting_approval') AND expires_at < $1 \
+     ORDER BY expires_at LIMIT $2";
+
+impl<B: Backend> SqlStore<B>
+where
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
+    for<'q> &'q str: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> &'q [u8]: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, B>,
+    for<'q> Option<&'q [u8]>: sqlx::Encode<'q, B>,
+    for<'q> Option<String>: sqlx::Encode<'q, B>,
+    for<'q> Option<Vec<u8>>: sqlx::Encode<'q, B>,
+    for<'q> Option<i64>: sqlx::Encode<'q, B>,
+    for<'q> Option<bool>: sqlx::Encode<'q, B>,
+    for<'q, 'r> String: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> Vec<u8>: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> i64: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> bool: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'r> &'r str: sqlx::ColumnIndex<B::Row>,
+    usize: sqlx::ColumnIndex<B::Row>,
+{
+    /// Inserts orders with their authorizations and challenges in
+    /// `tx`, with multi-row INSERTs (a batch of issuances brings
+    /// many).
+    pub(in crate::store) async fn insert_orders_tx(
+        tx: &mut sqlx::Transaction<'_, B>,
+        bundles: &[&OrderBundle],
+    ) -> Result<()> {
+        for chunk in bundles.chunks(ROWS_PER_INSERT) {
+            let mut q = Statement::new(INSERT_ORDER_PREFIX);
+            for bundle in chunk {
+                let o = &bundle.order;
+                q.row()
+                    .bind(o.id.clone())
+                    .bind(o.account_id.clone())
+                    .bind(o.status.as_str())
+                    .bind(o.validation.clone())
+                    .bind(o.source.clone())
+                    .bind(o.profile.clone())
+                    .bind(o.validity_days)
+                    .bind(o.csr_der.clone())
+                    .bind(o.organization.clone())
+                    .bind(o.error.clone())
+                    .bind(o.rejection_reason.clone())
+                    .bind(o.certificate_serial.clone())
+                    .bind(o.created_at)
+                    .bind(o.updated_at)
+                    .bind(o.expires_at)
+                    .bind(o.not_after)
+                    .bind(o.acme_account_id.clone());
+            }
+            q.query::<B>().execute(&mut **tx).await?;
+        }
+        let authorizations: Vec<&AuthorizationBundle> = bundles
+            .iter()
+            .flat_map(|b| b.authorizations.iter())
+            .collect();
+        for chunk in authorizations.chunks(ROWS_PER_INSERT) {
+            let mut q = Statement::new(INSERT_AUTHORIZATION_PREFIX);
+            for authz in chunk {
+                let a = &authz.authorization;
+                q.row()
+                    .bind(a.id.clone())
+                    .bind(a.order_id.clone())
+                    .bind(a.account_id.clone())
+                    .bind(a.identifier_type.clone())
+                    .bind(a.identifier_value.clone())
+                    .bind(a.wildcard)
+                    .bind(a.status.clone())
+                    .bind(a.validated_at)
+                    .bind(a.expires_at)
+                    .bind(a.created_at);
+            }
+            q.query::<B>().execute(&mut **tx).await?;
+        }
+        let challenges: Vec<&ChallengeRecord> = authorizations
+            .iter()
+            .flat_map(|a| a.challenges.iter())
+            .collect();
+        for chunk in challenges.chunks(ROWS_PER_INSERT) {
+            let mut q = Statement::new(INSERT_CHALLENGE_PREFIX);
+            for c in chunk {
+                q.row()
+                    .bind(c.id.clone())
+                    .bind(c.authorization_id.clone())
+                    .bind(c.kind.clone())
+                    .bind(c.token.clone())
+                    .bind(c.status.clone())
+                    .bind(c.error.clone())
+                    .bind(c.attempted_at)
+                    .bind(c.validated_at)
+                    .bind(c.created_at);
+            }
+            q.query::<B>().execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<B: Backend> OrderReads for SqlStore<B>
+where
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
+    for<'q> &'q str: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> &'q [u8]: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, B>,
+    for<'q> Option<&'q [u8]>: sqlx::Encode<'q, B>,
+    for<'q> Option<String>: sqlx::Encode<'q, B>,
+    for<'q> Option<Vec<u8>>: sqlx::Encode<'q, B>,
+    for<'q> Option<i64>: sqlx::Encode<'q, B>,
+    for<'q> Option<bool>: sqlx::Encode<'q, B>,
+    for<'q, 'r> String: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> Vec<u8>: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> i64: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> bool: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'r> &'r str: sqlx::ColumnIndex<B::Row>,
+    usize: sqlx::ColumnIndex<B::Row>,
+{
+    async fn order(&self, id: &str) -> Result<OrderBundle> {
+        let order: OrderRow = sqlx::query_as(&format!("{} WHERE id = $1", ORDER_COLUMNS))
+            .bind(id)
+            .fetch_one(&self.read)
+            .await?;
+        let authorizations: Vec<AuthorizationRow> = sqlx::query_as(SELECT_AUTHORIZATIONS)
+            .bind(id)
+            .fetch_all(&self.read)
+            .await?;
+        let challenges: Vec<ChallengeRow> = sqlx::query_as(SELECT_CHALLENGES)
+            .bind(id)
+            .fetch_all(&self.read)
+            .await?;
+        order_bundle(order, authorizations, challenges)
+    }
+
+    async fn orders(&self, query: &OrderQuery) -> Result<Vec<OrderRecord>> {
+        let mut q = Statement::new(ORDER_COLUMNS);
+        q.push(" WHERE 1 = 1");
+        if let Some(account) = &query.account_id {
+            q.push(" AND account_id = ").bind(account.clone());
+        }
+        if let Some(status) = query.status {
+            q.push(" AND status = ").bind(status.as_str());
+        }
+        if let Some((created, id)) = &query.before {
+            q.push(" AND (created_at < ")
+                .bind(*created)
+                .push(" OR (created_at = ")
+                .bind(*created)
+                .push(" AND id < ")
+                .bind(id.clone())
+                .push("))");
+        }
+        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .bind(query.limit);
+        let rows: Vec<OrderRow> = q.query_as::<B, _>().fetch_all(&self.read).await?;
+        rows.into_iter().map(|r| r.into_record()).collect()
+    }
+
+    async fn last_validation(
+        &self,
+        account_id: &str,
+        identifier_type: &str,
+        identifier_value: &str,
+        since: i64,
+    ) -> Result<Option<i64>> {
+        let row: Option<(Option<i64>,)> = sqlx::query_as(SELECT_LAST_VALIDATION)
+            .bind(account_id)
+            .bind(identifier_type)
+            .bind(identifier_value)
+            .bind(since)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.and_then(|(at,)| at))
+    }
+
+    async fn pending_authorizations(&self, account_id: &str, now: i64) -> Result<i64> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM authorizations \
+             WHERE account_id = $1 AND status = 'pending' AND expires_at > $2",
+        )
+        .bind(account_id)
+        .bind(now)
+        .fetch_one(&self.read)
+        .await?;
+        Ok(count)
+    }
+
+    async fn stale_challenges(
+        &self,
+        attempted_before: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String, i64)>> {
+        Ok(sqlx::query_as(SELECT_STALE_CHALLENGES)
+            .bind(attempted_before)
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await?)
+    }
+
+    async fn orders_to_resume(
+        &self,
+        ready_before: i64,
+        processing_before: i64,
+        limit: i64,
+    ) -> Result<Vec<OrderRecord>> {
+        let rows: Vec<OrderRow> =
+            sqlx::query_as(&format!("{}{}", ORDER_COLUMNS, SELECT_ORDERS_TO_RESUME))
+                .bind(ready_before)
+                .bind(processing_before)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?;
+        rows.into_iter().map(|r| r.into_record()).collect()
+    }
+
+    async fn expired_orders(&self, now: i64, limit: i64) -> Result<Vec<OrderRecord>> {
+        let rows: Vec<OrderRow> =
+            sqlx::query_as(&format!("{}{}", ORDER_COLUMNS, SELECT_EXPIRED_ORDERS))
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?;
+        rows.into_iter().map(|r| r.into_record()).collect()
+    }
+}
+
+#[async_trait]
+impl<B: Backend> OrderWrites for SqlStore<B>
+where
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
+    for<'q> &'q str: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> &'q [u8]: sqlx::Encode<'q, B> + sqlx::Type<B>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, B>,
+    for<'q> Option<&'q [u8]>: sqlx::Encode<'q, B>,
+    for<'q> Option<String>: sqlx::Encode<'q, B>,
+    for<'q> Option<Vec<u8>>: sqlx::Encode<'q, B>,
+    for<'q> Option<i64>: sqlx::Encode<'q, B>,
+    for<'q> Option<bool>: sqlx::Encode<'q, B>,
+    for<'q, 'r> String: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> Vec<u8>: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> i64: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'q, 'r> bool: sqlx::Encode<'q, B> + sqlx::Decode<'r, B> + sqlx::Type<B>,
+    for<'r> &'r str: sqlx::ColumnIndex<B::Row>,
+    usize: sqlx::ColumnIndex<B::Row>,
+{
+    async fn create_order(&self, bundle: &OrderBundle, events: Vec<AuditEvent>) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let refs: Vec<&AuditEvent> = events.iter().collect();
+        Self::append_audit_tx(&mut tx, &refs).await?;
+        Self::insert_orders_tx(&mut tx, &[bundle]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_challenge(
+        &self,
+        challenge_id: &str,
+        order_id: &str,
+        at: i64,
+        event: AuditEvent,
+    ) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let head = Self::lock_audit(&mut tx).await?;
+        let done = sqlx::query(CLAIM_CHALLENGE)
+            .bind(challenge_id)
+            .bind(order_id)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        if B::rows_affected(&done) != 1 {
+            return Ok(false);
+        }
+        Self::write_audit(&mut tx, head, &[&event]).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn reclaim_challenge(
+        &self,
+        challenge_id: &str,
+        attempted_at_was: i64,
+        at: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(RECLAIM_CHALLENGE)
+            .bind(challenge_id)
+            .bind(attempted_at_was)
+            .bind(at)
+            .execute(&self.write)
+            .await?;
+        Ok(B::rows_affected(&done) == 1)
+    }
+
+    async fn finish_challenge(
+        &self,
+        outcome: &ChallengeOutcome,
+        events: Vec<AuditEvent>,
+        on_order_change: Vec<AuditEvent>,
+    ) -> Result<Option<OrderStatus>> {
+        use OrderStatus;
+        let mut tx = self.write.begin().await?;
+        // The audit head first: it serialises this with every other
+        // writer, so the count below sees the other authorizations'
+        // committed state.
+        let head = Self::lock_audit(&mut tx).await?;
+        let status = if outcome.error.is_some() {
+            "invalid"
+        } else {
+            "valid"
+        };
+        let validated_at = outcome.error.is_none().then_some(outcome.at);
+        let done = sqlx::query(FINISH_CHALLENGE)
+            .bind(&outcome.challenge_id)
+            .bind(status)
+            .bind(&outcome.error)
+            .bind(validated_at)
+            .execute(&mut *tx)
+            .await?;
+        if B::rows_affected(&done) != 1 {
+            return Err(StoreError::Conflict(format!(
+                "challenge {} is not being validated",
+                outcome.challenge_id
+            )));
+        }
+        sqlx::query(FINISH_AUTHORIZATION)
+            .bind(&outcome.authorization_id)
+            .bind(status)
+            .bind(validated_at)
+            .execute(&mut *tx)
+            .await?;
+        let mut refs: Vec<&AuditEvent> = events.iter().collect();
+        let next = if outcome.error.is_some() {
+            Some(OrderStatus::Invalid)
+        } else {
+            let (left,): (i64,) = sqlx::query_as(COUNT_UNFINISHED_AUTHORIZATIONS)
+                .bind(&outcome.order_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            (left == 0).then_some(outcome.when_all_valid)
+        };
+        let mut changed = None;
+        if let Some(next) = next {
+            let moved = sqlx::query(TRANSITION_ORDER)
+                .bind(&outcome.order_id)
+                .bind(OrderStatus::Pending.as_str())
+                .bind(next.as_str())
+                .bind(outcome.at)
+                .bind(&outcome.error)
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<Vec<u8>>)
+                .bind(0_i64)
+                .bind(None::<String>)
+                .execute(&mut *tx)
+                .await?;
+            if B::rows_affected(&moved) == 1 {
+                changed = Some(next);
+                refs.extend(on_order_change.iter());
+            }
+        }
+        Self::write_audit(&mut tx, head, &refs).await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn transition_order(
+        &self,
+        order_id: &str,
+        transition: Transition,
+        update: &OrderUpdate,
+        at: i64,
+        events: Vec<AuditEvent>,
+    ) -> Result<bool> {
+        if !transition.is_legal() {
+            return Err(StoreError::Conflict(format!(
+                "order {order_id}: {transition} is not a transition an order can make"
+            )));
+        }
+        let (from, to) = (transition.from(), transition.to());
+        let mut tx = self.write.begin().await?;
+        let head = Self::lock_audit(&mut tx).await?;
+        // The statement's own $1…$10 first, in order.
+        let mut q = Statement::new(TRANSITION_ORDER);
+        q.arg(order_id)
+            .arg(from.as_str())
+            .arg(to.as_str())
+            .arg(at)
+            .arg(&update.error)
+            .arg(&update.rejection_reason)
+            .arg(&update.organization)
+            .arg(&update.csr_der)
+            .arg(i64::from(update.count_issue_attempt))
+            .arg(&update.approval_reason);
+        if let Some(before) = update.updated_before {
+            q.push(" AND updated_at < ").bind(before);
+        }
+        let done = q.query::<B>().execute(&mut *tx).await?;
+        if B::rows_affected(&done) != 1 {
+            return Ok(false);
+        }
+        let refs: Vec<&AuditEvent> = events.iter().collect();
+        Self::write_audit(&mut tx, head, &refs).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
