@@ -44,9 +44,9 @@ pub enum StoreError {
     /// The row asked for does not exist.
     #[error("not found")]
     NotFound,
-    /// A unique constraint was violated (e.g. a serial issued twice).
+    /// The write would break a rule the store keeps; nothing was written.
     #[error("conflict: {0}")]
-    Conflict(String),
+    Conflict(Conflict),
     /// The database URL is not one hallmark understands.
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
@@ -76,7 +76,7 @@ impl From<sqlx::Error> for StoreError {
         match e {
             sqlx::Error::RowNotFound => StoreError::NotFound,
             sqlx::Error::Database(db) if db.is_unique_violation() => {
-                StoreError::Conflict(db.message().to_owned())
+                StoreError::Conflict(Conflict::Unique(unique_constraint(db.as_ref())))
             }
             sqlx::Error::Database(db) if db_full(db.code().as_deref()) => {
                 StoreError::DiskFull(db.message().to_owned())
@@ -94,6 +94,52 @@ impl From<sqlx::Error> for StoreError {
             other => StoreError::Database(other.to_string()),
         }
     }
+}
+
+/// Which rule a refused write would have broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    /// A unique constraint: PostgreSQL's constraint name, or SQLite's
+    /// `table.column` list (e.g. `users.username`).
+    #[error("{0} is taken")]
+    Unique(String),
+    /// The certificate was revoked already.
+    #[error("certificate {0} is already revoked")]
+    AlreadyRevoked(Serial),
+    /// The order an issuance completes is no longer `processing`.
+    #[error("order {0} is no longer processing")]
+    OrderNotProcessing(String),
+    /// The challenge whose result is being recorded is not `processing`.
+    #[error("challenge {0} is not being validated")]
+    ChallengeNotProcessing(String),
+    /// A transition `Transition::is_legal` refuses.
+    #[error("order {order_id}: {transition} is not a transition an order can make")]
+    IllegalTransition {
+        /// The order.
+        order_id: String,
+        /// The move asked for.
+        transition: Transition,
+    },
+    /// The external account binding key was used (or its account
+    /// disabled) meanwhile.
+    #[error("the external account binding key {0} is already used")]
+    BindingKeyUsed(String),
+    /// The change would leave no enabled admin.
+    #[error("this would leave no enabled admin; add or enable another admin first")]
+    LastAdmin,
+}
+
+/// The unique constraint a database error names: PostgreSQL reports it;
+/// SQLite says `UNIQUE constraint failed: table.column, …`.
+fn unique_constraint(db: &dyn sqlx::error::DatabaseError) -> String {
+    if let Some(name) = db.constraint() {
+        return name.to_owned();
+    }
+    let message = db.message();
+    message
+        .strip_prefix("UNIQUE constraint failed: ")
+        .unwrap_or(message)
+        .to_owned()
 }
 
 /// Whether a database error code means the disk is full (SQLite

@@ -7,7 +7,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::users::random_token;
-use crate::store::{AccountRecord, AcmeAccountRecord, AuditEvent, Store, StoreError};
+use crate::store::{AccountRecord, AcmeAccountRecord, AuditEvent, Conflict, Store, StoreError};
 
 /// Records the single use of an ACME nonce whose MAC and signature have
 /// been checked: `false` if it was used before (on any instance).
@@ -94,7 +94,9 @@ pub async fn register(
         .create_acme_account(&acme, owner.as_ref(), kid, event)
         .await
     {
-        Err(StoreError::Conflict(_)) if kid.is_some() => Err(AcmeAccountError::BindingUsed),
+        Err(StoreError::Conflict(Conflict::BindingKeyUsed(_))) => {
+            Err(AcmeAccountError::BindingUsed)
+        }
         Err(e) => Err(e.into()),
         Ok(()) => Ok(acme),
     }

@@ -10,7 +10,7 @@ use super::accounts::{Caller, Role};
 use super::{Authority, WorkflowError};
 use crate::pki::crl::RevocationReason;
 use crate::pki::Serial;
-use crate::store::{AuditEvent, CertificateRecord, Revocation, StoreError};
+use crate::store::{AuditEvent, CertificateRecord, Conflict, Revocation, StoreError};
 
 /// How far `signed_at` of a key proof may be from now (seconds).
 pub const PROOF_WINDOW_SECS: i64 = 600;
@@ -175,7 +175,7 @@ impl Authority {
         };
         match self.store.revoke_certificate(&revocation, event).await {
             Ok(()) => {}
-            Err(StoreError::Conflict(_)) => {
+            Err(StoreError::Conflict(Conflict::AlreadyRevoked(_))) => {
                 // Revoked by someone else between our read and our write.
                 let now_cert = self.store.certificate(&cert.serial).await?;
                 return Err(already_revoked(

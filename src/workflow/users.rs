@@ -16,7 +16,8 @@ use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use sha2::{Digest, Sha256};
 
 use crate::store::{
-    AuditEvent, NewUser, SessionRecord, SignInLimits, Store, StoreError, UserRecord, UserUpdate,
+    AuditEvent, Conflict, NewUser, SessionRecord, SignInLimits, Store, StoreError, UserRecord,
+    UserUpdate,
 };
 
 /// A session ends after this long without a request (seconds).
@@ -111,7 +112,7 @@ pub enum UserError {
 impl From<StoreError> for UserError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(m) => UserError::Conflict(m),
+            StoreError::Conflict(m) => UserError::Conflict(m.to_string()),
             other => UserError::Store(other),
         }
     }
@@ -448,7 +449,7 @@ pub async fn add_user(
         )
         .await;
     match result {
-        Err(StoreError::Conflict(_)) => Err(UserError::Conflict(format!(
+        Err(StoreError::Conflict(Conflict::Unique(_))) => Err(UserError::Conflict(format!(
             "a user named {username:?} exists already"
         ))),
         other => Ok(other?),
@@ -587,7 +588,7 @@ pub async fn ensure_initial_admin(
     };
     match store.create_user(user, event).await {
         Ok(()) => Ok(Some(password)),
-        Err(StoreError::Conflict(_)) => Ok(None),
+        Err(StoreError::Conflict(Conflict::Unique(_))) => Ok(None),
         Err(e) => Err(e),
     }
 }

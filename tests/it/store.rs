@@ -2,8 +2,8 @@
 
 use hallmark::pki::Serial;
 use hallmark::store::{
-    self, AccountRecord, AuditEvent, IssuerKind, IssuerRecord, NewApiKey, NewCertificate, NewUser,
-    StoreError,
+    self, AccountRecord, AuditEvent, Conflict, IssuerKind, IssuerRecord, NewApiKey, NewCertificate,
+    NewUser, StoreError,
 };
 use hallmark::workflow::audit::{self, AuditError};
 use time::OffsetDateTime;
@@ -243,7 +243,13 @@ async fn an_illegal_order_transition_is_refused_and_a_stale_one_writes_nothing()
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, StoreError::Conflict(m) if m.contains("valid → invalid")),
+            matches!(
+                &err,
+                StoreError::Conflict(Conflict::IllegalTransition {
+                    transition: Transition::Fail(OrderStatus::Valid),
+                    ..
+                })
+            ) && err.to_string().contains("valid → invalid"),
             "{backend:?}: {err}"
         );
         // A legal transition for an order not in its starting status: false,

@@ -362,8 +362,8 @@ where
             .execute(&mut *tx)
             .await?;
             if B::rows_affected(&done) != 1 {
-                return Err(StoreError::Conflict(format!(
-                    "the external account binding key {kid} is already used"
+                return Err(StoreError::Conflict(Conflict::BindingKeyUsed(
+                    kid.to_owned(),
                 )));
             }
         }

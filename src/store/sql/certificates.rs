@@ -236,8 +236,8 @@ where
                     .execute(&mut *tx)
                     .await?;
                 if B::rows_affected(&done) != 1 {
-                    return Err(StoreError::Conflict(format!(
-                        "order {order_id} is no longer processing"
+                    return Err(StoreError::Conflict(Conflict::OrderNotProcessing(
+                        order_id.clone(),
                     )));
                 }
             }
@@ -537,9 +537,7 @@ where
                     .await?;
             return Err(match exists {
                 None => StoreError::NotFound,
-                Some(_) => {
-                    StoreError::Conflict(format!("certificate {} is already revoked", rev.serial))
-                }
+                Some(_) => StoreError::Conflict(Conflict::AlreadyRevoked(rev.serial)),
             });
         };
         if let Some(spki_sha256) = &rev.blocked_key {

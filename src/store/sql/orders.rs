@@ -535,9 +535,8 @@ where
             .execute(&mut *tx)
             .await?;
         if B::rows_affected(&done) != 1 {
-            return Err(StoreError::Conflict(format!(
-                "challenge {} is not being validated",
-                outcome.challenge_id
+            return Err(StoreError::Conflict(Conflict::ChallengeNotProcessing(
+                outcome.challenge_id.clone(),
             )));
         }
         sqlx::query(FINISH_AUTHORIZATION)
@@ -590,9 +589,10 @@ where
         events: Vec<AuditEvent>,
     ) -> Result<bool> {
         if !transition.is_legal() {
-            return Err(StoreError::Conflict(format!(
-                "order {order_id}: {transition} is not a transition an order can make"
-            )));
+            return Err(StoreError::Conflict(Conflict::IllegalTransition {
+                order_id: order_id.to_owned(),
+                transition,
+            }));
         }
         let (from, to) = (transition.from(), transition.to());
         let mut tx = self.write.begin().await?;

@@ -242,9 +242,7 @@ where
                 .fetch_one(&mut *tx)
                 .await?;
         if admins == 0 {
-            return Err(StoreError::Conflict(
-                "this would leave no enabled admin; add or enable another admin first".into(),
-            ));
+            return Err(StoreError::Conflict(Conflict::LastAdmin));
         }
         if update.password_hash.is_some() || update.disabled == Some(true) || update.role.is_some()
         {

@@ -110,7 +110,9 @@ impl Orders {
         let result = self.sign_order(order).await;
         let error = match &result {
             Ok(_) => return result,
-            Err(WorkflowError::Store(StoreError::Conflict(why))) => {
+            Err(WorkflowError::Store(StoreError::Conflict(
+                why @ Conflict::OrderNotProcessing(_),
+            ))) => {
                 tracing::info!(order = %order.id, %why, "another instance finished this order");
                 return result;
             }

@@ -34,8 +34,8 @@ use crate::pki::profile::Organization;
 use crate::pki::{Identifier, Profile, Subject};
 use crate::store::{
     AuditEvent, AuthorizationBundle, AuthorizationRecord, ChallengeOutcome, ChallengeRecord,
-    IssuanceOrder, OrderBundle, OrderQuery, OrderRecord, OrderStatus, OrderUpdate, StoreError,
-    Transition,
+    Conflict, IssuanceOrder, OrderBundle, OrderQuery, OrderRecord, OrderStatus, OrderUpdate,
+    StoreError, Transition,
 };
 use crate::validation::{key_authorization, ChallengeKind, ValidationError, Validators};
 

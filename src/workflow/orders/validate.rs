@@ -166,7 +166,7 @@ impl Orders {
                 self.issue_ready(&order.id).await
             }
             Ok(_) => {}
-            Err(StoreError::Conflict(why)) => {
+            Err(StoreError::Conflict(why @ Conflict::ChallengeNotProcessing(_))) => {
                 tracing::debug!(challenge = %challenge.id, %why, "validation result superseded")
             }
             Err(e) => tracing::warn!(
