@@ -209,16 +209,16 @@ where
                 insert
                     .row()
                     .bind(cert.serial.to_hex())
-                    .bind(cert.issuer_id.clone())
-                    .bind(cert.account_id.clone())
-                    .bind(cert.order_id.clone())
-                    .bind(cert.subject.clone())
+                    .bind(&cert.issuer_id)
+                    .bind(&cert.account_id)
+                    .bind(&cert.order_id)
+                    .bind(&cert.subject)
                     .bind(identifiers)
-                    .bind(cert.profile.clone())
-                    .bind(cert.requested_by.clone())
+                    .bind(&cert.profile)
+                    .bind(&cert.requested_by)
                     .bind(cert.not_before.unix_timestamp())
                     .bind(cert.not_after.unix_timestamp())
-                    .bind(cert.der.clone())
+                    .bind(&cert.der)
                     .bind(now)
                     .bind(cert.crl_partition);
             }
@@ -318,7 +318,7 @@ where
         use CertificateStatus;
         let mut q = Statement::new(CERTIFICATE_COLUMNS);
         if let Some(account) = &query.account_id {
-            q.push(" AND account_id = ").bind(account.clone());
+            q.push(" AND account_id = ").bind(account);
         }
         match query.status {
             None => {}
@@ -350,7 +350,7 @@ where
                 .push(" OR (created_at = ")
                 .bind(*created)
                 .push(" AND serial < ")
-                .bind(serial.clone())
+                .bind(serial)
                 .push("))");
         }
         q.push(" ORDER BY created_at DESC, serial DESC LIMIT ")
@@ -379,7 +379,7 @@ where
             "SELECT serial, revoked_at, revocation_reason, invalidity_date \
              FROM certificates WHERE issuer_id = ",
         );
-        q.bind(scan.issuer_id.clone())
+        q.bind(&scan.issuer_id)
             .push(" AND revoked_at IS NOT NULL AND not_after >= ")
             .bind(scan.not_after_from);
         if let Some(p) = scan.partition {

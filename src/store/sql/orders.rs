@@ -248,23 +248,23 @@ where
             for bundle in chunk {
                 let o = &bundle.order;
                 q.row()
-                    .bind(o.id.clone())
-                    .bind(o.account_id.clone())
+                    .bind(&o.id)
+                    .bind(&o.account_id)
                     .bind(o.status.as_str())
-                    .bind(o.validation.clone())
-                    .bind(o.source.clone())
-                    .bind(o.profile.clone())
+                    .bind(&o.validation)
+                    .bind(&o.source)
+                    .bind(&o.profile)
                     .bind(o.validity_days)
-                    .bind(o.csr_der.clone())
-                    .bind(o.organization.clone())
-                    .bind(o.error.clone())
-                    .bind(o.rejection_reason.clone())
-                    .bind(o.certificate_serial.clone())
+                    .bind(&o.csr_der)
+                    .bind(&o.organization)
+                    .bind(&o.error)
+                    .bind(&o.rejection_reason)
+                    .bind(&o.certificate_serial)
                     .bind(o.created_at)
                     .bind(o.updated_at)
                     .bind(o.expires_at)
                     .bind(o.not_after)
-                    .bind(o.acme_account_id.clone());
+                    .bind(&o.acme_account_id);
             }
             q.query::<B>().execute(&mut **tx).await?;
         }
@@ -277,13 +277,13 @@ where
             for authz in chunk {
                 let a = &authz.authorization;
                 q.row()
-                    .bind(a.id.clone())
-                    .bind(a.order_id.clone())
-                    .bind(a.account_id.clone())
-                    .bind(a.identifier_type.clone())
-                    .bind(a.identifier_value.clone())
+                    .bind(&a.id)
+                    .bind(&a.order_id)
+                    .bind(&a.account_id)
+                    .bind(&a.identifier_type)
+                    .bind(&a.identifier_value)
                     .bind(a.wildcard)
-                    .bind(a.status.clone())
+                    .bind(&a.status)
                     .bind(a.validated_at)
                     .bind(a.expires_at)
                     .bind(a.created_at);
@@ -298,12 +298,12 @@ where
             let mut q = Statement::new(INSERT_CHALLENGE_PREFIX);
             for c in chunk {
                 q.row()
-                    .bind(c.id.clone())
-                    .bind(c.authorization_id.clone())
-                    .bind(c.kind.clone())
-                    .bind(c.token.clone())
-                    .bind(c.status.clone())
-                    .bind(c.error.clone())
+                    .bind(&c.id)
+                    .bind(&c.authorization_id)
+                    .bind(&c.kind)
+                    .bind(&c.token)
+                    .bind(&c.status)
+                    .bind(&c.error)
                     .bind(c.attempted_at)
                     .bind(c.validated_at)
                     .bind(c.created_at);
@@ -354,7 +354,7 @@ where
         let mut q = Statement::new(ORDER_COLUMNS);
         q.push(" WHERE 1 = 1");
         if let Some(account) = &query.account_id {
-            q.push(" AND account_id = ").bind(account.clone());
+            q.push(" AND account_id = ").bind(account);
         }
         if let Some(status) = query.status {
             q.push(" AND status = ").bind(status.as_str());
@@ -365,7 +365,7 @@ where
                 .push(" OR (created_at = ")
                 .bind(*created)
                 .push(" AND id < ")
-                .bind(id.clone())
+                .bind(id)
                 .push("))");
         }
         q.push(" ORDER BY created_at DESC, id DESC LIMIT ")

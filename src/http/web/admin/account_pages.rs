@@ -105,10 +105,10 @@ pub(super) fn accounts_render(
 pub(super) async fn create_account(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Act { who, form: f, .. }: Act<Admins>,
+    Act { who, form, .. }: Act<Admins, NewAccountForm>,
 ) -> Response {
-    let name = field(&f, "name").unwrap_or("").trim();
-    let role = match field(&f, "role").unwrap_or("requester").parse::<Role>() {
+    let name = form.name.trim();
+    let role = match form.role.as_deref().unwrap_or("requester").parse::<Role>() {
         Ok(r) => r,
         Err(e) => return redirect_with("/admin/accounts", &e.to_string()),
     };
@@ -194,4 +194,13 @@ pub(super) async fn rotate_account_key(
         }
         Err(e) => redirect_with("/admin/accounts", &format!("Key not rotated: {e}")),
     }
+}
+
+/// The new-account form.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub(super) struct NewAccountForm {
+    name: String,
+    /// `requester` if none.
+    role: Option<String>,
 }

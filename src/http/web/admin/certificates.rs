@@ -224,13 +224,15 @@ pub(super) async fn certificate_chain(
 pub(super) async fn revoke(
     State(state): State<Arc<AppState>>,
     Path(serial): Path<String>,
-    Act { who, form: f, .. }: Act<Reviewers>,
+    Act { who, form, .. }: Act<Reviewers, RevokeForm>,
 ) -> Response {
     let back = format!("/admin/certificates/{serial}");
     let Ok(parsed) = serial.parse::<Serial>() else {
         return not_found("such certificate");
     };
-    let reason = match field(&f, "reason")
+    let reason = match form
+        .reason
+        .as_deref()
         .unwrap_or("unspecified")
         .parse::<RevocationReason>()
     {
@@ -258,4 +260,12 @@ pub(super) async fn revoke(
             Err(r) => r,
         },
     }
+}
+
+/// The revoke form.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub(super) struct RevokeForm {
+    /// An RFC 5280 reason name; `unspecified` if none.
+    reason: Option<String>,
 }

@@ -54,7 +54,19 @@ use crate::workflow::WorkflowError;
 /// Rows per page in lists.
 pub(super) const PAGE: i64 = 50;
 
-type Fields = Form<HashMap<String, String>>;
+/// Every state-changing dashboard form: the session's CSRF token and the
+/// form's own fields `F` (a struct per form, in the page's module).
+#[derive(serde::Deserialize)]
+struct WithCsrf<F> {
+    #[serde(default)]
+    csrf: String,
+    #[serde(flatten)]
+    fields: F,
+}
+
+/// A form whose only field is the CSRF token (a button).
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct NoFields {}
 
 /// The least role an action needs (a marker for [`Act`]).
 pub(super) trait MinRole {
@@ -82,15 +94,18 @@ impl MinRole for Admins {
 /// A state-changing dashboard form, with the checks every action makes,
 /// made once before the handler runs: a session (else the sign-in page),
 /// the session's CSRF token in the form, and at least role `R` (else 403).
-pub(super) struct Act<R> {
+pub(super) struct Act<R, F = NoFields> {
     /// Who acts.
     pub who: Admin,
     /// The form's fields.
-    pub form: HashMap<String, String>,
+    pub form: F,
     _role: std::marker::PhantomData<R>,
 }
 
-impl<R: MinRole> axum::extract::FromRequest<Arc<AppState>> for Act<R> {
+impl<R: MinRole, F> axum::extract::FromRequest<Arc<AppState>> for Act<R, F>
+where
+    F: serde::de::DeserializeOwned + Send,
+{
     type Rejection = Response;
 
     async fn from_request(
@@ -101,13 +116,13 @@ impl<R: MinRole> axum::extract::FromRequest<Arc<AppState>> for Act<R> {
         let (mut parts, body) = request.into_parts();
         let who = Admin::from_request_parts(&mut parts, state).await?;
         let request = axum::extract::Request::from_parts(parts, body);
-        let Form(form) = Fields::from_request(request, state)
+        let Form(form) = Form::<WithCsrf<F>>::from_request(request, state)
             .await
             .map_err(IntoResponse::into_response)?;
-        who.may(R::ROLE, field(&form, "csrf"))?;
+        who.may(R::ROLE, Some(form.csrf.as_str()))?;
         Ok(Act {
             who,
-            form,
+            form: form.fields,
             _role: std::marker::PhantomData,
         })
     }
@@ -267,8 +282,4 @@ pub(super) fn with_flash_cleared(headers: &HeaderMap, page: Response) -> Respons
     } else {
         page
     }
-}
-
-pub(super) fn field<'a>(f: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
-    f.get(name).map(String::as_str)
 }

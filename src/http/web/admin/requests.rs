@@ -271,10 +271,10 @@ pub(super) fn workflow_message(e: WorkflowError) -> Result<String, Response> {
 pub(super) async fn approve(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    Act { who, form: f, .. }: Act<Reviewers>,
+    Act { who, form, .. }: Act<Reviewers, ReviewForm>,
 ) -> Response {
     let back = format!("/admin/requests/{id}");
-    let reason = field(&f, "reason");
+    let reason = form.reason.as_deref();
     match state
         .orders
         .approve(&reviewer(&who), &id, None, reason)
@@ -297,10 +297,10 @@ pub(super) async fn approve(
 pub(super) async fn reject(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    Act { who, form: f, .. }: Act<Reviewers>,
+    Act { who, form, .. }: Act<Reviewers, ReviewForm>,
 ) -> Response {
     let back = format!("/admin/requests/{id}");
-    let reason = field(&f, "reason").unwrap_or("");
+    let reason = form.reason.as_deref().unwrap_or("");
     match state.orders.reject(&reviewer(&who), &id, reason).await {
         Ok(_) => redirect_with(&back, "Rejected. The requester sees your reason."),
         Err(e) => match workflow_message(e) {
@@ -308,4 +308,12 @@ pub(super) async fn reject(
             Err(r) => r,
         },
     }
+}
+
+/// The approve and reject forms.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub(super) struct ReviewForm {
+    /// Why: kept on the order and in the audit record (required to reject).
+    reason: Option<String>,
 }

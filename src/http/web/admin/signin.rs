@@ -33,15 +33,15 @@ pub(super) async fn login(
     State(state): State<Arc<AppState>>,
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
-    Form(f): Fields,
+    Form(form): Form<SignInForm>,
 ) -> Response {
     let expected = session::cookie(&headers, session::LOGIN_COOKIE).unwrap_or("");
-    let sent = field(&f, "csrf").unwrap_or("");
+    let sent = form.csrf.as_str();
     if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(sent.as_bytes())) {
         return session::forbidden("the sign-in form expired; reload the page and try again");
     }
-    let username = field(&f, "username").unwrap_or("").trim().to_owned();
-    let password = field(&f, "password").unwrap_or("");
+    let username = form.username.trim().to_owned();
+    let password = form.password.as_str();
     let attempt = match state.limits.sign_in.take(address_key(client)) {
         Ok(()) => {
             users::sign_in(
@@ -146,17 +146,17 @@ pub(super) async fn password_page(who: Admin, headers: HeaderMap) -> Response {
 pub(super) async fn change_password(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Act { who, form: f, .. }: Act<Anyone>,
+    Act { who, form, .. }: Act<Anyone, PasswordForm>,
 ) -> Response {
-    let new = field(&f, "new_password").unwrap_or("");
-    let error = if new != field(&f, "confirm").unwrap_or("") {
+    let new = form.new_password.as_str();
+    let error = if new != form.confirm {
         Some("the two new passwords differ".to_owned())
     } else {
         match users::change_password(
             state.authority.store().as_ref(),
             &state.password_gate,
             &who.0,
-            field(&f, "current_password").unwrap_or(""),
+            &form.current_password,
             new,
         )
         .await
@@ -184,4 +184,23 @@ pub(super) async fn change_password(
         error,
     });
     (StatusCode::BAD_REQUEST, page).into_response()
+}
+
+/// The sign-in form (its CSRF token is the sign-in page's cookie: there is
+/// no session yet).
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+pub(super) struct SignInForm {
+    csrf: String,
+    username: String,
+    password: String,
+}
+
+/// The change-password form.
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+pub(super) struct PasswordForm {
+    current_password: String,
+    new_password: String,
+    confirm: String,
 }

@@ -72,10 +72,10 @@ pub(super) fn user_result(r: Result<(), UserError>, ok: &str) -> Response {
 
 pub(super) async fn add_user(
     State(state): State<Arc<AppState>>,
-    Act { who, form: f, .. }: Act<Admins>,
+    Act { who, form, .. }: Act<Admins, NewUserForm>,
 ) -> Response {
-    let name = field(&f, "username").unwrap_or("").trim();
-    let role = match field(&f, "role").unwrap_or("").parse::<UserRole>() {
+    let name = form.username.trim();
+    let role = match form.role.parse::<UserRole>() {
         Ok(r) => r,
         Err(e) => return user_result(Err(e), ""),
     };
@@ -83,7 +83,7 @@ pub(super) async fn add_user(
         state.authority.store().as_ref(),
         name,
         role,
-        field(&f, "password").unwrap_or(""),
+        &form.password,
         true,
         &who.0.actor(),
     )
@@ -97,9 +97,9 @@ pub(super) async fn add_user(
 pub(super) async fn set_user_role(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    Act { who, form: f, .. }: Act<Admins>,
+    Act { who, form, .. }: Act<Admins, RoleForm>,
 ) -> Response {
-    let role = match field(&f, "role").unwrap_or("").parse::<UserRole>() {
+    let role = match form.role.parse::<UserRole>() {
         Ok(r) => r,
         Err(e) => return user_result(Err(e), ""),
     };
@@ -117,9 +117,11 @@ pub(super) async fn set_user_role(
 pub(super) async fn link_user(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    Act { who, form: f, .. }: Act<Admins>,
+    Act { who, form, .. }: Act<Admins, LinkForm>,
 ) -> Response {
-    let account = field(&f, "account")
+    let account = form
+        .account
+        .as_deref()
         .map(str::trim)
         .filter(|a| !a.is_empty());
     let r = users::link_user(
@@ -160,4 +162,29 @@ pub(super) async fn toggle_user(
         format!("{name} is enabled.")
     };
     user_result(r, &done)
+}
+
+/// The add-user form.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub(super) struct NewUserForm {
+    username: String,
+    role: String,
+    /// A first password; the user must change it at first sign-in.
+    password: String,
+}
+
+/// The change-role form.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub(super) struct RoleForm {
+    role: String,
+}
+
+/// The link-to-account form.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub(super) struct LinkForm {
+    /// The requester account; empty to unlink.
+    account: Option<String>,
 }
