@@ -16,7 +16,7 @@
 
 mod common;
 
-#[path = "../tests/it/acme_client.rs"]
+#[path = "../tests/it/support/acme.rs"]
 mod acme_client;
 
 use std::collections::HashMap;

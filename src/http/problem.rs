@@ -173,21 +173,31 @@ impl From<WorkflowError> for Problem {
                 Problem::rate_limited(retry_after_secs, e.to_string())
             }
             WorkflowError::TooManyPending { .. } => Problem::rate_limited(60, e.to_string()),
-            WorkflowError::NotFound(m) => Problem::not_found(m),
-            WorkflowError::Forbidden(m) => {
-                Problem::acme(StatusCode::FORBIDDEN, AcmeError::Unauthorized, m)
-            }
+            WorkflowError::NotFound(m) => Problem::not_found(m.to_string()),
+            WorkflowError::Forbidden(m) => Problem::acme(
+                StatusCode::FORBIDDEN,
+                AcmeError::Unauthorized,
+                m.to_string(),
+            ),
             WorkflowError::Conflict(m) => {
-                Problem::hallmark(StatusCode::CONFLICT, "conflict", "Conflict", m)
+                Problem::hallmark(StatusCode::CONFLICT, "conflict", "Conflict", m.to_string())
             }
-            WorkflowError::AlreadyRevoked(m) => {
-                Problem::acme(StatusCode::CONFLICT, AcmeError::AlreadyRevoked, m)
+            WorkflowError::AlreadyRevoked { .. } => Problem::acme(
+                StatusCode::CONFLICT,
+                AcmeError::AlreadyRevoked,
+                e.to_string(),
+            ),
+            WorkflowError::OrderNotReady { .. } => Problem::acme(
+                StatusCode::FORBIDDEN,
+                AcmeError::OrderNotReady,
+                e.to_string(),
+            ),
+            WorkflowError::CsrNamesDiffer { .. } => {
+                Problem::acme(bad, AcmeError::BadCsr, e.to_string())
             }
-            WorkflowError::OrderNotReady(m) => {
-                Problem::acme(StatusCode::FORBIDDEN, AcmeError::OrderNotReady, m)
+            WorkflowError::CompromisedKey => {
+                Problem::acme(bad, AcmeError::BadPublicKey, e.to_string())
             }
-            WorkflowError::BadCsr(m) => Problem::acme(bad, AcmeError::BadCsr, m),
-            WorkflowError::CompromisedKey(m) => Problem::acme(bad, AcmeError::BadPublicKey, m),
         }
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use super::{Authority, WorkflowError};
+use super::{Authority, Clash, WorkflowError};
 use crate::config::CrlSection;
 use crate::pki::crl::{CrlBuilder, CrlEntry, CrlScope, CrlSpec, RevocationReason};
 use crate::pki::{CaCertificate, KeySigner};
@@ -351,9 +351,7 @@ impl CrlPublisher {
         {
             return Ok(base);
         }
-        Err(WorkflowError::Conflict(
-            "a delta CRL needs a complete CRL to refer to; generate the complete CRL first".into(),
-        ))
+        Err(Clash::DeltaWithoutBase.into())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -476,11 +474,9 @@ impl CrlPublisher {
                 // A fresher one exists: serve that.
                 self.refresh().await?;
                 let file = kind.file_name(ca.id());
-                let served = self.served(&file).ok_or_else(|| {
-                    WorkflowError::Conflict(format!(
-                        "{file} was published elsewhere but cannot be read"
-                    ))
-                })?;
+                let served = self
+                    .served(&file)
+                    .ok_or_else(|| WorkflowError::from(Clash::CrlUnreadable(file.clone())))?;
                 Ok(Generated {
                     record: CrlRecord {
                         issuer_id: served.issuer_id.clone(),

@@ -6,91 +6,27 @@ pub mod accounts;
 pub mod acme_accounts;
 pub mod audit;
 pub mod crl;
+mod error;
 pub mod limits;
 pub mod ocsp;
 pub mod orders;
 pub mod revocation;
 pub mod users;
 
+pub use error::{Clash, Missing, NotAllowed, WorkflowError};
+
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use crate::pki::ca::CaError;
-use crate::pki::profile::{LeafRequest, UnknownProfile};
+use crate::pki::profile::LeafRequest;
 use crate::pki::{
-    CaCertificate, Csr, CsrError, Identifier, IssuedCertificate, Issuer, Profile, Serial, Subject,
+    CaCertificate, Csr, Identifier, IssuedCertificate, Issuer, Profile, Serial, Subject,
     UnverifiedCsr,
 };
-use crate::policy::{Policy, PolicyError};
-use crate::store::{
-    AuditEvent, Issuance, IssuanceOrder, NewCertificate, OrderStatus, Store, StoreError,
-};
-
-/// Why a request could not be fulfilled. Each refusal is its own kind.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkflowError {
-    /// The CSR could not be read or its signature does not verify.
-    #[error(transparent)]
-    Csr(#[from] CsrError),
-    /// The key or a name breaks policy.
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    /// An unknown profile was asked for.
-    #[error(transparent)]
-    Profile(#[from] UnknownProfile),
-    /// Signing failed or the certificate broke its profile.
-    #[error(transparent)]
-    Ca(#[from] CaError),
-    /// The database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The request is well-formed JSON but asks for something that makes
-    /// no sense (the sentence says what).
-    #[error("{0}")]
-    Malformed(String),
-    /// The account made too many orders recently.
-    #[error(
-        "this account has created too many orders recently; try again in {retry_after_secs} s"
-    )]
-    RateLimited {
-        /// When to try again.
-        retry_after_secs: u64,
-    },
-    /// The account holds too many unfinished authorizations.
-    #[error(
-        "this account has {pending} unfinished authorizations (at most {limit}); answer or let them expire before asking for new names"
-    )]
-    TooManyPending {
-        /// How many it holds.
-        pending: i64,
-        /// `orders.max_pending_authorizations`.
-        limit: u32,
-    },
-    /// The order, challenge or certificate does not exist or is not the
-    /// caller's.
-    #[error("{0}")]
-    NotFound(String),
-    /// The caller may see the thing but not do this to it.
-    #[error("{0}")]
-    Forbidden(String),
-    /// The order is not in a state that allows this.
-    #[error("{0}")]
-    Conflict(String),
-    /// The certificate was already revoked; nothing changed.
-    #[error("{0}")]
-    AlreadyRevoked(String),
-    /// An ACME order was finalized before all its authorizations were valid.
-    #[error("{0}")]
-    OrderNotReady(String),
-    /// A finalize CSR does not match its order (ACME `badCSR`).
-    #[error("{0}")]
-    BadCsr(String),
-    /// The CSR's key was revoked for keyCompromise (ACME `badPublicKey`).
-    #[error("{0}")]
-    CompromisedKey(String),
-}
+use crate::policy::Policy;
+use crate::store::{AuditEvent, Issuance, IssuanceOrder, NewCertificate, OrderStatus, Store};
 
 /// Unix seconds as RFC 3339 UTC (`2026-01-02T03:04:05Z`).
 pub fn rfc3339(unix: i64) -> String {
@@ -226,10 +162,7 @@ impl Authority {
         use sha2::Digest;
         let spki_sha256 = sha2::Sha256::digest(checked.csr.spki_der());
         if self.store.key_blocked(&spki_sha256).await? {
-            return Err(WorkflowError::CompromisedKey(
-                "the CSR's public key belongs to a certificate revoked for keyCompromise; make a new key"
-                    .into(),
-            ));
+            return Err(WorkflowError::CompromisedKey);
         }
         Ok(checked)
     }

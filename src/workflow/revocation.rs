@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use x509_parser::prelude::FromDer;
 
 use super::accounts::{Caller, Role};
-use super::{Authority, WorkflowError};
+use super::{Authority, Clash, Missing, NotAllowed, WorkflowError};
 use crate::pki::crl::RevocationReason;
 use crate::pki::Serial;
 use crate::store::{AuditEvent, CertificateRecord, Conflict, Revocation, StoreError};
@@ -71,9 +71,7 @@ impl Authority {
                     return Err(not_found(serial));
                 }
                 if !owns && caller.role == Role::Reviewer {
-                    return Err(WorkflowError::Forbidden(
-                        "only the owning account or an admin may revoke this certificate".into(),
-                    ));
+                    return Err(NotAllowed::NotCertificateOwner.into());
                 }
                 caller.actor.clone()
             }
@@ -139,11 +137,11 @@ impl Authority {
     ) -> Result<CertificateRecord, WorkflowError> {
         let now = OffsetDateTime::now_utc();
         if cert.not_after < now.unix_timestamp() {
-            return Err(WorkflowError::Conflict(format!(
-                "certificate {} expired at {}; an expired certificate is no longer listed in CRLs, so revoking it has no effect",
-                cert.serial,
-                super::rfc3339(cert.not_after)
-            )));
+            return Err(Clash::CertificateExpired {
+                serial: cert.serial,
+                not_after: cert.not_after,
+            }
+            .into());
         }
         let invalidity = request.invalidity_date.map(|t| t.unix_timestamp());
         if invalidity.is_some_and(|t| t > now.unix_timestamp()) {
@@ -225,17 +223,17 @@ impl Authority {
 }
 
 fn not_found(serial: &Serial) -> WorkflowError {
-    WorkflowError::NotFound(format!("there is no certificate {serial}"))
+    Missing::Certificate(*serial).into()
 }
 
 fn already_revoked(serial: &Serial, at: i64, reason: Option<i64>) -> WorkflowError {
-    let reason = reason
-        .and_then(RevocationReason::from_code)
-        .unwrap_or(RevocationReason::Unspecified);
-    WorkflowError::AlreadyRevoked(format!(
-        "certificate {serial} was already revoked at {} ({reason}); nothing was changed",
-        super::rfc3339(at)
-    ))
+    WorkflowError::AlreadyRevoked {
+        serial: *serial,
+        at,
+        reason: reason
+            .and_then(RevocationReason::from_code)
+            .unwrap_or(RevocationReason::Unspecified),
+    }
 }
 
 /// SHA-256 of the SubjectPublicKeyInfo of the certificate `der`.
@@ -278,9 +276,5 @@ fn verify_with_certificate_key(
     };
     sig::UnparsedPublicKey::new(algorithm, key)
         .verify(message, signature)
-        .map_err(|_| {
-            WorkflowError::Forbidden(
-                "the proof's signature does not verify with the certificate's public key".into(),
-            )
-        })
+        .map_err(|_| WorkflowError::from(NotAllowed::ProofSignature))
 }

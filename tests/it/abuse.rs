@@ -15,9 +15,9 @@ use hallmark::workflow::accounts::Role;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::common::*;
-use crate::dns::{self, Entry};
-use crate::orders::{challenge, csr, DvLab, Http01Server};
+use crate::support::dns::{self, Entry};
+use crate::support::dv::{challenge, csr, DvLab, Http01Server};
+use crate::support::*;
 
 const KEY_AUTHORIZATION: &str = "tok3n.thumbprint-of-the-account-key";
 
@@ -349,9 +349,9 @@ async fn crl_and_ocsp_answer_while_idle_and_slow_connections_flood_the_listener(
     .await;
     let run = ca.start().await;
     let dir = ca.dir.path();
-    let (owner, _) = crate::revocation::api_key(&run.authority, "owner", Role::Requester).await;
+    let (owner, _) = crate::support::pki::api_key(&run.authority, "owner", Role::Requester).await;
     let (serial, pem) =
-        crate::revocation::issue(&run.authority, dir, "leaf", "leaf.internal", &owner).await;
+        crate::support::pki::issue(&run.authority, dir, "leaf", "leaf.internal", &owner).await;
     run.authority
         .revoke_as_key_holder(
             &serial.parse().unwrap(),
@@ -369,7 +369,7 @@ async fn crl_and_ocsp_answer_while_idle_and_slow_connections_flood_the_listener(
         run.authority.issuer().certificate().pem(),
     )
     .unwrap();
-    let (crl_url, ocsp_url) = crate::revocation::urls(&pem);
+    let (crl_url, ocsp_url) = crate::support::pki::urls(&pem);
     let http_addr = run.http_url.trim_start_matches("http://").to_owned();
     let https_addr = ca.config.https_listen;
 
@@ -413,7 +413,7 @@ async fn crl_and_ocsp_answer_while_idle_and_slow_connections_flood_the_listener(
         let d = dir.to_path_buf();
         let url = ocsp_url.clone();
         let status = tokio::task::spawn_blocking(move || {
-            crate::reliability::ocsp_status(&d, "leaf.pem", &url)
+            crate::support::pki::ocsp_status(&d, "leaf.pem", &url)
         })
         .await
         .unwrap();
@@ -467,8 +467,8 @@ async fn directory_nonce(run: &Running) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_unauthenticated_doors_are_rate_limited_per_address() {
-    use crate::acme_client::Client;
-    use crate::dashboard::Browser;
+    use crate::support::acme::Client;
+    use crate::support::browser::Browser;
 
     let mut ca = TestCa::with_env(
         backends().remove(0),
@@ -599,7 +599,7 @@ async fn password_checks_are_bounded_and_the_excess_told_to_come_back() {
     // Four connections, 30 sign-ins each, all at once.
     let mut tasks = Vec::new();
     for _ in 0..4 {
-        let mut browser = crate::dashboard::Browser::new(&run);
+        let mut browser = crate::support::browser::Browser::new(&run);
         let csrf = browser.get("/admin/login").await.csrf();
         let (http, cookies) = (browser.http(), browser.cookie_header());
         let url = format!("{}/admin/login", browser.base);

@@ -10,8 +10,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use x509_parser::prelude::*;
 
-use crate::common::*;
-use crate::orders::DvLab;
+use crate::support::dv::DvLab;
+use crate::support::*;
 
 fn serial_of(pem: &str) -> String {
     let der = hallmark::pki::pem_decode_all(pem, "CERTIFICATE").remove(0);

@@ -5,49 +5,18 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ring::hmac;
 use serde_json::{json, Value};
 use x509_parser::prelude::*;
 
-use crate::acme_client::{jws, new_p256_key, p256_jwk, Client};
-use crate::common::*;
-use crate::orders::DvLab;
+use crate::support::acme::{jws, new_p256_key, p256_jwk, Client};
+use crate::support::dv::DvLab;
+use crate::support::eab::{ari_id, binding};
+use crate::support::*;
 use hallmark::workflow::accounts::{create_account, create_eab_key, Role};
 
 const EAB_REQUIRED: &str = "urn:ietf:params:acme:error:externalAccountRequired";
 const UNAUTHORIZED: &str = "urn:ietf:params:acme:error:unauthorized";
 const MALFORMED: &str = "urn:ietf:params:acme:error:malformed";
-
-/// The `externalAccountBinding` member for `jwk`, MACed with `key`.
-pub fn binding(kid: &str, key: &[u8], url: &str, jwk: &Value) -> Value {
-    let protected =
-        URL_SAFE_NO_PAD.encode(json!({"alg": "HS256", "kid": kid, "url": url}).to_string());
-    let payload = URL_SAFE_NO_PAD.encode(jwk.to_string());
-    let mac = hmac::sign(
-        &hmac::Key::new(hmac::HMAC_SHA256, key),
-        format!("{protected}.{payload}").as_bytes(),
-    );
-    json!({"protected": protected, "payload": payload, "signature": URL_SAFE_NO_PAD.encode(mac.as_ref())})
-}
-
-/// The ARI certificate id of a PEM certificate.
-pub fn ari_id(pem: &str) -> String {
-    let der = hallmark::pki::pem_decode_all(pem, "CERTIFICATE").remove(0);
-    let (_, cert) = X509Certificate::from_der(&der).unwrap();
-    let aki = cert
-        .extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.clone(),
-            _ => None,
-        })
-        .unwrap();
-    format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(aki.0),
-        URL_SAFE_NO_PAD.encode(cert.raw_serial())
-    )
-}
 
 fn validity_of(pem: &str) -> (i64, i64) {
     let der = hallmark::pki::pem_decode_all(pem, "CERTIFICATE").remove(0);

@@ -9,8 +9,8 @@ use std::process::Command;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::common::*;
-use crate::orders::DvLab;
+use crate::support::dv::DvLab;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lego_gets_certificates_by_http01_tls_alpn01_and_dns01_with_a_wildcard() {

@@ -8,8 +8,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::json;
 
-use crate::acme_client::{Answer, Client};
-use crate::common::*;
+use crate::support::acme::{Answer, Client};
+use crate::support::*;
 
 /// A client for this server's ACME directory.
 pub fn client(running: &Running) -> Client {

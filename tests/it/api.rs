@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 
-use crate::common::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_key_is_shown_once_stored_as_a_hash_and_authenticates_api_calls() {

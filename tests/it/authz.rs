@@ -15,10 +15,10 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::acme_client::Client;
-use crate::common::*;
-use crate::dashboard::{ov_order, Browser, PASSWORD};
-use crate::orders::{challenge, csr, DvLab};
+use crate::support::acme::Client;
+use crate::support::browser::{ov_order, Browser, PASSWORD};
+use crate::support::dv::{challenge, csr, DvLab};
+use crate::support::*;
 use hallmark::workflow::accounts::{create_account, revoke_key, Role};
 use hallmark::workflow::users::{self, UserRole};
 
@@ -215,7 +215,10 @@ fn acme_outcome(status: u16, body: &Value) -> &'static str {
 
 /// The dashboard outcome of an answer (following a redirect to read its
 /// flash).
-async fn dashboard_outcome(browser: &mut Browser, page: crate::dashboard::Page) -> &'static str {
+async fn dashboard_outcome(
+    browser: &mut Browser,
+    page: crate::support::browser::Page,
+) -> &'static str {
     match page.status.as_u16() {
         403 => F,
         404 => H,
@@ -290,7 +293,7 @@ async fn every_route_with_every_credential_gets_exactly_the_allowed_outcome() {
             .as_str()
             .unwrap()
             .to_owned();
-        let (own_serial, _) = crate::revocation::issue(
+        let (own_serial, _) = crate::support::pki::issue(
             &lab.running.authority,
             &dir,
             "kept",
@@ -324,7 +327,7 @@ async fn every_route_with_every_credential_gets_exactly_the_allowed_outcome() {
                         vars.push(("{order}", ov_order(lab, &owner_key, "Org").await))
                     }
                     Target::FreshCert => {
-                        let (serial, _) = crate::revocation::issue(
+                        let (serial, _) = crate::support::pki::issue(
                             &lab.running.authority,
                             dir,
                             &format!("fresh{n}"),
@@ -477,7 +480,7 @@ async fn every_route_with_every_credential_gets_exactly_the_allowed_outcome() {
             .unwrap()
             .to_owned();
         let acct_url = mine.kid.clone().unwrap();
-        let ari = crate::acme_accounts::ari_id(&pem);
+        let ari = crate::support::eab::ari_id(&pem);
         let cert_b64 = {
             use base64::Engine;
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der)
@@ -540,10 +543,10 @@ async fn every_route_with_every_credential_gets_exactly_the_allowed_outcome() {
                         _ => {
                             let signer = if col == 3 { &mine } else { &theirs };
                             let payload = if route == "/acme/key-change" {
-                                let new_key = crate::acme_client::new_p256_key();
-                                Some(crate::acme_client::jws(
+                                let new_key = crate::support::acme::new_p256_key();
+                                Some(crate::support::acme::jws(
                                     &new_key,
-                                    &json!({"alg": "ES256", "jwk": crate::acme_client::p256_jwk(&new_key), "url": url}),
+                                    &json!({"alg": "ES256", "jwk": crate::support::acme::p256_jwk(&new_key), "url": url}),
                                     Some(
                                         &json!({"account": signer.kid.clone().unwrap(), "oldKey": signer.jwk()}),
                                     ),

@@ -10,9 +10,9 @@ use hallmark::workflow::accounts::Role;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::common::*;
-use crate::dashboard::{ov_order, PASSWORD};
-use crate::orders::DvLab;
+use crate::support::browser::{ov_order, PASSWORD};
+use crate::support::dv::DvLab;
+use crate::support::*;
 
 fn e2e_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e")

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hallmark::pki::Serial;
 
-use crate::common::*;
+use crate::support::*;
 
 fn hallmark(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hallmark"));

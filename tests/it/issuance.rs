@@ -9,7 +9,7 @@ use hallmark::workflow::{SignOptions, WorkflowError};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::*;
 
-use crate::common::*;
+use crate::support::*;
 
 /// Whether an error is the expected kind.
 type ErrorCheck = fn(&WorkflowError) -> bool;
@@ -559,7 +559,7 @@ async fn every_ca_key_type_makes_a_chain_openssl_accepts() {
 
 /// Runs pkilint's RFC 5280 certificate linter.
 fn pkilint(dir: &std::path::Path, file: &str) -> Option<(bool, String)> {
-    crate::common::pkilint(dir, "lint_pkix_cert", &["lint", "-s", "WARNING", file])
+    crate::support::pkilint(dir, "lint_pkix_cert", &["lint", "-s", "WARNING", file])
 }
 
 #[tokio::test]

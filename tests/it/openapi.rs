@@ -6,8 +6,8 @@ use hallmark::workflow::accounts::Role;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::*;
-use crate::orders::DvLab;
+use crate::support::dv::DvLab;
+use crate::support::*;
 
 /// Checks `value` against a JSON Schema subset (`$ref`, `type`, `enum`,
 /// `required`, `properties`, `additionalProperties: false`, `items`).

@@ -4,7 +4,6 @@
 //! retries and goes past bad rows, and a disabled account whose unfinished
 //! orders end with it. SQLite and PostgreSQL.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hallmark::pki::crl::RevocationReason;
@@ -13,9 +12,10 @@ use hallmark::workflow::revocation::RevokeRequest;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::*;
-use crate::orders::{challenge, csr, DvLab};
-use crate::revocation::{api_key, crl_until, issue, urls};
+use crate::support::dv::{challenge, csr, DvLab};
+use crate::support::pki::ocsp_status;
+use crate::support::pki::{api_key, crl_until, issue, urls};
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nonce_uses_cancelled_at_any_point_leave_every_write_connection_durable() {
@@ -61,31 +61,6 @@ async fn nonce_uses_cancelled_at_any_point_leave_every_write_connection_durable(
         drop(store);
         db.cleanup().await;
     }
-}
-
-/// `openssl ocsp` for `cert` against the certificate's OCSP URL; the
-/// status word it prints (`good`, `revoked`, `unknown`).
-pub fn ocsp_status(dir: &Path, cert: &str, url: &str) -> String {
-    let out = openssl(
-        dir,
-        &[
-            "ocsp",
-            "-issuer",
-            "issuing.pem",
-            "-cert",
-            cert,
-            "-url",
-            url,
-            "-CAfile",
-            "root.pem",
-            "-no_nonce",
-        ],
-    );
-    let line = out
-        .lines()
-        .find(|l| l.starts_with(&format!("{cert}: ")))
-        .unwrap_or_else(|| panic!("no status for {cert}: {out}"));
-    line.trim_start_matches(&format!("{cert}: ")).to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

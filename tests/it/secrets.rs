@@ -13,10 +13,10 @@ use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::acme_client::Client;
-use crate::common::*;
-use crate::dns::{self, Entry};
-use crate::orders::Http01Server;
+use crate::support::acme::Client;
+use crate::support::dns::{self, Entry};
+use crate::support::dv::Http01Server;
+use crate::support::*;
 
 const NEW_PASSWORD: &str = "a brand new dashboard password";
 
@@ -230,7 +230,7 @@ async fn a_whole_life_at_debug_level_logs_no_secret() {
         // ACME with the EAB key: register, issue by http-01, revoke.
         let mut acme = Client::with(client.clone(), format!("{base}/acme"));
         let hmac = URL_SAFE_NO_PAD.decode(&eab_hmac).unwrap();
-        let binding = crate::acme_accounts::binding(
+        let binding = crate::support::eab::binding(
             &eab_kid,
             &hmac,
             &format!("{base}/acme/new-account"),

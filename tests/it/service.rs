@@ -3,7 +3,7 @@
 
 use reqwest::StatusCode;
 
-use crate::common::*;
+use crate::support::*;
 use hallmark::workflow::SignOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use hallmark::store::{
 use hallmark::workflow::audit::{self, AuditError};
 use time::OffsetDateTime;
 
-use crate::common::*;
+use crate::support::*;
 
 fn event(action: &str, subject: &str) -> AuditEvent {
     AuditEvent {

@@ -185,7 +185,7 @@ async fn http01_stops_after_ten_redirects() {
 
 #[tokio::test]
 async fn dns01_finds_the_txt_record_follows_cnames_and_explains_every_failure() {
-    use crate::dns::{self, Entry};
+    use crate::support::dns::{self, Entry};
     use hallmark::validation::dns01;
 
     let expected = dns01::txt_value(KEY_AUTHORIZATION);
@@ -391,7 +391,7 @@ async fn tls_alpn01_checks_the_protocol_the_names_and_the_acme_identifier() {
 
 #[tokio::test]
 async fn http01_resolves_names_through_the_validation_resolver() {
-    use crate::dns::{self, Entry};
+    use crate::support::dns::{self, Entry};
     use hallmark::validation::dns01;
 
     let port = challenge_server().await;
@@ -425,7 +425,7 @@ async fn http01_resolves_names_through_the_validation_resolver() {
 
 #[tokio::test]
 async fn validators_from_configuration_check_all_three_challenge_types() {
-    use crate::dns::{self, Entry};
+    use crate::support::dns::{self, Entry};
     use hallmark::config::ValidationSection;
     use hallmark::validation::{dns01, ChallengeKind, Validators};
 

@@ -15,10 +15,10 @@ impl Orders {
     ) -> Result<OrderBundle, WorkflowError> {
         let bundle = self.get_acme(caller, acme_account_id, order_id).await?;
         if bundle.order.status != OrderStatus::Ready {
-            return Err(WorkflowError::OrderNotReady(format!(
-                "order {order_id} is {}; it can be finalized only when ready",
-                bundle.order.status
-            )));
+            return Err(WorkflowError::OrderNotReady {
+                order_id: order_id.to_owned(),
+                status: bundle.order.status,
+            });
         }
         let checked = self.authority.intake(csr).await?;
         let mut want: Vec<String> = bundle
@@ -30,11 +30,10 @@ impl Orders {
         want.sort();
         have.sort();
         if want != have {
-            return Err(WorkflowError::BadCsr(format!(
-                "the CSR names {} but the order is for {}",
-                have.join(", "),
-                want.join(", ")
-            )));
+            return Err(WorkflowError::CsrNamesDiffer {
+                csr: have,
+                order: want,
+            });
         }
         let now = OffsetDateTime::now_utc();
         let moved = self
@@ -57,9 +56,11 @@ impl Orders {
             )
             .await?;
         if !moved {
-            return Err(WorkflowError::OrderNotReady(format!(
-                "order {order_id} changed meanwhile; it is no longer ready"
-            )));
+            // Another request moved it first: say where it is now.
+            return Err(WorkflowError::OrderNotReady {
+                order_id: order_id.to_owned(),
+                status: self.load(order_id).await?.order.status,
+            });
         }
         let order = self.load(order_id).await?.order;
         self.issue_claimed(&order).await?;

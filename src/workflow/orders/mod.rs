@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use super::accounts::{Caller, Role};
 use super::limits::TokenBuckets;
 use super::users::random_token;
-use super::{Authority, IssueRequest, Signed, WorkflowError};
+use super::{Authority, Clash, IssueRequest, Missing, NotAllowed, Signed, WorkflowError};
 use crate::acme_error::AcmeError;
 use crate::config::OrdersSection;
 use crate::pki::profile::Organization;
@@ -265,13 +265,11 @@ fn transition_event(
 }
 
 fn no_such_order(order_id: &str) -> WorkflowError {
-    WorkflowError::NotFound(format!("there is no order {order_id:?}"))
+    Missing::Order(order_id.to_owned()).into()
 }
 
 fn changed_meanwhile(order_id: &str) -> WorkflowError {
-    WorkflowError::Conflict(format!(
-        "order {order_id} changed while this request ran; fetch it and try again"
-    ))
+    Clash::OrderChanged(order_id.to_owned()).into()
 }
 
 fn find_challenge<'a>(

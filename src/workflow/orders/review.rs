@@ -111,24 +111,22 @@ impl Orders {
         &self,
         caller: &Caller,
         order_id: &str,
-        verb: &str,
+        verb: &'static str,
     ) -> Result<OrderBundle, WorkflowError> {
         if caller.role == Role::Requester {
-            return Err(WorkflowError::Forbidden(format!(
-                "only reviewer and admin API keys may {verb} orders"
-            )));
+            return Err(NotAllowed::NotReviewer(verb).into());
         }
         let bundle = self.load(order_id).await?;
         if bundle.order.account_id == caller.account_id {
-            return Err(WorkflowError::Forbidden(format!(
-                "an account cannot {verb} its own order; another reviewer must"
-            )));
+            return Err(NotAllowed::OwnOrder(verb).into());
         }
         if bundle.order.status != OrderStatus::AwaitingApproval {
-            return Err(WorkflowError::Conflict(format!(
-                "order {order_id} is {}; only an order awaiting approval can be {verb}d",
-                bundle.order.status
-            )));
+            return Err(Clash::NotAwaitingApproval {
+                order_id: order_id.to_owned(),
+                status: bundle.order.status,
+                verb,
+            }
+            .into());
         }
         Ok(bundle)
     }

@@ -14,29 +14,30 @@ impl Orders {
     ) -> Result<OrderBundle, WorkflowError> {
         let bundle = self.get(caller, order_id).await?;
         if bundle.order.account_id != caller.account_id {
-            return Err(WorkflowError::Forbidden(
-                "only the account that owns an order can answer its challenges".into(),
-            ));
+            return Err(NotAllowed::NotOrderOwner.into());
         }
         let (authz, challenge) = find_challenge(&bundle, challenge_id).ok_or_else(|| {
-            WorkflowError::NotFound(format!(
-                "order {order_id} has no challenge {challenge_id:?}"
-            ))
+            WorkflowError::from(Missing::Challenge {
+                order_id: order_id.to_owned(),
+                challenge_id: challenge_id.to_owned(),
+            })
         })?;
         if challenge.status != "pending" {
             return Ok(bundle);
         }
         if bundle.order.status != OrderStatus::Pending {
-            return Err(WorkflowError::Conflict(format!(
-                "order {order_id} is {}; challenges can only be answered while it is pending",
-                bundle.order.status
-            )));
+            return Err(Clash::OrderNotPending {
+                order_id: order_id.to_owned(),
+                status: bundle.order.status,
+            }
+            .into());
         }
         if authz.status != "pending" {
-            return Err(WorkflowError::Conflict(format!(
-                "the authorization for {} is already {}; no other challenge is needed",
-                authz.identifier_value, authz.status
-            )));
+            return Err(Clash::AuthorizationDone {
+                identifier: authz.identifier_value.clone(),
+                status: authz.status.clone(),
+            }
+            .into());
         }
         let now = OffsetDateTime::now_utc();
         let claimed = self

@@ -36,11 +36,11 @@ impl DnsServer {
     }
 }
 
-fn name(n: &str) -> Name {
+pub fn name(n: &str) -> Name {
     Name::from_str(&format!("{n}.internal.")).unwrap()
 }
 
-fn record(entry: Entry) -> Record {
+pub fn record(entry: Entry) -> Record {
     match entry {
         Entry::Txt(n, v) => Record::from_rdata(name(n), 60, RData::TXT(TXT::new(vec![v]))),
         Entry::Cname(n, target) => {

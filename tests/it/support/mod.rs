@@ -1,6 +1,14 @@
 //! Test helpers: a CA in a temporary directory on SQLite or a fresh
 //! PostgreSQL database, the real service on ephemeral ports, and `openssl`.
 
+pub mod acme;
+pub mod browser;
+pub mod dns;
+pub mod dv;
+pub mod eab;
+pub mod node;
+pub mod pki;
+
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,12 +31,12 @@ pub enum Backend {
     Postgres,
 }
 
-fn postgres_admin_url() -> String {
+pub fn postgres_admin_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-fn postgres_reachable(url: &str) -> bool {
+pub fn postgres_reachable(url: &str) -> bool {
     let host_port = url
         .split('@')
         .next_back()
@@ -125,7 +133,7 @@ impl TestDb {
     }
 }
 
-async fn drop_database(name: &str) {
+pub async fn drop_database(name: &str) {
     use sqlx::Connection;
     if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
