@@ -65,7 +65,7 @@ pub struct CertificateQuery {
 }
 
 /// What OCSP needs to know about a serial.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct StatusRecord {
     /// Issuing CA id.
     pub issuer_id: String,
@@ -123,7 +123,7 @@ pub struct NewCrl {
 }
 
 /// A published CRL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct CrlRecord {
     /// The issuer.
     pub issuer_id: String,
@@ -142,11 +142,12 @@ pub struct CrlRecord {
     /// The audit sequence number its entries were read at.
     pub snapshot_seq: i64,
     /// DER (empty in [`CertificateReads::crl_heads`]).
+    #[sqlx(default)]
     pub der: Vec<u8>,
 }
 
 /// The newest revocation of one CRL scope (see [`CertificateReads::crl_marks`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct CrlMark {
     /// The issuer.
     pub issuer_id: String,

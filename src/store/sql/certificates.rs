@@ -296,22 +296,11 @@ where
         Ok(row.is_some())
     }
 
-    async fn certificate_status(
-        &self,
-        serial: &crate::pki::Serial,
-    ) -> Result<Option<StatusRecord>> {
-        let row: Option<(String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(SELECT_STATUS)
+    async fn certificate_status(&self, serial: &Serial) -> Result<Option<StatusRecord>> {
+        Ok(sqlx::query_as(SELECT_STATUS)
             .bind(serial.to_hex())
             .fetch_optional(&self.read)
-            .await?;
-        Ok(row.map(
-            |(issuer_id, not_after, revoked_at, revocation_reason)| StatusRecord {
-                issuer_id,
-                not_after,
-                revoked_at,
-                revocation_reason,
-            },
-        ))
+            .await?)
     }
 
     async fn certificates(&self, query: &CertificateQuery) -> Result<Vec<CertificateRecord>> {
@@ -344,17 +333,7 @@ where
                 .bind(format!("%{escaped}%"))
                 .push(" ESCAPE '\\')");
         }
-        if let Some((created, serial)) = &query.before {
-            q.push(" AND (created_at < ")
-                .bind(*created)
-                .push(" OR (created_at = ")
-                .bind(*created)
-                .push(" AND serial < ")
-                .bind(serial)
-                .push("))");
-        }
-        q.push(" ORDER BY created_at DESC, serial DESC LIMIT ")
-            .bind(query.limit);
+        q.newest_first("serial", &query.before, query.limit);
         let rows: Vec<CertificateRow> = q.query_as::<B, _>().fetch_all(&self.read).await?;
         rows.into_iter().map(|r| r.into_record()).collect()
     }
@@ -409,52 +388,17 @@ where
     }
 
     async fn crl_heads(&self) -> Result<Vec<CrlRecord>> {
-        let rows: Vec<(String, i64, bool, i64, i64, i64, i64, i64)> =
-            sqlx::query_as(SELECT_CRL_HEADS)
-                .fetch_all(&self.read)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(
-                    issuer_id,
-                    partition,
-                    delta,
-                    number,
-                    this_update,
-                    next_update,
-                    entries,
-                    snapshot_seq,
-                )| {
-                    CrlRecord {
-                        issuer_id,
-                        partition,
-                        delta,
-                        number,
-                        this_update,
-                        next_update,
-                        entries,
-                        snapshot_seq,
-                        der: Vec::new(),
-                    }
-                },
-            )
-            .collect())
+        Ok(sqlx::query_as(SELECT_CRL_HEADS)
+            .fetch_all(&self.read)
+            .await?)
     }
 
     async fn crl_marks(&self) -> Result<Vec<CrlMark>> {
-        let rows: Vec<(String, i64, i64)> =
+        Ok(
             sqlx::query_as("SELECT issuer_id, partition, seq FROM crl_marks")
                 .fetch_all(&self.read)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(issuer_id, partition, seq)| CrlMark {
-                issuer_id,
-                partition,
-                seq,
-            })
-            .collect())
+                .await?,
+        )
     }
 
     async fn crl_der(&self, head: &CrlRecord) -> Result<Vec<u8>> {

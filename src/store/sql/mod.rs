@@ -14,6 +14,7 @@
 //! out of it. Copy it from an existing impl.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use async_trait::async_trait;
 use sqlx::{Database, Pool};
@@ -237,9 +238,35 @@ impl<'a> Statement<'a> {
                 .push_str(if self.sql.ends_with('(') { "" } else { ", " });
         }
         self.args.push(value.into());
-        self.sql.push('$');
-        self.sql.push_str(&self.args.len().to_string());
+        // Writing into the String cannot fail.
+        let _ = write!(self.sql, "${}", self.args.len());
         self
+    }
+
+    /// Ends a list query: newest first by `created_at` then `key`, after
+    /// the `(created_at, key)` cursor of the previous page if any, at most
+    /// `limit` rows.
+    pub(super) fn newest_first(
+        &mut self,
+        key: &'static str,
+        before: &'a Option<(i64, String)>,
+        limit: i64,
+    ) -> &mut Self {
+        if let Some((created, last)) = before {
+            self.push(" AND (created_at < ")
+                .bind(*created)
+                .push(" OR (created_at = ")
+                .bind(*created)
+                .push(" AND ")
+                .push(key)
+                .push(" < ")
+                .bind(last)
+                .push("))");
+        }
+        self.push(" ORDER BY created_at DESC, ")
+            .push(key)
+            .push(" DESC LIMIT ")
+            .bind(limit)
     }
 
     /// Starts a row of a multi-row `VALUES` list; the parameters bound
@@ -300,6 +327,7 @@ where
     fn arguments(&self) -> B::Arguments<'_> {
         use sqlx::Arguments;
         let mut out = B::Arguments::default();
+        out.reserve(self.args.len(), 0);
         for arg in &self.args {
             let added = match arg {
                 Arg::Text(v) => out.add(v.as_deref()),

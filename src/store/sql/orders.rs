@@ -359,17 +359,7 @@ where
         if let Some(status) = query.status {
             q.push(" AND status = ").bind(status.as_str());
         }
-        if let Some((created, id)) = &query.before {
-            q.push(" AND (created_at < ")
-                .bind(*created)
-                .push(" OR (created_at = ")
-                .bind(*created)
-                .push(" AND id < ")
-                .bind(id)
-                .push("))");
-        }
-        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .bind(query.limit);
+        q.newest_first("id", &query.before, query.limit);
         let rows: Vec<OrderRow> = q.query_as::<B, _>().fetch_all(&self.read).await?;
         rows.into_iter().map(|r| r.into_record()).collect()
     }
