@@ -421,9 +421,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Revoke { serial, reason } => {
             let reason = reason.parse::<RevocationReason>()?;
-            let serial = serial.parse::<hallmark::pki::Serial>().map_err(|_| {
-                anyhow::anyhow!("{serial:?} is not a serial: expected 32 lower-case hex digits")
-            })?;
+            // As hallmark prints it, or as `openssl x509 -serial` does
+            // (upper case, possibly with colons).
+            let serial = serial
+                .replace(':', "")
+                .to_ascii_lowercase()
+                .parse::<hallmark::pki::Serial>()
+                .map_err(|_| {
+                    anyhow::anyhow!("{serial:?} is not a serial: expected 32 hex digits")
+                })?;
             let authority = hallmark::service::open_authority(&config).await?;
             let operator = operator();
             let cert = authority

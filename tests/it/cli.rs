@@ -115,6 +115,24 @@ async fn hallmark_sign_prints_a_chain_openssl_accepts_and_records_it() {
             text(&out)
         );
 
+        // Revoked by the serial as openssl printed it (upper case); a
+        // second revocation is refused with a clear message.
+        let printed = serial_hex.trim().trim_start_matches("serial=").to_owned();
+        assert!(
+            printed.chars().any(|c| c.is_ascii_uppercase())
+                || printed.chars().all(|c| c.is_ascii_digit())
+        );
+        let out = hallmark(d, &["revoke", &printed, "--reason", "superseded"], &env);
+        assert!(out.status.success(), "{}", text(&out));
+        let record = store.certificate(&serial).await.unwrap();
+        assert_eq!(record.revocation_reason, Some(4));
+        let out = hallmark(d, &["revoke", &printed], &env);
+        assert!(!out.status.success());
+        assert!(text(&out).contains("already revoked"), "{}", text(&out));
+        let out = hallmark(d, &["revoke", "not-a-serial"], &env);
+        assert!(!out.status.success());
+        assert!(text(&out).contains("is not a serial"), "{}", text(&out));
+
         // A CSR outside policy: one clear sentence, non-zero exit, nothing stored.
         openssl(
             d,
