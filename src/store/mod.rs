@@ -322,7 +322,7 @@ pub struct AuditEvent {
 }
 
 /// An audit record as stored, with its place in the hash chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuditRecord {
     /// Sequence number, from 1, without gaps.
     pub seq: i64,

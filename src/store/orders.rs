@@ -222,7 +222,7 @@ pub struct OrderRecord {
 }
 
 /// One identifier's authorization, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuthorizationRecord {
     /// Random id (`authz_…`).
     pub id: String,
@@ -248,13 +248,14 @@ pub struct AuthorizationRecord {
 }
 
 /// One challenge, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ChallengeRecord {
     /// Random id (`chall_…`).
     pub id: String,
     /// Its authorization.
     pub authorization_id: String,
-    /// `http-01`, `dns-01` or `tls-alpn-01`.
+    /// `http-01`, `dns-01` or `tls-alpn-01` (column `type`).
+    #[sqlx(rename = "type")]
     pub kind: String,
     /// Random token (RFC 8555 §8.3: ≥ 128 bits, base64url).
     pub token: String,

@@ -5,33 +5,6 @@ use async_trait::async_trait;
 use super::{Backend, SqlStore, Statement};
 use crate::store::*;
 
-#[derive(sqlx::FromRow)]
-struct AuditRow {
-    pub seq: i64,
-    pub at: i64,
-    pub actor: String,
-    pub action: String,
-    pub subject: String,
-    pub details: String,
-    pub prev_hash: Vec<u8>,
-    pub hash: Vec<u8>,
-}
-
-impl AuditRow {
-    fn into_record(self) -> AuditRecord {
-        AuditRecord {
-            seq: self.seq,
-            at: self.at,
-            actor: self.actor,
-            action: self.action,
-            subject: self.subject,
-            details: self.details,
-            prev_hash: self.prev_hash,
-            hash: self.hash,
-        }
-    }
-}
-
 const SELECT_AUDIT_PAGE: &str = "SELECT seq, at, actor, action, subject, details, prev_hash, hash \
      FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2";
 
@@ -64,12 +37,11 @@ where
     }
 
     async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>> {
-        let rows: Vec<AuditRow> = sqlx::query_as(SELECT_AUDIT_PAGE)
+        Ok(sqlx::query_as(SELECT_AUDIT_PAGE)
             .bind(after)
             .bind(limit)
             .fetch_all(&self.read)
-            .await?;
-        Ok(rows.into_iter().map(|r| r.into_record()).collect())
+            .await?)
     }
 
     async fn audit_search(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
@@ -91,8 +63,7 @@ where
             q.push(" AND seq < ").bind(before);
         }
         q.push(" ORDER BY seq DESC LIMIT ").bind(query.limit);
-        let rows: Vec<AuditRow> = q.query_as::<B, _>().fetch_all(&self.read).await?;
-        Ok(rows.into_iter().map(|r| r.into_record()).collect())
+        Ok(q.query_as::<B, _>().fetch_all(&self.read).await?)
     }
 }
 

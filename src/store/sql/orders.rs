@@ -59,37 +59,9 @@ const ORDER_COLUMNS: &str =
      organization, error, rejection_reason, approval_reason, certificate_serial, created_at, \
      updated_at, expires_at, not_after, acme_account_id, issue_attempts FROM orders";
 
-#[derive(sqlx::FromRow)]
-struct AuthorizationRow {
-    id: String,
-    order_id: String,
-    account_id: String,
-    identifier_type: String,
-    identifier_value: String,
-    wildcard: bool,
-    status: String,
-    validated_at: Option<i64>,
-    expires_at: i64,
-    created_at: i64,
-}
-
 const SELECT_AUTHORIZATIONS: &str =
     "SELECT id, order_id, account_id, identifier_type, identifier_value, wildcard, status, \
      validated_at, expires_at, created_at FROM authorizations WHERE order_id = $1 ORDER BY id";
-
-#[derive(sqlx::FromRow)]
-struct ChallengeRow {
-    id: String,
-    authorization_id: String,
-    #[sqlx(rename = "type")]
-    kind: String,
-    token: String,
-    status: String,
-    error: Option<String>,
-    attempted_at: Option<i64>,
-    validated_at: Option<i64>,
-    created_at: i64,
-}
 
 const SELECT_CHALLENGES: &str =
     "SELECT c.id, c.authorization_id, c.type, c.token, c.status, c.error, c.attempted_at, \
@@ -101,24 +73,13 @@ const SELECT_CHALLENGES: &str =
 /// their ids were created in (the workflow makes them sortable).
 fn order_bundle(
     order: OrderRow,
-    authorizations: Vec<AuthorizationRow>,
-    challenges: Vec<ChallengeRow>,
+    authorizations: Vec<AuthorizationRecord>,
+    challenges: Vec<ChallengeRecord>,
 ) -> Result<OrderBundle> {
     let mut bundles: Vec<AuthorizationBundle> = authorizations
         .into_iter()
-        .map(|a| AuthorizationBundle {
-            authorization: AuthorizationRecord {
-                id: a.id,
-                order_id: a.order_id,
-                account_id: a.account_id,
-                identifier_type: a.identifier_type,
-                identifier_value: a.identifier_value,
-                wildcard: a.wildcard,
-                status: a.status,
-                validated_at: a.validated_at,
-                expires_at: a.expires_at,
-                created_at: a.created_at,
-            },
+        .map(|authorization| AuthorizationBundle {
+            authorization,
             challenges: Vec::new(),
         })
         .collect();
@@ -129,17 +90,7 @@ fn order_bundle(
             .ok_or_else(|| {
                 StoreError::Corrupt(format!("challenge {} has no authorization", c.id))
             })?;
-        owner.challenges.push(ChallengeRecord {
-            id: c.id,
-            authorization_id: c.authorization_id,
-            kind: c.kind,
-            token: c.token,
-            status: c.status,
-            error: c.error,
-            attempted_at: c.attempted_at,
-            validated_at: c.validated_at,
-            created_at: c.created_at,
-        });
+        owner.challenges.push(c);
     }
     Ok(OrderBundle {
         order: order.into_record()?,
@@ -339,11 +290,11 @@ where
             .bind(id)
             .fetch_one(&self.read)
             .await?;
-        let authorizations: Vec<AuthorizationRow> = sqlx::query_as(SELECT_AUTHORIZATIONS)
+        let authorizations: Vec<AuthorizationRecord> = sqlx::query_as(SELECT_AUTHORIZATIONS)
             .bind(id)
             .fetch_all(&self.read)
             .await?;
-        let challenges: Vec<ChallengeRow> = sqlx::query_as(SELECT_CHALLENGES)
+        let challenges: Vec<ChallengeRecord> = sqlx::query_as(SELECT_CHALLENGES)
             .bind(id)
             .fetch_all(&self.read)
             .await?;
