@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+const URN_PREFIX: &str = "urn:ietf:params:acme:error:";
+
 /// An ACME error type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AcmeError {
@@ -136,7 +138,13 @@ impl AcmeError {
 
     /// The problem `type` URN (`urn:ietf:params:acme:error:badNonce`).
     pub fn urn(self) -> String {
-        format!("urn:ietf:params:acme:error:{}", self.code())
+        format!("{URN_PREFIX}{}", self.code())
+    }
+
+    /// The type a problem `type` URN names, if it is one of the table's.
+    pub fn from_urn(urn: &str) -> Option<AcmeError> {
+        let code = urn.strip_prefix(URN_PREFIX)?;
+        AcmeError::ALL.into_iter().find(|e| e.code() == code)
     }
 }
 
@@ -161,7 +169,10 @@ mod tests {
             AcmeError::BadNonce.urn(),
             "urn:ietf:params:acme:error:badNonce"
         );
+        assert_eq!(AcmeError::from_urn("urn:ietf:params:acme:error:nope"), None);
+        assert_eq!(AcmeError::from_urn("badNonce"), None);
         for e in AcmeError::ALL {
+            assert_eq!(AcmeError::from_urn(&e.urn()), Some(e));
             assert!((400..600).contains(&e.status()), "{e}");
             assert!(!e.title().is_empty());
         }

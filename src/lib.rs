@@ -17,4 +17,5 @@ pub mod policy;
 pub mod service;
 pub mod store;
 pub mod validation;
+pub mod words;
 pub mod workflow;

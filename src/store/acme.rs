@@ -6,6 +6,19 @@ use async_trait::async_trait;
 
 use super::{AccountRecord, AuditEvent, NewApiKey, Result};
 
+crate::words::words! {
+    /// Where an ACME account is (RFC 8555 §7.1.2; hallmark never revokes
+    /// one itself).
+    pub enum AcmeAccountStatus("account status") {
+        /// In use.
+        Valid = "valid",
+        /// Its holder deactivated it; it can do nothing more.
+        Deactivated = "deactivated",
+        /// Revoked by the server.
+        Revoked = "revoked",
+    }
+}
+
 /// An ACME account as stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AcmeAccountRecord {
@@ -19,8 +32,8 @@ pub struct AcmeAccountRecord {
     pub jwk: String,
     /// Contact URLs (JSON array).
     pub contact: String,
-    /// `valid`, `deactivated` or `revoked`.
-    pub status: String,
+    /// Where it is.
+    pub status: AcmeAccountStatus,
     /// When created.
     pub created_at: i64,
     /// The owning hallmark account is disabled (read, never written).
@@ -149,7 +162,7 @@ pub trait AccountWrites: Send + Sync + 'static {
         &self,
         id: &str,
         contact: Option<&str>,
-        status: Option<&str>,
+        status: Option<AcmeAccountStatus>,
         key: Option<(&str, &str)>,
         event: AuditEvent,
     ) -> Result<()>;

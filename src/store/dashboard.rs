@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::{AuditEvent, NewUser, Result, SignInLimits};
+use super::{AuditEvent, NewUser, OrderStatus, Result, SignInLimits, UserRole};
 
 /// A dashboard user as stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -15,8 +15,8 @@ pub struct UserRecord {
     pub username: String,
     /// argon2id PHC string.
     pub password_hash: String,
-    /// `admin`, `reviewer` or `auditor`.
-    pub role: String,
+    /// What they may do.
+    pub role: UserRole,
     /// Must choose a new password before anything else.
     pub must_change_password: bool,
     /// Cannot sign in.
@@ -40,7 +40,7 @@ pub struct UserUpdate {
     /// New must-change flag.
     pub must_change_password: Option<bool>,
     /// New role.
-    pub role: Option<String>,
+    pub role: Option<UserRole>,
     /// Disable or enable.
     pub disabled: Option<bool>,
     /// Link to an account (`Some(Some(id))`) or unlink (`Some(None)`).
@@ -83,7 +83,7 @@ pub struct AuditQuery {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overview {
     /// Orders by status.
-    pub orders_by_status: Vec<(String, i64)>,
+    pub orders_by_status: Vec<(OrderStatus, i64)>,
     /// Certificates issued since the given time.
     pub issued_recently: i64,
     /// Valid certificates expiring before the given time.

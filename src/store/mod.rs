@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 
 use crate::pki::Serial;
 
-pub use acme::{AccountReads, AccountWrites, AcmeAccountRecord, EabKeyRecord};
+pub use acme::{AccountReads, AccountWrites, AcmeAccountRecord, AcmeAccountStatus, EabKeyRecord};
 pub use dashboard::{
     AuditQuery, Overview, SessionRecord, UserReads, UserRecord, UserUpdate, UserWrites,
 };
@@ -33,9 +33,10 @@ pub use revocation::{
 pub use sql::{Backend, SqlStore};
 
 pub use orders::{
-    AuthorizationBundle, AuthorizationRecord, ChallengeOutcome, ChallengeRecord, IssuanceOrder,
-    OrderBundle, OrderQuery, OrderReads, OrderRecord, OrderStatus, OrderUpdate, OrderWrites,
-    Transition,
+    AuthorizationBundle, AuthorizationRecord, AuthorizationStatus, ChallengeKind, ChallengeOutcome,
+    ChallengeRecord, ChallengeStatus, Failure, IdentifierKind, IssuanceOrder, OrderBundle,
+    OrderQuery, OrderReads, OrderRecord, OrderSource, OrderStatus, OrderUpdate, OrderWrites,
+    Transition, Validation,
 };
 
 /// Why a storage operation failed. Callers never see sqlx errors.
@@ -91,8 +92,17 @@ impl From<sqlx::Error> for StoreError {
                 StoreError::Unavailable("the connection pool is closed".into())
             }
             sqlx::Error::Io(e) => StoreError::Unavailable(format!("connection lost: {e}")),
+            e @ (sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)) => {
+                StoreError::Corrupt(e.to_string())
+            }
             other => StoreError::Database(other.to_string()),
         }
+    }
+}
+
+impl From<crate::words::UnknownWord> for StoreError {
+    fn from(e: crate::words::UnknownWord) -> Self {
+        StoreError::Corrupt(e.to_string())
     }
 }
 
@@ -191,26 +201,18 @@ pub struct SignInLimits {
 /// Result alias for the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Root or issuing intermediate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IssuerKind {
-    /// Self-signed root.
-    Root,
-    /// Issuing intermediate.
-    Intermediate,
-}
-
-impl IssuerKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            IssuerKind::Root => "root",
-            IssuerKind::Intermediate => "intermediate",
-        }
+crate::words::words! {
+    /// Root or issuing intermediate.
+    pub enum IssuerKind("issuer kind") {
+        /// Self-signed root.
+        Root = "root",
+        /// Issuing intermediate.
+        Intermediate = "intermediate",
     }
 }
 
 /// A CA certificate as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct IssuerRecord {
     /// URL id (`root`, `int-…`).
     pub id: String,
@@ -374,21 +376,45 @@ pub struct NewUser {
     pub username: String,
     /// argon2id PHC string.
     pub password_hash: String,
-    /// `admin`, `reviewer` or `auditor`.
-    pub role: String,
+    /// What they may do.
+    pub role: UserRole,
     /// Forces a password change at first sign-in.
     pub must_change_password: bool,
 }
 
+crate::words::words! {
+    /// What an account may do with its keys (least first).
+    pub enum Role("role") {
+        /// Orders certificates for itself.
+        Requester = "requester",
+        /// Also approves and rejects OV orders.
+        Reviewer = "reviewer",
+        /// Everything.
+        Admin = "admin",
+    }
+}
+
+crate::words::words! {
+    /// What a dashboard user may do (least first).
+    pub enum UserRole("role") {
+        /// Reads everything, changes nothing.
+        Auditor = "auditor",
+        /// Approves and rejects requests, revokes certificates.
+        Reviewer = "reviewer",
+        /// Everything.
+        Admin = "admin",
+    }
+}
+
 /// A requester account (REST and, bound by EAB, ACME).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AccountRecord {
     /// Random id.
     pub id: String,
     /// Display name.
     pub name: String,
-    /// `requester`, `reviewer` or `admin`.
-    pub role: String,
+    /// What its keys may do.
+    pub role: Role,
     /// A disabled account cannot authenticate.
     pub disabled: bool,
     /// When created (Unix seconds).

@@ -8,55 +8,128 @@ use async_trait::async_trait;
 use super::{AuditEvent, Result};
 
 use std::fmt;
-use std::str::FromStr;
 
-use super::StoreError;
+use crate::acme_error::AcmeError;
+use crate::pki::profile::Organization;
+use crate::pki::Identifier;
+use crate::words::words;
 
-/// Where an order is in its life (DESIGN §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderStatus {
-    /// Some identifier still needs a valid challenge.
-    Pending,
-    /// Every identifier is valid; issuance may start.
-    Ready,
-    /// Issuance has been claimed by an instance.
-    Processing,
-    /// OV: validated, waiting for a reviewer.
-    AwaitingApproval,
-    /// The certificate is issued.
-    Valid,
-    /// A challenge failed, issuance failed, or the order expired.
-    Invalid,
-    /// A reviewer said no.
-    Rejected,
+words! {
+    /// Where an order is in its life (DESIGN §2).
+    pub enum OrderStatus("order status") {
+        /// Some identifier still needs a valid challenge.
+        Pending = "pending",
+        /// Every identifier is valid; issuance may start.
+        Ready = "ready",
+        /// Issuance has been claimed by an instance.
+        Processing = "processing",
+        /// OV: validated, waiting for a reviewer.
+        AwaitingApproval = "awaiting_approval",
+        /// The certificate is issued.
+        Valid = "valid",
+        /// A challenge failed, issuance failed, or the order expired.
+        Invalid = "invalid",
+        /// A reviewer said no.
+        Rejected = "rejected",
+    }
+}
+
+words! {
+    /// Where an authorization is (RFC 8555 §7.1.6; hallmark never
+    /// deactivates or revokes one).
+    pub enum AuthorizationStatus("authorization status") {
+        /// Its challenge has not succeeded yet.
+        Pending = "pending",
+        /// Control of the identifier is proven.
+        Valid = "valid",
+        /// Its challenge failed.
+        Invalid = "invalid",
+    }
+}
+
+words! {
+    /// Where a challenge is (RFC 8555 §7.1.6).
+    pub enum ChallengeStatus("challenge status") {
+        /// Waiting for the client to ask for validation.
+        Pending = "pending",
+        /// A validator is at work.
+        Processing = "processing",
+        /// The validator saw the answer.
+        Valid = "valid",
+        /// The validator did not.
+        Invalid = "invalid",
+    }
+}
+
+words! {
+    /// The three challenge types (RFC 8555 §8.3, §8.4; RFC 8737).
+    pub enum ChallengeKind("challenge type") {
+        /// An HTTP request to port 80.
+        Http01 = "http-01",
+        /// A TXT record under `_acme-challenge`.
+        Dns01 = "dns-01",
+        /// A TLS handshake on port 443 with the `acme-tls/1` protocol.
+        TlsAlpn01 = "tls-alpn-01",
+    }
+}
+
+impl ChallengeKind {
+    /// The challenges offered for an identifier: wildcards only by dns-01,
+    /// IP addresses by http-01 and tls-alpn-01 (RFC 8738 §7).
+    pub fn offered_for(identifier: &Identifier) -> &'static [ChallengeKind] {
+        match identifier {
+            Identifier::Dns(name) if name.starts_with("*.") => &[ChallengeKind::Dns01],
+            Identifier::Dns(_) => &[
+                ChallengeKind::Http01,
+                ChallengeKind::Dns01,
+                ChallengeKind::TlsAlpn01,
+            ],
+            Identifier::Ip(_) => &[ChallengeKind::Http01, ChallengeKind::TlsAlpn01],
+        }
+    }
+}
+
+words! {
+    /// What an identifier is (RFC 8555 §9.7.7, RFC 8738).
+    pub enum IdentifierKind("identifier type") {
+        /// A DNS name (a wildcard keeps its `*.`).
+        Dns = "dns",
+        /// An IP address.
+        Ip = "ip",
+    }
+}
+
+impl IdentifierKind {
+    /// What `identifier` is.
+    pub fn of(identifier: &Identifier) -> Self {
+        match identifier {
+            Identifier::Dns(_) => IdentifierKind::Dns,
+            Identifier::Ip(_) => IdentifierKind::Ip,
+        }
+    }
+}
+
+words! {
+    /// DV (domain control only) or OV (also vetted by a reviewer).
+    pub enum Validation("validation") {
+        /// Domain validation.
+        Dv = "dv",
+        /// Organisation validation.
+        Ov = "ov",
+    }
+}
+
+words! {
+    /// Which front door an order came through.
+    pub enum OrderSource("order source") {
+        /// The REST API.
+        Rest = "rest",
+        /// ACME.
+        Acme = "acme",
+    }
 }
 
 impl OrderStatus {
-    /// Every status, in life order.
-    pub const ALL: [OrderStatus; 7] = [
-        OrderStatus::Pending,
-        OrderStatus::Ready,
-        OrderStatus::Processing,
-        OrderStatus::AwaitingApproval,
-        OrderStatus::Valid,
-        OrderStatus::Invalid,
-        OrderStatus::Rejected,
-    ];
-
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::Pending => "pending",
-            OrderStatus::Ready => "ready",
-            OrderStatus::Processing => "processing",
-            OrderStatus::AwaitingApproval => "awaiting_approval",
-            OrderStatus::Valid => "valid",
-            OrderStatus::Invalid => "invalid",
-            OrderStatus::Rejected => "rejected",
-        }
-    }
-
     /// Whether nothing more can happen to the order.
     pub fn is_final(self) -> bool {
         matches!(
@@ -161,25 +234,88 @@ impl fmt::Display for Transition {
     }
 }
 
-impl fmt::Display for OrderStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// Why an order or a challenge failed: an ACME error type and one
+/// sentence. Stored as the RFC 9457 problem document ACME clients are
+/// shown (`{"type": urn, "detail": …}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The error type.
+    pub kind: AcmeError,
+    /// What went wrong, in one sentence.
+    pub detail: String,
+}
+
+impl Failure {
+    /// A failure of type `kind`.
+    pub fn new(kind: AcmeError, detail: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// The problem document ACME and the REST API show.
+    pub fn document(&self) -> serde_json::Value {
+        serde_json::json!({"type": self.kind.urn(), "detail": self.detail})
+    }
+
+    /// The stored text.
+    pub fn to_json(&self) -> String {
+        self.document().to_string()
+    }
+
+    /// Reads the stored text.
+    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            detail: String,
+        }
+        let doc: Doc = serde_json::from_str(text).map_err(|e| format!("problem {text:?}: {e}"))?;
+        let kind =
+            AcmeError::from_urn(&doc.kind).ok_or_else(|| format!("problem type {:?}", doc.kind))?;
+        Ok(Failure::new(kind, doc.detail))
     }
 }
 
-impl FromStr for OrderStatus {
-    type Err = StoreError;
+/// Reads a text column into a type with `parse: fn(&str) -> Result<T, E>`
+/// (a JSON document or a word), so `FromRow` records hold it typed.
+macro_rules! text_column {
+    ($t:ty, $parse:expr) => {
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $t
+        where
+            String: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <String as sqlx::Type<DB>>::type_info()
+            }
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OrderStatus::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| StoreError::Corrupt(format!("order status {s:?}")))
-    }
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <String as sqlx::Type<DB>>::compatible(ty)
+            }
+        }
+
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $t
+        where
+            String: sqlx::Decode<'r, DB>,
+        {
+            fn decode(
+                value: DB::ValueRef<'r>,
+            ) -> std::result::Result<Self, sqlx::error::BoxDynError> {
+                let text = <String as sqlx::Decode<'r, DB>>::decode(value)?;
+                Ok($parse(&text)?)
+            }
+        }
+    };
 }
+
+text_column!(Failure, Failure::from_json);
+text_column!(Organization, serde_json::from_str::<Organization>);
 
 /// An order as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OrderRecord {
     /// Random id (`ord_…`).
     pub id: String,
@@ -187,20 +323,20 @@ pub struct OrderRecord {
     pub account_id: String,
     /// Where it is.
     pub status: OrderStatus,
-    /// `dv` or `ov`.
-    pub validation: String,
-    /// `rest` or `acme`.
-    pub source: String,
+    /// DV or OV.
+    pub validation: Validation,
+    /// REST or ACME.
+    pub source: OrderSource,
     /// Certificate profile.
     pub profile: String,
     /// Requested validity, if any.
     pub validity_days: Option<i64>,
     /// The CSR (DER), once known.
     pub csr_der: Option<Vec<u8>>,
-    /// OV organisation details (JSON).
-    pub organization: Option<String>,
-    /// Why it became invalid (problem JSON).
-    pub error: Option<String>,
+    /// OV organisation details (as requested, then as vetted).
+    pub organization: Option<Organization>,
+    /// Why it became invalid.
+    pub error: Option<Failure>,
     /// Why a reviewer rejected it.
     pub rejection_reason: Option<String>,
     /// The note a reviewer approved it with.
@@ -230,14 +366,14 @@ pub struct AuthorizationRecord {
     pub order_id: String,
     /// Owning account (for reuse across orders).
     pub account_id: String,
-    /// `dns` or `ip`.
-    pub identifier_type: String,
+    /// DNS name or IP address.
+    pub identifier_type: IdentifierKind,
     /// The name or address (wildcards keep their `*.`).
     pub identifier_value: String,
     /// Whether the identifier is a wildcard.
     pub wildcard: bool,
-    /// `pending`, `valid`, `invalid`, …
-    pub status: String,
+    /// Where it is.
+    pub status: AuthorizationStatus,
     /// When control was proven (for a reused authorization, when it was
     /// first proven).
     pub validated_at: Option<i64>,
@@ -254,15 +390,15 @@ pub struct ChallengeRecord {
     pub id: String,
     /// Its authorization.
     pub authorization_id: String,
-    /// `http-01`, `dns-01` or `tls-alpn-01` (column `type`).
+    /// Its type (column `type`).
     #[sqlx(rename = "type")]
-    pub kind: String,
+    pub kind: ChallengeKind,
     /// Random token (RFC 8555 §8.3: ≥ 128 bits, base64url).
     pub token: String,
-    /// `pending`, `processing`, `valid` or `invalid`.
-    pub status: String,
-    /// Why it failed (problem JSON).
-    pub error: Option<String>,
+    /// Where it is.
+    pub status: ChallengeStatus,
+    /// Why it failed.
+    pub error: Option<Failure>,
     /// When validation was last started.
     pub attempted_at: Option<i64>,
     /// When it succeeded.
@@ -300,8 +436,8 @@ pub struct ChallengeOutcome {
     pub order_id: String,
     /// When it finished (Unix seconds).
     pub at: i64,
-    /// The validator's error (problem JSON) if it failed.
-    pub error: Option<String>,
+    /// The validator's error if it failed.
+    pub error: Option<Failure>,
     /// The order's status once every authorization is valid (`ready`, or
     /// `awaiting_approval` for OV).
     pub when_all_valid: OrderStatus,
@@ -310,14 +446,14 @@ pub struct ChallengeOutcome {
 /// Fields an order transition may set besides its status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrderUpdate {
-    /// Why it became invalid (problem JSON).
-    pub error: Option<String>,
+    /// Why it became invalid.
+    pub error: Option<Failure>,
     /// Why it was rejected.
     pub rejection_reason: Option<String>,
     /// The reviewer's note on an approval.
     pub approval_reason: Option<String>,
-    /// Vetted organisation (JSON), replacing the requested one.
-    pub organization: Option<String>,
+    /// Vetted organisation, replacing the requested one.
+    pub organization: Option<Organization>,
     /// The CSR an ACME order is finalized with.
     pub csr_der: Option<Vec<u8>>,
     /// Only if the order was last updated before this (to take over a
@@ -367,7 +503,7 @@ pub trait OrderReads: Send + Sync + 'static {
     async fn last_validation(
         &self,
         account_id: &str,
-        identifier_type: &str,
+        identifier_type: IdentifierKind,
         identifier_value: &str,
         since: i64,
     ) -> Result<Option<i64>>;
@@ -453,7 +589,109 @@ pub trait OrderWrites: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
     use OrderStatus::*;
+
+    #[test]
+    fn a_failure_is_stored_as_the_problem_document_clients_see() {
+        let f = Failure::new(
+            AcmeError::Dns,
+            "no TXT record at _acme-challenge.a.internal",
+        );
+        let text = f.to_json();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(doc["type"], "urn:ietf:params:acme:error:dns");
+        assert_eq!(doc["detail"], f.detail);
+        assert_eq!(Failure::from_json(&text), Ok(f));
+        assert!(Failure::from_json(r#"{"type":"urn:x:nope","detail":"d"}"#)
+            .unwrap_err()
+            .contains("urn:x:nope"));
+        assert!(Failure::from_json("not json").is_err());
+    }
+
+    fn bundle(id: &str) -> OrderBundle {
+        let authz = format!("authz_{id}_000");
+        OrderBundle {
+            order: OrderRecord {
+                id: format!("ord_{id}"),
+                account_id: "acct_1".into(),
+                status: Pending,
+                validation: Validation::Ov,
+                source: OrderSource::Rest,
+                profile: "server".into(),
+                validity_days: Some(30),
+                csr_der: None,
+                organization: Some(Organization {
+                    name: "Example \"Ltd\"".into(),
+                    locality: None,
+                    state: Some("Bavaria".into()),
+                    country: Some("DE".into()),
+                }),
+                error: Some(Failure::new(AcmeError::Caa, "a CAA record forbids it")),
+                rejection_reason: None,
+                approval_reason: None,
+                certificate_serial: None,
+                created_at: 1,
+                updated_at: 1,
+                expires_at: 4_000_000_000,
+                not_after: None,
+                acme_account_id: None,
+                issue_attempts: 0,
+            },
+            authorizations: vec![AuthorizationBundle {
+                authorization: AuthorizationRecord {
+                    id: authz.clone(),
+                    order_id: format!("ord_{id}"),
+                    account_id: "acct_1".into(),
+                    identifier_type: IdentifierKind::Ip,
+                    identifier_value: "10.0.0.1".into(),
+                    wildcard: false,
+                    status: AuthorizationStatus::Pending,
+                    validated_at: None,
+                    expires_at: 4_000_000_000,
+                    created_at: 1,
+                },
+                challenges: vec![ChallengeRecord {
+                    id: format!("chall_{id}_000_t"),
+                    authorization_id: authz,
+                    kind: ChallengeKind::TlsAlpn01,
+                    token: "tok".into(),
+                    status: ChallengeStatus::Pending,
+                    error: Some(Failure::new(AcmeError::Tls, "handshake failed")),
+                    attempted_at: None,
+                    validated_at: None,
+                    created_at: 1,
+                }],
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn typed_values_come_back_as_written_and_an_unreadable_one_is_a_corrupt_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("h.db").display());
+        let store = crate::store::connect(&url).await.unwrap();
+        let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO accounts (id, name, role, created_at) VALUES ('acct_1', 't', 'requester', 1)",
+        )
+        .execute(&raw)
+        .await
+        .unwrap();
+        let written = bundle("a");
+        store.create_order(&written, Vec::new()).await.unwrap();
+        assert_eq!(store.order("ord_a").await.unwrap(), written);
+
+        // The schema's CHECKs keep words in their lists; JSON has no CHECK.
+        sqlx::query("UPDATE challenges SET error = '{\"type\": \"urn:x:gone\"}'")
+            .execute(&raw)
+            .await
+            .unwrap();
+        match store.order("ord_a").await {
+            Err(StoreError::Corrupt(why)) => assert!(why.contains("urn:x:gone"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn the_transition_table_is_exactly_the_designed_machine() {
@@ -470,8 +708,8 @@ mod tests {
             (Processing, Valid),
             (Processing, Invalid),
         ];
-        for from in OrderStatus::ALL {
-            for to in OrderStatus::ALL {
+        for &from in OrderStatus::ALL {
+            for &to in OrderStatus::ALL {
                 assert_eq!(
                     Transition::between(from, to).is_some(),
                     edges.contains(&(from, to)),
@@ -487,7 +725,7 @@ mod tests {
 
     #[test]
     fn nothing_leaves_a_final_status_and_everything_else_can_fail() {
-        for status in OrderStatus::ALL {
+        for &status in OrderStatus::ALL {
             let outgoing = Transition::ALL
                 .iter()
                 .filter(|t| t.from() == status)

@@ -25,24 +25,27 @@ pub struct Revocation {
     pub blocked_key: Option<Vec<u8>>,
 }
 
-/// The lifecycle state of a certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CertificateStatus {
-    /// Not revoked and not expired.
-    Valid,
-    /// Revoked.
-    Revoked,
-    /// Past notAfter, not revoked.
-    Expired,
+crate::words::words! {
+    /// The lifecycle state of a certificate.
+    pub enum CertificateStatus("certificate status") {
+        /// Not revoked and not expired.
+        Valid = "valid",
+        /// Revoked.
+        Revoked = "revoked",
+        /// Past notAfter, not revoked.
+        Expired = "expired",
+    }
 }
 
 impl CertificateStatus {
-    /// Its name in the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CertificateStatus::Valid => "valid",
-            CertificateStatus::Revoked => "revoked",
-            CertificateStatus::Expired => "expired",
+    /// The state of `cert` at `now` (Unix seconds).
+    pub fn of(cert: &CertificateRecord, now: i64) -> Self {
+        if cert.revoked_at.is_some() {
+            CertificateStatus::Revoked
+        } else if cert.not_after < now {
+            CertificateStatus::Expired
+        } else {
+            CertificateStatus::Valid
         }
     }
 }

@@ -9,7 +9,6 @@ pub mod tls_alpn01;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -200,54 +199,7 @@ impl ValidationError {
     }
 }
 
-/// The three challenge types (RFC 8555 §8.3, §8.4; RFC 8737).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ChallengeKind {
-    /// http-01
-    Http01,
-    /// dns-01
-    Dns01,
-    /// tls-alpn-01
-    TlsAlpn01,
-}
-
-impl ChallengeKind {
-    /// The ACME name (`http-01`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChallengeKind::Http01 => "http-01",
-            ChallengeKind::Dns01 => "dns-01",
-            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
-        }
-    }
-
-    /// The challenges offered for an identifier: wildcards only by dns-01,
-    /// IP addresses by http-01 and tls-alpn-01 (RFC 8738 §7).
-    pub fn offered_for(identifier: &Identifier) -> &'static [ChallengeKind] {
-        match identifier {
-            Identifier::Dns(name) if name.starts_with("*.") => &[ChallengeKind::Dns01],
-            Identifier::Dns(_) => &[
-                ChallengeKind::Http01,
-                ChallengeKind::Dns01,
-                ChallengeKind::TlsAlpn01,
-            ],
-            Identifier::Ip(_) => &[ChallengeKind::Http01, ChallengeKind::TlsAlpn01],
-        }
-    }
-}
-
-impl FromStr for ChallengeKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "http-01" => Ok(ChallengeKind::Http01),
-            "dns-01" => Ok(ChallengeKind::Dns01),
-            "tls-alpn-01" => Ok(ChallengeKind::TlsAlpn01),
-            other => Err(format!("unknown challenge type {other:?}")),
-        }
-    }
-}
+pub use crate::store::ChallengeKind;
 
 /// The key authorization (RFC 8555 §8.1): `token || '.' || thumbprint`.
 pub fn key_authorization(token: &str, thumbprint: &str) -> String {

@@ -5,9 +5,6 @@
 //! read per request, no password hashing on the hot path (DESIGN §6). The
 //! token is shown once, at creation, and never stored.
 
-use std::fmt;
-use std::str::FromStr;
-
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
@@ -22,53 +19,14 @@ pub const API_KEY_PREFIX: &str = "hm_";
 /// Longest account name.
 const MAX_NAME_LEN: usize = 100;
 
-/// What an account may do with its keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Orders certificates for itself.
-    Requester,
-    /// Also approves and rejects OV orders.
-    Reviewer,
-    /// Everything.
-    Admin,
-}
-
-impl Role {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Requester => "requester",
-            Role::Reviewer => "reviewer",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = AccountError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "requester" => Ok(Role::Requester),
-            "reviewer" => Ok(Role::Reviewer),
-            "admin" => Ok(Role::Admin),
-            other => Err(AccountError::UnknownRole(other.to_owned())),
-        }
-    }
-}
+pub use crate::store::Role;
 
 /// Why an account could not be created or a key not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
     /// The role name is not known.
-    #[error("unknown role {0:?}; expected requester, reviewer or admin")]
-    UnknownRole(String),
+    #[error(transparent)]
+    UnknownRole(#[from] crate::words::UnknownWord),
     /// The account name is empty, too long or has control characters.
     #[error("an account name is 1 to 100 printable characters")]
     BadName,
@@ -150,7 +108,7 @@ pub async fn create_account(
     let account = AccountRecord {
         id: format!("acct_{}", random_token(12)),
         name: name.to_owned(),
-        role: role.as_str().to_owned(),
+        role,
         disabled: false,
         created_at: now.unix_timestamp(),
     };
@@ -326,7 +284,7 @@ pub async fn authenticate(store: &dyn Store, token: &str) -> Result<Caller, Acco
     if !bool::from(stored.as_slice().ct_eq(&hash)) {
         return Err(AccountError::Unauthenticated);
     }
-    let role = account.role.parse::<Role>()?;
+    let role = account.role;
     Ok(Caller {
         actor: format!("account:{}", account.id),
         account_id: account.id,
@@ -362,7 +320,7 @@ mod tests {
             account: AccountRecord {
                 id: "acct_x".into(),
                 name: "team".into(),
-                role: "requester".into(),
+                role: Role::Requester,
                 disabled: false,
                 created_at: 0,
             },

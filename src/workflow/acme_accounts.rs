@@ -7,7 +7,9 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::users::random_token;
-use crate::store::{AccountRecord, AcmeAccountRecord, AuditEvent, Conflict, Store, StoreError};
+use crate::store::{
+    AccountRecord, AcmeAccountRecord, AcmeAccountStatus, AuditEvent, Conflict, Store, StoreError,
+};
 
 /// Records the single use of an ACME nonce whose MAC and signature have
 /// been checked: `false` if it was used before (on any instance).
@@ -64,7 +66,7 @@ pub async fn register(
             "acme {}",
             &request.thumbprint[..8.min(request.thumbprint.len())]
         ),
-        role: "requester".into(),
+        role: crate::store::Role::Requester,
         disabled: false,
         created_at: now.unix_timestamp(),
     });
@@ -79,7 +81,7 @@ pub async fn register(
         jwk_thumbprint: request.thumbprint.clone(),
         jwk: request.jwk,
         contact: request.contact,
-        status: "valid".into(),
+        status: AcmeAccountStatus::Valid,
         created_at: now.unix_timestamp(),
         owner_disabled: false,
     };
@@ -127,7 +129,7 @@ pub async fn update(
             .update_acme_account(
                 id,
                 contact,
-                deactivate.then_some("deactivated"),
+                deactivate.then_some(AcmeAccountStatus::Deactivated),
                 None,
                 event,
             )

@@ -156,7 +156,7 @@ pub enum Clash {
         /// The name.
         identifier: String,
         /// The authorization's status.
-        status: String,
+        status: crate::store::AuthorizationStatus,
     },
     /// Only an order awaiting approval is approved or rejected.
     #[error("order {order_id} is {status}; only an order awaiting approval can be {verb}d")]

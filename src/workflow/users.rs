@@ -40,42 +40,11 @@ pub const MIN_PASSWORD_LEN: usize = 12;
 /// Longest password (argon2 input is bounded so hashing stays cheap).
 pub const MAX_PASSWORD_LEN: usize = 256;
 
-/// What a dashboard user may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum UserRole {
-    /// Reads everything, changes nothing.
-    Auditor,
-    /// Approves and rejects requests, revokes certificates.
-    Reviewer,
-    /// Everything.
-    Admin,
-}
+pub use crate::store::UserRole;
 
-impl UserRole {
-    /// Every role, least first.
-    pub const ALL: [UserRole; 3] = [UserRole::Auditor, UserRole::Reviewer, UserRole::Admin];
-
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UserRole::Auditor => "auditor",
-            UserRole::Reviewer => "reviewer",
-            UserRole::Admin => "admin",
-        }
-    }
-}
-
-impl std::str::FromStr for UserRole {
-    type Err = UserError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| {
-                UserError::Invalid(format!(
-                    "unknown role {s:?}; expected admin, reviewer or auditor"
-                ))
-            })
+impl From<crate::words::UnknownWord> for UserError {
+    fn from(e: crate::words::UnknownWord) -> Self {
+        UserError::Invalid(e.to_string())
     }
 }
 
@@ -302,7 +271,7 @@ async fn start_session(
             },
         )
         .await?;
-    let role = user.role.parse()?;
+    let role = user.role;
     Ok((
         token,
         SignedIn {
@@ -332,9 +301,7 @@ pub async fn session(store: &dyn Store, token: &str) -> Result<Option<SignedIn>,
     if now - session.last_seen_at >= 60 {
         store.touch_session(&id_hash, now).await?;
     }
-    let Ok(role) = user.role.parse() else {
-        return Ok(None);
-    };
+    let role = user.role;
     Ok(Some(SignedIn {
         user,
         role,
@@ -436,7 +403,7 @@ pub async fn add_user(
                 id: random_token(12),
                 username: username.to_owned(),
                 password_hash: hash,
-                role: role.as_str().into(),
+                role,
                 must_change_password: must_change,
             },
             AuditEvent {
@@ -476,7 +443,7 @@ pub async fn modify_user(
         .update_user(
             &user.id,
             &UserUpdate {
-                role: role.map(|r| r.as_str().to_owned()),
+                role,
                 disabled,
                 ..UserUpdate::default()
             },
@@ -576,7 +543,7 @@ pub async fn ensure_initial_admin(
         id: random_token(12),
         username: INITIAL_ADMIN.into(),
         password_hash: hash,
-        role: "admin".into(),
+        role: UserRole::Admin,
         must_change_password: true,
     };
     let event = AuditEvent {

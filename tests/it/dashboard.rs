@@ -542,7 +542,7 @@ async fn admins_manage_accounts_and_users_but_never_remove_the_last_admin() {
         assert!(page.body.contains("no enabled admin"), "{}", page.body);
         assert_eq!(
             store.user_by_name("admin").await.unwrap().unwrap().role,
-            "admin"
+            UserRole::Admin
         );
         let p = admin
             .post("/admin/users/admin/disable", &[("csrf", &token)])
@@ -557,7 +557,7 @@ async fn admins_manage_accounts_and_users_but_never_remove_the_last_admin() {
             .await;
         assert_eq!(
             store.user_by_name("ann").await.unwrap().unwrap().role,
-            "admin"
+            UserRole::Admin
         );
 
         // Audit: every action names the user; filters work.

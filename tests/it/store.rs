@@ -136,7 +136,7 @@ async fn store_contract_holds_on_every_backend() {
             id: "u1".into(),
             username: "alice".into(),
             password_hash: "$argon2id$x".into(),
-            role: "admin".into(),
+            role: hallmark::store::UserRole::Admin,
             must_change_password: true,
         };
         s.create_user(user.clone(), event("user.create", "alice"))
@@ -159,7 +159,7 @@ async fn store_contract_holds_on_every_backend() {
         let account = AccountRecord {
             id: "acct_1".into(),
             name: "team".into(),
-            role: "requester".into(),
+            role: hallmark::store::Role::Requester,
             disabled: false,
             created_at: 1,
         };

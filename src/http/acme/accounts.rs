@@ -230,7 +230,7 @@ pub(super) async fn account_orders(
         .await?;
     let urls: Vec<String> = orders
         .iter()
-        .filter(|o| o.source == "acme")
+        .filter(|o| o.source == OrderSource::Acme)
         .map(|o| format!("{}/order/{}", base(&state), o.id))
         .collect();
     Ok(Json(json!({ "orders": urls })).into_response())

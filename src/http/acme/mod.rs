@@ -47,7 +47,10 @@ use super::AppState;
 use crate::acme_error::AcmeError;
 use crate::pki::crl::RevocationReason;
 use crate::pki::{pem_encode, Identifier, Serial};
-use crate::store::{AcmeAccountRecord, OrderBundle, OrderStatus, StoreError};
+use crate::store::{
+    AcmeAccountRecord, AcmeAccountStatus, ChallengeStatus, IdentifierKind, OrderBundle,
+    OrderSource, OrderStatus, StoreError,
+};
 use crate::workflow::accounts::{Caller, Role};
 use crate::workflow::acme_accounts::{self, AcmeAccountError, Registration};
 use crate::workflow::limits::address_key;

@@ -17,7 +17,7 @@ pub(super) fn rfc3339(t: i64) -> String {
     crate::workflow::rfc3339(t)
 }
 
-pub(super) fn identifier_json(kind: &str, value: &str) -> Value {
+pub(super) fn identifier_json(kind: IdentifierKind, value: &str) -> Value {
     json!({"type": kind, "value": value})
 }
 
@@ -27,7 +27,7 @@ pub(super) fn order_json(state: &AppState, b: &OrderBundle) -> Value {
     let mut v = json!({
         "status": order_status(o.status),
         "expires": rfc3339(o.expires_at),
-        "identifiers": b.authorizations.iter().map(|a| identifier_json(&a.authorization.identifier_type, &a.authorization.identifier_value)).collect::<Vec<_>>(),
+        "identifiers": b.authorizations.iter().map(|a| identifier_json(a.authorization.identifier_type, &a.authorization.identifier_value)).collect::<Vec<_>>(),
         "authorizations": b.authorizations.iter().map(|a| format!("{base}/authz/{}", a.authorization.id)).collect::<Vec<_>>(),
         "finalize": format!("{base}/order/{}/finalize", o.id),
     });
@@ -37,12 +37,8 @@ pub(super) fn order_json(state: &AppState, b: &OrderBundle) -> Value {
     if let Some(t) = o.not_after {
         v["notAfter"] = json!(rfc3339(t));
     }
-    if let Some(err) = o
-        .error
-        .as_deref()
-        .and_then(|e| serde_json::from_str::<Value>(e).ok())
-    {
-        v["error"] = err;
+    if let Some(err) = &o.error {
+        v["error"] = err.document();
     }
     v
 }
@@ -188,17 +184,13 @@ pub(super) fn challenge_json(state: &AppState, c: &crate::store::ChallengeRecord
         "type": c.kind,
         "url": format!("{}/chall/{}", base(state), c.id),
         "token": c.token,
-        "status": match c.status.as_str() { "processing" => "processing", s => s },
+        "status": c.status,
     });
     if let Some(t) = c.validated_at {
         v["validated"] = json!(rfc3339(t));
     }
-    if let Some(err) = c
-        .error
-        .as_deref()
-        .and_then(|e| serde_json::from_str::<Value>(e).ok())
-    {
-        v["error"] = err;
+    if let Some(err) = &c.error {
+        v["error"] = err.document();
     }
     v
 }
@@ -210,7 +202,7 @@ pub(super) fn authz_json(state: &AppState, a: &crate::store::AuthorizationBundle
         .strip_prefix("*.")
         .unwrap_or(&r.identifier_value);
     let mut v = json!({
-        "identifier": identifier_json(&r.identifier_type, value),
+        "identifier": identifier_json(r.identifier_type, value),
         "status": r.status,
         "expires": rfc3339(r.expires_at),
         "challenges": a.challenges.iter().map(|c| challenge_json(state, c)).collect::<Vec<_>>(),
@@ -258,7 +250,7 @@ pub(super) async fn challenge(
             .cloned()
     };
     let current = find(&bundle).ok_or_else(not_found)?;
-    if !v.is_post_as_get() && current.status == "pending" {
+    if !v.is_post_as_get() && current.status == ChallengeStatus::Pending {
         // The client says it is ready: validate (in the background).
         bundle = state.orders.respond(&caller, &order_id, &id).await?;
     }

@@ -199,7 +199,7 @@ pub(super) async fn verify_signature(
                     format!("there is no account {kid:?}"),
                 ));
             };
-            if account.status != "valid" {
+            if account.status != AcmeAccountStatus::Valid {
                 return Err(Problem::acme(
                     StatusCode::UNAUTHORIZED,
                     AcmeError::Unauthorized,

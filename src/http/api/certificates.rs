@@ -53,13 +53,7 @@ struct CertificateView {
 impl CertificateView {
     fn new(state: &AppState, cert: CertificateRecord, now: i64) -> Self {
         let serial = cert.serial.to_hex();
-        let status = if cert.revoked_at.is_some() {
-            CertificateStatus::Revoked
-        } else if cert.not_after < now {
-            CertificateStatus::Expired
-        } else {
-            CertificateStatus::Valid
-        };
+        let status = CertificateStatus::of(&cert, now);
         let crl = state
             .authority
             .issuer()
@@ -124,14 +118,10 @@ async fn list(
     let Query(query) = query.map_err(|e| Problem::malformed(e.body_text()))?;
     let status = match query.status.as_deref() {
         None | Some("") => None,
-        Some("valid") => Some(CertificateStatus::Valid),
-        Some("revoked") => Some(CertificateStatus::Revoked),
-        Some("expired") => Some(CertificateStatus::Expired),
-        Some(other) => {
-            return Err(Problem::malformed(format!(
-                "unknown status {other:?}; expected valid, revoked or expired"
-            )))
-        }
+        Some(word) => Some(
+            word.parse::<CertificateStatus>()
+                .map_err(|e| Problem::malformed(e.to_string()))?,
+        ),
     };
     let search = query
         .q

@@ -14,7 +14,10 @@ use super::{rfc3339, ApiCaller, ApiJson};
 use crate::http::problem::Problem;
 use crate::http::AppState;
 use crate::pki::profile::Organization;
-use crate::store::{AuthorizationBundle, ChallengeRecord, OrderBundle, OrderRecord, OrderStatus};
+use crate::store::{
+    AuthorizationBundle, AuthorizationStatus, ChallengeKind, ChallengeRecord, ChallengeStatus,
+    Failure, IdentifierKind, OrderBundle, OrderRecord, OrderStatus,
+};
 use crate::validation::{dns01, key_authorization, tls_alpn01};
 use crate::workflow::orders::{rest_thumbprint, NewOrder, Validation};
 
@@ -115,14 +118,8 @@ async fn list(
         .status
         .as_deref()
         .map(|s| {
-            OrderStatus::ALL
-                .into_iter()
-                .find(|st| st.as_str() == s)
-                .ok_or_else(|| {
-                    Problem::malformed(format!(
-                        "unknown status {s:?}; expected one of pending, ready, processing, awaiting_approval, valid, invalid, rejected"
-                    ))
-                })
+            s.parse::<OrderStatus>()
+                .map_err(|e| Problem::malformed(e.to_string()))
         })
         .transpose()?;
     let (before, limit) = super::page(query.before.as_deref(), query.limit)?;
@@ -203,7 +200,7 @@ async fn reject(
 #[derive(Serialize)]
 struct IdentifierView {
     #[serde(rename = "type")]
-    kind: String,
+    kind: IdentifierKind,
     value: String,
 }
 
@@ -213,7 +210,7 @@ struct OrderSummary {
     id: String,
     url: String,
     status: OrderStatus,
-    validation: String,
+    validation: Validation,
     account: String,
     created_at: String,
     expires_at: String,
@@ -226,7 +223,7 @@ impl OrderSummary {
             id: o.id.clone(),
             url: order_url(state, &o.id),
             status: o.status,
-            validation: o.validation.clone(),
+            validation: o.validation,
             account: o.account_id.clone(),
             created_at: rfc3339(o.created_at),
             expires_at: rfc3339(o.expires_at),
@@ -244,12 +241,12 @@ struct OrderView {
     id: String,
     url: String,
     status: OrderStatus,
-    validation: String,
+    validation: Validation,
     account: String,
     profile: String,
     validity_days: Option<i64>,
     identifiers: Vec<IdentifierView>,
-    organization: Option<serde_json::Value>,
+    organization: Option<Organization>,
     created_at: String,
     updated_at: String,
     expires_at: String,
@@ -266,7 +263,7 @@ struct AuthorizationView {
     id: String,
     identifier: IdentifierView,
     wildcard: bool,
-    status: String,
+    status: AuthorizationStatus,
     validated_at: Option<String>,
     expires_at: String,
     challenges: Vec<ChallengeView>,
@@ -277,10 +274,10 @@ struct AuthorizationView {
 struct ChallengeView {
     id: String,
     #[serde(rename = "type")]
-    kind: String,
+    kind: ChallengeKind,
     url: String,
     token: String,
-    status: String,
+    status: ChallengeStatus,
     key_authorization: String,
     validated_at: Option<String>,
     error: Option<serde_json::Value>,
@@ -306,10 +303,6 @@ pub(super) fn certificate_url(state: &AppState, serial: &str) -> String {
     format!("{}/api/v1/certificates/{serial}", state.public_https_url)
 }
 
-fn json_text(text: &Option<String>) -> Option<serde_json::Value> {
-    text.as_deref().and_then(|t| serde_json::from_str(t).ok())
-}
-
 impl OrderView {
     fn new(state: &AppState, bundle: &OrderBundle) -> Self {
         let o = &bundle.order;
@@ -318,7 +311,7 @@ impl OrderView {
         OrderView {
             id: o.id.clone(),
             status: o.status,
-            validation: o.validation.clone(),
+            validation: o.validation,
             account: o.account_id.clone(),
             profile: o.profile.clone(),
             validity_days: o.validity_days,
@@ -326,15 +319,15 @@ impl OrderView {
                 .authorizations
                 .iter()
                 .map(|a| IdentifierView {
-                    kind: a.authorization.identifier_type.clone(),
+                    kind: a.authorization.identifier_type,
                     value: a.authorization.identifier_value.clone(),
                 })
                 .collect(),
-            organization: json_text(&o.organization),
+            organization: o.organization.clone(),
             created_at: rfc3339(o.created_at),
             updated_at: rfc3339(o.updated_at),
             expires_at: rfc3339(o.expires_at),
-            error: json_text(&o.error),
+            error: o.error.as_ref().map(Failure::document),
             rejection_reason: o.rejection_reason.clone(),
             approval_reason: o.approval_reason.clone(),
             certificate: o
@@ -358,11 +351,11 @@ impl AuthorizationView {
         AuthorizationView {
             id: a.id.clone(),
             identifier: IdentifierView {
-                kind: a.identifier_type.clone(),
+                kind: a.identifier_type,
                 value: a.identifier_value.clone(),
             },
             wildcard: a.wildcard,
-            status: a.status.clone(),
+            status: a.status,
             validated_at: a.validated_at.map(rfc3339),
             expires_at: rfc3339(a.expires_at),
             challenges: bundle
@@ -379,12 +372,12 @@ impl ChallengeView {
         let ka = key_authorization(&c.token, thumbprint);
         let mut view = ChallengeView {
             id: c.id.clone(),
-            kind: c.kind.clone(),
+            kind: c.kind,
             url: format!("{order_url}/challenges/{}", c.id),
             token: c.token.clone(),
-            status: c.status.clone(),
+            status: c.status,
             validated_at: c.validated_at.map(rfc3339),
-            error: json_text(&c.error),
+            error: c.error.as_ref().map(Failure::document),
             http_path: None,
             http_body: None,
             dns_name: None,
@@ -393,20 +386,19 @@ impl ChallengeView {
             tls_alpn_digest: None,
             key_authorization: ka.clone(),
         };
-        match c.kind.as_str() {
-            "http-01" => {
+        match c.kind {
+            ChallengeKind::Http01 => {
                 view.http_path = Some(format!("/.well-known/acme-challenge/{}", c.token));
                 view.http_body = Some(ka);
             }
-            "dns-01" => {
+            ChallengeKind::Dns01 => {
                 view.dns_name = Some(dns01::record_name(identifier));
                 view.dns_txt = Some(dns01::txt_value(&ka));
             }
-            "tls-alpn-01" => {
+            ChallengeKind::TlsAlpn01 => {
                 view.tls_alpn_protocol = std::str::from_utf8(tls_alpn01::ACME_TLS_ALPN).ok();
                 view.tls_alpn_digest = Some(hex::encode(Sha256::digest(ka.as_bytes())));
             }
-            _ => {}
         }
         view
     }

@@ -2,6 +2,7 @@
 //! what this CA is and where its files are, and the admin dashboard.
 
 pub mod admin;
+pub mod error;
 pub mod session;
 
 use std::sync::Arc;

@@ -2,18 +2,15 @@
 //! user extractor (redirecting to sign-in), role checks, CSRF checks and
 //! flash messages.
 
-// Early returns here are finished responses, built once per request and
-// returned straight to axum, never propagated: boxing them buys nothing.
-#![allow(clippy::result_large_err)]
-
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Redirect, Response};
 use subtle::ConstantTimeEq;
 
+use super::error::PageError;
 use crate::http::AppState;
 use crate::workflow::users::{self, SignedIn, UserRole, ABSOLUTE_TIMEOUT_SECS};
 
@@ -103,15 +100,14 @@ pub fn redirect_with(to: &str, message: &str) -> Response {
 pub struct Admin(pub SignedIn);
 
 impl FromRequestParts<Arc<AppState>> for Admin {
-    type Rejection = Response;
+    type Rejection = PageError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let to_login = || Redirect::to("/admin/login").into_response();
         let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
-            return Err(to_login());
+            return Err(PageError::SignIn);
         };
         match users::session(state.authority.store().as_ref(), token).await {
             Ok(Some(who)) => {
@@ -120,40 +116,25 @@ impl FromRequestParts<Arc<AppState>> for Admin {
                     && path != "/admin/password"
                     && path != "/admin/logout"
                 {
-                    return Err(Redirect::to("/admin/password").into_response());
+                    return Err(PageError::ChangePassword);
                 }
                 Ok(Admin(who))
             }
-            Ok(None) => Err(to_login()),
-            Err(e) => {
-                tracing::error!(error = %e, "reading a dashboard session failed");
-                Err((
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the database does not answer",
-                )
-                    .into_response())
-            }
+            Ok(None) => Err(PageError::SignIn),
+            Err(e) => Err(PageError::Unavailable(format!(
+                "reading a dashboard session failed: {e}"
+            ))),
         }
     }
 }
 
-/// 403 with a short page.
-pub fn forbidden(message: &str) -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        message.to_owned(),
-    )
-        .into_response()
-}
-
 impl Admin {
     /// Refuses (403) unless the user's role is at least `role`.
-    pub fn require(&self, role: UserRole) -> Result<(), Response> {
+    pub fn require(&self, role: UserRole) -> Result<(), PageError> {
         if self.0.role >= role {
             Ok(())
         } else {
-            Err(forbidden(&format!(
+            Err(PageError::Forbidden(format!(
                 "your role ({}) may not do this; it needs {}",
                 self.0.role.as_str(),
                 role.as_str()
@@ -162,19 +143,20 @@ impl Admin {
     }
 
     /// Refuses (403) unless `token` is this session's CSRF token.
-    pub fn check_csrf(&self, token: Option<&str>) -> Result<(), Response> {
+    pub fn check_csrf(&self, token: Option<&str>) -> Result<(), PageError> {
         let ok = token.is_some_and(|t| bool::from(t.as_bytes().ct_eq(self.0.csrf.as_bytes())));
         if ok {
             Ok(())
         } else {
-            Err(forbidden(
-                "the form's security token is missing or stale; reload the page and try again",
+            Err(PageError::Forbidden(
+                "the form's security token is missing or stale; reload the page and try again"
+                    .into(),
             ))
         }
     }
 
     /// Role and CSRF together, for state-changing forms.
-    pub fn may(&self, role: UserRole, csrf: Option<&str>) -> Result<(), Response> {
+    pub fn may(&self, role: UserRole, csrf: Option<&str>) -> Result<(), PageError> {
         self.check_csrf(csrf)?;
         self.require(role)
     }

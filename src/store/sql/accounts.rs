@@ -13,12 +13,9 @@ const INSERT_API_KEY: &str =
 
 #[derive(sqlx::FromRow)]
 struct AccountKeyRow {
-    pub id: String,
-    pub name: String,
-    pub role: String,
-    pub disabled: bool,
-    pub created_at: i64,
-    pub key_hash: Vec<u8>,
+    #[sqlx(flatten)]
+    account: AccountRecord,
+    key_hash: Vec<u8>,
 }
 
 /// Looked up by the key's hash (unique index): one indexed read per request.
@@ -104,21 +101,11 @@ where
     usize: sqlx::ColumnIndex<B::Row>,
 {
     async fn accounts(&self) -> Result<Vec<AccountRecord>> {
-        let rows: Vec<(String, String, String, bool, i64)> = sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT id, name, role, disabled, created_at FROM accounts ORDER BY created_at DESC, id",
         )
         .fetch_all(&self.read)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, name, role, disabled, created_at)| AccountRecord {
-                id,
-                name,
-                role,
-                disabled,
-                created_at,
-            })
-            .collect())
+        .await?)
     }
 
     async fn account_by_api_key(
@@ -129,18 +116,7 @@ where
             .bind(key_hash.to_vec())
             .fetch_optional(&self.read)
             .await?;
-        Ok(row.map(|r| {
-            (
-                AccountRecord {
-                    id: r.id,
-                    name: r.name,
-                    role: r.role,
-                    disabled: r.disabled,
-                    created_at: r.created_at,
-                },
-                r.key_hash,
-            )
-        }))
+        Ok(row.map(|r| (r.account, r.key_hash)))
     }
 
     async fn eab_key(&self, kid: &str) -> Result<Option<EabKeyRecord>> {
@@ -205,7 +181,7 @@ where
         sqlx::query(INSERT_ACCOUNT)
             .bind(&account.id)
             .bind(&account.name)
-            .bind(&account.role)
+            .bind(account.role)
             .bind(account.disabled)
             .bind(account.created_at)
             .execute(&mut *tx)
@@ -310,9 +286,7 @@ where
             }
         }
         let refs: Vec<&AuditEvent> = events.iter().collect();
-        Self::write_audit(&mut tx, head, &refs).await?;
-        tx.commit().await?;
-        Ok(())
+        Self::commit_audited(tx, head, &refs).await
     }
 
     async fn acme_nonce_key(&self, candidate: &[u8]) -> Result<Vec<u8>> {
@@ -371,7 +345,7 @@ where
             sqlx::query(INSERT_ACCOUNT)
                 .bind(&a.id)
                 .bind(&a.name)
-                .bind(&a.role)
+                .bind(a.role)
                 .bind(a.disabled)
                 .bind(a.created_at)
                 .execute(&mut *tx)
@@ -386,13 +360,11 @@ where
         .bind(&acme.jwk_thumbprint)
         .bind(&acme.jwk)
         .bind(&acme.contact)
-        .bind(&acme.status)
+        .bind(acme.status.as_str())
         .bind(acme.created_at)
         .execute(&mut *tx)
         .await?;
-        Self::write_audit(&mut tx, head, &[&event]).await?;
-        tx.commit().await?;
-        Ok(())
+        Self::commit_audited(tx, head, &[&event]).await
     }
 
     async fn create_eab_key(&self, key: &EabKeyRecord, event: AuditEvent) -> Result<()> {
@@ -415,16 +387,14 @@ where
         .bind(key.created_at)
         .execute(&mut *tx)
         .await?;
-        Self::write_audit(&mut tx, head, &[&event]).await?;
-        tx.commit().await?;
-        Ok(())
+        Self::commit_audited(tx, head, &[&event]).await
     }
 
     async fn update_acme_account(
         &self,
         id: &str,
         contact: Option<&str>,
-        status: Option<&str>,
+        status: Option<AcmeAccountStatus>,
         key: Option<(&str, &str)>,
         event: AuditEvent,
     ) -> Result<()> {
@@ -437,7 +407,7 @@ where
         )
         .bind(id)
         .bind(contact)
-        .bind(status)
+        .bind(status.map(AcmeAccountStatus::as_str))
         .bind(key.map(|k| k.0))
         .bind(key.map(|k| k.1))
         .execute(&mut *tx)
@@ -445,8 +415,6 @@ where
         if B::rows_affected(&done) != 1 {
             return Err(StoreError::NotFound);
         }
-        Self::write_audit(&mut tx, head, &[&event]).await?;
-        tx.commit().await?;
-        Ok(())
+        Self::commit_audited(tx, head, &[&event]).await
     }
 }

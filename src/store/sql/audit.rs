@@ -63,7 +63,8 @@ where
             q.push(" AND seq < ").bind(before);
         }
         q.push(" ORDER BY seq DESC LIMIT ").bind(query.limit);
-        Ok(q.query_as::<B, _>().fetch_all(&self.read).await?)
+        let rows = q.query_as::<B, _>()?.fetch_all(&self.read).await?;
+        Ok(rows)
     }
 }
 

@@ -5,36 +5,6 @@ use async_trait::async_trait;
 use super::{Backend, SqlStore, Statement, ROWS_PER_INSERT};
 use crate::store::*;
 
-#[derive(sqlx::FromRow)]
-struct IssuerRow {
-    id: String,
-    kind: String,
-    subject: String,
-    cert_der: Vec<u8>,
-    key_id: Vec<u8>,
-    not_before: i64,
-    not_after: i64,
-}
-
-impl IssuerRow {
-    fn into_record(self) -> Result<IssuerRecord> {
-        let kind = match self.kind.as_str() {
-            "root" => IssuerKind::Root,
-            "intermediate" => IssuerKind::Intermediate,
-            other => return Err(StoreError::Corrupt(format!("issuer kind {other:?}"))),
-        };
-        Ok(IssuerRecord {
-            id: self.id,
-            kind,
-            subject: self.subject,
-            cert_der: self.cert_der,
-            key_id: self.key_id,
-            not_before: self.not_before,
-            not_after: self.not_after,
-        })
-    }
-}
-
 const SELECT_ISSUERS: &str = "SELECT id, kind, subject, cert_der, key_id, not_before, not_after \
      FROM issuers ORDER BY CASE kind WHEN 'root' THEN 0 ELSE 1 END, not_before";
 
@@ -225,7 +195,7 @@ where
             if let Some(e) = encode_error {
                 return Err(StoreError::Database(e));
             }
-            insert.query::<B>().execute(&mut *tx).await?;
+            insert.query::<B>()?.execute(&mut *tx).await?;
         }
         for item in items.iter() {
             if let Some(IssuanceOrder::Complete { order_id }) = &item.order {
@@ -268,8 +238,7 @@ where
     usize: sqlx::ColumnIndex<B::Row>,
 {
     async fn issuers(&self) -> Result<Vec<IssuerRecord>> {
-        let rows: Vec<IssuerRow> = sqlx::query_as(SELECT_ISSUERS).fetch_all(&self.read).await?;
-        rows.into_iter().map(|r| r.into_record()).collect()
+        Ok(sqlx::query_as(SELECT_ISSUERS).fetch_all(&self.read).await?)
     }
 
     async fn certificate(&self, serial: &crate::pki::Serial) -> Result<CertificateRecord> {
@@ -334,7 +303,7 @@ where
                 .push(" ESCAPE '\\')");
         }
         q.newest_first("serial", &query.before, query.limit);
-        let rows: Vec<CertificateRow> = q.query_as::<B, _>().fetch_all(&self.read).await?;
+        let rows: Vec<CertificateRow> = q.query_as::<B, _>()?.fetch_all(&self.read).await?;
         rows.into_iter().map(|r| r.into_record()).collect()
     }
 
@@ -369,7 +338,7 @@ where
         }
         {
             let mut rows = q
-                .query_as::<B, (String, i64, Option<i64>, Option<i64>)>()
+                .query_as::<B, (String, i64, Option<i64>, Option<i64>)>()?
                 .fetch(&mut *tx);
             while let Some((serial, revoked_at, reason, invalidity_date)) = rows.try_next().await? {
                 let serial = serial
@@ -510,9 +479,7 @@ where
                 .execute(&mut *tx)
                 .await?;
         }
-        Self::write_audit(&mut tx, head, &[&event]).await?;
-        tx.commit().await?;
-        Ok(())
+        Self::commit_audited(tx, head, &[&event]).await
     }
 
     async fn publish_crl(
@@ -565,8 +532,7 @@ where
         if let Some(details) = event.details.as_object_mut() {
             details.insert("number".into(), number.into());
         }
-        Self::write_audit(&mut tx, head, &[&event]).await?;
-        tx.commit().await?;
+        Self::commit_audited(tx, head, &[&event]).await?;
         Ok(Some(CrlRecord {
             issuer_id: crl.issuer_id.clone(),
             partition: crl.partition,

@@ -26,7 +26,11 @@ mod orders;
 mod users;
 
 use super::batch::Batcher;
-use super::{AuditEvent, Health, Result};
+use super::{
+    AuditEvent, AuthorizationStatus, ChallengeKind, ChallengeStatus, Failure, Health,
+    IdentifierKind, OrderSource, OrderStatus, Result, StoreError, Validation,
+};
+use crate::pki::profile::Organization;
 
 /// A store on database `B`: a read pool, a write pool (one connection on
 /// SQLite, which has one writer anyway) and the group-commit queue in
@@ -126,13 +130,24 @@ where
                     .bind(prev_hash.as_slice())
                     .bind(hash.as_slice());
             }
-            insert.query::<B>().execute(&mut **tx).await?;
+            insert.query::<B>()?.execute(&mut **tx).await?;
         }
         sqlx::query(SET_AUDIT_HEAD)
             .bind(seq)
             .bind(&prev)
             .execute(&mut **tx)
             .await?;
+        Ok(())
+    }
+
+    /// [`Self::write_audit`] then commits: the end of every audited write.
+    pub(super) async fn commit_audited(
+        mut tx: Tx<B>,
+        head: (i64, Vec<u8>),
+        events: &[&AuditEvent],
+    ) -> Result<()> {
+        Self::write_audit(&mut tx, head, events).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -206,7 +221,37 @@ arg_from! {
     Option<Vec<u8>> => |x| Arg::Bytes(x.map(Cow::Owned)),
     bool => |x| Arg::Bool(Some(x)),
     Option<bool> => Arg::Bool,
+    &'a Failure => |x| Arg::Text(Some(Cow::Owned(x.to_json()))),
+    &'a Option<Failure> => |x| Arg::Text(x.as_ref().map(|f| Cow::Owned(f.to_json()))),
+    // Serialising a struct of strings cannot fail.
+    &'a Option<Organization> => |x| Arg::Text(x.as_ref().map(|o| Cow::Owned(serde_json::to_string(o).unwrap_or_default()))),
 }
+
+/// The words enums are stored as.
+macro_rules! arg_from_words {
+    ($($t:ty),* $(,)?) => {
+        $(impl From<$t> for Arg<'_> {
+            fn from(x: $t) -> Self {
+                Arg::Text(Some(Cow::Borrowed(x.as_str())))
+            }
+        }
+        impl From<&$t> for Arg<'_> {
+            fn from(x: &$t) -> Self {
+                Arg::Text(Some(Cow::Borrowed(x.as_str())))
+            }
+        })*
+    };
+}
+
+arg_from_words!(
+    OrderStatus,
+    AuthorizationStatus,
+    ChallengeStatus,
+    ChallengeKind,
+    IdentifierKind,
+    Validation,
+    OrderSource,
+);
 
 impl<'a> Statement<'a> {
     pub(super) fn new(sql: &str) -> Self {
@@ -288,33 +333,36 @@ impl<'a> Statement<'a> {
     }
 
     /// The statement, its parameters bound.
-    pub(super) fn query<B: Backend>(&mut self) -> sqlx::query::Query<'_, B, B::Arguments<'_>>
+    pub(super) fn query<B: Backend>(
+        &mut self,
+    ) -> Result<sqlx::query::Query<'_, B, B::Arguments<'_>>>
     where
         Self: Binds<B>,
         for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
     {
         self.close_row();
-        sqlx::query_with(&self.sql, self.arguments())
+        Ok(sqlx::query_with(&self.sql, self.arguments()?))
     }
 
     /// The statement as a query for rows of type `O`, its parameters bound.
     pub(super) fn query_as<B: Backend, O>(
         &mut self,
-    ) -> sqlx::query::QueryAs<'_, B, O, B::Arguments<'_>>
+    ) -> Result<sqlx::query::QueryAs<'_, B, O, B::Arguments<'_>>>
     where
         Self: Binds<B>,
         O: for<'r> sqlx::FromRow<'r, B::Row>,
         for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
     {
         self.close_row();
-        sqlx::query_as_with(&self.sql, self.arguments())
+        Ok(sqlx::query_as_with(&self.sql, self.arguments()?))
     }
 }
 
 /// Binding a [`Statement`]'s values on database `B`.
 pub(super) trait Binds<B: Backend> {
-    /// The values, in order, as `B`'s arguments.
-    fn arguments(&self) -> B::Arguments<'_>;
+    /// The values, in order, as `B`'s arguments; a value the database
+    /// cannot take is an error, never a silently shorter parameter list.
+    fn arguments(&self) -> Result<B::Arguments<'_>>;
 }
 
 impl<B: Backend> Binds<B> for Statement<'_>
@@ -324,22 +372,20 @@ where
     for<'q> Option<i64>: sqlx::Encode<'q, B> + sqlx::Type<B>,
     for<'q> Option<bool>: sqlx::Encode<'q, B> + sqlx::Type<B>,
 {
-    fn arguments(&self) -> B::Arguments<'_> {
+    fn arguments(&self) -> Result<B::Arguments<'_>> {
         use sqlx::Arguments;
         let mut out = B::Arguments::default();
         out.reserve(self.args.len(), 0);
-        for arg in &self.args {
-            let added = match arg {
+        for (i, arg) in self.args.iter().enumerate() {
+            match arg {
                 Arg::Text(v) => out.add(v.as_deref()),
                 Arg::Int(v) => out.add(*v),
                 Arg::Bytes(v) => out.add(v.as_deref()),
                 Arg::Bool(v) => out.add(*v),
-            };
-            // Encoding these types into a buffer cannot fail; a failure
-            // would surface as the statement's parameter count being off.
-            debug_assert!(added.is_ok());
+            }
+            .map_err(|e| StoreError::Database(format!("parameter ${}: {e}", i + 1)))?;
         }
-        out
+        Ok(out)
     }
 }
 

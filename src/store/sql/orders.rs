@@ -5,55 +5,6 @@ use async_trait::async_trait;
 use super::{Backend, SqlStore, Statement, ROWS_PER_INSERT};
 use crate::store::*;
 
-#[derive(sqlx::FromRow)]
-struct OrderRow {
-    id: String,
-    account_id: String,
-    status: String,
-    validation: String,
-    source: String,
-    profile: String,
-    validity_days: Option<i64>,
-    csr_der: Option<Vec<u8>>,
-    organization: Option<String>,
-    error: Option<String>,
-    rejection_reason: Option<String>,
-    approval_reason: Option<String>,
-    certificate_serial: Option<String>,
-    created_at: i64,
-    updated_at: i64,
-    expires_at: i64,
-    not_after: Option<i64>,
-    acme_account_id: Option<String>,
-    issue_attempts: i64,
-}
-
-impl OrderRow {
-    fn into_record(self) -> Result<OrderRecord> {
-        Ok(OrderRecord {
-            id: self.id,
-            account_id: self.account_id,
-            status: self.status.parse()?,
-            validation: self.validation,
-            source: self.source,
-            profile: self.profile,
-            validity_days: self.validity_days,
-            csr_der: self.csr_der,
-            organization: self.organization,
-            error: self.error,
-            rejection_reason: self.rejection_reason,
-            approval_reason: self.approval_reason,
-            certificate_serial: self.certificate_serial,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            expires_at: self.expires_at,
-            not_after: self.not_after,
-            acme_account_id: self.acme_account_id,
-            issue_attempts: self.issue_attempts,
-        })
-    }
-}
-
 const ORDER_COLUMNS: &str =
     "SELECT id, account_id, status, validation, source, profile, validity_days, csr_der, \
      organization, error, rejection_reason, approval_reason, certificate_serial, created_at, \
@@ -72,7 +23,7 @@ const SELECT_CHALLENGES: &str =
 /// Puts an order together from its rows. Authorizations keep the order
 /// their ids were created in (the workflow makes them sortable).
 fn order_bundle(
-    order: OrderRow,
+    order: OrderRecord,
     authorizations: Vec<AuthorizationRecord>,
     challenges: Vec<ChallengeRecord>,
 ) -> Result<OrderBundle> {
@@ -93,7 +44,7 @@ fn order_bundle(
         owner.challenges.push(c);
     }
     Ok(OrderBundle {
-        order: order.into_record()?,
+        order,
         authorizations: bundles,
     })
 }
@@ -202,8 +153,8 @@ where
                     .bind(&o.id)
                     .bind(&o.account_id)
                     .bind(o.status.as_str())
-                    .bind(&o.validation)
-                    .bind(&o.source)
+                    .bind(o.validation)
+                    .bind(o.source)
                     .bind(&o.profile)
                     .bind(o.validity_days)
                     .bind(&o.csr_der)
@@ -217,7 +168,7 @@ where
                     .bind(o.not_after)
                     .bind(&o.acme_account_id);
             }
-            q.query::<B>().execute(&mut **tx).await?;
+            q.query::<B>()?.execute(&mut **tx).await?;
         }
         let authorizations: Vec<&AuthorizationBundle> = bundles
             .iter()
@@ -231,15 +182,15 @@ where
                     .bind(&a.id)
                     .bind(&a.order_id)
                     .bind(&a.account_id)
-                    .bind(&a.identifier_type)
+                    .bind(a.identifier_type)
                     .bind(&a.identifier_value)
                     .bind(a.wildcard)
-                    .bind(&a.status)
+                    .bind(a.status)
                     .bind(a.validated_at)
                     .bind(a.expires_at)
                     .bind(a.created_at);
             }
-            q.query::<B>().execute(&mut **tx).await?;
+            q.query::<B>()?.execute(&mut **tx).await?;
         }
         let challenges: Vec<&ChallengeRecord> = authorizations
             .iter()
@@ -251,15 +202,15 @@ where
                 q.row()
                     .bind(&c.id)
                     .bind(&c.authorization_id)
-                    .bind(&c.kind)
+                    .bind(c.kind)
                     .bind(&c.token)
-                    .bind(&c.status)
+                    .bind(c.status)
                     .bind(&c.error)
                     .bind(c.attempted_at)
                     .bind(c.validated_at)
                     .bind(c.created_at);
             }
-            q.query::<B>().execute(&mut **tx).await?;
+            q.query::<B>()?.execute(&mut **tx).await?;
         }
         Ok(())
     }
@@ -286,7 +237,7 @@ where
     usize: sqlx::ColumnIndex<B::Row>,
 {
     async fn order(&self, id: &str) -> Result<OrderBundle> {
-        let order: OrderRow = sqlx::query_as(&format!("{} WHERE id = $1", ORDER_COLUMNS))
+        let order: OrderRecord = sqlx::query_as(&format!("{} WHERE id = $1", ORDER_COLUMNS))
             .bind(id)
             .fetch_one(&self.read)
             .await?;
@@ -311,20 +262,20 @@ where
             q.push(" AND status = ").bind(status.as_str());
         }
         q.newest_first("id", &query.before, query.limit);
-        let rows: Vec<OrderRow> = q.query_as::<B, _>().fetch_all(&self.read).await?;
-        rows.into_iter().map(|r| r.into_record()).collect()
+        let rows = q.query_as::<B, _>()?.fetch_all(&self.read).await?;
+        Ok(rows)
     }
 
     async fn last_validation(
         &self,
         account_id: &str,
-        identifier_type: &str,
+        identifier_type: IdentifierKind,
         identifier_value: &str,
         since: i64,
     ) -> Result<Option<i64>> {
         let row: Option<(Option<i64>,)> = sqlx::query_as(SELECT_LAST_VALIDATION)
             .bind(account_id)
-            .bind(identifier_type)
+            .bind(identifier_type.as_str())
             .bind(identifier_value)
             .bind(since)
             .fetch_optional(&self.read)
@@ -362,24 +313,24 @@ where
         processing_before: i64,
         limit: i64,
     ) -> Result<Vec<OrderRecord>> {
-        let rows: Vec<OrderRow> =
-            sqlx::query_as(&format!("{}{}", ORDER_COLUMNS, SELECT_ORDERS_TO_RESUME))
+        Ok(
+            sqlx::query_as(&format!("{ORDER_COLUMNS}{SELECT_ORDERS_TO_RESUME}"))
                 .bind(ready_before)
                 .bind(processing_before)
                 .bind(limit)
                 .fetch_all(&self.read)
-                .await?;
-        rows.into_iter().map(|r| r.into_record()).collect()
+                .await?,
+        )
     }
 
     async fn expired_orders(&self, now: i64, limit: i64) -> Result<Vec<OrderRecord>> {
-        let rows: Vec<OrderRow> =
-            sqlx::query_as(&format!("{}{}", ORDER_COLUMNS, SELECT_EXPIRED_ORDERS))
+        Ok(
+            sqlx::query_as(&format!("{ORDER_COLUMNS}{SELECT_EXPIRED_ORDERS}"))
                 .bind(now)
                 .bind(limit)
                 .fetch_all(&self.read)
-                .await?;
-        rows.into_iter().map(|r| r.into_record()).collect()
+                .await?,
+        )
     }
 }
 
@@ -430,8 +381,7 @@ where
         if B::rows_affected(&done) != 1 {
             return Ok(false);
         }
-        Self::write_audit(&mut tx, head, &[&event]).await?;
-        tx.commit().await?;
+        Self::commit_audited(tx, head, &[&event]).await?;
         Ok(true)
     }
 
@@ -462,16 +412,17 @@ where
         // writer, so the count below sees the other authorizations'
         // committed state.
         let head = Self::lock_audit(&mut tx).await?;
-        let status = if outcome.error.is_some() {
-            "invalid"
+        let (status, authz_status) = if outcome.error.is_some() {
+            (ChallengeStatus::Invalid, AuthorizationStatus::Invalid)
         } else {
-            "valid"
+            (ChallengeStatus::Valid, AuthorizationStatus::Valid)
         };
+        let error = outcome.error.as_ref().map(Failure::to_json);
         let validated_at = outcome.error.is_none().then_some(outcome.at);
         let done = sqlx::query(FINISH_CHALLENGE)
             .bind(&outcome.challenge_id)
-            .bind(status)
-            .bind(&outcome.error)
+            .bind(status.as_str())
+            .bind(&error)
             .bind(validated_at)
             .execute(&mut *tx)
             .await?;
@@ -482,7 +433,7 @@ where
         }
         sqlx::query(FINISH_AUTHORIZATION)
             .bind(&outcome.authorization_id)
-            .bind(status)
+            .bind(authz_status.as_str())
             .bind(validated_at)
             .execute(&mut *tx)
             .await?;
@@ -503,7 +454,7 @@ where
                 .bind(OrderStatus::Pending.as_str())
                 .bind(next.as_str())
                 .bind(outcome.at)
-                .bind(&outcome.error)
+                .bind(&error)
                 .bind(None::<String>)
                 .bind(None::<String>)
                 .bind(None::<Vec<u8>>)
@@ -516,8 +467,7 @@ where
                 refs.extend(on_order_change.iter());
             }
         }
-        Self::write_audit(&mut tx, head, &refs).await?;
-        tx.commit().await?;
+        Self::commit_audited(tx, head, &refs).await?;
         Ok(changed)
     }
 
@@ -553,13 +503,12 @@ where
         if let Some(before) = update.updated_before {
             q.push(" AND updated_at < ").bind(before);
         }
-        let done = q.query::<B>().execute(&mut *tx).await?;
+        let done = q.query::<B>()?.execute(&mut *tx).await?;
         if B::rows_affected(&done) != 1 {
             return Ok(false);
         }
         let refs: Vec<&AuditEvent> = events.iter().collect();
-        Self::write_audit(&mut tx, head, &refs).await?;
-        tx.commit().await?;
+        Self::commit_audited(tx, head, &refs).await?;
         Ok(true)
     }
 }

@@ -82,7 +82,7 @@ where
     }
 
     async fn overview(&self, now: i64) -> Result<Overview> {
-        let orders_by_status: Vec<(String, i64)> =
+        let orders_by_status: Vec<(OrderStatus, i64)> =
             sqlx::query_as("SELECT status, COUNT(*) FROM orders GROUP BY status ORDER BY status")
                 .fetch_all(&self.read)
                 .await?;
@@ -152,7 +152,7 @@ where
             .bind(&user.id)
             .bind(&user.username)
             .bind(&user.password_hash)
-            .bind(&user.role)
+            .bind(user.role)
             .bind(user.must_change_password)
             .bind(event.at.unix_timestamp())
             .execute(&mut *tx)
@@ -201,8 +201,7 @@ where
         if lock.is_some() {
             events.push(&locked);
         }
-        Self::write_audit(&mut tx, head, &events).await?;
-        tx.commit().await?;
+        Self::commit_audited(tx, head, &events).await?;
         Ok((count, lock))
     }
 
@@ -225,7 +224,7 @@ where
         .bind(user_id)
         .bind(&update.password_hash)
         .bind(update.must_change_password)
-        .bind(&update.role)
+        .bind(update.role.map(UserRole::as_str))
         .bind(update.disabled)
         .bind(at)
         .bind(update.account_id.is_some())
@@ -252,9 +251,7 @@ where
                 .execute(&mut *tx)
                 .await?;
         }
-        Self::write_audit(&mut tx, head, &[&event]).await?;
-        tx.commit().await?;
-        Ok(())
+        Self::commit_audited(tx, head, &[&event]).await
     }
 
     async fn create_session(&self, session: &SessionRecord, event: AuditEvent) -> Result<()> {
@@ -284,9 +281,7 @@ where
             .bind(session.created_at)
             .execute(&mut *tx)
             .await?;
-        Self::write_audit(&mut tx, head, &[&event]).await?;
-        tx.commit().await?;
-        Ok(())
+        Self::commit_audited(tx, head, &[&event]).await
     }
 
     async fn touch_session(&self, id_hash: &[u8], at: i64) -> Result<()> {

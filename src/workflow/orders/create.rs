@@ -46,7 +46,7 @@ impl Orders {
                 &checked.identifiers,
                 now,
                 expires_at,
-                "rest",
+                OrderSource::Rest,
                 request.validation,
             )
             .await?;
@@ -58,9 +58,7 @@ impl Orders {
         bundle.order.profile = profile.as_str().into();
         bundle.order.validity_days = Some(i64::from(validity_days));
         bundle.order.csr_der = Some(checked.csr.der().to_vec());
-        bundle.order.organization = organization
-            .as_ref()
-            .map(|o| serde_json::to_string(o).unwrap_or_default());
+        bundle.order.organization = organization;
         let actor = caller.actor.clone();
         let names: Vec<String> = checked.identifiers.iter().map(Identifier::value).collect();
         let reused = bundle
@@ -128,7 +126,7 @@ impl Orders {
         identifiers: &[Identifier],
         now: OffsetDateTime,
         expires_at: i64,
-        source: &str,
+        source: OrderSource,
         validation: Validation,
     ) -> Result<OrderBundle, WorkflowError> {
         let at = now.unix_timestamp();
@@ -141,10 +139,8 @@ impl Orders {
         let store = self.authority.store();
         let mut authorizations = Vec::with_capacity(identifiers.len());
         for (i, identifier) in identifiers.iter().enumerate() {
-            let (kind, value) = match identifier {
-                Identifier::Dns(name) => ("dns", name.clone()),
-                Identifier::Ip(ip) => ("ip", ip.to_string()),
-            };
+            let kind = IdentifierKind::of(identifier);
+            let value = identifier.value();
             let reused = if reuse_secs > 0 {
                 store
                     .last_validation(&caller.account_id, kind, &value, at - reuse_secs)
@@ -160,9 +156,9 @@ impl Orders {
                     .map(|kind| ChallengeRecord {
                         id: format!("chall_{key}_{i:03}_{}", challenge_letter(*kind)),
                         authorization_id: authz_id.clone(),
-                        kind: kind.as_str().to_owned(),
+                        kind: *kind,
                         token: random_token(32),
-                        status: "pending".into(),
+                        status: ChallengeStatus::Pending,
                         error: None,
                         attempted_at: None,
                         validated_at: None,
@@ -175,10 +171,14 @@ impl Orders {
                     id: authz_id,
                     order_id: order_id.clone(),
                     account_id: caller.account_id.clone(),
-                    identifier_type: kind.to_owned(),
+                    identifier_type: kind,
                     wildcard: value.starts_with("*."),
                     identifier_value: value,
-                    status: if reused.is_some() { "valid" } else { "pending" }.into(),
+                    status: if reused.is_some() {
+                        AuthorizationStatus::Valid
+                    } else {
+                        AuthorizationStatus::Pending
+                    },
                     validated_at: reused,
                     expires_at: reused.map_or(expires_at, |v| v + reuse_secs),
                     created_at: at,
@@ -202,8 +202,8 @@ impl Orders {
                 id: order_id,
                 account_id: caller.account_id.clone(),
                 status: OrderStatus::Pending,
-                validation: validation.as_str().into(),
-                source: source.into(),
+                validation,
+                source,
                 profile: "server".into(),
                 validity_days: None,
                 csr_der: None,
@@ -261,7 +261,14 @@ impl Orders {
         let validity_days = self.authority.policy().validity_days(requested_days)?;
         let expires_at = at + i64::from(self.settings.lifetime_hours) * 3600;
         let mut bundle = self
-            .new_bundle(caller, &checked, now, expires_at, "acme", Validation::Dv)
+            .new_bundle(
+                caller,
+                &checked,
+                now,
+                expires_at,
+                OrderSource::Acme,
+                Validation::Dv,
+            )
             .await?;
         bundle.order.validity_days = Some(i64::from(validity_days));
         bundle.order.not_after = not_after.map(OffsetDateTime::unix_timestamp);
@@ -303,7 +310,7 @@ impl Orders {
         order_id: &str,
     ) -> Result<OrderBundle, WorkflowError> {
         let bundle = self.get(caller, order_id).await?;
-        let mine = bundle.order.source == "acme"
+        let mine = bundle.order.source == OrderSource::Acme
             && bundle
                 .order
                 .acme_account_id

@@ -121,11 +121,11 @@ impl Orders {
                 tracing::warn!(order = %order.id, error = %e, "recording an issuance failed; the worker will resume it");
                 return result;
             }
-            Err(WorkflowError::Csr(e)) => problem_document(e.acme_code(), &e.to_string()),
-            Err(WorkflowError::Policy(e)) => problem_document(e.acme_code(), &e.to_string()),
+            Err(WorkflowError::Csr(e)) => Failure::new(e.acme_code(), e.to_string()),
+            Err(WorkflowError::Policy(e)) => Failure::new(e.acme_code(), e.to_string()),
             Err(e) => {
                 tracing::error!(order = %order.id, error = %e, "issuing an order failed");
-                problem_document(
+                Failure::new(
                     AcmeError::ServerInternal,
                     "issuing the certificate failed; the error has been logged",
                 )
@@ -170,12 +170,9 @@ impl Orders {
             .policy()
             .validity_days(order.validity_days.map(|d| d as u32))?;
         let profile = order.profile.parse::<Profile>()?;
-        let organization = match &order.organization {
-            Some(json) if order.validation == "ov" => Some(
-                serde_json::from_str::<Organization>(json)
-                    .map_err(|e| StoreError::Corrupt(format!("organization: {e}")))?,
-            ),
-            _ => None,
+        let organization = match order.validation {
+            Validation::Ov => order.organization.clone(),
+            Validation::Dv => None,
         };
         let subject = Subject { organization };
         let actor = account_actor(&order.account_id);

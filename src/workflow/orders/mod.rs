@@ -32,12 +32,14 @@ use crate::acme_error::AcmeError;
 use crate::config::OrdersSection;
 use crate::pki::profile::Organization;
 use crate::pki::{Identifier, Profile, Subject};
+pub use crate::store::Validation;
 use crate::store::{
-    AuditEvent, AuthorizationBundle, AuthorizationRecord, ChallengeOutcome, ChallengeRecord,
-    Conflict, IssuanceOrder, OrderBundle, OrderQuery, OrderRecord, OrderStatus, OrderUpdate,
+    AuditEvent, AuthorizationBundle, AuthorizationRecord, AuthorizationStatus, ChallengeKind,
+    ChallengeOutcome, ChallengeRecord, ChallengeStatus, Conflict, Failure, IdentifierKind,
+    IssuanceOrder, OrderBundle, OrderQuery, OrderRecord, OrderSource, OrderStatus, OrderUpdate,
     StoreError, Transition,
 };
-use crate::validation::{key_authorization, ChallengeKind, ValidationError, Validators};
+use crate::validation::{key_authorization, ValidationError, Validators};
 
 mod create;
 mod issue;
@@ -67,25 +69,6 @@ const MAX_REASON_LEN: usize = 1000;
 /// Largest page of orders.
 pub const MAX_PAGE: i64 = 100;
 
-/// DV (domain control only) or OV (also vetted by a reviewer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Validation {
-    /// Domain validation.
-    Dv,
-    /// Organisation validation.
-    Ov,
-}
-
-impl Validation {
-    fn as_str(self) -> &'static str {
-        match self {
-            Validation::Dv => "dv",
-            Validation::Ov => "ov",
-        }
-    }
-}
-
 /// A new order as a requester asks for it.
 #[derive(Debug, Clone)]
 pub struct NewOrder {
@@ -110,25 +93,14 @@ pub fn rest_thumbprint(account_id: &str) -> String {
 
 /// The identifier an authorization is for (a wildcard keeps its `*.`).
 pub fn identifier_of(authz: &AuthorizationRecord) -> Result<Identifier, StoreError> {
-    match authz.identifier_type.as_str() {
-        "dns" => Ok(Identifier::Dns(authz.identifier_value.clone())),
-        "ip" => authz
+    match authz.identifier_type {
+        IdentifierKind::Dns => Ok(Identifier::Dns(authz.identifier_value.clone())),
+        IdentifierKind::Ip => authz
             .identifier_value
             .parse()
             .map(Identifier::Ip)
             .map_err(|_| StoreError::Corrupt(format!("ip {:?}", authz.identifier_value))),
-        other => Err(StoreError::Corrupt(format!("identifier type {other:?}"))),
     }
-}
-
-/// A problem document (RFC 9457) as stored in an order's or challenge's
-/// `error`.
-pub fn problem_document(kind: AcmeError, detail: &str) -> String {
-    serde_json::json!({
-        "type": kind.urn(),
-        "detail": detail,
-    })
-    .to_string()
 }
 
 /// The order engine: creation, validation, approval, issuance and the
@@ -221,7 +193,7 @@ impl Orders {
     /// The thumbprint in an order's key authorizations: the ACME account
     /// key's for ACME orders, the REST account's derived one otherwise.
     pub async fn thumbprint_of(&self, order: &OrderRecord) -> Result<String, StoreError> {
-        if order.source == "acme" {
+        if order.source == OrderSource::Acme {
             let store = self.authority.store();
             let acme = match &order.acme_account_id {
                 Some(id) => store.acme_account(id).await?,

@@ -25,11 +25,8 @@ impl Orders {
         }
         let bundle = self.reviewable(caller, order_id, "approve").await?;
         let organization = organization.map(check_organization).transpose()?;
-        let organization_json = organization
-            .as_ref()
-            .map(|o| serde_json::to_string(o).unwrap_or_default());
         let now = OffsetDateTime::now_utc();
-        let vetted = organization_json
+        let vetted = organization
             .clone()
             .or_else(|| bundle.order.organization.clone());
         let moved = self
@@ -39,7 +36,7 @@ impl Orders {
                 order_id,
                 Transition::Approve,
                 &OrderUpdate {
-                    organization: organization_json,
+                    organization,
                     approval_reason: reason.map(str::to_owned),
                     ..OrderUpdate::default()
                 },
@@ -50,7 +47,7 @@ impl Orders {
                     action: "order.approve".into(),
                     subject: order_id.to_owned(),
                     details: serde_json::json!({
-                        "organization": vetted.and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok()),
+                        "organization": vetted,
                         "reason": reason,
                     }),
                 }],

@@ -22,7 +22,7 @@ impl Orders {
                 challenge_id: challenge_id.to_owned(),
             })
         })?;
-        if challenge.status != "pending" {
+        if challenge.status != ChallengeStatus::Pending {
             return Ok(bundle);
         }
         if bundle.order.status != OrderStatus::Pending {
@@ -32,10 +32,10 @@ impl Orders {
             }
             .into());
         }
-        if authz.status != "pending" {
+        if authz.status != AuthorizationStatus::Pending {
             return Err(Clash::AuthorizationDone {
                 identifier: authz.identifier_value.clone(),
-                status: authz.status.clone(),
+                status: authz.status,
             }
             .into());
         }
@@ -109,14 +109,14 @@ impl Orders {
         let outcome = self.check(&order, &authz, &challenge).await;
         let now = OffsetDateTime::now_utc();
         let error = outcome.as_ref().err().map(|e| {
-            problem_document(
+            Failure::new(
                 e.acme_type(),
-                &format!("{} ({}): {e}", authz.identifier_value, challenge.kind),
+                format!("{} ({}): {e}", authz.identifier_value, challenge.kind),
             )
         });
         // The store makes one of these moves when the last authorization
         // settles (inside `finish_challenge`, atomically with the result).
-        let when_all_valid = if order.validation == "ov" {
+        let when_all_valid = if order.validation == Validation::Ov {
             Transition::AwaitApproval
         } else {
             Transition::Validated
@@ -163,7 +163,7 @@ impl Orders {
             .await;
         match result {
             // An ACME order waits in `ready` for its client to finalize.
-            Ok(Some(OrderStatus::Ready)) if order.source == "rest" => {
+            Ok(Some(OrderStatus::Ready)) if order.source == OrderSource::Rest => {
                 self.issue_ready(&order.id).await
             }
             Ok(_) => {}
@@ -193,14 +193,7 @@ impl Orders {
                 identifier = Identifier::Dns(base.to_owned());
             }
         }
-        let kind: ChallengeKind =
-            challenge
-                .kind
-                .parse()
-                .map_err(|reason: String| ValidationError::Connection {
-                    url: identifier.to_string(),
-                    reason,
-                })?;
+        let kind = challenge.kind;
         let thumbprint = self
             .thumbprint_of(order)
             .await

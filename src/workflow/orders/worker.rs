@@ -80,7 +80,7 @@ impl Orders {
         match store.expired_orders(now, WORKER_BATCH).await {
             Ok(orders) => {
                 for order in orders {
-                    let problem = problem_document(
+                    let problem = Failure::new(
                         AcmeError::Malformed,
                         "the order expired before it was finished",
                     );
@@ -139,9 +139,9 @@ impl Orders {
             OrderStatus::Ready => self.issue_ready(&order.id).await,
             OrderStatus::Processing if order.issue_attempts >= MAX_ISSUE_ATTEMPTS => {
                 tracing::error!(order = %order.id, attempts = order.issue_attempts, "issuing an order kept failing; the order is now invalid");
-                let problem = problem_document(
+                let problem = Failure::new(
                     AcmeError::ServerInternal,
-                    &format!(
+                    format!(
                         "issuing the certificate failed {} times; the error has been logged; place a new order",
                         order.issue_attempts + 1
                     ),
@@ -174,13 +174,13 @@ impl Orders {
         Ok(())
     }
 
-    /// Moves `order` from `from` to `invalid` with `problem` (JSON), audited
+    /// Moves `order` from `from` to `invalid` with `problem`, audited
     /// as `action` by the system.
     pub(super) async fn fail(
         &self,
         order: &OrderRecord,
         from: OrderStatus,
-        problem: String,
+        problem: Failure,
         action: &str,
     ) -> Result<bool, WorkflowError> {
         let at = OffsetDateTime::now_utc();

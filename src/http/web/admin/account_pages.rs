@@ -1,7 +1,5 @@
 //! Requester accounts: create, disable/enable, rotate the API key, EAB keys.
 
-#![allow(clippy::result_large_err)]
-
 use super::*;
 
 /// An account row.
@@ -11,7 +9,7 @@ pub struct AccountRow {
     /// Name.
     pub name: String,
     /// Role.
-    pub role: String,
+    pub role: Role,
     /// Disabled.
     pub disabled: bool,
     /// Created.
@@ -34,7 +32,7 @@ pub(super) async fn accounts_page(
     State(state): State<Arc<AppState>>,
     who: Admin,
     headers: HeaderMap,
-) -> Response {
+) -> Page {
     accounts_view(&state, &who, &headers, None, StatusCode::OK).await
 }
 
@@ -44,17 +42,25 @@ pub(super) async fn create_account_eab(
     headers: HeaderMap,
     Path(id): Path<String>,
     Act { who, .. }: Act<Admins>,
-) -> Response {
+) -> Page {
     match accounts::create_eab_key(state.authority.store().as_ref(), &id, &who.0.actor()).await {
         Ok(key) => {
-            let rows = match state.authority.reads().accounts().await {
-                Ok(a) => a,
-                Err(e) => return internal(e),
-            };
+            let rows = state.authority.reads().accounts().await?;
             let eab = Some((id, key.kid, key.hmac_key.to_string()));
-            accounts_render(&state, &who, &headers, rows, None, eab, StatusCode::OK)
+            Ok(accounts_render(
+                &state,
+                &who,
+                &headers,
+                rows,
+                None,
+                eab,
+                StatusCode::OK,
+            ))
         }
-        Err(e) => redirect_with("/admin/accounts", &format!("No ACME key issued: {e}")),
+        Err(e) => Ok(redirect_with(
+            "/admin/accounts",
+            &format!("No ACME key issued: {e}"),
+        )),
     }
 }
 
@@ -64,12 +70,11 @@ pub(super) async fn accounts_view(
     headers: &HeaderMap,
     new_key: Option<(String, String)>,
     status: StatusCode,
-) -> Response {
-    let rows = match state.authority.reads().accounts().await {
-        Ok(a) => a,
-        Err(e) => return internal(e),
-    };
-    accounts_render(state, who, headers, rows, new_key, None, status)
+) -> Page {
+    let rows = state.authority.reads().accounts().await?;
+    Ok(accounts_render(
+        state, who, headers, rows, new_key, None, status,
+    ))
 }
 
 pub(super) fn accounts_render(
@@ -106,17 +111,17 @@ pub(super) async fn create_account(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Act { who, form, .. }: Act<Admins, NewAccountForm>,
-) -> Response {
+) -> Page {
     let name = form.name.trim();
     let role = match form.role.as_deref().unwrap_or("requester").parse::<Role>() {
         Ok(r) => r,
-        Err(e) => return redirect_with("/admin/accounts", &e.to_string()),
+        Err(e) => return Ok(redirect_with("/admin/accounts", &e.to_string())),
     };
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return redirect_with(
+        return Ok(redirect_with(
             "/admin/accounts",
             "An account needs a name of 1 to 100 characters.",
-        );
+        ));
     }
     match accounts::create_account(state.authority.store().as_ref(), name, role, &who.0.actor())
         .await
@@ -132,16 +137,14 @@ pub(super) async fn create_account(
             )
             .await
         }
-        Err(e) => redirect_with("/admin/accounts", &format!("Not created: {e}")),
+        Err(e) => Ok(redirect_with(
+            "/admin/accounts",
+            &format!("Not created: {e}"),
+        )),
     }
 }
 
-pub(super) async fn set_account(
-    state: &AppState,
-    who: &Admin,
-    id: &str,
-    disabled: bool,
-) -> Response {
+pub(super) async fn set_account(state: &AppState, who: &Admin, id: &str, disabled: bool) -> Page {
     match accounts::set_disabled(
         state.authority.store().as_ref(),
         id,
@@ -150,16 +153,16 @@ pub(super) async fn set_account(
     )
     .await
     {
-        Ok(()) => redirect_with(
+        Ok(()) => Ok(redirect_with(
             "/admin/accounts",
             if disabled {
                 "Account disabled: its API keys no longer work, and its unfinished orders were ended."
             } else {
                 "Account enabled."
             },
-        ),
-        Err(accounts::AccountError::NoSuchAccount(_)) => not_found("such account"),
-        Err(e) => internal(e),
+        )),
+        Err(accounts::AccountError::NoSuchAccount(_)) => Err(PageError::NotFound("such account")),
+        Err(e) => Err(PageError::internal(e)),
     }
 }
 
@@ -167,11 +170,11 @@ pub(super) async fn toggle_account(
     State(state): State<Arc<AppState>>,
     Path((id, action)): Path<(String, String)>,
     Act { who, .. }: Act<Admins>,
-) -> Response {
+) -> Page {
     match action.as_str() {
         "disable" => set_account(&state, &who, &id, true).await,
         "enable" => set_account(&state, &who, &id, false).await,
-        _ => not_found("such action"),
+        _ => Err(PageError::NotFound("such action")),
     }
 }
 
@@ -180,7 +183,7 @@ pub(super) async fn rotate_account_key(
     headers: HeaderMap,
     Path(id): Path<String>,
     Act { who, .. }: Act<Admins>,
-) -> Response {
+) -> Page {
     match accounts::rotate_key(state.authority.store().as_ref(), &id, &who.0.actor()).await {
         Ok((_, key)) => {
             accounts_view(
@@ -192,7 +195,10 @@ pub(super) async fn rotate_account_key(
             )
             .await
         }
-        Err(e) => redirect_with("/admin/accounts", &format!("Key not rotated: {e}")),
+        Err(e) => Ok(redirect_with(
+            "/admin/accounts",
+            &format!("Key not rotated: {e}"),
+        )),
     }
 }
 

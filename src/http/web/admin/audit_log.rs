@@ -1,7 +1,5 @@
 //! The audit log, filtered and paged.
 
-#![allow(clippy::result_large_err)]
-
 use super::*;
 
 /// An audit row.
@@ -36,7 +34,7 @@ pub(super) async fn audit(
     who: Admin,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
+) -> Page {
     let get = |k: &str| {
         q.get(k)
             .map(|v| v.trim().chars().take(200).collect::<String>())
@@ -49,10 +47,7 @@ pub(super) async fn audit(
         before: q.get("before").and_then(|b| b.parse().ok()),
         limit: PAGE,
     };
-    let records = match state.authority.reads().audit_search(&query).await {
-        Ok(r) => r,
-        Err(e) => return internal(e),
-    };
+    let records = state.authority.reads().audit_search(&query).await?;
     let next = (records.len() as i64 == PAGE)
         .then(|| records.last().map(|r| r.seq))
         .flatten();
@@ -74,5 +69,5 @@ pub(super) async fn audit(
             .collect(),
         next,
     });
-    with_flash_cleared(&headers, page)
+    Ok(with_flash_cleared(&headers, page))
 }

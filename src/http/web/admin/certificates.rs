@@ -1,7 +1,5 @@
 //! Certificates: search, detail, chain download, revoke.
 
-#![allow(clippy::result_large_err)]
-
 use super::*;
 
 /// A certificate row.
@@ -11,7 +9,7 @@ pub struct CertRow {
     /// Names.
     pub names: String,
     /// valid, revoked, expired.
-    pub status: &'static str,
+    pub status: CertificateStatus,
     /// Account.
     pub account: String,
     /// Expiry.
@@ -28,22 +26,12 @@ pub(super) struct CertificatesPage {
     next: Option<String>,
 }
 
-pub(super) fn status_of(c: &CertificateRecord, now: i64) -> &'static str {
-    if c.revoked_at.is_some() {
-        "revoked"
-    } else if c.not_after < now {
-        "expired"
-    } else {
-        "valid"
-    }
-}
-
 pub(super) async fn certificates(
     State(state): State<Arc<AppState>>,
     who: Admin,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
+) -> Page {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let search = q
         .get("q")
@@ -51,13 +39,8 @@ pub(super) async fn certificates(
         .filter(|s| !s.is_empty())
         .map(|s| s.chars().take(253).collect::<String>());
     let status_name = q.get("status").cloned().unwrap_or_default();
-    let status = match status_name.as_str() {
-        "valid" => Some(CertificateStatus::Valid),
-        "revoked" => Some(CertificateStatus::Revoked),
-        "expired" => Some(CertificateStatus::Expired),
-        _ => None,
-    };
-    let certs = match state
+    let status = status_name.parse::<CertificateStatus>().ok();
+    let certs = state
         .authority
         .reads()
         .certificates(&CertificateQuery {
@@ -68,11 +51,7 @@ pub(super) async fn certificates(
             limit: PAGE,
             now,
         })
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => return internal(e),
-    };
+        .await?;
     let next = (certs.len() as i64 == PAGE)
         .then(|| {
             certs
@@ -85,7 +64,7 @@ pub(super) async fn certificates(
         .map(|c| CertRow {
             serial: c.serial.to_hex(),
             names: c.identifiers.join(", "),
-            status: status_of(c, now),
+            status: CertificateStatus::of(c, now),
             account: c
                 .account_id
                 .clone()
@@ -104,7 +83,7 @@ pub(super) async fn certificates(
         rows,
         next,
     });
-    with_flash_cleared(&headers, page)
+    Ok(with_flash_cleared(&headers, page))
 }
 
 #[derive(Template)]
@@ -112,7 +91,7 @@ pub(super) async fn certificates(
 pub(super) struct CertificatePage {
     chrome: Chrome,
     serial: String,
-    status: &'static str,
+    status: CertificateStatus,
     subject: String,
     names: Vec<String>,
     issuer: String,
@@ -135,12 +114,12 @@ pub(super) struct CertificatePage {
 pub(super) async fn load_certificate(
     state: &AppState,
     serial: &str,
-) -> Result<CertificateRecord, Response> {
-    let parsed: Serial = serial.parse().map_err(|_| not_found("such certificate"))?;
+) -> Result<CertificateRecord, PageError> {
+    let none = PageError::NotFound("such certificate");
+    let parsed: Serial = serial.parse().map_err(|_| none)?;
     match state.authority.reads().certificate(&parsed).await {
-        Ok(c) => Ok(c),
-        Err(StoreError::NotFound) => Err(not_found("such certificate")),
-        Err(e) => Err(internal(e)),
+        Err(StoreError::NotFound) => Err(PageError::NotFound("such certificate")),
+        found => Ok(found?),
     }
 }
 
@@ -149,18 +128,15 @@ pub(super) async fn certificate_detail(
     who: Admin,
     headers: HeaderMap,
     Path(serial): Path<String>,
-) -> Response {
-    let c = match load_certificate(&state, &serial).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+) -> Page {
+    let c = load_certificate(&state, &serial).await?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let (key, signature) = crate::pki::describe_certificate(&c.der).unwrap_or_default();
     let fingerprint = crate::pki::sha256_fingerprint(&c.der);
     let page = render(&CertificatePage {
         chrome: chrome(&who, &headers, "certificates"),
         serial: c.serial.to_hex(),
-        status: status_of(&c, now),
+        status: CertificateStatus::of(&c, now),
         subject: c.subject.clone(),
         names: c.identifiers.clone(),
         issuer: c.issuer_id.clone(),
@@ -187,25 +163,22 @@ pub(super) async fn certificate_detail(
         pem: pem_encode("CERTIFICATE", &c.der),
         reasons: RevocationReason::ALL.iter().map(|r| r.as_str()).collect(),
     });
-    with_flash_cleared(&headers, page)
+    Ok(with_flash_cleared(&headers, page))
 }
 
 pub(super) async fn certificate_chain(
     State(state): State<Arc<AppState>>,
     _who: Admin,
     Path(serial): Path<String>,
-) -> Response {
-    let c = match load_certificate(&state, &serial).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+) -> Page {
+    let c = load_certificate(&state, &serial).await?;
     let issuer = state.authority.issuer().certificate();
     let chain = if c.issuer_id == issuer.id() {
         format!("{}{}", pem_encode("CERTIFICATE", &c.der), issuer.pem())
     } else {
         pem_encode("CERTIFICATE", &c.der)
     };
-    (
+    Ok((
         [
             (
                 header::CONTENT_TYPE,
@@ -218,17 +191,17 @@ pub(super) async fn certificate_chain(
         ],
         chain,
     )
-        .into_response()
+        .into_response())
 }
 
 pub(super) async fn revoke(
     State(state): State<Arc<AppState>>,
     Path(serial): Path<String>,
     Act { who, form, .. }: Act<Reviewers, RevokeForm>,
-) -> Response {
+) -> Page {
     let back = format!("/admin/certificates/{serial}");
     let Ok(parsed) = serial.parse::<Serial>() else {
-        return not_found("such certificate");
+        return Err(PageError::NotFound("such certificate"));
     };
     let reason = match form
         .reason
@@ -237,7 +210,7 @@ pub(super) async fn revoke(
         .parse::<RevocationReason>()
     {
         Ok(r) => r,
-        Err(e) => return redirect_with(&back, &format!("Not revoked: {e}")),
+        Err(e) => return Ok(redirect_with(&back, &format!("Not revoked: {e}"))),
     };
     match state
         .authority
@@ -251,14 +224,11 @@ pub(super) async fn revoke(
         )
         .await
     {
-        Ok(_) => redirect_with(
+        Ok(_) => Ok(redirect_with(
             &back,
             &format!("Revoked ({reason}). The CRL lists it within seconds."),
-        ),
-        Err(e) => match workflow_message(e) {
-            Ok(m) => redirect_with(&back, &format!("Not revoked: {m}")),
-            Err(r) => r,
-        },
+        )),
+        Err(e) => refused(&back, "Not revoked", e),
     }
 }
 

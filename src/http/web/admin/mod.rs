@@ -3,10 +3,6 @@
 //! accounts, users and CRL regeneration need `admin`. Every form carries
 //! the session's CSRF token, checked before anything else.
 
-// Early returns here are finished responses, built once per request and
-// returned straight to axum, never propagated: boxing them buys nothing.
-#![allow(clippy::result_large_err)]
-
 mod account_pages;
 mod audit_log;
 mod certificates;
@@ -35,6 +31,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use subtle::ConstantTimeEq;
 
+use super::error::PageError;
 use super::session::{self, redirect_with, Admin};
 use crate::http::server::ClientAddr;
 use crate::http::AppState;
@@ -50,6 +47,9 @@ use crate::workflow::limits::address_key;
 use crate::workflow::revocation::{RevokeRequest, Revoker};
 use crate::workflow::users::{self, UserError, UserRole};
 use crate::workflow::WorkflowError;
+
+/// What a dashboard handler answers: its page (or a redirect), or why not.
+pub(super) type Page = Result<Response, PageError>;
 
 /// Rows per page in lists.
 pub(super) const PAGE: i64 = 50;
@@ -106,7 +106,7 @@ impl<R: MinRole, F> axum::extract::FromRequest<Arc<AppState>> for Act<R, F>
 where
     F: serde::de::DeserializeOwned + Send,
 {
-    type Rejection = Response;
+    type Rejection = PageError;
 
     async fn from_request(
         request: axum::extract::Request,
@@ -116,9 +116,7 @@ where
         let (mut parts, body) = request.into_parts();
         let who = Admin::from_request_parts(&mut parts, state).await?;
         let request = axum::extract::Request::from_parts(parts, body);
-        let Form(form) = Form::<WithCsrf<F>>::from_request(request, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        let Form(form) = Form::<WithCsrf<F>>::from_request(request, state).await?;
         who.may(R::ROLE, Some(form.csrf.as_str()))?;
         Ok(Act {
             who,
@@ -172,19 +170,6 @@ pub(super) fn render(t: &impl Template) -> Response {
                 .into_response()
         }
     }
-}
-
-pub(super) fn internal(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "a dashboard request failed");
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "something went wrong; see the server log",
-    )
-        .into_response()
-}
-
-pub(super) fn not_found(what: &str) -> Response {
-    (StatusCode::NOT_FOUND, format!("there is no {what}")).into_response()
 }
 
 /// `2026-11-24 10:02:03 UTC`.

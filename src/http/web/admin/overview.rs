@@ -1,7 +1,5 @@
 //! The overview page: orders by status, issuance per day, CRL health.
 
-#![allow(clippy::result_large_err)]
-
 use super::*;
 
 /// One bar of the issuance chart.
@@ -34,7 +32,7 @@ pub struct CrlLine {
 #[template(path = "admin/overview.html")]
 pub(super) struct OverviewPage {
     chrome: Chrome,
-    orders: Vec<(String, i64)>,
+    orders: Vec<(OrderStatus, i64)>,
     pending: i64,
     issued_recently: i64,
     expiring_soon: i64,
@@ -64,12 +62,9 @@ pub(super) async fn overview(
     State(state): State<Arc<AppState>>,
     who: Admin,
     headers: HeaderMap,
-) -> Response {
+) -> Page {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let o = match state.authority.reads().overview(now).await {
-        Ok(o) => o,
-        Err(e) => return internal(e),
-    };
+    let o = state.authority.reads().overview(now).await?;
     let today = now / 86_400;
     let per_day: HashMap<i64, i64> = o.issued_per_day.iter().copied().collect();
     let max_per_day = per_day.values().copied().max().unwrap_or(0).max(1);
@@ -91,7 +86,7 @@ pub(super) async fn overview(
     let pending = o
         .orders_by_status
         .iter()
-        .find(|(s, _)| s == "awaiting_approval")
+        .find(|(s, _)| *s == OrderStatus::AwaitingApproval)
         .map(|(_, n)| *n)
         .unwrap_or(0);
     let page = render(&OverviewPage {
@@ -106,5 +101,5 @@ pub(super) async fn overview(
         max_per_day,
         crls: crl_lines(&state),
     });
-    with_flash_cleared(&headers, page)
+    Ok(with_flash_cleared(&headers, page))
 }

@@ -1,8 +1,7 @@
 //! The request queue, a request's detail, approve and reject.
 
-#![allow(clippy::result_large_err)]
-
 use super::*;
+use crate::store::{AuthorizationStatus, ChallengeKind, ChallengeStatus};
 
 /// An order row.
 pub struct OrderRow {
@@ -32,12 +31,6 @@ pub(super) struct RequestsPage {
     next: Option<String>,
 }
 
-pub(super) fn org_name(json: Option<&str>) -> String {
-    json.and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
-        .and_then(|v| v["name"].as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 pub(super) fn csr_names(der: Option<&[u8]>) -> String {
     // Orders hold only CSRs that passed intake, so parsing verifies again.
     der.and_then(|d| Csr::parse(d).ok())
@@ -61,15 +54,13 @@ pub(super) async fn requests(
     who: Admin,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
+) -> Page {
     let status_name = q
         .get("status")
         .cloned()
         .unwrap_or_else(|| "awaiting_approval".into());
-    let status = OrderStatus::ALL
-        .into_iter()
-        .find(|s| s.as_str() == status_name);
-    let orders = match state
+    let status = status_name.parse::<OrderStatus>().ok();
+    let orders = state
         .authority
         .reads()
         .orders(&OrderQuery {
@@ -78,11 +69,7 @@ pub(super) async fn requests(
             before: parse_before(q.get("before")),
             limit: PAGE,
         })
-        .await
-    {
-        Ok(o) => o,
-        Err(e) => return internal(e),
-    };
+        .await?;
     let next = (orders.len() as i64 == PAGE)
         .then(|| orders.last().map(|o| format!("{}.{}", o.created_at, o.id)))
         .flatten();
@@ -90,10 +77,10 @@ pub(super) async fn requests(
         .into_iter()
         .map(|o| OrderRow {
             names: csr_names(o.csr_der.as_deref()),
-            organization: org_name(o.organization.as_deref()),
+            organization: o.organization.map(|org| org.name).unwrap_or_default(),
             id: o.id,
             status: o.status.as_str().into(),
-            validation: o.validation.to_uppercase(),
+            validation: o.validation.as_str().to_uppercase(),
             account: o.account_id,
             created: when(o.created_at),
         })
@@ -111,7 +98,7 @@ pub(super) async fn requests(
         rows,
         next,
     });
-    with_flash_cleared(&headers, page)
+    Ok(with_flash_cleared(&headers, page))
 }
 
 /// One identifier's validation, as the detail page shows it.
@@ -119,9 +106,9 @@ pub struct AuthzLine {
     /// The identifier.
     pub identifier: String,
     /// Its status.
-    pub status: String,
+    pub status: AuthorizationStatus,
     /// Each challenge: type, status, error.
-    pub challenges: Vec<(String, String, String)>,
+    pub challenges: Vec<(ChallengeKind, ChallengeStatus, String)>,
 }
 
 #[derive(Template)]
@@ -147,40 +134,32 @@ pub(super) struct RequestPage {
     awaiting: bool,
 }
 
-pub(super) fn problem_detail(json: Option<&str>) -> String {
-    json.and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
-        .map(|v| v["detail"].as_str().unwrap_or("").to_owned())
-        .unwrap_or_default()
-}
-
 pub(super) async fn request_detail(
     State(state): State<Arc<AppState>>,
     who: Admin,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
+) -> Page {
     let store = state.authority.reads();
     let bundle = match store.order(&id).await {
-        Ok(b) => b,
-        Err(StoreError::NotFound) => return not_found("such request"),
-        Err(e) => return internal(e),
+        Err(StoreError::NotFound) => return Err(PageError::NotFound("such request")),
+        found => found?,
     };
     let o = &bundle.order;
     let csr = o.csr_der.as_deref().and_then(|d| Csr::parse(d).ok());
-    let org: serde_json::Value = o
+    let organization = o
         .organization
-        .as_deref()
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_default();
-    let organization = [
-        ("Organisation", "name"),
-        ("Locality", "locality"),
-        ("State", "state"),
-        ("Country", "country"),
-    ]
-    .into_iter()
-    .filter_map(|(label, key)| org[key].as_str().map(|v| (label, v.to_owned())))
-    .collect();
+        .iter()
+        .flat_map(|org| {
+            [
+                ("Organisation", Some(&org.name)),
+                ("Locality", org.locality.as_ref()),
+                ("State", org.state.as_ref()),
+                ("Country", org.country.as_ref()),
+            ]
+        })
+        .filter_map(|(label, value)| Some((label, value?.clone())))
+        .collect();
     let account_name = store
         .accounts()
         .await
@@ -192,7 +171,7 @@ pub(super) async fn request_detail(
         chrome: chrome(&who, &headers, "requests"),
         id: o.id.clone(),
         status: o.status.as_str().into(),
-        validation: o.validation.to_uppercase(),
+        validation: o.validation.as_str().to_uppercase(),
         account: o.account_id.clone(),
         account_name,
         created: when(o.created_at),
@@ -215,27 +194,34 @@ pub(super) async fn request_detail(
             .iter()
             .map(|a| AuthzLine {
                 identifier: a.authorization.identifier_value.clone(),
-                status: a.authorization.status.clone(),
+                status: a.authorization.status,
                 challenges: a
                     .challenges
                     .iter()
                     .map(|c| {
                         (
-                            c.kind.clone(),
-                            c.status.clone(),
-                            problem_detail(c.error.as_deref()),
+                            c.kind,
+                            c.status,
+                            c.error
+                                .as_ref()
+                                .map(|e| e.detail.clone())
+                                .unwrap_or_default(),
                         )
                     })
                     .collect(),
             })
             .collect(),
-        error: problem_detail(o.error.as_deref()),
+        error: o
+            .error
+            .as_ref()
+            .map(|e| e.detail.clone())
+            .unwrap_or_default(),
         rejection_reason: o.rejection_reason.clone().unwrap_or_default(),
         approval_reason: o.approval_reason.clone().unwrap_or_default(),
         certificate: o.certificate_serial.clone(),
         awaiting: o.status == OrderStatus::AwaitingApproval,
     });
-    with_flash_cleared(&headers, page)
+    Ok(with_flash_cleared(&headers, page))
 }
 
 /// The dashboard user as a caller of the workflow: the account they
@@ -260,11 +246,13 @@ pub(super) fn reviewer(who: &Admin) -> Caller {
     }
 }
 
-pub(super) fn workflow_message(e: WorkflowError) -> Result<String, Response> {
+/// Back to `to` with a flash saying why the workflow refused (after
+/// `doing`, e.g. "Not approved"); a store or CA failure is an error page.
+pub(super) fn refused(to: &str, doing: &str, e: WorkflowError) -> Page {
     match e {
-        WorkflowError::Store(e) => Err(internal(e)),
-        WorkflowError::Ca(e) => Err(internal(e)),
-        other => Ok(other.to_string()),
+        WorkflowError::Store(e) => Err(e.into()),
+        WorkflowError::Ca(e) => Err(PageError::internal(e)),
+        other => Ok(redirect_with(to, &format!("{doing}: {other}"))),
     }
 }
 
@@ -272,7 +260,7 @@ pub(super) async fn approve(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Act { who, form, .. }: Act<Reviewers, ReviewForm>,
-) -> Response {
+) -> Page {
     let back = format!("/admin/requests/{id}");
     let reason = form.reason.as_deref();
     match state
@@ -280,17 +268,14 @@ pub(super) async fn approve(
         .approve(&reviewer(&who), &id, None, reason)
         .await
     {
-        Ok(b) => redirect_with(
+        Ok(b) => Ok(redirect_with(
             &back,
             &format!(
                 "Approved. Certificate {} was issued.",
                 b.order.certificate_serial.unwrap_or_default()
             ),
-        ),
-        Err(e) => match workflow_message(e) {
-            Ok(m) => redirect_with(&back, &format!("Not approved: {m}")),
-            Err(r) => r,
-        },
+        )),
+        Err(e) => refused(&back, "Not approved", e),
     }
 }
 
@@ -298,15 +283,15 @@ pub(super) async fn reject(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Act { who, form, .. }: Act<Reviewers, ReviewForm>,
-) -> Response {
+) -> Page {
     let back = format!("/admin/requests/{id}");
     let reason = form.reason.as_deref().unwrap_or("");
     match state.orders.reject(&reviewer(&who), &id, reason).await {
-        Ok(_) => redirect_with(&back, "Rejected. The requester sees your reason."),
-        Err(e) => match workflow_message(e) {
-            Ok(m) => redirect_with(&back, &format!("Not rejected: {m}")),
-            Err(r) => r,
-        },
+        Ok(_) => Ok(redirect_with(
+            &back,
+            "Rejected. The requester sees your reason.",
+        )),
+        Err(e) => refused(&back, "Not rejected", e),
     }
 }
 

@@ -1,7 +1,5 @@
 //! Sign-in, sign-out and changing one's own password.
 
-#![allow(clippy::result_large_err)]
-
 use super::*;
 
 #[derive(Template)]
@@ -34,11 +32,13 @@ pub(super) async fn login(
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Form(form): Form<SignInForm>,
-) -> Response {
+) -> Page {
     let expected = session::cookie(&headers, session::LOGIN_COOKIE).unwrap_or("");
     let sent = form.csrf.as_str();
     if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(sent.as_bytes())) {
-        return session::forbidden("the sign-in form expired; reload the page and try again");
+        return Err(PageError::Forbidden(
+            "the sign-in form expired; reload the page and try again".into(),
+        ));
     }
     let username = form.username.trim().to_owned();
     let password = form.password.as_str();
@@ -61,7 +61,7 @@ pub(super) async fn login(
             } else {
                 "/admin"
             };
-            (
+            Ok((
                 AppendHeaders([
                     (header::SET_COOKIE, session::session_cookie(&token)),
                     (
@@ -71,9 +71,9 @@ pub(super) async fn login(
                 ]),
                 Redirect::to(to),
             )
-                .into_response()
+                .into_response())
         }
-        Err(UserError::Store(e)) => internal(e),
+        Err(UserError::Store(e)) => Err(e.into()),
         Err(e) => {
             let token = users::random_token(24);
             let (status, retry_after) = match &e {
@@ -101,7 +101,7 @@ pub(super) async fn login(
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
-            response
+            Ok(response)
         }
     }
 }
@@ -109,11 +109,11 @@ pub(super) async fn login(
 pub(super) async fn logout(
     State(state): State<Arc<AppState>>,
     Act { who, .. }: Act<Anyone>,
-) -> Response {
+) -> Page {
     if let Err(e) = users::sign_out(state.authority.store().as_ref(), &who.0).await {
-        return internal(e);
+        return Err(PageError::internal(e));
     }
-    (
+    Ok((
         AppendHeaders([
             (
                 header::SET_COOKIE,
@@ -123,7 +123,7 @@ pub(super) async fn logout(
         ]),
         Redirect::to("/admin/login"),
     )
-        .into_response()
+        .into_response())
 }
 
 #[derive(Template)]
@@ -147,7 +147,7 @@ pub(super) async fn change_password(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Act { who, form, .. }: Act<Anyone, PasswordForm>,
-) -> Response {
+) -> Page {
     let new = form.new_password.as_str();
     let error = if new != form.confirm {
         Some("the two new passwords differ".to_owned())
@@ -162,7 +162,7 @@ pub(super) async fn change_password(
         .await
         {
             Ok((token, _)) => {
-                return (
+                return Ok((
                     AppendHeaders([
                         (header::SET_COOKIE, session::session_cookie(&token)),
                         (
@@ -172,9 +172,9 @@ pub(super) async fn change_password(
                     ]),
                     Redirect::to("/admin"),
                 )
-                    .into_response()
+                    .into_response())
             }
-            Err(UserError::Store(e)) => return internal(e),
+            Err(UserError::Store(e)) => return Err(e.into()),
             Err(e) => Some(e.to_string()),
         }
     };
@@ -183,7 +183,7 @@ pub(super) async fn change_password(
         chrome: chrome(&who, &headers, "password"),
         error,
     });
-    (StatusCode::BAD_REQUEST, page).into_response()
+    Ok((StatusCode::BAD_REQUEST, page).into_response())
 }
 
 /// The sign-in form (its CSRF token is the sign-in page's cookie: there is

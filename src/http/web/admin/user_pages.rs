@@ -1,7 +1,5 @@
 //! Dashboard users: add, role, account link, disable/enable.
 
-#![allow(clippy::result_large_err)]
-
 use super::*;
 
 /// A user row.
@@ -9,7 +7,7 @@ pub struct UserRow {
     /// Name.
     pub username: String,
     /// Role.
-    pub role: String,
+    pub role: UserRole,
     /// Disabled.
     pub disabled: bool,
     /// Must change password.
@@ -34,15 +32,16 @@ pub(super) async fn users_page(
     State(state): State<Arc<AppState>>,
     who: Admin,
     headers: HeaderMap,
-) -> Response {
-    let rows = match state.authority.reads().users().await {
-        Ok(u) => u,
-        Err(e) => return internal(e),
-    };
-    let accounts = match state.authority.reads().accounts().await {
-        Ok(a) => a.into_iter().map(|a| (a.id, a.name)).collect(),
-        Err(e) => return internal(e),
-    };
+) -> Page {
+    let rows = state.authority.reads().users().await?;
+    let accounts = state
+        .authority
+        .reads()
+        .accounts()
+        .await?
+        .into_iter()
+        .map(|a| (a.id, a.name))
+        .collect();
     let page = render(&UsersPage {
         chrome: chrome(&who, &headers, "users"),
         rows: rows
@@ -59,25 +58,25 @@ pub(super) async fn users_page(
         roles: UserRole::ALL.iter().map(|r| r.as_str()).collect(),
         accounts,
     });
-    with_flash_cleared(&headers, page)
+    Ok(with_flash_cleared(&headers, page))
 }
 
-pub(super) fn user_result(r: Result<(), UserError>, ok: &str) -> Response {
+pub(super) fn user_result(r: Result<(), UserError>, ok: &str) -> Page {
     match r {
-        Ok(()) => redirect_with("/admin/users", ok),
-        Err(UserError::Store(e)) => internal(e),
-        Err(e) => redirect_with("/admin/users", &format!("Not changed: {e}")),
+        Ok(()) => Ok(redirect_with("/admin/users", ok)),
+        Err(UserError::Store(e)) => Err(e.into()),
+        Err(e) => Ok(redirect_with("/admin/users", &format!("Not changed: {e}"))),
     }
 }
 
 pub(super) async fn add_user(
     State(state): State<Arc<AppState>>,
     Act { who, form, .. }: Act<Admins, NewUserForm>,
-) -> Response {
+) -> Page {
     let name = form.username.trim();
     let role = match form.role.parse::<UserRole>() {
         Ok(r) => r,
-        Err(e) => return user_result(Err(e), ""),
+        Err(e) => return user_result(Err(e.into()), ""),
     };
     let r = users::add_user(
         state.authority.store().as_ref(),
@@ -98,10 +97,10 @@ pub(super) async fn set_user_role(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     Act { who, form, .. }: Act<Admins, RoleForm>,
-) -> Response {
+) -> Page {
     let role = match form.role.parse::<UserRole>() {
         Ok(r) => r,
-        Err(e) => return user_result(Err(e), ""),
+        Err(e) => return user_result(Err(e.into()), ""),
     };
     let r = users::modify_user(
         state.authority.store().as_ref(),
@@ -118,7 +117,7 @@ pub(super) async fn link_user(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     Act { who, form, .. }: Act<Admins, LinkForm>,
-) -> Response {
+) -> Page {
     let account = form
         .account
         .as_deref()
@@ -142,11 +141,11 @@ pub(super) async fn toggle_user(
     State(state): State<Arc<AppState>>,
     Path((name, action)): Path<(String, String)>,
     Act { who, .. }: Act<Admins>,
-) -> Response {
+) -> Page {
     let disabled = match action.as_str() {
         "disable" => true,
         "enable" => false,
-        _ => return not_found("such action"),
+        _ => return Err(PageError::NotFound("such action")),
     };
     let r = users::modify_user(
         state.authority.store().as_ref(),
