@@ -23,13 +23,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use hallmark::config::Config;
-use hallmark::service::Service;
 use serde_json::json;
 
 use acme_client::Client;
 
-const PASSPHRASE: &str = "benchmark passphrase";
 const NAME: &str = "127.0.0.1";
 
 type Answers = Arc<Mutex<HashMap<String, String>>>;
@@ -67,63 +64,21 @@ async fn run(backend: &str, args: &common::LoadArgs, reuse: bool) -> Result<f64,
         .ok_or("database unavailable")?;
     let answers: Answers = Arc::default();
     let http01_port = http01_server(answers.clone()).await;
-    let https = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let env = vec![
-        ("DATABASE_URL".to_string(), url),
-        (
-            "HALLMARK_SERVER__HTTPS_LISTEN".into(),
-            https.local_addr().unwrap().to_string(),
-        ),
-        (
-            "HALLMARK_SERVER__HTTP_LISTEN".into(),
-            http.local_addr().unwrap().to_string(),
-        ),
-        (
-            "HALLMARK_VALIDATION__HTTP_PORT".into(),
-            http01_port.to_string(),
-        ),
-        ("HALLMARK_ORDERS__RATE_PER_MINUTE".into(), "0".into()),
-        (
-            "HALLMARK_ORDERS__MAX_PENDING_AUTHORIZATIONS".into(),
-            "0".into(),
-        ),
-        // Every client registers and asks for nonces from one address.
-        (
-            "HALLMARK_LIMITS__NEW_ACCOUNTS_PER_MINUTE".into(),
-            "0".into(),
-        ),
-        ("HALLMARK_LIMITS__NEW_NONCES_PER_MINUTE".into(), "0".into()),
-        (
-            "HALLMARK_ORDERS__REUSE_DAYS".into(),
-            if reuse { "30" } else { "0" }.into(),
-        ),
-    ];
-    let config = Config::load(None, &dir.path().join("data"), env).map_err(|e| e.to_string())?;
-    hallmark::datadir::init_ca(
-        &config,
-        PASSPHRASE.as_bytes(),
-        time::OffsetDateTime::now_utc(),
+    let reuse_days = if reuse { "30" } else { "0" };
+    let server = common::Server::start(
+        dir.path(),
+        url,
+        http01_port,
+        &[
+            // Every client registers and asks for nonces from one address.
+            ("HALLMARK_LIMITS__NEW_ACCOUNTS_PER_MINUTE", "0"),
+            ("HALLMARK_LIMITS__NEW_NONCES_PER_MINUTE", "0"),
+            ("HALLMARK_ORDERS__REUSE_DAYS", reuse_days),
+        ],
     )
-    .map_err(|e| e.to_string())?;
-    let service = Service::start(config.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(service.run(https, http, stopped));
-
-    let root = std::fs::read(config.data_dir.join("ca/root.crt.pem")).map_err(|e| e.to_string())?;
-    let http_client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&root).map_err(|e| e.to_string())?)
-        .tls_built_in_root_certs(false)
-        .pool_max_idle_per_host(args.concurrency)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let base = format!("{}/acme", config.public_https_url);
+    .await?;
+    let http_client = server.client(args.concurrency)?;
+    let base = format!("{}/acme", server.config.public_https_url);
     let publish = {
         let answers = answers.clone();
         Arc::new(move |token: &str, body: &str| {
@@ -171,8 +126,7 @@ async fn run(backend: &str, args: &common::LoadArgs, reuse: bool) -> Result<f64,
     }
     let elapsed = started.elapsed().as_secs_f64();
     let issued = (per_client * args.concurrency) as f64;
-    let _ = stop.send(true);
-    let _ = server.await;
+    server.stop().await;
     common::drop_database(pg_name).await;
     Ok(issued / elapsed)
 }

@@ -10,11 +10,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use hallmark::config::Config;
 use hallmark::service::Service;
 use hallmark::workflow::users::{self, UserRole};
 
-const PASSPHRASE: &str = "benchmark passphrase";
 const PASSWORD: &str = "benchmark password";
 
 fn args() -> (u64, Vec<String>) {
@@ -23,27 +21,12 @@ fn args() -> (u64, Vec<String>) {
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--count" => count = it.next().and_then(|v| v.parse().ok()).expect("--count N"),
-            "--backends" => {
-                backends = it
-                    .next()
-                    .expect("--backends list")
-                    .split(',')
-                    .map(String::from)
-                    .collect()
-            }
+            "--count" => count = common::value(&mut it, "--count"),
+            "--backends" => backends = common::list(&mut it, "--backends"),
             _ => {}
         }
     }
     (count, backends)
-}
-
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `n` certificates for `n` names over ten accounts, inserted by SQL.
@@ -103,30 +86,8 @@ fn main() {
                 eprintln!("{backend}: not reachable, skipped");
                 return;
             };
-            let (https, http) = (port(), port());
-            let config = Config::load(
-                None,
-                &dir.path().join("data"),
-                vec![
-                    ("DATABASE_URL".to_string(), url.clone()),
-                    (
-                        "HALLMARK_SERVER__HTTPS_LISTEN".into(),
-                        format!("127.0.0.1:{https}"),
-                    ),
-                    (
-                        "HALLMARK_SERVER__HTTP_LISTEN".into(),
-                        format!("127.0.0.1:{http}"),
-                    ),
-                ],
-            )
-            .unwrap();
-            hallmark::datadir::init_ca(
-                &config,
-                PASSPHRASE.as_bytes(),
-                time::OffsetDateTime::now_utc(),
-            )
-            .unwrap();
-            let authority = hallmark::service::open_authority(&config).await.unwrap();
+            let (config, authority) = common::made_ca(dir.path(), &url).await;
+            let https = config.https_listen.port();
             let issuer = authority.issuer().certificate().id().to_owned();
             fill(&url, &backend, &issuer, count).await;
             users::add_user(

@@ -32,29 +32,10 @@ fn args() -> Args {
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--count" => a.count = it.next().and_then(|v| v.parse().ok()).expect("--count N"),
-            "--concurrency" => {
-                a.concurrency = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--concurrency C")
-            }
-            "--key-types" => {
-                a.key_types = it
-                    .next()
-                    .expect("--key-types list")
-                    .split(',')
-                    .map(String::from)
-                    .collect()
-            }
-            "--backends" => {
-                a.backends = it
-                    .next()
-                    .expect("--backends list")
-                    .split(',')
-                    .map(String::from)
-                    .collect()
-            }
+            "--count" => a.count = common::value(&mut it, "--count"),
+            "--concurrency" => a.concurrency = common::value(&mut it, "--concurrency"),
+            "--key-types" => a.key_types = common::list(&mut it, "--key-types"),
+            "--backends" => a.backends = common::list(&mut it, "--backends"),
             _ => {} // cargo bench passes --bench
         }
     }

@@ -12,12 +12,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hallmark::config::Config;
-use hallmark::service::Service;
 use hallmark::workflow::accounts::{create_account, Role};
 use serde_json::{json, Value};
-
-const PASSPHRASE: &str = "benchmark passphrase";
 
 /// Answers every http-01 request with `body` (the bench proves one name).
 async fn http01_server(body: Arc<std::sync::Mutex<String>>) -> u16 {
@@ -43,59 +39,15 @@ async fn run(backend: &str, args: &common::LoadArgs, csr: &str) -> Result<f64, S
         .ok_or("database unavailable")?;
     let answer = Arc::new(std::sync::Mutex::new(String::new()));
     let http01_port = http01_server(answer.clone()).await;
-    let https = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let env = vec![
-        ("DATABASE_URL".to_string(), url),
-        (
-            "HALLMARK_SERVER__HTTPS_LISTEN".into(),
-            https.local_addr().unwrap().to_string(),
-        ),
-        (
-            "HALLMARK_SERVER__HTTP_LISTEN".into(),
-            http.local_addr().unwrap().to_string(),
-        ),
-        (
-            "HALLMARK_VALIDATION__HTTP_PORT".into(),
-            http01_port.to_string(),
-        ),
-        ("HALLMARK_ORDERS__RATE_PER_MINUTE".into(), "0".into()),
-        (
-            "HALLMARK_ORDERS__MAX_PENDING_AUTHORIZATIONS".into(),
-            "0".into(),
-        ),
-    ];
-    let config = Config::load(None, &dir.path().join("data"), env).map_err(|e| e.to_string())?;
-    hallmark::datadir::init_ca(
-        &config,
-        PASSPHRASE.as_bytes(),
-        time::OffsetDateTime::now_utc(),
-    )
-    .map_err(|e| e.to_string())?;
-    let service = Service::start(config.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    let store = service.authority().store().clone();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(service.run(https, http, stopped));
-
+    let server = common::Server::start(dir.path(), url, http01_port, &[]).await?;
+    let store = server.authority.store().clone();
     let key = create_account(store.as_ref(), "bench", Role::Requester, "bench")
         .await
         .map_err(|e| e.to_string())?
         .api_key
         .to_string();
-    let root = std::fs::read(config.data_dir.join("ca/root.crt.pem")).map_err(|e| e.to_string())?;
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&root).map_err(|e| e.to_string())?)
-        .tls_built_in_root_certs(false)
-        .pool_max_idle_per_host(args.concurrency)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let orders = format!("{}/api/v1/orders", config.public_https_url);
+    let client = server.client(args.concurrency)?;
+    let orders = format!("{}/api/v1/orders", server.config.public_https_url);
     let post = |client: reqwest::Client, key: String, orders: String, csr: String| async move {
         let r = client
             .post(&orders)
@@ -172,8 +124,7 @@ async fn run(backend: &str, args: &common::LoadArgs, csr: &str) -> Result<f64, S
     }
     let elapsed = started.elapsed().as_secs_f64();
     let issued = (per_task * args.concurrency) as f64;
-    let _ = stop.send(true);
-    let _ = server.await;
+    server.stop().await;
     common::drop_database(pg_name).await;
     Ok(issued / elapsed)
 }

@@ -18,8 +18,6 @@ use hallmark::config::Config;
 use hallmark::service::Service;
 use hallmark::workflow::crl::{CrlKind, CrlPublisher};
 
-const PASSPHRASE: &str = "benchmark passphrase";
-
 struct Args {
     sizes: Vec<u64>,
     backends: Vec<String>,
@@ -39,29 +37,12 @@ fn args() -> Args {
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--sizes" => {
-                a.sizes = it
-                    .next()
-                    .expect("--sizes list")
-                    .split(',')
-                    .map(|s| s.parse().expect("a number"))
-                    .collect()
-            }
-            "--backends" => {
-                a.backends = it
-                    .next()
-                    .expect("--backends list")
-                    .split(',')
-                    .map(String::from)
-                    .collect()
-            }
+            "--sizes" => a.sizes = common::list(&mut it, "--sizes"),
+            "--backends" => a.backends = common::list(&mut it, "--backends"),
             "--no-http" => a.http = false,
             "--case" => {
-                let backend = it.next().expect("--case BACKEND N");
-                let n = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--case BACKEND N");
+                let backend = common::value(&mut it, "--case");
+                let n = common::value(&mut it, "--case");
                 a.case = Some((backend, n));
             }
             _ => {}
@@ -95,25 +76,6 @@ fn rss_mib() -> f64 {
 /// Resets VmHWM to the current RSS (Linux ≥ 4.0).
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn config(dir: &std::path::Path, url: &str, https: u16, http: u16) -> Config {
-    Config::load(
-        None,
-        &dir.join("data"),
-        vec![
-            ("DATABASE_URL".to_string(), url.to_string()),
-            (
-                "HALLMARK_SERVER__HTTPS_LISTEN".into(),
-                format!("127.0.0.1:{https}"),
-            ),
-            (
-                "HALLMARK_SERVER__HTTP_LISTEN".into(),
-                format!("127.0.0.1:{http}"),
-            ),
-        ],
-    )
-    .unwrap()
 }
 
 /// Inserts `n` revoked certificates of `issuer` in the database itself
@@ -245,21 +207,7 @@ async fn generation_case(backend: &str, n: u64, http: bool) {
         eprintln!("{backend}: not reachable, skipped");
         return;
     };
-    let port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let config = config(dir.path(), &url, port(), port());
-    hallmark::datadir::init_ca(
-        &config,
-        PASSPHRASE.as_bytes(),
-        time::OffsetDateTime::now_utc(),
-    )
-    .unwrap();
-    let authority = hallmark::service::open_authority(&config).await.unwrap();
+    let (config, authority) = common::made_ca(dir.path(), &url).await;
     let issuer = authority.issuer().certificate().id().to_owned();
     fill(&url, backend, &issuer, n).await;
     let crls = CrlPublisher::new(authority.clone(), config.crl.clone());

@@ -215,6 +215,22 @@ impl Transition {
         }
     }
 
+    /// The audit action it is recorded as (`order.<where it ends>`, or
+    /// what a reviewer did); `None` for taking over a stale claim, which
+    /// records nothing (the claim's first move was recorded).
+    pub fn audit_action(self) -> Option<&'static str> {
+        match self {
+            Transition::Validated => Some("order.ready"),
+            Transition::AwaitApproval => Some("order.awaiting_approval"),
+            Transition::ClaimIssuance => Some("order.processing"),
+            Transition::Approve => Some("order.approve"),
+            Transition::Reject => Some("order.reject"),
+            Transition::RetakeClaim => None,
+            Transition::Issue => Some("order.valid"),
+            Transition::Fail(_) => Some("order.invalid"),
+        }
+    }
+
     /// Whether it is in the table (`Fail` from a final status is not).
     pub fn is_legal(self) -> bool {
         !self.from().is_final()
@@ -742,5 +758,12 @@ mod tests {
             Transition::Approve.to_string(),
             "awaiting_approval → processing"
         );
+        for t in Transition::ALL {
+            match t.audit_action() {
+                Some(action) => assert!(action.starts_with("order."), "{t}"),
+                None => assert_eq!(t, Transition::RetakeClaim),
+            }
+        }
+        assert_eq!(Transition::Validated.audit_action(), Some("order.ready"));
     }
 }

@@ -104,11 +104,12 @@ impl Orders {
             }
             (true, Validation::Ov) => {
                 bundle.order.status = OrderStatus::AwaitingApproval;
-                events.push(transition_event(
+                events.extend(transition_event(
                     now,
                     &actor,
                     &order_id,
-                    OrderStatus::AwaitingApproval,
+                    Transition::AwaitApproval,
+                    serde_json::json!({}),
                 ));
                 store.create_order(&bundle, events).await?;
             }
@@ -289,11 +290,12 @@ impl Orders {
             details: serde_json::json!({"validation": "dv", "names": names, "source": "acme"}),
         }];
         if bundle.order.status == OrderStatus::Ready {
-            events.push(transition_event(
+            events.extend(transition_event(
                 now,
                 &caller.actor,
                 &bundle.order.id,
-                OrderStatus::Ready,
+                Transition::Validated,
+                serde_json::json!({}),
             ));
         }
         self.authority.store().create_order(&bundle, events).await?;

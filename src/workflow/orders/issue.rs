@@ -35,24 +35,17 @@ impl Orders {
                 order: want,
             });
         }
-        let now = OffsetDateTime::now_utc();
+        let update = OrderUpdate {
+            csr_der: Some(checked.csr.der().to_vec()),
+            ..OrderUpdate::default()
+        };
         let moved = self
-            .authority
-            .store()
-            .transition_order(
+            .move_order(
                 order_id,
                 Transition::ClaimIssuance,
-                &OrderUpdate {
-                    csr_der: Some(checked.csr.der().to_vec()),
-                    ..OrderUpdate::default()
-                },
-                now.unix_timestamp(),
-                vec![transition_event(
-                    now,
-                    &caller.actor,
-                    order_id,
-                    OrderStatus::Processing,
-                )],
+                &update,
+                &caller.actor,
+                serde_json::json!({}),
             )
             .await?;
         if !moved {
@@ -69,21 +62,13 @@ impl Orders {
 
     /// Takes a `ready` DV order to `processing` and issues it.
     pub(super) async fn issue_ready(&self, order_id: &str) {
-        let now = OffsetDateTime::now_utc();
         let claimed = self
-            .authority
-            .store()
-            .transition_order(
+            .move_order(
                 order_id,
                 Transition::ClaimIssuance,
                 &OrderUpdate::default(),
-                now.unix_timestamp(),
-                vec![transition_event(
-                    now,
-                    "system",
-                    order_id,
-                    OrderStatus::Processing,
-                )],
+                "system",
+                serde_json::json!({}),
             )
             .await;
         let order = match claimed {
@@ -131,24 +116,17 @@ impl Orders {
                 )
             }
         };
-        let now = OffsetDateTime::now_utc();
+        let update = OrderUpdate {
+            error: Some(error),
+            ..OrderUpdate::default()
+        };
         if let Err(e) = self
-            .authority
-            .store()
-            .transition_order(
+            .move_order(
                 &order.id,
                 Transition::Fail(OrderStatus::Processing),
-                &OrderUpdate {
-                    error: Some(error),
-                    ..OrderUpdate::default()
-                },
-                now.unix_timestamp(),
-                vec![transition_event(
-                    now,
-                    "system",
-                    &order.id,
-                    OrderStatus::Invalid,
-                )],
+                &update,
+                "system",
+                serde_json::json!({}),
             )
             .await
         {

@@ -221,18 +221,48 @@ fn account_actor(account_id: &str) -> String {
     format!("account:{account_id}")
 }
 
+/// The audit record of `transition` on `order_id` by `actor`.
 fn transition_event(
     at: OffsetDateTime,
     actor: &str,
     order_id: &str,
-    to: OrderStatus,
-) -> AuditEvent {
-    AuditEvent {
+    transition: Transition,
+    details: serde_json::Value,
+) -> Option<AuditEvent> {
+    Some(AuditEvent {
         at,
         actor: actor.to_owned(),
-        action: format!("order.{}", to.as_str()),
+        action: transition.audit_action()?.to_owned(),
         subject: order_id.to_owned(),
-        details: serde_json::json!({}),
+        details,
+    })
+}
+
+impl Orders {
+    /// Makes `transition` on `order_id`, setting `update`'s fields, with its
+    /// audit record (the transition's action, by `actor`, with `details`):
+    /// the one way the workflow moves an existing order. `false` if the
+    /// order was no longer where the transition starts.
+    pub(super) async fn move_order(
+        &self,
+        order_id: &str,
+        transition: Transition,
+        update: &OrderUpdate,
+        actor: &str,
+        details: serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let event = transition_event(now, actor, order_id, transition, details);
+        self.authority
+            .store()
+            .transition_order(
+                order_id,
+                transition,
+                update,
+                now.unix_timestamp(),
+                event.into_iter().collect(),
+            )
+            .await
     }
 }
 

@@ -25,32 +25,22 @@ impl Orders {
         }
         let bundle = self.reviewable(caller, order_id, "approve").await?;
         let organization = organization.map(check_organization).transpose()?;
-        let now = OffsetDateTime::now_utc();
         let vetted = organization
             .clone()
             .or_else(|| bundle.order.organization.clone());
+        let update = OrderUpdate {
+            organization,
+            approval_reason: reason.map(str::to_owned),
+            ..OrderUpdate::default()
+        };
+        let details = serde_json::json!({ "organization": vetted, "reason": reason });
         let moved = self
-            .authority
-            .store()
-            .transition_order(
+            .move_order(
                 order_id,
                 Transition::Approve,
-                &OrderUpdate {
-                    organization,
-                    approval_reason: reason.map(str::to_owned),
-                    ..OrderUpdate::default()
-                },
-                now.unix_timestamp(),
-                vec![AuditEvent {
-                    at: now,
-                    actor: caller.actor.clone(),
-                    action: "order.approve".into(),
-                    subject: order_id.to_owned(),
-                    details: serde_json::json!({
-                        "organization": vetted,
-                        "reason": reason,
-                    }),
-                }],
+                &update,
+                &caller.actor,
+                details,
             )
             .await?;
         if !moved {
@@ -76,25 +66,18 @@ impl Orders {
             ));
         }
         self.reviewable(caller, order_id, "reject").await?;
-        let now = OffsetDateTime::now_utc();
+        let update = OrderUpdate {
+            rejection_reason: Some(reason.to_owned()),
+            ..OrderUpdate::default()
+        };
+        let details = serde_json::json!({ "reason": reason });
         let moved = self
-            .authority
-            .store()
-            .transition_order(
+            .move_order(
                 order_id,
                 Transition::Reject,
-                &OrderUpdate {
-                    rejection_reason: Some(reason.to_owned()),
-                    ..OrderUpdate::default()
-                },
-                now.unix_timestamp(),
-                vec![AuditEvent {
-                    at: now,
-                    actor: caller.actor.clone(),
-                    action: "order.reject".into(),
-                    subject: order_id.to_owned(),
-                    details: serde_json::json!({ "reason": reason }),
-                }],
+                &update,
+                &caller.actor,
+                details,
             )
             .await?;
         if !moved {

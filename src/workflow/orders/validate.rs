@@ -116,16 +116,16 @@ impl Orders {
         });
         // The store makes one of these moves when the last authorization
         // settles (inside `finish_challenge`, atomically with the result).
-        let when_all_valid = if order.validation == Validation::Ov {
+        let all_valid = if order.validation == Validation::Ov {
             Transition::AwaitApproval
         } else {
             Transition::Validated
-        }
-        .to();
+        };
+        let when_all_valid = all_valid.to();
         let next = if error.is_some() {
-            Transition::Fail(OrderStatus::Pending).to()
+            Transition::Fail(OrderStatus::Pending)
         } else {
-            when_all_valid
+            all_valid
         };
         let events = vec![AuditEvent {
             at: now,
@@ -144,7 +144,9 @@ impl Orders {
                 "error": outcome.as_ref().err().map(|e| e.to_string()),
             }),
         }];
-        let on_change = vec![transition_event(now, "system", &order.id, next)];
+        let on_change = transition_event(now, "system", &order.id, next, serde_json::json!({}))
+            .into_iter()
+            .collect();
         let result = self
             .authority
             .store()
