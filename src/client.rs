@@ -15,29 +15,50 @@ use serde_json::{json, Value};
 use crate::datadir::replace_file;
 use crate::pki::{pem_decode_all, pem_encode, KeyType, PrivateKey};
 
-/// What `hallmark request` was asked for.
-#[derive(Debug, Clone)]
+/// What `hallmark request` was asked for: its command-line options.
+#[derive(Debug, Clone, clap::Args)]
 pub struct RequestOptions {
-    /// The hallmark HTTPS base URL (`https://ca.internal:8443`).
+    /// The hallmark HTTPS URL, e.g. https://ca.internal:8443
+    #[arg(long, env = "HALLMARK_SERVER")]
     pub server: String,
-    /// The account's API key.
+    /// The account's API key
+    #[arg(long, env = "HALLMARK_API_KEY", hide_env_values = true)]
     pub api_key: String,
-    /// Names (and IP addresses) to certify; the first is the CN.
+    /// A name or IP address to certify (repeat for more; the first is the CN)
+    #[arg(long = "domain", required = true)]
     pub domains: Vec<String>,
-    /// Answer dns-01 (records created by hand) instead of http-01.
+    /// Prove control by DNS TXT records you create (prints them and waits for Enter)
+    #[arg(long)]
     pub dns: bool,
-    /// The CA root to trust for the server's certificate.
+    /// The CA root to trust (download it from <public_http_url>/ca/root.pem)
+    #[arg(long, env = "HALLMARK_CA_FILE")]
     pub ca_file: Option<PathBuf>,
-    /// Where to write `key.pem`, `cert.pem`, `chain.pem`, `fullchain.pem`.
+    /// Directory to write the key and certificates into
+    #[arg(long, default_value = ".")]
     pub out: PathBuf,
-    /// Where the http-01 answer server listens.
+    /// Where to answer http-01 (the CA fetches http://<name>:<validation.http_port>/…)
+    #[arg(long, default_value = "0.0.0.0:80")]
     pub http_listen: SocketAddr,
-    /// The certificate's key type.
+    /// Key type of the new key: p256, p384, rsa2048, rsa3072 or rsa4096
+    #[arg(long, default_value = "p256", value_parser = key_type)]
     pub key_type: KeyType,
-    /// Validity in days (the CA's default if none).
+    /// Validity in days [default: the CA's policy.default_validity_days]
+    #[arg(long)]
     pub days: Option<u32>,
-    /// How long to wait for validation and issuance.
+    /// Seconds to wait for validation and issuance
+    #[arg(long = "timeout", default_value = "300", value_parser = seconds)]
     pub timeout: Duration,
+}
+
+fn key_type(text: &str) -> Result<KeyType, String> {
+    text.parse()
+        .map_err(|e: crate::pki::key::KeyError| e.to_string())
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{text:?} is not a whole number of seconds"))
 }
 
 /// Runs the whole request; returns the paths written.

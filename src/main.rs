@@ -87,38 +87,7 @@ enum Command {
     /// Get a DV certificate from a hallmark server: make a key and CSR,
     /// prove control of the names, and write key.pem, cert.pem, chain.pem
     /// and fullchain.pem
-    Request {
-        /// The hallmark HTTPS URL, e.g. https://ca.internal:8443
-        #[arg(long, env = "HALLMARK_SERVER")]
-        server: String,
-        /// The account's API key
-        #[arg(long, env = "HALLMARK_API_KEY", hide_env_values = true)]
-        api_key: String,
-        /// A name or IP address to certify (repeat for more; the first is the CN)
-        #[arg(long = "domain", required = true)]
-        domains: Vec<String>,
-        /// Prove control by DNS TXT records you create (prints them and waits for Enter)
-        #[arg(long)]
-        dns: bool,
-        /// The CA root to trust (download it from <public_http_url>/ca/root.pem)
-        #[arg(long, env = "HALLMARK_CA_FILE")]
-        ca_file: Option<PathBuf>,
-        /// Directory to write the key and certificates into
-        #[arg(long, default_value = ".")]
-        out: PathBuf,
-        /// Where to answer http-01 (the CA fetches http://<name>:<validation.http_port>/…)
-        #[arg(long, default_value = "0.0.0.0:80")]
-        http_listen: std::net::SocketAddr,
-        /// Key type of the new key
-        #[arg(long, default_value = "p256", value_parser = ["p256", "p384", "rsa2048", "rsa3072", "rsa4096"])]
-        key_type: String,
-        /// Validity in days [default: the CA's policy.default_validity_days]
-        #[arg(long)]
-        days: Option<u32>,
-        /// Seconds to wait for validation and issuance
-        #[arg(long, default_value = "300")]
-        timeout: u64,
-    },
+    Request(hallmark::client::RequestOptions),
 }
 
 #[derive(Subcommand)]
@@ -260,31 +229,7 @@ fn init_logging(format: &str) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Request {
-        server,
-        api_key,
-        domains,
-        dns,
-        ca_file,
-        out,
-        http_listen,
-        key_type,
-        days,
-        timeout,
-    } = cli.command
-    {
-        let options = hallmark::client::RequestOptions {
-            server,
-            api_key,
-            domains,
-            dns,
-            ca_file,
-            out,
-            http_listen,
-            key_type: key_type.parse()?,
-            days,
-            timeout: std::time::Duration::from_secs(timeout),
-        };
+    if let Command::Request(options) = cli.command {
         let written = hallmark::client::request(&options, || {
             let mut line = String::new();
             std::io::stdin()
