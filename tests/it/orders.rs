@@ -173,6 +173,24 @@ async fn a_dv_order_by_http01_is_issued_at_once_and_its_names_are_reused() {
         let (_, valid) = lab.get(&key, "/orders?status=valid").await;
         assert_eq!(valid["orders"].as_array().unwrap().len(), 2);
         assert!(valid["next"].is_null());
+        // A list query it cannot follow is refused with the reason.
+        for (query, says) in [
+            (
+                "status=issued",
+                "unknown order status \"issued\"; expected one of pending,",
+            ),
+            ("limit=0", "\"limit\" must be between 1 and 100"),
+            ("before=yesterday", "\"before\" must be the \"next\" value"),
+            ("q=web", "orders have no search"),
+            ("sort=asc", "unknown field"),
+        ] {
+            let (status, problem) = lab.get(&key, &format!("/orders?{query}")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {problem}");
+            assert!(
+                problem["detail"].as_str().unwrap().contains(says),
+                "{query}: {problem}"
+            );
+        }
 
         // Every step is in the audit log, and the chain verifies.
         let audit = lab

@@ -4,14 +4,14 @@
 use crate::acme_error::AcmeError;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{rfc3339, ApiCaller, ApiJson};
+use super::{rfc3339, ApiCaller, ApiJson, Listing};
 use crate::http::problem::Problem;
 use crate::http::AppState;
 use crate::pki::crl::RevocationReason;
@@ -85,21 +85,6 @@ impl CertificateView {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    q: Option<String>,
-    #[serde(default)]
-    before: Option<String>,
-    #[serde(default)]
-    limit: Option<i64>,
-    #[serde(default)]
-    all: Option<bool>,
-}
-
 #[derive(Serialize)]
 struct CertificateList {
     certificates: Vec<CertificateView>,
@@ -113,18 +98,11 @@ const MAX_SEARCH: usize = 253;
 async fn list(
     State(state): State<Arc<AppState>>,
     ApiCaller(caller): ApiCaller,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    listing: Listing<CertificateStatus>,
 ) -> Result<Json<CertificateList>, Problem> {
-    let Query(query) = query.map_err(|e| Problem::malformed(e.body_text()))?;
-    let status = match query.status.as_deref() {
-        None | Some("") => None,
-        Some(word) => Some(
-            word.parse::<CertificateStatus>()
-                .map_err(|e| Problem::malformed(e.to_string()))?,
-        ),
-    };
-    let search = query
+    let search = listing
         .q
+        .as_deref()
         .map(|q| q.trim().to_ascii_lowercase())
         .filter(|q| !q.is_empty());
     if search.as_ref().is_some_and(|q| q.len() > MAX_SEARCH) {
@@ -132,8 +110,7 @@ async fn list(
             "\"q\" must be at most {MAX_SEARCH} characters"
         )));
     }
-    let (before, limit) = super::page(query.before.as_deref(), query.limit)?;
-    let everyone = query.all.unwrap_or(false);
+    let everyone = listing.all;
     if everyone && caller.role == Role::Requester {
         return Err(Problem::acme(
             StatusCode::FORBIDDEN,
@@ -147,20 +124,14 @@ async fn list(
         .reads()
         .certificates(&CertificateQuery {
             account_id: (!everyone).then(|| caller.account_id.clone()),
-            status,
+            status: listing.status,
             search,
-            before,
-            limit,
+            before: listing.before.clone(),
+            limit: listing.limit,
             now,
         })
         .await?;
-    let next = (certs.len() as i64 == limit)
-        .then(|| {
-            certs
-                .last()
-                .map(|c| format!("{}.{}", c.created_at, c.serial))
-        })
-        .flatten();
+    let next = listing.next(&certs, |c| (c.created_at, c.serial.to_string()));
     Ok(Json(CertificateList {
         certificates: certs
             .into_iter()

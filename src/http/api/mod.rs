@@ -173,28 +173,88 @@ impl axum::extract::OptionalFromRequestParts<Arc<AppState>> for ApiCaller {
     }
 }
 
-/// The `before` and `limit` of a list request: `before` is a previous
-/// page's `next` (`<created_at>.<id>`), `limit` 1 to `MAX_PAGE` (50 if
-/// none).
-pub(super) fn page(
-    before: Option<&str>,
+/// A list request's query: `status` (a word of `S`; empty is none),
+/// `before` (a previous page's `next`, `<created_at>.<id>`), `limit` (1 to
+/// `MAX_PAGE`, 50 if none), `all` (every account's) and `q` (a search, where
+/// the route has one). Anything else is refused.
+pub(super) struct Listing<S> {
+    pub status: Option<S>,
+    pub before: Option<(i64, String)>,
+    pub limit: i64,
+    pub all: bool,
+    pub q: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    q: Option<String>,
+    #[serde(default)]
+    before: Option<String>,
+    #[serde(default)]
     limit: Option<i64>,
-) -> Result<(Option<(i64, String)>, i64), Problem> {
-    let before = before
-        .map(|b| {
-            b.split_once('.')
-                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())))
-                .ok_or_else(|| {
-                    Problem::malformed("\"before\" must be the \"next\" value of a previous page")
-                })
+    #[serde(default)]
+    all: Option<bool>,
+}
+
+impl<S, St> FromRequestParts<St> for Listing<S>
+where
+    S: std::str::FromStr<Err = crate::words::UnknownWord> + Send,
+    St: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Problem> {
+        let axum::extract::Query(query) =
+            axum::extract::Query::<ListQuery>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| Problem::malformed(e.body_text()))?;
+        let status = match query.status.as_deref() {
+            None | Some("") => None,
+            Some(word) => Some(
+                word.parse::<S>()
+                    .map_err(|e| Problem::malformed(e.to_string()))?,
+            ),
+        };
+        let before = query
+            .before
+            .map(|b| {
+                b.split_once('.')
+                    .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())))
+                    .ok_or_else(|| {
+                        Problem::malformed(
+                            "\"before\" must be the \"next\" value of a previous page",
+                        )
+                    })
+            })
+            .transpose()?;
+        let limit = query.limit.unwrap_or(50);
+        if !(1..=crate::workflow::orders::MAX_PAGE).contains(&limit) {
+            return Err(Problem::malformed(format!(
+                "\"limit\" must be between 1 and {}",
+                crate::workflow::orders::MAX_PAGE
+            )));
+        }
+        Ok(Listing {
+            status,
+            before,
+            limit,
+            all: query.all.unwrap_or(false),
+            q: query.q,
         })
-        .transpose()?;
-    let limit = limit.unwrap_or(50);
-    if !(1..=crate::workflow::orders::MAX_PAGE).contains(&limit) {
-        return Err(Problem::malformed(format!(
-            "\"limit\" must be between 1 and {}",
-            crate::workflow::orders::MAX_PAGE
-        )));
     }
-    Ok((before, limit))
+}
+
+impl<S> Listing<S> {
+    /// The `next` of a page of `items`: the last one's `(created_at, id)`
+    /// if the page is full, else none (this was the last page).
+    pub fn next<T>(&self, items: &[T], key: impl Fn(&T) -> (i64, String)) -> Option<String> {
+        (items.len() as i64 == self.limit)
+            .then(|| items.last().map(key))
+            .flatten()
+            .map(|(at, id)| format!("{at}.{id}"))
+    }
 }

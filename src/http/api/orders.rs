@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{rfc3339, ApiCaller, ApiJson};
+use super::{rfc3339, ApiCaller, ApiJson, Listing};
 use crate::http::problem::Problem;
 use crate::http::AppState;
 use crate::pki::profile::Organization;
@@ -88,19 +88,6 @@ async fn create(
         .into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    before: Option<String>,
-    #[serde(default)]
-    limit: Option<i64>,
-    #[serde(default)]
-    all: Option<bool>,
-}
-
 #[derive(Serialize)]
 struct OrderList {
     orders: Vec<OrderSummary>,
@@ -111,25 +98,24 @@ struct OrderList {
 async fn list(
     State(state): State<Arc<AppState>>,
     ApiCaller(caller): ApiCaller,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    listing: Listing<OrderStatus>,
 ) -> Result<Json<OrderList>, Problem> {
-    let Query(query) = query.map_err(|e| Problem::malformed(e.body_text()))?;
-    let status = query
-        .status
-        .as_deref()
-        .map(|s| {
-            s.parse::<OrderStatus>()
-                .map_err(|e| Problem::malformed(e.to_string()))
-        })
-        .transpose()?;
-    let (before, limit) = super::page(query.before.as_deref(), query.limit)?;
+    if listing.q.is_some() {
+        return Err(Problem::malformed(
+            "orders have no search; \"q\" is for certificates",
+        ));
+    }
     let orders = state
         .orders
-        .list(&caller, status, before, limit, query.all.unwrap_or(false))
+        .list(
+            &caller,
+            listing.status,
+            listing.before.clone(),
+            listing.limit,
+            listing.all,
+        )
         .await?;
-    let next = (orders.len() as i64 == limit)
-        .then(|| orders.last().map(|o| format!("{}.{}", o.created_at, o.id)))
-        .flatten();
+    let next = listing.next(&orders, |o| (o.created_at, o.id.clone()));
     Ok(Json(OrderList {
         orders: orders
             .iter()
