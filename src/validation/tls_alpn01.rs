@@ -10,6 +10,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use ring::signature as sig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -67,41 +68,20 @@ impl ServerCertVerifier for InspectLater {
 }
 
 /// Handshake signature schemes and the ring algorithms that check them.
-const SCHEMES: [(SignatureScheme, &dyn ring::signature::VerificationAlgorithm); 9] = [
-    (
-        SignatureScheme::ECDSA_NISTP256_SHA256,
-        &ring::signature::ECDSA_P256_SHA256_ASN1,
-    ),
-    (
-        SignatureScheme::ECDSA_NISTP384_SHA384,
-        &ring::signature::ECDSA_P384_SHA384_ASN1,
-    ),
-    (SignatureScheme::ED25519, &ring::signature::ED25519),
-    (
-        SignatureScheme::RSA_PSS_SHA256,
-        &ring::signature::RSA_PSS_2048_8192_SHA256,
-    ),
-    (
-        SignatureScheme::RSA_PSS_SHA384,
-        &ring::signature::RSA_PSS_2048_8192_SHA384,
-    ),
-    (
-        SignatureScheme::RSA_PSS_SHA512,
-        &ring::signature::RSA_PSS_2048_8192_SHA512,
-    ),
-    (
-        SignatureScheme::RSA_PKCS1_SHA256,
-        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-    ),
-    (
-        SignatureScheme::RSA_PKCS1_SHA384,
-        &ring::signature::RSA_PKCS1_2048_8192_SHA384,
-    ),
-    (
-        SignatureScheme::RSA_PKCS1_SHA512,
-        &ring::signature::RSA_PKCS1_2048_8192_SHA512,
-    ),
-];
+const SCHEMES: [(SignatureScheme, &dyn sig::VerificationAlgorithm); 9] = {
+    use SignatureScheme as S;
+    [
+        (S::ECDSA_NISTP256_SHA256, &sig::ECDSA_P256_SHA256_ASN1),
+        (S::ECDSA_NISTP384_SHA384, &sig::ECDSA_P384_SHA384_ASN1),
+        (S::ED25519, &sig::ED25519),
+        (S::RSA_PSS_SHA256, &sig::RSA_PSS_2048_8192_SHA256),
+        (S::RSA_PSS_SHA384, &sig::RSA_PSS_2048_8192_SHA384),
+        (S::RSA_PSS_SHA512, &sig::RSA_PSS_2048_8192_SHA512),
+        (S::RSA_PKCS1_SHA256, &sig::RSA_PKCS1_2048_8192_SHA256),
+        (S::RSA_PKCS1_SHA384, &sig::RSA_PKCS1_2048_8192_SHA384),
+        (S::RSA_PKCS1_SHA512, &sig::RSA_PKCS1_2048_8192_SHA512),
+    ]
+};
 
 /// Verifies the handshake signature with the leaf's public key. webpki
 /// would refuse the certificate for its critical acmeIdentifier extension,

@@ -34,18 +34,8 @@ impl Orders {
             ..OrderUpdate::default()
         };
         let details = serde_json::json!({ "organization": vetted, "reason": reason });
-        let moved = self
-            .move_order(
-                order_id,
-                Transition::Approve,
-                &update,
-                &caller.actor,
-                details,
-            )
+        self.decide(caller, order_id, Transition::Approve, &update, details)
             .await?;
-        if !moved {
-            return Err(changed_meanwhile(order_id));
-        }
         let order = self.load(order_id).await?.order;
         self.issue_claimed(&order).await?;
         self.load(order_id).await
@@ -71,19 +61,29 @@ impl Orders {
             ..OrderUpdate::default()
         };
         let details = serde_json::json!({ "reason": reason });
-        let moved = self
-            .move_order(
-                order_id,
-                Transition::Reject,
-                &update,
-                &caller.actor,
-                details,
-            )
+        self.decide(caller, order_id, Transition::Reject, &update, details)
             .await?;
-        if !moved {
-            return Err(changed_meanwhile(order_id));
-        }
         self.load(order_id).await
+    }
+
+    /// Records a reviewer's decision (`Approve` or `Reject`); another
+    /// decision made meanwhile is a clash, not a second record.
+    async fn decide(
+        &self,
+        caller: &Caller,
+        order_id: &str,
+        decision: Transition,
+        update: &OrderUpdate,
+        details: serde_json::Value,
+    ) -> Result<(), WorkflowError> {
+        if self
+            .move_order(order_id, decision, update, &caller.actor, details)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(changed_meanwhile(order_id))
+        }
     }
 
     /// The order, if `caller` may review it and it awaits approval.
