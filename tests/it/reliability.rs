@@ -259,6 +259,13 @@ async fn an_issuance_that_keeps_failing_ends_invalid_and_one_bad_row_stops_nothi
         assert!(log
             .iter()
             .any(|r| r.subject == stuck_id && r.action == "order.invalid"));
+        // Expiry is recorded as its own cause, once.
+        let old_actions: Vec<&str> = log
+            .iter()
+            .filter(|r| r.subject == old_id && r.action != "order.create")
+            .map(|r| r.action.as_str())
+            .collect();
+        assert_eq!(old_actions, ["order.expire"], "{backend:?}");
         assert!(
             hallmark::workflow::audit::verify(lab.running.authority.store().as_ref())
                 .await

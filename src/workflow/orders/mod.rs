@@ -221,7 +221,8 @@ fn account_actor(account_id: &str) -> String {
     format!("account:{account_id}")
 }
 
-/// The audit record of `transition` on `order_id` by `actor`.
+/// The audit record of `transition` on `order_id` by `actor` (none for a
+/// move that records nothing).
 fn transition_event(
     at: OffsetDateTime,
     actor: &str,
@@ -229,13 +230,24 @@ fn transition_event(
     transition: Transition,
     details: serde_json::Value,
 ) -> Option<AuditEvent> {
-    Some(AuditEvent {
+    let action = transition.audit_action()?;
+    Some(order_event(at, actor, order_id, action, details))
+}
+
+fn order_event(
+    at: OffsetDateTime,
+    actor: &str,
+    order_id: &str,
+    action: &str,
+    details: serde_json::Value,
+) -> AuditEvent {
+    AuditEvent {
         at,
         actor: actor.to_owned(),
-        action: transition.audit_action()?.to_owned(),
+        action: action.to_owned(),
         subject: order_id.to_owned(),
         details,
-    })
+    }
 }
 
 impl Orders {
@@ -251,8 +263,24 @@ impl Orders {
         actor: &str,
         details: serde_json::Value,
     ) -> Result<bool, StoreError> {
+        let action = transition.audit_action();
+        self.move_order_as(order_id, transition, action, update, actor, details)
+            .await
+    }
+
+    /// [`Self::move_order`], recorded as `action` — a cause more specific
+    /// than the move's own (`order.expire` for a `Fail`) — or not at all.
+    pub(super) async fn move_order_as(
+        &self,
+        order_id: &str,
+        transition: Transition,
+        action: Option<&str>,
+        update: &OrderUpdate,
+        actor: &str,
+        details: serde_json::Value,
+    ) -> Result<bool, StoreError> {
         let now = OffsetDateTime::now_utc();
-        let event = transition_event(now, actor, order_id, transition, details);
+        let event = action.map(|action| order_event(now, actor, order_id, action, details));
         self.authority
             .store()
             .transition_order(

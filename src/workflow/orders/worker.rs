@@ -150,19 +150,18 @@ impl Orders {
                     .await?;
             }
             OrderStatus::Processing => {
+                let update = OrderUpdate {
+                    updated_before: Some(now - RESUME_PROCESSING_AFTER_SECS),
+                    count_issue_attempt: true,
+                    ..OrderUpdate::default()
+                };
                 let taken = self
-                    .authority
-                    .store()
-                    .transition_order(
+                    .move_order(
                         &order.id,
                         Transition::RetakeClaim,
-                        &OrderUpdate {
-                            updated_before: Some(now - RESUME_PROCESSING_AFTER_SECS),
-                            count_issue_attempt: true,
-                            ..OrderUpdate::default()
-                        },
-                        now,
-                        Vec::new(),
+                        &update,
+                        "system",
+                        serde_json::json!({}),
                     )
                     .await?;
                 if taken {
@@ -183,25 +182,19 @@ impl Orders {
         problem: Failure,
         action: &str,
     ) -> Result<bool, WorkflowError> {
-        let at = OffsetDateTime::now_utc();
+        let update = OrderUpdate {
+            error: Some(problem),
+            ..OrderUpdate::default()
+        };
+        let details = serde_json::json!({ "was": from.as_str() });
         Ok(self
-            .authority
-            .store()
-            .transition_order(
+            .move_order_as(
                 &order.id,
                 Transition::Fail(from),
-                &OrderUpdate {
-                    error: Some(problem),
-                    ..OrderUpdate::default()
-                },
-                at.unix_timestamp(),
-                vec![AuditEvent {
-                    at,
-                    actor: "system".into(),
-                    action: action.into(),
-                    subject: order.id.clone(),
-                    details: serde_json::json!({ "was": from.as_str() }),
-                }],
+                Some(action),
+                &update,
+                "system",
+                details,
             )
             .await?)
     }
