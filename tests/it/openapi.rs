@@ -180,20 +180,7 @@ async fn the_openapi_document_matches_the_server() {
                 json!({"csr": pem, "validation": "ov", "organization": {"name": "Docs Ltd", "country": "GB"}}),
             )
             .await;
-        let c = ov["authorizations"][0]["challenges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "http-01")
-            .unwrap()
-            .clone();
-        lab.http01.publish(
-            c["http_path"].as_str().unwrap(),
-            c["http_body"].as_str().unwrap(),
-        );
-        let url = c["url"].as_str().unwrap();
-        lab.post(&key, &url[url.find("/api/v1").unwrap() + 7..], json!({}))
-            .await;
+        lab.answer_http01(&key, &ov).await;
         let id = ov["id"].as_str().unwrap();
         let waiting = lab.settle(&key, id).await;
         assert_eq!(waiting["status"], "awaiting_approval");

@@ -149,20 +149,7 @@ async fn https_listener_uses_a_certificate_issued_by_its_own_intermediate() {
     let running = ca.start().await;
     let chain = std::fs::read_to_string(ca.data_dir().join("tls/server.crt.pem")).unwrap();
     let dir = ca.dir.path();
-    std::fs::write(dir.join("root.pem"), &running.root_pem).unwrap();
-    std::fs::write(dir.join("chain.pem"), &chain).unwrap();
-    let out = openssl(
-        dir,
-        &[
-            "verify",
-            "-CAfile",
-            "root.pem",
-            "-untrusted",
-            "chain.pem",
-            "chain.pem",
-        ],
-    );
-    assert!(out.contains("OK"));
+    assert_openssl_verifies(dir, &running.root_pem, &chain, &chain);
     let text = openssl(
         dir,
         &[

@@ -153,20 +153,7 @@ pub async fn ov_order(lab: &DvLab, key: &str, org: &str) -> String {
     assert_eq!(status, StatusCode::CREATED, "{order}");
     let id = order["id"].as_str().unwrap().to_owned();
     if order["status"] == "pending" {
-        let c = order["authorizations"][0]["challenges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "http-01")
-            .unwrap()
-            .clone();
-        lab.http01.publish(
-            c["http_path"].as_str().unwrap(),
-            c["http_body"].as_str().unwrap(),
-        );
-        let url = c["url"].as_str().unwrap();
-        lab.post(key, &url[url.find("/api/v1").unwrap() + 7..], json!({}))
-            .await;
+        lab.answer_http01(key, &order).await;
     }
     let settled = lab.settle(key, &id).await;
     assert_eq!(settled["status"], "awaiting_approval", "{settled}");

@@ -161,6 +161,28 @@ impl DvLab {
         panic!("order {id} did not settle");
     }
 
+    /// Publishes the http-01 answer of `order`'s first authorization and
+    /// asks the CA to validate it.
+    pub async fn answer_http01(&self, key: &str, order: &Value) {
+        let c = order["authorizations"][0]["challenges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "http-01")
+            .unwrap();
+        self.http01.publish(
+            c["http_path"].as_str().unwrap(),
+            c["http_body"].as_str().unwrap(),
+        );
+        let url = c["url"].as_str().unwrap();
+        self.post(
+            key,
+            &url[url.find("/api/v1").unwrap() + 7..],
+            serde_json::json!({}),
+        )
+        .await;
+    }
+
     pub async fn finish(self) {
         self.running.stop().await;
         self.ca.cleanup().await;
