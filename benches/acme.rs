@@ -11,8 +11,13 @@
 //! - `new name`: `orders.reuse_days = 0`, so every certificate also needs
 //!   an http-01 validation, fetched from the bench's own server.
 //!
+//! Beside them, `--backends pebble` drives pebble (Debian's `pebble`, the
+//! ACME test server that stores nothing and signs in memory) with the same
+//! client: challenges always valid, no rejected nonces, authorizations
+//! reused for the renewal run.
+//!
 //! Run: `cargo bench --bench acme` (options after `--`:
-//! `--count N --concurrency C --backends sqlite,postgres`).
+//! `--count N --concurrency C --backends sqlite,postgres,pebble`).
 
 mod common;
 
@@ -57,7 +62,131 @@ async fn http01_server(answers: Answers) -> u16 {
     port
 }
 
+/// pebble on a free loopback port with a fresh TLS certificate; killed
+/// when dropped.
+struct Pebble {
+    process: std::process::Child,
+    directory: String,
+    root: reqwest::Certificate,
+}
+
+impl Pebble {
+    fn start(dir: &std::path::Path, reuse: bool) -> Result<Pebble, String> {
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let cert = rcgen::CertificateParams::new(vec![NAME.to_owned()])
+            .and_then(|p| p.self_signed(&key))
+            .map_err(|e| e.to_string())?;
+        let write = |name: &str, text: String| {
+            std::fs::write(dir.join(name), text).map_err(|e| e.to_string())
+        };
+        write("pebble.crt", cert.pem())?;
+        write("pebble.key", key.serialize_pem())?;
+        let port = common::free_port();
+        let config = json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{port}"),
+            "managementListenAddress": format!("127.0.0.1:{}", common::free_port()),
+            "certificate": dir.join("pebble.crt"),
+            "privateKey": dir.join("pebble.key"),
+            "httpPort": common::free_port(),
+            "tlsPort": common::free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+        }});
+        write("pebble.json", config.to_string())?;
+        let process = std::process::Command::new("pebble")
+            .arg("-config")
+            .arg(dir.join("pebble.json"))
+            .env("PEBBLE_VA_ALWAYS_VALID", "1")
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_AUTHZREUSE", if reuse { "100" } else { "0" })
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("pebble: {e} (apt-get install pebble)"))?;
+        let pebble = Pebble {
+            process,
+            directory: format!("https://{NAME}:{port}/dir"),
+            root: reqwest::Certificate::from_pem(cert.pem().as_bytes())
+                .map_err(|e| e.to_string())?,
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(pebble);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        Err("pebble did not listen".into())
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Certificates/s from C clients that register and warm up first.
+async fn measure(
+    mut clients: Vec<Client>,
+    count: usize,
+    publish: Arc<dyn Fn(&str, &str) + Send + Sync>,
+) -> Result<f64, String> {
+    for c in &mut clients {
+        let a = c.register_with(json!({"termsOfServiceAgreed": true})).await;
+        if a.status != 201 {
+            return Err(format!("register: {}", a.body));
+        }
+        c.issue(&[NAME], json!({}), publish.as_ref())
+            .await
+            .map_err(|a| format!("warm-up issuance: {}", a.body))?;
+    }
+    let per_client = count / clients.len();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in clients {
+        let publish = publish.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_client {
+                let chain = c
+                    .issue(&[NAME], json!({}), publish.as_ref())
+                    .await
+                    .map_err(|a| format!("{}: {}", a.status, a.body))?;
+                if !chain.contains("BEGIN CERTIFICATE") {
+                    return Err(format!("not a chain: {chain}"));
+                }
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    let issued = (per_client * tasks.len()) as f64;
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(issued / started.elapsed().as_secs_f64())
+}
+
+async fn run_pebble(args: &common::LoadArgs, reuse: bool) -> Result<f64, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let pebble = Pebble::start(dir.path(), reuse)?;
+    let http = reqwest::Client::builder()
+        .add_root_certificate(pebble.root.clone())
+        .tls_built_in_root_certs(false)
+        .pool_max_idle_per_host(args.concurrency)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut clients = Vec::new();
+    for _ in 0..args.concurrency {
+        clients.push(Client::discover(http.clone(), &pebble.directory).await?);
+    }
+    measure(clients, args.count, Arc::new(|_: &str, _: &str| {})).await
+}
+
 async fn run(backend: &str, args: &common::LoadArgs, reuse: bool) -> Result<f64, String> {
+    if backend == "pebble" {
+        return run_pebble(args, reuse).await;
+    }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (url, pg_name) = common::database_url(backend, dir.path(), "acme")
         .await
@@ -79,56 +208,19 @@ async fn run(backend: &str, args: &common::LoadArgs, reuse: bool) -> Result<f64,
     .await?;
     let http_client = server.client(args.concurrency)?;
     let base = format!("{}/acme", server.config.public_https_url);
-    let publish = {
-        let answers = answers.clone();
-        Arc::new(move |token: &str, body: &str| {
-            answers
-                .lock()
-                .unwrap()
-                .insert(token.to_owned(), body.to_owned());
-        })
-    };
-
-    // Each client registers and gets one certificate (proving the name)
-    // before the clock starts.
-    let mut clients = Vec::new();
-    for _ in 0..args.concurrency {
-        let mut c = Client::with(http_client.clone(), base.clone());
-        let a = c.register_with(json!({"termsOfServiceAgreed": true})).await;
-        if a.status != 201 {
-            return Err(format!("register: {}", a.body));
-        }
-        c.issue(&[NAME], json!({}), publish.as_ref())
-            .await
-            .map_err(|a| format!("warm-up issuance: {}", a.body))?;
-        clients.push(c);
-    }
-    let per_client = args.count / args.concurrency;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in clients {
-        let publish = publish.clone();
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..per_client {
-                let chain = c
-                    .issue(&[NAME], json!({}), publish.as_ref())
-                    .await
-                    .map_err(|a| format!("{}: {}", a.status, a.body))?;
-                if !chain.contains("BEGIN CERTIFICATE") {
-                    return Err(format!("not a chain: {chain}"));
-                }
-            }
-            Ok::<(), String>(())
-        }));
-    }
-    for t in tasks {
-        t.await.map_err(|e| e.to_string())??;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let issued = (per_client * args.concurrency) as f64;
+    let publish = Arc::new(move |token: &str, body: &str| {
+        answers
+            .lock()
+            .unwrap()
+            .insert(token.to_owned(), body.to_owned());
+    });
+    let clients = (0..args.concurrency)
+        .map(|_| Client::with(http_client.clone(), base.clone()))
+        .collect();
+    let rate = measure(clients, args.count, publish).await;
     server.stop().await;
     common::drop_database(pg_name).await;
-    Ok(issued / elapsed)
+    rate
 }
 
 fn main() {

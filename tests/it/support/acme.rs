@@ -26,6 +26,9 @@ pub struct Client {
     /// The account URL once registered.
     pub kid: Option<String>,
     nonce: Mutex<Option<String>>,
+    /// newNonce, newAccount and newOrder: under `base` for hallmark, read
+    /// from the directory by [`Client::discover`] for another server.
+    urls: [String; 3],
 }
 
 /// An answer: status, headers and JSON (or text) body.
@@ -75,13 +78,37 @@ pub fn jws(key: &EcdsaKeyPair, protected: &Value, payload: Option<&Value>) -> Va
 impl Client {
     /// A client for the ACME server under `base` (`…/acme`).
     pub fn with(http: reqwest::Client, base: String) -> Client {
+        let urls = ["new-nonce", "new-account", "new-order"].map(|p| format!("{base}/{p}"));
         Client {
             http,
             base,
             key: new_p256_key(),
             kid: None,
             nonce: Mutex::new(None),
+            urls,
         }
+    }
+
+    /// A client for any ACME server, by its directory URL (the benchmark
+    /// drives pebble with it).
+    pub async fn discover(http: reqwest::Client, directory: &str) -> Result<Client, String> {
+        let d: Value = http
+            .get(directory)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let url = |k: &str| {
+            d[k].as_str()
+                .map(str::to_owned)
+                .ok_or(format!("the directory has no {k}: {d}"))
+        };
+        let urls = [url("newNonce")?, url("newAccount")?, url("newOrder")?];
+        let mut client = Client::with(http, directory.to_owned());
+        client.urls = urls;
+        Ok(client)
     }
 
     pub fn jwk(&self) -> Value {
@@ -103,7 +130,7 @@ impl Client {
     pub async fn nonce(&self) -> String {
         let r = self
             .http
-            .head(format!("{}/new-nonce", self.base))
+            .head(&self.urls[0])
             .send()
             .await
             .unwrap();
@@ -180,7 +207,7 @@ impl Client {
     /// newAccount with `payload`; keeps the account URL on success.
     pub async fn register_with(&mut self, payload: Value) -> Answer {
         let a = self
-            .post(&format!("{}/new-account", self.base), Some(&payload))
+            .post(&self.urls[1], Some(&payload))
             .await;
         if a.status == 201 || a.status == 200 {
             self.kid = Some(a.location());
@@ -228,7 +255,7 @@ impl Client {
             payload[k] = v.clone();
         }
         let order = self
-            .post(&format!("{}/new-order", self.base), Some(&payload))
+            .post(&self.urls[2], Some(&payload))
             .await;
         if order.status != 201 {
             return Err(order);
