@@ -60,6 +60,7 @@ impl Backend for Postgres {
     const LABEL: &'static str = "postgres";
     const READ_SNAPSHOT: &'static str =
         "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+    const ANONYMOUS_PARAMETERS: bool = false;
 
     /// The commit does not wait for the WAL flush (`synchronous_commit =
     /// off` for this transaction only): a used nonce is worth no disk flush.

@@ -143,6 +143,7 @@ impl Backend for Sqlite {
     const LABEL: &'static str = "sqlite";
     /// A SQLite read transaction is a snapshot from its first read on.
     const READ_SNAPSHOT: &'static str = "";
+    const ANONYMOUS_PARAMETERS: bool = true;
 
     /// Records a used ACME nonce in the attached nonce file: `false` if it
     /// was used before.

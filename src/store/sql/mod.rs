@@ -49,6 +49,12 @@ pub trait Backend: Database {
     /// Run first in a read transaction so its reads are one snapshot
     /// (empty where a read transaction is one already).
     const READ_SNAPSHOT: &'static str;
+    /// Whether [`Statement`]s that name no parameters in their own text
+    /// should write them as `?` in order rather than `$n`: SQLite finds a
+    /// numbered parameter's name by a linear scan of every parameter, so
+    /// binding a multi-row INSERT of n numbered parameters takes n² string
+    /// comparisons (9 % of the CPU of REST issuance before this).
+    const ANONYMOUS_PARAMETERS: bool;
     /// Records a used ACME nonce: `false` if it was used before.
     async fn insert_used_nonce(write: &Pool<Self>, nonce: &str, expires_at: i64) -> Result<bool>;
     /// Forgets used nonces that expired before `now`.
@@ -183,6 +189,10 @@ pub(super) struct Statement<'a> {
     args: Vec<Arg<'a>>,
     /// Whether the current `VALUES` row is open.
     in_row: bool,
+    /// Where [`Self::bind`] wrote each `$n` in `sql`.
+    marks: Vec<std::ops::Range<usize>>,
+    /// Whether the text names parameters itself ([`Self::arg`]).
+    named: bool,
 }
 
 /// One parameter of a [`Statement`]: a value or NULL of one of the
@@ -259,6 +269,8 @@ impl<'a> Statement<'a> {
             sql: sql.to_owned(),
             args: Vec::new(),
             in_row: false,
+            marks: Vec::new(),
+            named: false,
         }
     }
 
@@ -273,6 +285,7 @@ impl<'a> Statement<'a> {
     /// order, before any [`Self::bind`]).
     pub(super) fn arg(&mut self, value: impl Into<Arg<'a>>) -> &mut Self {
         self.args.push(value.into());
+        self.named = true;
         self
     }
 
@@ -283,8 +296,10 @@ impl<'a> Statement<'a> {
                 .push_str(if self.sql.ends_with('(') { "" } else { ", " });
         }
         self.args.push(value.into());
+        let at = self.sql.len();
         // Writing into the String cannot fail.
         let _ = write!(self.sql, "${}", self.args.len());
+        self.marks.push(at..self.sql.len());
         self
     }
 
@@ -340,7 +355,7 @@ impl<'a> Statement<'a> {
         Self: Binds<B>,
         for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
     {
-        self.close_row();
+        self.finish::<B>();
         Ok(sqlx::query_with(&self.sql, self.arguments()?))
     }
 
@@ -353,8 +368,19 @@ impl<'a> Statement<'a> {
         O: for<'r> sqlx::FromRow<'r, B::Row>,
         for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
     {
-        self.close_row();
+        self.finish::<B>();
         Ok(sqlx::query_as_with(&self.sql, self.arguments()?))
+    }
+
+    /// Closes the text and, where `B` binds anonymous parameters faster
+    /// and the text names none itself, writes each `$n` as `?`.
+    fn finish<B: Backend>(&mut self) {
+        self.close_row();
+        if B::ANONYMOUS_PARAMETERS && !self.named {
+            for mark in std::mem::take(&mut self.marks).into_iter().rev() {
+                self.sql.replace_range(mark, "?");
+            }
+        }
     }
 }
 
