@@ -10,6 +10,7 @@ mod batch;
 mod dashboard;
 mod orders;
 pub mod postgres;
+pub mod recent;
 mod revocation;
 mod sql;
 pub mod sqlite;

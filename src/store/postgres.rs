@@ -51,6 +51,7 @@ impl SqlStore<Postgres> {
             read: pool.clone(),
             write: pool,
             batcher,
+            recent: Default::default(),
         })
     }
 }

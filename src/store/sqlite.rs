@@ -72,6 +72,7 @@ impl SqlStore<Sqlite> {
             read,
             write,
             batcher,
+            recent: Default::default(),
         })
     }
 }

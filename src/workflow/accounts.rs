@@ -159,7 +159,8 @@ pub async fn set_disabled(
     }
 }
 
-/// Revokes one API key at once: the next request with it gets 401.
+/// Revokes one API key: the next request with it gets 401 — at once on
+/// this instance, within `store::recent::FRESH_FOR` on the others.
 pub async fn revoke_key(store: &dyn Store, key_id: &str, actor: &str) -> Result<(), AccountError> {
     let now = OffsetDateTime::now_utc();
     let event = AuditEvent {

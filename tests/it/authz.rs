@@ -604,3 +604,72 @@ async fn every_route_with_every_credential_gets_exactly_the_allowed_outcome() {
         lab.finish().await;
     }
 }
+
+/// The account behind an API key is kept in memory for
+/// `store::recent::FRESH_FOR` (the hot path makes no read for it): a key
+/// revoked or an account disabled through one instance stops working there
+/// at once, and on another instance of the same database within that bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_or_disabled_account_stops_working_here_at_once_and_elsewhere_within_the_bound(
+) {
+    use hallmark::store::recent::FRESH_FOR;
+    use hallmark::workflow::accounts::{authenticate, set_disabled};
+    use std::time::{Duration, Instant};
+
+    for backend in backends() {
+        let mut ca = TestCa::new(backend).await;
+        let here = ca.start().await;
+        let elsewhere = ca.authority().await; // a second instance's store
+        let (a, b) = (here.authority.store(), elsewhere.store());
+        let keyed = create_account(a.as_ref(), "cached", Role::Requester, "test")
+            .await
+            .unwrap();
+        let disabled = create_account(a.as_ref(), "to disable", Role::Requester, "test")
+            .await
+            .unwrap();
+        for store in [a, b] {
+            for key in [&keyed.api_key, &disabled.api_key] {
+                authenticate(store.as_ref(), key).await.expect("known key");
+            }
+        }
+
+        revoke_key(a.as_ref(), &keyed.key_id, "test").await.unwrap();
+        set_disabled(a.as_ref(), &disabled.account.id, true, "test")
+            .await
+            .unwrap();
+        let changed = Instant::now();
+        for key in [&keyed.api_key, &disabled.api_key] {
+            assert!(
+                authenticate(a.as_ref(), key).await.is_err(),
+                "{backend:?}: the instance that made the change refuses at once"
+            );
+            // The other instance still has the answer it read (this is
+            // the cache at work), but only within the bound.
+            assert!(
+                authenticate(b.as_ref(), key).await.is_ok(),
+                "{backend:?}: the other instance answers from memory"
+            );
+        }
+        let refused = loop {
+            let results = [
+                authenticate(b.as_ref(), &keyed.api_key).await.is_err(),
+                authenticate(b.as_ref(), &disabled.api_key).await.is_err(),
+            ];
+            if results == [true, true] {
+                break changed.elapsed();
+            }
+            assert!(
+                changed.elapsed() < FRESH_FOR + Duration::from_secs(2),
+                "{backend:?}: still accepted after {:?}",
+                changed.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            refused <= FRESH_FOR + Duration::from_millis(250),
+            "{backend:?}: refused only after {refused:?}"
+        );
+        here.stop().await;
+        ca.cleanup().await;
+    }
+}

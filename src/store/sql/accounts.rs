@@ -112,11 +112,19 @@ where
         &self,
         key_hash: &[u8; 32],
     ) -> Result<Option<(AccountRecord, Vec<u8>)>> {
+        let changes = self.recent.changes.now();
+        if let Some(hit) = self.recent.keys.get(key_hash, changes) {
+            return Ok(Some(hit));
+        }
         let row: Option<AccountKeyRow> = sqlx::query_as(SELECT_ACCOUNT_BY_KEY)
             .bind(key_hash.to_vec())
             .fetch_optional(&self.read)
             .await?;
-        Ok(row.map(|r| (r.account, r.key_hash)))
+        let found = row.map(|r| (r.account, r.key_hash));
+        if let Some(found) = &found {
+            self.recent.keys.keep(*key_hash, changes, found.clone());
+        }
+        Ok(found)
     }
 
     async fn eab_key(&self, kid: &str) -> Result<Option<EabKeyRecord>> {
@@ -138,7 +146,16 @@ where
     }
 
     async fn acme_account(&self, id: &str) -> Result<Option<AcmeAccountRecord>> {
-        self.acme_account_where("id", id).await
+        let changes = self.recent.changes.now();
+        let key = id.to_owned();
+        if let Some(hit) = self.recent.acme_accounts.get(&key, changes) {
+            return Ok(Some(hit));
+        }
+        let found = self.acme_account_where("id", id).await?;
+        if let Some(found) = &found {
+            self.recent.acme_accounts.keep(key, changes, found.clone());
+        }
+        Ok(found)
     }
 
     async fn acme_account_by_key(&self, thumbprint: &str) -> Result<Option<AcmeAccountRecord>> {
@@ -210,6 +227,7 @@ where
             return Err(StoreError::NotFound);
         }
         tx.commit().await?;
+        self.recent.changes.bump();
         Ok(())
     }
 
@@ -244,6 +262,7 @@ where
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.recent.changes.bump();
         Ok(())
     }
 
@@ -286,7 +305,9 @@ where
             }
         }
         let refs: Vec<&AuditEvent> = events.iter().collect();
-        Self::commit_audited(tx, head, &refs).await
+        Self::commit_audited(tx, head, &refs).await?;
+        self.recent.changes.bump();
+        Ok(())
     }
 
     async fn acme_nonce_key(&self, candidate: &[u8]) -> Result<Vec<u8>> {
@@ -415,6 +436,8 @@ where
         if B::rows_affected(&done) != 1 {
             return Err(StoreError::NotFound);
         }
-        Self::commit_audited(tx, head, &[&event]).await
+        Self::commit_audited(tx, head, &[&event]).await?;
+        self.recent.changes.bump();
+        Ok(())
     }
 }

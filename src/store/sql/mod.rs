@@ -26,6 +26,7 @@ mod orders;
 mod users;
 
 use super::batch::Batcher;
+use super::recent::{Changes, Recent};
 use super::{
     AuditEvent, AuthorizationStatus, ChallengeKind, ChallengeStatus, Failure, Health,
     IdentifierKind, OrderSource, OrderStatus, Result, StoreError, Validation,
@@ -39,6 +40,21 @@ pub struct SqlStore<B: Backend> {
     pub(super) read: Pool<B>,
     pub(super) write: Pool<B>,
     pub(super) batcher: Batcher,
+    /// The hot reads' recent answers (`store/recent.rs`).
+    pub(super) recent: RecentReads,
+}
+
+/// What [`SqlStore`] keeps of the reads every request makes.
+#[derive(Default)]
+pub(in crate::store) struct RecentReads {
+    /// Bumped after every write that may change an answer below.
+    pub(in crate::store) changes: Changes,
+    /// The account (and stored hash) behind an API key's hash.
+    pub(in crate::store) keys: Recent<[u8; 32], (super::AccountRecord, Vec<u8>)>,
+    /// ACME accounts by id.
+    pub(in crate::store) acme_accounts: Recent<String, super::AcmeAccountRecord>,
+    /// When an account last proved a name: (account, kind, value).
+    pub(in crate::store) proofs: Recent<(String, IdentifierKind, String), i64>,
 }
 
 /// What differs between the databases hallmark runs on.

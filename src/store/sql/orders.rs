@@ -273,6 +273,17 @@ where
         identifier_value: &str,
         since: i64,
     ) -> Result<Option<i64>> {
+        let changes = self.recent.changes.now();
+        let key = (
+            account_id.to_owned(),
+            identifier_type,
+            identifier_value.to_owned(),
+        );
+        if let Some(at) = self.recent.proofs.get(&key, changes) {
+            if at >= since {
+                return Ok(Some(at));
+            }
+        }
         let row: Option<(Option<i64>,)> = sqlx::query_as(SELECT_LAST_VALIDATION)
             .bind(account_id)
             .bind(identifier_type.as_str())
@@ -280,7 +291,11 @@ where
             .bind(since)
             .fetch_optional(&self.read)
             .await?;
-        Ok(row.and_then(|(at,)| at))
+        let found = row.and_then(|(at,)| at);
+        if let Some(at) = found {
+            self.recent.proofs.keep(key, changes, at);
+        }
+        Ok(found)
     }
 
     async fn pending_authorizations(&self, account_id: &str, now: i64) -> Result<i64> {
