@@ -373,6 +373,40 @@ pub struct OrderRecord {
     pub issue_attempts: i64,
 }
 
+impl OrderRecord {
+    /// This order as the store holds it after `transition` with `update`
+    /// at `at` succeeded: what the transition's UPDATE writes, so a caller
+    /// that made the move needs no read to answer with the result.
+    pub fn moved(&self, transition: Transition, update: &OrderUpdate, at: i64) -> OrderRecord {
+        let keep = |new: &Option<String>, old: &Option<String>| new.clone().or(old.clone());
+        OrderRecord {
+            status: transition.to(),
+            updated_at: at,
+            error: update.error.clone().or(self.error.clone()),
+            rejection_reason: keep(&update.rejection_reason, &self.rejection_reason),
+            approval_reason: keep(&update.approval_reason, &self.approval_reason),
+            organization: update
+                .organization
+                .clone()
+                .or(self.organization.clone()),
+            csr_der: update.csr_der.clone().or(self.csr_der.clone()),
+            issue_attempts: self.issue_attempts + i64::from(update.count_issue_attempt),
+            ..self.clone()
+        }
+    }
+
+    /// This `processing` order as the store holds it after the issuance
+    /// of `serial` completed it at `at`.
+    pub fn completed(&self, serial: &str, at: i64) -> OrderRecord {
+        OrderRecord {
+            status: OrderStatus::Valid,
+            certificate_serial: Some(serial.to_owned()),
+            updated_at: at,
+            ..self.clone()
+        }
+    }
+}
+
 /// One identifier's authorization, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuthorizationRecord {

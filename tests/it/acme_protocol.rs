@@ -218,6 +218,10 @@ async fn protocol_errors_have_the_exact_acme_types() {
             .await;
         assert_eq!(a.status, 200, "{}", a.body);
         assert_eq!(a.body["status"], "valid");
+        // finalize answers from what it wrote, without reading the order
+        // back: the answer is the order as stored.
+        let stored = alice.post(&order_url, None).await;
+        assert_eq!(a.body, stored.body, "{backend:?}");
         let cert_url = a.body["certificate"].as_str().unwrap().to_owned();
         let cert = alice.post(&cert_url, None).await;
         assert_eq!(

@@ -1,6 +1,7 @@
 //! Issuance: ACME finalize, claiming a ready order, signing the order's CSR and storing the certificate with the order's completion.
 
 use super::*;
+use crate::workflow::CheckedCsr;
 
 impl Orders {
     /// Finalizes a `ready` ACME order with its CSR (RFC 8555 §7.4): the
@@ -13,7 +14,7 @@ impl Orders {
         order_id: &str,
         csr: &[u8],
     ) -> Result<OrderBundle, WorkflowError> {
-        let bundle = self.get_acme(caller, acme_account_id, order_id).await?;
+        let mut bundle = self.get_acme(caller, acme_account_id, order_id).await?;
         if bundle.order.status != OrderStatus::Ready {
             return Err(WorkflowError::OrderNotReady {
                 order_id: order_id.to_owned(),
@@ -55,9 +56,16 @@ impl Orders {
                 status: self.load(order_id).await?.order.status,
             });
         }
-        let order = self.load(order_id).await?.order;
-        self.issue_claimed(&order).await?;
-        self.load(order_id).await
+        // The claim and the issuance each changed only the order row, in
+        // ways known here: the answer needs no read (its `updated_at` may
+        // be the database's within the second).
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let order = bundle
+            .order
+            .moved(Transition::ClaimIssuance, &update, now);
+        let signed = self.issue_claimed_with(&order, checked).await?;
+        bundle.order = order.completed(&signed.certificate.serial.to_hex(), now);
+        Ok(bundle)
     }
 
     /// Takes a `ready` DV order to `processing` and issues it.
@@ -94,6 +102,25 @@ impl Orders {
     /// `processing` for the worker to resume.
     pub(super) async fn issue_claimed(&self, order: &OrderRecord) -> Result<Signed, WorkflowError> {
         let result = self.sign_order(order).await;
+        self.settle_claimed(order, result).await
+    }
+
+    /// [`Self::issue_claimed`] for a CSR that passed intake just now.
+    async fn issue_claimed_with(
+        &self,
+        order: &OrderRecord,
+        checked: CheckedCsr,
+    ) -> Result<Signed, WorkflowError> {
+        let result = self.sign_checked(order, &checked).await;
+        self.settle_claimed(order, result).await
+    }
+
+    /// What becomes of a claimed order after its signing `result`.
+    async fn settle_claimed(
+        &self,
+        order: &OrderRecord,
+        result: Result<Signed, WorkflowError>,
+    ) -> Result<Signed, WorkflowError> {
         let error = match &result {
             Ok(_) => return result,
             Err(WorkflowError::Store(StoreError::Conflict(
@@ -143,6 +170,15 @@ impl Orders {
             )))
         })?;
         let checked = self.authority.intake(csr_der).await?;
+        self.sign_checked(order, &checked).await
+    }
+
+    /// Signs `order` (claimed) with its CSR, already through intake.
+    async fn sign_checked(
+        &self,
+        order: &OrderRecord,
+        checked: &CheckedCsr,
+    ) -> Result<Signed, WorkflowError> {
         let validity_days = self
             .authority
             .policy()
