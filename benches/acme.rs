@@ -36,6 +36,9 @@ const NAME: &str = "127.0.0.1";
 
 type Answers = Arc<Mutex<HashMap<String, String>>>;
 
+/// Publishes an http-01 key authorization by token.
+type Publish = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 /// Serves the key authorizations the clients publish, by token.
 async fn http01_server(answers: Answers) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -131,7 +134,7 @@ impl Drop for Pebble {
 async fn measure(
     mut clients: Vec<Client>,
     count: usize,
-    publish: Arc<dyn Fn(&str, &str) + Send + Sync>,
+    publish: Publish,
 ) -> Result<f64, String> {
     for c in &mut clients {
         let a = c.register_with(json!({"termsOfServiceAgreed": true})).await;

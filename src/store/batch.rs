@@ -1,39 +1,75 @@
-//! Group commit for issuances: concurrent `insert_certificate` calls queue
-//! here, and one writer task commits everything queued in one transaction,
-//! so N concurrent issuances cost one fsync instead of N. If a batch fails,
-//! its items are retried one by one so one bad item cannot fail the others.
+//! Group commit: concurrent writes queue here, and one writer task
+//! commits everything queued in one transaction, so N concurrent writes
+//! cost one transaction (and on the durable queue one fsync) instead of N.
+//! If a batch fails, its items are retried one by one so one bad item
+//! cannot fail the others.
+//!
+//! Two queues use it: the durable writes of the order workflow
+//! ([`Write`]: issuances, new orders, order moves) and the record of used
+//! ACME nonces ([`UsedNonce`], committed without a disk flush).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Issuance, Result, StoreError};
+use super::{AuditEvent, Issuance, OrderBundle, OrderUpdate, Result, StoreError, Transition};
 
 /// Most items committed in one transaction.
 const MAX_BATCH: usize = 256;
 
-/// One issuance waiting to be committed.
-pub(crate) type Item = Issuance;
-
-struct Job {
-    item: Item,
-    reply: oneshot::Sender<Result<()>>,
+/// A durable write of the order workflow.
+#[derive(Debug, Clone)]
+pub(crate) enum Write {
+    /// A certificate with its audit records and its order's part.
+    Issue(Box<Issuance>),
+    /// A new order with its authorizations and challenges.
+    Open {
+        bundle: Box<OrderBundle>,
+        events: Vec<AuditEvent>,
+    },
+    /// An order transition (already checked legal); its events are
+    /// recorded only if it moved.
+    Move {
+        order_id: String,
+        transition: Transition,
+        update: Box<OrderUpdate>,
+        at: i64,
+        events: Vec<AuditEvent>,
+    },
 }
 
-/// The queue in front of the writer task.
-pub(crate) struct Batcher {
-    queue: mpsc::Sender<Job>,
+/// A used ACME nonce to record; the outcome says whether it was fresh.
+#[derive(Debug, Clone)]
+pub struct UsedNonce {
+    pub nonce: String,
+    pub expires_at: i64,
 }
 
-impl Batcher {
-    /// Starts the writer task; `commit` writes a batch in one transaction.
+struct Job<I, O> {
+    item: I,
+    reply: oneshot::Sender<Result<O>>,
+}
+
+/// The queue in front of a writer task: items `I`, each answered with an
+/// outcome `O` once its batch committed.
+pub(crate) struct Batcher<I, O> {
+    queue: mpsc::Sender<Job<I, O>>,
+}
+
+impl<I, O> Batcher<I, O>
+where
+    I: Clone + Send + Sync + 'static,
+    O: Send + 'static,
+{
+    /// Starts the writer task; `commit` writes a batch in one transaction
+    /// and gives one outcome per item, in order.
     pub(crate) fn spawn<F, Fut>(commit: F) -> Self
     where
-        F: Fn(Arc<Vec<Item>>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<()>> + Send + 'static,
+        F: Fn(Arc<Vec<I>>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<O>>> + Send + 'static,
     {
-        let (queue, mut rx) = mpsc::channel::<Job>(MAX_BATCH * 4);
+        let (queue, mut rx) = mpsc::channel::<Job<I, O>>(MAX_BATCH * 4);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut jobs = vec![first];
@@ -43,13 +79,20 @@ impl Batcher {
                         Err(_) => break,
                     }
                 }
-                let (items, replies): (Vec<Item>, Vec<_>) =
+                let (items, replies): (Vec<I>, Vec<_>) =
                     jobs.into_iter().map(|j| (j.item, j.reply)).unzip();
                 let items = Arc::new(items);
                 match commit(items.clone()).await {
-                    Ok(()) => {
+                    Ok(outcomes) if outcomes.len() == replies.len() => {
+                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                    }
+                    Ok(_) => {
                         for reply in replies {
-                            let _ = reply.send(Ok(()));
+                            let _ = reply.send(Err(StoreError::Database(
+                                "a batch gave the wrong number of outcomes".into(),
+                            )));
                         }
                     }
                     Err(e) if replies.len() == 1 => {
@@ -60,7 +103,12 @@ impl Batcher {
                     Err(_) => {
                         for (item, reply) in items.iter().zip(replies) {
                             let single = Arc::new(vec![item.clone()]);
-                            let _ = reply.send(commit(single).await);
+                            let outcome = commit(single).await.and_then(|mut o| {
+                                o.pop().ok_or_else(|| {
+                                    StoreError::Database("a batch gave no outcome".into())
+                                })
+                            });
+                            let _ = reply.send(outcome);
                         }
                     }
                 }
@@ -69,8 +117,8 @@ impl Batcher {
         Batcher { queue }
     }
 
-    /// Queues one issuance and waits until it is durably committed.
-    pub(crate) async fn submit(&self, item: Item) -> Result<()> {
+    /// Queues one item and waits until it is committed; its outcome.
+    pub(crate) async fn submit(&self, item: I) -> Result<O> {
         let (reply, rx) = oneshot::channel();
         self.queue
             .send(Job { item, reply })

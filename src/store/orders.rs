@@ -385,10 +385,7 @@ impl OrderRecord {
             error: update.error.clone().or(self.error.clone()),
             rejection_reason: keep(&update.rejection_reason, &self.rejection_reason),
             approval_reason: keep(&update.approval_reason, &self.approval_reason),
-            organization: update
-                .organization
-                .clone()
-                .or(self.organization.clone()),
+            organization: update.organization.clone().or(self.organization.clone()),
             csr_der: update.csr_der.clone().or(self.csr_der.clone()),
             issue_attempts: self.issue_attempts + i64::from(update.count_issue_attempt),
             ..self.clone()

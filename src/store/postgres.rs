@@ -9,7 +9,8 @@ use sqlx::{Pool, Postgres};
 
 use async_trait::async_trait;
 
-use super::batch::Batcher;
+use super::batch::{Batcher, UsedNonce};
+use super::sql::{fresh_nonces, insert_nonces};
 use super::{redact_url, Backend, Result, SqlStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -46,11 +47,17 @@ impl SqlStore<Postgres> {
             .await
             .map_err(|e| StoreError::Database(format!("migrating {}: {e}", redact_url(url))))?;
         let write = pool.clone();
-        let batcher = Batcher::spawn(move |items| Self::commit_certificates(write.clone(), items));
+        let batcher = Batcher::spawn(move |items| Self::commit_writes(write.clone(), items));
+        let write = pool.clone();
+        let nonces = Batcher::spawn(move |items: std::sync::Arc<Vec<UsedNonce>>| {
+            let write = write.clone();
+            async move { Postgres::insert_used_nonces(write, &items).await }
+        });
         Ok(SqlStore {
             read: pool.clone(),
             write: pool,
             batcher,
+            nonces,
             recent: Default::default(),
         })
     }
@@ -65,20 +72,17 @@ impl Backend for Postgres {
 
     /// The commit does not wait for the WAL flush (`synchronous_commit =
     /// off` for this transaction only): a used nonce is worth no disk flush.
-    async fn insert_used_nonce(write: &Pool<Self>, nonce: &str, expires_at: i64) -> Result<bool> {
+    async fn insert_used_nonces(write: Pool<Self>, nonces: &[UsedNonce]) -> Result<Vec<bool>> {
         let mut tx = write.begin().await?;
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
-        let done = sqlx::query(
-            "INSERT INTO acme_nonces (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING",
-        )
-        .bind(nonce)
-        .bind(expires_at)
-        .execute(&mut *tx)
-        .await?;
+        let inserted = insert_nonces("acme_nonces", nonces)
+            .query_as::<Postgres, (String,)>()?
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(fresh_nonces(nonces, inserted))
     }
 
     async fn prune_nonces(write: &Pool<Self>, now: i64) -> Result<()> {

@@ -26,7 +26,8 @@ use sqlx::{Connection, Pool, Sqlite};
 
 use async_trait::async_trait;
 
-use super::batch::Batcher;
+use super::batch::{Batcher, UsedNonce};
+use super::sql::{fresh_nonces, insert_nonces};
 use super::{Backend, Result, SqlStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -67,11 +68,17 @@ impl SqlStore<Sqlite> {
             .await
             .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
         let pool = write.clone();
-        let batcher = Batcher::spawn(move |items| Self::commit_certificates(pool.clone(), items));
+        let batcher = Batcher::spawn(move |items| Self::commit_writes(pool.clone(), items));
+        let pool = write.clone();
+        let nonces = Batcher::spawn(move |items: std::sync::Arc<Vec<UsedNonce>>| {
+            let pool = pool.clone();
+            async move { Sqlite::insert_used_nonces(pool, &items).await }
+        });
         Ok(SqlStore {
             read,
             write,
             batcher,
+            nonces,
             recent: Default::default(),
         })
     }
@@ -146,17 +153,14 @@ impl Backend for Sqlite {
     const READ_SNAPSHOT: &'static str = "";
     const ANONYMOUS_PARAMETERS: bool = true;
 
-    /// Records a used ACME nonce in the attached nonce file: `false` if it
-    /// was used before.
-    async fn insert_used_nonce(write: &Pool<Self>, nonce: &str, expires_at: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "INSERT INTO nonces.used (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING",
-        )
-        .bind(nonce)
-        .bind(expires_at)
-        .execute(write)
-        .await?;
-        Ok(done.rows_affected() == 1)
+    /// Records used ACME nonces in the attached nonce file (which is never
+    /// flushed), in one statement.
+    async fn insert_used_nonces(write: Pool<Self>, nonces: &[UsedNonce]) -> Result<Vec<bool>> {
+        let inserted = insert_nonces("nonces.used", nonces)
+            .query_as::<Sqlite, (String,)>()?
+            .fetch_all(&write)
+            .await?;
+        Ok(fresh_nonces(nonces, inserted))
     }
 
     async fn prune_nonces(write: &Pool<Self>, now: i64) -> Result<()> {

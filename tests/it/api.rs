@@ -166,7 +166,13 @@ async fn account_key_is_shown_once_stored_as_a_hash_and_authenticates_api_calls(
 async fn status_once_refused(client: &reqwest::Client, url: &str, key: &str) -> StatusCode {
     let changed = std::time::Instant::now();
     loop {
-        let status = client.get(url).bearer_auth(key).send().await.unwrap().status();
+        let status = client
+            .get(url)
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .status();
         let waited = changed.elapsed();
         if status == StatusCode::UNAUTHORIZED
             || waited > hallmark::store::recent::FRESH_FOR + std::time::Duration::from_millis(500)

@@ -324,7 +324,11 @@ where
     }
 
     async fn use_nonce(&self, nonce: &str, expires_at: i64, now: i64) -> Result<bool> {
-        let fresh = B::insert_used_nonce(&self.write, nonce, expires_at).await?;
+        let used = crate::store::batch::UsedNonce {
+            nonce: nonce.to_owned(),
+            expires_at,
+        };
+        let fresh = self.nonces.submit(used).await?;
         if rand::random::<u16>() < 64 {
             // Now and then, forget used nonces that have expired
             // (they are refused for their expiry anyway).

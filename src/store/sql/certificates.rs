@@ -149,24 +149,48 @@ where
     for<'r> &'r str: sqlx::ColumnIndex<B::Row>,
     usize: sqlx::ColumnIndex<B::Row>,
 {
-    /// Commits a batch of issuances in one transaction.
-    pub(in crate::store) async fn commit_certificates(
+    /// Commits a batch of the workflow's writes in one transaction: the
+    /// order moves first (each its own guarded UPDATE), then new orders
+    /// (those issued at once among them), then certificates with their
+    /// orders' completion, then the audit records of everything that
+    /// happened. One outcome per item: whether a move moved (else true).
+    pub(in crate::store) async fn commit_writes(
         pool: sqlx::Pool<B>,
-        items: std::sync::Arc<Vec<batch::Item>>,
-    ) -> Result<()> {
+        writes: std::sync::Arc<Vec<batch::Write>>,
+    ) -> Result<Vec<bool>> {
+        use batch::Write;
         let mut tx = pool.begin().await?;
-        let events: Vec<&AuditEvent> = items.iter().flat_map(|i| i.events.iter()).collect();
-        Self::append_audit_tx(&mut tx, &events).await?;
+        let head = Self::lock_audit(&mut tx).await?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut outcomes = vec![true; writes.len()];
+        for (write, outcome) in writes.iter().zip(outcomes.iter_mut()) {
+            if let Write::Move {
+                order_id,
+                transition,
+                update,
+                at,
+                ..
+            } = write
+            {
+                *outcome = Self::move_order_tx(&mut tx, order_id, *transition, update, *at).await?;
+            }
+        }
+        let mut opened: Vec<&OrderBundle> = Vec::new();
+        let mut items: Vec<&Issuance> = Vec::new();
+        for write in writes.iter() {
+            match write {
+                Write::Open { bundle, .. } => opened.push(bundle),
+                Write::Issue(issuance) => {
+                    if let Some(IssuanceOrder::Create(bundle)) = &issuance.order {
+                        opened.push(bundle);
+                    }
+                    items.push(issuance);
+                }
+                Write::Move { .. } => {}
+            }
+        }
         // Orders first: certificates refer to them.
-        let created: Vec<&OrderBundle> = items
-            .iter()
-            .filter_map(|i| match &i.order {
-                Some(IssuanceOrder::Create(bundle)) => Some(&**bundle),
-                _ => None,
-            })
-            .collect();
-        Self::insert_orders_tx(&mut tx, &created).await?;
+        Self::insert_orders_tx(&mut tx, &opened).await?;
         for chunk in items.chunks(ROWS_PER_INSERT) {
             let mut insert = Statement::new(INSERT_CERTIFICATE_PREFIX);
             let mut encode_error = None;
@@ -212,8 +236,17 @@ where
                 }
             }
         }
-        tx.commit().await?;
-        Ok(())
+        let events: Vec<&AuditEvent> = writes
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, happened)| **happened)
+            .flat_map(|(write, _)| match write {
+                Write::Issue(issuance) => issuance.events.iter(),
+                Write::Open { events, .. } | Write::Move { events, .. } => events.iter(),
+            })
+            .collect();
+        Self::commit_audited(tx, head, &events).await?;
+        Ok(outcomes)
     }
 }
 
@@ -425,10 +458,11 @@ where
         Ok(())
     }
 
-    // TODO insert_certificate
-
     async fn insert_issuance(&self, issuance: Issuance) -> Result<()> {
-        self.batcher.submit(issuance).await
+        self.batcher
+            .submit(batch::Write::Issue(Box::new(issuance)))
+            .await?;
+        Ok(())
     }
 
     async fn revoke_certificate(&self, rev: &Revocation, event: AuditEvent) -> Result<()> {

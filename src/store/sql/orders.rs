@@ -138,6 +138,35 @@ where
     for<'r> &'r str: sqlx::ColumnIndex<B::Row>,
     usize: sqlx::ColumnIndex<B::Row>,
 {
+    /// Makes `transition` (checked legal) on `order_id` in `tx`, setting
+    /// `update`'s fields: false if the order was not where it starts.
+    pub(in crate::store) async fn move_order_tx(
+        tx: &mut super::Tx<B>,
+        order_id: &str,
+        transition: Transition,
+        update: &OrderUpdate,
+        at: i64,
+    ) -> Result<bool> {
+        let (from, to) = (transition.from(), transition.to());
+        // The statement's own $1…$10 first, in order.
+        let mut q = Statement::new(TRANSITION_ORDER);
+        q.arg(order_id)
+            .arg(from.as_str())
+            .arg(to.as_str())
+            .arg(at)
+            .arg(&update.error)
+            .arg(&update.rejection_reason)
+            .arg(&update.organization)
+            .arg(&update.csr_der)
+            .arg(i64::from(update.count_issue_attempt))
+            .arg(&update.approval_reason);
+        if let Some(before) = update.updated_before {
+            q.push(" AND updated_at < ").bind(before);
+        }
+        let done = q.query::<B>()?.execute(&mut **tx).await?;
+        Ok(B::rows_affected(&done) == 1)
+    }
+
     /// Inserts orders with their authorizations and challenges in
     /// `tx`, with multi-row INSERTs (a batch of issuances brings
     /// many).
@@ -370,11 +399,11 @@ where
     usize: sqlx::ColumnIndex<B::Row>,
 {
     async fn create_order(&self, bundle: &OrderBundle, events: Vec<AuditEvent>) -> Result<()> {
-        let mut tx = self.write.begin().await?;
-        let refs: Vec<&AuditEvent> = events.iter().collect();
-        Self::append_audit_tx(&mut tx, &refs).await?;
-        Self::insert_orders_tx(&mut tx, &[bundle]).await?;
-        tx.commit().await?;
+        let open = batch::Write::Open {
+            bundle: Box::new(bundle.clone()),
+            events,
+        };
+        self.batcher.submit(open).await?;
         Ok(())
     }
 
@@ -500,30 +529,13 @@ where
                 transition,
             }));
         }
-        let (from, to) = (transition.from(), transition.to());
-        let mut tx = self.write.begin().await?;
-        let head = Self::lock_audit(&mut tx).await?;
-        // The statement's own $1…$10 first, in order.
-        let mut q = Statement::new(TRANSITION_ORDER);
-        q.arg(order_id)
-            .arg(from.as_str())
-            .arg(to.as_str())
-            .arg(at)
-            .arg(&update.error)
-            .arg(&update.rejection_reason)
-            .arg(&update.organization)
-            .arg(&update.csr_der)
-            .arg(i64::from(update.count_issue_attempt))
-            .arg(&update.approval_reason);
-        if let Some(before) = update.updated_before {
-            q.push(" AND updated_at < ").bind(before);
-        }
-        let done = q.query::<B>()?.execute(&mut *tx).await?;
-        if B::rows_affected(&done) != 1 {
-            return Ok(false);
-        }
-        let refs: Vec<&AuditEvent> = events.iter().collect();
-        Self::commit_audited(tx, head, &refs).await?;
-        Ok(true)
+        let step = batch::Write::Move {
+            order_id: order_id.to_owned(),
+            transition,
+            update: Box::new(update.clone()),
+            at,
+            events,
+        };
+        self.batcher.submit(step).await
     }
 }

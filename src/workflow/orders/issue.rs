@@ -60,9 +60,7 @@ impl Orders {
         // ways known here: the answer needs no read (its `updated_at` may
         // be the database's within the second).
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let order = bundle
-            .order
-            .moved(Transition::ClaimIssuance, &update, now);
+        let order = bundle.order.moved(Transition::ClaimIssuance, &update, now);
         let signed = self.issue_claimed_with(&order, checked).await?;
         bundle.order = order.completed(&signed.certificate.serial.to_hex(), now);
         Ok(bundle)

@@ -128,12 +128,7 @@ impl Client {
 
     /// A fresh nonce from newNonce.
     pub async fn nonce(&self) -> String {
-        let r = self
-            .http
-            .head(&self.urls[0])
-            .send()
-            .await
-            .unwrap();
+        let r = self.http.head(&self.urls[0]).send().await.unwrap();
         r.headers()["replay-nonce"].to_str().unwrap().to_owned()
     }
 
@@ -206,9 +201,7 @@ impl Client {
 
     /// newAccount with `payload`; keeps the account URL on success.
     pub async fn register_with(&mut self, payload: Value) -> Answer {
-        let a = self
-            .post(&self.urls[1], Some(&payload))
-            .await;
+        let a = self.post(&self.urls[1], Some(&payload)).await;
         if a.status == 201 || a.status == 200 {
             self.kid = Some(a.location());
         }
@@ -254,9 +247,7 @@ impl Client {
         for (k, v) in extra.as_object().unwrap() {
             payload[k] = v.clone();
         }
-        let order = self
-            .post(&self.urls[2], Some(&payload))
-            .await;
+        let order = self.post(&self.urls[2], Some(&payload)).await;
         if order.status != 201 {
             return Err(order);
         }
