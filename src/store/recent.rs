@@ -1,5 +1,6 @@
 //! Answers to the reads every request makes — the account behind an API
-//! key, an ACME account by id, the last proof of a name — kept in memory
+//! key, an ACME account by id, the last proof of a name, the blocklist of
+//! compromised keys — kept in memory
 //! for [`FRESH_FOR`], so the hot paths make no database round trip for
 //! them.
 //!
@@ -7,7 +8,8 @@
 //! revoked or rotated, an account disabled, an ACME account deactivated or
 //! its key rolled over) is seen at once, because every such write bumps
 //! [`Recent::changed`] after it commits and an answer read before the
-//! bump is never served after it. A change made through another instance
+//! bump is never served after it (a key blocked by a keyCompromise
+//! revocation here is refused at once). A change made through another instance
 //! is seen within [`FRESH_FOR`], the same bound the OCSP cache keeps for
 //! revocations (README, "PostgreSQL and several instances").
 //!
@@ -24,6 +26,10 @@ use std::time::{Duration, Instant};
 
 /// How long an answer is served without asking the database again.
 pub const FRESH_FOR: Duration = Duration::from_secs(2);
+
+/// Most blocked keys held in memory as one set: beyond, each CSR's key is
+/// looked up in the database instead.
+pub const MAX_BLOCKED_IN_MEMORY: usize = 65_536;
 
 /// Most answers kept per kind; a full map is emptied (the next requests
 /// refill it), so memory stays bounded whatever the traffic.

@@ -290,6 +290,25 @@ where
     }
 
     async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool> {
+        // Every new CSR has a key never seen before, so the whole (short)
+        // blocklist is held instead of answers per key.
+        let changes = self.recent.changes.now();
+        if let Some(set) = self.recent.blocked.get(&(), changes) {
+            return Ok(set.contains(spki_sha256));
+        }
+        let limit = crate::store::recent::MAX_BLOCKED_IN_MEMORY;
+        let all: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT spki_sha256 FROM blocked_keys LIMIT $1")
+            .bind(limit as i64 + 1)
+            .fetch_all(&self.read)
+            .await?;
+        if all.len() <= limit {
+            let set: std::collections::HashSet<Vec<u8>> = all.into_iter().map(|(k,)| k).collect();
+            let blocked = set.contains(spki_sha256);
+            self.recent
+                .blocked
+                .keep((), changes, std::sync::Arc::new(set));
+            return Ok(blocked);
+        }
         let row: Option<(String,)> =
             sqlx::query_as("SELECT serial FROM blocked_keys WHERE spki_sha256 = $1")
                 .bind(spki_sha256)
@@ -513,7 +532,11 @@ where
                 .execute(&mut *tx)
                 .await?;
         }
-        Self::commit_audited(tx, head, &[&event]).await
+        Self::commit_audited(tx, head, &[&event]).await?;
+        if rev.blocked_key.is_some() {
+            self.recent.changes.bump();
+        }
+        Ok(())
     }
 
     async fn publish_crl(

@@ -58,6 +58,9 @@ pub(in crate::store) struct RecentReads {
     pub(in crate::store) acme_accounts: Recent<String, super::AcmeAccountRecord>,
     /// When an account last proved a name: (account, kind, value).
     pub(in crate::store) proofs: Recent<(String, IdentifierKind, String), i64>,
+    /// Every blocked key's SPKI hash (while there are at most
+    /// [`super::recent::MAX_BLOCKED_IN_MEMORY`]), under the key `()`.
+    pub(in crate::store) blocked: Recent<(), std::sync::Arc<std::collections::HashSet<Vec<u8>>>>,
 }
 
 /// What differs between the databases hallmark runs on.
