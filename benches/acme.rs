@@ -131,11 +131,7 @@ impl Drop for Pebble {
 }
 
 /// Certificates/s from C clients that register and warm up first.
-async fn measure(
-    mut clients: Vec<Client>,
-    count: usize,
-    publish: Publish,
-) -> Result<f64, String> {
+async fn measure(mut clients: Vec<Client>, count: usize, publish: Publish) -> Result<f64, String> {
     for c in &mut clients {
         let a = c.register_with(json!({"termsOfServiceAgreed": true})).await;
         if a.status != 201 {
