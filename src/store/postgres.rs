@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnection, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 
 use async_trait::async_trait;
 
 use super::batch::{Batcher, UsedNonce};
-use super::sql::{fresh_nonces, insert_nonces};
-use super::{redact_url, Backend, Result, SqlStore, StoreError};
+use super::sql::{fresh_nonces, insert_nonces, revoked_row, revoked_scan_sql};
+use super::{redact_url, Backend, Result, RevokedRow, RevokedScan, SqlStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -90,6 +90,29 @@ impl Backend for Postgres {
             .bind(now)
             .execute(write)
             .await?;
+        Ok(())
+    }
+
+    async fn scan_revoked(
+        conn: &mut PgConnection,
+        scan: &RevokedScan,
+        sink: &mut (dyn FnMut(RevokedRow) + Send),
+    ) -> Result<()> {
+        use futures_util::TryStreamExt;
+        let sql = revoked_scan_sql(scan, true);
+        let mut q = sqlx::query_as::<_, (String, i64, Option<i64>, Option<i64>)>(&sql)
+            .bind(&scan.issuer_id)
+            .bind(scan.not_after_from);
+        if let Some(p) = scan.partition {
+            q = q.bind(p);
+        }
+        if let Some(since) = scan.revoked_since {
+            q = q.bind(since);
+        }
+        let mut rows = q.fetch(conn);
+        while let Some((serial, revoked_at, reason, invalidity_date)) = rows.try_next().await? {
+            sink(revoked_row(&serial, revoked_at, reason, invalidity_date)?);
+        }
         Ok(())
     }
 

@@ -364,7 +364,6 @@ where
         scan: &RevokedScan,
         sink: &mut (dyn FnMut(RevokedRow) + Send),
     ) -> Result<i64> {
-        use futures_util::TryStreamExt;
         // One read snapshot for the audit head and the entries, so
         // the snapshot number says exactly which revocations are in.
         let mut tx = self.read.begin().await?;
@@ -375,35 +374,7 @@ where
         let (seq,): (i64,) = sqlx::query_as("SELECT seq FROM audit_head WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
-        let mut q = Statement::new(
-            "SELECT serial, revoked_at, revocation_reason, invalidity_date \
-             FROM certificates WHERE issuer_id = ",
-        );
-        q.bind(&scan.issuer_id)
-            .push(" AND revoked_at IS NOT NULL AND not_after >= ")
-            .bind(scan.not_after_from);
-        if let Some(p) = scan.partition {
-            q.push(" AND crl_partition = ").bind(p);
-        }
-        if let Some(since) = scan.revoked_since {
-            q.push(" AND revoked_at >= ").bind(since);
-        }
-        {
-            let mut rows = q
-                .query_as::<B, (String, i64, Option<i64>, Option<i64>)>()?
-                .fetch(&mut *tx);
-            while let Some((serial, revoked_at, reason, invalidity_date)) = rows.try_next().await? {
-                let serial = serial
-                    .parse()
-                    .map_err(|_| StoreError::Corrupt(format!("serial {serial:?}")))?;
-                sink(RevokedRow {
-                    serial,
-                    revoked_at,
-                    reason: reason.unwrap_or(0),
-                    invalidity_date,
-                });
-            }
-        }
+        B::scan_revoked(&mut tx, scan, sink).await?;
         tx.rollback().await?;
         Ok(seq)
     }

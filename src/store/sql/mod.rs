@@ -29,9 +29,11 @@ use super::batch::{Batcher, UsedNonce, Write};
 use super::recent::{Changes, Recent};
 use super::{
     AuditEvent, AuthorizationStatus, ChallengeKind, ChallengeStatus, Failure, Health,
-    IdentifierKind, OrderSource, OrderStatus, Result, StoreError, Validation,
+    IdentifierKind, OrderSource, OrderStatus, Result, RevokedRow, RevokedScan, StoreError,
+    Validation,
 };
 use crate::pki::profile::Organization;
+use crate::pki::Serial;
 
 /// A store on database `B`: a read pool, a write pool (one connection on
 /// SQLite, which has one writer anyway) and the group-commit queue in
@@ -86,6 +88,60 @@ pub trait Backend: Database {
     async fn check_durable(write: &Pool<Self>) -> Result<()>;
     /// How many rows a statement changed.
     fn rows_affected(done: &Self::QueryResult) -> u64;
+    /// Streams the revoked certificates `scan` selects, read on `conn`
+    /// (inside its read transaction), into `sink`. A CRL reads up to
+    /// millions of rows this way, so each backend does it its cheapest way.
+    async fn scan_revoked(
+        conn: &mut Self::Connection,
+        scan: &RevokedScan,
+        sink: &mut (dyn FnMut(RevokedRow) + Send),
+    ) -> Result<()>;
+}
+
+/// The query behind [`Backend::scan_revoked`]: its parameters are, in
+/// order, the issuer, `not_after_from`, then the partition and the
+/// `revoked_since` when set. The partial index `certificates_revoked`
+/// covers every column, so the scan never reads the table.
+pub(super) fn revoked_scan_sql(scan: &RevokedScan, numbered: bool) -> String {
+    let mut n = 0;
+    let mut param = || {
+        n += 1;
+        if numbered {
+            format!("${n}")
+        } else {
+            "?".to_owned()
+        }
+    };
+    let mut sql = format!(
+        "SELECT serial, revoked_at, revocation_reason, invalidity_date \
+         FROM certificates WHERE issuer_id = {} AND revoked_at IS NOT NULL AND not_after >= {}",
+        param(),
+        param()
+    );
+    if scan.partition.is_some() {
+        sql += &format!(" AND crl_partition = {}", param());
+    }
+    if scan.revoked_since.is_some() {
+        sql += &format!(" AND revoked_at >= {}", param());
+    }
+    sql
+}
+
+/// One row of [`revoked_scan_sql`] as a [`RevokedRow`].
+pub(super) fn revoked_row(
+    serial: &str,
+    revoked_at: i64,
+    reason: Option<i64>,
+    invalidity_date: Option<i64>,
+) -> Result<RevokedRow> {
+    Ok(RevokedRow {
+        serial: serial
+            .parse::<Serial>()
+            .map_err(|_| StoreError::Corrupt(format!("serial {serial:?}")))?,
+        revoked_at,
+        reason: reason.unwrap_or(0),
+        invalidity_date,
+    })
 }
 
 /// The SQL both databases record used nonces with, followed by `VALUES
