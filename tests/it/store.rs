@@ -227,6 +227,62 @@ async fn store_contract_holds_on_every_backend() {
 }
 
 #[tokio::test]
+async fn a_crl_larger_than_a_chunk_reads_back_whole_and_pruned_ones_are_gone() {
+    use hallmark::store::NewCrl;
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(backend, dir.path()).await;
+        let s = store::connect(&db.url).await.unwrap();
+        s.upsert_issuer(&issuer("int-1")).await.unwrap();
+        // Stored as 1 MiB chunks: 2 full ones and a partial third.
+        let content = |n: i64| -> Vec<u8> {
+            (0..(2 << 20) + 4097)
+                .map(|i: i64| (i.wrapping_mul(31) ^ n) as u8)
+                .collect()
+        };
+        let mut heads = Vec::new();
+        for snapshot in 1..=3 {
+            let crl = NewCrl {
+                issuer_id: "int-1".into(),
+                partition: 0,
+                delta: false,
+                this_update: 10 * snapshot,
+                next_update: 10 * snapshot + 5,
+                snapshot_seq: snapshot,
+                entries: 7,
+            };
+            let record = s
+                .publish_crl(
+                    &crl,
+                    &mut |number| Ok(content(number)),
+                    event("crl.publish", "int-1"),
+                )
+                .await
+                .unwrap()
+                .expect("published");
+            assert_eq!(record.der, content(record.number), "{backend:?}");
+            let head = s.crl_heads().await.unwrap().pop().unwrap();
+            assert_eq!(head.number, record.number, "{backend:?}");
+            assert_eq!(
+                s.crl_der(&head).await.unwrap(),
+                content(head.number),
+                "{backend:?}: the chunks join in order"
+            );
+            heads.push(head);
+        }
+        // Two are kept; the first one's chunks went with it.
+        let err = s.crl_der(&heads[0]).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{backend:?}: {err}");
+        assert_eq!(
+            s.crl_der(&heads[1]).await.unwrap(),
+            content(heads[1].number)
+        );
+        drop(s);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
 async fn an_illegal_order_transition_is_refused_and_a_stale_one_writes_nothing() {
     use hallmark::store::{OrderStatus, OrderUpdate, StoreError, Transition};
     for backend in backends() {

@@ -1,6 +1,7 @@
 //! The SQL of issuers, certificates, revocations and CRLs.
 
 use async_trait::async_trait;
+use futures_util::TryStreamExt;
 
 use super::{Backend, SqlStore, Statement, ROWS_PER_INSERT};
 use crate::store::*;
@@ -98,8 +99,16 @@ const NEXT_CRL_NUMBER: &str = "INSERT INTO crl_numbers (issuer_id, last_number) 
      RETURNING last_number";
 
 const INSERT_CRL: &str = "INSERT INTO crls (issuer_id, partition, delta, number, \
-     this_update, next_update, der, created_at, snapshot_seq, entries) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+     this_update, next_update, created_at, snapshot_seq, entries) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+const INSERT_CRL_CHUNK: &str = "INSERT INTO crl_chunks (issuer_id, partition, delta, number, \
+     seq, der) VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Bytes of DER per `crl_chunks` row: large enough that a 47 MB CRL is
+/// 45 statements, small enough that no driver buffer or bound copy
+/// approaches the size of the CRL.
+const CRL_CHUNK_BYTES: usize = 1 << 20;
 
 const PRUNE_CRLS: &str = "DELETE FROM crls WHERE issuer_id = $1 AND partition = $2 \
      AND delta = $3 AND number NOT IN (SELECT number FROM crls WHERE issuer_id = $1 \
@@ -112,8 +121,11 @@ const SELECT_CRL_HEADS: &str = "SELECT c.issuer_id, c.partition, c.delta, c.numb
      AND m.partition = c.partition AND m.delta = c.delta AND m.number = c.number \
      ORDER BY c.issuer_id, c.partition, c.delta";
 
-const SELECT_CRL: &str = "SELECT der FROM crls WHERE issuer_id = $1 AND partition = $2 \
-     AND delta = $3 AND number = $4";
+const SELECT_CRL_SIZE: &str = "SELECT COALESCE(SUM(LENGTH(der)), 0) FROM crl_chunks \
+     WHERE issuer_id = $1 AND partition = $2 AND delta = $3 AND number = $4";
+
+const SELECT_CRL_CHUNKS: &str = "SELECT der FROM crl_chunks WHERE issuer_id = $1 \
+     AND partition = $2 AND delta = $3 AND number = $4 ORDER BY seq";
 
 const SELECT_REVOKED_PARTITIONS: &str = "SELECT DISTINCT crl_partition FROM certificates \
      WHERE issuer_id = $1 AND revoked_at IS NOT NULL AND crl_partition > 0";
@@ -394,13 +406,34 @@ where
     }
 
     async fn crl_der(&self, head: &CrlRecord) -> Result<Vec<u8>> {
-        let (der,): (Vec<u8>,) = sqlx::query_as(SELECT_CRL)
+        // One snapshot for the size and the chunks, so a prune between
+        // them cannot tear the CRL.
+        let mut tx = self.read.begin().await?;
+        let (size,): (i64,) = sqlx::query_as(SELECT_CRL_SIZE)
             .bind(&head.issuer_id)
             .bind(head.partition)
             .bind(head.delta)
             .bind(head.number)
-            .fetch_one(&self.read)
+            .fetch_one(&mut *tx)
             .await?;
+        let mut der = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        let mut chunks = sqlx::query_as::<_, (Vec<u8>,)>(SELECT_CRL_CHUNKS)
+            .bind(&head.issuer_id)
+            .bind(head.partition)
+            .bind(head.delta)
+            .bind(head.number)
+            .fetch(&mut *tx);
+        while let Some((chunk,)) = chunks.try_next().await? {
+            der.extend_from_slice(&chunk);
+        }
+        drop(chunks);
+        tx.rollback().await?;
+        if der.is_empty() {
+            return Err(StoreError::Corrupt(format!(
+                "CRL {} of {} has no content",
+                head.number, head.issuer_id
+            )));
+        }
         Ok(der)
     }
 
@@ -544,12 +577,22 @@ where
             .bind(number)
             .bind(crl.this_update)
             .bind(crl.next_update)
-            .bind(&der)
             .bind(now)
             .bind(crl.snapshot_seq)
             .bind(crl.entries)
             .execute(&mut *tx)
             .await?;
+        for (seq, chunk) in (0_i64..).zip(der.chunks(CRL_CHUNK_BYTES)) {
+            sqlx::query(INSERT_CRL_CHUNK)
+                .bind(&crl.issuer_id)
+                .bind(crl.partition)
+                .bind(crl.delta)
+                .bind(number)
+                .bind(seq)
+                .bind(chunk)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(PRUNE_CRLS)
             .bind(&crl.issuer_id)
             .bind(crl.partition)
