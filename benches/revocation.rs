@@ -6,6 +6,8 @@
 //!
 //! Run: `cargo bench --bench revocation` (options after `--`:
 //! `--sizes 10000,100000,1000000 --backends sqlite,postgres --no-http`).
+//! Partitioned: `-- --partitioned 10000000 --partitions 64` (with
+//! `--complete-with-partitions` the issuer CRL lists every revocation).
 //! The HTTP part needs `wrk` and `nginx` (Debian: `apt-get install wrk
 //! nginx-light`) and is skipped without them.
 
@@ -25,6 +27,13 @@ struct Args {
     /// Run one generation case in this process (each case runs in a fresh
     /// process, so its peak memory is its own).
     case: Option<(String, u64)>,
+    /// `--partitioned N --partitions P`: N revoked over P partitioned CRLs.
+    partitioned: Option<u64>,
+    partitions: u32,
+    /// `crl.complete_with_partitions` for the partitioned case.
+    complete_with_partitions: bool,
+    /// Run one partitioned case (backend, N, P) in this process.
+    partition_case: Option<(String, u64, u32)>,
 }
 
 fn args() -> Args {
@@ -33,6 +42,10 @@ fn args() -> Args {
         backends: vec!["sqlite".into(), "postgres".into()],
         http: true,
         case: None,
+        partitioned: None,
+        partitions: 64,
+        complete_with_partitions: false,
+        partition_case: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -44,6 +57,15 @@ fn args() -> Args {
                 let backend = common::value(&mut it, "--case");
                 let n = common::value(&mut it, "--case");
                 a.case = Some((backend, n));
+            }
+            "--partitioned" => a.partitioned = Some(common::value(&mut it, "--partitioned")),
+            "--partitions" => a.partitions = common::value(&mut it, "--partitions"),
+            "--complete-with-partitions" => a.complete_with_partitions = true,
+            "--partition-case" => {
+                let backend = common::value(&mut it, "--partition-case");
+                let n = common::value(&mut it, "--partition-case");
+                let p = common::value(&mut it, "--partition-case");
+                a.partition_case = Some((backend, n, p));
             }
             _ => {}
         }
@@ -80,24 +102,32 @@ fn reset_peak() {
 
 /// Inserts `n` revoked certificates of `issuer` in the database itself
 /// (the rows, not the signing, are what CRL generation reads).
-async fn fill(url: &str, backend: &str, issuer: &str, n: u64) {
+async fn fill(url: &str, backend: &str, issuer: &str, n: u64, partitions: u64) {
     use sqlx::Connection;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // Partition k of 1..=partitions, or 0 without partitions.
+    let partition = if partitions > 0 {
+        format!("1 + n % {partitions}")
+    } else {
+        "0".into()
+    };
     let sql = match backend {
         "sqlite" => format!(
             "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {n}) \
              INSERT INTO certificates (serial, issuer_id, subject, identifiers, profile, \
-             requested_by, not_before, not_after, der, created_at, revoked_at, revocation_reason) \
+             requested_by, not_before, not_after, der, created_at, revoked_at, revocation_reason, \
+             crl_partition) \
              SELECT printf('41%030x', n), '{issuer}', 'CN=x.internal', '[\"x.internal\"]', \
              'server', 'bench', {now}, {now} + 7776000, x'3000', {now}, {now} - (n % 86400), \
-             n % 6 FROM s"
+             n % 6, {partition} FROM s"
         ),
         _ => format!(
             "INSERT INTO certificates (serial, issuer_id, subject, identifiers, profile, \
-             requested_by, not_before, not_after, der, created_at, revoked_at, revocation_reason) \
+             requested_by, not_before, not_after, der, created_at, revoked_at, revocation_reason, \
+             crl_partition) \
              SELECT '41' || lpad(to_hex(n), 30, '0'), '{issuer}', 'CN=x.internal', \
              '[\"x.internal\"]', 'server', 'bench', {now}, {now} + 7776000, '\\x3000'::bytea, \
-             {now}, {now} - (n % 86400), n % 6 FROM generate_series(1, {n}) AS n"
+             {now}, {now} - (n % 86400), n % 6, {partition} FROM generate_series(1, {n}) AS n"
         ),
     };
     if backend == "sqlite" {
@@ -174,9 +204,40 @@ fn main() {
         runtime.block_on(generation_case(backend, *n, false));
         return;
     }
+    if let Some((backend, n, p)) = &args.partition_case {
+        runtime.block_on(partition_case(
+            backend,
+            *n,
+            *p,
+            args.complete_with_partitions,
+        ));
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    if let Some(n) = args.partitioned {
+        println!("| store | revoked entries | partitions | issuer CRL lists | fill s | partition CRL s: min / median / max | peak RSS of the process (MiB) | RSS before (MiB) | a revocation to its partition's CRL s |");
+        println!("|---|---:|---:|---|---:|---|---:|---:|---:|");
+        for backend in &args.backends {
+            let mut cmd = Command::new(&exe);
+            cmd.args([
+                "--partition-case",
+                backend,
+                &n.to_string(),
+                &args.partitions.to_string(),
+            ]);
+            if args.complete_with_partitions {
+                cmd.arg("--complete-with-partitions");
+            }
+            let out = cmd.output().unwrap();
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            if !out.status.success() {
+                eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        return;
+    }
     println!("| store | revoked entries | CRL bytes | generation s | peak RSS of the process (MiB) | RSS before generating (MiB) |");
     println!("|---|---:|---:|---:|---:|---:|");
-    let exe = std::env::current_exe().unwrap();
     for backend in &args.backends {
         for n in &args.sizes {
             let out = Command::new(&exe)
@@ -209,7 +270,7 @@ async fn generation_case(backend: &str, n: u64, http: bool) {
     };
     let (config, authority) = common::made_ca(dir.path(), &url).await;
     let issuer = authority.issuer().certificate().id().to_owned();
-    fill(&url, backend, &issuer, n).await;
+    fill(&url, backend, &issuer, n, 0).await;
     let crls = CrlPublisher::new(authority.clone(), config.crl.clone());
     if http {
         drop(crls);
@@ -231,6 +292,121 @@ async fn generation_case(backend: &str, n: u64, http: bool) {
     }
     drop(authority);
     common::drop_database(pg).await;
+}
+
+/// `n` revoked certificates spread over `partitions` partitioned CRLs:
+/// every partition generated once, then each again, timed; then one more
+/// revocation and the publisher poll that a revocation through the
+/// service triggers at once, timed until it returns with the
+/// revocation's partition republished.
+async fn partition_case(backend: &str, n: u64, partitions: u32, complete_with_partitions: bool) {
+    use hallmark::store::{AuditEvent, Revocation};
+    let dir = tempfile::tempdir().unwrap();
+    let Some((url, pg)) = common::database_url(backend, dir.path(), "crlp").await else {
+        eprintln!("{backend}: not reachable, skipped");
+        return;
+    };
+    let (config, authority) = common::made_ca_with(
+        dir.path(),
+        &url,
+        &[
+            ("HALLMARK_CRL__PARTITIONS", partitions.to_string()),
+            ("HALLMARK_CRL__DEBOUNCE_SECS", "0".into()),
+            (
+                "HALLMARK_CRL__COMPLETE_WITH_PARTITIONS",
+                complete_with_partitions.to_string(),
+            ),
+        ],
+    )
+    .await;
+    let issuer = authority.issuer().certificate().id().to_owned();
+    let started = Instant::now();
+    fill(&url, backend, &issuer, n, u64::from(partitions)).await;
+    let fill_secs = started.elapsed().as_secs_f64();
+    let crls = CrlPublisher::new(authority.clone(), config.crl.clone());
+    for p in 1..=partitions {
+        drop(crls.generate(CrlKind::Partition(p)).await.unwrap());
+    }
+    let before = rss_mib();
+    reset_peak();
+    let mut times = Vec::new();
+    let mut entries = 0;
+    for p in 1..=partitions {
+        let started = Instant::now();
+        let g = crls.generate(CrlKind::Partition(p)).await.unwrap();
+        times.push(started.elapsed().as_secs_f64());
+        entries += g.record.entries as u64;
+    }
+    let peak = peak_rss_mib();
+    assert_eq!(entries, n);
+    times.sort_by(f64::total_cmp);
+
+    // One more certificate in partition 1, revoked through the store.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let serial = "42000000000000000000000000000001";
+    let insert = format!(
+        "INSERT INTO certificates (serial, issuer_id, subject, identifiers, profile, \
+         requested_by, not_before, not_after, der, created_at, crl_partition) VALUES \
+         ('{serial}', '{issuer}', 'CN=x.internal', '[\"x.internal\"]', 'server', 'bench', \
+         {now}, {now} + 7776000, {}, {now}, 1)",
+        if backend == "sqlite" {
+            "x'3000'"
+        } else {
+            "'\\x3000'::bytea"
+        }
+    );
+    sql(&url, backend, &insert).await;
+    let file = CrlKind::Partition(1).file_name(&issuer);
+    let listed = crls.served(&file).unwrap().entries;
+    let revocation = Revocation {
+        serial: serial.parse().unwrap(),
+        at: now,
+        reason: 1,
+        invalidity_date: None,
+        blocked_key: None,
+    };
+    let event = AuditEvent {
+        at: time::OffsetDateTime::now_utc(),
+        actor: "bench".into(),
+        action: "certificate.revoke".into(),
+        subject: serial.into(),
+        details: serde_json::json!({}),
+    };
+    let started = Instant::now();
+    authority
+        .store()
+        .revoke_certificate(&revocation, event)
+        .await
+        .unwrap();
+    crls.poll_once().await.unwrap();
+    let reach = started.elapsed().as_secs_f64();
+    assert_eq!(crls.served(&file).unwrap().entries, listed + 1);
+    println!(
+        "| {backend} | {n} | {partitions} | {} | {fill_secs:.0} | {:.2} / {:.2} / {:.2} | {peak:.0} | {before:.0} | {reach:.2} |",
+        if complete_with_partitions {
+            "every revocation"
+        } else {
+            "unpartitioned only"
+        },
+        times[0],
+        times[times.len() / 2],
+        times[times.len() - 1],
+    );
+    drop(crls);
+    drop(authority);
+    common::drop_database(pg).await;
+}
+
+/// Runs one statement on its own connection.
+async fn sql(url: &str, backend: &str, statement: &str) {
+    use sqlx::Connection;
+    if backend == "sqlite" {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(statement).execute(&mut c).await.unwrap();
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(statement).execute(&mut c).await.unwrap();
+    }
 }
 
 /// CRL GETs (hallmark and nginx, same file) and OCSP answers per second.

@@ -207,22 +207,33 @@ pub async fn made_ca(
     hallmark::config::Config,
     std::sync::Arc<hallmark::workflow::Authority>,
 ) {
-    let config = hallmark::config::Config::load(
-        None,
-        &dir.join("data"),
-        vec![
-            ("DATABASE_URL".to_string(), url.to_owned()),
-            (
-                "HALLMARK_SERVER__HTTPS_LISTEN".into(),
-                format!("127.0.0.1:{}", free_port()),
-            ),
-            (
-                "HALLMARK_SERVER__HTTP_LISTEN".into(),
-                format!("127.0.0.1:{}", free_port()),
-            ),
-        ],
-    )
-    .expect("a benchmark configuration");
+    made_ca_with(dir, url, &[]).await
+}
+
+/// [`made_ca`] with extra `HALLMARK_…` settings.
+#[allow(dead_code)]
+pub async fn made_ca_with(
+    dir: &std::path::Path,
+    url: &str,
+    extra: &[(&str, String)],
+) -> (
+    hallmark::config::Config,
+    std::sync::Arc<hallmark::workflow::Authority>,
+) {
+    let mut env = vec![
+        ("DATABASE_URL".to_string(), url.to_owned()),
+        (
+            "HALLMARK_SERVER__HTTPS_LISTEN".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ),
+        (
+            "HALLMARK_SERVER__HTTP_LISTEN".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let config = hallmark::config::Config::load(None, &dir.join("data"), env)
+        .expect("a benchmark configuration");
     hallmark::datadir::init_ca(
         &config,
         PASSPHRASE.as_bytes(),

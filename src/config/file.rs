@@ -153,6 +153,12 @@ pub struct CrlSection {
     /// Spread new certificates over this many partitioned CRLs, each
     /// named by its certificates' CDP (default 0: one CRL per issuer).
     pub partitions: u32,
+    /// With `partitions`: whether the issuer's CRL (`/crl/<issuer>.crl`)
+    /// still lists every revoked certificate (default true), or only
+    /// those outside any partition, scoped to them by an
+    /// issuingDistributionPoint — so past millions of revocations no
+    /// revocation rebuilds a CRL of all of them.
+    pub complete_with_partitions: bool,
     /// Publish delta CRLs (RFC 5280 §5.2.4) announced by freshestCRL in
     /// the complete CRL (default false).
     pub delta: bool,
@@ -174,6 +180,7 @@ impl Default for CrlSection {
             regenerate_every_hours: 24,
             debounce_secs: 2,
             partitions: 0,
+            complete_with_partitions: true,
             delta: false,
             delta_every_minutes: 60,
             root_validity_days: 365,

@@ -340,6 +340,12 @@ impl Config {
                 reason: "must be at most 1000".into(),
             });
         }
+        if file.crl.delta && !file.crl.complete_with_partitions {
+            return Err(ConfigError::Invalid {
+                key: "crl.delta",
+                reason: "delta CRLs extend the complete CRL, so they need crl.complete_with_partitions = true".into(),
+            });
+        }
         if file.crl.root_validity_days == 0 || file.crl.delta_every_minutes == 0 {
             return Err(ConfigError::Invalid {
                 key: "crl.root_validity_days",
@@ -524,6 +530,11 @@ mod tests {
         assert!(matches!(missing, Err(ConfigError::Read { .. })));
         assert!(err(&[("HALLMARK_ACME__TERMS_OF_SERVICE", "terms.html")])
             .contains("acme.terms_of_service"));
+        assert!(err(&[
+            ("HALLMARK_CRL__DELTA", "true"),
+            ("HALLMARK_CRL__COMPLETE_WITH_PARTITIONS", "false")
+        ])
+        .contains("crl.delta"));
     }
 
     #[test]

@@ -232,16 +232,18 @@ impl CrlPublisher {
     }
 
     /// Generates and publishes the CRLs a revocation in `partition` changes
-    /// (the complete CRL, that partition, the delta), audited as `actor`.
+    /// (that partition, the complete CRL, the delta), audited as `actor`.
     pub async fn generate_after_revocation(
         &self,
         partition: i64,
         actor: &str,
     ) -> Result<Vec<Generated>, WorkflowError> {
-        let mut kinds = vec![CrlKind::Complete];
+        // The partition first: it is what the certificate names.
+        let mut kinds = Vec::new();
         if let Ok(p @ 1..) = u32::try_from(partition) {
             kinds.push(CrlKind::Partition(p));
         }
+        kinds.push(CrlKind::Complete);
         if self.config.delta {
             kinds.push(CrlKind::Delta);
         }
@@ -273,7 +275,17 @@ impl CrlPublisher {
             _ => time::Duration::hours(i64::from(self.config.validity_hours)),
         };
         let urls = issuer.urls();
+        // The issuer's CRL lists only what no partition holds (and says
+        // so in an issuingDistributionPoint), when configured that way.
+        let only_unpartitioned =
+            self.authority.crl_partitions() > 0 && !self.config.complete_with_partitions;
         let (scope, revoked_since) = match kind {
+            CrlKind::Complete if only_unpartitioned => (
+                CrlScope::Partition {
+                    url: urls.crl_partition(0),
+                },
+                None,
+            ),
             CrlKind::Complete => (
                 CrlScope::Complete {
                     delta_url: self.config.delta.then(|| urls.crl_delta()),
@@ -298,6 +310,7 @@ impl CrlPublisher {
         };
         let partition = match kind {
             CrlKind::Partition(p) => Some(i64::from(p)),
+            CrlKind::Complete if only_unpartitioned => Some(0),
             _ => None,
         };
         let g = self
@@ -567,8 +580,14 @@ impl CrlPublisher {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let mut kinds = self.stale(&marks, now);
         kinds.extend(self.due(now));
-        // Once each; the complete CRL (which deltas refer to) first.
-        kinds.sort();
+        // Once each: partitions first (small, and what a revocation's
+        // certificate names), then the complete CRL, then the delta that
+        // refers to it.
+        kinds.sort_by_key(|kind| match kind {
+            CrlKind::Partition(p) => (0, *p),
+            CrlKind::Complete => (1, 0),
+            CrlKind::Delta => (2, 0),
+        });
         kinds.dedup();
         for kind in kinds {
             self.generate_logged(kind).await;

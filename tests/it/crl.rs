@@ -134,6 +134,95 @@ async fn partitioned_and_delta_crls_name_each_other_and_list_revocations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_complete_with_partitions_the_issuer_crl_covers_only_unpartitioned_certificates() {
+    for backend in backends() {
+        let mut ca = TestCa::with_env(
+            backend,
+            &[
+                ("HALLMARK_CRL__DEBOUNCE_SECS", "0".into()),
+                ("HALLMARK_CRL__PARTITIONS", "2".into()),
+                ("HALLMARK_CRL__COMPLETE_WITH_PARTITIONS", "false".into()),
+            ],
+        )
+        .await;
+        let run = ca.start().await;
+        let dir = ca.dir.path();
+        let authority = run.authority.clone();
+        let (owner, owner_key) = api_key(&authority, "owner", Role::Requester).await;
+        std::fs::write(dir.join("root.pem"), &run.root_pem).unwrap();
+        std::fs::write(
+            dir.join("issuing.pem"),
+            authority.issuer().certificate().pem(),
+        )
+        .unwrap();
+        let (serial, pem) = issue(&authority, dir, "c0", "c0.internal", &owner).await;
+        let issuer = authority.issuer().certificate().id().to_owned();
+        let complete_url = format!("{}/crl/{issuer}.crl", run.http_url);
+        let (cdp, _) = urls(&pem);
+        let (_, before, _) = crl_until(&complete_url, |_, _| true).await;
+
+        let r = run
+            .client()
+            .post(format!(
+                "{}/api/v1/certificates/{serial}/revoke",
+                run.https_url
+            ))
+            .bearer_auth(&owner_key)
+            .json(&json!({"reason": "superseded"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let (part_der, _, listed) = crl_until(&cdp, |_, s| s.contains(&serial)).await;
+        assert_eq!(listed, vec![serial.clone()]);
+
+        // Republished after the revocation, and still without it: it
+        // covers only certificates outside every partition, and says so.
+        let (complete_der, _, all) = crl_until(&complete_url, |n, _| n > before).await;
+        assert!(all.is_empty(), "{backend:?}: {all:?}");
+        let (_, complete) = CertificateRevocationList::from_der(&complete_der).unwrap();
+        let idp = complete
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "2.5.29.28")
+            .expect("the scoped issuer CRL has an issuingDistributionPoint");
+        assert!(idp.critical);
+        assert!(
+            idp.value
+                .windows(complete_url.len())
+                .any(|w| w == complete_url.as_bytes()),
+            "it names its own URL"
+        );
+        // openssl uses the partition CRL for the certificate, and will not
+        // take the issuer CRL, whose scope does not cover it, as proof.
+        write_crl_pem(dir, &part_der, "part.pem");
+        let (ok, out) = crl_verify(dir, "part.pem", "c0.pem");
+        assert!(!ok && out.contains("certificate revoked"), "{out}");
+        write_crl_pem(dir, &complete_der, "complete.pem");
+        let (ok, out) = crl_verify(dir, "complete.pem", "c0.pem");
+        assert!(!ok && !out.contains("certificate revoked"), "{out}");
+        if let Some((ok, out)) = pkilint(
+            dir,
+            "lint_crl",
+            &[
+                "lint",
+                "-t",
+                "CRL",
+                "-p",
+                "PKIX",
+                "-s",
+                "WARNING",
+                "complete.pem",
+            ],
+        ) {
+            assert!(ok && out.trim().is_empty(), "lint_crl: {out}");
+        }
+        run.stop().await;
+        ca.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_database_publish_unique_numbers_and_serve_every_revocation() {
     // Several instances share PostgreSQL in production; SQLite runs the
     // same check with two services on one file.
