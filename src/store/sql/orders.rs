@@ -266,17 +266,19 @@ where
     usize: sqlx::ColumnIndex<B::Row>,
 {
     async fn order(&self, id: &str) -> Result<OrderBundle> {
-        let order: OrderRecord = sqlx::query_as(&format!("{} WHERE id = $1", ORDER_COLUMNS))
+        // One connection for the three reads: one pool round trip, not three.
+        let mut conn = self.read.acquire().await?;
+        let order: OrderRecord = sqlx::query_as(&format!("{ORDER_COLUMNS} WHERE id = $1"))
             .bind(id)
-            .fetch_one(&self.read)
+            .fetch_one(&mut *conn)
             .await?;
         let authorizations: Vec<AuthorizationRecord> = sqlx::query_as(SELECT_AUTHORIZATIONS)
             .bind(id)
-            .fetch_all(&self.read)
+            .fetch_all(&mut *conn)
             .await?;
         let challenges: Vec<ChallengeRecord> = sqlx::query_as(SELECT_CHALLENGES)
             .bind(id)
-            .fetch_all(&self.read)
+            .fetch_all(&mut *conn)
             .await?;
         order_bundle(order, authorizations, challenges)
     }
