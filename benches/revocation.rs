@@ -136,7 +136,10 @@ async fn fill(url: &str, backend: &str, issuer: &str, n: u64, partitions: u64) {
     } else {
         let mut c = sqlx::PgConnection::connect(url).await.unwrap();
         sqlx::query(&sql).execute(&mut c).await.unwrap();
-        sqlx::query("ANALYZE certificates")
+        // What autovacuum does to a table soon after a bulk insert: sets
+        // the visibility map, without which an index-only scan visits the
+        // table row by row (0.9 s instead of 0.15 s for 156k of 10 M).
+        sqlx::query("VACUUM (ANALYZE) certificates")
             .execute(&mut c)
             .await
             .unwrap();
