@@ -343,7 +343,7 @@ impl Config {
         if file.crl.delta && !file.crl.complete_with_partitions {
             return Err(ConfigError::Invalid {
                 key: "crl.delta",
-                reason: "delta CRLs extend the complete CRL, so they need crl.complete_with_partitions = true".into(),
+                reason: "needs crl.complete_with_partitions = true (a delta CRL extends the complete CRL)".into(),
             });
         }
         if file.crl.root_validity_days == 0 || file.crl.delta_every_minutes == 0 {
