@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use crate::pki::weak::Weakness;
 use crate::pki::{Csr, Identifier, KeyType, PublicKeyKind, UnverifiedCsr};
 
 /// At most this many names in one certificate.
@@ -82,6 +83,9 @@ pub enum PolicyError {
     /// RSA with a bad public exponent.
     #[error("the RSA public exponent must be odd and at least 3")]
     BadRsaExponent,
+    /// An RSA modulus known to be factorable.
+    #[error("the RSA key is known to be weak: {0}; make a new key")]
+    WeakRsaModulus(String),
     /// A key algorithm or size the policy does not allow.
     #[error("{0} keys are not allowed; allowed key types are {1}")]
     KeyTypeNotAllowed(String, String),
@@ -131,6 +135,7 @@ impl PolicyError {
         match self {
             PolicyError::WeakRsaKey { .. }
             | PolicyError::BadRsaExponent
+            | PolicyError::WeakRsaModulus(_)
             | PolicyError::KeyTypeNotAllowed(..) => AcmeError::BadPublicKey,
             PolicyError::ValidityNotAllowed { .. } => AcmeError::Malformed,
             _ => AcmeError::RejectedIdentifier,
@@ -159,7 +164,11 @@ impl Policy {
             PublicKeyKind::EcP256 => allowed(AllowedKey::Key(KeyType::P256)),
             PublicKeyKind::EcP384 => allowed(AllowedKey::Key(KeyType::P384)),
             PublicKeyKind::Ed25519 => allowed(AllowedKey::Ed25519),
-            PublicKeyKind::Rsa { bits, exponent_ok } => {
+            PublicKeyKind::Rsa {
+                bits,
+                exponent_ok,
+                weak,
+            } => {
                 let sizes: Vec<usize> = self
                     .key_types
                     .iter()
@@ -178,6 +187,19 @@ impl Policy {
                 }
                 if !exponent_ok {
                     return Err(PolicyError::BadRsaExponent);
+                }
+                match weak {
+                    Some(Weakness::SmallFactor(p)) => {
+                        return Err(PolicyError::WeakRsaModulus(format!(
+                            "its modulus is divisible by {p}"
+                        )))
+                    }
+                    Some(Weakness::Roca) => {
+                        return Err(PolicyError::WeakRsaModulus(
+                            "it has the ROCA fingerprint (CVE-2017-15361)".into(),
+                        ))
+                    }
+                    None => {}
                 }
                 sizes.contains(bits)
             }
@@ -423,13 +445,15 @@ mod tests {
         assert!(p
             .check_key(&PublicKeyKind::Rsa {
                 bits: 3072,
-                exponent_ok: true
+                exponent_ok: true,
+                weak: None
             })
             .is_ok());
         assert_eq!(
             p.check_key(&PublicKeyKind::Rsa {
                 bits: 1024,
-                exponent_ok: true
+                exponent_ok: true,
+                weak: None
             })
             .unwrap_err(),
             PolicyError::WeakRsaKey {
@@ -440,10 +464,21 @@ mod tests {
         assert_eq!(
             p.check_key(&PublicKeyKind::Rsa {
                 bits: 2048,
-                exponent_ok: false
+                exponent_ok: false,
+                weak: None
             })
             .unwrap_err(),
             PolicyError::BadRsaExponent
+        );
+        assert_eq!(
+            p.check_key(&PublicKeyKind::Rsa {
+                bits: 2048,
+                exponent_ok: true,
+                weak: Some(Weakness::Roca)
+            })
+            .unwrap_err()
+            .to_string(),
+            "the RSA key is known to be weak: it has the ROCA fingerprint (CVE-2017-15361); make a new key"
         );
         assert!(matches!(
             p.check_key(&PublicKeyKind::Ed25519),

@@ -195,7 +195,7 @@ impl From<WorkflowError> for Problem {
             WorkflowError::CsrNamesDiffer { .. } => {
                 Problem::acme(bad, AcmeError::BadCsr, e.to_string())
             }
-            WorkflowError::CompromisedKey => {
+            WorkflowError::CompromisedKey | WorkflowError::CaKey => {
                 Problem::acme(bad, AcmeError::BadPublicKey, e.to_string())
             }
         }

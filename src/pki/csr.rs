@@ -33,6 +33,8 @@ pub enum PublicKeyKind {
         bits: usize,
         /// Whether the public exponent is odd and at least 3.
         exponent_ok: bool,
+        /// A known-bad modulus (small factor, ROCA).
+        weak: Option<super::weak::Weakness>,
     },
     /// Ed25519.
     Ed25519,
@@ -308,6 +310,7 @@ pub(crate) fn classify_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -
             PublicKeyKind::Rsa {
                 bits: rsa.key_size(),
                 exponent_ok,
+                weak: super::weak::rsa_modulus(rsa.modulus),
             }
         }
         Ok(PublicKey::EC(point)) => {

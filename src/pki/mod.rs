@@ -9,6 +9,7 @@ pub mod key;
 pub mod ocsp;
 pub mod profile;
 pub mod serial;
+pub mod weak;
 
 use std::fmt;
 use std::net::IpAddr;

@@ -93,6 +93,9 @@ pub enum WorkflowError {
         "the CSR's public key belongs to a certificate revoked for keyCompromise; make a new key"
     )]
     CompromisedKey,
+    /// The CSR's key is one of this CA's own (ACME `badPublicKey`).
+    #[error("the CSR's public key is this CA's own key; make a new key")]
+    CaKey,
 }
 
 /// What was looked for and does not exist (or is not the caller's).

@@ -151,6 +151,13 @@ impl Authority {
         self.policy.check_unverified(&unverified)?;
         let csr = unverified.verify()?;
         let identifiers = self.policy.check_csr(&csr)?;
+        let cas = [self.root(), self.issuer().certificate()];
+        if cas
+            .iter()
+            .any(|ca| same_public_key(ca.spki(), csr.spki_der()))
+        {
+            return Err(WorkflowError::CaKey);
+        }
         Ok(CheckedCsr { csr, identifiers })
     }
 
@@ -359,4 +366,18 @@ pub(crate) struct IssueRequest<'a> {
     pub account_id: Option<String>,
     pub actor: &'a str,
     pub now: OffsetDateTime,
+}
+
+/// Whether two SubjectPublicKeyInfos hold the same key bits (whatever
+/// each says about its algorithm's parameters).
+fn same_public_key(a: &[u8], b: &[u8]) -> bool {
+    use x509_parser::prelude::FromDer;
+    use x509_parser::x509::SubjectPublicKeyInfo;
+    match (
+        SubjectPublicKeyInfo::from_der(a),
+        SubjectPublicKeyInfo::from_der(b),
+    ) {
+        (Ok((_, a)), Ok((_, b))) => a.subject_public_key.data == b.subject_public_key.data,
+        _ => a == b,
+    }
 }

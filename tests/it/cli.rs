@@ -421,3 +421,86 @@ fn the_root_passphrase_can_come_from_a_file() {
         "the root key opens with the file's passphrase: {opened}"
     );
 }
+
+#[test]
+fn sign_refuses_the_cas_own_key_and_known_weak_rsa_moduli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let env = [("HALLMARK_ROOT_PASSPHRASE", PASSPHRASE)];
+    let out = hallmark(d, &["init"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let csr_of = |key: &str, out: &str| {
+        openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-key",
+                key,
+                "-subj",
+                "/CN=svc.internal",
+                "-addext",
+                "subjectAltName=DNS:svc.internal",
+                "-outform",
+                "DER",
+                "-out",
+                out,
+            ],
+        );
+    };
+
+    // A CSR for the issuing CA's own key.
+    csr_of("hallmark-data/ca/issuing.key.pem", "own.der");
+    let out = hallmark(d, &["sign", "own.der"], &env);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("the CSR's public key is this CA's own key"),
+        "{}",
+        text(&out)
+    );
+
+    // An RSA CSR whose modulus is made divisible by 3: refused as weak
+    // before its (now wrong) signature is even checked.
+    openssl(
+        d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "rsa.key",
+        ],
+    );
+    csr_of("rsa.key", "rsa.der");
+    let modulus = openssl(d, &["rsa", "-in", "rsa.key", "-noout", "-modulus"]);
+    let modulus = hex::decode(modulus.trim().trim_start_matches("Modulus=")).unwrap();
+    let mut der = std::fs::read(d.join("rsa.der")).unwrap();
+    let at = der
+        .windows(modulus.len())
+        .position(|w| w == modulus.as_slice())
+        .expect("the modulus in the CSR");
+    // n - rem and n + (3 - rem) are divisible by 3; one of them changes
+    // only the last byte (no borrow or carry).
+    let rem = modulus
+        .iter()
+        .fold(0u32, |r, b| (r * 256 + u32::from(*b)) % 3) as u8;
+    let last = at + modulus.len() - 1;
+    der[last] = if der[last] >= rem {
+        der[last] - rem
+    } else {
+        der[last] + (3 - rem)
+    };
+    std::fs::write(d.join("weak.der"), &der).unwrap();
+    let out = hallmark(d, &["sign", "weak.der"], &env);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("the RSA key is known to be weak: its modulus is divisible by 3"),
+        "{}",
+        text(&out)
+    );
+    // The untouched CSR of the same key is signed.
+    let out = hallmark(d, &["sign", "rsa.der"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+}
