@@ -13,6 +13,17 @@ use x509_parser::prelude::*;
 use crate::support::pki::*;
 use crate::support::*;
 
+/// The root and issuing certificates as `root.pem` and `issuing.pem` in
+/// `dir`, where `crl_verify` looks for them.
+fn write_ca_pems(dir: &std::path::Path, run: &Running) {
+    std::fs::write(dir.join("root.pem"), &run.root_pem).unwrap();
+    std::fs::write(
+        dir.join("issuing.pem"),
+        run.authority.issuer().certificate().pem(),
+    )
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_and_delta_crls_name_each_other_and_list_revocations() {
     for backend in backends() {
@@ -29,12 +40,7 @@ async fn partitioned_and_delta_crls_name_each_other_and_list_revocations() {
         let dir = ca.dir.path();
         let authority = run.authority.clone();
         let (owner, owner_key) = api_key(&authority, "owner", Role::Requester).await;
-        std::fs::write(dir.join("root.pem"), &run.root_pem).unwrap();
-        std::fs::write(
-            dir.join("issuing.pem"),
-            authority.issuer().certificate().pem(),
-        )
-        .unwrap();
+        write_ca_pems(dir, &run);
         let mut certs = Vec::new();
         for i in 0..6 {
             certs.push(
@@ -149,12 +155,7 @@ async fn without_complete_with_partitions_the_issuer_crl_covers_only_unpartition
         let dir = ca.dir.path();
         let authority = run.authority.clone();
         let (owner, owner_key) = api_key(&authority, "owner", Role::Requester).await;
-        std::fs::write(dir.join("root.pem"), &run.root_pem).unwrap();
-        std::fs::write(
-            dir.join("issuing.pem"),
-            authority.issuer().certificate().pem(),
-        )
-        .unwrap();
+        write_ca_pems(dir, &run);
         let (serial, pem) = issue(&authority, dir, "c0", "c0.internal", &owner).await;
         let issuer = authority.issuer().certificate().id().to_owned();
         let complete_url = format!("{}/crl/{issuer}.crl", run.http_url);
