@@ -481,16 +481,17 @@ fn sign_refuses_the_cas_own_key_and_known_weak_rsa_moduli() {
         .windows(modulus.len())
         .position(|w| w == modulus.as_slice())
         .expect("the modulus in the CSR");
-    // n - rem and n + (3 - rem) are divisible by 3; one of them changes
-    // only the last byte (no borrow or carry).
+    // Stay odd (or 2 would be the factor found): move n by 2 or 4 to a
+    // multiple of 3, up or down, whichever changes only the last byte.
     let rem = modulus
         .iter()
         .fold(0u32, |r, b| (r * 256 + u32::from(*b)) % 3) as u8;
+    let (up, down) = if rem == 1 { (2, 4) } else { (4, 2) };
     let last = at + modulus.len() - 1;
-    der[last] = if der[last] >= rem {
-        der[last] - rem
+    der[last] = if der[last] <= 255 - up {
+        der[last] + up
     } else {
-        der[last] + (3 - rem)
+        der[last] - down
     };
     std::fs::write(d.join("weak.der"), &der).unwrap();
     let out = hallmark(d, &["sign", "weak.der"], &env);
