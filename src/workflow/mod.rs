@@ -67,6 +67,9 @@ pub struct Authority {
     policy: Policy,
     issuer: Issuer,
     root: CaCertificate,
+    /// The root's and the issuing CA's public key bits, which no CSR may
+    /// carry (taken once here, not per CSR).
+    ca_keys: [Vec<u8>; 2],
     issued: AtomicU64,
     crl_partitions: u32,
     revocations: tokio::sync::watch::Sender<u64>,
@@ -88,11 +91,16 @@ pub fn crl_partition_of(serial: &Serial, partitions: u32) -> u32 {
 impl Authority {
     /// Puts the parts together.
     pub fn new(store: Arc<dyn Store>, policy: Policy, issuer: Issuer, root: CaCertificate) -> Self {
+        let ca_keys = [
+            key_bits(root.spki()).to_vec(),
+            key_bits(issuer.certificate().spki()).to_vec(),
+        ];
         Authority {
             store,
             policy,
             issuer,
             root,
+            ca_keys,
             issued: AtomicU64::new(0),
             crl_partitions: 0,
             revocations: tokio::sync::watch::channel(0).0,
@@ -151,11 +159,8 @@ impl Authority {
         self.policy.check_unverified(&unverified)?;
         let csr = unverified.verify()?;
         let identifiers = self.policy.check_csr(&csr)?;
-        let cas = [self.root(), self.issuer().certificate()];
-        if cas
-            .iter()
-            .any(|ca| same_public_key(ca.spki(), csr.spki_der()))
-        {
+        let bits = key_bits(csr.spki_der());
+        if self.ca_keys.iter().any(|ca| ca.as_slice() == bits) {
             return Err(WorkflowError::CaKey);
         }
         Ok(CheckedCsr { csr, identifiers })
@@ -368,16 +373,16 @@ pub(crate) struct IssueRequest<'a> {
     pub now: OffsetDateTime,
 }
 
-/// Whether two SubjectPublicKeyInfos hold the same key bits (whatever
-/// each says about its algorithm's parameters).
-fn same_public_key(a: &[u8], b: &[u8]) -> bool {
+/// The key bits of a SubjectPublicKeyInfo (whatever it says about its
+/// algorithm's parameters); the whole DER if it does not parse.
+fn key_bits(spki: &[u8]) -> &[u8] {
     use x509_parser::prelude::FromDer;
     use x509_parser::x509::SubjectPublicKeyInfo;
-    match (
-        SubjectPublicKeyInfo::from_der(a),
-        SubjectPublicKeyInfo::from_der(b),
-    ) {
-        (Ok((_, a)), Ok((_, b))) => a.subject_public_key.data == b.subject_public_key.data,
-        _ => a == b,
+    match SubjectPublicKeyInfo::from_der(spki) {
+        Ok((_, parsed)) => match parsed.subject_public_key.data {
+            std::borrow::Cow::Borrowed(bits) => bits,
+            std::borrow::Cow::Owned(_) => spki,
+        },
+        Err(_) => spki,
     }
 }
