@@ -187,8 +187,9 @@ pub fn init_ca(
         source,
     })?;
     let intermediate = root_issuer.issue_intermediate(
-        &int_key.into_signer(),
+        int_key.public_key_spki(),
         &names,
+        config.intermediate_constraints().as_ref(),
         now,
         Serial::random(&mut rng),
     )?;

@@ -5,8 +5,9 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use crate::pki::net::{IpNet, PRIVATE_RANGES};
 use crate::pki::weak::Weakness;
-use crate::pki::{Csr, Identifier, KeyType, PublicKeyKind, UnverifiedCsr};
+use crate::pki::{Csr, Identifier, KeyType, NameConstraints, PublicKeyKind, UnverifiedCsr};
 
 /// At most this many names in one certificate.
 pub const MAX_NAMES: usize = 100;
@@ -46,6 +47,9 @@ pub struct Policy {
     pub allowed_suffixes: Vec<String>,
     /// Whether IP address identifiers may be certified.
     pub allow_ip: bool,
+    /// The blocks IP identifiers must fall in (default: the private and
+    /// loopback ranges, [`PRIVATE_RANGES`]).
+    pub allowed_ip_ranges: Vec<IpNet>,
     /// Whether wildcard names may be certified.
     pub allow_wildcard: bool,
     /// Validity when a request names none.
@@ -54,6 +58,11 @@ pub struct Policy {
     pub max_validity_days: u32,
     /// Subject key algorithms accepted.
     pub key_types: Vec<AllowedKey>,
+    /// The issuing CA's name constraints, when it has them: a name inside
+    /// policy but outside these (an excluded subtree of an intermediate
+    /// signed elsewhere) is refused rather than issued into a certificate
+    /// clients would reject. Set from the CA certificate, not configured.
+    pub issuer_constraints: Option<NameConstraints>,
 }
 
 impl Default for Policy {
@@ -61,10 +70,12 @@ impl Default for Policy {
         Policy {
             allowed_suffixes: vec!["internal".into(), "test".into()],
             allow_ip: true,
+            allowed_ip_ranges: PRIVATE_RANGES.to_vec(),
             allow_wildcard: true,
             default_validity_days: 90,
             max_validity_days: 397,
             key_types: KeyType::ALL.into_iter().map(AllowedKey::Key).collect(),
+            issuer_constraints: None,
         }
     }
 }
@@ -118,6 +129,22 @@ pub enum PolicyError {
     /// An IP address that is never a host (unspecified, multicast, broadcast).
     #[error("IP address {0} is not a unicast host address")]
     IpNotUnicast(IpAddr),
+    /// An IP address outside `allowed_ip_ranges`.
+    #[error("IP address {ip} is outside the ranges this CA may certify ({allowed})")]
+    IpOutsideRanges {
+        /// The address.
+        ip: IpAddr,
+        /// The allowed ranges, comma-separated.
+        allowed: String,
+    },
+    /// Inside policy, but outside the issuing CA's name constraints.
+    #[error("{name:?} is outside the issuing CA's name constraints ({permitted}), so clients would reject a certificate for it")]
+    OutsideNameConstraints {
+        /// The identifier.
+        name: String,
+        /// What the constraints permit.
+        permitted: String,
+    },
     /// Validity out of range.
     #[error("a validity of {requested} days is not allowed; choose 1 to {max} days")]
     ValidityNotAllowed {
@@ -245,6 +272,7 @@ impl Policy {
                 Identifier::Dns(name) => self.check_dns_name(name)?,
                 Identifier::Ip(ip) => self.check_ip(*ip)?,
             }
+            self.check_constraints(id)?;
         }
         Ok(unique)
     }
@@ -260,7 +288,29 @@ impl Policy {
         if not_host {
             return Err(PolicyError::IpNotUnicast(ip));
         }
+        if !self.allowed_ip_ranges.iter().any(|n| n.contains(ip)) {
+            return Err(PolicyError::IpOutsideRanges {
+                ip,
+                allowed: self
+                    .allowed_ip_ranges
+                    .iter()
+                    .map(IpNet::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
         Ok(())
+    }
+
+    /// Refuses a name the issuing CA's name constraints do not permit.
+    fn check_constraints(&self, id: &Identifier) -> Result<(), PolicyError> {
+        match &self.issuer_constraints {
+            Some(c) if !c.permits(id) => Err(PolicyError::OutsideNameConstraints {
+                name: id.value(),
+                permitted: c.describe(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn check_dns_name(&self, name: &str) -> Result<(), PolicyError> {
@@ -435,6 +485,37 @@ mod tests {
             open.check_identifiers(&[Identifier::Ip(multicast)])
                 .unwrap_err(),
             PolicyError::IpNotUnicast(_)
+        ));
+    }
+
+    #[test]
+    fn ips_must_be_in_an_allowed_range_and_names_inside_the_issuers_constraints() {
+        let ip = |s: &str| Identifier::Ip(s.parse().unwrap());
+        let p = Policy::default();
+        assert!(p
+            .check_identifiers(&[ip("10.1.2.3"), ip("fd00::1")])
+            .is_ok());
+        assert_eq!(
+            p.check_identifiers(&[ip("8.8.8.8")]).unwrap_err().to_string(),
+            "IP address 8.8.8.8 is outside the ranges this CA may certify (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 127.0.0.0/8, ::1/128, fc00::/7)"
+        );
+        let narrow = Policy {
+            allowed_ip_ranges: vec!["10.9.0.0/16".parse().unwrap()],
+            issuer_constraints: Some(NameConstraints {
+                dns: vec!["internal".into()],
+                excluded_dns: vec!["secret.internal".into()],
+                ..NameConstraints::default()
+            }),
+            ..Policy::default()
+        };
+        assert!(narrow.check_identifiers(&[ip("10.9.0.1")]).is_ok());
+        assert!(narrow.check_identifiers(&[ip("10.1.0.1")]).is_err());
+        assert!(narrow.check_identifiers(&[dns("a.internal")]).is_ok());
+        assert!(matches!(
+            narrow
+                .check_identifiers(&[dns("a.secret.internal")])
+                .unwrap_err(),
+            PolicyError::OutsideNameConstraints { .. }
         ));
     }
 

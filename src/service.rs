@@ -48,6 +48,17 @@ pub enum StartError {
     /// The `[validation]` settings.
     #[error("the validators could not be set up: {0}")]
     Validation(String),
+    /// The configuration lets hallmark certify a name its issuing CA's
+    /// name constraints do not permit.
+    #[error("{setting} includes {value}, which the issuing intermediate's name constraints do not permit (they permit {permitted}); narrow the setting, or certify the wider policy with a new intermediate (docs/SECURITY.md, \"Name constraints\")")]
+    OutsideNameConstraints {
+        /// The setting.
+        setting: &'static str,
+        /// The value outside.
+        value: String,
+        /// What the constraints permit.
+        permitted: String,
+    },
 }
 
 /// How often the HTTPS certificate is checked (renewed when it has less
@@ -308,6 +319,24 @@ pub async fn open_authority(config: &Config) -> Result<Arc<Authority>, StartErro
     let layout = Layout::new(&config.data_dir);
     let issuer = datadir::load_issuer(&layout, &config.public_http_url)?;
     let root = datadir::load_root_cert(&layout)?;
+    let mut policy = config.policy.clone();
+    match issuer.certificate().name_constraints() {
+        Some(c) => {
+            if let Some((setting, value)) = config.outside_constraints(c) {
+                return Err(StartError::OutsideNameConstraints {
+                    setting,
+                    value,
+                    permitted: c.describe(),
+                });
+            }
+            policy.issuer_constraints = Some(c.clone());
+        }
+        None if config.ca.name_constraints => tracing::warn!(
+            issuer = issuer.certificate().id(),
+            "the issuing intermediate has no name constraints, so clients trusting the root accept any name it certifies; intermediates made by this version carry them"
+        ),
+        None => {}
+    }
     let store = store::connect(&config.database_url).await?;
     for (cert, kind) in [
         (&root, IssuerKind::Root),
@@ -316,8 +345,7 @@ pub async fn open_authority(config: &Config) -> Result<Arc<Authority>, StartErro
         store.upsert_issuer(&issuer_record(cert, kind)).await?;
     }
     Ok(Arc::new(
-        Authority::new(store, config.policy.clone(), issuer, root)
-            .with_crl_partitions(config.crl.partitions),
+        Authority::new(store, policy, issuer, root).with_crl_partitions(config.crl.partitions),
     ))
 }
 
@@ -349,36 +377,6 @@ fn issuer_record(cert: &CaCertificate, kind: IssuerKind) -> IssuerRecord {
     }
 }
 
-/// The names the HTTPS certificate covers: localhost, the loopback
-/// addresses, the host of `public_https_url` and a specific listen address.
-pub fn service_identifiers(config: &Config) -> Vec<Identifier> {
-    let mut ids = vec![
-        Identifier::Dns("localhost".into()),
-        Identifier::Ip("127.0.0.1".parse().expect("literal address")),
-        Identifier::Ip("::1".parse().expect("literal address")),
-    ];
-    let after_scheme = config.public_https_url.split("://").nth(1).unwrap_or("");
-    let authority = after_scheme.split('/').next().unwrap_or("");
-    let host = if let Some(rest) = authority.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        authority.split(':').next().unwrap_or("")
-    };
-    let extra = match host.parse::<IpAddr>() {
-        Ok(ip) => Some(Identifier::Ip(ip)),
-        Err(_) if !host.is_empty() => Some(Identifier::Dns(host.to_ascii_lowercase())),
-        Err(_) => None,
-    };
-    let listen = config.https_listen.ip();
-    let listen = (!listen.is_unspecified()).then_some(Identifier::Ip(listen));
-    for id in [extra, listen].into_iter().flatten() {
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
-    ids
-}
-
 /// Returns the HTTPS chain and key PEM, issuing a new certificate when there
 /// is none, it expires within 30 days, its issuer changed or its names do
 /// not cover the configured ones.
@@ -387,7 +385,7 @@ async fn ensure_service_certificate(
     layout: &Layout,
     authority: &Authority,
 ) -> Result<(String, Zeroizing<String>), StartError> {
-    let wanted = service_identifiers(config);
+    let wanted = config.service_identifiers();
     let issuer_pem = authority.issuer().certificate().pem();
     if let (Ok(chain), Ok(key)) = (
         std::fs::read_to_string(layout.tls_cert()),

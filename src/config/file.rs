@@ -78,6 +78,9 @@ pub struct PolicySection {
     pub allowed_suffixes: Vec<String>,
     /// Whether IP SANs may be certified (default true).
     pub allow_ip: bool,
+    /// CIDR blocks IP SANs must fall in (default: the private and loopback
+    /// ranges, 10/8, 172.16/12, 192.168/16, 100.64/10, 127/8, ::1, fc00::/7).
+    pub allowed_ip_ranges: Vec<String>,
     /// Whether wildcards may be certified (default true; they need dns-01).
     pub allow_wildcard: bool,
     /// Validity when a request names none (default 90).
@@ -94,6 +97,7 @@ impl Default for PolicySection {
         PolicySection {
             allowed_suffixes: p.allowed_suffixes,
             allow_ip: p.allow_ip,
+            allowed_ip_ranges: p.allowed_ip_ranges.iter().map(|n| n.to_string()).collect(),
             allow_wildcard: p.allow_wildcard,
             default_validity_days: p.default_validity_days,
             max_validity_days: p.max_validity_days,
@@ -292,6 +296,10 @@ pub struct CaSection {
     pub root_common_name: String,
     /// Intermediate CN (default `hallmark Issuing CA`).
     pub intermediate_common_name: String,
+    /// Whether a new issuing intermediate carries a critical nameConstraints
+    /// extension permitting only the policy's suffixes and IP ranges and the
+    /// service's own names (default true).
+    pub name_constraints: bool,
 }
 
 impl Default for CaSection {
@@ -301,6 +309,7 @@ impl Default for CaSection {
             organization: "hallmark".into(),
             root_common_name: "hallmark Root CA".into(),
             intermediate_common_name: "hallmark Issuing CA".into(),
+            name_constraints: true,
         }
     }
 }

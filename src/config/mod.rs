@@ -3,10 +3,11 @@
 //! is checked strictly (unknown keys are errors) and turned into a validated
 //! [`Config`] at start-up; a bad value fails with a sentence naming the key.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use crate::pki::KeyType;
+use crate::pki::net::IpNet;
+use crate::pki::{Identifier, KeyType, NameConstraints};
 use crate::policy::{AllowedKey, Policy};
 
 /// The default data directory.
@@ -137,6 +138,104 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
+    /// The names the HTTPS certificate covers: localhost, the loopback
+    /// addresses, the host of `public_https_url` and a specific listen address.
+    pub fn service_identifiers(&self) -> Vec<Identifier> {
+        let mut ids = vec![
+            Identifier::Dns("localhost".into()),
+            Identifier::Ip("127.0.0.1".parse().expect("literal address")),
+            Identifier::Ip("::1".parse().expect("literal address")),
+        ];
+        let after_scheme = self.public_https_url.split("://").nth(1).unwrap_or("");
+        let authority = after_scheme.split('/').next().unwrap_or("");
+        let host = if let Some(rest) = authority.strip_prefix('[') {
+            rest.split(']').next().unwrap_or("")
+        } else {
+            authority.split(':').next().unwrap_or("")
+        };
+        let extra = match host.parse::<IpAddr>() {
+            Ok(ip) => Some(Identifier::Ip(ip)),
+            Err(_) if !host.is_empty() => Some(Identifier::Dns(host.to_ascii_lowercase())),
+            Err(_) => None,
+        };
+        let listen = self.https_listen.ip();
+        let listen = (!listen.is_unspecified()).then_some(Identifier::Ip(listen));
+        for id in [extra, listen].into_iter().flatten() {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
+    /// The names the issuing CA must be able to certify beside policy: the
+    /// service's own, when it issues its HTTPS certificate itself.
+    pub fn own_names(&self) -> Vec<Identifier> {
+        if self.tls == TlsMode::SelfIssued {
+            self.service_identifiers()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// What this configuration lets hallmark certify that the issuing CA's
+    /// name constraints `c` do not permit, as `(setting, value)`; `None`
+    /// when they cover it all.
+    pub fn outside_constraints(&self, c: &NameConstraints) -> Option<(&'static str, String)> {
+        if let Some(s) = self
+            .policy
+            .allowed_suffixes
+            .iter()
+            .find(|s| !c.permits_below(s))
+        {
+            return Some(("policy.allowed_suffixes", s.clone()));
+        }
+        if self.policy.allow_ip {
+            if let Some(n) = self
+                .policy
+                .allowed_ip_ranges
+                .iter()
+                .find(|n| !c.permits_net(n))
+            {
+                return Some(("policy.allowed_ip_ranges", n.to_string()));
+            }
+        }
+        self.own_names()
+            .into_iter()
+            .find(|id| !c.permits(id))
+            .map(|id| ("server.public_https_url", id.value()))
+    }
+
+    /// The nameConstraints a new issuing intermediate gets (`None` with
+    /// `ca.name_constraints = false`): every allowed suffix and, when IP
+    /// identifiers are allowed, every allowed IP range; then the names of
+    /// the service's own HTTPS certificate that these do not cover yet
+    /// (`localhost`, the loopback addresses, the public host) when hallmark
+    /// issues that certificate itself (`server.tls = "self"`).
+    pub fn intermediate_constraints(&self) -> Option<NameConstraints> {
+        if !self.ca.name_constraints {
+            return None;
+        }
+        let mut c = NameConstraints {
+            dns: self.policy.allowed_suffixes.clone(),
+            ip: if self.policy.allow_ip {
+                self.policy.allowed_ip_ranges.clone()
+            } else {
+                Vec::new()
+            },
+            ..NameConstraints::default()
+        };
+        for id in self.own_names() {
+            if !c.permits(&id) || matches!(id, Identifier::Ip(_)) && c.ip.is_empty() {
+                match id {
+                    Identifier::Dns(name) => c.dns.push(name),
+                    Identifier::Ip(ip) => c.ip.push(IpNet::host(ip)),
+                }
+            }
+        }
+        Some(c)
+    }
+
     /// Loads the configuration: `config_path` if given (it must exist), else
     /// `<data_dir>/hallmark.toml` if it exists, else defaults; then applies
     /// `HALLMARK_SECTION__KEY` and `DATABASE_URL` from `env`.
@@ -261,7 +360,7 @@ impl Config {
             ("validation.allow_networks", &file.validation.allow_networks),
         ] {
             for net in list {
-                net.parse::<crate::validation::network::IpNet>()
+                net.parse::<IpNet>()
                     .map_err(|reason| ConfigError::Invalid { key, reason })?;
             }
         }
@@ -310,13 +409,24 @@ impl Config {
                 });
             }
         }
+        let allowed_ip_ranges = p
+            .allowed_ip_ranges
+            .iter()
+            .map(|n| n.parse::<IpNet>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| ConfigError::Invalid {
+                key: "policy.allowed_ip_ranges",
+                reason,
+            })?;
         let policy = Policy {
             allowed_suffixes: p.allowed_suffixes,
             allow_ip: p.allow_ip,
+            allowed_ip_ranges,
             allow_wildcard: p.allow_wildcard,
             default_validity_days: p.default_validity_days,
             max_validity_days: p.max_validity_days,
             key_types,
+            issuer_constraints: None,
         };
         let ca_key_type =
             file.ca

@@ -16,7 +16,7 @@ use x509_parser::prelude::FromDer;
 
 use super::key::{KeySigner, RcgenKey};
 use super::profile::{self, Expected, IssuerUrls, LeafRequest, ProfileError};
-use super::{pem_encode, Identifier, Serial};
+use super::{pem_encode, Identifier, NameConstraints, Serial};
 
 /// The root's lifetime.
 pub const ROOT_VALIDITY: Duration = Duration::days(20 * 365 + 5);
@@ -67,12 +67,13 @@ pub struct CaCertificate {
     spki: Vec<u8>,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    constraints: Option<NameConstraints>,
 }
 
 impl CaCertificate {
     /// Parses a CA certificate; `id` is its name in URLs (`root`, `int-…`).
     pub fn from_der(id: impl Into<String>, der: Vec<u8>) -> Result<Self, CaError> {
-        let (subject, subject_raw, key_id, spki, not_before, not_after) = {
+        let (subject, subject_raw, key_id, spki, not_before, not_after, constraints) = {
             let (_, cert) = X509Certificate::from_der(&der)
                 .map_err(|e| CaError::BadCertificate(e.to_string()))?;
             let tbs = &cert.tbs_certificate;
@@ -84,6 +85,8 @@ impl CaCertificate {
                     _ => None,
                 })
                 .ok_or_else(|| CaError::BadCertificate("it has no subjectKeyIdentifier".into()))?;
+            let constraints = NameConstraints::of(&cert)
+                .map_err(|e| CaError::BadCertificate(format!("its name constraints hold {e}")))?;
             (
                 tbs.subject.to_string(),
                 tbs.subject.as_raw().to_vec(),
@@ -91,6 +94,7 @@ impl CaCertificate {
                 tbs.subject_pki.raw.to_vec(),
                 tbs.validity.not_before.to_datetime(),
                 tbs.validity.not_after.to_datetime(),
+                constraints,
             )
         };
         Ok(CaCertificate {
@@ -102,7 +106,14 @@ impl CaCertificate {
             spki,
             not_before,
             not_after,
+            constraints,
         })
+    }
+
+    /// The names this CA may certify (its nameConstraints), if it is
+    /// constrained.
+    pub fn name_constraints(&self) -> Option<&NameConstraints> {
+        self.constraints.as_ref()
     }
 
     /// The id used in URLs and the database.
@@ -293,16 +304,19 @@ impl Issuer {
         })
     }
 
-    /// Signs a subordinate CA certificate (the issuing intermediate).
+    /// Signs a subordinate CA certificate (the issuing intermediate),
+    /// constrained to `constraints` when given (a critical nameConstraints
+    /// extension).
     pub fn issue_intermediate(
         &self,
-        key: &Arc<dyn KeySigner>,
+        spki_der: &[u8],
         names: &CaNames,
+        constraints: Option<&NameConstraints>,
         now: OffsetDateTime,
         serial: Serial,
     ) -> Result<CaCertificate, CaError> {
         let mut params = ca_params(
-            key.public_key_spki(),
+            spki_der,
             &names.organization,
             &names.intermediate_common_name,
             now,
@@ -320,8 +334,11 @@ impl Issuer {
         params
             .custom_extensions
             .push(profile::authority_info_access(None, &self.urls.ca_issuers));
+        params.name_constraints = constraints.map(NameConstraints::to_rcgen);
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
         let cert = params
-            .signed_by(&RcgenKey(key.clone()), &self.signer)
+            .signed_by(&public_key, &self.signer)
             .map_err(|e| CaError::Sign(e.to_string()))?;
         let der = cert.der().to_vec();
         let parsed = CaCertificate::from_der("", der)?;

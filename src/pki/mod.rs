@@ -2,10 +2,12 @@
 //! signing. No I/O here: time and randomness come in as arguments.
 
 pub mod ca;
+pub mod constraints;
 pub mod crl;
 pub mod csr;
 pub mod der;
 pub mod key;
+pub mod net;
 pub mod ocsp;
 pub mod profile;
 pub mod serial;
@@ -15,6 +17,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 pub use ca::{CaCertificate, IssuedCertificate, Issuer};
+pub use constraints::NameConstraints;
 pub use csr::{Csr, CsrError, PublicKeyKind, UnverifiedCsr};
 pub use key::{KeySigner, KeyType, PrivateKey};
 pub use profile::{Profile, Subject};

@@ -23,109 +23,10 @@
 //! is impossible.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::str::FromStr;
+use std::net::{IpAddr, SocketAddr};
 
-/// An IPv4 or IPv6 CIDR block (`10.0.0.0/8`, `fd00::/8`; a bare address is
-/// a /32 or /128).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl IpNet {
-    const fn v4(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> IpNet {
-        IpNet {
-            network: IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
-            prefix,
-        }
-    }
-
-    const fn v6(segments: [u16; 8], prefix: u8) -> IpNet {
-        let [a, b, c, d, e, f, g, h] = segments;
-        IpNet {
-            network: IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)),
-            prefix,
-        }
-    }
-
-    /// The prefix length.
-    pub fn prefix(&self) -> u8 {
-        self.prefix
-    }
-
-    /// Whether `ip` is inside this block (IPv4-mapped IPv6 addresses count
-    /// as their IPv4 address).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for IpNet {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{s:?} is not an IP network like 10.0.0.0/8 or fd00::/8");
-        let (addr, prefix) = match s.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (s, None),
-        };
-        let network: IpAddr = addr.trim().parse().map_err(|_| bad())?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
-            None => max,
-        };
-        if prefix > max {
-            return Err(bad());
-        }
-        let net = IpNet { network, prefix };
-        // Normalise host bits away so the block prints as it matches.
-        let network = match network {
-            IpAddr::V4(v4) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
-            }
-            IpAddr::V6(v6) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-            }
-        };
-        Ok(IpNet { network, ..net })
-    }
-}
-
-impl fmt::Display for IpNet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
-
-/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) as the IPv4 address it is.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    }
-}
+use crate::pki::net::canonical;
+pub use crate::pki::net::IpNet;
 
 /// The blocks refused unless an operator allows them, with why.
 const DEFAULT_DENIED: &[(IpNet, &str)] = &[
@@ -209,14 +110,14 @@ impl NetworkPolicy {
             .deny
             .iter()
             .filter(|n| n.contains(ip))
-            .max_by_key(|n| n.prefix);
+            .max_by_key(|n| n.prefix());
         let allow = self
             .allow
             .iter()
             .filter(|n| n.contains(ip))
-            .max_by_key(|n| n.prefix);
+            .max_by_key(|n| n.prefix());
         match (deny, allow) {
-            (Some(d), Some(a)) if a.prefix > d.prefix => Ok(()),
+            (Some(d), Some(a)) if a.prefix() > d.prefix() => Ok(()),
             (Some(d), _) => Err(Refusal::Denied(*d)),
             (None, Some(_)) => Ok(()),
             (None, None) => match DEFAULT_DENIED.iter().find(|(net, _)| net.contains(ip)) {

@@ -288,7 +288,19 @@ async fn one_accounts_black_holes_do_not_time_out_another_accounts_validation() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_for_the_metadata_address_fails_without_a_connection() {
     let backend = backends().remove(0);
-    let lab = DvLab::new(backend, &[("HALLMARK_POLICY__ALLOW_IP", "true".into())]).await;
+    // Even where policy would certify the link-local block, the validator
+    // never connects there.
+    let lab = DvLab::new(
+        backend,
+        &[
+            ("HALLMARK_POLICY__ALLOW_IP", "true".into()),
+            (
+                "HALLMARK_POLICY__ALLOWED_IP_RANGES",
+                r#"["127.0.0.0/8", "169.254.0.0/16"]"#.into(),
+            ),
+        ],
+    )
+    .await;
     let key = lab.account("team", Role::Requester).await;
     let pem = csr(
         lab.ca.dir.path(),

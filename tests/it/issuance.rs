@@ -562,6 +562,44 @@ fn pkilint(dir: &std::path::Path, file: &str) -> Option<(bool, String)> {
     crate::support::pkilint(dir, "lint_pkix_cert", &["lint", "-s", "WARNING", file])
 }
 
+/// pkilint's findings, each a header line and its indented details, less
+/// one false positive: pkilint checks dNSName syntax with a validator that
+/// wants at least two labels, but the intermediate's nameConstraints
+/// permit single-label subtrees (`internal`, `localhost`), which RFC 5280
+/// (the preferred name syntax of RFC 1034 §3.5) allows.
+fn without_single_label_constraints(out: &str) -> Vec<String> {
+    let mut findings: Vec<String> = Vec::new();
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        if line.starts_with(' ') {
+            if let Some(last) = findings.last_mut() {
+                last.push('\n');
+                last.push_str(line);
+            }
+        } else {
+            findings.push(line.to_owned());
+        }
+    }
+    findings.retain(|f| {
+        let mut lines = f.lines();
+        let header = lines.next().unwrap_or("");
+        let details: Vec<&str> = lines.collect();
+        let single_label = |d: &&str| {
+            d.trim()
+                .strip_prefix(
+                    "pkix.invalid_domain_name_syntax (ERROR): Invalid domain name syntax: \"",
+                )
+                .and_then(|v| v.strip_suffix('"'))
+                .is_some_and(|v| !v.is_empty() && !v.contains('.'))
+        };
+        let false_positive = header.contains("nameConstraints.permittedSubtrees.")
+            && header.ends_with(".base.dNSName")
+            && !details.is_empty()
+            && details.iter().all(single_label);
+        !false_positive
+    });
+    findings
+}
+
 #[tokio::test]
 async fn issued_and_ca_certificates_pass_the_rfc5280_linter() {
     let ca = TestCa::new(Backend::Sqlite).await;
@@ -593,13 +631,11 @@ async fn issued_and_ca_certificates_pass_the_rfc5280_linter() {
     }
     for (file, pem) in files {
         std::fs::write(dir.join(&file), pem).unwrap();
-        let Some((ok, out)) = pkilint(dir, &file) else {
+        let Some((_, out)) = pkilint(dir, &file) else {
             return;
         };
-        assert!(
-            ok && out.trim().is_empty(),
-            "{file}: pkilint reports:\n{out}"
-        );
+        let findings = without_single_label_constraints(&out);
+        assert!(findings.is_empty(), "{file}: pkilint reports:\n{out}");
     }
     ca.cleanup().await;
 }

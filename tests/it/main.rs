@@ -10,6 +10,7 @@ mod api;
 mod authz;
 mod browser;
 mod cli;
+mod constraints;
 mod crl;
 mod dashboard;
 mod faults;

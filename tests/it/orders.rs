@@ -521,7 +521,7 @@ async fn an_ov_order_waits_for_a_reviewer_who_issues_it_with_the_vetted_organisa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_order_requests_get_one_clear_problem_each() {
     for backend in backends() {
-        let lab = DvLab::new(backend, &[("HALLMARK_ORDERS__RATE_PER_MINUTE", "4".into())]).await;
+        let lab = DvLab::new(backend, &[("HALLMARK_ORDERS__RATE_PER_MINUTE", "5".into())]).await;
         let key = lab.account("team bad", Role::Requester).await;
         let dir = lab.ca.dir.path();
         let client = lab.running.client();
@@ -566,6 +566,20 @@ async fn bad_order_requests_get_one_clear_problem_each() {
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         problem(status, &p, "urn:ietf:params:acme:error:rejectedIdentifier");
+        // A public address is outside the default policy.allowed_ip_ranges.
+        let public_ip = csr(dir, "pubip", "web.internal", "DNS:web.internal,IP:8.8.8.8");
+        let (status, p) = lab
+            .post(
+                &key,
+                "/orders",
+                json!({"csr": public_ip, "validation": "dv"}),
+            )
+            .await;
+        problem(status, &p, "urn:ietf:params:acme:error:rejectedIdentifier");
+        assert_eq!(
+            p["detail"],
+            "IP address 8.8.8.8 is outside the ranges this CA may certify (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 127.0.0.0/8, ::1/128, fc00::/7)"
+        );
         let weak = String::from_utf8(openssl_csr(
             dir,
             "weak",
@@ -620,8 +634,8 @@ async fn bad_order_requests_get_one_clear_problem_each() {
         let (status, _) = lab.get(&key, "/orders?status=bogus").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
 
-        // The rate limit: four orders reached the engine this minute (the
-        // ones the body parser refused did not), so the fifth is a 429.
+        // The rate limit: five orders reached the engine this minute (the
+        // ones the body parser refused did not), so the sixth is a 429.
         let r = client
             .post(lab.url("/orders"))
             .bearer_auth(&key)

@@ -35,7 +35,13 @@ fn chain_at(
     .unwrap();
     let int_key = PrivateKey::generate(KeyType::P256).unwrap().into_signer();
     let int_cert = root
-        .issue_intermediate(&int_key, &names, created, Serial::random(&mut rng))
+        .issue_intermediate(
+            int_key.public_key_spki(),
+            &names,
+            None,
+            created,
+            Serial::random(&mut rng),
+        )
         .unwrap();
     let id = int_cert.id().to_owned();
     let int = Issuer::new(int_cert, int_key, issuer_urls("http://ca.test", &id, true)).unwrap();
@@ -68,7 +74,12 @@ fn chain_at(
 
 /// Serves one TLS connection with `chain`/`key`, then tries a client
 /// handshake for `server_name` trusting only `root`.
-async fn handshake(root: &[u8], chain: &str, key: &str, server_name: &str) -> Result<(), String> {
+pub(crate) async fn handshake(
+    root: &[u8],
+    chain: &str,
+    key: &str,
+    server_name: &str,
+) -> Result<(), String> {
     let config = hallmark::service::tls_config(chain, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
