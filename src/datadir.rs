@@ -9,6 +9,11 @@
 //!   ca/root.key.pem          root key, encrypted PKCS#8 (PBES2), 0600
 //!   ca/issuing.crt.pem       issuing intermediate
 //!   ca/issuing.key.pem       intermediate key, PKCS#8, 0600
+//!   ca/issuing.csr.pem       its CSR, when the root is elsewhere
+//!                            (`init --intermediate-csr`)
+//!   ca/signed-intermediates.log  on a root: every intermediate it signed
+//!   ca/root-crl.json         on an offline root: the intermediates it
+//!                            revoked and its last CRL number
 //!   tls/server.crt.pem       the HTTPS listener's chain (tls = "self")
 //!   tls/server.key.pem       its key, 0600
 //! ```
@@ -27,9 +32,13 @@ use zeroize::Zeroizing;
 
 use crate::config::{Config, CONFIG_FILE_NAME, EXAMPLE_CONFIG};
 use crate::pki::ca::{self, CaError, CaNames};
+use crate::pki::crl::{CrlBuilder, CrlEntry, CrlScope, CrlSpec, RevocationReason};
+use crate::pki::intermediate::{self, IntermediateRequest};
 use crate::pki::key::KeyError;
 use crate::pki::profile::IssuerUrls;
-use crate::pki::{pem_decode_all, CaCertificate, Issuer, KeySigner, PrivateKey, Serial};
+use crate::pki::{
+    pem_decode_all, CaCertificate, Issuer, KeySigner, NameConstraints, PrivateKey, Serial,
+};
 
 /// Shortest root passphrase accepted.
 pub const MIN_PASSPHRASE_LEN: usize = 12;
@@ -43,6 +52,18 @@ pub enum DataDirError {
     /// No CA in the directory.
     #[error("no CA in {0}; run `hallmark init` first")]
     NotInitialised(PathBuf),
+    /// The issuing key waits for its certificate from a root elsewhere.
+    #[error("the issuing CA in {0} is waiting for its certificate: have the root sign ca/issuing.csr.pem (`hallmark root sign-intermediate`), then run `hallmark ca install-intermediate CERT --root ROOT_CERT`")]
+    AwaitingIntermediate(PathBuf),
+    /// A root-only directory (an offline root) cannot serve or issue.
+    #[error("{0} holds only a root (made by `hallmark init --root-only`): it signs intermediates (`hallmark root sign-intermediate`) and root CRLs (`hallmark root crl`), and does not serve")]
+    RootOnly(PathBuf),
+    /// The root key is kept elsewhere.
+    #[error("the root key is not in {0} (it is kept elsewhere): sign there with `hallmark root sign-intermediate` or `hallmark root crl`, and publish a root CRL here with `hallmark crl import`")]
+    NoRootKey(PathBuf),
+    /// `install-intermediate` where there is nothing waiting for it.
+    #[error("{0}")]
+    Install(String),
     /// The passphrase is too short.
     #[error("the root key passphrase must be at least {MIN_PASSPHRASE_LEN} characters")]
     WeakPassphrase,
@@ -107,6 +128,18 @@ impl Layout {
     pub fn issuing_key(&self) -> PathBuf {
         self.ca_dir().join("issuing.key.pem")
     }
+    /// The intermediate's CSR (root elsewhere).
+    pub fn issuing_csr(&self) -> PathBuf {
+        self.ca_dir().join("issuing.csr.pem")
+    }
+    /// On a root: the log of intermediates it signed.
+    pub fn signed_log(&self) -> PathBuf {
+        self.ca_dir().join("signed-intermediates.log")
+    }
+    /// On an offline root: its CRL state.
+    pub fn root_crl_state(&self) -> PathBuf {
+        self.ca_dir().join("root-crl.json")
+    }
     /// TLS certificate chain of the HTTPS listener.
     pub fn tls_cert(&self) -> PathBuf {
         self.root.join("tls").join("server.crt.pem")
@@ -155,19 +188,9 @@ pub fn init_ca(
         return Err(DataDirError::WeakPassphrase);
     }
     create_private_dir(&config.data_dir)?;
-    let names = CaNames {
-        organization: config.ca.organization.clone(),
-        root_common_name: config.ca.root_common_name.clone(),
-        intermediate_common_name: config.ca.intermediate_common_name.clone(),
-    };
+    let names = ca_names(config);
     let mut rng = rand::rngs::OsRng;
-    let gen = |path: &str| {
-        PrivateKey::generate(config.ca_key_type).map_err(|source| DataDirError::Key {
-            path: PathBuf::from(path),
-            source,
-        })
-    };
-    let root_key = gen("root key")?;
+    let root_key = generate_key(config, "root key")?;
     let root_pem = root_key
         .to_encrypted_pkcs8_pem(passphrase)
         .map_err(|source| DataDirError::Key {
@@ -181,7 +204,7 @@ pub fn init_ca(
         root_key,
         issuer_urls(&config.public_http_url, "root", false),
     )?;
-    let int_key = gen("intermediate key")?;
+    let int_key = generate_key(config, "intermediate key")?;
     let int_pem = int_key.to_pkcs8_pem().map_err(|source| DataDirError::Key {
         path: layout.issuing_key(),
         source,
@@ -194,21 +217,31 @@ pub fn init_ca(
         Serial::random(&mut rng),
     )?;
 
-    // Write everything into a fresh temporary directory, then rename it into
-    // place: all or nothing.
+    write_ca_dir(
+        config,
+        &[
+            ("root.crt.pem", root.pem().as_bytes(), 0o644),
+            ("root.key.pem", root_pem.as_bytes(), 0o600),
+            ("issuing.crt.pem", intermediate.pem().as_bytes(), 0o644),
+            ("issuing.key.pem", int_pem.as_bytes(), 0o600),
+        ],
+    )?;
+    Ok(InitOutcome { root, intermediate })
+}
+
+/// Writes the CA files into a fresh temporary directory, renames it into
+/// place as `ca/` (all or nothing), then writes a commented
+/// `hallmark.toml` if there is none.
+fn write_ca_dir(config: &Config, files: &[(&str, &[u8], u32)]) -> Result<(), DataDirError> {
+    let layout = Layout::new(&config.data_dir);
     let staging = config
         .data_dir
         .join(format!(".ca-{}", hex::encode(rand::random::<[u8; 6]>())));
     create_private_dir(&staging)?;
     let result = (|| {
-        write_new(&staging.join("root.crt.pem"), root.pem().as_bytes(), 0o644)?;
-        write_new(&staging.join("root.key.pem"), root_pem.as_bytes(), 0o600)?;
-        write_new(
-            &staging.join("issuing.crt.pem"),
-            intermediate.pem().as_bytes(),
-            0o644,
-        )?;
-        write_new(&staging.join("issuing.key.pem"), int_pem.as_bytes(), 0o600)?;
+        for (name, contents, mode) in files {
+            write_new(&staging.join(name), contents, *mode)?;
+        }
         fs::rename(&staging, layout.ca_dir()).map_err(io_err(&layout.ca_dir()))
     })();
     if let Err(e) = result {
@@ -219,7 +252,375 @@ pub fn init_ca(
     if !config_file.exists() {
         write_new(&config_file, EXAMPLE_CONFIG.as_bytes(), 0o644)?;
     }
-    Ok(InitOutcome { root, intermediate })
+    Ok(())
+}
+
+fn ca_names(config: &Config) -> CaNames {
+    CaNames {
+        organization: config.ca.organization.clone(),
+        root_common_name: config.ca.root_common_name.clone(),
+        intermediate_common_name: config.ca.intermediate_common_name.clone(),
+    }
+}
+
+fn generate_key(config: &Config, what: &str) -> Result<PrivateKey, DataDirError> {
+    PrivateKey::generate(config.ca_key_type).map_err(|source| DataDirError::Key {
+        path: PathBuf::from(what),
+        source,
+    })
+}
+
+/// Creates only a root (for a machine kept offline that signs
+/// intermediates and root CRLs). Refuses if a CA exists.
+pub fn init_root_only(
+    config: &Config,
+    passphrase: &[u8],
+    now: OffsetDateTime,
+) -> Result<CaCertificate, DataDirError> {
+    let layout = Layout::new(&config.data_dir);
+    if layout.has_ca() {
+        return Err(DataDirError::AlreadyInitialised(config.data_dir.clone()));
+    }
+    if passphrase.len() < MIN_PASSPHRASE_LEN {
+        return Err(DataDirError::WeakPassphrase);
+    }
+    create_private_dir(&config.data_dir)?;
+    let key = generate_key(config, "root key")?;
+    let key_pem = key
+        .to_encrypted_pkcs8_pem(passphrase)
+        .map_err(|source| DataDirError::Key {
+            path: layout.root_key(),
+            source,
+        })?;
+    let root = ca::create_root(
+        &key.into_signer(),
+        &ca_names(config),
+        now,
+        Serial::random(&mut rand::rngs::OsRng),
+    )?;
+    write_ca_dir(
+        config,
+        &[
+            ("root.crt.pem", root.pem().as_bytes(), 0o644),
+            ("root.key.pem", key_pem.as_bytes(), 0o600),
+        ],
+    )?;
+    Ok(root)
+}
+
+/// Creates the issuing key and its CSR (asking for the configuration's
+/// name constraints) for a root kept elsewhere; returns the CSR's path.
+/// Refuses if a CA exists.
+pub fn init_intermediate_csr(config: &Config) -> Result<PathBuf, DataDirError> {
+    let layout = Layout::new(&config.data_dir);
+    if layout.has_ca() {
+        return Err(DataDirError::AlreadyInitialised(config.data_dir.clone()));
+    }
+    create_private_dir(&config.data_dir)?;
+    let key = generate_key(config, "intermediate key")?;
+    let key_pem = key.to_pkcs8_pem().map_err(|source| DataDirError::Key {
+        path: layout.issuing_key(),
+        source,
+    })?;
+    let csr = intermediate::intermediate_csr(
+        &key.into_signer(),
+        &ca_names(config),
+        config.intermediate_constraints().as_ref(),
+    )?;
+    write_ca_dir(
+        config,
+        &[
+            ("issuing.key.pem", key_pem.as_bytes(), 0o600),
+            ("issuing.csr.pem", csr.as_bytes(), 0o644),
+        ],
+    )?;
+    Ok(layout.issuing_csr())
+}
+
+/// What `root sign-intermediate` made.
+#[derive(Debug)]
+pub struct SignedIntermediate {
+    /// The new intermediate.
+    pub certificate: CaCertificate,
+    /// Its name constraints (`None`: unconstrained).
+    pub constraints: Option<NameConstraints>,
+    /// Where they came from: `"the CSR"` or `"this configuration"`.
+    pub constraints_from: &'static str,
+}
+
+/// Signs an intermediate's CSR with the root (needs the passphrase): the
+/// subject O and CN and the name constraints the CSR asks for, or, when it
+/// asks for none, this configuration's (unless `ca.name_constraints` is
+/// off). Appends it to `ca/signed-intermediates.log`.
+pub fn sign_intermediate(
+    config: &Config,
+    passphrase: &[u8],
+    csr: &[u8],
+    now: OffsetDateTime,
+) -> Result<SignedIntermediate, DataDirError> {
+    let layout = Layout::new(&config.data_dir);
+    let root = load_root_issuer(&layout, &config.public_http_url, passphrase)?;
+    let request = IntermediateRequest::parse(csr)?;
+    if request.spki_der == root.certificate().spki() {
+        return Err(CaError::BadRequest("is for the root's own key".into()).into());
+    }
+    let (constraints, constraints_from) = match request.constraints.clone() {
+        Some(c) => (Some(c), "the CSR"),
+        None => (config.intermediate_constraints(), "this configuration"),
+    };
+    let fallback = ca_names(config);
+    let names = CaNames {
+        organization: request
+            .organization
+            .clone()
+            .unwrap_or(fallback.organization),
+        root_common_name: fallback.root_common_name,
+        intermediate_common_name: request
+            .common_name
+            .clone()
+            .unwrap_or(fallback.intermediate_common_name),
+    };
+    let certificate = root.issue_intermediate(
+        &request.spki_der,
+        &names,
+        constraints.as_ref(),
+        now,
+        Serial::random(&mut rand::rngs::OsRng),
+    )?;
+    let line = format!(
+        "{} serial={} subject=\"{}\" not_after={} sha256={}\n",
+        now.unix_timestamp(),
+        hex::encode(certificate_serial(&certificate)),
+        certificate.subject(),
+        certificate.not_after().unix_timestamp(),
+        certificate.fingerprint_sha256(),
+    );
+    let path = layout.signed_log();
+    let mut log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o644)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    log.write_all(line.as_bytes())
+        .and_then(|()| log.sync_all())
+        .map_err(io_err(&path))?;
+    Ok(SignedIntermediate {
+        certificate,
+        constraints,
+        constraints_from,
+    })
+}
+
+/// The serial number bytes of a certificate.
+pub fn certificate_serial(cert: &CaCertificate) -> Vec<u8> {
+    x509_parser::parse_x509_certificate(cert.der())
+        .map(|(_, c)| c.tbs_certificate.raw_serial().to_vec())
+        .unwrap_or_default()
+}
+
+/// Puts a signed intermediate in place of `ca/issuing.csr.pem`, after
+/// checking that it is a CA certificate for the waiting key, signed by
+/// `root` (or the root already in `ca/`), valid now, and constrained to
+/// cover this configuration. Writes the root too when given.
+pub fn install_intermediate(
+    config: &Config,
+    cert: &[u8],
+    root: Option<&[u8]>,
+    now: OffsetDateTime,
+) -> Result<InitOutcome, DataDirError> {
+    let layout = Layout::new(&config.data_dir);
+    let refuse = |why: String| Err(DataDirError::Install(why));
+    if !layout.issuing_key().exists() {
+        return refuse(format!(
+            "there is no issuing key waiting in {}; make it with `hallmark init --intermediate-csr`",
+            config.data_dir.display()
+        ));
+    }
+    if layout.issuing_cert().exists() {
+        return refuse(format!(
+            "{} already has an issuing intermediate; install-intermediate only completes `hallmark init --intermediate-csr`",
+            config.data_dir.display()
+        ));
+    }
+    let one_cert = |bytes: &[u8], what: &str| -> Result<Vec<u8>, DataDirError> {
+        if bytes.first() == Some(&0x30) {
+            return Ok(bytes.to_vec());
+        }
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| DataDirError::Install(format!("the {what} is neither PEM nor DER")))?;
+        let mut blocks = pem_decode_all(text, "CERTIFICATE");
+        if blocks.is_empty() {
+            return Err(DataDirError::Install(format!(
+                "the {what} file holds no PEM CERTIFICATE block"
+            )));
+        }
+        Ok(blocks.remove(0))
+    };
+    let root_der = match root {
+        Some(bytes) => {
+            if layout.root_cert().exists() {
+                return refuse(format!(
+                    "{} already holds a root certificate; leave out --root",
+                    config.data_dir.display()
+                ));
+            }
+            one_cert(bytes, "root certificate")?
+        }
+        None if layout.root_cert().exists() => read_cert(&layout.root_cert())?,
+        None => return refuse("give the root's certificate with --root ROOT_CERT".into()),
+    };
+    let root_cert = CaCertificate::from_der("root", root_der)?;
+    let der = one_cert(cert, "intermediate certificate")?;
+    let parsed = CaCertificate::from_der("", der.clone())?;
+    let key = read_key(&layout.issuing_key(), None)?;
+    if parsed.spki() != key.public_key_spki() {
+        return refuse(
+            "the certificate is not for the waiting issuing key (ca/issuing.key.pem)".into(),
+        );
+    }
+    let (_, x509) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| CaError::BadCertificate(e.to_string()))?;
+    if !x509.is_ca() {
+        return refuse("the certificate is not a CA certificate (basicConstraints CA:TRUE)".into());
+    }
+    let (_, root_x509) = x509_parser::parse_x509_certificate(root_cert.der())
+        .map_err(|e| CaError::BadCertificate(e.to_string()))?;
+    if x509.issuer().as_raw() != root_x509.subject().as_raw()
+        || x509.verify_signature(Some(root_x509.public_key())).is_err()
+    {
+        return refuse(format!(
+            "the certificate is not signed by the root {}",
+            root_cert.subject()
+        ));
+    }
+    if now < parsed.not_before() || now > parsed.not_after() {
+        return refuse(format!(
+            "the certificate is valid from {} to {}, not now",
+            parsed.not_before(),
+            parsed.not_after()
+        ));
+    }
+    if let Some(c) = parsed.name_constraints() {
+        if let Some((setting, value)) = config.outside_constraints(c) {
+            return refuse(format!(
+                "{setting} includes {value}, which the certificate's name constraints do not permit (they permit {})",
+                c.describe()
+            ));
+        }
+    }
+    let id = ca::intermediate_id(parsed.key_id());
+    let intermediate = CaCertificate::from_der(id, der)?;
+    if root.is_some() {
+        write_new(&layout.root_cert(), root_cert.pem().as_bytes(), 0o644)?;
+    }
+    write_new(&layout.issuing_cert(), intermediate.pem().as_bytes(), 0o644)?;
+    Ok(InitOutcome {
+        root: root_cert,
+        intermediate,
+    })
+}
+
+/// An offline root's CRL state (`ca/root-crl.json`): the intermediates it
+/// revoked, kept so every later CRL lists them, and its last CRL number.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct RootCrlState {
+    last_number: u64,
+    revoked: Vec<RootRevocation>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RootRevocation {
+    serial: String,
+    reason: u8,
+    at: i64,
+}
+
+/// A root CRL signed offline.
+#[derive(Debug)]
+pub struct RootCrl {
+    /// The CRL, DER.
+    pub der: Vec<u8>,
+    /// Its number.
+    pub number: u64,
+    /// How many intermediates it lists.
+    pub entries: usize,
+    /// nextUpdate.
+    pub next_update: OffsetDateTime,
+}
+
+/// Signs the root's CRL on the machine that holds the root key (needs the
+/// passphrase), for `hallmark crl import` on the serving side. `revoke`
+/// adds intermediates (by serial) to the list kept in `ca/root-crl.json`;
+/// every CRL lists all of them. The number is the larger of the last one
+/// plus one and the current Unix time, so it stays above the numbers the
+/// serving side gave its own root CRLs and keeps rising if the state file
+/// is lost.
+pub fn sign_root_crl(
+    config: &Config,
+    passphrase: &[u8],
+    revoke: &[(Vec<u8>, RevocationReason)],
+    validity: time::Duration,
+    now: OffsetDateTime,
+) -> Result<RootCrl, DataDirError> {
+    let layout = Layout::new(&config.data_dir);
+    let root = load_root_issuer(&layout, &config.public_http_url, passphrase)?;
+    let path = layout.root_crl_state();
+    let mut state: RootCrlState = match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| DataDirError::Io {
+            path: path.clone(),
+            reason: format!("not a root CRL state file: {e}"),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RootCrlState::default(),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    for (serial, reason) in revoke {
+        let serial = hex::encode(serial);
+        if !state.revoked.iter().any(|r| r.serial == serial) {
+            state.revoked.push(RootRevocation {
+                serial,
+                reason: reason.code(),
+                at: now.unix_timestamp(),
+            });
+        }
+    }
+    let number = (state.last_number + 1).max(now.unix_timestamp().max(0) as u64);
+    let next_update = (now + validity).min(root.certificate().not_after());
+    let spec = CrlSpec {
+        issuer: root.certificate(),
+        this_update: now,
+        next_update,
+        scope: CrlScope::Complete { delta_url: None },
+    };
+    let mut builder = CrlBuilder::new(&spec, root.key().as_ref());
+    for r in &state.revoked {
+        let serial = hex::decode(&r.serial).map_err(|_| DataDirError::Io {
+            path: path.clone(),
+            reason: format!("the serial {:?} is not hex", r.serial),
+        })?;
+        builder.push(&CrlEntry {
+            serial: &serial,
+            revoked_at: OffsetDateTime::from_unix_timestamp(r.at).unwrap_or(now),
+            reason: RevocationReason::from_code(i64::from(r.reason))
+                .unwrap_or(RevocationReason::Unspecified),
+            invalidity_date: None,
+        });
+    }
+    let der = builder
+        .finish(number, root.key().as_ref())
+        .map_err(|source| DataDirError::Key {
+            path: layout.root_key(),
+            source,
+        })?;
+    state.last_number = number;
+    let json = serde_json::to_vec_pretty(&state).expect("the state serialises");
+    replace_file(&path, &json, 0o644)?;
+    Ok(RootCrl {
+        der,
+        number,
+        entries: state.revoked.len(),
+        next_update,
+    })
 }
 
 /// Reads the root certificate.
@@ -232,6 +633,14 @@ pub fn load_root_cert(layout: &Layout) -> Result<CaCertificate, DataDirError> {
 pub fn load_issuer(layout: &Layout, public_http_url: &str) -> Result<Issuer, DataDirError> {
     if !layout.has_ca() {
         return Err(DataDirError::NotInitialised(layout.root.clone()));
+    }
+    if !layout.issuing_cert().exists() {
+        if layout.issuing_csr().exists() {
+            return Err(DataDirError::AwaitingIntermediate(layout.root.clone()));
+        }
+        if !layout.issuing_key().exists() && layout.root_key().exists() {
+            return Err(DataDirError::RootOnly(layout.root.clone()));
+        }
     }
     let der = read_cert(&layout.issuing_cert())?;
     let cert = CaCertificate::from_der("", der)?;
@@ -252,6 +661,9 @@ pub fn load_root_issuer(
     passphrase: &[u8],
 ) -> Result<Issuer, DataDirError> {
     let cert = load_root_cert(layout)?;
+    if !layout.root_key().exists() && layout.has_ca() {
+        return Err(DataDirError::NoRootKey(layout.root.clone()));
+    }
     let key = read_key(&layout.root_key(), Some(passphrase))?;
     Ok(Issuer::new(
         cert,
@@ -301,7 +713,7 @@ pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), DataDirE
 
 /// Replaces a file atomically (write a temporary file with `mode`, rename).
 pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), DataDirError> {
-    if let Some(parent) = path.parent() {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_private_dir(parent)?;
     }
     let tmp = path.with_extension(format!("tmp-{}", hex::encode(rand::random::<[u8; 4]>())));

@@ -41,6 +41,24 @@ enum Command {
         /// Key type for both CA keys (overrides [ca] key_type)
         #[arg(long, value_parser = ["p256", "p384", "rsa2048", "rsa3072", "rsa4096"])]
         key_type: Option<String>,
+        /// Make only the issuing key and its CSR (ca/issuing.csr.pem), for a
+        /// root kept elsewhere; finish with `hallmark ca install-intermediate`
+        #[arg(long, conflicts_with = "root_only")]
+        intermediate_csr: bool,
+        /// Make only a root, for a machine kept offline that signs
+        /// intermediates and root CRLs
+        #[arg(long)]
+        root_only: bool,
+    },
+    /// The root, where its key is kept (needs the root passphrase)
+    Root {
+        #[command(subcommand)]
+        command: RootCommand,
+    },
+    /// The issuing CA
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
     },
     /// Run the service (creates the CA on first start)
     Serve,
@@ -158,6 +176,46 @@ enum UserCommand {
 }
 
 #[derive(Subcommand)]
+enum RootCommand {
+    /// Sign an issuing intermediate's CSR (from `hallmark init
+    /// --intermediate-csr`) with the root, with the name constraints it asks for
+    SignIntermediate {
+        /// The CSR (PEM or DER)
+        csr_file: PathBuf,
+        /// Write the certificate here (PEM) instead of standard output
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Sign the root's CRL here, for `hallmark crl import` where hallmark serves
+    Crl {
+        /// Write the CRL here (DER)
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Revoke an intermediate by its serial (hex, as `openssl x509
+        /// -serial` prints it); listed in this and every later root CRL
+        #[arg(long, value_name = "SERIAL")]
+        revoke: Vec<String>,
+        /// Reason for --revoke: unspecified, keyCompromise, cACompromise,
+        /// affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn
+        #[arg(long, default_value = "unspecified", requires = "revoke")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Install the issuing intermediate the root signed, completing
+    /// `hallmark init --intermediate-csr`
+    InstallIntermediate {
+        /// The intermediate's certificate (PEM or DER)
+        cert_file: PathBuf,
+        /// The root's certificate (PEM or DER), unless ca/root.crt.pem exists
+        #[arg(long, value_name = "FILE")]
+        root: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum CrlCommand {
     /// Generate and publish the issuing CA's CRLs now (complete, partitions,
     /// delta); with --root, the root's CRL (needs the root passphrase)
@@ -165,6 +223,11 @@ enum CrlCommand {
         /// Sign the root's CRL with the root key instead
         #[arg(long)]
         root: bool,
+    },
+    /// Publish a root CRL signed where the root key is kept (`hallmark root crl`)
+    Import {
+        /// The CRL (DER or PEM)
+        crl_file: PathBuf,
     },
 }
 
@@ -245,11 +308,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let mut config = Config::load(cli.config.as_deref(), &cli.data_dir, std::env::vars())?;
     match cli.command {
-        Command::Init { key_type } => {
+        Command::Init {
+            key_type,
+            intermediate_csr,
+            root_only,
+        } => {
             if let Some(k) = key_type {
                 config.ca_key_type = k.parse()?;
             }
-            init(&config, true)
+            if intermediate_csr {
+                init_intermediate_csr(&config)
+            } else if root_only {
+                init_root_only(&config)
+            } else {
+                init(&config, true)
+            }
+        }
+        Command::Root { command } => root_command(&config, command),
+        Command::Ca {
+            command: CaCommand::InstallIntermediate { cert_file, root },
+        } => install_intermediate(&config, &cert_file, root.as_deref()),
+        Command::Crl {
+            command: CrlCommand::Import { crl_file },
+        } => {
+            let bytes = read_input(&crl_file)?;
+            let der = match std::str::from_utf8(&bytes) {
+                Ok(text) if text.contains("-----BEGIN") => {
+                    hallmark::pki::pem_decode_all(text, "X509 CRL")
+                        .into_iter()
+                        .next()
+                        .with_context(|| {
+                            format!("{} holds no PEM X509 CRL block", crl_file.display())
+                        })?
+                }
+                _ => bytes,
+            };
+            let authority = hallmark::service::open_authority(&config).await?;
+            let crls = CrlPublisher::new(authority.clone(), config.crl.clone());
+            crls.refresh().await?;
+            let g = crls.import_root(&der, &operator()).await?;
+            println!(
+                "published {} number {}: {} entries, next update {}",
+                CrlKind::of(&g.record).file_name(&g.record.issuer_id),
+                g.record.number,
+                g.record.entries,
+                hallmark::workflow::rfc3339(g.record.next_update),
+            );
+            Ok(())
         }
         Command::Serve => serve(config).await,
         Command::Sign {
@@ -415,6 +520,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             crls.refresh().await?;
             let mut done = Vec::new();
             if root {
+                need_root_key(&config)?;
                 let passphrase = root_passphrase(false)?;
                 let root_issuer = datadir::load_root_issuer(
                     &Layout::new(&config.data_dir),
@@ -544,6 +650,191 @@ fn init(config: &Config, explicit: bool) -> anyhow::Result<()> {
         layout.root_key().display()
     );
     println!("  root SHA-256  {}", outcome.root.fingerprint_sha256());
+    Ok(())
+}
+
+/// Reads a file named on the command line (at most 1 MiB).
+fn read_input(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(1 << 20)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(bytes)
+}
+
+fn init_intermediate_csr(config: &Config) -> anyhow::Result<()> {
+    let csr = datadir::init_intermediate_csr(config)?;
+    println!(
+        "Created the issuing key and its CSR in {}:",
+        config.data_dir.display()
+    );
+    println!("  CSR           {}", csr.display());
+    match config.intermediate_constraints() {
+        Some(c) => println!(
+            "  asks for      name constraints permitting {}",
+            c.describe()
+        ),
+        None => println!("  asks for      no name constraints (ca.name_constraints = false)"),
+    }
+    println!("Next: on the root's machine, `hallmark root sign-intermediate issuing.csr.pem --out issuing.crt.pem`;");
+    println!("then here, `hallmark ca install-intermediate issuing.crt.pem --root root.crt.pem`.");
+    Ok(())
+}
+
+fn init_root_only(config: &Config) -> anyhow::Result<()> {
+    if Layout::new(&config.data_dir).has_ca() {
+        return Err(datadir::DataDirError::AlreadyInitialised(config.data_dir.clone()).into());
+    }
+    let passphrase = root_passphrase(true)?;
+    let root = datadir::init_root_only(config, passphrase.as_bytes(), OffsetDateTime::now_utc())?;
+    let layout = Layout::new(&config.data_dir);
+    println!("Created a root in {}:", config.data_dir.display());
+    println!(
+        "  root          {} (until {})",
+        root.subject(),
+        root.not_after().date()
+    );
+    println!("  certificate   {}", layout.root_cert().display());
+    println!(
+        "  root key      {} (encrypted; keep the passphrase safe)",
+        layout.root_key().display()
+    );
+    println!("  root SHA-256  {}", root.fingerprint_sha256());
+    println!(
+        "Intermediates it signs point to {}/crl/root.crl and {}/ca/root.crt (server.public_http_url of the serving side).",
+        config.public_http_url, config.public_http_url
+    );
+    Ok(())
+}
+
+/// Refuses, before asking for the passphrase, where the root key is not.
+fn need_root_key(config: &Config) -> anyhow::Result<()> {
+    let layout = Layout::new(&config.data_dir);
+    if !layout.has_ca() {
+        return Err(datadir::DataDirError::NotInitialised(config.data_dir.clone()).into());
+    }
+    if !layout.root_key().exists() {
+        return Err(datadir::DataDirError::NoRootKey(config.data_dir.clone()).into());
+    }
+    Ok(())
+}
+
+fn root_command(config: &Config, command: RootCommand) -> anyhow::Result<()> {
+    need_root_key(config)?;
+    match command {
+        RootCommand::SignIntermediate { csr_file, out } => {
+            let csr = read_input(&csr_file)?;
+            let passphrase = root_passphrase(false)?;
+            let signed = datadir::sign_intermediate(
+                config,
+                passphrase.as_bytes(),
+                &csr,
+                OffsetDateTime::now_utc(),
+            )?;
+            let cert = &signed.certificate;
+            eprintln!("Signed the issuing intermediate:");
+            eprintln!("  subject       {}", cert.subject());
+            eprintln!(
+                "  serial        {}",
+                hex::encode(datadir::certificate_serial(cert))
+            );
+            eprintln!(
+                "  valid         {} to {}",
+                cert.not_before().date(),
+                cert.not_after().date()
+            );
+            match &signed.constraints {
+                Some(c) => eprintln!(
+                    "  permits       {} (from {})",
+                    c.describe(),
+                    signed.constraints_from
+                ),
+                None => eprintln!("  permits       any name (no name constraints)"),
+            }
+            eprintln!("  root CRL URL  {}/crl/root.crl", config.public_http_url);
+            match out {
+                Some(path) => {
+                    datadir::write_new(&path, cert.pem().as_bytes(), 0o644)?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{}", cert.pem()),
+            }
+            Ok(())
+        }
+        RootCommand::Crl {
+            out,
+            revoke,
+            reason,
+        } => {
+            let reason = reason.parse::<RevocationReason>()?;
+            let revoke = revoke
+                .iter()
+                .map(|s| {
+                    let hex_digits: String = s.chars().filter(|c| *c != ':').collect();
+                    hex::decode(&hex_digits)
+                        .ok()
+                        .filter(|b| !b.is_empty() && b.len() <= 20)
+                        .map(|b| (b, reason))
+                        .with_context(|| {
+                            format!(
+                                "--revoke {s:?} is not a serial number in hex (at most 20 bytes)"
+                            )
+                        })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let passphrase = root_passphrase(false)?;
+            let crl = datadir::sign_root_crl(
+                config,
+                passphrase.as_bytes(),
+                &revoke,
+                time::Duration::days(i64::from(config.crl.root_validity_days)),
+                OffsetDateTime::now_utc(),
+            )?;
+            datadir::replace_file(&out, &crl.der, 0o644)?;
+            println!(
+                "wrote {}: root CRL number {}, {} revoked intermediates, next update {}",
+                out.display(),
+                crl.number,
+                crl.entries,
+                crl.next_update.date()
+            );
+            println!(
+                "Publish it where hallmark serves: `hallmark crl import {}`.",
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn install_intermediate(
+    config: &Config,
+    cert_file: &std::path::Path,
+    root: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let cert = read_input(cert_file)?;
+    let root = root.map(read_input).transpose()?;
+    let outcome =
+        datadir::install_intermediate(config, &cert, root.as_deref(), OffsetDateTime::now_utc())?;
+    println!("Installed the issuing CA in {}:", config.data_dir.display());
+    println!(
+        "  root          {} (until {})",
+        outcome.root.subject(),
+        outcome.root.not_after().date()
+    );
+    println!("  root SHA-256  {}", outcome.root.fingerprint_sha256());
+    println!(
+        "  issuing CA    {} (until {})",
+        outcome.intermediate.subject(),
+        outcome.intermediate.not_after().date()
+    );
+    match outcome.intermediate.name_constraints() {
+        Some(c) => println!("  permits       {}", c.describe()),
+        None => println!("  permits       any name (no name constraints)"),
+    }
+    println!("`hallmark serve` can start; it never needs the root key.");
     Ok(())
 }
 

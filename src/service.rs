@@ -355,11 +355,11 @@ fn warn_about_root_crl(crls: &CrlPublisher, root_id: &str) {
     let now = OffsetDateTime::now_utc().unix_timestamp();
     match crls.served(&format!("{root_id}.crl")) {
         None => tracing::warn!(
-            "there is no root CRL yet; run `hallmark crl generate --root` so /crl/{root_id}.crl (named in the intermediate's CRL distribution point) exists"
+            "there is no root CRL yet; run `hallmark crl generate --root` (or, with the root offline, `hallmark root crl` there and `hallmark crl import` here) so /crl/{root_id}.crl (named in the intermediate's CRL distribution point) exists"
         ),
         Some(c) if c.next_update - now < 30 * 86_400 => tracing::warn!(
             next_update = c.next_update,
-            "the root CRL expires within 30 days; run `hallmark crl generate --root`"
+            "the root CRL expires within 30 days; run `hallmark crl generate --root` (or, with the root offline, `hallmark root crl` there and `hallmark crl import` here)"
         ),
         Some(_) => {}
     }

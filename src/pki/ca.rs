@@ -54,6 +54,9 @@ pub enum CaError {
     /// rcgen refused the parameters or the signer failed.
     #[error("signing failed: {0}")]
     Sign(String),
+    /// An intermediate's CSR that cannot be signed.
+    #[error("the intermediate's CSR {0}")]
+    BadRequest(String),
 }
 
 /// A CA certificate with the facts hallmark needs from it.

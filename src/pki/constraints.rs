@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, GeneralSubtree, ParsedExtension};
 
+use super::der;
 use super::net::IpNet;
 use super::Identifier;
 
@@ -100,17 +101,22 @@ impl NameConstraints {
     /// Subtrees of other forms (directoryName, email, URI) do not concern
     /// what hallmark issues and are ignored.
     pub fn of(cert: &X509Certificate<'_>) -> Result<Option<NameConstraints>, String> {
-        let Some(nc) =
-            cert.tbs_certificate
-                .extensions()
-                .iter()
-                .find_map(|e| match e.parsed_extension() {
-                    ParsedExtension::NameConstraints(nc) => Some(nc),
-                    _ => None,
-                })
-        else {
-            return Ok(None);
-        };
+        cert.tbs_certificate
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::NameConstraints(nc) => Some(nc),
+                _ => None,
+            })
+            .map(Self::from_parsed)
+            .transpose()
+    }
+
+    /// The constraints of a parsed extension (a certificate's, or one a
+    /// CSR requests).
+    pub fn from_parsed(
+        nc: &x509_parser::extensions::NameConstraints<'_>,
+    ) -> Result<NameConstraints, String> {
         let mut out = NameConstraints::default();
         let read = |subtrees: &Option<Vec<GeneralSubtree<'_>>>,
                     dns: &mut Vec<String>,
@@ -131,7 +137,51 @@ impl NameConstraints {
             &mut out.excluded_dns,
             &mut out.excluded_ip,
         )?;
-        Ok(Some(out))
+        Ok(out)
+    }
+
+    /// The DER extnValue of the extension (RFC 5280 §4.2.1.10), for a CSR's
+    /// extensionRequest, where rcgen writes no name constraints.
+    pub fn to_der_value(&self) -> Vec<u8> {
+        fn subtrees(out: &mut Vec<u8>, tag: u8, dns: &[String], ip: &[IpNet]) {
+            if dns.is_empty() && ip.is_empty() {
+                return;
+            }
+            der::nested(out, tag, |out| {
+                for d in dns {
+                    der::nested(out, 0x30, |out| der::tlv(out, 0x82, d.as_bytes()));
+                }
+                for n in ip {
+                    let (addr, mask) = match n.network() {
+                        IpAddr::V4(a) => (
+                            a.octets().to_vec(),
+                            (u32::MAX
+                                .checked_shl(32 - u32::from(n.prefix()))
+                                .unwrap_or(0))
+                            .to_be_bytes()
+                            .to_vec(),
+                        ),
+                        IpAddr::V6(a) => (
+                            a.octets().to_vec(),
+                            (u128::MAX
+                                .checked_shl(128 - u32::from(n.prefix()))
+                                .unwrap_or(0))
+                            .to_be_bytes()
+                            .to_vec(),
+                        ),
+                    };
+                    der::nested(out, 0x30, |out| {
+                        der::tlv(out, 0x87, &[addr, mask].concat());
+                    });
+                }
+            });
+        }
+        let mut out = Vec::new();
+        der::nested(&mut out, 0x30, |out| {
+            subtrees(out, 0xa0, &self.dns, &self.ip);
+            subtrees(out, 0xa1, &self.excluded_dns, &self.excluded_ip);
+        });
+        out
     }
 
     /// The extension as rcgen writes it (critical).
@@ -242,7 +292,16 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         let (_, parsed) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
-        assert_eq!(NameConstraints::of(&parsed).unwrap(), Some(c));
+        assert_eq!(NameConstraints::of(&parsed).unwrap(), Some(c.clone()));
+        // The hand-written extnValue (for CSRs) is the same DER rcgen writes.
+        let written = parsed
+            .tbs_certificate
+            .extensions()
+            .iter()
+            .find(|e| matches!(e.parsed_extension(), ParsedExtension::NameConstraints(_)))
+            .unwrap()
+            .value;
+        assert_eq!(c.to_der_value(), written);
         let critical = parsed
             .tbs_certificate
             .extensions()

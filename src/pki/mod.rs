@@ -6,6 +6,7 @@ pub mod constraints;
 pub mod crl;
 pub mod csr;
 pub mod der;
+pub mod intermediate;
 pub mod key;
 pub mod net;
 pub mod ocsp;

@@ -138,6 +138,14 @@ pub enum Conflict {
     /// The change would leave no enabled admin.
     #[error("this would leave no enabled admin; add or enable another admin first")]
     LastAdmin,
+    /// A CRL signed elsewhere whose number is not above the last published.
+    #[error("CRL number {given} is not above the last one published for this issuer ({last})")]
+    StaleCrlNumber {
+        /// The CRL's number.
+        given: i64,
+        /// The last number published.
+        last: i64,
+    },
 }
 
 /// The unique constraint a database error names: PostgreSQL reports it;

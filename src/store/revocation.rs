@@ -123,6 +123,9 @@ pub struct NewCrl {
     pub snapshot_seq: i64,
     /// Number of entries.
     pub entries: i64,
+    /// The number, when the CRL was signed elsewhere (an offline root's);
+    /// it must be above the issuer's last. `None`: the store takes the next.
+    pub number: Option<i64>,
 }
 
 /// A published CRL.

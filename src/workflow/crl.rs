@@ -354,6 +354,101 @@ impl CrlPublisher {
         Ok(g)
     }
 
+    /// Publishes a root CRL signed where the root key is kept (`hallmark
+    /// root crl`): it must be signed by this CA's root, carry a CRL number
+    /// above the last root CRL published here, and not be expired. Every
+    /// instance then serves it from the database.
+    pub async fn import_root(&self, der: &[u8], actor: &str) -> Result<Generated, WorkflowError> {
+        let bad = |why: String| WorkflowError::from(Clash::BadRootCrl(why));
+        let _one_at_a_time = self.generating.lock().await;
+        let started = std::time::Instant::now();
+        let root = self.authority.root().clone();
+        let (rest, crl) = x509_parser::parse_x509_crl(der)
+            .map_err(|e| bad(format!("could not be parsed: {e}")))?;
+        if !rest.is_empty() {
+            return Err(bad("has trailing bytes".into()));
+        }
+        let (_, root_x509) = x509_parser::parse_x509_certificate(root.der())
+            .map_err(|e| bad(format!("cannot be checked: the root does not parse: {e}")))?;
+        if crl.issuer().as_raw() != root.subject_raw()
+            || crl.verify_signature(root_x509.public_key()).is_err()
+        {
+            return Err(bad(format!(
+                "is not signed by this CA's root {}",
+                root.subject()
+            )));
+        }
+        let number = crl
+            .crl_number()
+            .and_then(|n| i64::try_from(n.clone()).ok())
+            .ok_or_else(|| bad("has no CRL number (or one too large)".into()))?;
+        let now = OffsetDateTime::now_utc();
+        let this_update = crl.last_update().to_datetime();
+        let next_update = crl
+            .next_update()
+            .map(|t| t.to_datetime())
+            .ok_or_else(|| bad("has no nextUpdate".into()))?;
+        if next_update <= now {
+            return Err(bad(format!("expired at {next_update}")));
+        }
+        if this_update > now + time::Duration::minutes(5) {
+            return Err(bad(format!(
+                "is dated {this_update}, in the future; check the clocks"
+            )));
+        }
+        let entries = crl.iter_revoked_certificates().count() as i64;
+        // The snapshot it is published at: now, as for a CRL made here.
+        let scan = RevokedScan {
+            issuer_id: root.id().to_owned(),
+            partition: None,
+            revoked_since: Some(i64::MAX),
+            not_after_from: now.unix_timestamp(),
+        };
+        let snapshot_seq = self
+            .authority
+            .store()
+            .scan_revoked(&scan, &mut |_| {})
+            .await?;
+        let new = NewCrl {
+            issuer_id: root.id().to_owned(),
+            partition: 0,
+            delta: false,
+            this_update: this_update.unix_timestamp(),
+            next_update: next_update.unix_timestamp(),
+            snapshot_seq,
+            entries,
+            number: Some(number),
+        };
+        let event = AuditEvent {
+            at: now,
+            actor: actor.to_owned(),
+            action: "crl.import".into(),
+            subject: CrlKind::Complete.file_name(root.id()),
+            details: serde_json::json!({
+                "entries": entries,
+                "this_update": new.this_update,
+                "next_update": new.next_update,
+                "sha256": hex::encode(ring::digest::digest(&ring::digest::SHA256, der)),
+            }),
+        };
+        let record = self
+            .authority
+            .store()
+            .publish_crl(&new, &mut |_| Ok(der.to_vec()), event)
+            .await?
+            .ok_or_else(|| {
+                bad("lost to a root CRL published meanwhile; run the import again".into())
+            })?;
+        let der = Bytes::from(der.to_vec());
+        self.install(&record, der.clone());
+        Ok(Generated {
+            record,
+            der,
+            published: true,
+            elapsed: started.elapsed(),
+        })
+    }
+
     /// The complete CRL deltas refer to, generating one if there is none.
     async fn current_base(&self) -> Result<CrlRecord, WorkflowError> {
         let id = self.authority.issuer().certificate().id().to_owned();
@@ -436,6 +531,7 @@ impl CrlPublisher {
             next_update: next_update.unix_timestamp(),
             snapshot_seq,
             entries,
+            number: None,
         };
         let event = AuditEvent {
             at: now,

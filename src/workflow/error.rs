@@ -185,4 +185,7 @@ pub enum Clash {
     /// Another instance published a CRL this one cannot read back.
     #[error("{0} was published elsewhere but cannot be read")]
     CrlUnreadable(String),
+    /// A root CRL signed offline that cannot be published.
+    #[error("the root CRL {0}")]
+    BadRootCrl(String),
 }

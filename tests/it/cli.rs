@@ -505,3 +505,284 @@ fn sign_refuses_the_cas_own_key_and_known_weak_rsa_moduli() {
     let out = hallmark(d, &["sign", "rsa.der"], &env);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn an_offline_root_signs_the_intermediate_and_root_crls_that_the_serving_side_installs() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let db = TestDb::new(backend, d).await;
+        let pass = [("HALLMARK_ROOT_PASSPHRASE", PASSPHRASE)];
+        let url = "http://127.0.0.1:18080";
+        // The serving side: no passphrase in its environment, ever.
+        let on_env = [
+            ("DATABASE_URL", db.url.as_str()),
+            ("HALLMARK_POLICY__ALLOWED_SUFFIXES", r#"["corp.internal"]"#),
+            ("HALLMARK_SERVER__PUBLIC_HTTP_URL", url),
+        ];
+        let off_env = [pass[0], ("HALLMARK_SERVER__PUBLIC_HTTP_URL", url)];
+        let on = |args: &[&str]| hallmark(d, &[&["--data-dir", "on"], args].concat(), &on_env);
+        let off = |args: &[&str]| hallmark(d, &[&["--data-dir", "off"], args].concat(), &off_env);
+        let ok = |o: Output| {
+            assert!(o.status.success(), "{}", text(&o));
+            text(&o)
+        };
+        let fails = |o: Output, sentence: &str| {
+            assert!(!o.status.success(), "{}", text(&o));
+            assert!(text(&o).contains(sentence), "{}", text(&o));
+        };
+
+        ok(off(&["init", "--root-only"]));
+        assert!(!d.join("off/ca/issuing.key.pem").exists());
+        fails(off(&["crl", "generate"]), "holds only a root");
+        let out = ok(on(&["init", "--intermediate-csr"]));
+        assert!(out.contains("permitting corp.internal, localhost"), "{out}");
+        assert!(!d.join("on/ca/root.key.pem").exists());
+        fails(on(&["crl", "generate"]), "is waiting for its certificate");
+
+        // The root signs with the constraints the CSR asks for.
+        let out = ok(off(&[
+            "root",
+            "sign-intermediate",
+            "on/ca/issuing.csr.pem",
+            "--out",
+            "int.pem",
+        ]));
+        assert!(
+            out.contains("permits       corp.internal, localhost"),
+            "{out}"
+        );
+        assert!(out.contains("(from the CSR)"), "{out}");
+        let log = std::fs::read_to_string(d.join("off/ca/signed-intermediates.log")).unwrap();
+        assert_eq!(log.lines().count(), 1, "{log}");
+        let serial = openssl(d, &["x509", "-in", "int.pem", "-noout", "-serial"]);
+        let serial = serial.trim().trim_start_matches("serial=").to_owned();
+        assert!(log.contains(&serial.to_ascii_lowercase()), "{log} {serial}");
+
+        // Installing checks what it is given.
+        fails(
+            on(&["ca", "install-intermediate", "int.pem"]),
+            "--root ROOT_CERT",
+        );
+        fails(
+            on(&[
+                "ca",
+                "install-intermediate",
+                "off/ca/root.crt.pem",
+                "--root",
+                "off/ca/root.crt.pem",
+            ]),
+            "not for the waiting issuing key",
+        );
+        let out = ok(on(&[
+            "ca",
+            "install-intermediate",
+            "int.pem",
+            "--root",
+            "off/ca/root.crt.pem",
+        ]));
+        assert!(out.contains("it never needs the root key"), "{out}");
+        fails(
+            on(&["ca", "install-intermediate", "int.pem"]),
+            "already has an issuing intermediate",
+        );
+
+        // The serving side issues; the chain verifies to the offline root.
+        openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "leaf.key",
+                "-subj",
+                "/CN=web.corp.internal",
+                "-addext",
+                "subjectAltName=DNS:web.corp.internal",
+                "-out",
+                "leaf.csr",
+            ],
+        );
+        let signed = on(&["sign", "leaf.csr"]);
+        let chain = String::from_utf8(signed.stdout.clone()).unwrap();
+        assert!(signed.status.success(), "{}", text(&signed));
+        let leaf_end = chain.find("-----END CERTIFICATE-----").unwrap() + 26;
+        std::fs::write(d.join("leaf.pem"), &chain[..leaf_end]).unwrap();
+        openssl(
+            d,
+            &[
+                "verify",
+                "-CAfile",
+                "off/ca/root.crt.pem",
+                "-untrusted",
+                "int.pem",
+                "leaf.pem",
+            ],
+        );
+
+        // Root CRLs are signed offline and imported; numbers only rise.
+        fails(
+            on(&["crl", "generate", "--root"]),
+            "the root key is not in on",
+        );
+        ok(off(&["root", "crl", "--out", "r1.crl"]));
+        let out = ok(on(&["crl", "import", "r1.crl"]));
+        assert!(out.contains("published root.crl number"), "{out}");
+        fails(
+            on(&["crl", "import", "r1.crl"]),
+            "is not above the last one published",
+        );
+        fails(
+            on(&["crl", "import", "leaf.pem"]),
+            "holds no PEM X509 CRL block",
+        );
+        // A CRL from another root is refused.
+        ok(hallmark(
+            d,
+            &["--data-dir", "other", "init", "--root-only"],
+            &off_env,
+        ));
+        ok(hallmark(
+            d,
+            &["--data-dir", "other", "root", "crl", "--out", "other.crl"],
+            &off_env,
+        ));
+        fails(
+            on(&["crl", "import", "other.crl"]),
+            "is not signed by this CA's root",
+        );
+
+        // Revoking the intermediate at the root: every later CRL lists it,
+        // and OpenSSL then refuses the leaf's chain.
+        ok(off(&[
+            "root",
+            "crl",
+            "--out",
+            "r2.crl",
+            "--revoke",
+            &serial,
+            "--reason",
+            "keyCompromise",
+        ]));
+        ok(off(&["root", "crl", "--out", "r3.crl"]));
+        let out = ok(on(&["crl", "import", "r3.crl"]));
+        assert!(out.contains("1 entries"), "{out}");
+        let listed = openssl(
+            d,
+            &["crl", "-inform", "DER", "-in", "r3.crl", "-noout", "-text"],
+        );
+        assert!(
+            listed.contains(&serial) && listed.contains("Key Compromise"),
+            "{listed}"
+        );
+        openssl(
+            d,
+            &[
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                "r3.crl",
+                "-out",
+                "root.crl.pem",
+            ],
+        );
+        ok(on(&["crl", "generate"]));
+        // What every serving instance serves: the imported root CRL and the
+        // intermediate's own.
+        let config = config_with(
+            &d.join("on"),
+            &on_env
+                .iter()
+                .map(|(k, v)| (*k, v.to_string()))
+                .collect::<Vec<_>>(),
+        );
+        let authority = hallmark::service::open_authority(&config).await.unwrap();
+        let int_file = format!("{}.crl", authority.issuer().certificate().id());
+        let crls = hallmark::workflow::crl::CrlPublisher::new(authority, config.crl.clone());
+        crls.refresh().await.unwrap();
+        let served_root = crls.served("root.crl").expect("the root CRL is served");
+        assert_eq!(
+            served_root.der.as_ref(),
+            std::fs::read(d.join("r3.crl")).unwrap().as_slice()
+        );
+        let int_crl = crls
+            .served(&int_file)
+            .expect("the intermediate's CRL is served");
+        std::fs::write(d.join("int.crl"), int_crl.der.as_ref()).unwrap();
+        openssl(
+            d,
+            &[
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                "int.crl",
+                "-out",
+                "int.crl.pem",
+            ],
+        );
+        let both = [
+            std::fs::read_to_string(d.join("int.crl.pem")).unwrap(),
+            std::fs::read_to_string(d.join("root.crl.pem")).unwrap(),
+        ]
+        .concat();
+        std::fs::write(d.join("crls.pem"), both).unwrap();
+        // Before the intermediate's revocation (r1's contents), the chain
+        // passes the same check.
+        openssl(
+            d,
+            &[
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                "r1.crl",
+                "-out",
+                "r1.crl.pem",
+            ],
+        );
+        let before = [
+            std::fs::read_to_string(d.join("int.crl.pem")).unwrap(),
+            std::fs::read_to_string(d.join("r1.crl.pem")).unwrap(),
+        ]
+        .concat();
+        std::fs::write(d.join("before.pem"), before).unwrap();
+        openssl(
+            d,
+            &[
+                "verify",
+                "-crl_check_all",
+                "-CRLfile",
+                "before.pem",
+                "-CAfile",
+                "off/ca/root.crt.pem",
+                "-untrusted",
+                "int.pem",
+                "leaf.pem",
+            ],
+        );
+        let (verified, out) = openssl_status(
+            d,
+            &[
+                "verify",
+                "-crl_check_all",
+                "-CRLfile",
+                "crls.pem",
+                "-CAfile",
+                "off/ca/root.crt.pem",
+                "-untrusted",
+                "int.pem",
+                "leaf.pem",
+            ],
+        );
+        assert!(!verified, "{out}");
+        assert!(out.contains("certificate revoked"), "{out}");
+        db.cleanup().await;
+    }
+}

@@ -250,6 +250,7 @@ async fn a_crl_larger_than_a_chunk_reads_back_whole_and_pruned_ones_are_gone() {
                 next_update: 10 * snapshot + 5,
                 snapshot_seq: snapshot,
                 entries: 7,
+                number: None,
             };
             let record = s
                 .publish_crl(
@@ -277,6 +278,57 @@ async fn a_crl_larger_than_a_chunk_reads_back_whole_and_pruned_ones_are_gone() {
             s.crl_der(&heads[1]).await.unwrap(),
             content(heads[1].number)
         );
+
+        // A CRL signed elsewhere keeps its own number, which must be above
+        // the last; the store's own numbering then goes on above it.
+        let last = heads[2].number;
+        let signed_elsewhere = |number: i64, snapshot: i64| NewCrl {
+            issuer_id: "int-1".into(),
+            partition: 0,
+            delta: false,
+            this_update: 100,
+            next_update: 200,
+            snapshot_seq: snapshot,
+            entries: 0,
+            number: Some(number),
+        };
+        let err = s
+            .publish_crl(
+                &signed_elsewhere(last, 4),
+                &mut |n| Ok(content(n)),
+                event("crl.import", "int-1"),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "is not above the last one published for this issuer ({last})"
+            )),
+            "{backend:?}: {err}"
+        );
+        let imported = s
+            .publish_crl(
+                &signed_elsewhere(1_700_000_000, 4),
+                &mut |n| Ok(content(n)),
+                event("crl.import", "int-1"),
+            )
+            .await
+            .unwrap()
+            .expect("published");
+        assert_eq!(imported.number, 1_700_000_000);
+        let next = s
+            .publish_crl(
+                &NewCrl {
+                    number: None,
+                    ..signed_elsewhere(0, 5)
+                },
+                &mut |n| Ok(content(n)),
+                event("crl.publish", "int-1"),
+            )
+            .await
+            .unwrap()
+            .expect("published");
+        assert_eq!(next.number, 1_700_000_001, "{backend:?}");
         drop(s);
         db.cleanup().await;
     }

@@ -98,6 +98,8 @@ const NEXT_CRL_NUMBER: &str = "INSERT INTO crl_numbers (issuer_id, last_number) 
      VALUES ($1, 1) ON CONFLICT (issuer_id) DO UPDATE SET last_number = crl_numbers.last_number + 1 \
      RETURNING last_number";
 
+const SET_CRL_NUMBER: &str = "UPDATE crl_numbers SET last_number = $2 WHERE issuer_id = $1";
+
 const INSERT_CRL: &str = "INSERT INTO crls (issuer_id, partition, delta, number, \
      this_update, next_update, created_at, snapshot_seq, entries) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
@@ -564,10 +566,29 @@ where
             // have a higher number and fewer revocations.
             return Ok(None);
         }
-        let (number,): (i64,) = sqlx::query_as(NEXT_CRL_NUMBER)
+        let (next,): (i64,) = sqlx::query_as(NEXT_CRL_NUMBER)
             .bind(&crl.issuer_id)
             .fetch_one(&mut *tx)
             .await?;
+        let number = match crl.number {
+            Some(given) if given < next => {
+                return Err(StoreError::Conflict(Conflict::StaleCrlNumber {
+                    given,
+                    last: next - 1,
+                }))
+            }
+            Some(given) => {
+                // The counter moves up to it, so numbers given here later
+                // stay above.
+                sqlx::query(SET_CRL_NUMBER)
+                    .bind(&crl.issuer_id)
+                    .bind(given)
+                    .execute(&mut *tx)
+                    .await?;
+                given
+            }
+            None => next,
+        };
         let der = sign(number).map_err(StoreError::Database)?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         sqlx::query(INSERT_CRL)
