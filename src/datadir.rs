@@ -31,6 +31,7 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::config::{Config, CONFIG_FILE_NAME, EXAMPLE_CONFIG};
+use crate::pkcs11::{TokenError, TokenKey, TokenSettings};
 use crate::pki::ca::{self, CaError, CaNames};
 use crate::pki::crl::{CrlBuilder, CrlEntry, CrlScope, CrlSpec, RevocationReason};
 use crate::pki::intermediate::{self, IntermediateRequest};
@@ -86,6 +87,12 @@ pub enum DataDirError {
     /// A CA certificate is unusable.
     #[error(transparent)]
     Ca(#[from] CaError),
+    /// The PKCS#11 token holding the issuing key.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The PKCS#11 PIN could not be had.
+    #[error("{0}")]
+    Pin(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
@@ -204,11 +211,7 @@ pub fn init_ca(
         root_key,
         issuer_urls(&config.public_http_url, "root", false),
     )?;
-    let int_key = generate_key(config, "intermediate key")?;
-    let int_pem = int_key.to_pkcs8_pem().map_err(|source| DataDirError::Key {
-        path: layout.issuing_key(),
-        source,
-    })?;
+    let (int_key, int_pem) = new_issuing_key(config)?;
     let intermediate = root_issuer.issue_intermediate(
         int_key.public_key_spki(),
         &names,
@@ -217,15 +220,17 @@ pub fn init_ca(
         Serial::random(&mut rng),
     )?;
 
-    write_ca_dir(
-        config,
-        &[
-            ("root.crt.pem", root.pem().as_bytes(), 0o644),
-            ("root.key.pem", root_pem.as_bytes(), 0o600),
-            ("issuing.crt.pem", intermediate.pem().as_bytes(), 0o644),
-            ("issuing.key.pem", int_pem.as_bytes(), 0o600),
-        ],
-    )?;
+    let root_cert_pem = root.pem();
+    let int_cert_pem = intermediate.pem();
+    let mut files: Vec<(&str, &[u8], u32)> = vec![
+        ("root.crt.pem", root_cert_pem.as_bytes(), 0o644),
+        ("root.key.pem", root_pem.as_bytes(), 0o600),
+    ];
+    files.push(("issuing.crt.pem", int_cert_pem.as_bytes(), 0o644));
+    if let Some(pem) = &int_pem {
+        files.push(("issuing.key.pem", pem.as_bytes(), 0o600));
+    }
+    write_ca_dir(config, &files)?;
     Ok(InitOutcome { root, intermediate })
 }
 
@@ -250,9 +255,40 @@ fn write_ca_dir(config: &Config, files: &[(&str, &[u8], u32)]) -> Result<(), Dat
     }
     let config_file = config.data_dir.join(CONFIG_FILE_NAME);
     if !config_file.exists() {
-        write_new(&config_file, EXAMPLE_CONFIG.as_bytes(), 0o644)?;
+        write_new(&config_file, example_config(config).as_bytes(), 0o644)?;
     }
     Ok(())
+}
+
+/// The commented configuration a new data directory gets, with the
+/// PKCS#11 settings `init` was given filled in (so `serve` finds the key).
+fn example_config(config: &Config) -> String {
+    let Some(module) = &config.ca.pkcs11_module else {
+        return EXAMPLE_CONFIG.to_owned();
+    };
+    let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let mut lines = vec![
+        format!("pkcs11_module = {}", quote(&module.to_string_lossy())),
+        format!(
+            "pkcs11_token = {}",
+            quote(config.ca.pkcs11_token.as_deref().unwrap_or(""))
+        ),
+        format!("pkcs11_key_label = {}", quote(&config.ca.pkcs11_key_label)),
+    ];
+    if let Some(pin) = &config.ca.pkcs11_pin_file {
+        lines.push(format!(
+            "pkcs11_pin_file = {}",
+            quote(&pin.to_string_lossy())
+        ));
+    }
+    EXAMPLE_CONFIG.replacen(
+        "[ca]                               # used when the CA is created\n",
+        &format!(
+            "[ca]                               # used when the CA is created\n{}\n",
+            lines.join("\n")
+        ),
+        1,
+    )
 }
 
 fn ca_names(config: &Config) -> CaNames {
@@ -268,6 +304,96 @@ fn generate_key(config: &Config, what: &str) -> Result<PrivateKey, DataDirError>
         path: PathBuf::from(what),
         source,
     })
+}
+
+/// The PKCS#11 settings of `[ca]` with the PIN read (from
+/// `ca.pkcs11_pin_file`, else what was typed at a prompt); `None` when the
+/// issuing key is a file.
+pub fn token_settings(config: &Config) -> Result<Option<TokenSettings>, DataDirError> {
+    let (Some(module), Some(token)) = (&config.ca.pkcs11_module, &config.ca.pkcs11_token) else {
+        return Ok(None);
+    };
+    let pin = match (&config.ca.pkcs11_pin_file, &config.pkcs11_pin) {
+        (Some(path), _) => {
+            let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| {
+                DataDirError::Pin(format!(
+                    "cannot read the PKCS#11 PIN from {} (ca.pkcs11_pin_file): {e}",
+                    path.display()
+                ))
+            })?);
+            let line = Zeroizing::new(text.lines().next().unwrap_or("").to_owned());
+            if line.is_empty() {
+                return Err(DataDirError::Pin(format!(
+                    "{} (ca.pkcs11_pin_file) is empty; its first line must be the PIN",
+                    path.display()
+                )));
+            }
+            line
+        }
+        (None, Some(typed)) => typed.clone(),
+        (None, None) => {
+            return Err(DataDirError::Pin(
+                "the PKCS#11 PIN is needed: set ca.pkcs11_pin_file, or run the command in a terminal to be asked".into(),
+            ))
+        }
+    };
+    Ok(Some(TokenSettings {
+        module: module.clone(),
+        token: token.clone(),
+        pin,
+        key_label: config.ca.pkcs11_key_label.clone(),
+    }))
+}
+
+/// Whether this data directory's issuing key exists: a key file, or (with
+/// `[ca]` PKCS#11 settings) a key in the token.
+fn has_issuing_key(layout: &Layout, config: &Config) -> bool {
+    layout.issuing_key().exists() || config.ca.pkcs11_module.is_some()
+}
+
+/// The issuing key: from its file, or from the token.
+pub fn issuing_signer(
+    layout: &Layout,
+    config: &Config,
+) -> Result<Arc<dyn KeySigner>, DataDirError> {
+    match token_settings(config)? {
+        Some(settings) => Ok(TokenKey::open(&settings)?.into_signer()),
+        None if !layout.issuing_key().exists() => Err(DataDirError::Io {
+            path: layout.issuing_key(),
+            reason: "there is no such file; if the issuing key is in a PKCS#11 token, set ca.pkcs11_module and ca.pkcs11_token".into(),
+        }),
+        None => Ok(read_key(&layout.issuing_key(), None)?.into_signer()),
+    }
+}
+
+/// A new issuing key and, for a key file, its PKCS#8 PEM.
+type NewKey = (Arc<dyn KeySigner>, Option<Zeroizing<String>>);
+
+/// A new issuing key: in the token (or the one already there under the
+/// label) with PKCS#11 settings, else in memory with its PKCS#8 PEM for
+/// `ca/issuing.key.pem`.
+fn new_issuing_key(config: &Config) -> Result<NewKey, DataDirError> {
+    match token_settings(config)? {
+        Some(settings) => {
+            let (key, made) = TokenKey::open_or_generate(&settings, Some(config.ca_key_type))?;
+            if !made {
+                tracing::info!(
+                    token = %settings.token,
+                    label = %settings.key_label,
+                    "using the key already in the token"
+                );
+            }
+            Ok((key.into_signer(), None))
+        }
+        None => {
+            let key = generate_key(config, "intermediate key")?;
+            let pem = key.to_pkcs8_pem().map_err(|source| DataDirError::Key {
+                path: Layout::new(&config.data_dir).issuing_key(),
+                source,
+            })?;
+            Ok((key.into_signer(), Some(pem)))
+        }
+    }
 }
 
 /// Creates only a root (for a machine kept offline that signs
@@ -317,23 +443,17 @@ pub fn init_intermediate_csr(config: &Config) -> Result<PathBuf, DataDirError> {
         return Err(DataDirError::AlreadyInitialised(config.data_dir.clone()));
     }
     create_private_dir(&config.data_dir)?;
-    let key = generate_key(config, "intermediate key")?;
-    let key_pem = key.to_pkcs8_pem().map_err(|source| DataDirError::Key {
-        path: layout.issuing_key(),
-        source,
-    })?;
+    let (key, key_pem) = new_issuing_key(config)?;
     let csr = intermediate::intermediate_csr(
-        &key.into_signer(),
+        &key,
         &ca_names(config),
         config.intermediate_constraints().as_ref(),
     )?;
-    write_ca_dir(
-        config,
-        &[
-            ("issuing.key.pem", key_pem.as_bytes(), 0o600),
-            ("issuing.csr.pem", csr.as_bytes(), 0o644),
-        ],
-    )?;
+    let mut files: Vec<(&str, &[u8], u32)> = vec![("issuing.csr.pem", csr.as_bytes(), 0o644)];
+    if let Some(pem) = &key_pem {
+        files.push(("issuing.key.pem", pem.as_bytes(), 0o600));
+    }
+    write_ca_dir(config, &files)?;
     Ok(layout.issuing_csr())
 }
 
@@ -431,7 +551,7 @@ pub fn install_intermediate(
 ) -> Result<InitOutcome, DataDirError> {
     let layout = Layout::new(&config.data_dir);
     let refuse = |why: String| Err(DataDirError::Install(why));
-    if !layout.issuing_key().exists() {
+    if !has_issuing_key(&layout, config) || !layout.issuing_csr().exists() {
         return refuse(format!(
             "there is no issuing key waiting in {}; make it with `hallmark init --intermediate-csr`",
             config.data_dir.display()
@@ -473,7 +593,7 @@ pub fn install_intermediate(
     let root_cert = CaCertificate::from_der("root", root_der)?;
     let der = one_cert(cert, "intermediate certificate")?;
     let parsed = CaCertificate::from_der("", der.clone())?;
-    let key = read_key(&layout.issuing_key(), None)?;
+    let key = issuing_signer(&layout, config)?;
     if parsed.spki() != key.public_key_spki() {
         return refuse(
             "the certificate is not for the waiting issuing key (ca/issuing.key.pem)".into(),
@@ -629,8 +749,9 @@ pub fn load_root_cert(layout: &Layout) -> Result<CaCertificate, DataDirError> {
     Ok(CaCertificate::from_der("root", der)?)
 }
 
-/// Reads the issuing intermediate and its key.
-pub fn load_issuer(layout: &Layout, public_http_url: &str) -> Result<Issuer, DataDirError> {
+/// Reads the issuing intermediate and opens its key (file or token).
+pub fn load_issuer(layout: &Layout, config: &Config) -> Result<Issuer, DataDirError> {
+    let public_http_url = config.public_http_url.as_str();
     if !layout.has_ca() {
         return Err(DataDirError::NotInitialised(layout.root.clone()));
     }
@@ -638,7 +759,7 @@ pub fn load_issuer(layout: &Layout, public_http_url: &str) -> Result<Issuer, Dat
         if layout.issuing_csr().exists() {
             return Err(DataDirError::AwaitingIntermediate(layout.root.clone()));
         }
-        if !layout.issuing_key().exists() && layout.root_key().exists() {
+        if !has_issuing_key(layout, config) && layout.root_key().exists() {
             return Err(DataDirError::RootOnly(layout.root.clone()));
         }
     }
@@ -646,10 +767,10 @@ pub fn load_issuer(layout: &Layout, public_http_url: &str) -> Result<Issuer, Dat
     let cert = CaCertificate::from_der("", der)?;
     let id = ca::intermediate_id(cert.key_id());
     let cert = CaCertificate::from_der(id.clone(), cert.der().to_vec())?;
-    let key = read_key(&layout.issuing_key(), None)?;
+    let key = issuing_signer(layout, config)?;
     Ok(Issuer::new(
         cert,
-        key.into_signer(),
+        key,
         issuer_urls(public_http_url, &id, true),
     )?)
 }

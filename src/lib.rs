@@ -12,6 +12,7 @@ pub mod datadir;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod pkcs11;
 pub mod pki;
 pub mod policy;
 pub mod service;

@@ -49,6 +49,25 @@ enum Command {
         /// intermediates and root CRLs
         #[arg(long)]
         root_only: bool,
+        /// Keep the issuing key in this PKCS#11 module's token (sets ca.pkcs11_module)
+        #[arg(
+            long,
+            value_name = "PATH",
+            requires = "pkcs11_token",
+            conflicts_with = "root_only"
+        )]
+        pkcs11_module: Option<PathBuf>,
+        /// The token's label (sets ca.pkcs11_token)
+        #[arg(long, value_name = "LABEL", requires = "pkcs11_module")]
+        pkcs11_token: Option<String>,
+        /// A file whose first line is the token's user PIN (sets
+        /// ca.pkcs11_pin_file; without it, the PIN is asked for)
+        #[arg(long, value_name = "FILE", requires = "pkcs11_module")]
+        pkcs11_pin_file: Option<PathBuf>,
+        /// The issuing key's label in the token: used if it exists, made if
+        /// not (sets ca.pkcs11_key_label)
+        #[arg(long, value_name = "LABEL", requires = "pkcs11_module")]
+        pkcs11_key_label: Option<String>,
     },
     /// The root, where its key is kept (needs the root passphrase)
     Root {
@@ -307,14 +326,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut config = Config::load(cli.config.as_deref(), &cli.data_dir, std::env::vars())?;
+    if matches!(
+        cli.command,
+        Command::Serve
+            | Command::Sign { .. }
+            | Command::Revoke { .. }
+            | Command::Crl { .. }
+            | Command::Ca { .. }
+    ) {
+        ask_pkcs11_pin(&mut config)?;
+    }
     match cli.command {
         Command::Init {
             key_type,
             intermediate_csr,
             root_only,
+            pkcs11_module,
+            pkcs11_token,
+            pkcs11_pin_file,
+            pkcs11_key_label,
         } => {
             if let Some(k) = key_type {
                 config.ca_key_type = k.parse()?;
+            }
+            if let Some(module) = pkcs11_module {
+                config.ca.pkcs11_module = Some(module);
+                config.ca.pkcs11_token = pkcs11_token;
+                config.ca.pkcs11_pin_file = pkcs11_pin_file;
+                if let Some(label) = pkcs11_key_label {
+                    config.ca.pkcs11_key_label = label;
+                }
+                ask_pkcs11_pin(&mut config)?;
             }
             if intermediate_csr {
                 init_intermediate_csr(&config)
@@ -650,6 +692,51 @@ fn init(config: &Config, explicit: bool) -> anyhow::Result<()> {
         layout.root_key().display()
     );
     println!("  root SHA-256  {}", outcome.root.fingerprint_sha256());
+    if let (Some(module), Some(token)) = (&config.ca.pkcs11_module, &config.ca.pkcs11_token) {
+        println!(
+            "  issuing key   in the PKCS#11 token {token:?} ({}), label {:?}; it never leaves the token",
+            module.display(),
+            config.ca.pkcs11_key_label
+        );
+        let saved = Config::load(
+            None,
+            &config.data_dir,
+            std::iter::empty::<(String, String)>(),
+        )
+        .map(|c| c.ca.pkcs11_module.is_some())
+        .unwrap_or(false);
+        if !saved {
+            println!(
+                "  add to [ca] in {} so serve finds it:",
+                config
+                    .data_dir
+                    .join(hallmark::config::CONFIG_FILE_NAME)
+                    .display()
+            );
+            println!("    pkcs11_module = {:?}", module.display().to_string());
+            println!("    pkcs11_token = {token:?}");
+            println!("    pkcs11_key_label = {:?}", config.ca.pkcs11_key_label);
+            if let Some(pin) = &config.ca.pkcs11_pin_file {
+                println!("    pkcs11_pin_file = {:?}", pin.display().to_string());
+            }
+        }
+    } else {
+        println!("  issuing key   {} (0600)", layout.issuing_key().display());
+    }
+    Ok(())
+}
+
+/// With the issuing key in a token and no `ca.pkcs11_pin_file`, asks for
+/// the PIN at the terminal (never from the command line or environment).
+fn ask_pkcs11_pin(config: &mut Config) -> anyhow::Result<()> {
+    if config.ca.pkcs11_module.is_none() || config.ca.pkcs11_pin_file.is_some() {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("the PKCS#11 PIN is needed: set ca.pkcs11_pin_file (or --pkcs11-pin-file), or run in a terminal to be asked");
+    }
+    let pin = Zeroizing::new(rpassword::prompt_password("PKCS#11 user PIN: ")?);
+    config.pkcs11_pin = Some(pin);
     Ok(())
 }
 

@@ -317,7 +317,7 @@ impl rustls::server::ResolvesServerCert for CertificateSlot {
 /// registers the CA certificates in it.
 pub async fn open_authority(config: &Config) -> Result<Arc<Authority>, StartError> {
     let layout = Layout::new(&config.data_dir);
-    let issuer = datadir::load_issuer(&layout, &config.public_http_url)?;
+    let issuer = datadir::load_issuer(&layout, config)?;
     let root = datadir::load_root_cert(&layout)?;
     let mut policy = config.policy.clone();
     match issuer.certificate().name_constraints() {

@@ -300,6 +300,14 @@ pub struct CaSection {
     /// extension permitting only the policy's suffixes and IP ranges and the
     /// service's own names (default true).
     pub name_constraints: bool,
+    /// The PKCS#11 module holding the issuing key (unset: a key file).
+    pub pkcs11_module: Option<PathBuf>,
+    /// The label of the token in that module.
+    pub pkcs11_token: Option<String>,
+    /// A file whose first line is the token's user PIN (unset: a prompt).
+    pub pkcs11_pin_file: Option<PathBuf>,
+    /// The label of the issuing key in the token (default `hallmark-issuing`).
+    pub pkcs11_key_label: String,
 }
 
 impl Default for CaSection {
@@ -310,6 +318,10 @@ impl Default for CaSection {
             root_common_name: "hallmark Root CA".into(),
             intermediate_common_name: "hallmark Issuing CA".into(),
             name_constraints: true,
+            pkcs11_module: None,
+            pkcs11_token: None,
+            pkcs11_pin_file: None,
+            pkcs11_key_label: "hallmark-issuing".into(),
         }
     }
 }

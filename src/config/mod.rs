@@ -105,6 +105,9 @@ pub struct Config {
     pub limits: LimitsSection,
     /// Test-only ACME faults; always `None` from [`Config::load`].
     pub danger_acme_chaos: Option<DangerAcmeChaos>,
+    /// The PKCS#11 PIN when it was typed at a prompt (never from a file
+    /// or the environment; `None` from [`Config::load`]).
+    pub pkcs11_pin: Option<zeroize::Zeroizing<String>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -436,6 +439,18 @@ impl Config {
                     key: "ca.key_type",
                     reason: e.to_string(),
                 })?;
+        if file.ca.pkcs11_module.is_some() != file.ca.pkcs11_token.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "ca.pkcs11_token",
+                reason: "and ca.pkcs11_module go together: set both to keep the issuing key in a PKCS#11 token, or neither".into(),
+            });
+        }
+        if file.ca.pkcs11_key_label.is_empty() || file.ca.pkcs11_key_label.len() > 64 {
+            return Err(ConfigError::Invalid {
+                key: "ca.pkcs11_key_label",
+                reason: "must be 1 to 64 characters".into(),
+            });
+        }
         if file.crl.validity_hours == 0
             || file.crl.regenerate_every_hours >= file.crl.validity_hours
         {
@@ -524,6 +539,7 @@ impl Config {
             crl: file.crl,
             ocsp: file.ocsp,
             ca_key_type,
+            pkcs11_pin: None,
             ca: file.ca,
             acme: file.acme,
             limits: file.limits,

@@ -89,7 +89,7 @@ async fn names_outside_the_intermediates_constraints_are_refused_by_openssl_and_
         );
         datadir::init_ca(&config, PASSPHRASE.as_bytes(), OffsetDateTime::now_utc()).unwrap();
         let layout = Layout::new(&data);
-        let issuer = datadir::load_issuer(&layout, &config.public_http_url).unwrap();
+        let issuer = datadir::load_issuer(&layout, &config).unwrap();
         let root = datadir::load_root_cert(&layout).unwrap();
         (data, issuer, root)
     };

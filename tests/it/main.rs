@@ -14,6 +14,7 @@ mod constraints;
 mod crl;
 mod dashboard;
 mod faults;
+mod hsm;
 mod issuance;
 mod openapi;
 mod orders;
