@@ -51,7 +51,16 @@ fn main() {
     // happens below, after this single-threaded start.
     std::env::set_var("SOFTHSM2_CONF", &conf);
     let init = std::process::Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", "bench", "--pin", "1234", "--so-pin", "5678"])
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "bench",
+            "--pin",
+            "1234",
+            "--so-pin",
+            "5678",
+        ])
         .output()
         .expect("softhsm2-util is installed (apt-get install softhsm2)");
     assert!(init.status.success(), "{init:?}");

@@ -191,20 +191,13 @@ pub fn init_ca(
     if layout.has_ca() {
         return Err(DataDirError::AlreadyInitialised(config.data_dir.clone()));
     }
-    if passphrase.len() < MIN_PASSPHRASE_LEN {
+    if passphrase.len() < MIN_PASSPHRASE_LEN && !root_in_token(config) {
         return Err(DataDirError::WeakPassphrase);
     }
     create_private_dir(&config.data_dir)?;
     let names = ca_names(config);
     let mut rng = rand::rngs::OsRng;
-    let root_key = generate_key(config, "root key")?;
-    let root_pem = root_key
-        .to_encrypted_pkcs8_pem(passphrase)
-        .map_err(|source| DataDirError::Key {
-            path: layout.root_key(),
-            source,
-        })?;
-    let root_key: Arc<dyn KeySigner> = root_key.into_signer();
+    let (root_key, root_pem) = new_root_key(config, passphrase)?;
     let root = ca::create_root(&root_key, &names, now, Serial::random(&mut rng))?;
     let root_issuer = Issuer::new(
         root.clone(),
@@ -222,10 +215,11 @@ pub fn init_ca(
 
     let root_cert_pem = root.pem();
     let int_cert_pem = intermediate.pem();
-    let mut files: Vec<(&str, &[u8], u32)> = vec![
-        ("root.crt.pem", root_cert_pem.as_bytes(), 0o644),
-        ("root.key.pem", root_pem.as_bytes(), 0o600),
-    ];
+    let mut files: Vec<(&str, &[u8], u32)> =
+        vec![("root.crt.pem", root_cert_pem.as_bytes(), 0o644)];
+    if let Some(pem) = &root_pem {
+        files.push(("root.key.pem", pem.as_bytes(), 0o600));
+    }
     files.push(("issuing.crt.pem", int_cert_pem.as_bytes(), 0o644));
     if let Some(pem) = &int_pem {
         files.push(("issuing.key.pem", pem.as_bytes(), 0o600));
@@ -275,6 +269,9 @@ fn example_config(config: &Config) -> String {
         ),
         format!("pkcs11_key_label = {}", quote(&config.ca.pkcs11_key_label)),
     ];
+    if let Some(label) = &config.ca.pkcs11_root_key_label {
+        lines.push(format!("pkcs11_root_key_label = {}", quote(label)));
+    }
     if let Some(pin) = &config.ca.pkcs11_pin_file {
         lines.push(format!(
             "pkcs11_pin_file = {}",
@@ -396,6 +393,44 @@ fn new_issuing_key(config: &Config) -> Result<NewKey, DataDirError> {
     }
 }
 
+/// Whether the root key is in the PKCS#11 token (`ca.pkcs11_root_key_label`).
+pub fn root_in_token(config: &Config) -> bool {
+    config.ca.pkcs11_root_key_label.is_some() && config.ca.pkcs11_module.is_some()
+}
+
+/// The token settings for the root key: the issuing key's, with the root's
+/// label.
+fn root_token_settings(config: &Config) -> Result<Option<TokenSettings>, DataDirError> {
+    let Some(label) = config.ca.pkcs11_root_key_label.as_ref() else {
+        return Ok(None);
+    };
+    Ok(token_settings(config)?.map(|s| TokenSettings {
+        key_label: label.clone(),
+        ..s
+    }))
+}
+
+/// A new root key: in the token with `ca.pkcs11_root_key_label` (nothing
+/// to write), else in memory with its encrypted PKCS#8 PEM (the passphrase
+/// must be long enough).
+fn new_root_key(config: &Config, passphrase: &[u8]) -> Result<NewKey, DataDirError> {
+    if let Some(settings) = root_token_settings(config)? {
+        let (key, _) = TokenKey::open_or_generate(&settings, Some(config.ca_key_type))?;
+        return Ok((key.into_signer(), None));
+    }
+    if passphrase.len() < MIN_PASSPHRASE_LEN {
+        return Err(DataDirError::WeakPassphrase);
+    }
+    let key = generate_key(config, "root key")?;
+    let pem = key
+        .to_encrypted_pkcs8_pem(passphrase)
+        .map_err(|source| DataDirError::Key {
+            path: Layout::new(&config.data_dir).root_key(),
+            source,
+        })?;
+    Ok((key.into_signer(), Some(pem)))
+}
+
 /// Creates only a root (for a machine kept offline that signs
 /// intermediates and root CRLs). Refuses if a CA exists.
 pub fn init_root_only(
@@ -407,30 +442,23 @@ pub fn init_root_only(
     if layout.has_ca() {
         return Err(DataDirError::AlreadyInitialised(config.data_dir.clone()));
     }
-    if passphrase.len() < MIN_PASSPHRASE_LEN {
+    if passphrase.len() < MIN_PASSPHRASE_LEN && !root_in_token(config) {
         return Err(DataDirError::WeakPassphrase);
     }
     create_private_dir(&config.data_dir)?;
-    let key = generate_key(config, "root key")?;
-    let key_pem = key
-        .to_encrypted_pkcs8_pem(passphrase)
-        .map_err(|source| DataDirError::Key {
-            path: layout.root_key(),
-            source,
-        })?;
+    let (key, key_pem) = new_root_key(config, passphrase)?;
     let root = ca::create_root(
-        &key.into_signer(),
+        &key,
         &ca_names(config),
         now,
         Serial::random(&mut rand::rngs::OsRng),
     )?;
-    write_ca_dir(
-        config,
-        &[
-            ("root.crt.pem", root.pem().as_bytes(), 0o644),
-            ("root.key.pem", key_pem.as_bytes(), 0o600),
-        ],
-    )?;
+    let root_pem = root.pem();
+    let mut files: Vec<(&str, &[u8], u32)> = vec![("root.crt.pem", root_pem.as_bytes(), 0o644)];
+    if let Some(pem) = &key_pem {
+        files.push(("root.key.pem", pem.as_bytes(), 0o600));
+    }
+    write_ca_dir(config, &files)?;
     Ok(root)
 }
 
@@ -479,7 +507,7 @@ pub fn sign_intermediate(
     now: OffsetDateTime,
 ) -> Result<SignedIntermediate, DataDirError> {
     let layout = Layout::new(&config.data_dir);
-    let root = load_root_issuer(&layout, &config.public_http_url, passphrase)?;
+    let root = load_root_issuer(&layout, config, passphrase)?;
     let request = IntermediateRequest::parse(csr)?;
     if request.spki_der == root.certificate().spki() {
         return Err(CaError::BadRequest("is for the root's own key".into()).into());
@@ -684,7 +712,7 @@ pub fn sign_root_crl(
     now: OffsetDateTime,
 ) -> Result<RootCrl, DataDirError> {
     let layout = Layout::new(&config.data_dir);
-    let root = load_root_issuer(&layout, &config.public_http_url, passphrase)?;
+    let root = load_root_issuer(&layout, config, passphrase)?;
     let path = layout.root_crl_state();
     let mut state: RootCrlState = match fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| DataDirError::Io {
@@ -759,7 +787,7 @@ pub fn load_issuer(layout: &Layout, config: &Config) -> Result<Issuer, DataDirEr
         if layout.issuing_csr().exists() {
             return Err(DataDirError::AwaitingIntermediate(layout.root.clone()));
         }
-        if !has_issuing_key(layout, config) && layout.root_key().exists() {
+        if !layout.issuing_key().exists() && layout.root_cert().exists() {
             return Err(DataDirError::RootOnly(layout.root.clone()));
         }
     }
@@ -778,18 +806,21 @@ pub fn load_issuer(layout: &Layout, config: &Config) -> Result<Issuer, DataDirEr
 /// Reads the root with its key (needs the passphrase).
 pub fn load_root_issuer(
     layout: &Layout,
-    public_http_url: &str,
+    config: &Config,
     passphrase: &[u8],
 ) -> Result<Issuer, DataDirError> {
     let cert = load_root_cert(layout)?;
-    if !layout.root_key().exists() && layout.has_ca() {
-        return Err(DataDirError::NoRootKey(layout.root.clone()));
-    }
-    let key = read_key(&layout.root_key(), Some(passphrase))?;
+    let key = match root_token_settings(config)? {
+        Some(settings) => TokenKey::open(&settings)?.into_signer(),
+        None if !layout.root_key().exists() && layout.has_ca() => {
+            return Err(DataDirError::NoRootKey(layout.root.clone()))
+        }
+        None => read_key(&layout.root_key(), Some(passphrase))?.into_signer(),
+    };
     Ok(Issuer::new(
         cert,
-        key.into_signer(),
-        issuer_urls(public_http_url, "root", false),
+        key,
+        issuer_urls(&config.public_http_url, "root", false),
     )?)
 }
 

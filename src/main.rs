@@ -49,13 +49,9 @@ enum Command {
         /// intermediates and root CRLs
         #[arg(long)]
         root_only: bool,
-        /// Keep the issuing key in this PKCS#11 module's token (sets ca.pkcs11_module)
-        #[arg(
-            long,
-            value_name = "PATH",
-            requires = "pkcs11_token",
-            conflicts_with = "root_only"
-        )]
+        /// Keep the issuing key (with --root-only: the root key) in this
+        /// PKCS#11 module's token (sets ca.pkcs11_module)
+        #[arg(long, value_name = "PATH", requires = "pkcs11_token")]
         pkcs11_module: Option<PathBuf>,
         /// The token's label (sets ca.pkcs11_token)
         #[arg(long, value_name = "LABEL", requires = "pkcs11_module")]
@@ -68,6 +64,10 @@ enum Command {
         /// not (sets ca.pkcs11_key_label)
         #[arg(long, value_name = "LABEL", requires = "pkcs11_module")]
         pkcs11_key_label: Option<String>,
+        /// Keep the root key in the same token too, under this label (sets
+        /// ca.pkcs11_root_key_label; no passphrase, no root.key.pem)
+        #[arg(long, value_name = "LABEL", requires = "pkcs11_module")]
+        pkcs11_root_key_label: Option<String>,
     },
     /// The root, where its key is kept (needs the root passphrase)
     Root {
@@ -333,6 +333,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             | Command::Revoke { .. }
             | Command::Crl { .. }
             | Command::Ca { .. }
+            | Command::Root { .. }
     ) {
         ask_pkcs11_pin(&mut config)?;
     }
@@ -345,6 +346,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             pkcs11_token,
             pkcs11_pin_file,
             pkcs11_key_label,
+            pkcs11_root_key_label,
         } => {
             if let Some(k) = key_type {
                 config.ca_key_type = k.parse()?;
@@ -355,6 +357,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.ca.pkcs11_pin_file = pkcs11_pin_file;
                 if let Some(label) = pkcs11_key_label {
                     config.ca.pkcs11_key_label = label;
+                }
+                if pkcs11_root_key_label.is_some() {
+                    config.ca.pkcs11_root_key_label = pkcs11_root_key_label;
+                } else if root_only && config.ca.pkcs11_root_key_label.is_none() {
+                    // A root-only machine with a token keeps the root there.
+                    config.ca.pkcs11_root_key_label = Some("hallmark-root".into());
                 }
                 ask_pkcs11_pin(&mut config)?;
             }
@@ -563,10 +571,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut done = Vec::new();
             if root {
                 need_root_key(&config)?;
-                let passphrase = root_passphrase(false)?;
+                let passphrase = root_secret(&config, false)?;
                 let root_issuer = datadir::load_root_issuer(
                     &Layout::new(&config.data_dir),
-                    &config.public_http_url,
+                    &config,
                     passphrase.as_bytes(),
                 )?;
                 done.push(
@@ -630,6 +638,16 @@ fn take_env_passphrase() {
     let _ = ENV_PASSPHRASE.set(value);
 }
 
+/// What opens the root key: its passphrase, or nothing when the root key
+/// is in the PKCS#11 token (the PIN opens it).
+fn root_secret(config: &Config, confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+    if datadir::root_in_token(config) {
+        // The token's PIN opens it; there is no passphrase.
+        return Ok(Zeroizing::new(String::new()));
+    }
+    root_passphrase(confirm)
+}
+
 /// The root passphrase: the first line of the file named by
 /// `HALLMARK_ROOT_PASSPHRASE_FILE` (a Docker or systemd secret), else
 /// `HALLMARK_ROOT_PASSPHRASE`, else a prompt.
@@ -674,7 +692,7 @@ fn init(config: &Config, explicit: bool) -> anyhow::Result<()> {
     if layout.has_ca() && explicit {
         return Err(datadir::DataDirError::AlreadyInitialised(config.data_dir.clone()).into());
     }
-    let passphrase = root_passphrase(true)?;
+    let passphrase = root_secret(config, true)?;
     let outcome = datadir::init_ca(config, passphrase.as_bytes(), OffsetDateTime::now_utc())?;
     println!("Created a CA in {}:", config.data_dir.display());
     println!(
@@ -687,10 +705,17 @@ fn init(config: &Config, explicit: bool) -> anyhow::Result<()> {
         outcome.intermediate.subject(),
         outcome.intermediate.not_after().date()
     );
-    println!(
-        "  root key      {} (encrypted; keep the passphrase safe)",
-        layout.root_key().display()
-    );
+    if datadir::root_in_token(config) {
+        println!(
+            "  root key      in the PKCS#11 token, label {:?}",
+            config.ca.pkcs11_root_key_label.as_deref().unwrap_or("")
+        );
+    } else {
+        println!(
+            "  root key      {} (encrypted; keep the passphrase safe)",
+            layout.root_key().display()
+        );
+    }
     println!("  root SHA-256  {}", outcome.root.fingerprint_sha256());
     if let (Some(module), Some(token)) = (&config.ca.pkcs11_module, &config.ca.pkcs11_token) {
         println!(
@@ -774,7 +799,7 @@ fn init_root_only(config: &Config) -> anyhow::Result<()> {
     if Layout::new(&config.data_dir).has_ca() {
         return Err(datadir::DataDirError::AlreadyInitialised(config.data_dir.clone()).into());
     }
-    let passphrase = root_passphrase(true)?;
+    let passphrase = root_secret(config, true)?;
     let root = datadir::init_root_only(config, passphrase.as_bytes(), OffsetDateTime::now_utc())?;
     let layout = Layout::new(&config.data_dir);
     println!("Created a root in {}:", config.data_dir.display());
@@ -784,10 +809,17 @@ fn init_root_only(config: &Config) -> anyhow::Result<()> {
         root.not_after().date()
     );
     println!("  certificate   {}", layout.root_cert().display());
-    println!(
-        "  root key      {} (encrypted; keep the passphrase safe)",
-        layout.root_key().display()
-    );
+    if datadir::root_in_token(config) {
+        println!(
+            "  root key      in the PKCS#11 token, label {:?}",
+            config.ca.pkcs11_root_key_label.as_deref().unwrap_or("")
+        );
+    } else {
+        println!(
+            "  root key      {} (encrypted; keep the passphrase safe)",
+            layout.root_key().display()
+        );
+    }
     println!("  root SHA-256  {}", root.fingerprint_sha256());
     println!(
         "Intermediates it signs point to {}/crl/root.crl and {}/ca/root.crt (server.public_http_url of the serving side).",
@@ -802,7 +834,7 @@ fn need_root_key(config: &Config) -> anyhow::Result<()> {
     if !layout.has_ca() {
         return Err(datadir::DataDirError::NotInitialised(config.data_dir.clone()).into());
     }
-    if !layout.root_key().exists() {
+    if !layout.root_key().exists() && !datadir::root_in_token(config) {
         return Err(datadir::DataDirError::NoRootKey(config.data_dir.clone()).into());
     }
     Ok(())
@@ -813,7 +845,7 @@ fn root_command(config: &Config, command: RootCommand) -> anyhow::Result<()> {
     match command {
         RootCommand::SignIntermediate { csr_file, out } => {
             let csr = read_input(&csr_file)?;
-            let passphrase = root_passphrase(false)?;
+            let passphrase = root_secret(config, false)?;
             let signed = datadir::sign_intermediate(
                 config,
                 passphrase.as_bytes(),
@@ -871,7 +903,7 @@ fn root_command(config: &Config, command: RootCommand) -> anyhow::Result<()> {
                         })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let passphrase = root_passphrase(false)?;
+            let passphrase = root_secret(config, false)?;
             let crl = datadir::sign_root_crl(
                 config,
                 passphrase.as_bytes(),

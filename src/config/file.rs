@@ -308,6 +308,9 @@ pub struct CaSection {
     pub pkcs11_pin_file: Option<PathBuf>,
     /// The label of the issuing key in the token (default `hallmark-issuing`).
     pub pkcs11_key_label: String,
+    /// The root key's label in the same token (unset: the root key is an
+    /// encrypted file).
+    pub pkcs11_root_key_label: Option<String>,
 }
 
 impl Default for CaSection {
@@ -322,6 +325,7 @@ impl Default for CaSection {
             pkcs11_token: None,
             pkcs11_pin_file: None,
             pkcs11_key_label: "hallmark-issuing".into(),
+            pkcs11_root_key_label: None,
         }
     }
 }

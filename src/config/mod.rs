@@ -445,6 +445,20 @@ impl Config {
                 reason: "and ca.pkcs11_module go together: set both to keep the issuing key in a PKCS#11 token, or neither".into(),
             });
         }
+        if file.ca.pkcs11_root_key_label.is_some() && file.ca.pkcs11_module.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "ca.pkcs11_root_key_label",
+                reason:
+                    "needs ca.pkcs11_module and ca.pkcs11_token: the root key is in the same token"
+                        .into(),
+            });
+        }
+        if file.ca.pkcs11_root_key_label.as_ref() == Some(&file.ca.pkcs11_key_label) {
+            return Err(ConfigError::Invalid {
+                key: "ca.pkcs11_root_key_label",
+                reason: "must differ from ca.pkcs11_key_label: the root and the issuing CA need their own keys".into(),
+            });
+        }
         if file.ca.pkcs11_key_label.is_empty() || file.ca.pkcs11_key_label.len() > 64 {
             return Err(ConfigError::Invalid {
                 key: "ca.pkcs11_key_label",

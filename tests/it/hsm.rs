@@ -347,3 +347,123 @@ async fn the_issuing_key_lives_in_a_pkcs11_token_shared_by_two_instances() {
         db.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn the_root_key_can_live_in_the_token_too_online_or_offline() {
+    if !tool_present("softhsm2-util", "apt-get install softhsm2") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf = fresh_token(d);
+    let token = [
+        ("SOFTHSM2_CONF", conf.as_str()),
+        ("HALLMARK_CA__PKCS11_MODULE", MODULE),
+        ("HALLMARK_CA__PKCS11_TOKEN", "hallmark"),
+        ("HALLMARK_CA__PKCS11_PIN_FILE", "pin"),
+    ];
+    let ok = |o: Output| {
+        assert!(o.status.success(), "{}", text(&o));
+        text(&o)
+    };
+
+    // Both keys in the token: no passphrase anywhere, no key files.
+    let mut both = token.to_vec();
+    both.push(("HALLMARK_CA__PKCS11_ROOT_KEY_LABEL", "hallmark-root"));
+    let out = ok(run(d, &["--data-dir", "both", "init"], &both));
+    assert!(out.contains("root key      in the PKCS#11 token"), "{out}");
+    assert!(!d.join("both/ca/root.key.pem").exists());
+    assert!(!d.join("both/ca/issuing.key.pem").exists());
+    let out = ok(run(
+        d,
+        &["--data-dir", "both", "crl", "generate", "--root"],
+        &both,
+    ));
+    assert!(out.contains("root.crl number 1"), "{out}");
+
+    // An offline root in the token signs a file-key intermediate's CSR and
+    // its CRL, without a passphrase.
+    let out = ok(run(
+        d,
+        &[
+            "--data-dir",
+            "offline",
+            "init",
+            "--root-only",
+            "--pkcs11-module",
+            MODULE,
+            "--pkcs11-token",
+            "hallmark",
+            "--pkcs11-pin-file",
+            "pin",
+        ],
+        &[("SOFTHSM2_CONF", conf.as_str())],
+    ));
+    assert!(out.contains("label \"hallmark-root\""), "{out}");
+    assert!(!d.join("offline/ca/root.key.pem").exists());
+    let toml = std::fs::read_to_string(d.join("offline/hallmark.toml")).unwrap();
+    assert!(
+        toml.contains("\npkcs11_root_key_label = \"hallmark-root\""),
+        "{toml}"
+    );
+    ok(run(
+        d,
+        &["--data-dir", "online", "init", "--intermediate-csr"],
+        &[],
+    ));
+    let offline = [("SOFTHSM2_CONF", conf.as_str())];
+    ok(run(
+        d,
+        &[
+            "--data-dir",
+            "offline",
+            "root",
+            "sign-intermediate",
+            "online/ca/issuing.csr.pem",
+            "--out",
+            "int.pem",
+        ],
+        &offline,
+    ));
+    ok(run(
+        d,
+        &[
+            "--data-dir",
+            "online",
+            "ca",
+            "install-intermediate",
+            "int.pem",
+            "--root",
+            "offline/ca/root.crt.pem",
+        ],
+        &[],
+    ));
+    openssl(
+        d,
+        &["verify", "-CAfile", "offline/ca/root.crt.pem", "int.pem"],
+    );
+    ok(run(
+        d,
+        &["--data-dir", "offline", "root", "crl", "--out", "root.crl"],
+        &offline,
+    ));
+    openssl(
+        d,
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            "root.crl",
+            "-CAfile",
+            "offline/ca/root.crt.pem",
+            "-noout",
+        ],
+    );
+    let out = ok(run(
+        d,
+        &["--data-dir", "online", "crl", "import", "root.crl"],
+        &[],
+    ));
+    assert!(out.contains("published root.crl"), "{out}");
+}

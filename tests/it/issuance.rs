@@ -491,9 +491,9 @@ async fn encrypted_root_key_loads_with_the_right_passphrase_and_fails_clearly_ot
     let ca = TestCa::new(Backend::Sqlite).await;
     let layout = hallmark::datadir::Layout::new(&ca.data_dir());
     let root =
-        hallmark::datadir::load_root_issuer(&layout, "http://x", PASSPHRASE.as_bytes()).unwrap();
+        hallmark::datadir::load_root_issuer(&layout, &ca.config, PASSPHRASE.as_bytes()).unwrap();
     assert_eq!(root.certificate().id(), "root");
-    let err = hallmark::datadir::load_root_issuer(&layout, "http://x", b"not the passphrase")
+    let err = hallmark::datadir::load_root_issuer(&layout, &ca.config, b"not the passphrase")
         .unwrap_err();
     assert!(err.to_string().contains("passphrase is wrong"), "{err}");
     let pem = std::fs::read_to_string(layout.root_key()).unwrap();
