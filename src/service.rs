@@ -16,6 +16,7 @@ use crate::datadir::{self, DataDirError, Layout};
 use crate::http::{self, public::CaFiles, AppState};
 use crate::pki::{pem_decode_all, CaCertificate, Identifier, KeySigner, KeyType, PrivateKey};
 use crate::store::{self, IssuerKind, IssuerRecord, StoreError};
+use crate::validation::caa::CaaSettings;
 use crate::validation::Validators;
 use crate::workflow::crl::CrlPublisher;
 use crate::workflow::ocsp::OcspResponder;
@@ -87,7 +88,12 @@ impl Service {
             &config.validation,
             &[config.https_listen, config.http_listen],
         )
-        .map_err(StartError::Validation)?;
+        .map_err(StartError::Validation)?
+        .with_caa(CaaSettings {
+            identities: config.acme.caa_identities.clone(),
+            acme_account_prefix: format!("{}/acme/account/", config.public_https_url),
+            rest_account_prefix: format!("{}/api/v1/accounts/", config.public_https_url),
+        });
         let orders = Orders::new(
             authority.clone(),
             Arc::new(validators),

@@ -265,7 +265,8 @@ pub struct AcmeSection {
     /// The directory's `website`; empty: the public HTTPS URL.
     pub website: String,
     /// CAA issuer domains that name this CA (the directory's
-    /// `caaIdentities`); empty: left out.
+    /// `caaIdentities`); when set, CAA records are checked after every
+    /// successful challenge. Empty: left out, and CAA is not checked.
     pub caa_identities: Vec<String>,
 }
 

@@ -2,6 +2,7 @@
 //! network and report whether it matches. They never change an order; the
 //! workflow records what they report (RFC 8555 §8).
 
+pub mod caa;
 pub mod dns01;
 pub mod http01;
 pub mod network;
@@ -16,6 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::ValidationSection;
 use crate::pki::Identifier;
+use caa::{CaaAccount, CaaSettings};
 use network::{IpNet, NetworkPolicy};
 
 /// Largest challenge response read (RFC 8555 §8.3 answers are ~90 bytes).
@@ -166,6 +168,14 @@ pub enum ValidationError {
         /// How many TXT records there were.
         count: usize,
     },
+    /// CAA records do not let this CA issue for the name.
+    #[error("CAA forbids issuance for {name}: {reason}")]
+    Caa {
+        /// The name.
+        name: String,
+        /// Why, one clause.
+        reason: String,
+    },
     /// The lookup failed (timeout, SERVFAIL, refused).
     #[error("the DNS lookup of {name} failed: {reason}")]
     Dns {
@@ -195,6 +205,7 @@ impl ValidationError {
             ValidationError::DnsNameNotFound { .. }
             | ValidationError::DnsNoTxtRecord { .. }
             | ValidationError::Dns { .. } => AcmeError::Dns,
+            ValidationError::Caa { .. } => AcmeError::Caa,
         }
     }
 }
@@ -215,6 +226,7 @@ pub struct Validators {
     permits: Semaphore,
     per_account: Mutex<HashMap<String, Arc<Semaphore>>>,
     max_per_account: usize,
+    caa: CaaSettings,
 }
 
 impl Validators {
@@ -255,6 +267,45 @@ impl Validators {
             per_account: Mutex::default(),
             max_per_account: (section.max_per_account.max(1) as usize)
                 .min(MAX_CONCURRENT_VALIDATIONS),
+            caa: CaaSettings::default(),
+        })
+    }
+
+    /// Checks CAA after each successful challenge (on when
+    /// `settings.identities` is not empty).
+    pub fn with_caa(self, settings: CaaSettings) -> Validators {
+        Validators {
+            caa: settings,
+            ..self
+        }
+    }
+
+    /// After a successful challenge: whether the name's CAA records let
+    /// this CA issue for it, for `account` by `kind`. IP addresses have no
+    /// CAA (RFC 8738 §7); with no identities configured nothing is checked.
+    pub async fn check_caa(
+        &self,
+        identifier: &Identifier,
+        account: CaaAccount<'_>,
+        kind: ChallengeKind,
+    ) -> Result<(), ValidationError> {
+        let Identifier::Dns(name) = identifier else {
+            return Ok(());
+        };
+        if self.caa.identities.is_empty() {
+            return Ok(());
+        }
+        let limit = self.config.timeout * 2 + Duration::from_secs(1);
+        tokio::time::timeout(
+            limit,
+            caa::check(&self.resolver, &self.caa, name, account, kind.as_str()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(ValidationError::Caa {
+                name: name.clone(),
+                reason: format!("the CAA lookup took longer than {} s", limit.as_secs()),
+            })
         })
     }
 

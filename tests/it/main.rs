@@ -9,6 +9,7 @@ mod acme_protocol;
 mod api;
 mod authz;
 mod browser;
+mod caa;
 mod cli;
 mod constraints;
 mod crl;

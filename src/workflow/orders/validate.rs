@@ -1,6 +1,7 @@
 //! Answering a challenge: claiming it, running the validator in a task of its own, recording what it found.
 
 use super::*;
+use crate::validation::caa::CaaAccount;
 
 impl Orders {
     /// Asks for one challenge to be validated now. The check runs in the
@@ -218,6 +219,17 @@ impl Orders {
                 &challenge.token,
                 &key_authorization,
             )
-            .await
+            .await?;
+        // Control is proven; CAA decides whether this CA may issue. A
+        // wildcard is checked as the wildcard (its issuewild records).
+        let account = match order.acme_account_id.as_deref() {
+            Some(id) => CaaAccount::Acme(id),
+            None => CaaAccount::Rest(&order.account_id),
+        };
+        let named = identifier_of(authz).map_err(|e| ValidationError::Dns {
+            name: authz.identifier_value.clone(),
+            reason: e.to_string(),
+        })?;
+        self.validators.check_caa(&named, account, kind).await
     }
 }

@@ -28,6 +28,26 @@ pub struct DnsServer {
 }
 
 impl DnsServer {
+    /// Adds a CAA `issue` (or `issuewild`) record at `fqdn`: `issuer` is
+    /// the issuer domain (empty: `;`, no CA) with `parameters`.
+    pub async fn add_caa(&self, fqdn: &str, wild: bool, issuer: &str, parameters: &[(&str, &str)]) {
+        use hickory_server::proto::rr::rdata::caa::{KeyValue, CAA};
+        let name = Name::from_str(&format!("{fqdn}.")).unwrap();
+        let issuer = (!issuer.is_empty()).then(|| Name::from_str(issuer).unwrap());
+        let kv = parameters
+            .iter()
+            .map(|(k, v)| KeyValue::new(*k, *v))
+            .collect();
+        let caa = if wild {
+            CAA::new_issuewild(false, issuer, kv)
+        } else {
+            CAA::new_issue(false, issuer, kv)
+        };
+        self.zone
+            .upsert(Record::from_rdata(name, 60, RData::CAA(caa)), 2)
+            .await;
+    }
+
     /// Adds a TXT record at `fqdn` (which must end in `.internal`).
     pub async fn add_txt(&self, fqdn: &str, value: &str) {
         let name = Name::from_str(&format!("{fqdn}.")).unwrap();
