@@ -17,7 +17,7 @@ use crate::http::{self, public::CaFiles, AppState};
 use crate::pki::{pem_decode_all, CaCertificate, Identifier, KeySigner, KeyType, PrivateKey};
 use crate::store::{self, IssuerKind, IssuerRecord, StoreError};
 use crate::validation::caa::CaaSettings;
-use crate::validation::Validators;
+use crate::validation::{AccountUrls, Validators};
 use crate::workflow::crl::CrlPublisher;
 use crate::workflow::ocsp::OcspResponder;
 use crate::workflow::orders::Orders;
@@ -89,10 +89,9 @@ impl Service {
             &[config.https_listen, config.http_listen],
         )
         .map_err(StartError::Validation)?
+        .with_accounts(AccountUrls::new(&config.public_https_url))
         .with_caa(CaaSettings {
             identities: config.acme.caa_identities.clone(),
-            acme_account_prefix: format!("{}/acme/account/", config.public_https_url),
-            rest_account_prefix: format!("{}/api/v1/accounts/", config.public_https_url),
         });
         let orders = Orders::new(
             authority.clone(),

@@ -62,7 +62,8 @@ words! {
 }
 
 words! {
-    /// The three challenge types (RFC 8555 §8.3, §8.4; RFC 8737).
+    /// The challenge types (RFC 8555 §8.3, §8.4; RFC 8737;
+    /// draft-ietf-acme-dns-account-label).
     pub enum ChallengeKind("challenge type") {
         /// An HTTP request to port 80.
         Http01 = "http-01",
@@ -70,19 +71,25 @@ words! {
         Dns01 = "dns-01",
         /// A TLS handshake on port 443 with the `acme-tls/1` protocol.
         TlsAlpn01 = "tls-alpn-01",
+        /// A TXT record under `_<account label>._acme-challenge`, so
+        /// several accounts can validate one name at once.
+        DnsAccount01 = "dns-account-01",
     }
 }
 
 impl ChallengeKind {
-    /// The challenges offered for an identifier: wildcards only by dns-01,
-    /// IP addresses by http-01 and tls-alpn-01 (RFC 8738 §7).
+    /// The challenges offered for an identifier: wildcards only by the DNS
+    /// challenges, IP addresses by http-01 and tls-alpn-01 (RFC 8738 §7).
     pub fn offered_for(identifier: &Identifier) -> &'static [ChallengeKind] {
         match identifier {
-            Identifier::Dns(name) if name.starts_with("*.") => &[ChallengeKind::Dns01],
+            Identifier::Dns(name) if name.starts_with("*.") => {
+                &[ChallengeKind::Dns01, ChallengeKind::DnsAccount01]
+            }
             Identifier::Dns(_) => &[
                 ChallengeKind::Http01,
                 ChallengeKind::Dns01,
                 ChallengeKind::TlsAlpn01,
+                ChallengeKind::DnsAccount01,
             ],
             Identifier::Ip(_) => &[ChallengeKind::Http01, ChallengeKind::TlsAlpn01],
         }

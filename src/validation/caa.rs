@@ -16,35 +16,12 @@ use hickory_resolver::TokioResolver;
 
 use super::ValidationError;
 
-/// This CA's CAA settings.
+/// This CA's CAA settings: the issuer domains that mean this CA
+/// (`acme.caa_identities`); empty: CAA is not checked.
 #[derive(Debug, Clone, Default)]
 pub struct CaaSettings {
-    /// The issuer domains that mean this CA (`acme.caa_identities`); empty:
-    /// CAA is not checked.
+    /// The identities.
     pub identities: Vec<String>,
-    /// The URL prefix of ACME accounts (`<public_https_url>/acme/account/`).
-    pub acme_account_prefix: String,
-    /// The URL prefix of REST accounts (`<public_https_url>/api/v1/accounts/`).
-    pub rest_account_prefix: String,
-}
-
-/// Who asks: the account a CAA `accounturi` must name.
-#[derive(Debug, Clone, Copy)]
-pub enum CaaAccount<'a> {
-    /// An ACME account id.
-    Acme(&'a str),
-    /// A hallmark (REST) account id.
-    Rest(&'a str),
-}
-
-impl CaaSettings {
-    /// The account URI RFC 8657's `accounturi` is compared with.
-    pub fn account_uri(&self, account: CaaAccount<'_>) -> String {
-        match account {
-            CaaAccount::Acme(id) => format!("{}{id}", self.acme_account_prefix),
-            CaaAccount::Rest(id) => format!("{}{id}", self.rest_account_prefix),
-        }
-    }
 }
 
 /// One CAA record as read: the critical flag, the tag, the value.
@@ -151,14 +128,13 @@ pub async fn check(
     resolver: &TokioResolver,
     settings: &CaaSettings,
     name: &str,
-    account: CaaAccount<'_>,
+    account_uri: &str,
     method: &str,
 ) -> Result<(), ValidationError> {
     let (wildcard, base) = match name.strip_prefix("*.") {
         Some(base) => (true, base),
         None => (false, name),
     };
-    let account_uri = settings.account_uri(account);
     let mut labels: Vec<&str> = base.trim_end_matches('.').split('.').collect();
     while !labels.is_empty() {
         let at = labels.join(".");
@@ -168,7 +144,7 @@ pub async fn check(
                 &records,
                 wildcard,
                 &settings.identities,
-                &account_uri,
+                account_uri,
                 method,
             )
             .map_err(|reason| ValidationError::Caa {

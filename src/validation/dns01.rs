@@ -29,6 +29,31 @@ pub fn record_name(name: &str) -> String {
     )
 }
 
+/// The account label of dns-account-01 (draft-ietf-acme-dns-account-label):
+/// `_` and the first 10 bytes of SHA-256(account URL) in lower-case base32.
+pub fn account_label(account_url: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let digest = Sha256::digest(account_url.as_bytes());
+    let mut bits: u32 = 0;
+    let mut have = 0;
+    let mut out = String::from("_");
+    for byte in &digest[..10] {
+        bits = (bits << 8) | u32::from(*byte);
+        have += 8;
+        while have >= 5 {
+            have -= 5;
+            out.push(ALPHABET[((bits >> have) & 31) as usize] as char);
+        }
+    }
+    out
+}
+
+/// The name dns-account-01's TXT record goes at for `name` and the account
+/// (`*.a.internal` → `_<label>._acme-challenge.a.internal`).
+pub fn account_record_name(name: &str, account_url: &str) -> String {
+    format!("{}.{}", account_label(account_url), record_name(name))
+}
+
 /// A resolver for validation: `spec` is `host:port` of a nameserver, or
 /// empty for the system's configuration. Answers are not cached, so a
 /// record published after a failed attempt is seen at once.
@@ -62,7 +87,29 @@ pub async fn validate(
     name: &str,
     key_authorization: &str,
 ) -> Result<(), ValidationError> {
-    let record = record_name(name);
+    validate_at(resolver, record_name(name), key_authorization).await
+}
+
+/// dns-account-01: the same TXT value at the account-labelled name.
+pub async fn validate_account(
+    resolver: &TokioResolver,
+    name: &str,
+    account_url: &str,
+    key_authorization: &str,
+) -> Result<(), ValidationError> {
+    validate_at(
+        resolver,
+        account_record_name(name, account_url),
+        key_authorization,
+    )
+    .await
+}
+
+async fn validate_at(
+    resolver: &TokioResolver,
+    record: String,
+    key_authorization: &str,
+) -> Result<(), ValidationError> {
     let expected = txt_value(key_authorization);
     // Fully qualified, so no search domain is appended.
     let lookup = resolver
@@ -119,6 +166,24 @@ mod tests {
         let v = txt_value("token.thumbprint");
         assert_eq!(v.len(), 43);
         assert!(!v.contains('=') && !v.contains('+') && !v.contains('/'));
+    }
+
+    #[test]
+    fn account_labels_are_the_drafts_base32_of_the_account_url() {
+        // The same construction as Boulder's: 10 bytes of SHA-256 in
+        // lower-case base32 (16 characters), after an underscore.
+        let label = account_label("https://example.com/acme/acct/ExampleAccount");
+        assert_eq!(label.len(), 17);
+        assert!(label.starts_with('_'));
+        assert!(label[1..]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)));
+        // Checked against an independent base32 (Python's base64.b32encode).
+        assert_eq!(account_label("abc"), "_xj4bnp4pahh6uqkb");
+        assert_eq!(
+            account_record_name("*.a.internal", "abc"),
+            "_xj4bnp4pahh6uqkb._acme-challenge.a.internal"
+        );
     }
 
     #[test]

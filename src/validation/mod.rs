@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::ValidationSection;
 use crate::pki::Identifier;
-use caa::{CaaAccount, CaaSettings};
+use caa::CaaSettings;
 use network::{IpNet, NetworkPolicy};
 
 /// Largest challenge response read (RFC 8555 §8.3 answers are ~90 bytes).
@@ -217,6 +217,54 @@ pub fn key_authorization(token: &str, thumbprint: &str) -> String {
     format!("{token}.{thumbprint}")
 }
 
+/// Who an order is for: the account whose URL dns-account-01's label and
+/// CAA's `accounturi` are made from.
+#[derive(Debug, Clone, Copy)]
+pub enum RequesterAccount<'a> {
+    /// An ACME account id.
+    Acme(&'a str),
+    /// A hallmark (REST) account id.
+    Rest(&'a str),
+}
+
+impl RequesterAccount<'_> {
+    /// The id (validation slots are per this account).
+    pub fn id(&self) -> &str {
+        match self {
+            RequesterAccount::Acme(id) | RequesterAccount::Rest(id) => id,
+        }
+    }
+}
+
+/// How account URLs are spelled: `<public_https_url>/acme/account/<id>`
+/// (the ACME account URL clients know) and, for REST orders,
+/// `<public_https_url>/api/v1/accounts/<id>`.
+#[derive(Debug, Clone, Default)]
+pub struct AccountUrls {
+    /// The prefix of ACME account URLs.
+    pub acme_prefix: String,
+    /// The prefix of REST account URLs.
+    pub rest_prefix: String,
+}
+
+impl AccountUrls {
+    /// From the public HTTPS URL.
+    pub fn new(public_https_url: &str) -> AccountUrls {
+        AccountUrls {
+            acme_prefix: format!("{public_https_url}/acme/account/"),
+            rest_prefix: format!("{public_https_url}/api/v1/accounts/"),
+        }
+    }
+
+    /// The URL of `account`.
+    pub fn url(&self, account: RequesterAccount<'_>) -> String {
+        match account {
+            RequesterAccount::Acme(id) => format!("{}{id}", self.acme_prefix),
+            RequesterAccount::Rest(id) => format!("{}{id}", self.rest_prefix),
+        }
+    }
+}
+
 /// The validators with their shared clients, built once from `[validation]`.
 pub struct Validators {
     config: ValidationConfig,
@@ -227,6 +275,7 @@ pub struct Validators {
     per_account: Mutex<HashMap<String, Arc<Semaphore>>>,
     max_per_account: usize,
     caa: CaaSettings,
+    accounts: AccountUrls,
 }
 
 impl Validators {
@@ -268,7 +317,13 @@ impl Validators {
             max_per_account: (section.max_per_account.max(1) as usize)
                 .min(MAX_CONCURRENT_VALIDATIONS),
             caa: CaaSettings::default(),
+            accounts: AccountUrls::default(),
         })
+    }
+
+    /// How account URLs are spelled (for dns-account-01 and CAA).
+    pub fn with_accounts(self, accounts: AccountUrls) -> Validators {
+        Validators { accounts, ..self }
     }
 
     /// Checks CAA after each successful challenge (on when
@@ -286,7 +341,7 @@ impl Validators {
     pub async fn check_caa(
         &self,
         identifier: &Identifier,
-        account: CaaAccount<'_>,
+        account: RequesterAccount<'_>,
         kind: ChallengeKind,
     ) -> Result<(), ValidationError> {
         let Identifier::Dns(name) = identifier else {
@@ -298,7 +353,13 @@ impl Validators {
         let limit = self.config.timeout * 2 + Duration::from_secs(1);
         tokio::time::timeout(
             limit,
-            caa::check(&self.resolver, &self.caa, name, account, kind.as_str()),
+            caa::check(
+                &self.resolver,
+                &self.caa,
+                name,
+                &self.accounts.url(account),
+                kind.as_str(),
+            ),
         )
         .await
         .unwrap_or_else(|_| {
@@ -321,6 +382,27 @@ impl Validators {
         token: &str,
         key_authorization: &str,
     ) -> Result<(), ValidationError> {
+        self.check_for(
+            RequesterAccount::Rest(account),
+            kind,
+            identifier,
+            token,
+            key_authorization,
+        )
+        .await
+    }
+
+    /// [`Validators::check`] for an ACME or REST account (whose URL
+    /// dns-account-01's record name is made from).
+    pub async fn check_for(
+        &self,
+        requester: RequesterAccount<'_>,
+        kind: ChallengeKind,
+        identifier: &Identifier,
+        token: &str,
+        key_authorization: &str,
+    ) -> Result<(), ValidationError> {
+        let account = requester.id();
         let closed = || ValidationError::Connection {
             url: identifier.to_string(),
             reason: "the validator is shutting down".into(),
@@ -331,14 +413,13 @@ impl Validators {
         // Each network step is bounded by the timeout; this bounds the
         // whole (a DNS lookup, then a connection and a read).
         let limit = self.config.timeout * 2 + Duration::from_secs(1);
-        tokio::time::timeout(limit, self.run(kind, identifier, token, key_authorization))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ValidationError::Timeout {
-                    url: identifier.to_string(),
-                    seconds: limit.as_secs(),
-                })
+        let run = self.run(requester, kind, identifier, token, key_authorization);
+        tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+            Err(ValidationError::Timeout {
+                url: identifier.to_string(),
+                seconds: limit.as_secs(),
             })
+        })
     }
 
     /// The semaphore bounding `account`'s concurrent validations.
@@ -357,6 +438,7 @@ impl Validators {
 
     async fn run(
         &self,
+        requester: RequesterAccount<'_>,
         kind: ChallengeKind,
         identifier: &Identifier,
         token: &str,
@@ -376,10 +458,16 @@ impl Validators {
             (ChallengeKind::Dns01, Identifier::Dns(name)) => {
                 dns01::validate(&self.resolver, name, key_authorization).await
             }
-            (ChallengeKind::Dns01, Identifier::Ip(ip)) => Err(ValidationError::Dns {
-                name: ip.to_string(),
-                reason: "IP addresses cannot be validated by dns-01".into(),
-            }),
+            (ChallengeKind::DnsAccount01, Identifier::Dns(name)) => {
+                let url = self.accounts.url(requester);
+                dns01::validate_account(&self.resolver, name, &url, key_authorization).await
+            }
+            (ChallengeKind::Dns01 | ChallengeKind::DnsAccount01, Identifier::Ip(ip)) => {
+                Err(ValidationError::Dns {
+                    name: ip.to_string(),
+                    reason: format!("IP addresses cannot be validated by {kind}"),
+                })
+            }
             (ChallengeKind::TlsAlpn01, _) => {
                 let address = self.address_of(identifier).await?;
                 tls_alpn01::validate(
@@ -455,14 +543,16 @@ mod tests {
         let wildcard = Identifier::Dns("*.a.internal".into());
         assert_eq!(
             ChallengeKind::offered_for(&wildcard),
-            &[ChallengeKind::Dns01]
+            &[ChallengeKind::Dns01, ChallengeKind::DnsAccount01]
         );
         let ip = Identifier::Ip("10.0.0.1".parse().unwrap());
         assert!(!ChallengeKind::offered_for(&ip).contains(&ChallengeKind::Dns01));
+        assert!(!ChallengeKind::offered_for(&ip).contains(&ChallengeKind::DnsAccount01));
         for k in [
             ChallengeKind::Http01,
             ChallengeKind::Dns01,
             ChallengeKind::TlsAlpn01,
+            ChallengeKind::DnsAccount01,
         ] {
             assert_eq!(k.as_str().parse::<ChallengeKind>().unwrap(), k);
         }

@@ -14,6 +14,7 @@ mod cli;
 mod constraints;
 mod crl;
 mod dashboard;
+mod dns_account;
 mod faults;
 mod hsm;
 mod issuance;

@@ -18,7 +18,7 @@ use crate::store::{
     AuthorizationBundle, AuthorizationStatus, ChallengeKind, ChallengeRecord, ChallengeStatus,
     Failure, IdentifierKind, OrderBundle, OrderRecord, OrderStatus,
 };
-use crate::validation::{dns01, key_authorization, tls_alpn01};
+use crate::validation::{dns01, key_authorization, tls_alpn01, AccountUrls, RequesterAccount};
 use crate::workflow::orders::{rest_thumbprint, NewOrder, Validation};
 
 pub(super) fn router() -> Router<Arc<AppState>> {
@@ -294,6 +294,11 @@ impl OrderView {
         let o = &bundle.order;
         let thumbprint = rest_thumbprint(&o.account_id);
         let url = order_url(state, &o.id);
+        let account_url =
+            AccountUrls::new(&state.public_https_url).url(match o.acme_account_id.as_deref() {
+                Some(id) => RequesterAccount::Acme(id),
+                None => RequesterAccount::Rest(&o.account_id),
+            });
         OrderView {
             id: o.id.clone(),
             status: o.status,
@@ -324,7 +329,7 @@ impl OrderView {
             authorizations: bundle
                 .authorizations
                 .iter()
-                .map(|a| AuthorizationView::new(&url, &thumbprint, a))
+                .map(|a| AuthorizationView::new(&url, &thumbprint, &account_url, a))
                 .collect(),
             url,
         }
@@ -332,7 +337,12 @@ impl OrderView {
 }
 
 impl AuthorizationView {
-    fn new(order_url: &str, thumbprint: &str, bundle: &AuthorizationBundle) -> Self {
+    fn new(
+        order_url: &str,
+        thumbprint: &str,
+        account_url: &str,
+        bundle: &AuthorizationBundle,
+    ) -> Self {
         let a = &bundle.authorization;
         AuthorizationView {
             id: a.id.clone(),
@@ -347,14 +357,22 @@ impl AuthorizationView {
             challenges: bundle
                 .challenges
                 .iter()
-                .map(|c| ChallengeView::new(order_url, thumbprint, &a.identifier_value, c))
+                .map(|c| {
+                    ChallengeView::new(order_url, thumbprint, account_url, &a.identifier_value, c)
+                })
                 .collect(),
         }
     }
 }
 
 impl ChallengeView {
-    fn new(order_url: &str, thumbprint: &str, identifier: &str, c: &ChallengeRecord) -> Self {
+    fn new(
+        order_url: &str,
+        thumbprint: &str,
+        account_url: &str,
+        identifier: &str,
+        c: &ChallengeRecord,
+    ) -> Self {
         let ka = key_authorization(&c.token, thumbprint);
         let mut view = ChallengeView {
             id: c.id.clone(),
@@ -379,6 +397,10 @@ impl ChallengeView {
             }
             ChallengeKind::Dns01 => {
                 view.dns_name = Some(dns01::record_name(identifier));
+                view.dns_txt = Some(dns01::txt_value(&ka));
+            }
+            ChallengeKind::DnsAccount01 => {
+                view.dns_name = Some(dns01::account_record_name(identifier, account_url));
                 view.dns_txt = Some(dns01::txt_value(&ka));
             }
             ChallengeKind::TlsAlpn01 => {

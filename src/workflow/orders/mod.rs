@@ -214,6 +214,7 @@ fn challenge_letter(kind: ChallengeKind) -> char {
         ChallengeKind::Http01 => 'h',
         ChallengeKind::Dns01 => 'd',
         ChallengeKind::TlsAlpn01 => 't',
+        ChallengeKind::DnsAccount01 => 'a',
     }
 }
 

@@ -1,7 +1,7 @@
 //! Answering a challenge: claiming it, running the validator in a task of its own, recording what it found.
 
 use super::*;
-use crate::validation::caa::CaaAccount;
+use crate::validation::RequesterAccount;
 
 impl Orders {
     /// Asks for one challenge to be validated now. The check runs in the
@@ -206,14 +206,15 @@ impl Orders {
             })?;
         let key_authorization = key_authorization(&challenge.token, &thumbprint);
         // Slots are per ACME account for ACME orders, so one client's black
-        // holes do not hold another's validations.
-        let slots = order
-            .acme_account_id
-            .as_deref()
-            .unwrap_or(&order.account_id);
+        // holes do not hold another's validations; dns-account-01 and CAA
+        // use that account's URL.
+        let requester = match order.acme_account_id.as_deref() {
+            Some(id) => RequesterAccount::Acme(id),
+            None => RequesterAccount::Rest(&order.account_id),
+        };
         self.validators
-            .check(
-                slots,
+            .check_for(
+                requester,
                 kind,
                 &identifier,
                 &challenge.token,
@@ -222,14 +223,10 @@ impl Orders {
             .await?;
         // Control is proven; CAA decides whether this CA may issue. A
         // wildcard is checked as the wildcard (its issuewild records).
-        let account = match order.acme_account_id.as_deref() {
-            Some(id) => CaaAccount::Acme(id),
-            None => CaaAccount::Rest(&order.account_id),
-        };
         let named = identifier_of(authz).map_err(|e| ValidationError::Dns {
             name: authz.identifier_value.clone(),
             reason: e.to_string(),
         })?;
-        self.validators.check_caa(&named, account, kind).await
+        self.validators.check_caa(&named, requester, kind).await
     }
 }

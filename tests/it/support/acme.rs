@@ -28,7 +28,7 @@ pub struct Client {
     nonce: Mutex<Option<String>>,
     /// newNonce, newAccount and newOrder: under `base` for hallmark, read
     /// from the directory by [`Client::discover`] for another server.
-    urls: [String; 3],
+    pub urls: [String; 3],
 }
 
 /// An answer: status, headers and JSON (or text) body.
