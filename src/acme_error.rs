@@ -37,6 +37,9 @@ pub enum AcmeError {
     IncorrectResponse,
     /// A contact URL is invalid.
     InvalidContact,
+    /// newOrder names a profile the server does not offer
+    /// (draft-ietf-acme-profiles).
+    InvalidProfile,
     /// The request is malformed.
     Malformed,
     /// The order is not ready for finalization.
@@ -59,7 +62,7 @@ pub enum AcmeError {
 
 impl AcmeError {
     /// Every type, for tests and documentation.
-    pub const ALL: [AcmeError; 22] = [
+    pub const ALL: [AcmeError; 23] = [
         AcmeError::AccountDoesNotExist,
         AcmeError::AlreadyRevoked,
         AcmeError::BadCsr,
@@ -73,6 +76,7 @@ impl AcmeError {
         AcmeError::ExternalAccountRequired,
         AcmeError::IncorrectResponse,
         AcmeError::InvalidContact,
+        AcmeError::InvalidProfile,
         AcmeError::Malformed,
         AcmeError::OrderNotReady,
         AcmeError::RateLimited,
@@ -106,6 +110,7 @@ impl AcmeError {
             }
             AcmeError::IncorrectResponse => ("incorrectResponse", "Incorrect response", 400),
             AcmeError::InvalidContact => ("invalidContact", "Invalid contact", 400),
+            AcmeError::InvalidProfile => ("invalidProfile", "Invalid profile", 400),
             AcmeError::Malformed => ("malformed", "Malformed request", 400),
             AcmeError::OrderNotReady => ("orderNotReady", "Order not ready", 403),
             AcmeError::RateLimited => ("rateLimited", "Rate limited", 429),

@@ -382,6 +382,24 @@ impl Policy {
         Ok(())
     }
 
+    /// The validity to issue with, given what was asked for, under both
+    /// the policy maximum and a profile's own (`cap`).
+    pub fn validity_days_within(
+        &self,
+        requested: Option<u32>,
+        cap: Option<u32>,
+    ) -> Result<u32, PolicyError> {
+        let max = cap.map_or(self.max_validity_days, |c| c.min(self.max_validity_days));
+        match requested {
+            None => Ok(self.default_validity_days.min(max)),
+            Some(days) if days >= 1 && days <= max => Ok(days),
+            Some(days) => Err(PolicyError::ValidityNotAllowed {
+                requested: days,
+                max,
+            }),
+        }
+    }
+
     /// The validity to issue with, given what was asked for.
     pub fn validity_days(&self, requested: Option<u32>) -> Result<u32, PolicyError> {
         match requested {

@@ -31,20 +31,58 @@ pub enum Profile {
     Server,
     /// TLS server and client: EKU serverAuth and clientAuth.
     ServerClient,
+    /// A short-lived TLS server certificate (RFC 9608): at most
+    /// [`SHORT_LIVED_DAYS`] days, noRevAvail, no CRL or OCSP pointer.
+    ShortLived,
 }
 
+/// The longest validity of the `shortlived` profile.
+pub const SHORT_LIVED_DAYS: u32 = 7;
+
+/// id-ce-noRevAvail (RFC 9608).
+const NO_REV_AVAIL: &[u64] = &[2, 5, 29, 56];
+
 impl Profile {
+    /// Every profile, in the order they are announced.
+    pub const ALL: [Profile; 3] = [Profile::Server, Profile::ServerClient, Profile::ShortLived];
+
     /// The profile's name as used in the API and CLI.
     pub fn as_str(self) -> &'static str {
         match self {
             Profile::Server => "server",
             Profile::ServerClient => "server-client",
+            Profile::ShortLived => "shortlived",
         }
+    }
+
+    /// What the profile is, in a sentence (the ACME directory's
+    /// `meta.profiles` value).
+    pub fn description(self) -> &'static str {
+        match self {
+            Profile::Server => "TLS server certificate (serverAuth), with CRL and OCSP pointers",
+            Profile::ServerClient => "TLS server and client certificate (serverAuth, clientAuth)",
+            Profile::ShortLived => {
+                "short-lived TLS server certificate: at most 7 days, no revocation information (RFC 9608 noRevAvail)"
+            }
+        }
+    }
+
+    /// The longest validity this profile allows, below the policy's.
+    pub fn max_validity_days(self) -> Option<u32> {
+        match self {
+            Profile::ShortLived => Some(SHORT_LIVED_DAYS),
+            _ => None,
+        }
+    }
+
+    /// Whether certificates of this profile point to CRLs and OCSP.
+    pub fn revocation_info(self) -> bool {
+        self != Profile::ShortLived
     }
 
     fn extended_key_usages(self) -> Vec<ExtendedKeyUsagePurpose> {
         match self {
-            Profile::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Profile::Server | Profile::ShortLived => vec![ExtendedKeyUsagePurpose::ServerAuth],
             Profile::ServerClient => vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
@@ -61,7 +99,9 @@ impl fmt::Display for Profile {
 
 /// An unknown profile name.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown certificate profile {0:?}; expected \"server\" or \"server-client\"")]
+#[error(
+    "unknown certificate profile {0:?}; expected \"server\", \"server-client\" or \"shortlived\""
+)]
 pub struct UnknownProfile(pub String);
 
 impl FromStr for Profile {
@@ -71,6 +111,7 @@ impl FromStr for Profile {
         match s {
             "server" => Ok(Profile::Server),
             "server-client" => Ok(Profile::ServerClient),
+            "shortlived" => Ok(Profile::ShortLived),
             other => Err(UnknownProfile(other.to_owned())),
         }
     }
@@ -263,13 +304,27 @@ pub(crate) fn leaf_params(
         dn.push(DnType::CommonName, cn);
     }
     params.distinguished_name = dn;
-    params.crl_distribution_points = vec![CrlDistributionPoint {
-        uris: vec![urls.crl_partition(req.crl_partition)],
-    }];
-    params.custom_extensions.push(authority_info_access(
-        urls.ocsp.as_deref(),
-        &urls.ca_issuers,
-    ));
+    if req.profile.revocation_info() {
+        params.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: vec![urls.crl_partition(req.crl_partition)],
+        }];
+        params.custom_extensions.push(authority_info_access(
+            urls.ocsp.as_deref(),
+            &urls.ca_issuers,
+        ));
+    } else {
+        // RFC 9608: noRevAvail (not critical in an end-entity
+        // certificate), and nothing that points to revocation data.
+        params
+            .custom_extensions
+            .push(authority_info_access(None, &urls.ca_issuers));
+        params
+            .custom_extensions
+            .push(CustomExtension::from_oid_content(
+                NO_REV_AVAIL,
+                vec![0x05, 0x00],
+            ));
+    }
     Ok(params)
 }
 
@@ -461,6 +516,9 @@ pub(crate) fn check_leaf(
                     return bad("authorityKeyIdentifier differs from the issuer's key id".into());
                 }
             }
+            ParsedExtension::CRLDistributionPoints(_) if !exp.req.profile.revocation_info() => {
+                return bad("a certificate without revocation information names a CRL".into());
+            }
             ParsedExtension::CRLDistributionPoints(cdp) => {
                 let ok = cdp.points.len() == 1
                     && matches!(
@@ -486,15 +544,27 @@ pub(crate) fn check_leaf(
                         issuers = Some(uri);
                     }
                 }
-                if ocsp != exp.urls.ocsp.as_deref() || issuers != Some(exp.urls.ca_issuers.as_str())
-                {
+                let want_ocsp = exp
+                    .urls
+                    .ocsp
+                    .as_deref()
+                    .filter(|_| exp.req.profile.revocation_info());
+                if ocsp != want_ocsp || issuers != Some(exp.urls.ca_issuers.as_str()) {
                     return bad(
                         "authorityInfoAccess is not the issuer's OCSP and caIssuers URLs".into(),
                     );
                 }
             }
+            _ if ext.oid.to_id_string() == "2.5.29.56" && !exp.req.profile.revocation_info() => {
+                if ext.critical || ext.value != [0x05, 0x00] {
+                    return bad("noRevAvail must be a non-critical NULL".into());
+                }
+            }
             _ => return bad(format!("unexpected extension {}", ext.oid)),
         }
+    }
+    if !exp.req.profile.revocation_info() && !seen.contains("2.5.29.56") {
+        return bad("noRevAvail is missing".into());
     }
     for (oid, name) in [
         ("2.5.29.19", "basicConstraints"),
@@ -506,6 +576,9 @@ pub(crate) fn check_leaf(
         ("2.5.29.31", "cRLDistributionPoints"),
         ("1.3.6.1.5.5.7.1.1", "authorityInfoAccess"),
     ] {
+        if oid == "2.5.29.31" && !exp.req.profile.revocation_info() {
+            continue;
+        }
         if !seen.contains(oid) {
             return bad(format!("{name} is missing"));
         }

@@ -189,11 +189,13 @@ impl Authority {
         actor: &str,
     ) -> Result<Signed, WorkflowError> {
         let checked = self.intake(csr).await?;
-        let validity_days = self.policy.validity_days(options.validity_days)?;
         let profile = match &options.profile {
             Some(name) => name.parse::<Profile>()?,
             None => Profile::Server,
         };
+        let validity_days = self
+            .policy
+            .validity_days_within(options.validity_days, profile.max_validity_days())?;
         self.issue(
             checked.issue_request(
                 &options.subject,

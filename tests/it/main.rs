@@ -20,6 +20,7 @@ mod hsm;
 mod issuance;
 mod openapi;
 mod orders;
+mod profiles;
 mod reliability;
 mod revocation;
 mod secrets;

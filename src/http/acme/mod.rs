@@ -103,6 +103,12 @@ async fn directory(State(state): State<Arc<AppState>>) -> Response {
     if !settings.caa_identities.is_empty() {
         meta["caaIdentities"] = json!(settings.caa_identities);
     }
+    // draft-ietf-acme-profiles: the profiles newOrder may name.
+    meta["profiles"] = crate::pki::Profile::ALL
+        .iter()
+        .map(|p| (p.as_str().to_owned(), json!(p.description())))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
     let body = json!({
         "newNonce": format!("{b}/new-nonce"),
         "newAccount": format!("{b}/new-account"),

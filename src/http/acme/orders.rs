@@ -1,6 +1,7 @@
 //! ACME orders (RFC 8555 §7.4, §7.5): newOrder, the order, finalize, authorizations, challenges, and the certificate download.
 
 use super::*;
+use crate::pki::Profile;
 
 /// The ACME name of an order status (OV states never occur for ACME).
 pub(super) fn order_status(s: OrderStatus) -> &'static str {
@@ -37,6 +38,7 @@ pub(super) fn order_json(state: &AppState, b: &OrderBundle) -> Value {
     if let Some(t) = o.not_after {
         v["notAfter"] = json!(rfc3339(t));
     }
+    v["profile"] = json!(o.profile);
     if let Some(err) = &o.error {
         v["error"] = err.document();
     }
@@ -120,9 +122,27 @@ pub(super) async fn new_order(
         }
     }
     let identifiers = parse_identifiers(&payload)?;
+    // draft-ietf-acme-profiles: a name from the directory's meta.profiles.
+    let profile = match payload.get("profile") {
+        None | Some(Value::Null) => Profile::Server,
+        Some(Value::String(name)) => name.parse::<Profile>().map_err(|e| {
+            Problem::acme(
+                StatusCode::BAD_REQUEST,
+                AcmeError::InvalidProfile,
+                e.to_string(),
+            )
+        })?,
+        Some(_) => return Err(bad("profile must be a string".into())),
+    };
     let bundle = state
         .orders
-        .create_acme(&v.caller(), &v.account().id, &identifiers, not_after)
+        .create_acme(
+            &v.caller(),
+            &v.account().id,
+            &identifiers,
+            not_after,
+            profile,
+        )
         .await?;
     Ok(order_response(&state, &bundle, StatusCode::CREATED))
 }

@@ -151,7 +151,8 @@ pub(super) async fn renewal_target(
 pub(super) const RENEWAL_INFO_RETRY_SECS: i64 = 6 * 3600;
 
 /// ARI (RFC 9773): when to renew. Normally within the third quarter of the
-/// certificate's second half (2/3 to 5/6 of its lifetime); a revoked
+/// certificate's second half (2/3 to 5/6 of its lifetime), a `shortlived`
+/// one from half its life to two thirds; a revoked
 /// certificate gets a window in the past, which means "now".
 pub(super) async fn renewal_info(
     State(state): State<Arc<AppState>>,
@@ -162,6 +163,12 @@ pub(super) async fn renewal_info(
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let (start, end) = if cert.revoked_at.is_some() {
             (now - 2 * 3600, now - 3600)
+        } else if cert.profile == crate::pki::Profile::ShortLived.as_str() {
+            // A short-lived certificate cannot be revoked in any way a
+            // client would notice (RFC 9608), so it is renewed early: from
+            // half its life to two thirds.
+            let life = cert.not_after - cert.not_before;
+            (cert.not_before + life / 2, cert.not_before + life * 2 / 3)
         } else {
             let life = cert.not_after - cert.not_before;
             (

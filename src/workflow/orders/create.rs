@@ -14,15 +14,15 @@ impl Orders {
     ) -> Result<OrderBundle, WorkflowError> {
         self.rate_limit(&caller.account_id)?;
         let checked = self.authority.intake(&request.csr).await?;
-        let validity_days = self
-            .authority
-            .policy()
-            .validity_days(request.validity_days)?;
         let profile = request
             .profile
             .as_deref()
             .unwrap_or("server")
             .parse::<Profile>()?;
+        let validity_days = self
+            .authority
+            .policy()
+            .validity_days_within(request.validity_days, profile.max_validity_days())?;
         let organization = match (request.validation, request.organization) {
             (Validation::Ov, Some(org)) => Some(check_organization(org)?),
             (Validation::Ov, None) => {
@@ -235,6 +235,7 @@ impl Orders {
         acme_account_id: &str,
         identifiers: &[Identifier],
         not_after: Option<OffsetDateTime>,
+        profile: Profile,
     ) -> Result<OrderBundle, WorkflowError> {
         self.rate_limit(&caller.account_id)?;
         if identifiers.is_empty() {
@@ -259,7 +260,10 @@ impl Orders {
                 Some(u32::try_from(days).unwrap_or(u32::MAX))
             }
         };
-        let validity_days = self.authority.policy().validity_days(requested_days)?;
+        let validity_days = self
+            .authority
+            .policy()
+            .validity_days_within(requested_days, profile.max_validity_days())?;
         let expires_at = at + i64::from(self.settings.lifetime_hours) * 3600;
         let mut bundle = self
             .new_bundle(
@@ -274,6 +278,7 @@ impl Orders {
         bundle.order.validity_days = Some(i64::from(validity_days));
         bundle.order.not_after = not_after.map(OffsetDateTime::unix_timestamp);
         bundle.order.acme_account_id = Some(acme_account_id.to_owned());
+        bundle.order.profile = profile.as_str().into();
         if bundle
             .authorizations
             .iter()
@@ -287,7 +292,7 @@ impl Orders {
             actor: caller.actor.clone(),
             action: "order.create".into(),
             subject: bundle.order.id.clone(),
-            details: serde_json::json!({"validation": "dv", "names": names, "source": "acme"}),
+            details: serde_json::json!({"validation": "dv", "names": names, "source": "acme", "profile": profile.as_str()}),
         }];
         if bundle.order.status == OrderStatus::Ready {
             events.extend(transition_event(

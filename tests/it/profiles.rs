@@ -1,0 +1,195 @@
+//! Certificate profiles (draft-ietf-acme-profiles): announced in the ACME
+//! directory, chosen by certbot's --preferred-profile / --required-profile
+//! and by REST orders. `shortlived` (RFC 9608): at most 7 days, noRevAvail,
+//! no CRL or OCSP pointer, renewal suggested from half its life; pkilint
+//! clean and accepted by `openssl verify` without revocation data.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use x509_parser::prelude::*;
+
+use crate::acme::run_certbot;
+use crate::support::dv::{csr, DvLab};
+use crate::support::*;
+use hallmark::workflow::accounts::Role;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certbot_asks_for_the_shortlived_profile_and_gets_rfc9608_certificates() {
+    if !tool_present("certbot", "pip install certbot") {
+        return;
+    }
+    let backend = backends().remove(0);
+    let port = free_port();
+    let lab = DvLab::new(
+        backend,
+        &[("HALLMARK_VALIDATION__HTTP_PORT", port.to_string())],
+    )
+    .await;
+    let dir = lab.ca.dir.path().to_owned();
+    std::fs::write(dir.join("root.pem"), &lab.running.root_pem).unwrap();
+    let server = format!("{}/acme/directory", lab.running.https_url);
+
+    // The directory announces the profiles.
+    let directory: serde_json::Value = lab
+        .running
+        .client()
+        .get(&server)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let profiles = directory["meta"]["profiles"].as_object().unwrap();
+    let names: Vec<&str> = profiles.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["server", "server-client", "shortlived"],
+        "{directory}"
+    );
+
+    let p = port.to_string();
+    let certbot = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "certonly",
+            "--standalone",
+            "--http-01-port",
+            &p,
+            "-d",
+            "web.internal",
+            "--agree-tos",
+            "--register-unsafely-without-email",
+            "--force-renewal",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        run_certbot(dir.clone(), server.clone(), args)
+    };
+    let (ok, out) = certbot(&["--required-profile", "shortlived"]).await;
+    assert!(ok, "certbot failed:\n{out}");
+    let live = dir.join("cb/config/live/web.internal");
+    let pem = std::fs::read_to_string(live.join("cert.pem")).unwrap();
+    std::fs::write(dir.join("short.pem"), &pem).unwrap();
+    let chain = std::fs::read_to_string(live.join("chain.pem")).unwrap();
+    std::fs::write(dir.join("chain.pem"), &chain).unwrap();
+    let der = hallmark::pki::pem_decode_all(&pem, "CERTIFICATE").remove(0);
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+    assert!(life <= 7 * 86_400 + 60, "{life} s");
+    let oids: Vec<String> = cert
+        .extensions()
+        .iter()
+        .map(|e| e.oid.to_id_string())
+        .collect();
+    assert!(
+        oids.contains(&"2.5.29.56".to_string()),
+        "noRevAvail: {oids:?}"
+    );
+    assert!(
+        !oids.contains(&"2.5.29.31".to_string()),
+        "no CRL DP: {oids:?}"
+    );
+    let text = openssl(&dir, &["x509", "-in", "short.pem", "-noout", "-text"]);
+    assert!(!text.contains("OCSP - URI"), "{text}");
+    assert!(text.contains("CA Issuers - URI"), "{text}");
+    // Accepted with no revocation data at all.
+    openssl(
+        &dir,
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "chain.pem",
+            "short.pem",
+        ],
+    );
+    if let Some((_, out)) = pkilint(
+        &dir,
+        "lint_pkix_cert",
+        &["lint", "-s", "WARNING", "short.pem"],
+    ) {
+        assert!(out.trim().is_empty(), "pkilint:\n{out}");
+    }
+    // Renewal information suggests renewing from half its life.
+    let ari = crate::support::eab::ari_id(&pem);
+    let info: serde_json::Value = lab
+        .running
+        .client()
+        .get(format!("{}/acme/renewal-info/{ari}", lab.running.https_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let start = ::time::OffsetDateTime::parse(
+        info["suggestedWindow"]["start"].as_str().unwrap(),
+        &::time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+    .unix_timestamp();
+    let half = cert.validity().not_before.timestamp() + life / 2;
+    assert!((start - half).abs() <= 1, "{info}");
+
+    // A preferred profile the server has not: certbot falls back; a
+    // required one: it fails with the server's invalidProfile.
+    let (ok, out) = certbot(&["--required-profile", "tiny"]).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("invalidProfile") || out.contains("unknown certificate profile"),
+        "{out}"
+    );
+    let (ok, out) = certbot(&["--preferred-profile", "server-client"]).await;
+    assert!(ok, "certbot failed:\n{out}");
+    let pem = std::fs::read_to_string(live.join("cert.pem")).unwrap();
+    let der = hallmark::pki::pem_decode_all(&pem, "CERTIFICATE").remove(0);
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth);
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_orders_choose_a_profile_and_shortlived_is_capped_at_seven_days() {
+    for backend in backends() {
+        let lab = DvLab::new(backend, &[]).await;
+        let key = lab.account("team", Role::Requester).await;
+        let pem = csr(lab.ca.dir.path(), "s", "web.internal", "DNS:web.internal");
+        let (status, p) = lab
+            .post(
+                &key,
+                "/orders",
+                json!({"csr": pem, "validation": "dv", "profile": "shortlived", "validity_days": 30}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+        assert!(
+            p["detail"].as_str().unwrap().contains("choose 1 to 7 days"),
+            "{p}"
+        );
+        let (status, order) = lab
+            .post(
+                &key,
+                "/orders",
+                json!({"csr": pem, "validation": "dv", "profile": "shortlived"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{order}");
+        assert_eq!(order["profile"], "shortlived");
+        assert_eq!(order["validity_days"], 7);
+        lab.answer_http01(&key, &order).await;
+        let done = lab.settle(&key, order["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "valid", "{done}");
+        let (status, p) = lab
+            .post(
+                &key,
+                "/orders",
+                json!({"csr": pem, "validation": "dv", "profile": "tiny"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+        lab.finish().await;
+    }
+}
