@@ -56,7 +56,7 @@ async fn a_dv_order_by_http01_is_issued_at_once_and_its_names_are_reused() {
         assert_eq!(order["identifiers"].as_array().unwrap().len(), 2);
         assert_eq!(
             kinds(&order, "web.internal"),
-            ["http-01", "dns-01", "tls-alpn-01"]
+            ["http-01", "dns-01", "tls-alpn-01", "dns-account-01"]
         );
         assert_eq!(kinds(&order, "127.0.0.1"), ["http-01", "tls-alpn-01"]);
         let id = order["id"].as_str().unwrap().to_owned();
@@ -243,7 +243,10 @@ async fn dns01_proves_a_wildcard_and_tls_alpn01_proves_a_name() {
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{order}");
-        assert_eq!(kinds(&order, "*.apps.internal"), ["dns-01"]);
+        assert_eq!(
+            kinds(&order, "*.apps.internal"),
+            ["dns-01", "dns-account-01"]
+        );
         let wildcard = order["authorizations"]
             .as_array()
             .unwrap()

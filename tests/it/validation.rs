@@ -431,9 +431,17 @@ async fn validators_from_configuration_check_all_three_challenge_types() {
 
     let http_port = challenge_server().await;
     let tls_port = tls_alpn_responder(&["web.internal"], Some(KEY_AUTHORIZATION), true).await;
+    // dns-account-01 for the REST account "acct" (no URL prefix here).
+    let labelled = dns01::account_record_name("web.internal", "acct");
+    let labelled: &'static str = labelled
+        .strip_suffix(".internal")
+        .unwrap()
+        .to_owned()
+        .leak();
     let server = dns::start(vec![
         Entry::A("web", "127.0.0.1".parse().unwrap()),
         Entry::Txt("_acme-challenge.web", dns01::txt_value(KEY_AUTHORIZATION)),
+        Entry::Txt(labelled, dns01::txt_value(KEY_AUTHORIZATION)),
     ])
     .await;
     let validators = Validators::new(
