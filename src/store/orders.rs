@@ -74,6 +74,9 @@ words! {
         /// A TXT record under `_<account label>._acme-challenge`, so
         /// several accounts can validate one name at once.
         DnsAccount01 = "dns-account-01",
+        /// A standing TXT record at `_validation-persist` naming this CA
+        /// and the account (offered when `acme.caa_identities` is set).
+        DnsPersist01 = "dns-persist-01",
     }
 }
 
@@ -82,14 +85,17 @@ impl ChallengeKind {
     /// challenges, IP addresses by http-01 and tls-alpn-01 (RFC 8738 §7).
     pub fn offered_for(identifier: &Identifier) -> &'static [ChallengeKind] {
         match identifier {
-            Identifier::Dns(name) if name.starts_with("*.") => {
-                &[ChallengeKind::Dns01, ChallengeKind::DnsAccount01]
-            }
+            Identifier::Dns(name) if name.starts_with("*.") => &[
+                ChallengeKind::Dns01,
+                ChallengeKind::DnsAccount01,
+                ChallengeKind::DnsPersist01,
+            ],
             Identifier::Dns(_) => &[
                 ChallengeKind::Http01,
                 ChallengeKind::Dns01,
                 ChallengeKind::TlsAlpn01,
                 ChallengeKind::DnsAccount01,
+                ChallengeKind::DnsPersist01,
             ],
             Identifier::Ip(_) => &[ChallengeKind::Http01, ChallengeKind::TlsAlpn01],
         }

@@ -168,6 +168,14 @@ pub enum ValidationError {
         /// How many TXT records there were.
         count: usize,
     },
+    /// No dns-persist-01 record authorises this CA for the account.
+    #[error("no TXT record at {name} authorises this CA for the account: {reason}")]
+    DnsPersist {
+        /// The queried name.
+        name: String,
+        /// Why each record did not.
+        reason: String,
+    },
     /// CAA records do not let this CA issue for the name.
     #[error("CAA forbids issuance for {name}: {reason}")]
     Caa {
@@ -206,6 +214,7 @@ impl ValidationError {
             | ValidationError::DnsNoTxtRecord { .. }
             | ValidationError::Dns { .. } => AcmeError::Dns,
             ValidationError::Caa { .. } => AcmeError::Caa,
+            ValidationError::DnsPersist { .. } => AcmeError::Unauthorized,
         }
     }
 }
@@ -319,6 +328,12 @@ impl Validators {
             caa: CaaSettings::default(),
             accounts: AccountUrls::default(),
         })
+    }
+
+    /// The issuer domain names that mean this CA (`acme.caa_identities`):
+    /// what CAA and dns-persist-01 records name. Empty: neither is used.
+    pub fn issuer_domains(&self) -> &[String] {
+        &self.caa.identities
     }
 
     /// How account URLs are spelled (for dns-account-01 and CAA).
@@ -462,12 +477,17 @@ impl Validators {
                 let url = self.accounts.url(requester);
                 dns01::validate_account(&self.resolver, name, &url, key_authorization).await
             }
-            (ChallengeKind::Dns01 | ChallengeKind::DnsAccount01, Identifier::Ip(ip)) => {
-                Err(ValidationError::Dns {
-                    name: ip.to_string(),
-                    reason: format!("IP addresses cannot be validated by {kind}"),
-                })
+            (ChallengeKind::DnsPersist01, Identifier::Dns(name)) => {
+                let url = self.accounts.url(requester);
+                dns01::validate_persist(&self.resolver, name, &self.caa.identities, &url).await
             }
+            (
+                ChallengeKind::Dns01 | ChallengeKind::DnsAccount01 | ChallengeKind::DnsPersist01,
+                Identifier::Ip(ip),
+            ) => Err(ValidationError::Dns {
+                name: ip.to_string(),
+                reason: format!("IP addresses cannot be validated by {kind}"),
+            }),
             (ChallengeKind::TlsAlpn01, _) => {
                 let address = self.address_of(identifier).await?;
                 tls_alpn01::validate(

@@ -131,3 +131,150 @@ async fn dns_account_01_validates_at_the_account_labelled_name_over_rest_and_acm
         lab.finish().await;
     }
 }
+
+/// dns-persist-01 (draft-ietf-acme-dns-persist): one standing record at
+/// `_validation-persist.<name>` naming this CA and the account authorises
+/// every later order without a DNS change; a wildcard needs
+/// `policy=wildcard`; another account's record proves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_persist_01_lets_a_standing_record_authorise_repeated_issuance() {
+    for backend in backends() {
+        let lab = DvLab::new(
+            backend,
+            &[
+                ("HALLMARK_ACME__CAA_IDENTITIES", r#"["ca.internal"]"#.into()),
+                // No reuse of earlier validations: each order validates.
+                ("HALLMARK_ORDERS__REUSE_DAYS", "0".into()),
+            ],
+        )
+        .await;
+        let key = lab.account("team", Role::Requester).await;
+        let order_for = |san: &'static str| {
+            let pem = csr(lab.ca.dir.path(), "p", "ov.internal", san);
+            let lab = &lab;
+            let key = key.clone();
+            async move {
+                let (status, order) = lab
+                    .post(&key, "/orders", json!({"csr": pem, "validation": "dv"}))
+                    .await;
+                assert_eq!(status, StatusCode::CREATED, "{order}");
+                order
+            }
+        };
+        let persist = |order: &Value, id: &str| {
+            order["authorizations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["identifier"]["value"] == id)
+                .unwrap()["challenges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "dns-persist-01")
+                .unwrap_or_else(|| panic!("dns-persist-01 offered: {order}"))
+                .clone()
+        };
+        let answer = |c: &Value| {
+            let url = c["url"].as_str().unwrap().to_owned();
+            let lab = &lab;
+            let key = key.clone();
+            async move {
+                let path = &url[url.find("/api/v1").unwrap() + 7..];
+                let (status, body) = lab.post(&key, path, json!({})).await;
+                assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+            }
+        };
+
+        // The record the API suggests, published once.
+        let first = order_for("DNS:ov.internal").await;
+        let c = persist(&first, "ov.internal");
+        assert_eq!(c["dns_name"], "_validation-persist.ov.internal");
+        let value = c["dns_txt"].as_str().unwrap().to_owned();
+        assert!(
+            value.starts_with("ca.internal; accounturi=https://"),
+            "{value}"
+        );
+        lab.dns
+            .add_txt("_validation-persist.ov.internal", &value)
+            .await;
+        answer(&c).await;
+        let done = lab.settle(&key, first["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "valid", "{done}");
+
+        // A second order: the same record, no DNS change.
+        let second = order_for("DNS:ov.internal").await;
+        answer(&persist(&second, "ov.internal")).await;
+        let done = lab.settle(&key, second["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "valid", "{done}");
+
+        // A wildcard: the record lacks policy=wildcard.
+        let wild = order_for("DNS:ov.internal,DNS:*.ov.internal").await;
+        answer(&persist(&wild, "*.ov.internal")).await;
+        let done = lab.settle(&key, wild["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "invalid", "{done}");
+        assert!(
+            done["error"]
+                .to_string()
+                .contains("a wildcard needs policy=wildcard"),
+            "{done}"
+        );
+
+        // Another account: the record names the first one.
+        let other = lab.account("other", Role::Requester).await;
+        let pem = csr(lab.ca.dir.path(), "o", "ov.internal", "DNS:ov.internal");
+        let (_, theirs) = lab
+            .post(&other, "/orders", json!({"csr": pem, "validation": "dv"}))
+            .await;
+        let c = persist(&theirs, "ov.internal");
+        let url = c["url"].as_str().unwrap();
+        lab.post(&other, &url[url.find("/api/v1").unwrap() + 7..], json!({}))
+            .await;
+        let done = lab.settle(&other, theirs["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "invalid", "{done}");
+        assert!(
+            done["error"].to_string().contains("it names the account"),
+            "{done}"
+        );
+
+        // ACME: the challenge carries issuer-domain-names.
+        let mut acme = Client::discover(
+            lab.running.client(),
+            &format!("{}/acme/directory", lab.running.https_url),
+        )
+        .await
+        .unwrap();
+        acme.register().await;
+        let order = acme
+            .post(
+                &acme.urls[2].clone(),
+                Some(&json!({"identifiers": [{"type": "dns", "value": "web.internal"}]})),
+            )
+            .await;
+        let authz = acme
+            .post(order.body["authorizations"][0].as_str().unwrap(), None)
+            .await;
+        let chall = authz.body["challenges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "dns-persist-01")
+            .unwrap()
+            .clone();
+        assert_eq!(chall["issuer-domain-names"], json!(["ca.internal"]));
+        let kid = acme.kid.clone().unwrap();
+        lab.dns
+            .add_txt(
+                "_validation-persist.web.internal",
+                &hallmark::validation::dns01::persist_value("ca.internal", &kid, false),
+            )
+            .await;
+        let answered = acme
+            .post(chall["url"].as_str().unwrap(), Some(&json!({})))
+            .await;
+        assert_eq!(answered.status, 200, "{}", answered.body);
+        let ready = acme.poll(&order.location(), &["pending"]).await;
+        assert_eq!(ready.body["status"], "ready", "{}", ready.body);
+        lab.finish().await;
+    }
+}

@@ -442,6 +442,11 @@ async fn validators_from_configuration_check_all_three_challenge_types() {
         Entry::A("web", "127.0.0.1".parse().unwrap()),
         Entry::Txt("_acme-challenge.web", dns01::txt_value(KEY_AUTHORIZATION)),
         Entry::Txt(labelled, dns01::txt_value(KEY_AUTHORIZATION)),
+        // dns-persist-01: a standing record naming this CA and "acct".
+        Entry::Txt(
+            "_validation-persist.web",
+            dns01::persist_value("ca.internal", "acct", false),
+        ),
     ])
     .await;
     let validators = Validators::new(
@@ -454,7 +459,10 @@ async fn validators_from_configuration_check_all_three_challenge_types() {
         },
         &[],
     )
-    .unwrap();
+    .unwrap()
+    .with_caa(hallmark::validation::caa::CaaSettings {
+        identities: vec!["ca.internal".into()],
+    });
     let web = Identifier::Dns("web.internal".into());
     for kind in ChallengeKind::offered_for(&web) {
         validators

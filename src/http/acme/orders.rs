@@ -206,6 +206,10 @@ pub(super) fn challenge_json(state: &AppState, c: &crate::store::ChallengeRecord
         "token": c.token,
         "status": c.status,
     });
+    if c.kind == crate::store::ChallengeKind::DnsPersist01 {
+        // draft-ietf-acme-dns-persist: the names a record may give for us.
+        v["issuer-domain-names"] = json!(state.acme.caa_identities);
+    }
     if let Some(t) = c.validated_at {
         v["validated"] = json!(rfc3339(t));
     }

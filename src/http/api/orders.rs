@@ -294,6 +294,7 @@ impl OrderView {
         let o = &bundle.order;
         let thumbprint = rest_thumbprint(&o.account_id);
         let url = order_url(state, &o.id);
+        let issuers = &state.acme.caa_identities;
         let account_url =
             AccountUrls::new(&state.public_https_url).url(match o.acme_account_id.as_deref() {
                 Some(id) => RequesterAccount::Acme(id),
@@ -329,7 +330,7 @@ impl OrderView {
             authorizations: bundle
                 .authorizations
                 .iter()
-                .map(|a| AuthorizationView::new(&url, &thumbprint, &account_url, a))
+                .map(|a| AuthorizationView::new(&url, &thumbprint, &account_url, issuers, a))
                 .collect(),
             url,
         }
@@ -341,6 +342,7 @@ impl AuthorizationView {
         order_url: &str,
         thumbprint: &str,
         account_url: &str,
+        issuers: &[String],
         bundle: &AuthorizationBundle,
     ) -> Self {
         let a = &bundle.authorization;
@@ -358,7 +360,13 @@ impl AuthorizationView {
                 .challenges
                 .iter()
                 .map(|c| {
-                    ChallengeView::new(order_url, thumbprint, account_url, &a.identifier_value, c)
+                    ChallengeView::new(
+                        order_url,
+                        thumbprint,
+                        (account_url, issuers),
+                        &a.identifier_value,
+                        c,
+                    )
                 })
                 .collect(),
         }
@@ -369,7 +377,7 @@ impl ChallengeView {
     fn new(
         order_url: &str,
         thumbprint: &str,
-        account_url: &str,
+        (account_url, issuers): (&str, &[String]),
         identifier: &str,
         c: &ChallengeRecord,
     ) -> Self {
@@ -402,6 +410,12 @@ impl ChallengeView {
             ChallengeKind::DnsAccount01 => {
                 view.dns_name = Some(dns01::account_record_name(identifier, account_url));
                 view.dns_txt = Some(dns01::txt_value(&ka));
+            }
+            ChallengeKind::DnsPersist01 => {
+                view.dns_name = Some(dns01::persist_record_name(identifier));
+                view.dns_txt = issuers.first().map(|issuer| {
+                    dns01::persist_value(issuer, account_url, identifier.starts_with("*."))
+                });
             }
             ChallengeKind::TlsAlpn01 => {
                 view.tls_alpn_protocol = std::str::from_utf8(tls_alpn01::ACME_TLS_ALPN).ok();

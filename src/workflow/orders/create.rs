@@ -154,6 +154,11 @@ impl Orders {
                 Some(_) => Vec::new(),
                 None => ChallengeKind::offered_for(identifier)
                     .iter()
+                    // dns-persist-01 needs issuer domain names to be named by.
+                    .filter(|kind| {
+                        **kind != ChallengeKind::DnsPersist01
+                            || !self.validators.issuer_domains().is_empty()
+                    })
                     .map(|kind| ChallengeRecord {
                         id: format!("chall_{key}_{i:03}_{}", challenge_letter(*kind)),
                         authorization_id: authz_id.clone(),

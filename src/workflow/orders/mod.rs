@@ -215,6 +215,7 @@ fn challenge_letter(kind: ChallengeKind) -> char {
         ChallengeKind::Dns01 => 'd',
         ChallengeKind::TlsAlpn01 => 't',
         ChallengeKind::DnsAccount01 => 'a',
+        ChallengeKind::DnsPersist01 => 'p',
     }
 }
 

@@ -190,8 +190,11 @@ impl Orders {
             name: authz.identifier_value.clone(),
             reason: e.to_string(),
         })?;
-        // A wildcard is validated at its base name (RFC 8555 §7.1.3).
-        if let Identifier::Dns(name) = &identifier {
+        // A wildcard is validated at its base name (RFC 8555 §7.1.3);
+        // dns-persist-01 needs to know it is one (policy=wildcard).
+        if let (Identifier::Dns(name), false) =
+            (&identifier, challenge.kind == ChallengeKind::DnsPersist01)
+        {
             if let Some(base) = name.strip_prefix("*.") {
                 identifier = Identifier::Dns(base.to_owned());
             }
