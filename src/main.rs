@@ -88,7 +88,7 @@ enum Command {
         /// Validity in days [default: policy.default_validity_days]
         #[arg(long)]
         days: Option<u32>,
-        /// Certificate profile: server or server-client
+        /// Certificate profile: server, server-client or shortlived (at most 7 days, no revocation information)
         #[arg(long, default_value = "server")]
         profile: String,
     },
