@@ -180,6 +180,19 @@ pub struct InitOutcome {
     pub intermediate: CaCertificate,
 }
 
+/// Checks a new CA may be made in `config.data_dir` (none there, a long
+/// enough passphrase unless the root key goes into the token) and makes
+/// the directory.
+fn begin_new_ca(config: &Config, passphrase: &[u8]) -> Result<(), DataDirError> {
+    if Layout::new(&config.data_dir).has_ca() {
+        return Err(DataDirError::AlreadyInitialised(config.data_dir.clone()));
+    }
+    if passphrase.len() < MIN_PASSPHRASE_LEN && !root_in_token(config) {
+        return Err(DataDirError::WeakPassphrase);
+    }
+    create_private_dir(&config.data_dir)
+}
+
 /// Creates a CA (root + issuing intermediate) in `config.data_dir`, and a
 /// commented `hallmark.toml` if there is none. Refuses if a CA exists.
 pub fn init_ca(
@@ -187,14 +200,7 @@ pub fn init_ca(
     passphrase: &[u8],
     now: OffsetDateTime,
 ) -> Result<InitOutcome, DataDirError> {
-    let layout = Layout::new(&config.data_dir);
-    if layout.has_ca() {
-        return Err(DataDirError::AlreadyInitialised(config.data_dir.clone()));
-    }
-    if passphrase.len() < MIN_PASSPHRASE_LEN && !root_in_token(config) {
-        return Err(DataDirError::WeakPassphrase);
-    }
-    create_private_dir(&config.data_dir)?;
+    begin_new_ca(config, passphrase)?;
     let names = ca_names(config);
     let mut rng = rand::rngs::OsRng;
     let (root_key, root_pem) = new_root_key(config, passphrase)?;
@@ -411,15 +417,12 @@ fn root_token_settings(config: &Config) -> Result<Option<TokenSettings>, DataDir
 }
 
 /// A new root key: in the token with `ca.pkcs11_root_key_label` (nothing
-/// to write), else in memory with its encrypted PKCS#8 PEM (the passphrase
-/// must be long enough).
+/// to write), else in memory with its encrypted PKCS#8 PEM
+/// ([`begin_new_ca`] checked the passphrase).
 fn new_root_key(config: &Config, passphrase: &[u8]) -> Result<NewKey, DataDirError> {
     if let Some(settings) = root_token_settings(config)? {
         let (key, _) = TokenKey::open_or_generate(&settings, Some(config.ca_key_type))?;
         return Ok((key.into_signer(), None));
-    }
-    if passphrase.len() < MIN_PASSPHRASE_LEN {
-        return Err(DataDirError::WeakPassphrase);
     }
     let key = generate_key(config, "root key")?;
     let pem = key
@@ -438,14 +441,7 @@ pub fn init_root_only(
     passphrase: &[u8],
     now: OffsetDateTime,
 ) -> Result<CaCertificate, DataDirError> {
-    let layout = Layout::new(&config.data_dir);
-    if layout.has_ca() {
-        return Err(DataDirError::AlreadyInitialised(config.data_dir.clone()));
-    }
-    if passphrase.len() < MIN_PASSPHRASE_LEN && !root_in_token(config) {
-        return Err(DataDirError::WeakPassphrase);
-    }
-    create_private_dir(&config.data_dir)?;
+    begin_new_ca(config, passphrase)?;
     let (key, key_pem) = new_root_key(config, passphrase)?;
     let root = ca::create_root(
         &key,

@@ -705,17 +705,7 @@ fn init(config: &Config, explicit: bool) -> anyhow::Result<()> {
         outcome.intermediate.subject(),
         outcome.intermediate.not_after().date()
     );
-    if datadir::root_in_token(config) {
-        println!(
-            "  root key      in the PKCS#11 token, label {:?}",
-            config.ca.pkcs11_root_key_label.as_deref().unwrap_or("")
-        );
-    } else {
-        println!(
-            "  root key      {} (encrypted; keep the passphrase safe)",
-            layout.root_key().display()
-        );
-    }
+    print_root_key(config, &layout);
     println!("  root SHA-256  {}", outcome.root.fingerprint_sha256());
     if let (Some(module), Some(token)) = (&config.ca.pkcs11_module, &config.ca.pkcs11_token) {
         println!(
@@ -795,6 +785,21 @@ fn init_intermediate_csr(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where `init` put the root key.
+fn print_root_key(config: &Config, layout: &Layout) {
+    if datadir::root_in_token(config) {
+        println!(
+            "  root key      in the PKCS#11 token, label {:?}",
+            config.ca.pkcs11_root_key_label.as_deref().unwrap_or("")
+        );
+    } else {
+        println!(
+            "  root key      {} (encrypted; keep the passphrase safe)",
+            layout.root_key().display()
+        );
+    }
+}
+
 fn init_root_only(config: &Config) -> anyhow::Result<()> {
     if Layout::new(&config.data_dir).has_ca() {
         return Err(datadir::DataDirError::AlreadyInitialised(config.data_dir.clone()).into());
@@ -809,17 +814,7 @@ fn init_root_only(config: &Config) -> anyhow::Result<()> {
         root.not_after().date()
     );
     println!("  certificate   {}", layout.root_cert().display());
-    if datadir::root_in_token(config) {
-        println!(
-            "  root key      in the PKCS#11 token, label {:?}",
-            config.ca.pkcs11_root_key_label.as_deref().unwrap_or("")
-        );
-    } else {
-        println!(
-            "  root key      {} (encrypted; keep the passphrase safe)",
-            layout.root_key().display()
-        );
-    }
+    print_root_key(config, &layout);
     println!("  root SHA-256  {}", root.fingerprint_sha256());
     println!(
         "Intermediates it signs point to {}/crl/root.crl and {}/ca/root.crt (server.public_http_url of the serving side).",

@@ -150,7 +150,8 @@ pub async fn validate_persist(
     })
 }
 
-/// The TXT values at `record` (each record's strings joined).
+/// The TXT values at `record` (each record's strings joined), looked up
+/// fully qualified so no search domain is appended.
 async fn txt_records(
     resolver: &TokioResolver,
     record: &str,
@@ -246,39 +247,7 @@ async fn validate_at(
     key_authorization: &str,
 ) -> Result<(), ValidationError> {
     let expected = txt_value(key_authorization);
-    // Fully qualified, so no search domain is appended.
-    let lookup = resolver
-        .txt_lookup(format!("{record}."))
-        .await
-        .map_err(|e| {
-            if e.is_nx_domain() {
-                ValidationError::DnsNameNotFound {
-                    name: record.clone(),
-                }
-            } else if e.is_no_records_found() {
-                ValidationError::DnsNoTxtRecord {
-                    name: record.clone(),
-                }
-            } else {
-                ValidationError::Dns {
-                    name: record.clone(),
-                    reason: e.to_string(),
-                }
-            }
-        })?;
-    let found: Vec<String> = lookup
-        .answers()
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::TXT(txt) => Some(
-                txt.txt_data
-                    .iter()
-                    .map(|part| String::from_utf8_lossy(part).into_owned())
-                    .collect::<String>(),
-            ),
-            _ => None,
-        })
-        .collect();
+    let found = txt_records(resolver, &record).await?;
     if found.iter().any(|value| value == &expected) {
         Ok(())
     } else if found.is_empty() {
