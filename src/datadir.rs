@@ -318,6 +318,14 @@ pub fn token_settings(config: &Config) -> Result<Option<TokenSettings>, DataDirE
     };
     let pin = match (&config.ca.pkcs11_pin_file, &config.pkcs11_pin) {
         (Some(path), _) => {
+            if let Ok(meta) = fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "the PKCS#11 PIN file can be read by other users; make it 0600 (chmod 600)"
+                    );
+                }
+            }
             let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| {
                 DataDirError::Pin(format!(
                     "cannot read the PKCS#11 PIN from {} (ca.pkcs11_pin_file): {e}",

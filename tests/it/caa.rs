@@ -40,6 +40,29 @@ async fn caa_records_decide_whether_this_ca_may_issue_after_validation() {
     let order = order_for(&lab, &key, "web").await;
     assert_eq!(order["status"], "valid", "{order}");
 
+    // Reused at once (the CAA check is recent)...
+    let pem = csr(
+        lab.ca.dir.path(),
+        "again",
+        "web.internal",
+        "DNS:web.internal",
+    );
+    let (_, again) = lab
+        .post(&key, "/orders", json!({"csr": pem, "validation": "dv"}))
+        .await;
+    assert_eq!(again["status"], "valid", "{again}");
+    // ...but not once the validation is older than the 8-hour CAA bound:
+    // the name is validated, and CAA-checked, again.
+    lab.ca
+        .db
+        .execute("UPDATE authorizations SET validated_at = validated_at - 9 * 3600")
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (_, stale) = lab
+        .post(&key, "/orders", json!({"csr": pem, "validation": "dv"}))
+        .await;
+    assert_eq!(stale["status"], "pending", "{stale}");
+
     for (name, issuer, parameters, why) in [
         (
             "api",

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// How long a CAA check holds for a reused validation.
+pub const CAA_RECHECK_SECS: i64 = 8 * 3600;
+
 impl Orders {
     /// Opens an order: checks the CSR and policy, reuses recent
     /// authorizations, and creates challenges for the rest — all in one
@@ -131,7 +134,13 @@ impl Orders {
         validation: Validation,
     ) -> Result<OrderBundle, WorkflowError> {
         let at = now.unix_timestamp();
-        let reuse_secs = i64::from(self.settings.reuse_days) * 86_400;
+        let mut reuse_secs = i64::from(self.settings.reuse_days) * 86_400;
+        if !self.validators.issuer_domains().is_empty() {
+            // With CAA on, a name is reused only while its CAA check is
+            // recent (as the Baseline Requirements ask of public CAs); an
+            // older one is validated, and so CAA-checked, again.
+            reuse_secs = reuse_secs.min(CAA_RECHECK_SECS);
+        }
         // Time first, so ids sort by creation (pages of orders made in the
         // same second keep their order), then 96 random bits.
         let millis = now.unix_timestamp_nanos() / 1_000_000;
