@@ -7,7 +7,9 @@ use std::net::IpAddr;
 
 use crate::pki::net::{IpNet, PRIVATE_RANGES};
 use crate::pki::weak::Weakness;
-use crate::pki::{Csr, Identifier, KeyType, NameConstraints, PublicKeyKind, UnverifiedCsr};
+use crate::pki::{
+    Csr, Identifier, KeyType, NameConstraints, Profile, PublicKeyKind, UnverifiedCsr,
+};
 
 /// At most this many names in one certificate.
 pub const MAX_NAMES: usize = 100;
@@ -58,6 +60,9 @@ pub struct Policy {
     pub max_validity_days: u32,
     /// Subject key algorithms accepted.
     pub key_types: Vec<AllowedKey>,
+    /// The certificate profiles offered: the built-in ones, then the
+    /// `[profiles.NAME]` of the configuration.
+    pub profiles: Vec<ProfileSpec>,
     /// The issuing CA's name constraints, when it has them: a name inside
     /// policy but outside these (an excluded subtree of an intermediate
     /// signed elsewhere) is refused rather than issued into a certificate
@@ -75,7 +80,47 @@ impl Default for Policy {
             default_validity_days: 90,
             max_validity_days: 397,
             key_types: KeyType::ALL.into_iter().map(AllowedKey::Key).collect(),
+            profiles: Profile::ALL.into_iter().map(ProfileSpec::builtin).collect(),
             issuer_constraints: None,
+        }
+    }
+}
+
+/// A certificate profile as policy offers it: a built-in shape (its
+/// extended key usages and whether it points to revocation data) with its
+/// own limits on validity and key types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileSpec {
+    /// Its name (in REST orders, ACME newOrder, `hallmark sign`).
+    pub name: String,
+    /// The shape the certificate takes.
+    pub base: Profile,
+    /// Its own longest validity (below the policy's and the base's).
+    pub max_validity_days: Option<u32>,
+    /// The subject key types it accepts (within `policy.key_types`); `None`:
+    /// the policy's.
+    pub key_types: Option<Vec<AllowedKey>>,
+    /// One sentence (the ACME directory's `meta.profiles` value).
+    pub description: String,
+}
+
+impl ProfileSpec {
+    /// A built-in profile as it is.
+    pub fn builtin(base: Profile) -> ProfileSpec {
+        ProfileSpec {
+            name: base.as_str().to_owned(),
+            base,
+            max_validity_days: None,
+            key_types: None,
+            description: base.description().to_owned(),
+        }
+    }
+
+    /// The longest validity it allows, below the policy's.
+    pub fn cap(&self) -> Option<u32> {
+        match (self.base.max_validity_days(), self.max_validity_days) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }
@@ -145,6 +190,14 @@ pub enum PolicyError {
         /// What the constraints permit.
         permitted: String,
     },
+    /// A profile this CA does not offer.
+    #[error("unknown certificate profile {name:?}; this CA offers {known}")]
+    UnknownProfile {
+        /// The name asked for.
+        name: String,
+        /// The offered names, comma-separated.
+        known: String,
+    },
     /// Validity out of range.
     #[error("a validity of {requested} days is not allowed; choose 1 to {max} days")]
     ValidityNotAllowed {
@@ -165,6 +218,7 @@ impl PolicyError {
             | PolicyError::WeakRsaModulus(_)
             | PolicyError::KeyTypeNotAllowed(..) => AcmeError::BadPublicKey,
             PolicyError::ValidityNotAllowed { .. } => AcmeError::Malformed,
+            PolicyError::UnknownProfile { .. } => AcmeError::InvalidProfile,
             _ => AcmeError::RejectedIdentifier,
         }
     }
@@ -380,6 +434,39 @@ impl Policy {
             });
         }
         Ok(())
+    }
+
+    /// The profile called `name`.
+    pub fn profile(&self, name: &str) -> Result<&ProfileSpec, PolicyError> {
+        self.profiles
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| PolicyError::UnknownProfile {
+                name: name.to_owned(),
+                known: self
+                    .profiles
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// Checks a subject key against a profile's own key types (the
+    /// policy's were checked at intake).
+    pub fn check_profile_key(
+        &self,
+        profile: &ProfileSpec,
+        key: &PublicKeyKind,
+    ) -> Result<(), PolicyError> {
+        match &profile.key_types {
+            None => Ok(()),
+            Some(types) => Policy {
+                key_types: types.clone(),
+                ..self.clone()
+            }
+            .check_key(key),
+        }
     }
 
     /// The validity to issue with, given what was asked for, under both

@@ -384,4 +384,23 @@ pub struct FileConfig {
     pub ca: CaSection,
     /// `[limits]`
     pub limits: LimitsSection,
+    /// `[profiles.NAME]`: certificate profiles beside the built-in ones.
+    pub profiles: std::collections::BTreeMap<String, ProfileSection>,
+}
+
+/// `[profiles.NAME]`: a profile made from a built-in one with its own
+/// limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSection {
+    /// The built-in profile it takes its shape from: `server`,
+    /// `server-client` (adds clientAuth) or `shortlived` (no revocation
+    /// information, at most 7 days).
+    pub base: String,
+    /// Its longest validity (within `policy.max_validity_days`).
+    pub max_validity_days: Option<u32>,
+    /// The subject key types it accepts (within `policy.key_types`).
+    pub key_types: Option<Vec<String>>,
+    /// One sentence for the ACME directory.
+    pub description: Option<String>,
 }

@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::pki::net::IpNet;
-use crate::pki::{Identifier, KeyType, NameConstraints};
-use crate::policy::{AllowedKey, Policy};
+use crate::pki::{Identifier, KeyType, NameConstraints, Profile};
+use crate::policy::{AllowedKey, Policy, ProfileSpec};
 
 /// The default data directory.
 pub const DEFAULT_DATA_DIR: &str = "hallmark-data";
@@ -421,6 +421,60 @@ impl Config {
                 key: "policy.allowed_ip_ranges",
                 reason,
             })?;
+        let mut profiles: Vec<ProfileSpec> =
+            Profile::ALL.into_iter().map(ProfileSpec::builtin).collect();
+        for (name, section) in &file.profiles {
+            let invalid = |reason: String| ConfigError::Invalid {
+                key: "profiles",
+                reason: format!(".{name}: {reason}"),
+            };
+            if name.is_empty()
+                || name.len() > 32
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(invalid("names are 1 to 32 of a-z, 0-9 and '-'".into()));
+            }
+            if profiles.iter().any(|p| &p.name == name) {
+                return Err(invalid("a built-in profile cannot be redefined".into()));
+            }
+            let base = section
+                .base
+                .parse::<Profile>()
+                .map_err(|e| invalid(format!("base: {e}")))?;
+            if section.max_validity_days == Some(0) {
+                return Err(invalid("max_validity_days must be at least 1".into()));
+            }
+            let own_key_types = match &section.key_types {
+                None => None,
+                Some(list) => {
+                    let mut parsed = Vec::with_capacity(list.len());
+                    for name in list {
+                        let k = name
+                            .parse::<AllowedKey>()
+                            .map_err(|e| invalid(format!("key_types: {e}")))?;
+                        if !key_types.contains(&k) {
+                            return Err(invalid(format!(
+                                "key_types: {name} is not in policy.key_types"
+                            )));
+                        }
+                        parsed.push(k);
+                    }
+                    Some(parsed)
+                }
+            };
+            profiles.push(ProfileSpec {
+                name: name.clone(),
+                base,
+                max_validity_days: section.max_validity_days,
+                key_types: own_key_types,
+                description: section
+                    .description
+                    .clone()
+                    .unwrap_or_else(|| format!("{} (from the {} profile)", name, base.as_str())),
+            });
+        }
         let policy = Policy {
             allowed_suffixes: p.allowed_suffixes,
             allow_ip: p.allow_ip,
@@ -429,6 +483,7 @@ impl Config {
             default_validity_days: p.default_validity_days,
             max_validity_days: p.max_validity_days,
             key_types,
+            profiles,
             issuer_constraints: None,
         };
         let ca_key_type =
@@ -628,6 +683,44 @@ mod tests {
         assert_eq!(c.http_listen.port(), 9090);
         assert_eq!(c.public_http_url, "http://127.0.0.1:9090");
         assert_eq!(c.database_url, "postgres://db/x");
+    }
+
+    #[test]
+    fn profiles_are_built_from_a_base_within_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "[profiles.device]\nbase = \"server-client\"\nmax_validity_days = 30\nkey_types = [\"p256\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(None, dir.path(), env(&[])).unwrap();
+        let names: Vec<&str> = c.policy.profiles.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["server", "server-client", "shortlived", "device"]);
+        let device = c.policy.profile("device").unwrap();
+        assert_eq!(device.base, Profile::ServerClient);
+        assert_eq!(device.cap(), Some(30));
+        let shortlived = c.policy.profile("shortlived").unwrap();
+        assert_eq!(shortlived.cap(), Some(7));
+        assert!(c
+            .policy
+            .profile("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("this CA offers server, server-client, shortlived, device"));
+        for (table, says) in [
+            ("[profiles.server]\nbase = \"server\"\n", "cannot be redefined"),
+            ("[profiles.Bad]\nbase = \"server\"\n", "names are 1 to 32"),
+            ("[profiles.x]\nbase = \"client\"\n", "base: unknown certificate profile"),
+            (
+                "[policy]\nkey_types = [\"p256\"]\n[profiles.x]\nbase = \"server\"\nkey_types = [\"rsa2048\"]\n",
+                "rsa2048 is not in policy.key_types",
+            ),
+            ("[profiles.x]\nbase = \"server\"\nmax_validity_days = 0\n", "at least 1"),
+        ] {
+            std::fs::write(dir.path().join(CONFIG_FILE_NAME), table).unwrap();
+            let err = Config::load(None, dir.path(), env(&[])).unwrap_err().to_string();
+            assert!(err.contains("profiles") && err.contains(says), "{table}: {err}");
+        }
     }
 
     #[test]

@@ -189,13 +189,14 @@ impl Authority {
         actor: &str,
     ) -> Result<Signed, WorkflowError> {
         let checked = self.intake(csr).await?;
-        let profile = match &options.profile {
-            Some(name) => name.parse::<Profile>()?,
-            None => Profile::Server,
-        };
+        let spec = self
+            .policy
+            .profile(options.profile.as_deref().unwrap_or("server"))?;
+        self.policy.check_profile_key(spec, checked.csr.key())?;
         let validity_days = self
             .policy
-            .validity_days_within(options.validity_days, profile.max_validity_days())?;
+            .validity_days_within(options.validity_days, spec.cap())?;
+        let profile = spec.base;
         self.issue(
             checked.issue_request(
                 &options.subject,

@@ -193,3 +193,94 @@ async fn rest_orders_choose_a_profile_and_shortlived_is_capped_at_seven_days() {
         lab.finish().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_profile_narrows_validity_and_key_types_and_is_announced() {
+    let backend = backends().remove(0);
+    let lab = DvLab::new(
+        backend,
+        &[(
+            "HALLMARK_PROFILES__DEVICE",
+            r#"{ base = "server-client", max_validity_days = 30, key_types = ["p256"], description = "Devices on the floor" }"#.into(),
+        )],
+    )
+    .await;
+    let directory: serde_json::Value = lab
+        .running
+        .client()
+        .get(format!("{}/acme/directory", lab.running.https_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        directory["meta"]["profiles"]["device"],
+        "Devices on the floor"
+    );
+
+    let key = lab.account("floor", Role::Requester).await;
+    let pem = csr(lab.ca.dir.path(), "d", "web.internal", "DNS:web.internal");
+    let (status, order) = lab
+        .post(
+            &key,
+            "/orders",
+            json!({"csr": pem, "validation": "dv", "profile": "device"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    assert_eq!(order["profile"], "device");
+    assert_eq!(order["validity_days"], 30);
+    lab.answer_http01(&key, &order).await;
+    let done = lab.settle(&key, order["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "valid", "{done}");
+    let (_, cert) = lab
+        .get(
+            &key,
+            &format!(
+                "/certificates/{}",
+                done["certificate_serial"].as_str().unwrap()
+            ),
+        )
+        .await;
+    let pem = cert["certificate_pem"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let der = hallmark::pki::pem_decode_all(&pem, "CERTIFICATE").remove(0);
+    let (_, parsed) = X509Certificate::from_der(&der).unwrap();
+    let eku = parsed.extended_key_usage().unwrap().unwrap().value;
+    assert!(
+        eku.server_auth && eku.client_auth,
+        "the server-client shape"
+    );
+
+    // Its own key types: an RSA key is refused for it, not for `server`.
+    let rsa = String::from_utf8(openssl_csr(
+        lab.ca.dir.path(),
+        "rsa",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        "/CN=web.internal",
+        Some("DNS:web.internal"),
+    ))
+    .unwrap();
+    let (status, p) = lab
+        .post(
+            &key,
+            "/orders",
+            json!({"csr": rsa, "validation": "dv", "profile": "device"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(p["type"], "urn:ietf:params:acme:error:badPublicKey", "{p}");
+    let (status, p) = lab
+        .post(
+            &key,
+            "/orders",
+            json!({"csr": rsa, "validation": "dv", "profile": "server"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{p}");
+    lab.finish().await;
+}

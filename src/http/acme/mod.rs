@@ -104,9 +104,12 @@ async fn directory(State(state): State<Arc<AppState>>) -> Response {
         meta["caaIdentities"] = json!(settings.caa_identities);
     }
     // draft-ietf-acme-profiles: the profiles newOrder may name.
-    meta["profiles"] = crate::pki::Profile::ALL
+    meta["profiles"] = state
+        .authority
+        .policy()
+        .profiles
         .iter()
-        .map(|p| (p.as_str().to_owned(), json!(p.description())))
+        .map(|p| (p.name.clone(), json!(p.description)))
         .collect::<serde_json::Map<_, _>>()
         .into();
     let body = json!({

@@ -17,15 +17,11 @@ impl Orders {
     ) -> Result<OrderBundle, WorkflowError> {
         self.rate_limit(&caller.account_id)?;
         let checked = self.authority.intake(&request.csr).await?;
-        let profile = request
-            .profile
-            .as_deref()
-            .unwrap_or("server")
-            .parse::<Profile>()?;
-        let validity_days = self
-            .authority
-            .policy()
-            .validity_days_within(request.validity_days, profile.max_validity_days())?;
+        let policy = self.authority.policy();
+        let spec = policy.profile(request.profile.as_deref().unwrap_or("server"))?;
+        policy.check_profile_key(spec, checked.csr.key())?;
+        let validity_days = policy.validity_days_within(request.validity_days, spec.cap())?;
+        let (profile, profile_name) = (spec.base, spec.name.clone());
         let organization = match (request.validation, request.organization) {
             (Validation::Ov, Some(org)) => Some(check_organization(org)?),
             (Validation::Ov, None) => {
@@ -58,7 +54,7 @@ impl Orders {
             .authorizations
             .iter()
             .all(|a| a.challenges.is_empty());
-        bundle.order.profile = profile.as_str().into();
+        bundle.order.profile = profile_name.clone();
         bundle.order.validity_days = Some(i64::from(validity_days));
         bundle.order.csr_der = Some(checked.csr.der().to_vec());
         bundle.order.organization = organization;
@@ -77,7 +73,7 @@ impl Orders {
             details: serde_json::json!({
                 "validation": request.validation.as_str(),
                 "names": names,
-                "profile": profile.as_str(),
+                "profile": profile_name,
                 "validity_days": validity_days,
                 "reused_authorizations": reused,
             }),
@@ -249,8 +245,9 @@ impl Orders {
         acme_account_id: &str,
         identifiers: &[Identifier],
         not_after: Option<OffsetDateTime>,
-        profile: Profile,
+        profile: &str,
     ) -> Result<OrderBundle, WorkflowError> {
+        let spec = self.authority.policy().profile(profile)?.clone();
         self.rate_limit(&caller.account_id)?;
         if identifiers.is_empty() {
             return Err(WorkflowError::Malformed(
@@ -277,7 +274,7 @@ impl Orders {
         let validity_days = self
             .authority
             .policy()
-            .validity_days_within(requested_days, profile.max_validity_days())?;
+            .validity_days_within(requested_days, spec.cap())?;
         let expires_at = at + i64::from(self.settings.lifetime_hours) * 3600;
         let mut bundle = self
             .new_bundle(
@@ -292,7 +289,7 @@ impl Orders {
         bundle.order.validity_days = Some(i64::from(validity_days));
         bundle.order.not_after = not_after.map(OffsetDateTime::unix_timestamp);
         bundle.order.acme_account_id = Some(acme_account_id.to_owned());
-        bundle.order.profile = profile.as_str().into();
+        bundle.order.profile = spec.name.clone();
         if bundle
             .authorizations
             .iter()
@@ -306,7 +303,7 @@ impl Orders {
             actor: caller.actor.clone(),
             action: "order.create".into(),
             subject: bundle.order.id.clone(),
-            details: serde_json::json!({"validation": "dv", "names": names, "source": "acme", "profile": profile.as_str()}),
+            details: serde_json::json!({"validation": "dv", "names": names, "source": "acme", "profile": spec.name}),
         }];
         if bundle.order.status == OrderStatus::Ready {
             events.extend(transition_event(

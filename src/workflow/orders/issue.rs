@@ -181,7 +181,12 @@ impl Orders {
             .authority
             .policy()
             .validity_days(order.validity_days.map(|d| d as u32))?;
-        let profile = order.profile.parse::<Profile>()?;
+        // The order's profile by name; its key types are checked here, where
+        // an ACME order first has a key.
+        let policy = self.authority.policy();
+        let spec = policy.profile(&order.profile)?;
+        policy.check_profile_key(spec, checked.csr.key())?;
+        let profile = spec.base;
         let organization = match order.validation {
             Validation::Ov => order.organization.clone(),
             Validation::Dv => None,

@@ -31,7 +31,7 @@ use super::{Authority, Clash, IssueRequest, Missing, NotAllowed, Signed, Workflo
 use crate::acme_error::AcmeError;
 use crate::config::OrdersSection;
 use crate::pki::profile::Organization;
-use crate::pki::{Identifier, Profile, Subject};
+use crate::pki::{Identifier, Subject};
 pub use crate::store::Validation;
 use crate::store::{
     AuditEvent, AuthorizationBundle, AuthorizationRecord, AuthorizationStatus, ChallengeKind,
