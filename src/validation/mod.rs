@@ -563,16 +563,22 @@ mod tests {
         let wildcard = Identifier::Dns("*.a.internal".into());
         assert_eq!(
             ChallengeKind::offered_for(&wildcard),
-            &[ChallengeKind::Dns01, ChallengeKind::DnsAccount01]
+            &[
+                ChallengeKind::Dns01,
+                ChallengeKind::DnsAccount01,
+                ChallengeKind::DnsPersist01
+            ]
         );
         let ip = Identifier::Ip("10.0.0.1".parse().unwrap());
         assert!(!ChallengeKind::offered_for(&ip).contains(&ChallengeKind::Dns01));
         assert!(!ChallengeKind::offered_for(&ip).contains(&ChallengeKind::DnsAccount01));
+        assert!(!ChallengeKind::offered_for(&ip).contains(&ChallengeKind::DnsPersist01));
         for k in [
             ChallengeKind::Http01,
             ChallengeKind::Dns01,
             ChallengeKind::TlsAlpn01,
             ChallengeKind::DnsAccount01,
+            ChallengeKind::DnsPersist01,
         ] {
             assert_eq!(k.as_str().parse::<ChallengeKind>().unwrap(), k);
         }
