@@ -424,9 +424,11 @@ impl Config {
         let mut profiles: Vec<ProfileSpec> =
             Profile::ALL.into_iter().map(ProfileSpec::builtin).collect();
         for (name, section) in &file.profiles {
+            // The key names the profile (`profiles.device`); the string
+            // lives for the process, and is only made on this error path.
             let invalid = |reason: String| ConfigError::Invalid {
-                key: "profiles",
-                reason: format!(".{name}: {reason}"),
+                key: Box::leak(format!("profiles.{name}").into_boxed_str()),
+                reason,
             };
             if name.is_empty()
                 || name.len() > 32
