@@ -195,7 +195,13 @@ async fn server_client_profile_adds_client_auth_and_days_are_honoured() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, WorkflowError::Profile(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            WorkflowError::Policy(hallmark::policy::PolicyError::UnknownProfile { .. })
+        ),
+        "{err}"
+    );
     let err = authority
         .sign_csr(
             &csr,
