@@ -112,7 +112,8 @@ impl Service {
             None => None,
             Some((chain, key)) => {
                 let slot = Arc::new(CertificateSlot::new(certified_key(&chain, &key)?));
-                Some((tls_config_with(slot.clone())?, slot))
+                let root = authority.root().der().to_vec();
+                Some((tls_config_with(slot.clone(), Some(&root))?, slot))
             }
         };
         let candidate: Zeroizing<[u8; 32]> = Zeroizing::new(rand::random());
@@ -487,19 +488,41 @@ pub fn certified_key(
 /// A rustls server configuration (TLS 1.2 and 1.3, h2 and http/1.1) for a
 /// fixed chain and key.
 pub fn tls_config(chain_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, StartError> {
-    tls_config_with(Arc::new(CertificateSlot::new(certified_key(
-        chain_pem, key_pem,
-    )?)))
+    tls_config_with(
+        Arc::new(CertificateSlot::new(certified_key(chain_pem, key_pem)?)),
+        None,
+    )
 }
 
-fn tls_config_with(slot: Arc<CertificateSlot>) -> Result<Arc<rustls::ServerConfig>, StartError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| StartError::Tls(e.to_string()))?
-    .with_no_client_auth()
-    .with_cert_resolver(slot);
+/// With `client_root`, clients may (never must) authenticate with a
+/// certificate chaining to it — EST re-enrolment does; everyone else
+/// sends none and is served as before.
+fn tls_config_with(
+    slot: Arc<CertificateSlot>,
+    client_root: Option<&[u8]>,
+) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let builder = match client_root {
+        None => builder.with_no_client_auth(),
+        Some(root) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(rustls::pki_types::CertificateDer::from(root.to_vec()))
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(slot);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

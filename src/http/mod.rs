@@ -3,6 +3,7 @@
 
 pub mod acme;
 pub mod api;
+pub mod est;
 pub mod problem;
 pub mod public;
 pub mod server;
@@ -82,6 +83,7 @@ pub fn https_router(state: Arc<AppState>) -> Router {
         .merge(web::router())
         .merge(api::router())
         .merge(acme::router(state.clone()))
+        .merge(est::router())
         .with_state(state);
     common_layers(router)
         .layer(TraceLayer::new_for_http())

@@ -243,6 +243,12 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
     }
 }
 
+/// The certificate a TLS client authenticated with (DER), as a request
+/// extension; only present when the client sent one that chains to this
+/// CA's root (EST re-enrolment).
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub Arc<Vec<u8>>);
+
 /// The router as a hyper service that counts the requests in progress on
 /// its connection and tells handlers the client's address.
 #[derive(Clone)]
@@ -250,6 +256,7 @@ struct Counted {
     inner: TowerToHyperService<Router>,
     state: Arc<ConnState>,
     peer: std::net::IpAddr,
+    client_cert: Option<Arc<Vec<u8>>>,
 }
 
 /// Decrements the in-progress count however the request ends.
@@ -270,6 +277,11 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Counted 
 
     fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         request.extensions_mut().insert(ClientAddr(self.peer));
+        if let Some(cert) = &self.client_cert {
+            request
+                .extensions_mut()
+                .insert(ClientCertificate(cert.clone()));
+        }
         self.state.in_flight.fetch_add(1, Ordering::Relaxed);
         self.state.requests.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight(self.state.clone());
@@ -342,6 +354,7 @@ pub async fn serve(
                     inner: TowerToHyperService::new(app.clone()),
                     state: state.clone(),
                     peer: peer.ip(),
+                    client_cert: None,
                 };
                 let stream = Watched { inner: tcp, state: state.clone(), tracker: tracker.clone() };
                 let acceptor = acceptor.clone();
@@ -363,6 +376,13 @@ pub async fn serve(
                                         return;
                                     }
                                 };
+                                let mut service = service;
+                                service.client_cert = stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|chain| chain.first())
+                                    .map(|c| Arc::new(c.to_vec()));
                                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                                 let _ = watcher.watch(conn.into_owned()).await;
                             }

@@ -10,6 +10,7 @@ pub mod intermediate;
 pub mod key;
 pub mod net;
 pub mod ocsp;
+pub mod pkcs7;
 pub mod profile;
 pub mod serial;
 pub mod weak;

@@ -15,6 +15,7 @@ mod constraints;
 mod crl;
 mod dashboard;
 mod dns_account;
+mod est;
 mod faults;
 mod hsm;
 mod issuance;
