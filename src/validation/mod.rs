@@ -365,7 +365,7 @@ impl Validators {
         if self.caa.identities.is_empty() {
             return Ok(());
         }
-        let limit = self.config.timeout * 2 + Duration::from_secs(1);
+        let limit = self.limit();
         tokio::time::timeout(
             limit,
             caa::check(
@@ -427,7 +427,7 @@ impl Validators {
         let _permit = self.permits.acquire().await.map_err(|_| closed())?;
         // Each network step is bounded by the timeout; this bounds the
         // whole (a DNS lookup, then a connection and a read).
-        let limit = self.config.timeout * 2 + Duration::from_secs(1);
+        let limit = self.limit();
         let run = self.run(requester, kind, identifier, token, key_authorization);
         tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
             Err(ValidationError::Timeout {
@@ -435,6 +435,13 @@ impl Validators {
                 seconds: limit.as_secs(),
             })
         })
+    }
+
+    /// The bound on one whole check: each network step is bounded by the
+    /// timeout, and a check makes at most two (a lookup, then a connection
+    /// and a read).
+    fn limit(&self) -> Duration {
+        self.config.timeout * 2 + Duration::from_secs(1)
     }
 
     /// The semaphore bounding `account`'s concurrent validations.

@@ -9,7 +9,7 @@ use hallmark::pki::Serial;
 
 use crate::support::*;
 
-fn hallmark(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn hallmark(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hallmark"));
     cmd.args(args)
         .current_dir(dir)
@@ -22,7 +22,7 @@ fn hallmark(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),

@@ -48,26 +48,8 @@ fn fresh_token(d: &Path) -> String {
     conf.display().to_string()
 }
 
-fn run(d: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hallmark"));
-    cmd.args(args)
-        .current_dir(d)
-        .env_remove("DATABASE_URL")
-        .env_remove("HALLMARK_ROOT_PASSPHRASE")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+/// The real binary, as the CLI tests run it.
+use crate::cli::{hallmark as run, text};
 
 /// Starts `serve` on fresh ports and waits for `/readyz`.
 fn start(d: &Path, env: &[(&str, &str)]) -> (Child, String, String) {
