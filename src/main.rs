@@ -88,7 +88,7 @@ enum Command {
         /// Validity in days [default: policy.default_validity_days]
         #[arg(long)]
         days: Option<u32>,
-        /// Certificate profile: server, server-client or shortlived (at most 7 days, no revocation information)
+        /// Certificate profile: server, server-client, shortlived (at most 7 days, no revocation information) or one configured under [profiles.NAME]
         #[arg(long, default_value = "server")]
         profile: String,
     },

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use crate::pki::net::{IpNet, PRIVATE_RANGES};
 use crate::pki::weak::Weakness;
 use crate::pki::{
-    Csr, Identifier, KeyType, NameConstraints, Profile, PublicKeyKind, UnverifiedCsr,
+    Csr, Identifier, KeyType, NameConstraints, Profile, PublicKeyKind, Shape, UnverifiedCsr,
 };
 
 /// At most this many names in one certificate.
@@ -86,15 +86,15 @@ impl Default for Policy {
     }
 }
 
-/// A certificate profile as policy offers it: a built-in shape (its
-/// extended key usages and whether it points to revocation data) with its
+/// A certificate profile as policy offers it: a shape (its extended key
+/// usages, key usages and whether it points to revocation data) with its
 /// own limits on validity and key types.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfileSpec {
     /// Its name (in REST orders, ACME newOrder, `hallmark sign`).
     pub name: String,
     /// The shape the certificate takes.
-    pub base: Profile,
+    pub shape: Shape,
     /// Its own longest validity (below the policy's and the base's).
     pub max_validity_days: Option<u32>,
     /// The subject key types it accepts (within `policy.key_types`); `None`:
@@ -109,7 +109,7 @@ impl ProfileSpec {
     pub fn builtin(base: Profile) -> ProfileSpec {
         ProfileSpec {
             name: base.as_str().to_owned(),
-            base,
+            shape: base.shape(),
             max_validity_days: None,
             key_types: None,
             description: base.description().to_owned(),
@@ -118,7 +118,7 @@ impl ProfileSpec {
 
     /// The longest validity it allows, below the policy's.
     pub fn cap(&self) -> Option<u32> {
-        match (self.base.max_validity_days(), self.max_validity_days) {
+        match (self.shape.max_validity_days(), self.max_validity_days) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }

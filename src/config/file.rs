@@ -388,15 +388,24 @@ pub struct FileConfig {
     pub profiles: std::collections::BTreeMap<String, ProfileSection>,
 }
 
-/// `[profiles.NAME]`: a profile made from a built-in one with its own
-/// limits.
+/// `[profiles.NAME]`: a profile made from a built-in one, with its own
+/// usages, revocation information and limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileSection {
-    /// The built-in profile it takes its shape from: `server`,
+    /// The built-in profile it starts from: `server` (the default),
     /// `server-client` (adds clientAuth) or `shortlived` (no revocation
     /// information, at most 7 days).
-    pub base: String,
+    pub base: Option<String>,
+    /// Its extended key usages: `serverAuth`, `clientAuth` or both
+    /// (replacing the base's).
+    pub extended_key_usages: Option<Vec<String>>,
+    /// Its key usages: `digitalSignature` (required), `keyEncipherment`
+    /// (set on RSA keys only), `keyAgreement` (set on EC keys only).
+    pub key_usages: Option<Vec<String>>,
+    /// Whether its certificates point to a CRL and OCSP; `false` makes
+    /// RFC 9608 short-lived certificates (noRevAvail, at most 7 days).
+    pub revocation_info: Option<bool>,
     /// Its longest validity (within `policy.max_validity_days`).
     pub max_validity_days: Option<u32>,
     /// The subject key types it accepts (within `policy.key_types`).

@@ -7,7 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::pki::net::IpNet;
-use crate::pki::{Identifier, KeyType, NameConstraints, Profile};
+use crate::pki::profile::{EXTENDED_KEY_USAGES, KEY_USAGES};
+use crate::pki::{Identifier, KeyType, NameConstraints, Profile, Shape};
 use crate::policy::{AllowedKey, Policy, ProfileSpec};
 
 /// The default data directory.
@@ -443,10 +444,22 @@ impl Config {
             }
             let base = section
                 .base
+                .as_deref()
+                .unwrap_or("server")
                 .parse::<Profile>()
                 .map_err(|e| invalid(format!("base: {e}")))?;
+            let shape = profile_shape(base.shape(), section).map_err(invalid)?;
             if section.max_validity_days == Some(0) {
                 return Err(invalid("max_validity_days must be at least 1".into()));
+            }
+            if let (Some(short), Some(days)) =
+                (shape.max_validity_days(), section.max_validity_days)
+            {
+                if days > short {
+                    return Err(invalid(format!(
+                        "max_validity_days is {days}, but a certificate without revocation information lives at most {short} days (RFC 9608)"
+                    )));
+                }
             }
             let own_key_types = match &section.key_types {
                 None => None,
@@ -468,13 +481,13 @@ impl Config {
             };
             profiles.push(ProfileSpec {
                 name: name.clone(),
-                base,
+                shape,
                 max_validity_days: section.max_validity_days,
                 key_types: own_key_types,
                 description: section
                     .description
                     .clone()
-                    .unwrap_or_else(|| format!("{} (from the {} profile)", name, base.as_str())),
+                    .unwrap_or_else(|| format!("{name}: {}", shape.summary())),
             });
         }
         let policy = Policy {
@@ -631,6 +644,64 @@ fn env_value(raw: &str) -> toml::Value {
 /// The commented configuration written into a new data directory.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../hallmark.example.toml");
 
+/// A configured profile's shape: its base's, with the usages and
+/// revocation information the section sets. The error is the reason.
+fn profile_shape(base: Shape, section: &file::ProfileSection) -> Result<Shape, String> {
+    let mut shape = base;
+    if let Some(ekus) = &section.extended_key_usages {
+        if ekus.is_empty() {
+            return Err("extended_key_usages needs serverAuth, clientAuth or both".into());
+        }
+        shape.server_auth = false;
+        shape.client_auth = false;
+        for eku in ekus {
+            let flag = match eku.as_str() {
+                "serverAuth" => &mut shape.server_auth,
+                "clientAuth" => &mut shape.client_auth,
+                other => {
+                    return Err(format!(
+                        "extended_key_usages: {other:?} is not one of {} (hallmark certifies validated names for TLS)",
+                        EXTENDED_KEY_USAGES.join(", ")
+                    ))
+                }
+            };
+            if std::mem::replace(flag, true) {
+                return Err(format!("extended_key_usages names {eku} twice"));
+            }
+        }
+    }
+    if let Some(usages) = &section.key_usages {
+        if !usages.iter().any(|u| u == "digitalSignature") {
+            return Err(
+                "key_usages must include digitalSignature (a TLS key signs its handshake)".into(),
+            );
+        }
+        shape.key_encipherment = false;
+        shape.key_agreement = false;
+        let mut seen = std::collections::BTreeSet::new();
+        for usage in usages {
+            match usage.as_str() {
+                "digitalSignature" => {}
+                "keyEncipherment" => shape.key_encipherment = true,
+                "keyAgreement" => shape.key_agreement = true,
+                other => {
+                    return Err(format!(
+                        "key_usages: {other:?} is not one of {}",
+                        KEY_USAGES.join(", ")
+                    ))
+                }
+            }
+            if !seen.insert(usage) {
+                return Err(format!("key_usages names {usage} twice"));
+            }
+        }
+    }
+    if let Some(revocation_info) = section.revocation_info {
+        shape.revocation_info = revocation_info;
+    }
+    Ok(shape)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -699,7 +770,7 @@ mod tests {
         let names: Vec<&str> = c.policy.profiles.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["server", "server-client", "shortlived", "device"]);
         let device = c.policy.profile("device").unwrap();
-        assert_eq!(device.base, Profile::ServerClient);
+        assert_eq!(device.shape, Profile::ServerClient.shape());
         assert_eq!(device.cap(), Some(30));
         let shortlived = c.policy.profile("shortlived").unwrap();
         assert_eq!(shortlived.cap(), Some(7));
@@ -718,11 +789,69 @@ mod tests {
                 "rsa2048 is not in policy.key_types",
             ),
             ("[profiles.x]\nbase = \"server\"\nmax_validity_days = 0\n", "at least 1"),
+            ("[profiles.x]\nextended_key_usages = []\n", "serverAuth, clientAuth or both"),
+            (
+                "[profiles.x]\nextended_key_usages = [\"codeSigning\"]\n",
+                "\"codeSigning\" is not one of serverAuth, clientAuth",
+            ),
+            (
+                "[profiles.x]\nextended_key_usages = [\"clientAuth\", \"clientAuth\"]\n",
+                "names clientAuth twice",
+            ),
+            (
+                "[profiles.x]\nkey_usages = [\"keyEncipherment\"]\n",
+                "must include digitalSignature",
+            ),
+            (
+                "[profiles.x]\nkey_usages = [\"digitalSignature\", \"keyCertSign\"]\n",
+                "\"keyCertSign\" is not one of",
+            ),
+            (
+                "[profiles.x]\nrevocation_info = false\nmax_validity_days = 30\n",
+                "max_validity_days is 30, but a certificate without revocation information lives at most 7 days",
+            ),
+            (
+                "[profiles.x]\nextended_key_usage = [\"clientAuth\"]\n",
+                "unknown field `extended_key_usage`, expected one of `base`, `extended_key_usages`",
+            ),
         ] {
             std::fs::write(dir.path().join(CONFIG_FILE_NAME), table).unwrap();
             let err = Config::load(None, dir.path(), env(&[])).unwrap_err().to_string();
-            assert!(err.contains("profiles") && err.contains(says), "{table}: {err}");
+            // Our own checks name the profile; serde names the field.
+            let named = err.contains("profiles.") || says.starts_with("unknown field");
+            assert!(named && err.contains(says), "{table}: {err}");
         }
+    }
+
+    #[test]
+    fn a_profile_chooses_its_own_usages_and_revocation_information() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "[profiles.mtls]\nextended_key_usages = [\"clientAuth\"]\nkey_usages = [\"digitalSignature\", \"keyAgreement\"]\nrevocation_info = false\n\n[profiles.plain]\n",
+        )
+        .unwrap();
+        let c = Config::load(None, dir.path(), env(&[])).unwrap();
+        let mtls = c.policy.profile("mtls").unwrap();
+        assert_eq!(
+            mtls.shape,
+            Shape {
+                server_auth: false,
+                client_auth: true,
+                key_encipherment: false,
+                key_agreement: true,
+                revocation_info: false,
+            }
+        );
+        assert_eq!(mtls.cap(), Some(7), "no revocation information: 7 days");
+        assert_eq!(
+            mtls.description,
+            "mtls: clientAuth; keyAgreement for EC keys; no revocation information (RFC 9608 noRevAvail), at most 7 days"
+        );
+        // No base: the server profile's shape.
+        let plain = c.policy.profile("plain").unwrap();
+        assert_eq!(plain.shape, Profile::Server.shape());
+        assert_eq!(plain.cap(), None);
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub use ca::{CaCertificate, IssuedCertificate, Issuer};
 pub use constraints::NameConstraints;
 pub use csr::{Csr, CsrError, PublicKeyKind, UnverifiedCsr};
 pub use key::{KeySigner, KeyType, PrivateKey};
-pub use profile::{Profile, Subject};
+pub use profile::{Profile, Shape, Subject};
 pub use serial::Serial;
 
 /// A name a certificate can be issued for.

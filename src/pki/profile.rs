@@ -67,29 +67,117 @@ impl Profile {
         }
     }
 
-    /// The longest validity this profile allows, below the policy's.
-    pub fn max_validity_days(self) -> Option<u32> {
+    /// The certificate this profile makes.
+    pub fn shape(self) -> Shape {
+        let server = Shape {
+            server_auth: true,
+            client_auth: false,
+            key_encipherment: true,
+            key_agreement: false,
+            revocation_info: true,
+        };
         match self {
-            Profile::ShortLived => Some(SHORT_LIVED_DAYS),
-            _ => None,
-        }
-    }
-
-    /// Whether certificates of this profile point to CRLs and OCSP.
-    pub fn revocation_info(self) -> bool {
-        self != Profile::ShortLived
-    }
-
-    fn extended_key_usages(self) -> Vec<ExtendedKeyUsagePurpose> {
-        match self {
-            Profile::Server | Profile::ShortLived => vec![ExtendedKeyUsagePurpose::ServerAuth],
-            Profile::ServerClient => vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
+            Profile::Server => server,
+            Profile::ServerClient => Shape {
+                client_auth: true,
+                ..server
+            },
+            Profile::ShortLived => Shape {
+                revocation_info: false,
+                ..server
+            },
         }
     }
 }
+
+/// What a leaf certificate carries beyond its names and key: its extended
+/// key usages, the key usages added to digitalSignature, and whether it
+/// points to revocation data. The built-in profiles are three shapes; a
+/// configured `[profiles.NAME]` may choose its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// EKU id-kp-serverAuth.
+    pub server_auth: bool,
+    /// EKU id-kp-clientAuth.
+    pub client_auth: bool,
+    /// keyUsage keyEncipherment, for RSA subject keys only (TLS 1.2 RSA
+    /// key transport; RFC 8813 forbids it for EC keys).
+    pub key_encipherment: bool,
+    /// keyUsage keyAgreement, for EC subject keys only (static ECDH).
+    pub key_agreement: bool,
+    /// CRL distribution point and OCSP URL; without them the certificate
+    /// carries noRevAvail (RFC 9608) and lives at most
+    /// [`SHORT_LIVED_DAYS`] days.
+    pub revocation_info: bool,
+}
+
+impl Shape {
+    /// The longest validity this shape allows, below the policy's.
+    pub fn max_validity_days(self) -> Option<u32> {
+        (!self.revocation_info).then_some(SHORT_LIVED_DAYS)
+    }
+
+    /// Whether certificates of this shape point to CRLs and OCSP.
+    pub fn revocation_info(self) -> bool {
+        self.revocation_info
+    }
+
+    /// What the shape makes, in words: "serverAuth, clientAuth; with CRL
+    /// and OCSP pointers".
+    pub fn summary(self) -> String {
+        let mut parts: Vec<&str> = Vec::new();
+        if self.server_auth {
+            parts.push("serverAuth");
+        }
+        if self.client_auth {
+            parts.push("clientAuth");
+        }
+        let mut out = parts.join(", ");
+        if self.key_encipherment {
+            out.push_str("; keyEncipherment for RSA keys");
+        }
+        if self.key_agreement {
+            out.push_str("; keyAgreement for EC keys");
+        }
+        out.push_str(if self.revocation_info {
+            "; with CRL and OCSP pointers"
+        } else {
+            "; no revocation information (RFC 9608 noRevAvail), at most 7 days"
+        });
+        out
+    }
+
+    fn extended_key_usages(self) -> Vec<ExtendedKeyUsagePurpose> {
+        let mut ekus = Vec::with_capacity(2);
+        if self.server_auth {
+            ekus.push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        if self.client_auth {
+            ekus.push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
+        ekus
+    }
+
+    /// digitalSignature, and keyEncipherment (RSA) or keyAgreement (EC)
+    /// where the shape asks for it.
+    fn key_usages(self, key_is_rsa: bool) -> Vec<KeyUsagePurpose> {
+        let mut usages = vec![KeyUsagePurpose::DigitalSignature];
+        if key_is_rsa && self.key_encipherment {
+            usages.push(KeyUsagePurpose::KeyEncipherment);
+        }
+        if !key_is_rsa && self.key_agreement {
+            usages.push(KeyUsagePurpose::KeyAgreement);
+        }
+        usages
+    }
+}
+
+/// The extended key usages a profile may name: hallmark certifies
+/// validated DNS names and IP addresses, for TLS.
+pub const EXTENDED_KEY_USAGES: [&str; 2] = ["serverAuth", "clientAuth"];
+
+/// The key usages a profile may name (digitalSignature is always set).
+pub const KEY_USAGES: [&str; 3] = ["digitalSignature", "keyEncipherment", "keyAgreement"];
 
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -178,8 +266,8 @@ pub struct LeafRequest<'a> {
     pub identifiers: &'a [Identifier],
     /// Subject details.
     pub subject: &'a Subject,
-    /// The profile.
-    pub profile: Profile,
+    /// The certificate's shape (from its profile).
+    pub shape: Shape,
     /// A fresh serial.
     pub serial: Serial,
     /// Issuance time.
@@ -257,15 +345,8 @@ pub(crate) fn leaf_params(
     params.not_before = req.not_before();
     params.not_after = req.not_after();
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = if req.key_is_rsa {
-        vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ]
-    } else {
-        vec![KeyUsagePurpose::DigitalSignature]
-    };
-    params.extended_key_usages = req.profile.extended_key_usages();
+    params.key_usages = req.shape.key_usages(req.key_is_rsa);
+    params.extended_key_usages = req.shape.extended_key_usages();
     params.use_authority_key_identifier_extension = true;
     params.subject_alt_names = req
         .identifiers
@@ -304,7 +385,7 @@ pub(crate) fn leaf_params(
         dn.push(DnType::CommonName, cn);
     }
     params.distinguished_name = dn;
-    if req.profile.revocation_info() {
+    if req.shape.revocation_info() {
         params.crl_distribution_points = vec![CrlDistributionPoint {
             uris: vec![urls.crl_partition(req.crl_partition)],
         }];
@@ -396,6 +477,18 @@ fn der_oid(arcs: &[u64]) -> Vec<u8> {
     der_tlv(0x06, &body)
 }
 
+/// Whether a certificate says it has no revocation information (RFC 9608
+/// noRevAvail): what its renewal window is decided by, whatever profile
+/// made it.
+pub fn without_revocation_info(der: &[u8]) -> bool {
+    use x509_parser::prelude::FromDer;
+    X509Certificate::from_der(der).is_ok_and(|(_, cert)| {
+        cert.extensions()
+            .iter()
+            .any(|e| e.oid.to_id_string() == "2.5.29.56")
+    })
+}
+
 /// What the pre-signing check compares the to-be-signed certificate with.
 pub(crate) struct Expected<'a> {
     pub req: &'a LeafRequest<'a>,
@@ -456,24 +549,27 @@ pub(crate) fn check_leaf(
                 }
             }
             ParsedExtension::KeyUsage(ku) => {
-                let want_encipher = exp.req.key_is_rsa;
+                let rsa = exp.req.key_is_rsa;
+                let shape = exp.req.shape;
                 if !ext.critical
                     || !ku.digital_signature()
-                    || ku.key_encipherment() != want_encipher
+                    || ku.key_encipherment() != (rsa && shape.key_encipherment)
+                    || ku.key_agreement() != (!rsa && shape.key_agreement)
                     || ku.key_cert_sign()
                     || ku.crl_sign()
                     || ku.non_repudiation()
                     || ku.data_encipherment()
-                    || ku.key_agreement()
+                    || ku.encipher_only()
+                    || ku.decipher_only()
                 {
                     return bad(format!("keyUsage {ku} is not the profile's"));
                 }
             }
             ParsedExtension::ExtendedKeyUsage(eku) => {
-                let want_client = exp.req.profile == Profile::ServerClient;
+                let shape = exp.req.shape;
                 if ext.critical
-                    || !eku.server_auth
-                    || eku.client_auth != want_client
+                    || eku.server_auth != shape.server_auth
+                    || eku.client_auth != shape.client_auth
                     || eku.any
                     || eku.code_signing
                     || eku.email_protection
@@ -516,7 +612,7 @@ pub(crate) fn check_leaf(
                     return bad("authorityKeyIdentifier differs from the issuer's key id".into());
                 }
             }
-            ParsedExtension::CRLDistributionPoints(_) if !exp.req.profile.revocation_info() => {
+            ParsedExtension::CRLDistributionPoints(_) if !exp.req.shape.revocation_info() => {
                 return bad("a certificate without revocation information names a CRL".into());
             }
             ParsedExtension::CRLDistributionPoints(cdp) => {
@@ -548,14 +644,14 @@ pub(crate) fn check_leaf(
                     .urls
                     .ocsp
                     .as_deref()
-                    .filter(|_| exp.req.profile.revocation_info());
+                    .filter(|_| exp.req.shape.revocation_info());
                 if ocsp != want_ocsp || issuers != Some(exp.urls.ca_issuers.as_str()) {
                     return bad(
                         "authorityInfoAccess is not the issuer's OCSP and caIssuers URLs".into(),
                     );
                 }
             }
-            _ if ext.oid.to_id_string() == "2.5.29.56" && !exp.req.profile.revocation_info() => {
+            _ if ext.oid.to_id_string() == "2.5.29.56" && !exp.req.shape.revocation_info() => {
                 if ext.critical || ext.value != [0x05, 0x00] {
                     return bad("noRevAvail must be a non-critical NULL".into());
                 }
@@ -563,7 +659,7 @@ pub(crate) fn check_leaf(
             _ => return bad(format!("unexpected extension {}", ext.oid)),
         }
     }
-    if !exp.req.profile.revocation_info() && !seen.contains("2.5.29.56") {
+    if !exp.req.shape.revocation_info() && !seen.contains("2.5.29.56") {
         return bad("noRevAvail is missing".into());
     }
     for (oid, name) in [
@@ -576,7 +672,7 @@ pub(crate) fn check_leaf(
         ("2.5.29.31", "cRLDistributionPoints"),
         ("1.3.6.1.5.5.7.1.1", "authorityInfoAccess"),
     ] {
-        if oid == "2.5.29.31" && !exp.req.profile.revocation_info() {
+        if oid == "2.5.29.31" && !exp.req.shape.revocation_info() {
             continue;
         }
         if !seen.contains(oid) {
@@ -608,6 +704,100 @@ mod tests {
             der_oid(&[1, 2, 840, 113549]),
             vec![0x06, 0x06, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d]
         );
+    }
+
+    /// A leaf of `made` shape, checked as if its profile were `expected`.
+    fn check_shapes(made: Shape, expected: Shape, key_is_rsa: bool) -> Result<(), ProfileError> {
+        use x509_parser::prelude::FromDer;
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "test CA");
+        let ca_der = ca.self_signed(&ca_key).unwrap().der().to_vec();
+        let (_, ca_cert) = X509Certificate::from_der(&ca_der).unwrap();
+        let ca_key_id = ca_cert
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+                _ => None,
+            })
+            .unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_der(&ca_der.clone().into(), ca_key).unwrap();
+        // The usages follow `key_is_rsa`; the key itself is not looked at.
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&leaf_key);
+        let identifiers = [Identifier::Dns("web.internal".into())];
+        let urls = IssuerUrls {
+            crl: "http://ca.internal/crl/i.crl".into(),
+            ocsp: Some("http://ca.internal/ocsp".into()),
+            ca_issuers: "http://ca.internal/ca/i.crt".into(),
+        };
+        let mut req = LeafRequest {
+            spki_der: &spki,
+            key_is_rsa,
+            identifiers: &identifiers,
+            subject: &Subject::default(),
+            shape: made,
+            serial: Serial::random(&mut rand::thread_rng()),
+            now: OffsetDateTime::now_utc(),
+            validity_days: 7,
+            not_after: None,
+            crl_partition: 0,
+        };
+        let params = leaf_params(&req, &urls).unwrap();
+        let der = params.signed_by(&leaf_key, &issuer).unwrap().der().to_vec();
+        let (_, leaf) = X509Certificate::from_der(&der).unwrap();
+        req.shape = expected;
+        check_leaf(
+            &leaf,
+            &Expected {
+                req: &req,
+                issuer_subject_raw: ca_cert.subject().as_raw(),
+                issuer_key_id: &ca_key_id,
+                urls: &urls,
+                max_validity_days: 90,
+            },
+        )
+    }
+
+    #[test]
+    fn the_pre_signing_check_holds_a_leaf_to_its_shape_exactly() {
+        let server = Profile::Server.shape();
+        let shapes = [
+            server,
+            Profile::ServerClient.shape(),
+            Profile::ShortLived.shape(),
+            Shape {
+                server_auth: false,
+                client_auth: true,
+                ..server
+            },
+            Shape {
+                key_agreement: true,
+                ..server
+            },
+            Shape {
+                key_encipherment: false,
+                ..server
+            },
+        ];
+        for (i, made) in shapes.iter().enumerate() {
+            for (j, expected) in shapes.iter().enumerate() {
+                // keyAgreement shows on EC keys, keyEncipherment on RSA ones.
+                for rsa in [false, true] {
+                    let result = check_shapes(*made, *expected, rsa);
+                    let same_on_this_key = i == j
+                        || (rsa && i.max(j) == 4 && i.min(j) == 0)
+                        || (!rsa && i.max(j) == 5 && i.min(j) == 0);
+                    assert_eq!(
+                        result.is_ok(),
+                        same_on_this_key,
+                        "made {made:?}, expected {expected:?}, rsa {rsa}: {result:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

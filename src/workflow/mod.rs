@@ -22,10 +22,10 @@ use time::OffsetDateTime;
 
 use crate::pki::profile::LeafRequest;
 use crate::pki::{
-    CaCertificate, Csr, Identifier, IssuedCertificate, Issuer, Profile, Serial, Subject,
+    CaCertificate, Csr, Identifier, IssuedCertificate, Issuer, Profile, Serial, Shape, Subject,
     UnverifiedCsr,
 };
-use crate::policy::Policy;
+use crate::policy::{Policy, ProfileSpec};
 use crate::store::{AuditEvent, Issuance, IssuanceOrder, NewCertificate, OrderStatus, Store};
 
 /// Unix seconds as RFC 3339 UTC (`2026-01-02T03:04:05Z`).
@@ -196,11 +196,10 @@ impl Authority {
         let validity_days = self
             .policy
             .validity_days_within(options.validity_days, spec.cap())?;
-        let profile = spec.base;
         self.issue(
             checked.issue_request(
                 &options.subject,
-                profile,
+                spec,
                 validity_days,
                 options.account_id,
                 actor,
@@ -225,7 +224,8 @@ impl Authority {
                 key_is_rsa: false,
                 identifiers,
                 subject: &Subject::default(),
-                profile: Profile::Server,
+                profile: Profile::Server.as_str(),
+                shape: Profile::Server.shape(),
                 validity_days,
                 not_after: None,
                 account_id: None,
@@ -254,7 +254,7 @@ impl Authority {
             key_is_rsa: req.key_is_rsa,
             identifiers: req.identifiers,
             subject: req.subject,
-            profile: req.profile,
+            shape: req.shape,
             serial,
             now: req.now,
             validity_days: req.validity_days,
@@ -284,7 +284,7 @@ impl Authority {
             details: serde_json::json!({
                 "issuer": self.issuer.certificate().id(),
                 "names": names,
-                "profile": req.profile.as_str(),
+                "profile": req.profile,
                 "not_after": cert.not_after.unix_timestamp(),
                 "order": order_id,
             }),
@@ -307,7 +307,7 @@ impl Authority {
                     order_id,
                     subject: cert.subject.clone(),
                     identifiers: names,
-                    profile: req.profile.as_str().to_owned(),
+                    profile: req.profile.to_owned(),
                     requested_by: req.actor.to_owned(),
                     not_before: cert.not_before,
                     not_after: cert.not_after,
@@ -342,7 +342,7 @@ impl CheckedCsr {
     pub(crate) fn issue_request<'a>(
         &'a self,
         subject: &'a Subject,
-        profile: Profile,
+        profile: &'a ProfileSpec,
         validity_days: u32,
         account_id: Option<String>,
         actor: &'a str,
@@ -352,7 +352,8 @@ impl CheckedCsr {
             key_is_rsa: self.csr.key().is_rsa(),
             identifiers: &self.identifiers,
             subject,
-            profile,
+            profile: &profile.name,
+            shape: profile.shape,
             validity_days,
             not_after: None,
             account_id,
@@ -368,7 +369,9 @@ pub(crate) struct IssueRequest<'a> {
     pub key_is_rsa: bool,
     pub identifiers: &'a [Identifier],
     pub subject: &'a Subject,
-    pub profile: Profile,
+    /// The profile's name, recorded with the certificate.
+    pub profile: &'a str,
+    pub shape: Shape,
     pub validity_days: u32,
     pub not_after: Option<OffsetDateTime>,
     pub account_id: Option<String>,

@@ -25,7 +25,7 @@ fn leaf(issuer: &Issuer, ids: &[Identifier]) -> (String, String) {
                 key_is_rsa: false,
                 identifiers: ids,
                 subject: &Subject::default(),
-                profile: Profile::Server,
+                shape: Profile::Server.shape(),
                 serial: Serial::random(&mut rand::thread_rng()),
                 now: OffsetDateTime::now_utc(),
                 validity_days: 30,

@@ -284,3 +284,124 @@ async fn a_configured_profile_narrows_validity_and_key_types_and_is_announced() 
     assert_eq!(status, StatusCode::CREATED, "{p}");
     lab.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_profile_chooses_its_usages_and_leaves_out_revocation_information() {
+    let backend = backends().remove(0);
+    let lab = DvLab::new(
+        backend,
+        &[(
+            "HALLMARK_PROFILES__MTLS",
+            r#"{ extended_key_usages = ["clientAuth"], key_usages = ["digitalSignature", "keyAgreement"], revocation_info = false }"#.into(),
+        )],
+    )
+    .await;
+    let dir = lab.ca.dir.path().to_owned();
+    std::fs::write(dir.join("root.pem"), &lab.running.root_pem).unwrap();
+    std::fs::write(
+        dir.join("chain.pem"),
+        lab.running.authority.issuer().certificate().pem(),
+    )
+    .unwrap();
+    let key = lab.account("mesh", Role::Requester).await;
+
+    // One issuance per key type under the profile: its certificate, parsed.
+    let issue = |pem: String, file: &'static str| {
+        let lab = &lab;
+        let key = &key;
+        let dir = dir.clone();
+        async move {
+            let (status, order) = lab
+                .post(
+                    key,
+                    "/orders",
+                    json!({"csr": pem, "validation": "dv", "profile": "mtls"}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{order}");
+            assert_eq!(
+                order["validity_days"], 7,
+                "no revocation information: 7 days"
+            );
+            if order["status"] != "valid" {
+                lab.answer_http01(key, &order).await;
+            }
+            let done = lab.settle(key, order["id"].as_str().unwrap()).await;
+            assert_eq!(done["status"], "valid", "{done}");
+            let serial = done["certificate_serial"].as_str().unwrap();
+            let (_, cert) = lab.get(key, &format!("/certificates/{serial}")).await;
+            assert_eq!(cert["profile"], "mtls", "the configured name is recorded");
+            let pem = cert["certificate_pem"].as_str().unwrap().to_owned();
+            std::fs::write(dir.join(file), &pem).unwrap();
+            hallmark::pki::pem_decode_all(&pem, "CERTIFICATE").remove(0)
+        }
+    };
+
+    let ec = issue(
+        csr(&dir, "m", "web.internal", "DNS:web.internal"),
+        "mtls.pem",
+    )
+    .await;
+    let (_, cert) = X509Certificate::from_der(&ec).unwrap();
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(
+        eku.client_auth && !eku.server_auth,
+        "clientAuth only: {eku:?}"
+    );
+    let ku = cert.key_usage().unwrap().unwrap().value;
+    assert!(
+        ku.digital_signature() && ku.key_agreement() && !ku.key_encipherment(),
+        "{ku}"
+    );
+    let oids: Vec<String> = cert
+        .extensions()
+        .iter()
+        .map(|e| e.oid.to_id_string())
+        .collect();
+    assert!(oids.contains(&"2.5.29.56".into()), "noRevAvail: {oids:?}");
+    assert!(!oids.contains(&"2.5.29.31".into()), "no CRL DP: {oids:?}");
+    let text = openssl(&dir, &["x509", "-in", "mtls.pem", "-noout", "-text"]);
+    assert!(!text.contains("OCSP - URI"), "{text}");
+    // A TLS client certificate, not a server one, to openssl.
+    let verify = |purpose: &str| {
+        std::process::Command::new("openssl")
+            .args(["verify", "-CAfile", "root.pem", "-untrusted", "chain.pem"])
+            .args(["-purpose", purpose, "mtls.pem"])
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    assert!(verify("sslclient").status.success());
+    let server = verify("sslserver");
+    assert!(
+        !server.status.success(),
+        "{}",
+        String::from_utf8_lossy(&server.stdout)
+    );
+    if let Some((_, out)) = pkilint(
+        &dir,
+        "lint_pkix_cert",
+        &["lint", "-s", "WARNING", "mtls.pem"],
+    ) {
+        assert!(out.trim().is_empty(), "pkilint:\n{out}");
+    }
+
+    // keyAgreement is for EC keys: an RSA key gets digitalSignature alone
+    // (the profile asked for no keyEncipherment).
+    let rsa = String::from_utf8(openssl_csr(
+        &dir,
+        "rsa",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        "/CN=web.internal",
+        Some("DNS:web.internal"),
+    ))
+    .unwrap();
+    let der = issue(rsa, "mtls-rsa.pem").await;
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    let ku = cert.key_usage().unwrap().unwrap().value;
+    assert!(
+        ku.digital_signature() && !ku.key_agreement() && !ku.key_encipherment(),
+        "{ku}"
+    );
+    lab.finish().await;
+}

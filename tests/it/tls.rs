@@ -54,7 +54,7 @@ fn chain_at(
                 key_is_rsa: false,
                 identifiers: &ids,
                 subject: &Subject::default(),
-                profile: Profile::Server,
+                shape: Profile::Server.shape(),
                 serial: Serial::random(&mut rng),
                 now: issued,
                 validity_days: days,

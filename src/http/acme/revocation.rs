@@ -163,7 +163,7 @@ pub(super) async fn renewal_info(
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let (start, end) = if cert.revoked_at.is_some() {
             (now - 2 * 3600, now - 3600)
-        } else if cert.profile == crate::pki::Profile::ShortLived.as_str() {
+        } else if crate::pki::profile::without_revocation_info(&cert.der) {
             // A short-lived certificate cannot be revoked in any way a
             // client would notice (RFC 9608), so it is renewed early: from
             // half its life to two thirds.

@@ -21,7 +21,7 @@ impl Orders {
         let spec = policy.profile(request.profile.as_deref().unwrap_or("server"))?;
         policy.check_profile_key(spec, checked.csr.key())?;
         let validity_days = policy.validity_days_within(request.validity_days, spec.cap())?;
-        let (profile, profile_name) = (spec.base, spec.name.clone());
+        let profile_name = spec.name.clone();
         let organization = match (request.validation, request.organization) {
             (Validation::Ov, Some(org)) => Some(check_organization(org)?),
             (Validation::Ov, None) => {
@@ -88,7 +88,7 @@ impl Orders {
                             now,
                             ..checked.issue_request(
                                 &subject,
-                                profile,
+                                spec,
                                 validity_days,
                                 Some(caller.account_id.clone()),
                                 &actor,

@@ -186,7 +186,6 @@ impl Orders {
         let policy = self.authority.policy();
         let spec = policy.profile(&order.profile)?;
         policy.check_profile_key(spec, checked.csr.key())?;
-        let profile = spec.base;
         let organization = match order.validation {
             Validation::Ov => order.organization.clone(),
             Validation::Dv => None,
@@ -195,7 +194,7 @@ impl Orders {
         let actor = account_actor(&order.account_id);
         let mut request = checked.issue_request(
             &subject,
-            profile,
+            spec,
             validity_days,
             Some(order.account_id.clone()),
             &actor,
