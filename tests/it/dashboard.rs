@@ -268,6 +268,14 @@ async fn reviewers_approve_and_reject_revoke_and_user_text_is_escaped() {
         let detail = rita.get(&format!("/admin/requests/{bad}")).await;
         assert!(!detail.body.contains(evil));
         assert!(detail.body.contains("ECDSA P-256") && detail.body.contains("ov.internal"));
+        // The reviewer sees what the certificate will be: its profile.
+        assert!(
+            detail
+                .body
+                .contains("<code>server</code> — TLS server certificate (serverAuth)"),
+            "{}",
+            detail.body
+        );
 
         // Approve one: the certificate is issued with the organisation.
         let token = detail.csrf();

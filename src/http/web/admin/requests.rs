@@ -125,6 +125,9 @@ pub(super) struct RequestPage {
     csr_names: Vec<String>,
     csr_key: String,
     csr_signature: String,
+    profile: String,
+    /// What the profile makes (empty if it is no longer configured).
+    profile_description: String,
     organization: Vec<(&'static str, String)>,
     authorizations: Vec<AuthzLine>,
     error: String,
@@ -187,6 +190,13 @@ pub(super) async fn request_detail(
         csr_signature: csr
             .as_ref()
             .map(|c| c.signature_algorithm().to_owned())
+            .unwrap_or_default(),
+        profile: o.profile.clone(),
+        profile_description: state
+            .authority
+            .policy()
+            .profile(&o.profile)
+            .map(|p| p.description.clone())
             .unwrap_or_default(),
         organization,
         authorizations: bundle
