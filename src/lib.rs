@@ -6,6 +6,7 @@
 //! they bound (port 0 in tests).
 
 pub mod acme_error;
+pub mod backup;
 pub mod client;
 pub mod config;
 pub mod datadir;

@@ -121,6 +121,19 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Write a consistent backup of this CA into a new or empty directory:
+    /// ca/, the configuration file, and a snapshot of the database (SQLite
+    /// VACUUM INTO, or pg_dump) taken while the service runs
+    Backup {
+        /// Where to write it
+        dir: PathBuf,
+    },
+    /// Restore a backup into an empty data directory (--data-dir) and an
+    /// empty database; CRL numbers move up to the restore time
+    Restore {
+        /// The backup directory (`hallmark backup DIR`)
+        dir: PathBuf,
+    },
     /// Get a DV certificate from a hallmark server: make a key and CSR,
     /// prove control of the names, and write key.pem, cert.pem, chain.pem
     /// and fullchain.pem
@@ -323,6 +336,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         for path in written {
             println!("wrote {}", path.display());
         }
+        return Ok(());
+    }
+    if let Command::Restore { dir } = &cli.command {
+        let restored = hallmark::backup::restore(
+            dir,
+            &cli.data_dir,
+            cli.config.as_deref(),
+            std::env::vars(),
+            &operator(),
+        )
+        .await?;
+        println!(
+            "restored the backup of {} ({}) into {}: certificates {}; audit log verified, {} records; CRL numbers continue above {}",
+            restored.manifest.created_at,
+            restored.manifest.store,
+            cli.data_dir.display(),
+            restored.certificates,
+            restored.audit_records,
+            restored.crl_number_floor,
+        );
         return Ok(());
     }
     let mut config = Config::load(cli.config.as_deref(), &cli.data_dir, std::env::vars())?;
@@ -602,6 +635,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Backup { dir } => {
+            let config_file = cli
+                .config
+                .clone()
+                .unwrap_or_else(|| cli.data_dir.join(hallmark::config::CONFIG_FILE_NAME));
+            let manifest = hallmark::backup::backup(&config, &config_file, &dir).await?;
+            println!(
+                "backed up {} files ({} database) into {} at {}",
+                manifest.files.len(),
+                manifest.store,
+                dir.display(),
+                manifest.created_at
+            );
+            Ok(())
+        }
+        Command::Restore { .. } => unreachable!("handled above"),
         Command::Audit {
             command: AuditCommand::Verify,
         } => {

@@ -248,4 +248,10 @@ pub trait CertificateWrites: Send + Sync + 'static {
         sign: &mut (dyn FnMut(i64) -> std::result::Result<Vec<u8>, String> + Send),
         event: AuditEvent,
     ) -> Result<Option<CrlRecord>>;
+
+    /// Moves every issuer's CRL number up to at least `floor` (never
+    /// down), with its audit record, in one transaction: after a restore,
+    /// no CRL number the old instance may have published since the backup
+    /// is used again. Returns how many counters moved.
+    async fn raise_crl_numbers(&self, floor: i64, event: AuditEvent) -> Result<u64>;
 }

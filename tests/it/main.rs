@@ -8,6 +8,7 @@ mod acme_lego;
 mod acme_protocol;
 mod api;
 mod authz;
+mod backup;
 mod browser;
 mod caa;
 mod cli;

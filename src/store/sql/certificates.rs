@@ -490,6 +490,21 @@ where
         Ok(())
     }
 
+    async fn raise_crl_numbers(&self, floor: i64, event: AuditEvent) -> Result<u64> {
+        let mut tx = self.write.begin().await?;
+        let head = Self::lock_audit(&mut tx).await?;
+        let moved: Vec<(String,)> = sqlx::query_as(
+            "INSERT INTO crl_numbers (issuer_id, last_number) SELECT id, $1 FROM issuers WHERE true \
+             ON CONFLICT (issuer_id) DO UPDATE SET last_number = $1 \
+             WHERE crl_numbers.last_number < $1 RETURNING issuer_id",
+        )
+        .bind(floor)
+        .fetch_all(&mut *tx)
+        .await?;
+        Self::commit_audited(tx, head, &[&event]).await?;
+        Ok(moved.len() as u64)
+    }
+
     async fn revoke_certificate(&self, rev: &Revocation, event: AuditEvent) -> Result<()> {
         use StoreError;
         let mut tx = self.write.begin().await?;
