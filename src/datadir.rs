@@ -781,6 +781,18 @@ pub fn load_root_cert(layout: &Layout) -> Result<CaCertificate, DataDirError> {
     Ok(CaCertificate::from_der("root", der)?)
 }
 
+/// Reads the issuing intermediate's certificate alone (no key), if the
+/// data directory has one.
+pub fn load_issuing_cert(layout: &Layout) -> Result<Option<CaCertificate>, DataDirError> {
+    if !layout.issuing_cert().exists() {
+        return Ok(None);
+    }
+    let der = read_cert(&layout.issuing_cert())?;
+    let cert = CaCertificate::from_der("", der)?;
+    let id = ca::intermediate_id(cert.key_id());
+    Ok(Some(CaCertificate::from_der(id, cert.der().to_vec())?))
+}
+
 /// Reads the issuing intermediate and opens its key (file or token).
 pub fn load_issuer(layout: &Layout, config: &Config) -> Result<Issuer, DataDirError> {
     let public_http_url = config.public_http_url.as_str();

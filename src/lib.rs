@@ -17,6 +17,7 @@ pub mod pkcs11;
 pub mod pki;
 pub mod policy;
 pub mod service;
+pub mod status;
 pub mod store;
 pub mod validation;
 pub mod words;

@@ -121,6 +121,26 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Check a configuration file (and, if this data directory holds a CA,
+    /// that its intermediate's name constraints cover it); exits non-zero
+    /// with the key named
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Issuers and their expiry, certificates and orders by state, CRL
+    /// freshness, the database and the audit log; exits 1 when something
+    /// needs an operator
+    Status {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
     /// Write a consistent backup of this CA into a new or empty directory:
     /// ca/, the configuration file, and a snapshot of the database (SQLite
     /// VACUUM INTO, or pg_dump) taken while the service runs
@@ -138,6 +158,15 @@ enum Command {
     /// prove control of the names, and write key.pem, cert.pem, chain.pem
     /// and fullchain.pem
     Request(hallmark::client::RequestOptions),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file with the HALLMARK_* variables over it
+    Check {
+        /// The file [default: --config, else <data-dir>/hallmark.toml]
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -338,6 +367,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "hallmark", &mut script);
+        use std::io::Write;
+        return match std::io::stdout().write_all(&script) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other.context("writing the completion script"),
+        };
+    }
+    if let Command::Config {
+        command: ConfigCommand::Check { file },
+    } = &cli.command
+    {
+        return config_check(file.as_deref().or(cli.config.as_deref()), &cli.data_dir);
+    }
     if let Command::Restore { dir } = &cli.command {
         let restored = hallmark::backup::restore(
             dir,
@@ -404,7 +449,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else if root_only {
                 init_root_only(&config)
             } else {
-                init(&config, true)
+                let passphrase = init(&config, true)?;
+                publish_first_crls(&config, &passphrase).await
             }
         }
         Command::Root { command } => root_command(&config, command),
@@ -650,7 +696,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Restore { .. } => unreachable!("handled above"),
+        Command::Status { json } => {
+            let store = hallmark::store::connect(&config.database_url).await?;
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            let status = hallmark::status::gather(&config, store.as_ref(), now).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.text());
+            }
+            if status.problems.is_empty() {
+                Ok(())
+            } else {
+                bail!(
+                    "{} problem{} (listed above)",
+                    status.problems.len(),
+                    if status.problems.len() == 1 { "" } else { "s" }
+                )
+            }
+        }
+        Command::Restore { .. } | Command::Completions { .. } | Command::Config { .. } => {
+            unreachable!("handled above")
+        }
         Command::Audit {
             command: AuditCommand::Verify,
         } => {
@@ -663,6 +730,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `hallmark config check`: the file with the environment over it, as
+/// `serve` would read it, and the CA's name constraints if there is one.
+fn config_check(file: Option<&std::path::Path>, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let shown = file.map_or_else(
+        || data_dir.join(hallmark::config::CONFIG_FILE_NAME),
+        std::path::Path::to_path_buf,
+    );
+    if file.is_some_and(|f| !f.is_file()) {
+        bail!("{} does not exist", shown.display());
+    }
+    let config = Config::load(file, data_dir, std::env::vars())?;
+    let layout = Layout::new(data_dir);
+    let constraints = match datadir::load_issuing_cert(&layout)? {
+        Some(cert) => match cert.name_constraints() {
+            Some(c) => {
+                if let Some((setting, value)) = config.outside_constraints(c) {
+                    bail!(
+                        "{setting} includes {value}, which the issuing intermediate {} does not permit (it permits {}); hallmark serve would refuse to start",
+                        cert.id(),
+                        c.describe()
+                    );
+                }
+                format!("within the name constraints of {}", cert.id())
+            }
+            None => format!("{} has no name constraints", cert.id()),
+        },
+        None => "no CA in this data directory yet".into(),
+    };
+    let profiles: Vec<&str> = config
+        .policy
+        .profiles
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    println!(
+        "{}: valid; database {}; profiles {}; {constraints}",
+        if shown.is_file() {
+            shown.display().to_string()
+        } else {
+            format!(
+                "{} (absent: defaults and HALLMARK_* variables)",
+                shown.display()
+            )
+        },
+        hallmark::store::redact_url(&config.database_url),
+        profiles.join(", "),
+    );
+    Ok(())
 }
 
 /// The audit actor for a CLI command: the operator's login name.
@@ -736,7 +853,8 @@ fn root_passphrase(confirm: bool) -> anyhow::Result<Zeroizing<String>> {
     Ok(first)
 }
 
-fn init(config: &Config, explicit: bool) -> anyhow::Result<()> {
+/// Creates the CA; returns the root passphrase, for the first root CRL.
+fn init(config: &Config, explicit: bool) -> anyhow::Result<Zeroizing<String>> {
     let layout = Layout::new(&config.data_dir);
     if layout.has_ca() && explicit {
         return Err(datadir::DataDirError::AlreadyInitialised(config.data_dir.clone()).into());
@@ -786,6 +904,33 @@ fn init(config: &Config, explicit: bool) -> anyhow::Result<()> {
         }
     } else {
         println!("  issuing key   {} (0600)", layout.issuing_key().display());
+    }
+    Ok(passphrase)
+}
+
+/// Publishes the root's first CRL (a year long, `crl.root_validity_days`)
+/// and the issuing CA's, right after `init`, so the CRL the intermediate's
+/// distribution point names exists from the start.
+async fn publish_first_crls(config: &Config, passphrase: &str) -> anyhow::Result<()> {
+    let authority = hallmark::service::open_authority(config).await?;
+    let crls = CrlPublisher::new(authority.clone(), config.crl.clone());
+    crls.refresh().await?;
+    let root_issuer = datadir::load_root_issuer(
+        &Layout::new(&config.data_dir),
+        config,
+        passphrase.as_bytes(),
+    )?;
+    let mut done = vec![
+        crls.generate_root(root_issuer.key().as_ref(), "system")
+            .await?,
+    ];
+    done.extend(crls.generate_every_by("system").await?);
+    for g in done {
+        println!(
+            "  published     {} (next update {})",
+            CrlKind::of(&g.record).file_name(&g.record.issuer_id),
+            hallmark::workflow::rfc3339(g.record.next_update)
+        );
     }
     Ok(())
 }
@@ -1004,7 +1149,8 @@ fn install_intermediate(
 async fn serve(config: Config) -> anyhow::Result<()> {
     if !Layout::new(&config.data_dir).has_ca() {
         println!("No CA in {} yet; creating one.", config.data_dir.display());
-        init(&config, false)?;
+        let passphrase = init(&config, false)?;
+        publish_first_crls(&config, &passphrase).await?;
     }
     let https = tokio::net::TcpListener::bind(config.https_listen)
         .await

@@ -291,13 +291,21 @@ impl Config {
             };
             section_table.insert(key, env_value(&value));
         }
-        let file: FileConfig =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
+        // Through serde_path_to_error, so a wrong value names its key
+        // ("policy.max_validity_days: invalid type …").
+        let file: FileConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e: serde_path_to_error::Error<toml::de::Error>| {
+                let key = e.path().to_string();
+                let message = e.inner().message().to_owned();
+                ConfigError::Parse {
                     source_name: format!("{} and HALLMARK_* variables", path.display()),
-                    reason: e.message().to_owned(),
-                })?;
+                    reason: if key == "." || key.is_empty() {
+                        message
+                    } else {
+                        format!("{key}: {message}")
+                    },
+                }
+            })?;
         Self::validate(file, data_dir, database_url)
     }
 
@@ -812,14 +820,16 @@ mod tests {
             ),
             (
                 "[profiles.x]\nextended_key_usage = [\"clientAuth\"]\n",
-                "unknown field `extended_key_usage`, expected one of `base`, `extended_key_usages`",
+                "profiles.x.extended_key_usage: unknown field `extended_key_usage`, expected one of `base`, `extended_key_usages`",
             ),
         ] {
             std::fs::write(dir.path().join(CONFIG_FILE_NAME), table).unwrap();
             let err = Config::load(None, dir.path(), env(&[])).unwrap_err().to_string();
-            // Our own checks name the profile; serde names the field.
-            let named = err.contains("profiles.") || says.starts_with("unknown field");
-            assert!(named && err.contains(says), "{table}: {err}");
+            assert!(
+                err.contains("profiles.x") || err.contains("profiles.server") || err.contains("profiles.Bad"),
+                "the key is named: {err}"
+            );
+            assert!(err.contains(says), "{table}: {err}");
         }
     }
 

@@ -110,7 +110,8 @@ async fn hallmark_sign_prints_a_chain_openssl_accepts_and_records_it() {
             .any(|r| r.action == "certificate.issue" && r.subject == serial.to_hex()));
         let out = hallmark(d, &["audit", "verify"], &env);
         assert!(
-            out.status.success() && text(&out).contains("audit log verified: 1 records"),
+            // init's two first CRLs, then the issuance.
+            out.status.success() && text(&out).contains("audit log verified: 3 records"),
             "{}",
             text(&out)
         );
@@ -783,6 +784,110 @@ async fn an_offline_root_signs_the_intermediate_and_root_crls_that_the_serving_s
         );
         assert!(!verified, "{out}");
         assert!(out.contains("certificate revoked"), "{out}");
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn config_check_status_and_completions_answer_an_operator() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let db = TestDb::new(backend, d).await;
+        let env = [
+            ("HALLMARK_ROOT_PASSPHRASE", PASSPHRASE),
+            ("DATABASE_URL", db.url.as_str()),
+        ];
+
+        // `config check` before there is a CA, then for files that are bad
+        // in three ways: each exits 1 and names the key or the file.
+        let out = hallmark(d, &["config", "check"], &env);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("no CA in this data directory yet"),
+            "{}",
+            text(&out)
+        );
+
+        // `init` publishes the first CRLs, so `status` is clean at once.
+        let out = hallmark(d, &["init"], &env);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("published     root.crl"),
+            "{}",
+            text(&out)
+        );
+        let out = hallmark(d, &["status"], &env);
+        assert!(out.status.success(), "{}", text(&out));
+        let said = text(&out);
+        assert!(
+            said.contains("no problems") && said.contains("root.crl"),
+            "{said}"
+        );
+        let out = hallmark(d, &["status", "--json"], &env);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status["issuers"].as_array().unwrap().len(), 2, "{status}");
+        assert_eq!(status["crls"].as_array().unwrap().len(), 2, "{status}");
+        assert!(status["issuers"][1]["days_left"].as_i64().unwrap() > 1800);
+
+        let out = hallmark(d, &["config", "check"], &env);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("within the name constraints of int-"),
+            "{}",
+            text(&out)
+        );
+        for (file, body, says) in [
+            (
+                "type.toml",
+                "[policy]\nmax_validity_days = \"x\"\n",
+                "policy.max_validity_days: invalid type",
+            ),
+            (
+                "field.toml",
+                "[crl]\nvalidity_day = 3\n",
+                "crl.validity_day: unknown field",
+            ),
+            (
+                "wide.toml",
+                "[policy]\nallowed_suffixes = [\"internal\", \"corp\"]\n",
+                "policy.allowed_suffixes includes corp, which the issuing intermediate int-",
+            ),
+        ] {
+            std::fs::write(d.join(file), body).unwrap();
+            let out = hallmark(d, &["config", "check", file], &env);
+            assert!(!out.status.success(), "{file}: {}", text(&out));
+            assert!(text(&out).contains(says), "{file}: {}", text(&out));
+        }
+        let out = hallmark(d, &["config", "check", "absent.toml"], &env);
+        assert!(!out.status.success());
+        assert!(
+            text(&out).contains("absent.toml does not exist"),
+            "{}",
+            text(&out)
+        );
+
+        // A CRL past its nextUpdate is a problem `status` names, exit 1.
+        db.execute("UPDATE crls SET next_update = 1").await;
+        let out = hallmark(d, &["status"], &env);
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("root.crl is past its nextUpdate"),
+            "{}",
+            text(&out)
+        );
+
+        for shell in ["bash", "zsh", "fish"] {
+            let out = hallmark(d, &["completions", shell], &[]);
+            assert!(out.status.success(), "{shell}: {}", text(&out));
+            let script = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                script.contains("backup") && script.contains("sign-intermediate"),
+                "{shell}"
+            );
+        }
+        let out = hallmark(d, &["completions", "tcsh"], &[]);
+        assert!(!out.status.success());
         db.cleanup().await;
     }
 }
