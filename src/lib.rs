@@ -13,6 +13,7 @@ pub mod datadir;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod metrics;
 pub mod pkcs11;
 pub mod pki;
 pub mod policy;

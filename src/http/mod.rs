@@ -17,7 +17,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::Router;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 use crate::workflow::orders::Orders;
 use crate::workflow::Authority;
@@ -85,8 +85,8 @@ pub fn https_router(state: Arc<AppState>) -> Router {
         .merge(acme::router(state.clone()))
         .merge(est::router())
         .with_state(state);
-    common_layers(router)
-        .layer(TraceLayer::new_for_http())
+    common_layers(router.route_layer(axum::middleware::from_fn(keep_route)))
+        .layer(axum::middleware::from_fn(observe))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
@@ -113,6 +113,81 @@ pub fn https_router(state: Arc<AppState>) -> Router {
                 "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
             ),
         ))
+}
+
+/// The `X-Request-Id` header: taken from the request when it is a sane
+/// id, else made here; returned on every HTTPS answer.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Hands the matched route template to [`observe`], which runs outside the
+/// router and cannot see it on the request.
+async fn keep_route(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned();
+    let mut response = next.run(request).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(route);
+    }
+    response
+}
+
+/// Every HTTPS request: a request id (the caller's `X-Request-Id` if it is
+/// 1–64 of `A-Za-z0-9._-`, else 16 random hex digits) on every log line
+/// the request causes — as the `request` span, which the JSON log format
+/// carries too — and in the answer's `X-Request-Id`; and the request's
+/// count and latency by route template (never the raw path, so the series
+/// stay bounded).
+async fn observe(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let given = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+        .map(str::to_owned);
+    let id = given.unwrap_or_else(|| hex::encode(rand::random::<[u8; 8]>()));
+    let method = request.method().clone();
+    let span =
+        tracing::info_span!("request", id = %id, method = %method, path = %request.uri().path());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        request.headers_mut().insert(REQUEST_ID, value);
+    }
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let route = response
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let status = response.status();
+    let metrics = &crate::metrics::METRICS;
+    metrics
+        .http_requests
+        .inc(&[&route, method.as_str(), status.as_str()]);
+    metrics.http_duration.observe(&[&route], started.elapsed());
+    span.in_scope(|| {
+        tracing::debug!(
+            status = status.as_u16(),
+            route,
+            ms = started.elapsed().as_millis() as u64,
+            "answered"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
 }
 
 #[cfg(test)]

@@ -361,6 +361,78 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             cert.not_after().unix_timestamp()
         );
     }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let _ = writeln!(
+        out,
+        "# HELP hallmark_certificates_expiring Unrevoked certificates that expire within the window (days)."
+    );
+    let _ = writeln!(out, "# TYPE hallmark_certificates_expiring gauge");
+    for days in [7, 30] {
+        if let Ok(n) = authority
+            .reads()
+            .count_expiring(now, now + days * 86_400)
+            .await
+        {
+            let _ = writeln!(
+                out,
+                "hallmark_certificates_expiring{{within_days=\"{days}\"}} {n}"
+            );
+        }
+    }
+    let served = state.crls.all_served();
+    let _ = writeln!(
+        out,
+        "# HELP hallmark_crl_age_seconds Seconds since thisUpdate of the CRL this instance serves, by file."
+    );
+    let _ = writeln!(out, "# TYPE hallmark_crl_age_seconds gauge");
+    for crl in &served {
+        let _ = writeln!(
+            out,
+            "hallmark_crl_age_seconds{{crl=\"{}\"}} {}",
+            crl.kind.file_name(&crl.issuer_id),
+            now - crl.this_update
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP hallmark_crl_next_update_seconds nextUpdate of the CRL this instance serves (Unix time), by file."
+    );
+    let _ = writeln!(out, "# TYPE hallmark_crl_next_update_seconds gauge");
+    for crl in &served {
+        let _ = writeln!(
+            out,
+            "hallmark_crl_next_update_seconds{{crl=\"{}\"}} {}",
+            crl.kind.file_name(&crl.issuer_id),
+            crl.next_update
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP hallmark_crl_bytes Size of the CRL this instance serves, by file."
+    );
+    let _ = writeln!(out, "# TYPE hallmark_crl_bytes gauge");
+    for crl in &served {
+        let _ = writeln!(
+            out,
+            "hallmark_crl_bytes{{crl=\"{}\"}} {}",
+            crl.kind.file_name(&crl.issuer_id),
+            crl.der.len()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP hallmark_crl_entries Entries of the CRL this instance serves, by file."
+    );
+    let _ = writeln!(out, "# TYPE hallmark_crl_entries gauge");
+    for crl in &served {
+        let _ = writeln!(
+            out,
+            "hallmark_crl_entries{{crl=\"{}\"}} {}",
+            crl.kind.file_name(&crl.issuer_id),
+            crl.entries
+        );
+    }
+    crate::metrics::METRICS.render(&mut out);
     (
         [(
             header::CONTENT_TYPE,

@@ -175,6 +175,10 @@ pub trait CertificateReads: Send + Sync + 'static {
     /// How many certificates are recorded.
     async fn count_certificates(&self) -> Result<i64>;
 
+    /// How many unrevoked certificates expire in `[from, until)` (Unix
+    /// seconds); one range scan of the not_after index.
+    async fn count_expiring(&self, from: i64, until: i64) -> Result<i64>;
+
     /// Whether a key (SHA-256 of its SubjectPublicKeyInfo) was revoked for
     /// keyCompromise.
     async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool>;

@@ -564,6 +564,15 @@ impl CrlPublisher {
         match published {
             Some(mut record) => {
                 let der = Bytes::from(std::mem::take(&mut record.der));
+                let scope = match kind {
+                    _ if ca.id() == "root" => "root",
+                    CrlKind::Complete => "complete",
+                    CrlKind::Delta => "delta",
+                    CrlKind::Partition(_) => "partition",
+                };
+                crate::metrics::METRICS
+                    .crl_generation
+                    .observe(&[scope], elapsed);
                 tracing::info!(
                     crl = %kind.file_name(ca.id()),
                     number = record.number,

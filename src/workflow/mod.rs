@@ -266,6 +266,7 @@ impl Authority {
             .issue_leaf(&leaf, self.policy.max_validity_days.max(req.validity_days))?;
         let serial = cert.serial.to_hex();
         let names: Vec<String> = cert.identifiers.iter().map(Identifier::value).collect();
+        let logged = (names.join(","), req.account_id.clone());
         let order_id = match &mut order {
             None => None,
             Some(IssuanceOrder::Complete { order_id }) => Some(order_id.clone()),
@@ -319,6 +320,19 @@ impl Authority {
             })
             .await?;
         self.issued.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::METRICS
+            .issued
+            .inc(&[req.profile, if req.key_is_rsa { "rsa" } else { "ecdsa" }]);
+        // One line per issuance: what, for whom, by whom; never key material.
+        tracing::info!(
+            serial = %cert.serial,
+            names = %logged.0,
+            profile = req.profile,
+            account = logged.1.as_deref().unwrap_or("-"),
+            actor = req.actor,
+            not_after = cert.not_after.unix_timestamp(),
+            "certificate issued"
+        );
         let chain_pem = format!("{}{}", cert.pem(), self.issuer.certificate().pem());
         Ok(Signed {
             certificate: cert,

@@ -199,9 +199,18 @@ impl OcspResponder {
     /// Answers a DER OCSPRequest. Never fails: problems become OCSP error
     /// statuses (`malformedRequest`, `unauthorized`, `internalError`).
     pub async fn answer(&self, request: &[u8]) -> OcspAnswer {
-        let error = |status| OcspAnswer {
-            der: Bytes::from(ocsp::error_response(status)),
-            validity: None,
+        let metrics = &crate::metrics::METRICS;
+        let error = |status: ErrorStatus| {
+            metrics.ocsp.inc(&[match status {
+                ErrorStatus::MalformedRequest => "malformedRequest",
+                ErrorStatus::Unauthorized => "unauthorized",
+                ErrorStatus::TryLater => "tryLater",
+                ErrorStatus::InternalError => "internalError",
+            }]);
+            OcspAnswer {
+                der: Bytes::from(ocsp::error_response(status)),
+                validity: None,
+            }
         };
         let parsed = match OcspRequest::parse(request) {
             Ok(p) => p,
@@ -225,6 +234,7 @@ impl OcspResponder {
             if let Ok(cache) = self.cache.lock() {
                 if let Some(hit) = cache.get(key) {
                     if hit.until > Instant::now() && hit.generation == generation {
+                        metrics.ocsp_cache_hits.inc(&[]);
                         return hit.answer.clone();
                     }
                 }
@@ -293,6 +303,11 @@ impl OcspResponder {
                     _ => CertStatus::Unknown,
                 }
             };
+            crate::metrics::METRICS.ocsp.inc(&[match status {
+                CertStatus::Good => "good",
+                CertStatus::Revoked { .. } => "revoked",
+                CertStatus::Unknown => "unknown",
+            }]);
             statuses.push(status);
         }
         let responses: Vec<SingleResponse<'_>> = request

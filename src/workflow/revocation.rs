@@ -188,7 +188,17 @@ impl Authority {
         cert.revocation_reason = Some(revocation.reason);
         cert.invalidity_date = revocation.invalidity_date;
         self.revocations.send_modify(|n| *n += 1);
-        tracing::info!(serial = %cert.serial, reason = %request.reason, actor, "certificate revoked");
+        crate::metrics::METRICS
+            .revoked
+            .inc(&[&request.reason.to_string()]);
+        tracing::info!(
+            serial = %cert.serial,
+            names = %cert.identifiers.join(","),
+            account = cert.account_id.as_deref().unwrap_or("-"),
+            reason = %request.reason,
+            actor,
+            "certificate revoked"
+        );
         Ok(cert)
     }
 

@@ -20,6 +20,7 @@ mod est;
 mod faults;
 mod hsm;
 mod issuance;
+mod observability;
 mod openapi;
 mod orders;
 mod profiles;

@@ -303,6 +303,18 @@ where
         Ok(n)
     }
 
+    async fn count_expiring(&self, from: i64, until: i64) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM certificates \
+             WHERE not_after >= $1 AND not_after < $2 AND revoked_at IS NULL",
+        )
+        .bind(from)
+        .bind(until)
+        .fetch_one(&self.read)
+        .await?;
+        Ok(n)
+    }
+
     async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool> {
         // Every new CSR has a key never seen before, so the whole (short)
         // blocklist is held instead of answers per key.

@@ -107,7 +107,16 @@ impl Orders {
         authz: AuthorizationRecord,
         challenge: ChallengeRecord,
     ) {
+        let started = std::time::Instant::now();
         let outcome = self.check(&order, &authz, &challenge).await;
+        let metrics = &crate::metrics::METRICS;
+        let kind = challenge.kind.as_str();
+        metrics
+            .validation_duration
+            .observe(&[kind], started.elapsed());
+        metrics
+            .validations
+            .inc(&[kind, if outcome.is_ok() { "valid" } else { "invalid" }]);
         let now = OffsetDateTime::now_utc();
         let error = outcome.as_ref().err().map(|e| {
             Failure::new(
