@@ -13,6 +13,7 @@ mod browser;
 mod caa;
 mod cli;
 mod constraints;
+mod containers;
 mod crl;
 mod dashboard;
 mod dns_account;
