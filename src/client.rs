@@ -48,6 +48,78 @@ pub struct RequestOptions {
     /// Seconds to wait for validation and issuance
     #[arg(long = "timeout", default_value = "300", value_parser = seconds)]
     pub timeout: Duration,
+    /// A shell command to run after the files are written (e.g. `systemctl
+    /// reload nginx`); it gets HALLMARK_CERT_DIR, HALLMARK_DOMAINS and
+    /// HALLMARK_SERIAL. `hallmark renew` runs it again after each renewal
+    #[arg(long, value_name = "CMD")]
+    pub deploy_hook: Option<String>,
+}
+
+/// `hallmark renew`: renews a certificate `hallmark request` wrote, when
+/// the CA's renewal information says it is due.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RenewOptions {
+    /// The directory `hallmark request --out` wrote (cert.pem, key.pem,
+    /// renewal.json)
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    /// The account's API key
+    #[arg(long, env = "HALLMARK_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+    /// Renew now, whatever the renewal window says
+    #[arg(long)]
+    pub force: bool,
+    /// Make a new key instead of keeping key.pem
+    #[arg(long)]
+    pub rotate_key: bool,
+    /// Override the deploy hook recorded by `hallmark request`
+    #[arg(long, value_name = "CMD")]
+    pub deploy_hook: Option<String>,
+    /// Where to answer http-01 [default: as recorded]
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
+    /// Seconds to wait for validation and issuance
+    #[arg(long = "timeout", default_value = "300", value_parser = seconds)]
+    pub timeout: Duration,
+}
+
+/// What `hallmark request` records beside the files, so `hallmark renew`
+/// can do it again (no secret: the API key comes from the environment).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RenewalRecord {
+    /// The hallmark HTTPS URL.
+    pub server: String,
+    /// The names, in order.
+    pub domains: Vec<String>,
+    /// The key type (for a rotated key).
+    pub key_type: String,
+    /// Validity asked for, if any.
+    pub days: Option<u32>,
+    /// The root to trust (absolute path), if one was given.
+    pub ca_file: Option<PathBuf>,
+    /// dns-01 (asks for records) rather than http-01.
+    pub dns: bool,
+    /// Where http-01 was answered.
+    pub http_listen: SocketAddr,
+    /// The deploy hook, if any.
+    pub deploy_hook: Option<String>,
+}
+
+/// The file [`RenewalRecord`] is kept in, beside cert.pem.
+pub const RENEWAL_FILE: &str = "renewal.json";
+
+/// What `hallmark renew` did.
+#[derive(Debug)]
+pub enum Renewal {
+    /// Not due: the window the CA suggests (RFC 3339).
+    NotDue {
+        /// Start of the suggested window.
+        start: String,
+        /// End of it.
+        end: String,
+    },
+    /// Renewed: the files written.
+    Renewed(Vec<PathBuf>),
 }
 
 fn key_type(text: &str) -> Result<KeyType, String> {
@@ -64,15 +136,108 @@ fn seconds(text: &str) -> Result<Duration, String> {
 /// Runs the whole request; returns the paths written.
 pub async fn request(
     options: &RequestOptions,
+    wait_for_dns: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let key_pem = PrivateKey::generate(options.key_type)?.to_pkcs8_pem()?;
+    obtain(options, key_pem, wait_for_dns).await
+}
+
+/// Renews the certificate in `options.out` if the CA's renewal information
+/// (the ACME ARI window) says it is due, or `force`; keeps the key unless
+/// `rotate_key`.
+pub async fn renew(
+    options: &RenewOptions,
+    wait_for_dns: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Renewal> {
+    let record_path = options.out.join(RENEWAL_FILE);
+    let record: RenewalRecord = serde_json::from_str(&read(&record_path)?).with_context(|| {
+        format!(
+            "{} is not what `hallmark request` writes",
+            record_path.display()
+        )
+    })?;
+    let request = RequestOptions {
+        server: record.server.clone(),
+        api_key: options.api_key.clone(),
+        domains: record.domains.clone(),
+        dns: record.dns,
+        ca_file: record.ca_file.clone(),
+        out: options.out.clone(),
+        http_listen: options.http_listen.unwrap_or(record.http_listen),
+        key_type: record
+            .key_type
+            .parse()
+            .map_err(|e: crate::pki::key::KeyError| anyhow!("{}: {e}", record_path.display()))?,
+        days: record.days,
+        timeout: options.timeout,
+        deploy_hook: options.deploy_hook.clone().or(record.deploy_hook),
+    };
+    if !options.force {
+        let cert = read(&options.out.join("cert.pem"))?;
+        let api = Api::new(&request)?;
+        let info = api
+            .get(&format!(
+                "{}/acme/renewal-info/{}",
+                request.server.trim_end_matches('/'),
+                renewal_id(&cert)?
+            ))
+            .await?;
+        let window = &info["suggestedWindow"];
+        let (start, end) = (string(window, "start")?, string(window, "end")?);
+        let due =
+            time::OffsetDateTime::parse(&start, &time::format_description::well_known::Rfc3339)
+                .with_context(|| format!("the renewal window's start {start:?}"))?;
+        if time::OffsetDateTime::now_utc() < due {
+            return Ok(Renewal::NotDue { start, end });
+        }
+    }
+    let key_pem = if options.rotate_key {
+        PrivateKey::generate(request.key_type)?.to_pkcs8_pem()?
+    } else {
+        zeroize::Zeroizing::new(read(&options.out.join("key.pem"))?)
+    };
+    Ok(Renewal::Renewed(
+        obtain(&request, key_pem, wait_for_dns).await?,
+    ))
+}
+
+/// The ARI certificate id (RFC 9773): base64url of the authority key
+/// identifier, ".", base64url of the serial's DER content.
+fn renewal_id(cert_pem: &str) -> anyhow::Result<String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use x509_parser::prelude::*;
+    let der = pem_decode_all(cert_pem, "CERTIFICATE")
+        .into_iter()
+        .next()
+        .context("cert.pem holds no certificate")?;
+    let (_, cert) = X509Certificate::from_der(&der).context("cert.pem does not parse")?;
+    let aki = cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.clone(),
+            _ => None,
+        })
+        .context("cert.pem has no authority key identifier")?;
+    Ok(format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(aki.0),
+        URL_SAFE_NO_PAD.encode(cert.raw_serial())
+    ))
+}
+
+/// Orders a certificate for `key_pem`, writes the files atomically, records
+/// how to renew, and runs the deploy hook.
+async fn obtain(
+    options: &RequestOptions,
+    key_pem: zeroize::Zeroizing<String>,
     mut wait_for_dns: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<PathBuf>> {
     if options.domains.is_empty() {
         bail!("name at least one --domain");
     }
     let api = Api::new(options)?;
-
-    let key = PrivateKey::generate(options.key_type)?;
-    let key_pem = key.to_pkcs8_pem()?;
     let csr_pem = make_csr(&key_pem, &options.domains)?;
 
     let mut body = json!({"csr": csr_pem, "validation": "dv"});
@@ -151,7 +316,52 @@ pub async fn request(
         replace_file(&path, &bytes, mode)?;
         written.push(path);
     }
+    let record = RenewalRecord {
+        server: options.server.clone(),
+        domains: options.domains.clone(),
+        key_type: options.key_type.as_str().to_owned(),
+        days: options.days,
+        ca_file: options
+            .ca_file
+            .as_ref()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+        dns: options.dns,
+        http_listen: options.http_listen,
+        deploy_hook: options.deploy_hook.clone(),
+    };
+    let path = options.out.join(RENEWAL_FILE);
+    replace_file(&path, &serde_json::to_vec_pretty(&record)?, 0o644)?;
+    written.push(path);
+    if let Some(hook) = &options.deploy_hook {
+        run_deploy_hook(hook, &options.out, &options.domains, &leaf_serial(leaf))?;
+    }
     Ok(written)
+}
+
+fn leaf_serial(der: &[u8]) -> String {
+    use x509_parser::prelude::*;
+    X509Certificate::from_der(der)
+        .map(|(_, c)| hex::encode(c.raw_serial()))
+        .unwrap_or_default()
+}
+
+/// Runs the deploy hook with `sh -c`, after the files are in place; a
+/// failing hook is an error (the files stay: they are valid).
+fn run_deploy_hook(hook: &str, dir: &Path, domains: &[String], serial: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("sh")
+        .args(["-c", hook])
+        .env("HALLMARK_CERT_DIR", dir)
+        .env("HALLMARK_DOMAINS", domains.join(" "))
+        .env("HALLMARK_SERIAL", serial)
+        .status()
+        .with_context(|| format!("running the deploy hook {hook:?}"))?;
+    if !status.success() {
+        bail!(
+            "the certificate was written to {}, but the deploy hook {hook:?} failed ({status})",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// A CSR for `names` signed by the PKCS#8 key; the first name is the CN.

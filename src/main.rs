@@ -158,6 +158,10 @@ enum Command {
     /// prove control of the names, and write key.pem, cert.pem, chain.pem
     /// and fullchain.pem
     Request(hallmark::client::RequestOptions),
+    /// Renew a certificate `hallmark request` wrote, when the CA's renewal
+    /// information says it is due (run it daily from a timer); keeps the
+    /// key unless --rotate-key, and runs the deploy hook again
+    Renew(hallmark::client::RenewOptions),
 }
 
 #[derive(Subcommand)]
@@ -364,6 +368,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await?;
         for path in written {
             println!("wrote {}", path.display());
+        }
+        return Ok(());
+    }
+    if let Command::Renew(options) = &cli.command {
+        let wait = || {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading standard input")?;
+            Ok(())
+        };
+        match hallmark::client::renew(options, wait).await? {
+            hallmark::client::Renewal::NotDue { start, end } => println!(
+                "{}: not due; the CA suggests renewing between {start} and {end}",
+                options.out.join("cert.pem").display()
+            ),
+            hallmark::client::Renewal::Renewed(written) => {
+                for path in written {
+                    println!("wrote {}", path.display());
+                }
+            }
         }
         return Ok(());
     }
@@ -715,7 +740,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             }
         }
-        Command::Restore { .. } | Command::Completions { .. } | Command::Config { .. } => {
+        Command::Restore { .. }
+        | Command::Completions { .. }
+        | Command::Config { .. }
+        | Command::Renew(_) => {
             unreachable!("handled above")
         }
         Command::Audit {

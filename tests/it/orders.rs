@@ -804,3 +804,152 @@ async fn the_request_command_gets_a_certificate_by_http01_and_by_dns01() {
         lab.finish().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_renews_when_the_window_opens_keeps_the_key_and_runs_the_deploy_hook() {
+    let backend = backends().remove(0);
+    let port = loop {
+        let candidate = 20_000 + rand::random::<u16>() % 10_000;
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            break candidate;
+        }
+    };
+    let lab = DvLab::new(
+        backend,
+        &[("HALLMARK_VALIDATION__HTTP_PORT", port.to_string())],
+    )
+    .await;
+    let key = lab.account("team renew", Role::Requester).await;
+    let dir = lab.ca.dir.path().to_owned();
+    std::fs::write(dir.join("root.pem"), &lab.running.root_pem).unwrap();
+    let out_dir = dir.join("web");
+    let hook = format!(
+        "echo \"$HALLMARK_SERIAL $HALLMARK_DOMAINS $HALLMARK_CERT_DIR\" >> {}",
+        dir.join("hook.log").display()
+    );
+    let run = |args: Vec<String>| {
+        let key = key.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hallmark"))
+                .args(&args)
+                .env("HALLMARK_API_KEY", &key)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        }
+    };
+    let (ok, said) = run(vec![
+        "request".into(),
+        "--server".into(),
+        lab.running.https_url.clone(),
+        "--ca-file".into(),
+        dir.join("root.pem").display().to_string(),
+        "--out".into(),
+        out_dir.display().to_string(),
+        "--domain".into(),
+        "web.internal".into(),
+        "--http-listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--deploy-hook".into(),
+        hook.clone(),
+    ])
+    .await;
+    assert!(ok, "{said}");
+    let serial_of = |pem: &str| {
+        let der = hallmark::pki::pem_decode_all(pem, "CERTIFICATE").remove(0);
+        let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+        hex::encode(c.raw_serial())
+    };
+    let read = |f: &str| std::fs::read_to_string(out_dir.join(f)).unwrap();
+    let first = read("cert.pem");
+    let first_key = read("key.pem");
+    let log = std::fs::read_to_string(dir.join("hook.log")).unwrap();
+    assert_eq!(
+        log.trim(),
+        format!("{} web.internal {}", serial_of(&first), out_dir.display())
+    );
+    let record: serde_json::Value = serde_json::from_str(&read("renewal.json")).unwrap();
+    assert_eq!(record["domains"], json!(["web.internal"]));
+    assert!(!read("renewal.json").contains(&key), "no API key on disk");
+
+    // Not due: nothing changes, the hook does not run.
+    let renew = |extra: &[&str]| {
+        let mut args = vec![
+            "renew".to_string(),
+            "--out".into(),
+            out_dir.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        run(args)
+    };
+    let (ok, said) = renew(&[]).await;
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("not due; the CA suggests renewing between"),
+        "{said}"
+    );
+    assert_eq!(read("cert.pem"), first);
+    assert_eq!(std::fs::read_to_string(dir.join("hook.log")).unwrap(), log);
+
+    // 70 of its 90 days gone: inside the window, so it renews, with the
+    // same key, and the hook runs again with the new serial.
+    lab.ca
+        .db
+        .execute(&format!(
+            "UPDATE certificates SET not_before = not_before - 6048000, \
+             not_after = not_after - 6048000 WHERE serial = '{}'",
+            serial_of(&first)
+        ))
+        .await;
+    let (ok, said) = renew(&[]).await;
+    assert!(ok, "{said}");
+    let second = read("cert.pem");
+    assert_ne!(serial_of(&second), serial_of(&first), "{said}");
+    assert_eq!(read("key.pem"), first_key, "the key is kept");
+    let log = std::fs::read_to_string(dir.join("hook.log")).unwrap();
+    assert!(log.contains(&serial_of(&second)), "{log}");
+    let verified = openssl(
+        &dir,
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "web/chain.pem",
+            "web/cert.pem",
+        ],
+    );
+    assert!(verified.contains("OK"));
+
+    // --force --rotate-key: a new key; a failing hook is an error that
+    // says the files were written.
+    let (ok, said) = renew(&["--force", "--rotate-key", "--deploy-hook", "exit 3"]).await;
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("the certificate was written to") && said.contains("\"exit 3\" failed"),
+        "{said}"
+    );
+    assert_ne!(read("key.pem"), first_key);
+    let cert_key = openssl(&dir, &["x509", "-in", "web/cert.pem", "-noout", "-pubkey"]);
+    let file_key = openssl(&dir, &["pkey", "-in", "web/key.pem", "-pubout"]);
+    assert_eq!(cert_key, file_key);
+
+    // A directory `request` never wrote.
+    let (ok, said) = run(vec![
+        "renew".into(),
+        "--out".into(),
+        dir.join("none").display().to_string(),
+    ])
+    .await;
+    assert!(!ok && said.contains("renewal.json"), "{said}");
+    lab.finish().await;
+}
