@@ -153,6 +153,17 @@ impl From<StoreError> for Problem {
     }
 }
 
+/// The issuing CA cannot issue now: 503, for the operator to fix, never a
+/// 500.
+fn issuer_unavailable(detail: String) -> Problem {
+    Problem::hallmark(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "issuerUnavailable",
+        "The issuing CA cannot issue",
+        detail,
+    )
+}
+
 impl From<WorkflowError> for Problem {
     fn from(e: WorkflowError) -> Self {
         let bad = StatusCode::BAD_REQUEST;
@@ -166,7 +177,12 @@ impl From<WorkflowError> for Problem {
                 Problem::acme(bad, code, p.to_string())
             }
             WorkflowError::Profile(p) => Problem::acme(bad, AcmeError::Malformed, p.to_string()),
+            WorkflowError::Ca(
+                c @ (crate::pki::ca::CaError::IssuerNotValid { .. }
+                | crate::pki::ca::CaError::OutlivesIssuer { .. }),
+            ) => issuer_unavailable(c.to_string()),
             WorkflowError::Ca(c) => Problem::internal(&c),
+            WorkflowError::IssuerExpiring { .. } => issuer_unavailable(e.to_string()),
             WorkflowError::Store(s) => s.into(),
             WorkflowError::Malformed(m) => Problem::malformed(m),
             WorkflowError::RateLimited { retry_after_secs } => {
@@ -199,5 +215,30 @@ impl From<WorkflowError> for Problem {
                 Problem::acme(bad, AcmeError::BadPublicKey, e.to_string())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_issuer_that_cannot_issue_is_a_503_with_its_sentence_never_a_500() {
+        let p = Problem::from(WorkflowError::IssuerExpiring {
+            id: "int-1".into(),
+            not_after: 0,
+        });
+        assert_eq!(p.status, 503);
+        assert_eq!(p.kind, "urn:hallmark:error:issuerUnavailable");
+        assert!(
+            p.detail.contains("int-1 expires at 1970-01-01T00:00:00Z"),
+            "{}",
+            p.detail
+        );
+        let p = Problem::from(WorkflowError::Ca(crate::pki::ca::CaError::IssuerNotValid {
+            id: "int-1".into(),
+            now: time::OffsetDateTime::UNIX_EPOCH,
+        }));
+        assert_eq!(p.status, 503);
     }
 }

@@ -71,6 +71,17 @@ pub enum WorkflowError {
         /// Why.
         reason: RevocationReason,
     },
+    /// The issuing CA ends too soon to issue anything useful.
+    #[error(
+        "the issuing CA {id} expires at {}, within a day, so it issues nothing more; the operator must install its successor",
+        rfc3339(*.not_after)
+    )]
+    IssuerExpiring {
+        /// The issuer.
+        id: String,
+        /// Its notAfter (Unix seconds).
+        not_after: i64,
+    },
     /// An ACME order was finalized while not `ready`.
     #[error("order {order_id} is {status}; it can be finalized only when ready")]
     OrderNotReady {

@@ -247,6 +247,16 @@ impl Authority {
         mut order: Option<IssuanceOrder>,
         before: Vec<AuditEvent>,
     ) -> Result<Signed, WorkflowError> {
+        // In the issuing CA's last months, certificates end with it (the
+        // profile's validity is cut); in its last day it issues nothing.
+        let issuer_end = self.issuer.certificate().not_after();
+        if issuer_end - req.now < time::Duration::days(1) {
+            return Err(WorkflowError::IssuerExpiring {
+                id: self.issuer.certificate().id().to_owned(),
+                not_after: issuer_end.unix_timestamp(),
+            });
+        }
+        let not_after = Some(req.not_after.map_or(issuer_end, |t| t.min(issuer_end)));
         let serial = Serial::random(&mut rand::thread_rng());
         let leaf_partition = crl_partition_of(&serial, self.crl_partitions);
         let leaf = LeafRequest {
@@ -258,7 +268,7 @@ impl Authority {
             serial,
             now: req.now,
             validity_days: req.validity_days,
-            not_after: req.not_after,
+            not_after,
             crl_partition: leaf_partition,
         };
         let cert = self

@@ -645,3 +645,54 @@ async fn issued_and_ca_certificates_pass_the_rfc5280_linter() {
     }
     ca.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_the_issuers_last_months_leaves_end_with_it_and_in_its_last_day_issuing_is_a_503() {
+    use hallmark::pki::ca::INTERMEDIATE_VALIDITY;
+    let backend = backends().remove(0);
+    let now = ::time::OffsetDateTime::now_utc();
+
+    // Ten days left: a 90-day request ends with the issuer, not after it.
+    let ca = TestCa::made_at(
+        backend,
+        &[],
+        now - INTERMEDIATE_VALIDITY + ::time::Duration::days(10),
+    )
+    .await;
+    let authority = ca.authority().await;
+    let issuer_end = authority.issuer().certificate().not_after();
+    let csr = openssl_csr(
+        ca.dir.path(),
+        "k",
+        P256,
+        "/CN=web.internal",
+        Some("DNS:web.internal"),
+    );
+    let signed = authority
+        .sign_csr(&csr, SignOptions::default(), "operator:test")
+        .await
+        .expect("issued, cut to the issuer's end");
+    assert!(signed.certificate.not_after <= issuer_end);
+    assert!(issuer_end - signed.certificate.not_after < ::time::Duration::seconds(2));
+    drop(authority);
+
+    // Twelve hours left: refused with a sentence.
+    let ca = TestCa::made_at(
+        backend,
+        &[],
+        now - INTERMEDIATE_VALIDITY + ::time::Duration::hours(12),
+    )
+    .await;
+    let authority = ca.authority().await;
+    let err = authority
+        .sign_csr(&csr, SignOptions::default(), "operator:test")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("within a day, so it issues nothing more"),
+        "{err}"
+    );
+    // The HTTP layer answers it as 503 issuerUnavailable
+    // (http::problem's unit test), never a 500.
+}

@@ -186,6 +186,15 @@ impl TestCa {
     }
 
     pub async fn with_env(backend: Backend, extra: &[(&str, String)]) -> TestCa {
+        Self::made_at(backend, extra, time::OffsetDateTime::now_utc()).await
+    }
+
+    /// A CA created at `at` (its certificates' validity starts then).
+    pub async fn made_at(
+        backend: Backend,
+        extra: &[(&str, String)],
+        at: time::OffsetDateTime,
+    ) -> TestCa {
         let dir = tempfile::tempdir().unwrap();
         let db = TestDb::new(backend, dir.path()).await;
         let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -204,12 +213,7 @@ impl TestCa {
         ];
         pairs.extend(extra.iter().cloned());
         let config = config_with(&data_dir, &pairs);
-        hallmark::datadir::init_ca(
-            &config,
-            PASSPHRASE.as_bytes(),
-            time::OffsetDateTime::now_utc(),
-        )
-        .expect("init CA");
+        hallmark::datadir::init_ca(&config, PASSPHRASE.as_bytes(), at).expect("init CA");
         TestCa {
             dir,
             db,
