@@ -833,6 +833,114 @@ mod tests {
         }
     }
 
+    /// The keys serde accepts at `path` (a section, or the top level), read
+    /// from its unknown-field error: the configuration type itself.
+    fn keys_of(path: &[&str]) -> Vec<String> {
+        let mut value = toml::Value::Table(
+            [("zz_not_a_key".to_owned(), toml::Value::Integer(1))]
+                .into_iter()
+                .collect(),
+        );
+        for part in path.iter().rev() {
+            value = toml::Value::Table([((*part).to_owned(), value)].into_iter().collect());
+        }
+        let err = value
+            .try_into::<file::FileConfig>()
+            .unwrap_err()
+            .to_string();
+        // "expected one of `a`, `b`" or, for one field, "expected `a`".
+        let list = err
+            .split("expected one of ")
+            .nth(1)
+            .or_else(|| err.split("expected ").nth(1))
+            .unwrap_or_else(|| panic!("{path:?}: {err}"));
+        let list = list.lines().next().unwrap_or_default();
+        list.split(", ")
+            .map(|k| k.trim().trim_matches('`').to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_example_file_and_the_readme_document_exactly_the_keys_of_the_type() {
+        let sections = keys_of(&[]);
+        assert!(sections.contains(&"server".to_owned()), "{sections:?}");
+        let mut by_section = std::collections::BTreeMap::new();
+        for section in &sections {
+            let path: Vec<&str> = if section == "profiles" {
+                vec!["profiles", "x"]
+            } else {
+                vec![section.as_str()]
+            };
+            by_section.insert(section.clone(), keys_of(&path));
+        }
+
+        // hallmark.example.toml: every key of every section, set or
+        // commented out, and nothing else.
+        let mut documented: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        let mut current = String::new();
+        for line in EXAMPLE_CONFIG.lines() {
+            let bare = line.trim_start_matches('#').trim();
+            if let Some(header) = bare.strip_prefix('[').and_then(|h| h.split(']').next()) {
+                current = header.split('.').next().unwrap().to_owned();
+                continue;
+            }
+            let Some((key, _)) = bare.split_once('=') else {
+                continue;
+            };
+            let key = key.trim();
+            if !current.is_empty()
+                && !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                documented
+                    .entry(current.clone())
+                    .or_default()
+                    .push(key.to_owned());
+            }
+        }
+        for (section, keys) in &by_section {
+            let mut want = keys.clone();
+            want.sort();
+            let mut got = documented.get(section).cloned().unwrap_or_default();
+            got.sort();
+            got.dedup();
+            assert_eq!(got, want, "hallmark.example.toml [{section}]");
+        }
+
+        // README: every key its configuration table names exists.
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("| key | default | meaning |")
+            .nth(1)
+            .expect("the README's configuration table");
+        let mut named = 0;
+        for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+            let first = row.split('|').nth(1).unwrap();
+            let mut section = String::new();
+            for (i, token) in first.split('`').enumerate() {
+                if i % 2 == 0 || token.is_empty() {
+                    continue;
+                }
+                let key = match token.split_once('.') {
+                    Some((s, k)) => {
+                        section = s.to_owned();
+                        k.to_owned()
+                    }
+                    None => token.to_owned(),
+                };
+                if section == "profiles" {
+                    continue; // `profiles.NAME`
+                }
+                let known = by_section.get(&section).is_some_and(|ks| ks.contains(&key));
+                assert!(known, "README names {section}.{key}, which is not a key");
+                named += 1;
+            }
+        }
+        assert!(named > 40, "{named}");
+    }
+
     #[test]
     fn a_profile_chooses_its_own_usages_and_revocation_information() {
         let dir = tempfile::tempdir().unwrap();
