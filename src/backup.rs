@@ -404,3 +404,133 @@ async fn postgres_is_empty(url: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// What `hallmark export` wrote.
+#[derive(Debug)]
+pub struct Exported {
+    /// Certificates written.
+    pub certificates: u64,
+    /// Of them, revoked.
+    pub revoked: u64,
+}
+
+/// Writes every certificate on record into `out` (new or empty):
+/// `certs/<SERIAL>.pem`, an OpenSSL CA `index.txt` (the format `openssl ca`
+/// keeps, so other tools read it) and `index.jsonl` (one JSON object per
+/// certificate, with names, profile, account and revocation). Pages through
+/// the store newest first; `progress` is told the running count.
+pub async fn export(
+    store: &dyn crate::store::Store,
+    out: &Path,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<Exported> {
+    use crate::pki::crl::RevocationReason;
+    use crate::store::CertificateQuery;
+    use std::io::Write;
+
+    empty_dir(out, "an export")?;
+    let certs_dir = out.join("certs");
+    std::fs::create_dir(&certs_dir).with_context(|| format!("creating {}", certs_dir.display()))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut index = Vec::new();
+    let mut jsonl = std::io::BufWriter::new(
+        std::fs::File::create(out.join("index.jsonl")).context("creating index.jsonl")?,
+    );
+    let mut done = Exported {
+        certificates: 0,
+        revoked: 0,
+    };
+    let mut before = None;
+    loop {
+        let page = store
+            .certificates(&CertificateQuery {
+                before: before.clone(),
+                limit: 1000,
+                now,
+                ..Default::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        before = Some((last.created_at, last.serial.to_hex()));
+        for cert in &page {
+            let serial = cert.serial.to_hex().to_uppercase();
+            std::fs::write(
+                certs_dir.join(format!("{serial}.pem")),
+                crate::pki::pem_encode("CERTIFICATE", &cert.der),
+            )
+            .with_context(|| format!("writing certs/{serial}.pem"))?;
+            let reason = cert
+                .revocation_reason
+                .and_then(RevocationReason::from_code)
+                .map(RevocationReason::as_str);
+            let (flag, revoked) = match cert.revoked_at {
+                Some(at) => {
+                    done.revoked += 1;
+                    let reason = reason.map(|r| format!(",{r}")).unwrap_or_default();
+                    ("R", format!("{}{reason}", openssl_time(at)))
+                }
+                None if cert.not_after < now => ("E", String::new()),
+                None => ("V", String::new()),
+            };
+            let subject = if cert.subject.is_empty() {
+                String::new()
+            } else {
+                format!("/{}", cert.subject.replace(", ", "/"))
+            };
+            index.push((
+                cert.created_at,
+                format!(
+                    "{flag}\t{}\t{revoked}\t{serial}\tunknown\t{subject}\n",
+                    openssl_time(cert.not_after)
+                ),
+            ));
+            serde_json::to_writer(
+                &mut jsonl,
+                &serde_json::json!({
+                    "serial": cert.serial.to_hex(),
+                    "issuer": cert.issuer_id,
+                    "subject": cert.subject,
+                    "names": cert.identifiers,
+                    "profile": cert.profile,
+                    "account": cert.account_id,
+                    "order": cert.order_id,
+                    "requested_by": cert.requested_by,
+                    "not_before": crate::workflow::rfc3339(cert.not_before),
+                    "not_after": crate::workflow::rfc3339(cert.not_after),
+                    "revoked_at": cert.revoked_at.map(crate::workflow::rfc3339),
+                    "revocation_reason": reason,
+                }),
+            )?;
+            jsonl.write_all(b"\n")?;
+            done.certificates += 1;
+        }
+        progress(done.certificates);
+    }
+    jsonl.flush()?;
+    // index.txt oldest first, as `openssl ca` appends.
+    index.sort_by_key(|(at, _)| *at);
+    let text: String = index.into_iter().map(|(_, line)| line).collect();
+    std::fs::write(out.join("index.txt"), text).context("writing index.txt")?;
+    Ok(done)
+}
+
+/// A time as `openssl ca` writes it in index.txt: UTCTime before 2050,
+/// GeneralizedTime from then (RFC 5280 §4.1.2.5).
+fn openssl_time(unix: i64) -> String {
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let full = format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    if t.year() < 2050 {
+        full[2..].to_owned()
+    } else {
+        full
+    }
+}

@@ -148,6 +148,12 @@ enum Command {
         /// Where to write it
         dir: PathBuf,
     },
+    /// Write every certificate (certs/SERIAL.pem), an OpenSSL CA index.txt
+    /// and index.jsonl into a new or empty directory
+    Export {
+        /// Where to write them
+        dir: PathBuf,
+    },
     /// Restore a backup into an empty data directory (--data-dir) and an
     /// empty database; CRL numbers move up to the restore time
     Restore {
@@ -718,6 +724,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 manifest.store,
                 dir.display(),
                 manifest.created_at
+            );
+            Ok(())
+        }
+        Command::Export { dir } => {
+            let store = hallmark::store::connect(&config.database_url).await?;
+            let terminal = std::io::stderr().is_terminal();
+            let done = hallmark::backup::export(store.as_ref(), &dir, |n| {
+                if terminal {
+                    eprint!("\rexported {n} certificates");
+                }
+            })
+            .await?;
+            if terminal {
+                eprintln!();
+            }
+            println!(
+                "exported {} certificates ({} revoked) into {}: certs/, index.txt, index.jsonl",
+                done.certificates,
+                done.revoked,
+                dir.display()
             );
             Ok(())
         }

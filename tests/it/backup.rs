@@ -188,3 +188,104 @@ async fn a_backup_taken_under_load_restores_elsewhere_with_its_chain_and_rising_
         db.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn export_writes_every_certificate_and_an_index_openssl_ca_reads() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let db = TestDb::new(backend, d).await;
+        let env = [
+            ("HALLMARK_ROOT_PASSPHRASE", PASSPHRASE),
+            ("DATABASE_URL", db.url.as_str()),
+        ];
+        let run = |args: &[&str]| {
+            let out = hallmark(d, args, &env);
+            (out.status.success(), text(&out), out.stdout)
+        };
+        assert!(run(&["init"]).0);
+        let mut serials = Vec::new();
+        for name in ["a", "b", "c"] {
+            let host = format!("{name}.internal");
+            let csr = openssl_csr(
+                d,
+                name,
+                P256,
+                &format!("/CN={host}"),
+                Some(&format!("DNS:{host}")),
+            );
+            std::fs::write(d.join(format!("{name}.csr")), csr).unwrap();
+            let (ok, said, pem) = run(&["sign", &format!("{name}.csr")]);
+            assert!(ok, "{said}");
+            let der =
+                hallmark::pki::pem_decode_all(&String::from_utf8(pem).unwrap(), "CERTIFICATE")
+                    .remove(0);
+            let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+            serials.push(hex::encode(c.raw_serial()));
+        }
+        let (ok, said, _) = run(&["revoke", &serials[1], "--reason", "keyCompromise"]);
+        assert!(ok, "{said}");
+
+        let (ok, said, _) = run(&["export", "out"]);
+        assert!(ok, "{said}");
+        assert!(
+            said.contains("exported 3 certificates (1 revoked)"),
+            "{said}"
+        );
+        for serial in &serials {
+            let file = format!("out/certs/{}.pem", serial.to_uppercase());
+            let text = openssl(d, &["x509", "-in", &file, "-noout", "-serial"]);
+            assert_eq!(text.trim(), format!("serial={}", serial.to_uppercase()));
+        }
+        let index = std::fs::read_to_string(d.join("out/index.txt")).unwrap();
+        assert_eq!(index.lines().count(), 3, "{index}");
+        assert!(
+            index
+                .lines()
+                .any(|l| l.starts_with("R\t") && l.contains(",keyCompromise\t")),
+            "{index}"
+        );
+        assert!(index.contains("/CN=b.internal"), "{index}");
+        let jsonl = std::fs::read_to_string(d.join("out/index.jsonl")).unwrap();
+        let revoked: serde_json::Value = jsonl
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["serial"] == serials[1].as_str())
+            .unwrap();
+        assert_eq!(revoked["revocation_reason"], "keyCompromise");
+        assert_eq!(revoked["names"], serde_json::json!(["b.internal"]));
+
+        // `openssl ca` reads the index: its status of each serial.
+        std::fs::write(
+            d.join("out/ca.cnf"),
+            "[ca]\ndefault_ca = hm\n[hm]\ndatabase = index.txt\n",
+        )
+        .unwrap();
+        let status = |serial: &str| {
+            let o = std::process::Command::new("openssl")
+                .args(["ca", "-config", "ca.cnf", "-status", &serial.to_uppercase()])
+                .current_dir(d.join("out"))
+                .output()
+                .unwrap();
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        };
+        assert!(
+            status(&serials[1]).contains("Revoked (R)"),
+            "{}",
+            status(&serials[1])
+        );
+        assert!(
+            status(&serials[0]).contains("Valid (V)"),
+            "{}",
+            status(&serials[0])
+        );
+
+        let (ok, said, _) = run(&["export", "out"]);
+        assert!(!ok && said.contains("is not empty"), "{said}");
+        db.cleanup().await;
+    }
+}
