@@ -198,6 +198,12 @@ pub struct Metrics {
     pub ocsp_cache_hits: Counter,
     /// CRL generation time by scope (complete, partition, delta, root).
     pub crl_generation: Histogram,
+    /// Audit records written, by action: every state change (order
+    /// transitions `order.ready`, `order.valid`, …; issuances,
+    /// revocations, sign-ins).
+    pub audit_events: Counter,
+    /// Database errors by kind.
+    pub database_errors: Counter,
 }
 
 impl Metrics {
@@ -249,6 +255,16 @@ impl Metrics {
                 "Time to build and sign one CRL, by scope.",
                 &["scope"],
             ),
+            audit_events: Counter::new(
+                "hallmark_audit_events_total",
+                "Audit records written, by action: order transitions (order.ready, order.valid, order.invalid, order.awaiting_approval, …), issuances, revocations, sign-ins.",
+                &["action"],
+            ),
+            database_errors: Counter::new(
+                "hallmark_database_errors_total",
+                "Database errors, by kind (unavailable, pool_timeout, disk_full, conflict, other).",
+                &["kind"],
+            ),
         }
     }
 
@@ -263,6 +279,8 @@ impl Metrics {
         self.ocsp.render(out);
         self.ocsp_cache_hits.render(out);
         self.crl_generation.render(out);
+        self.audit_events.render(out);
+        self.database_errors.render(out);
     }
 }
 

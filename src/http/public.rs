@@ -432,6 +432,24 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             crl.entries
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP hallmark_database_connections Database connections by pool and state (idle, busy), and each pool's maximum."
+    );
+    let _ = writeln!(out, "# TYPE hallmark_database_connections gauge");
+    for pool in authority.reads().pools() {
+        for (state, n) in [
+            ("idle", pool.idle),
+            ("busy", pool.size.saturating_sub(pool.idle)),
+            ("max", pool.max),
+        ] {
+            let _ = writeln!(
+                out,
+                "hallmark_database_connections{{pool=\"{}\",state=\"{state}\"}} {n}",
+                pool.name
+            );
+        }
+    }
     crate::metrics::METRICS.render(&mut out);
     (
         [(

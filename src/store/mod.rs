@@ -75,6 +75,22 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        let kind = match &e {
+            sqlx::Error::RowNotFound => None,
+            sqlx::Error::Database(db) if db.is_unique_violation() => Some("conflict"),
+            sqlx::Error::Database(db) if db_full(db.code().as_deref()) => Some("disk_full"),
+            sqlx::Error::Database(db) if db_unavailable(db.code().as_deref()) => {
+                Some("unavailable")
+            }
+            sqlx::Error::PoolTimedOut => Some("pool_timeout"),
+            sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed | sqlx::Error::Io(_) => {
+                Some("unavailable")
+            }
+            _ => Some("other"),
+        };
+        if let Some(kind) = kind {
+            crate::metrics::METRICS.database_errors.inc(&[kind]);
+        }
         match e {
             sqlx::Error::RowNotFound => StoreError::NotFound,
             sqlx::Error::Database(db) if db.is_unique_violation() => {
@@ -466,6 +482,19 @@ impl<T> Store for T where
 {
 }
 
+/// One connection pool's use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    /// `read` or `write`.
+    pub name: &'static str,
+    /// Connections open.
+    pub size: u32,
+    /// Of them, idle.
+    pub idle: u32,
+    /// The most it opens.
+    pub max: u32,
+}
+
 /// The store itself: whether it answers, and on what.
 #[async_trait]
 pub trait Health: Send + Sync + 'static {
@@ -474,6 +503,10 @@ pub trait Health: Send + Sync + 'static {
 
     /// Checks the database answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;
+
+    /// Each connection pool: its name, open connections, idle ones, and
+    /// the most it may open (for `/metrics`).
+    fn pools(&self) -> Vec<PoolStats>;
 
     /// Checks that the connections writing certificates, revocations and
     /// audit records flush every commit (SQLite `synchronous` FULL,

@@ -95,6 +95,11 @@ async fn metrics_count_requests_issuances_validations_revocations_and_crls() {
         "{metrics}"
     );
     at_least_one(&format!(r#"hallmark_crl_entries{{crl="{issuer}.crl"}}"#));
+    // Order transitions, as audited.
+    at_least_one(r#"hallmark_audit_events_total{action="order.create"}"#);
+    at_least_one(r#"hallmark_audit_events_total{action="order.valid"}"#);
+    at_least_one(r#"hallmark_database_connections{pool="write",state="max"}"#);
+    assert!(metrics.contains("# TYPE hallmark_database_errors_total counter"));
     // The revoked certificate does not count as expiring.
     assert!(series(
         &metrics,

@@ -210,6 +210,9 @@ where
         let (mut seq, mut prev) = head;
         let mut rows = Vec::with_capacity(events.len());
         for event in events {
+            crate::metrics::METRICS
+                .audit_events
+                .inc(&[event.action.as_str()]);
             seq += 1;
             let at = event.at.unix_timestamp();
             let details = event.details.to_string();
@@ -545,6 +548,18 @@ where
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
         Ok(())
+    }
+
+    fn pools(&self) -> Vec<super::PoolStats> {
+        [("read", &self.read), ("write", &self.write)]
+            .into_iter()
+            .map(|(name, pool)| super::PoolStats {
+                name,
+                size: pool.size(),
+                idle: pool.num_idle() as u32,
+                max: pool.options().get_max_connections(),
+            })
+            .collect()
     }
 
     async fn check_durable(&self) -> Result<()> {
