@@ -151,6 +151,9 @@ pub async fn backup(config: &Config, config_file: &Path, out: &Path) -> anyhow::
         copy_private(config_file, &out.join(CONFIG_FILE_NAME))?;
         names.push(CONFIG_FILE_NAME.to_owned());
     }
+    tracing::info!(files = names.len(), "copied ca/ and the configuration");
+    let started = std::time::Instant::now();
+    tracing::info!(store, "snapshotting the database");
     match store {
         "sqlite" => {
             let target = out.join(SQLITE_FILE);
@@ -176,6 +179,10 @@ pub async fn backup(config: &Config, config_file: &Path, out: &Path) -> anyhow::
             names.push(PG_FILE.to_owned());
         }
     }
+    tracing::info!(
+        ms = started.elapsed().as_millis() as u64,
+        "snapshot taken; writing checksums"
+    );
     let mut files = BTreeMap::new();
     for name in names {
         let digest = sha256_file(&out.join(&name))?;
@@ -355,6 +362,7 @@ pub async fn restore(
             )?;
         }
     }
+    tracing::info!("database restored; migrating and verifying the audit chain");
     // Opening the store applies any newer migrations (a backup from an
     // older hallmark is upgraded here).
     let store = crate::store::connect(&config.database_url).await?;
