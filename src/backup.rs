@@ -522,23 +522,9 @@ pub async fn export(
     Ok(done)
 }
 
-/// A time as `openssl ca` writes it in index.txt: UTCTime before 2050,
-/// GeneralizedTime from then (RFC 5280 §4.1.2.5).
+/// A time as `openssl ca` writes it in index.txt: an RFC 5280 Time's text.
 fn openssl_time(unix: i64) -> String {
     let t =
         time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let full = format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    );
-    if t.year() < 2050 {
-        full[2..].to_owned()
-    } else {
-        full
-    }
+    crate::pki::der::time_text(t).0
 }

@@ -203,7 +203,7 @@ pub async fn renew(
 
 /// The ARI certificate id (RFC 9773): base64url of the authority key
 /// identifier, ".", base64url of the serial's DER content.
-fn renewal_id(cert_pem: &str) -> anyhow::Result<String> {
+pub fn renewal_id(cert_pem: &str) -> anyhow::Result<String> {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
     use x509_parser::prelude::*;

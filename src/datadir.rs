@@ -305,12 +305,18 @@ fn ca_names(config: &Config) -> CaNames {
 fn generate_key(config: &Config, what: &str) -> Result<PrivateKey, DataDirError> {
     // RSA keys of 3072 and 4096 bits take seconds: say what is happening.
     let started = std::time::Instant::now();
-    tracing::info!(key_type = config.ca_key_type.as_str(), "generating the {what}");
+    tracing::info!(
+        key_type = config.ca_key_type.as_str(),
+        "generating the {what}"
+    );
     let key = PrivateKey::generate(config.ca_key_type).map_err(|source| DataDirError::Key {
         path: PathBuf::from(what),
         source,
     })?;
-    tracing::info!(ms = started.elapsed().as_millis() as u64, "generated the {what}");
+    tracing::info!(
+        ms = started.elapsed().as_millis() as u64,
+        "generated the {what}"
+    );
     Ok(key)
 }
 

@@ -142,9 +142,9 @@ pub fn oid(out: &mut Vec<u8>, content: &[u8]) {
     tlv(out, tag::OID, content);
 }
 
-/// Appends GeneralizedTime `YYYYMMDDHHMMSSZ`.
-pub fn generalized_time(out: &mut Vec<u8>, t: OffsetDateTime) {
-    let s = format!(
+/// GeneralizedTime text, `YYYYMMDDHHMMSSZ`.
+fn generalized_text(t: OffsetDateTime) -> String {
+    format!(
         "{:04}{:02}{:02}{:02}{:02}{:02}Z",
         t.year(),
         u8::from(t.month()),
@@ -152,26 +152,35 @@ pub fn generalized_time(out: &mut Vec<u8>, t: OffsetDateTime) {
         t.hour(),
         t.minute(),
         t.second()
-    );
-    tlv(out, tag::GENERALIZED_TIME, s.as_bytes());
+    )
+}
+
+/// The text of an RFC 5280 Time (§4.1.2.5): UTCTime `YYMMDDHHMMSSZ` for
+/// 1950 through 2049, GeneralizedTime otherwise — also what `openssl ca`
+/// writes in its index.txt. The flag says whether it is UTCTime.
+pub fn time_text(t: OffsetDateTime) -> (String, bool) {
+    let full = generalized_text(t);
+    if (1950..2050).contains(&t.year()) {
+        (full[2..].to_owned(), true)
+    } else {
+        (full, false)
+    }
+}
+
+/// Appends GeneralizedTime `YYYYMMDDHHMMSSZ`.
+pub fn generalized_time(out: &mut Vec<u8>, t: OffsetDateTime) {
+    tlv(out, tag::GENERALIZED_TIME, generalized_text(t).as_bytes());
 }
 
 /// Appends an RFC 5280 Time: UTCTime through 2049, GeneralizedTime after.
 pub fn time(out: &mut Vec<u8>, t: OffsetDateTime) {
-    if (1950..2050).contains(&t.year()) {
-        let s = format!(
-            "{:02}{:02}{:02}{:02}{:02}{:02}Z",
-            t.year() % 100,
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        );
-        tlv(out, tag::UTC_TIME, s.as_bytes());
+    let (text, utc) = time_text(t);
+    let tag = if utc {
+        tag::UTC_TIME
     } else {
-        generalized_time(out, t);
-    }
+        tag::GENERALIZED_TIME
+    };
+    tlv(out, tag, text.as_bytes());
 }
 
 /// Appends one Extension: `SEQUENCE { extnID, critical DEFAULT FALSE, extnValue }`.

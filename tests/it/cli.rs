@@ -322,26 +322,7 @@ fn the_first_password_can_go_to_a_file_or_be_avoided_with_user_add() {
 /// Runs `hallmark serve` until it has printed its banner, checks it answers,
 /// sends SIGTERM and returns everything it printed.
 fn run_serve(d: &Path, env: &[(&str, &str)], expect_password: bool) -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hallmark"));
-    cmd.arg("serve")
-        .current_dir(d)
-        .env_remove("DATABASE_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut printed = String::new();
-    while !printed.contains("CA certificates") {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap() == 0 {
-            panic!("serve exited early: {printed}");
-        }
-        printed.push_str(&line);
-    }
+    let (mut child, mut reader, mut printed) = spawn_serve(d, &[], env, Stdio::null());
     let http = env
         .iter()
         .find(|(k, _)| *k == "HALLMARK_SERVER__HTTP_LISTEN")
@@ -378,6 +359,43 @@ fn run_serve(d: &Path, env: &[(&str, &str)], expect_password: bool) -> String {
         "{printed}"
     );
     printed
+}
+
+/// Starts `hallmark [global…] serve` in `d` with its stderr going to
+/// `stderr`; returns it once it has printed where its CA certificates are,
+/// with its standard output and what it printed so far.
+pub(crate) fn spawn_serve(
+    d: &Path,
+    global: &[&str],
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    String,
+) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hallmark"));
+    cmd.args(global)
+        .arg("serve")
+        .current_dir(d)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    while !printed.contains("CA certificates") {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("serve exited early: {printed}");
+        }
+        printed.push_str(&line);
+    }
+    (child, reader, printed)
 }
 
 #[test]

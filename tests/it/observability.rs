@@ -3,7 +3,6 @@
 //! the request causes; one JSON log line per issuance and revocation, with
 //! serial, names and account, and no key material.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use reqwest::StatusCode;
@@ -154,26 +153,8 @@ async fn a_request_id_is_answered_and_on_every_json_log_line_the_request_causes(
     assert!(!stderr.contains("PRIVATE KEY"));
 
     let log = std::fs::File::create(d.join("serve.log")).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hallmark"));
-    cmd.args(["--log-format", "json", "serve"])
-        .current_dir(d)
-        .env_remove("DATABASE_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut printed = String::new();
-    while !printed.contains("CA certificates") {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap() == 0 {
-            panic!("serve exited early: {printed}");
-        }
-        printed.push_str(&line);
-    }
+    let (mut child, _stdout, _) =
+        crate::cli::spawn_serve(d, &["--log-format", "json"], &env, Stdio::from(log));
     let root = std::fs::read(d.join("hallmark-data/ca/root.crt.pem")).unwrap();
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&root).unwrap())

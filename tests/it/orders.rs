@@ -668,19 +668,23 @@ async fn bad_order_requests_get_one_clear_problem_each() {
     }
 }
 
+/// A port for the CLI to answer http-01 on (validation fetches from it):
+/// outside the kernel's ephemeral range (32768+), so no other test's bind
+/// to port 0 can take it between here and the command's bind.
+fn cli_http01_port() -> u16 {
+    loop {
+        let candidate = 20_000 + rand::random::<u16>() % 10_000;
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            break candidate;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_command_gets_a_certificate_by_http01_and_by_dns01() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     for backend in backends() {
-        // The CLI answers http-01 itself: validation fetches from its port.
-        // Outside the kernel's ephemeral range (32768+), so no other test's
-        // bind to port 0 can take it between here and the command's bind.
-        let port = loop {
-            let candidate = 20_000 + rand::random::<u16>() % 10_000;
-            if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
-                break candidate;
-            }
-        };
+        let port = cli_http01_port();
         let lab = DvLab::new(
             backend,
             &[("HALLMARK_VALIDATION__HTTP_PORT", port.to_string())],
@@ -808,12 +812,7 @@ async fn the_request_command_gets_a_certificate_by_http01_and_by_dns01() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renew_renews_when_the_window_opens_keeps_the_key_and_runs_the_deploy_hook() {
     let backend = backends().remove(0);
-    let port = loop {
-        let candidate = 20_000 + rand::random::<u16>() % 10_000;
-        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
-            break candidate;
-        }
-    };
+    let port = cli_http01_port();
     let lab = DvLab::new(
         backend,
         &[("HALLMARK_VALIDATION__HTTP_PORT", port.to_string())],

@@ -5,7 +5,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::hmac;
 use serde_json::{json, Value};
-use x509_parser::prelude::*;
 
 /// The `externalAccountBinding` member for `jwk`, MACed with `key`.
 pub fn binding(kid: &str, key: &[u8], url: &str, jwk: &Value) -> Value {
@@ -21,19 +20,5 @@ pub fn binding(kid: &str, key: &[u8], url: &str, jwk: &Value) -> Value {
 
 /// The ARI certificate id of a PEM certificate.
 pub fn ari_id(pem: &str) -> String {
-    let der = hallmark::pki::pem_decode_all(pem, "CERTIFICATE").remove(0);
-    let (_, cert) = X509Certificate::from_der(&der).unwrap();
-    let aki = cert
-        .extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.clone(),
-            _ => None,
-        })
-        .unwrap();
-    format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(aki.0),
-        URL_SAFE_NO_PAD.encode(cert.raw_serial())
-    )
+    hallmark::client::renewal_id(pem).unwrap()
 }
