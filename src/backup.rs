@@ -320,13 +320,21 @@ pub async fn restore(
     actor: &str,
 ) -> anyhow::Result<Restored> {
     let manifest = read_backup(from)?;
-    empty_dir(data_dir, "a restore")?;
-    for name in manifest.files.keys() {
-        if name.starts_with("ca/") || name == CONFIG_FILE_NAME {
-            copy_private(&from.join(name), &data_dir.join(name))?;
-        }
+    if std::fs::read_dir(data_dir).is_ok_and(|mut d| d.next().is_some()) {
+        bail!(
+            "{} is not empty; a restore goes into a new or empty directory",
+            data_dir.display()
+        );
     }
-    let config = Config::load(config_file, data_dir, env)?;
+    // Everything is checked before anything is written: the configuration
+    // as `serve` will read it (the backup's file unless --config names
+    // another, the target data directory, the environment), the store's
+    // kind, and that the target directory and database are empty.
+    let backed_up_config = manifest
+        .files
+        .contains_key(CONFIG_FILE_NAME)
+        .then(|| from.join(CONFIG_FILE_NAME));
+    let config = Config::load(config_file.or(backed_up_config.as_deref()), data_dir, env)?;
     let target = store_kind(&config.database_url)?;
     if target != manifest.store {
         bail!(
@@ -335,7 +343,7 @@ pub async fn restore(
             crate::store::redact_url(&config.database_url)
         );
     }
-    match target {
+    let sqlite_target = match target {
         "sqlite" => {
             let file = sqlite_file(&config.database_url)?;
             if file.exists() {
@@ -344,23 +352,26 @@ pub async fn restore(
                     file.display()
                 );
             }
-            copy_private(&from.join(SQLITE_FILE), &file)?;
+            Some(file)
         }
         _ => {
             postgres_is_empty(&config.database_url).await?;
-            run_tool(
-                "pg_restore",
-                &[
-                    "--no-owner",
-                    "--no-privileges",
-                    "--exit-on-error",
-                    "--single-transaction",
-                    "--dbname",
-                    &config.database_url,
-                    &from.join(PG_FILE).to_string_lossy(),
-                ],
-            )?;
+            None
         }
+    };
+    let written = write_restore(from, data_dir, &manifest, sqlite_target.as_deref(), &config).await;
+    if let Err(e) = written {
+        // Nothing half-done: what this restore wrote goes again.
+        if let Some(file) = &sqlite_target {
+            let _ = std::fs::remove_file(file);
+        }
+        if let Ok(entries) = std::fs::read_dir(data_dir) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_dir_all(entry.path())
+                    .or_else(|_| std::fs::remove_file(entry.path()));
+            }
+        }
+        return Err(e);
     }
     tracing::info!("database restored; migrating and verifying the audit chain");
     // Opening the store applies any newer migrations (a backup from an
@@ -391,6 +402,37 @@ pub async fn restore(
         audit_records: summary.records,
         crl_number_floor: floor,
     })
+}
+
+/// The writing half of a restore: the files, then the database.
+async fn write_restore(
+    from: &Path,
+    data_dir: &Path,
+    manifest: &Manifest,
+    sqlite_target: Option<&Path>,
+    config: &Config,
+) -> anyhow::Result<()> {
+    empty_dir(data_dir, "a restore")?;
+    for name in manifest.files.keys() {
+        if name.starts_with("ca/") || name == CONFIG_FILE_NAME {
+            copy_private(&from.join(name), &data_dir.join(name))?;
+        }
+    }
+    match sqlite_target {
+        Some(file) => copy_private(&from.join(SQLITE_FILE), file),
+        None => run_tool(
+            "pg_restore",
+            &[
+                "--no-owner",
+                "--no-privileges",
+                "--exit-on-error",
+                "--single-transaction",
+                "--dbname",
+                &config.database_url,
+                &from.join(PG_FILE).to_string_lossy(),
+            ],
+        ),
+    }
 }
 
 /// Refuses a PostgreSQL database that already holds hallmark's tables.

@@ -163,6 +163,20 @@ async fn a_backup_taken_under_load_restores_elsewhere_with_its_chain_and_rising_
             let (ok, out) = run(&["--data-dir", "fresh", "restore", "backup"], &env);
             assert!(!ok && out.contains("is not empty"), "{out}");
         }
+        // The other kind of store: refused before anything is written.
+        let other_kind = match backend {
+            Backend::Sqlite => "postgres://postgres@127.0.0.1:1/none".to_owned(),
+            Backend::Postgres => format!("sqlite://{}/x.db", d.display()),
+        };
+        let (ok, out) = run(
+            &["--data-dir", "mismatch", "restore", "backup"],
+            &[("DATABASE_URL", other_kind.as_str())],
+        );
+        assert!(
+            !ok && out.contains("restore into the same kind of store"),
+            "{out}"
+        );
+        assert!(!d.join("mismatch").exists(), "nothing half-done");
         let snapshot = match backend {
             Backend::Sqlite => "hallmark.db",
             Backend::Postgres => "hallmark.pgdump",
