@@ -204,6 +204,8 @@ pub struct Metrics {
     pub audit_events: Counter,
     /// Database errors by kind.
     pub database_errors: Counter,
+    /// Webhook delivery attempts by event and result.
+    pub webhook_deliveries: Counter,
 }
 
 impl Metrics {
@@ -265,6 +267,11 @@ impl Metrics {
                 "Database errors, by kind (unavailable, pool_timeout, disk_full, conflict, other).",
                 &["kind"],
             ),
+            webhook_deliveries: Counter::new(
+                "hallmark_webhook_deliveries_total",
+                "Webhook delivery attempts, by event and result (delivered, failed).",
+                &["event", "result"],
+            ),
         }
     }
 
@@ -281,6 +288,7 @@ impl Metrics {
         self.crl_generation.render(out);
         self.audit_events.render(out);
         self.database_errors.render(out);
+        self.webhook_deliveries.render(out);
     }
 }
 

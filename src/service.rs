@@ -199,6 +199,7 @@ impl Service {
             acme_nonce_uses: Default::default(),
             limits: crate::workflow::limits::AddressLimits::new(&self.config.limits),
             password_gate: self.password_gate.clone(),
+            webhooks: self.config.webhooks.clone(),
         });
         if let Some(refresher) = self.tls_refresher() {
             let mut stop = shutdown.clone();
@@ -218,6 +219,32 @@ impl Service {
         }
         tokio::spawn(self.orders.clone().run_worker(shutdown.clone()));
         tokio::spawn(self.crls.clone().run(shutdown.clone()));
+        if !self.config.webhooks.is_empty() {
+            // A hook seen for the first time starts here, before the
+            // listeners take a request: nothing after the start is missed.
+            let start = match self.authority.reads().audit_head().await {
+                Ok((seq, _)) => seq,
+                Err(e) => {
+                    tracing::error!(error = %e, "webhooks cannot start: the audit head is unreadable");
+                    i64::MAX
+                }
+            };
+            match crate::workflow::webhooks::WebhookDispatcher::new(
+                self.authority.store().clone(),
+                self.authority.root().der(),
+            ) {
+                Ok(dispatcher) => {
+                    if start != i64::MAX {
+                        tokio::spawn(dispatcher.run(
+                            self.config.webhooks.clone(),
+                            start,
+                            shutdown.clone(),
+                        ));
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "webhooks cannot start"),
+            }
+        }
         tokio::spawn(self.ocsp.clone().run(shutdown.clone()));
         let https_task = http::server::serve(
             https,

@@ -386,6 +386,23 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     /// `[profiles.NAME]`: certificate profiles beside the built-in ones.
     pub profiles: std::collections::BTreeMap<String, ProfileSection>,
+    /// `[[webhooks]]`: HTTP endpoints told of issuances, revocations and
+    /// approvals.
+    pub webhooks: Vec<WebhookSection>,
+}
+
+/// `[[webhooks]]`: one endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    /// Where to POST (http or https).
+    pub url: String,
+    /// The HMAC-SHA256 key (at least 16 characters); or `secret_file`.
+    pub secret: Option<String>,
+    /// A file whose first line is the key (kept out of the configuration).
+    pub secret_file: Option<PathBuf>,
+    /// The events to send; all of them if absent.
+    pub events: Option<Vec<String>>,
 }
 
 /// `[profiles.NAME]`: a profile made from a built-in one, with its own

@@ -106,6 +106,8 @@ pub struct Config {
     pub limits: LimitsSection,
     /// Test-only ACME faults; always `None` from [`Config::load`].
     pub danger_acme_chaos: Option<DangerAcmeChaos>,
+    /// `[[webhooks]]`.
+    pub webhooks: Vec<Webhook>,
     /// The PKCS#11 PIN when it was typed at a prompt (never from a file
     /// or the environment; `None` from [`Config::load`]).
     pub pkcs11_pin: Option<zeroize::Zeroizing<String>>,
@@ -137,6 +139,7 @@ impl std::fmt::Debug for Config {
             .field("acme", &self.acme)
             .field("limits", &self.limits)
             .field("danger_acme_chaos", &self.danger_acme_chaos)
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -498,6 +501,7 @@ impl Config {
                     .unwrap_or_else(|| format!("{name}: {}", shape.summary())),
             });
         }
+        let webhooks = webhooks(&file.webhooks)?;
         let policy = Policy {
             allowed_suffixes: p.allowed_suffixes,
             allow_ip: p.allow_ip,
@@ -636,6 +640,7 @@ impl Config {
             acme: file.acme,
             limits: file.limits,
             danger_acme_chaos: None,
+            webhooks,
         })
     }
 }
@@ -651,6 +656,101 @@ fn env_value(raw: &str) -> toml::Value {
 
 /// The commented configuration written into a new data directory.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../hallmark.example.toml");
+
+/// A webhook endpoint: where, with which key, for which events.
+#[derive(Clone)]
+pub struct Webhook {
+    /// Where to POST.
+    pub url: String,
+    /// The HMAC-SHA256 key.
+    pub secret: zeroize::Zeroizing<Vec<u8>>,
+    /// The events it gets (`certificate.issued`, …).
+    pub events: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for Webhook {
+    /// Without the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[[webhooks]]` checked: a URL, one key of at least 16 bytes, known
+/// events, no URL twice.
+fn webhooks(sections: &[file::WebhookSection]) -> Result<Vec<Webhook>, ConfigError> {
+    use crate::workflow::webhooks::EVENTS;
+    let invalid = |reason: String| ConfigError::Invalid {
+        key: "webhooks",
+        reason,
+    };
+    let mut out: Vec<Webhook> = Vec::with_capacity(sections.len());
+    for s in sections {
+        match reqwest::Url::parse(&s.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => {
+                return Err(invalid(format!(
+                    "url {:?} is not an http or https URL",
+                    s.url
+                )))
+            }
+        }
+        if out.iter().any(|w| w.url == s.url) {
+            return Err(invalid(format!("url {:?} appears twice", s.url)));
+        }
+        let secret = match (&s.secret, &s.secret_file) {
+            (Some(secret), None) => secret.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| invalid(format!("secret_file {}: {e}", path.display())))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            _ => {
+                return Err(invalid(format!(
+                    "{}: give exactly one of secret and secret_file",
+                    s.url
+                )))
+            }
+        };
+        if secret.len() < 16 {
+            return Err(invalid(format!(
+                "{}: the secret must be at least 16 characters",
+                s.url
+            )));
+        }
+        let events = match &s.events {
+            None => EVENTS.iter().map(|(_, e)| *e).collect(),
+            Some(names) => {
+                let mut events = Vec::with_capacity(names.len());
+                for name in names {
+                    let known = EVENTS.iter().find(|(_, e)| e == name).ok_or_else(|| {
+                        invalid(format!(
+                            "{}: unknown event {name:?}; known: {}",
+                            s.url,
+                            EVENTS
+                                .iter()
+                                .map(|(_, e)| *e)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    })?;
+                    events.push(known.1);
+                }
+                events
+            }
+        };
+        out.push(Webhook {
+            url: s.url.clone(),
+            secret: zeroize::Zeroizing::new(secret.into_bytes()),
+            events,
+        });
+    }
+    Ok(out)
+}
 
 /// A configured profile's shape: its base's, with the usages and
 /// revocation information the section sets. The error is the reason.
@@ -842,7 +942,11 @@ mod tests {
                 .collect(),
         );
         for part in path.iter().rev() {
-            value = toml::Value::Table([((*part).to_owned(), value)].into_iter().collect());
+            value = match *part {
+                // An array of tables: one element.
+                "[]" => toml::Value::Array(vec![value]),
+                _ => toml::Value::Table([((*part).to_owned(), value)].into_iter().collect()),
+            };
         }
         let err = value
             .try_into::<file::FileConfig>()
@@ -866,10 +970,10 @@ mod tests {
         assert!(sections.contains(&"server".to_owned()), "{sections:?}");
         let mut by_section = std::collections::BTreeMap::new();
         for section in &sections {
-            let path: Vec<&str> = if section == "profiles" {
-                vec!["profiles", "x"]
-            } else {
-                vec![section.as_str()]
+            let path: Vec<&str> = match section.as_str() {
+                "profiles" => vec!["profiles", "x"],
+                "webhooks" => vec!["webhooks", "[]"],
+                other => vec![other],
             };
             by_section.insert(section.clone(), keys_of(&path));
         }
@@ -880,7 +984,9 @@ mod tests {
         let mut current = String::new();
         for line in EXAMPLE_CONFIG.lines() {
             let bare = line.trim_start_matches('#').trim();
-            if let Some(header) = bare.strip_prefix('[').and_then(|h| h.split(']').next()) {
+            if bare.starts_with('[') {
+                // `[crl]`, `[profiles.device]`, `[[webhooks]]`
+                let header = bare.trim_start_matches('[').split(']').next().unwrap();
                 current = header.split('.').next().unwrap().to_owned();
                 continue;
             }
@@ -970,6 +1076,44 @@ mod tests {
         let plain = c.policy.profile("plain").unwrap();
         assert_eq!(plain.shape, Profile::Server.shape());
         assert_eq!(plain.cap(), None);
+    }
+
+    #[test]
+    fn webhooks_need_a_url_one_secret_and_known_events_and_never_show_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "from-a-file-0123456789\n").unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            format!(
+                "[[webhooks]]\nurl = \"https://hooks.internal/a\"\nsecret = \"0123456789abcdef\"\n\n\
+                 [[webhooks]]\nurl = \"http://127.0.0.1:9/b\"\nsecret_file = \"{}\"\nevents = [\"certificate.revoked\"]\n",
+                dir.path().join("secret").display()
+            ),
+        )
+        .unwrap();
+        let c = Config::load(None, dir.path(), env(&[])).unwrap();
+        assert_eq!(c.webhooks.len(), 2);
+        assert_eq!(c.webhooks[0].events.len(), 5, "all events by default");
+        assert_eq!(&c.webhooks[1].secret[..], b"from-a-file-0123456789");
+        assert_eq!(c.webhooks[1].events, ["certificate.revoked"]);
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("0123456789abcdef") && !shown.contains("from-a-file"),
+            "{shown}"
+        );
+        for (body, says) in [
+            ("url = \"ftp://x/\"\nsecret = \"0123456789abcdef\"", "is not an http or https URL"),
+            ("url = \"https://x/\"", "exactly one of secret and secret_file"),
+            ("url = \"https://x/\"\nsecret = \"short\"", "at least 16 characters"),
+            (
+                "url = \"https://x/\"\nsecret = \"0123456789abcdef\"\nevents = [\"certificate.expired\"]",
+                "unknown event \"certificate.expired\"",
+            ),
+        ] {
+            std::fs::write(dir.path().join(CONFIG_FILE_NAME), format!("[[webhooks]]\n{body}\n")).unwrap();
+            let err = Config::load(None, dir.path(), env(&[])).unwrap_err().to_string();
+            assert!(err.contains("webhooks") && err.contains(says), "{body}: {err}");
+        }
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct AppState {
     pub limits: crate::workflow::limits::AddressLimits,
     /// The bound on concurrent password checks.
     pub password_gate: Arc<crate::workflow::users::PasswordGate>,
+    /// The configured webhooks (shown in the dashboard).
+    pub webhooks: Vec<crate::config::Webhook>,
 }
 
 fn common_layers(router: Router) -> Router {

@@ -14,6 +14,7 @@ pub mod recent;
 mod revocation;
 mod sql;
 pub mod sqlite;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -461,24 +462,48 @@ pub struct NewApiKey {
 /// their own trait (`OrderReads` in `orders.rs`, …), implemented once for
 /// both databases in `sql/`.
 pub trait StoreRead:
-    Health + OrderReads + CertificateReads + AuditReads + UserReads + AccountReads
+    Health
+    + OrderReads
+    + CertificateReads
+    + AuditReads
+    + UserReads
+    + AccountReads
+    + webhooks::WebhookReads
 {
 }
 
 impl<T> StoreRead for T where
-    T: Health + OrderReads + CertificateReads + AuditReads + UserReads + AccountReads
+    T: Health
+        + OrderReads
+        + CertificateReads
+        + AuditReads
+        + UserReads
+        + AccountReads
+        + webhooks::WebhookReads
 {
 }
 
 /// The storage contract both backends fulfil: the reads, and every write
 /// (each with its audit records, in one transaction).
 pub trait Store:
-    StoreRead + OrderWrites + CertificateWrites + AuditWrites + UserWrites + AccountWrites
+    StoreRead
+    + OrderWrites
+    + CertificateWrites
+    + AuditWrites
+    + UserWrites
+    + AccountWrites
+    + webhooks::WebhookWrites
 {
 }
 
 impl<T> Store for T where
-    T: StoreRead + OrderWrites + CertificateWrites + AuditWrites + UserWrites + AccountWrites
+    T: StoreRead
+        + OrderWrites
+        + CertificateWrites
+        + AuditWrites
+        + UserWrites
+        + AccountWrites
+        + webhooks::WebhookWrites
 {
 }
 

@@ -12,6 +12,7 @@ pub mod ocsp;
 pub mod orders;
 pub mod revocation;
 pub mod users;
+pub mod webhooks;
 
 pub use error::{Clash, Missing, NotAllowed, WorkflowError};
 

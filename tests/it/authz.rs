@@ -96,6 +96,7 @@ fn rest_matrix() -> Vec<RestRow> {
         ("GET",  "/api/v1/certificates",            Nothing,   None,                    [U,  U,  U,  OK, OK, OK, OK]),
         ("GET",  "/api/v1/certificates/{serial}",   OwnCert,   None,                    [U,  U,  U,  OK, H,  OK, OK]),
         ("POST", "/api/v1/certificates/{serial}/revoke", FreshCert, Some(json!({})),   [U,  U,  U,  OK, H,  F,  OK]),
+        ("GET",  "/api/v1/webhooks/deliveries",     Nothing,   None,                    [U,  U,  U,  F,  F,  F,  OK]),
     ]
 }
 
@@ -138,6 +139,7 @@ fn dashboard_matrix() -> Vec<DashboardRow> {
         ("GET",  "/admin/users",                         Nothing,  vec![],                   [LOGIN, LOGIN, OK, OK, OK,   OK]),
         ("GET",  "/admin/audit",                         Nothing,  vec![],                   [LOGIN, LOGIN, OK, OK, OK,   OK]),
         ("GET",  "/admin/crl",                           Nothing,  vec![],                   [LOGIN, LOGIN, OK, OK, OK,   OK]),
+        ("GET",  "/admin/webhooks",                      Nothing,  vec![],                   [LOGIN, LOGIN, OK, OK, OK,   OK]),
         ("GET",  "/admin/password",                      Nothing,  vec![],                   [LOGIN, LOGIN, OK, OK, OK,   OK]),
         ("POST", "/admin/requests/{order}/approve",      FreshOv,  vec![],                   [LOGIN, LOGIN, F,  F,  OK,   OK]),
         ("POST", "/admin/requests/{order}/reject",       FreshOv,  vec![("reason", "no")],   [LOGIN, LOGIN, F,  F,  OK,   OK]),

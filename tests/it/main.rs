@@ -33,3 +33,4 @@ mod store;
 mod support;
 mod tls;
 mod validation;
+mod webhooks;

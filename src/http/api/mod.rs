@@ -4,6 +4,7 @@
 mod account;
 mod certificates;
 mod orders;
+mod webhooks;
 
 /// Fuzzing entry (`fuzz/`): every REST JSON body.
 #[doc(hidden)]
@@ -34,7 +35,8 @@ pub fn router() -> Router<Arc<AppState>> {
             "/api/v1",
             account::router()
                 .merge(orders::router())
-                .merge(certificates::router()),
+                .merge(certificates::router())
+                .merge(webhooks::router()),
         )
         .route("/api/openapi.json", axum::routing::get(openapi))
 }

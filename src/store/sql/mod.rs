@@ -24,6 +24,7 @@ mod audit;
 mod certificates;
 mod orders;
 mod users;
+mod webhooks;
 
 use super::batch::{Batcher, UsedNonce, Write};
 use super::recent::{Changes, Recent};

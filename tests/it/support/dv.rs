@@ -72,6 +72,16 @@ impl DvLab {
         extra: &[(&str, String)],
         chaos: Option<hallmark::config::DangerAcmeChaos>,
     ) -> DvLab {
+        Self::with_config(backend, extra, |c| c.danger_acme_chaos = chaos).await
+    }
+
+    /// Like `new`, with the configuration changed by `setup` before the
+    /// service starts (for what no `HALLMARK_*` variable sets).
+    pub async fn with_config(
+        backend: Backend,
+        extra: &[(&str, String)],
+        setup: impl FnOnce(&mut hallmark::config::Config),
+    ) -> DvLab {
         let http01 = Http01Server::start().await;
         let dns = dns::serve(vec![
             Entry::A("web", "127.0.0.1".parse().unwrap()),
@@ -92,7 +102,7 @@ impl DvLab {
         ];
         env.extend(extra.iter().cloned());
         let mut ca = TestCa::with_env(backend, &env).await;
-        ca.config.danger_acme_chaos = chaos;
+        setup(&mut ca.config);
         let running = ca.start().await;
         DvLab {
             ca,

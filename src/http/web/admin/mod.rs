@@ -11,6 +11,7 @@ mod overview;
 mod requests;
 mod signin;
 mod user_pages;
+mod webhook_page;
 use account_pages::*;
 use audit_log::*;
 use certificates::*;
@@ -19,6 +20,7 @@ use overview::*;
 use requests::*;
 use signin::*;
 use user_pages::*;
+use webhook_page::*;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -155,6 +157,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/admin/audit", get(audit))
         .route("/admin/crl", get(crl_status))
         .route("/admin/crl/regenerate", post(regenerate_crl))
+        .route("/admin/webhooks", get(webhooks_page))
 }
 
 /// Renders a template, or a plain 500.

@@ -1,0 +1,22 @@
+-- Webhooks read the audit log, which every change writes in its own
+-- transaction: it is their outbox. Each hook keeps how far it has
+-- delivered, and which instance holds its lease (one delivers at a time).
+CREATE TABLE webhook_cursors (
+    url          TEXT PRIMARY KEY,
+    last_seq     BIGINT NOT NULL,
+    leased_by    TEXT,
+    leased_until BIGINT NOT NULL DEFAULT 0
+);
+
+-- Every delivery attempt, for the dashboard and the API.
+CREATE TABLE webhook_deliveries (
+    id          BIGSERIAL PRIMARY KEY,
+    url         TEXT NOT NULL,
+    audit_seq   BIGINT NOT NULL,
+    event       TEXT NOT NULL,
+    attempt     BIGINT NOT NULL,
+    at          BIGINT NOT NULL,
+    status_code BIGINT,
+    error       TEXT,
+    delivered   BOOLEAN NOT NULL
+);

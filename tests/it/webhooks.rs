@@ -1,0 +1,172 @@
+//! Webhooks against a real HTTP receiver on loopback: issuance,
+//! revocation, an OV order awaiting approval and its approval arrive as
+//! JSON signed with HMAC-SHA256 over "<timestamp>.<body>"; a receiver that
+//! fails is retried with backoff; every attempt is in the delivery log the
+//! admin API reads; only admin keys read it. On both stores.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::browser::ov_order;
+use crate::support::dv::{csr, DvLab};
+use crate::support::*;
+use hallmark::workflow::accounts::Role;
+
+const SECRET: &str = "a-webhook-secret-of-some-length";
+
+type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+
+/// A receiver that answers 500 to its first request and 204 after.
+async fn receiver() -> (String, Received) {
+    let received: Received = Default::default();
+    let app = axum::Router::new().route(
+        "/hook/T0KEN",
+        axum::routing::post({
+            let received = received.clone();
+            move |headers: HeaderMap, body: Bytes| {
+                let received = received.clone();
+                async move {
+                    let mut r = received.lock().unwrap();
+                    r.push((headers, body));
+                    if r.len() == 1 {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::NO_CONTENT
+                    }
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook/T0KEN", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_arrive_signed_failures_are_retried_and_every_attempt_is_logged() {
+    for backend in backends() {
+        let (url, received) = receiver().await;
+        let hook = hallmark::config::Webhook {
+            url: url.clone(),
+            secret: zeroize::Zeroizing::new(SECRET.as_bytes().to_vec()),
+            events: hallmark::workflow::webhooks::EVENTS
+                .iter()
+                .map(|(_, e)| *e)
+                .collect(),
+        };
+        let lab = DvLab::with_config(backend, &[], |c| c.webhooks = vec![hook]).await;
+        let key = lab.account("team hooks", Role::Requester).await;
+        let reviewer = lab.account("reviewers", Role::Reviewer).await;
+        let admin = lab.account("admins", Role::Admin).await;
+
+        // Issue, revoke, and an OV order approved.
+        let pem = csr(lab.ca.dir.path(), "w", "web.internal", "DNS:web.internal");
+        let (status, order) = lab
+            .post(&key, "/orders", json!({"csr": pem, "validation": "dv"}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{order}");
+        lab.answer_http01(&key, &order).await;
+        let done = lab.settle(&key, order["id"].as_str().unwrap()).await;
+        let serial = done["certificate_serial"].as_str().unwrap().to_owned();
+        let (status, _) = lab
+            .post(
+                &key,
+                &format!("/certificates/{serial}/revoke"),
+                json!({"reason": "superseded"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let ov = ov_order(&lab, &key, "Hook Org").await;
+        let (status, p) = lab
+            .post(&reviewer, &format!("/orders/{ov}/approve"), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{p}");
+
+        // The receiver sees the four events (the first twice: 500, then
+        // the retry a second later).
+        let wanted = [
+            "certificate.issued",
+            "certificate.revoked",
+            "order.awaiting_approval",
+            "order.approved",
+        ];
+        let mut events: Vec<(String, Value, HeaderMap)> = Vec::new();
+        for _ in 0..150 {
+            events = received
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(h, b)| {
+                    (
+                        h["x-hallmark-event"].to_str().unwrap().to_owned(),
+                        serde_json::from_slice(b).unwrap(),
+                        h.clone(),
+                    )
+                })
+                .collect();
+            if wanted.iter().all(|w| events.iter().any(|(e, _, _)| e == w)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let names: Vec<&str> = events.iter().map(|(e, _, _)| e.as_str()).collect();
+        for w in wanted {
+            assert!(names.contains(&w), "{w} not among {names:?}");
+        }
+        assert_eq!(names[0], "certificate.issued");
+        assert_eq!(names[1], "certificate.issued", "retried after the 500");
+        // In order, each once after the retry; the issuance's own OV
+        // certificate also arrives after the approval.
+        let first_seen = |w: &str| names.iter().position(|n| *n == w).unwrap();
+        assert!(first_seen("certificate.revoked") < first_seen("order.awaiting_approval"));
+        assert!(first_seen("order.awaiting_approval") < first_seen("order.approved"));
+
+        for ((event, body, headers), (_, raw)) in events.iter().zip(received.lock().unwrap().iter())
+        {
+            assert_eq!(body["type"], event.as_str());
+            assert_eq!(
+                headers["x-hallmark-delivery"].to_str().unwrap(),
+                body["id"].to_string()
+            );
+            let ts: i64 = headers["x-hallmark-timestamp"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+            let mut signed = format!("{ts}.").into_bytes();
+            signed.extend_from_slice(raw);
+            let expected = format!("sha256={}", hex::encode(ring::hmac::sign(&key, &signed)));
+            assert_eq!(headers["x-hallmark-signature"].to_str().unwrap(), expected);
+        }
+        let issued = &events[0].1;
+        assert_eq!(issued["subject"], serial.as_str(), "{issued}");
+        assert_eq!(issued["data"]["names"], json!(["web.internal"]), "{issued}");
+
+        // The delivery log: admin keys only; the failed first attempt and
+        // its retry; the URL's secret path elided.
+        let (status, _) = lab.get(&key, "/webhooks/deliveries").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, log) = lab.get(&admin, "/webhooks/deliveries?limit=1000").await;
+        assert_eq!(status, StatusCode::OK, "{log}");
+        let rows = log["deliveries"].as_array().unwrap();
+        let first = events[0].1["id"].as_i64().unwrap();
+        let of_first: Vec<&Value> = rows.iter().filter(|r| r["delivery"] == first).collect();
+        assert_eq!(of_first.len(), 2, "{log}");
+        let failed = of_first.iter().find(|r| r["attempt"] == 1).unwrap();
+        assert_eq!(failed["delivered"], false);
+        assert_eq!(failed["status_code"], 500);
+        let retried = of_first.iter().find(|r| r["attempt"] == 2).unwrap();
+        assert_eq!(retried["delivered"], true);
+        assert!(
+            !log.to_string().contains("T0KEN"),
+            "the path is elided: {log}"
+        );
+        lab.finish().await;
+    }
+}
