@@ -220,6 +220,10 @@ impl Service {
         tokio::spawn(self.orders.clone().run_worker(shutdown.clone()));
         tokio::spawn(self.crls.clone().run(shutdown.clone()));
         if !self.config.webhooks.is_empty() {
+            tokio::spawn(crate::workflow::webhooks::run_expiry_notices(
+                self.authority.store().clone(),
+                shutdown.clone(),
+            ));
             // A hook seen for the first time starts here, before the
             // listeners take a request: nothing after the start is missed.
             let start = match self.authority.reads().audit_head().await {

@@ -1093,7 +1093,7 @@ mod tests {
         .unwrap();
         let c = Config::load(None, dir.path(), env(&[])).unwrap();
         assert_eq!(c.webhooks.len(), 2);
-        assert_eq!(c.webhooks[0].events.len(), 5, "all events by default");
+        assert_eq!(c.webhooks[0].events.len(), 6, "all events by default");
         assert_eq!(&c.webhooks[1].secret[..], b"from-a-file-0123456789");
         assert_eq!(c.webhooks[1].events, ["certificate.revoked"]);
         let shown = format!("{c:?}");

@@ -253,6 +253,13 @@ pub trait CertificateWrites: Send + Sync + 'static {
         event: AuditEvent,
     ) -> Result<Option<CrlRecord>>;
 
+    /// Records an "expiring soon" notice — an audit record
+    /// `certificate.expiring` each, in one transaction — for at most
+    /// `limit` unrevoked certificates that expire in `[now, until)`, have
+    /// had none, and have no successor (a later unrevoked certificate of
+    /// the same account for the same names). Returns their serials.
+    async fn notice_expiring(&self, now: i64, until: i64, limit: i64) -> Result<Vec<String>>;
+
     /// Moves every issuer's CRL number up to at least `floor` (never
     /// down), with its audit record, in one transaction: after a restore,
     /// no CRL number the old instance may have published since the backup

@@ -18,9 +18,10 @@ use crate::store::webhooks::NewDelivery;
 use crate::store::{AuditRecord, Store};
 
 /// The audit actions webhooks carry, and the event each becomes.
-pub const EVENTS: [(&str, &str); 5] = [
+pub const EVENTS: [(&str, &str); 6] = [
     ("certificate.issue", "certificate.issued"),
     ("certificate.revoke", "certificate.revoked"),
+    ("certificate.expiring", "certificate.expiring_soon"),
     ("order.awaiting_approval", "order.awaiting_approval"),
     ("order.approve", "order.approved"),
     ("order.reject", "order.rejected"),
@@ -209,6 +210,54 @@ impl WebhookDispatcher {
         }
         tracing::error!(url = %hook.url, event, delivery = record.seq, "webhook event given up after {MAX_ATTEMPTS} attempts");
         Ok(())
+    }
+}
+
+/// Certificates this close to their end, unrenewed, get an "expiring
+/// soon" notice.
+pub const EXPIRING_NOTICE_DAYS: i64 = 7;
+/// How often the notices are looked for.
+pub const EXPIRING_SCAN: Duration = Duration::from_secs(3600);
+
+/// Records "expiring soon" notices for certificates that end within
+/// [`EXPIRING_NOTICE_DAYS`] and have no successor, in batches, at `now`;
+/// returns their serials. Each notice is an audit record, so webhooks (and
+/// anything else reading the log) see each once.
+pub async fn notice_expiring(
+    store: &dyn Store,
+    now: i64,
+) -> Result<Vec<String>, crate::store::StoreError> {
+    let until = now + EXPIRING_NOTICE_DAYS * 86_400;
+    let mut all = Vec::new();
+    loop {
+        let batch = store.notice_expiring(now, until, 500).await?;
+        let done = batch.len() < 500;
+        all.extend(batch);
+        if done {
+            return Ok(all);
+        }
+    }
+}
+
+/// Looks for expiring certificates at start and every
+/// [`EXPIRING_SCAN`] until shutdown.
+pub async fn run_expiry_notices(store: Arc<dyn Store>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        match notice_expiring(store.as_ref(), now).await {
+            Ok(serials) if !serials.is_empty() => {
+                tracing::info!(
+                    count = serials.len(),
+                    "certificates expiring soon, unrenewed"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "looking for expiring certificates failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(EXPIRING_SCAN) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

@@ -170,3 +170,78 @@ async fn events_arrive_signed_failures_are_retried_and_every_attempt_is_logged()
         lab.finish().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrenewed_certificate_near_its_end_gets_one_expiring_soon_event() {
+    use hallmark::workflow::SignOptions;
+    for backend in backends() {
+        let (url, received) = receiver().await;
+        let hook = hallmark::config::Webhook {
+            url,
+            secret: zeroize::Zeroizing::new(SECRET.as_bytes().to_vec()),
+            events: vec!["certificate.expiring_soon"],
+        };
+        let lab = DvLab::with_config(backend, &[], |c| c.webhooks = vec![hook]).await;
+        let authority = &lab.running.authority;
+        let dir = lab.ca.dir.path();
+        let sign = |name: &str| {
+            let csr = openssl_csr(
+                dir,
+                name,
+                P256,
+                &format!("/CN={name}"),
+                Some(&format!("DNS:{name}")),
+            );
+            async move {
+                authority
+                    .sign_csr(&csr, SignOptions::default(), "operator:test")
+                    .await
+                    .unwrap()
+                    .certificate
+                    .serial
+                    .to_hex()
+            }
+        };
+        let lone = sign("web.internal").await;
+        let renewed = sign("api.internal").await;
+        let _successor = sign("api.internal").await;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        lab.ca
+            .db
+            .execute(&format!(
+                "UPDATE certificates SET not_after = {} WHERE serial IN ('{lone}', '{renewed}')",
+                now + 3 * 86_400
+            ))
+            .await;
+
+        // Only the one nobody renewed, and only once.
+        let store = authority.store();
+        let noticed = hallmark::workflow::webhooks::notice_expiring(store.as_ref(), now)
+            .await
+            .unwrap();
+        assert_eq!(noticed, [lone.clone()]);
+        let again = hallmark::workflow::webhooks::notice_expiring(store.as_ref(), now + 60)
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "{again:?}");
+
+        // It reaches the hook (after the receiver's first 500, retried).
+        let mut delivered = None;
+        for _ in 0..100 {
+            let got = received.lock().unwrap().clone();
+            if got.len() >= 2 {
+                delivered = Some(got);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let got = delivered.expect("the event arrived");
+        let body: Value = serde_json::from_slice(&got[1].1).unwrap();
+        assert_eq!(body["type"], "certificate.expiring_soon", "{body}");
+        assert_eq!(body["subject"], lone.as_str(), "{body}");
+        assert_eq!(body["data"]["names"], json!(["web.internal"]), "{body}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(received.lock().unwrap().len(), 2, "one event, no other");
+        lab.finish().await;
+    }
+}

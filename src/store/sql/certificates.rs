@@ -502,6 +502,52 @@ where
         Ok(())
     }
 
+    async fn notice_expiring(&self, now: i64, until: i64, limit: i64) -> Result<Vec<String>> {
+        let mut tx = self.write.begin().await?;
+        let head = Self::lock_audit(&mut tx).await?;
+        let due: Vec<(String, String, Option<String>, i64)> = sqlx::query_as(
+            "SELECT c.serial, c.identifiers, c.account_id, c.not_after FROM certificates c \
+             WHERE c.not_after >= $1 AND c.not_after < $2 AND c.revoked_at IS NULL \
+             AND c.expiry_noticed_at IS NULL AND c.requested_by <> 'system' \
+             AND NOT EXISTS (SELECT 1 FROM certificates n \
+                 WHERE (n.account_id = c.account_id OR (n.account_id IS NULL AND c.account_id IS NULL)) \
+                 AND n.identifiers = c.identifiers AND n.not_after > c.not_after \
+                 AND n.revoked_at IS NULL) \
+             ORDER BY c.not_after LIMIT $3",
+        )
+        .bind(now)
+        .bind(until)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let at = time::OffsetDateTime::from_unix_timestamp(now)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let mut events = Vec::with_capacity(due.len());
+        for (serial, identifiers, account_id, not_after) in &due {
+            sqlx::query("UPDATE certificates SET expiry_noticed_at = $2 WHERE serial = $1")
+                .bind(serial.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            let names: serde_json::Value =
+                serde_json::from_str(identifiers).unwrap_or(serde_json::Value::Null);
+            events.push(AuditEvent {
+                at,
+                actor: "system".into(),
+                action: "certificate.expiring".into(),
+                subject: serial.clone(),
+                details: serde_json::json!({
+                    "names": names,
+                    "account": account_id,
+                    "not_after": not_after,
+                }),
+            });
+        }
+        let refs: Vec<&AuditEvent> = events.iter().collect();
+        Self::commit_audited(tx, head, &refs).await?;
+        Ok(due.into_iter().map(|(serial, ..)| serial).collect())
+    }
+
     async fn raise_crl_numbers(&self, floor: i64, event: AuditEvent) -> Result<u64> {
         let mut tx = self.write.begin().await?;
         let head = Self::lock_audit(&mut tx).await?;
