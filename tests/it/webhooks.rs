@@ -219,7 +219,7 @@ async fn an_unrenewed_certificate_near_its_end_gets_one_expiring_soon_event() {
         let noticed = hallmark::workflow::webhooks::notice_expiring(store.as_ref(), now)
             .await
             .unwrap();
-        assert_eq!(noticed, [lone.clone()]);
+        assert_eq!(noticed, std::slice::from_ref(&lone));
         let again = hallmark::workflow::webhooks::notice_expiring(store.as_ref(), now + 60)
             .await
             .unwrap();
