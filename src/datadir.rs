@@ -9,6 +9,8 @@
 //!   ca/root.key.pem          root key, encrypted PKCS#8 (PBES2), 0600
 //!   ca/issuing.crt.pem       issuing intermediate
 //!   ca/issuing.key.pem       intermediate key, PKCS#8, 0600
+//!   ca/retired/int-….*.pem   intermediates `ca rotate` replaced, with keys
+//!   ca/imported/imp-….*.pem  CAs `import openssl` brought in, with keys
 //!   ca/issuing.csr.pem       its CSR, when the root is elsewhere
 //!                            (`init --intermediate-csr`)
 //!   ca/signed-intermediates.log  on a root: every intermediate it signed
@@ -116,7 +118,8 @@ impl Layout {
         }
     }
 
-    fn ca_dir(&self) -> PathBuf {
+    /// The CA directory.
+    pub fn ca_dir(&self) -> PathBuf {
         self.root.join("ca")
     }
     /// Root certificate file.
@@ -294,7 +297,8 @@ fn example_config(config: &Config) -> String {
     )
 }
 
-fn ca_names(config: &Config) -> CaNames {
+/// The CA names of this configuration.
+pub fn ca_names(config: &Config) -> CaNames {
     CaNames {
         organization: config.ca.organization.clone(),
         root_common_name: config.ca.root_common_name.clone(),
@@ -302,7 +306,8 @@ fn ca_names(config: &Config) -> CaNames {
     }
 }
 
-fn generate_key(config: &Config, what: &str) -> Result<PrivateKey, DataDirError> {
+/// A new CA key of `ca_key_type`, its progress logged.
+pub fn generate_key(config: &Config, what: &str) -> Result<PrivateKey, DataDirError> {
     // RSA keys of 3072 and 4096 bits take seconds: say what is happening.
     let started = std::time::Instant::now();
     tracing::info!(
@@ -550,10 +555,24 @@ pub fn sign_intermediate(
         now,
         Serial::random(&mut rand::rngs::OsRng),
     )?;
+    log_signed_intermediate(&layout, &certificate, now)?;
+    Ok(SignedIntermediate {
+        certificate,
+        constraints,
+        constraints_from,
+    })
+}
+
+/// Appends an intermediate the root signed to `ca/signed-intermediates.log`.
+pub fn log_signed_intermediate(
+    layout: &Layout,
+    certificate: &CaCertificate,
+    now: OffsetDateTime,
+) -> Result<(), DataDirError> {
     let line = format!(
         "{} serial={} subject=\"{}\" not_after={} sha256={}\n",
         now.unix_timestamp(),
-        hex::encode(certificate_serial(&certificate)),
+        hex::encode(certificate_serial(certificate)),
         certificate.subject(),
         certificate.not_after().unix_timestamp(),
         certificate.fingerprint_sha256(),
@@ -567,12 +586,7 @@ pub fn sign_intermediate(
         .map_err(io_err(&path))?;
     log.write_all(line.as_bytes())
         .and_then(|()| log.sync_all())
-        .map_err(io_err(&path))?;
-    Ok(SignedIntermediate {
-        certificate,
-        constraints,
-        constraints_from,
-    })
+        .map_err(io_err(&path))
 }
 
 /// The serial number bytes of a certificate.
@@ -810,6 +824,7 @@ pub fn load_issuer(layout: &Layout, config: &Config) -> Result<Issuer, DataDirEr
     if !layout.has_ca() {
         return Err(DataDirError::NotInitialised(layout.root.clone()));
     }
+    crate::issuers::finish_rotation(layout)?;
     if !layout.issuing_cert().exists() {
         if layout.issuing_csr().exists() {
             return Err(DataDirError::AwaitingIntermediate(layout.root.clone()));
@@ -860,7 +875,8 @@ pub fn read_key(path: &Path, passphrase: Option<&[u8]>) -> Result<PrivateKey, Da
     })
 }
 
-fn read_cert(path: &Path) -> Result<Vec<u8>, DataDirError> {
+/// The first PEM certificate of a file, DER.
+pub fn read_cert(path: &Path) -> Result<Vec<u8>, DataDirError> {
     let text = fs::read_to_string(path).map_err(io_err(path))?;
     pem_decode_all(&text, "CERTIFICATE")
         .into_iter()

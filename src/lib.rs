@@ -13,6 +13,8 @@ pub mod datadir;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod import;
+pub mod issuers;
 pub mod metrics;
 pub mod pkcs11;
 pub mod pki;

@@ -79,6 +79,11 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Bring an existing CA's certificates and revocations into hallmark
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
     /// Run the service (creates the CA on first start)
     Serve,
     /// Sign a CSR as the operator: policy and profile apply, no domain validation
@@ -284,6 +289,32 @@ enum CaCommand {
         #[arg(long, value_name = "FILE")]
         root: Option<PathBuf>,
     },
+    /// Make a new issuing intermediate signed by the root (needs the
+    /// passphrase); the current one retires to ca/retired/ and keeps
+    /// publishing CRLs and answering OCSP until its last certificate
+    /// expires. Restart `serve` (instance by instance) to issue from it
+    Rotate,
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// An OpenSSL CA as `openssl ca` leaves it: hallmark publishes its CRL
+    /// and answers OCSP for every certificate it issued (it issues no more)
+    Openssl {
+        /// The CA's certificate (PEM or DER)
+        #[arg(long, value_name = "FILE")]
+        ca_cert: PathBuf,
+        /// The CA's key, PKCS#8 PEM (an encrypted one asks for its
+        /// passphrase, or reads HALLMARK_IMPORT_KEY_PASSPHRASE_FILE)
+        #[arg(long, value_name = "FILE")]
+        ca_key: PathBuf,
+        /// The CA database, `index.txt`
+        #[arg(long, value_name = "FILE")]
+        index: PathBuf,
+        /// The directory of the certificates it issued (`newcerts/`)
+        #[arg(long, value_name = "DIR")]
+        certs: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -488,6 +519,72 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca {
             command: CaCommand::InstallIntermediate { cert_file, root },
         } => install_intermediate(&config, &cert_file, root.as_deref()),
+        Command::Ca {
+            command: CaCommand::Rotate,
+        } => rotate(&config).await,
+        Command::Import {
+            command:
+                ImportCommand::Openssl {
+                    ca_cert,
+                    ca_key,
+                    index,
+                    certs,
+                },
+        } => {
+            let encrypted = std::fs::read_to_string(&ca_key)
+                .map(|t| t.contains("ENCRYPTED PRIVATE KEY"))
+                .unwrap_or(false);
+            let ca_key_passphrase = if encrypted {
+                Some(import_key_passphrase()?)
+            } else {
+                None
+            };
+            let source = hallmark::import::OpensslCa {
+                ca_cert,
+                ca_key,
+                ca_key_passphrase,
+                index,
+                certs,
+            };
+            let store = hallmark::store::connect(&config.database_url).await?;
+            let done =
+                hallmark::import::import_openssl(&config, store.as_ref(), &source, &operator())
+                    .await?;
+            drop(store);
+            println!(
+                "imported {} as {}: {} certificates ({} revoked, {} already expired)",
+                done.ca.subject(),
+                done.ca.id(),
+                done.certificates,
+                done.revoked,
+                done.expired
+            );
+            for s in &done.skipped {
+                println!("  left out {s}: not a certificate this CA issued");
+            }
+            let authority = hallmark::service::open_authority(&config).await?;
+            let crls = CrlPublisher::new(authority.clone(), config.crl.clone());
+            crls.refresh().await?;
+            if authority.issuer_by_id(done.ca.id()).is_some() {
+                let g = crls
+                    .generate_for(done.ca.id(), CrlKind::Complete, &operator())
+                    .await?;
+                println!(
+                    "published {}/crl/{} number {} ({} entries); OCSP answers for its serials at {}/ocsp",
+                    config.public_http_url,
+                    CrlKind::of(&g.record).file_name(&g.record.issuer_id),
+                    g.record.number,
+                    g.record.entries,
+                    config.public_http_url
+                );
+            } else {
+                println!("every certificate of this CA has expired: there is no CRL to publish");
+            }
+            println!(
+                "restart `hallmark serve` (each instance, with ca/imported/ copied) to serve them"
+            );
+            Ok(())
+        }
         Command::Crl {
             command: CrlCommand::Import { crl_file },
         } => {
@@ -638,7 +735,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .to_ascii_lowercase()
                 .parse::<hallmark::pki::Serial>()
                 .map_err(|_| {
-                    anyhow::anyhow!("{serial:?} is not a serial: expected 32 hex digits")
+                    anyhow::anyhow!("{serial:?} is not a serial: expected lower-case hex digits (32 for hallmark's own)")
                 })?;
             let authority = hallmark::service::open_authority(&config).await?;
             let operator = operator();
@@ -661,7 +758,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let crls = CrlPublisher::new(authority.clone(), config.crl.clone());
             crls.refresh().await?;
             for g in crls
-                .generate_after_revocation(cert.crl_partition, &operator)
+                .generate_after_revocation(&cert.issuer_id, cert.crl_partition, &operator)
                 .await?
             {
                 println!(
@@ -1197,6 +1294,69 @@ fn install_intermediate(
         None => println!("  permits       any name (no name constraints)"),
     }
     println!("`hallmark serve` can start; it never needs the root key.");
+    Ok(())
+}
+
+/// The passphrase of an imported CA's encrypted key: the first line of
+/// `HALLMARK_IMPORT_KEY_PASSPHRASE_FILE`, else a prompt.
+fn import_key_passphrase() -> anyhow::Result<Zeroizing<String>> {
+    if let Some(path) = std::env::var_os("HALLMARK_IMPORT_KEY_PASSPHRASE_FILE") {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", std::path::Path::new(&path).display()))?,
+        );
+        return Ok(Zeroizing::new(
+            text.lines().next().unwrap_or_default().to_owned(),
+        ));
+    }
+    Ok(Zeroizing::new(
+        rpassword::prompt_password("Passphrase of the CA key to import: ")
+            .context("reading the passphrase (or set HALLMARK_IMPORT_KEY_PASSPHRASE_FILE)")?,
+    ))
+}
+
+/// `hallmark ca rotate`: the files first (the new intermediate in place,
+/// the old one retired with its key), then the database learns both, the
+/// audit log records it, and every CRL is published.
+async fn rotate(config: &Config) -> anyhow::Result<()> {
+    need_root_key(config)?;
+    let passphrase = root_secret(config, false)?;
+    let rotated =
+        hallmark::issuers::rotate(config, passphrase.as_bytes(), OffsetDateTime::now_utc())?;
+    let authority = hallmark::service::open_authority(config).await?;
+    authority
+        .store()
+        .append_audit(hallmark::store::AuditEvent {
+            at: OffsetDateTime::now_utc(),
+            actor: operator(),
+            action: "ca.rotate".into(),
+            subject: rotated.new.id().to_owned(),
+            details: serde_json::json!({
+                "retired": rotated.old.id(),
+                "subject": rotated.new.subject(),
+                "not_after": rotated.new.not_after().unix_timestamp(),
+                "sha256": rotated.new.fingerprint_sha256(),
+            }),
+        })
+        .await?;
+    let crls = CrlPublisher::new(authority.clone(), config.crl.clone());
+    crls.refresh().await?;
+    let published = crls.generate_every_by(&operator()).await?;
+    println!("Rotated the issuing CA in {}:", config.data_dir.display());
+    println!(
+        "  new issuing CA  {} ({}, until {})",
+        rotated.new.subject(),
+        rotated.new.id(),
+        rotated.new.not_after().date()
+    );
+    println!("  SHA-256         {}", rotated.new.fingerprint_sha256());
+    println!(
+        "  retired         {} ({}): it issues no more; its CRLs and OCSP go on until its last certificate expires",
+        rotated.old.subject(),
+        rotated.old.id()
+    );
+    println!("  published {} CRLs", published.len());
+    println!("Restart `hallmark serve` to issue from the new one (with several instances: copy ca/ to each and restart them one at a time).");
     Ok(())
 }
 

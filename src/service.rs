@@ -186,7 +186,16 @@ impl Service {
     pub async fn run(self, https: TcpListener, http: TcpListener, shutdown: watch::Receiver<bool>) {
         let issuing = self.authority.issuer().certificate().clone();
         let state = Arc::new(AppState {
-            ca_files: CaFiles::new(self.authority.root(), &issuing),
+            ca_files: CaFiles::new(
+                self.authority.root(),
+                &issuing,
+                &self
+                    .authority
+                    .retired()
+                    .iter()
+                    .map(|r| r.issuer.certificate())
+                    .collect::<Vec<_>>(),
+            ),
             authority: self.authority.clone(),
             orders: self.orders.clone(),
             crls: self.crls.clone(),
@@ -375,14 +384,45 @@ pub async fn open_authority(config: &Config) -> Result<Arc<Authority>, StartErro
         None => {}
     }
     let store = store::connect(&config.database_url).await?;
-    for (cert, kind) in [
-        (&root, IssuerKind::Root),
-        (issuer.certificate(), IssuerKind::Intermediate),
+    for (cert, kind, active) in [
+        (&root, IssuerKind::Root, false),
+        (issuer.certificate(), IssuerKind::Intermediate, true),
     ] {
-        store.upsert_issuer(&issuer_record(cert, kind)).await?;
+        store
+            .upsert_issuer(&issuer_record(cert, kind, active))
+            .await?;
+    }
+    // Retired and imported issuers answer for their certificates until
+    // the last one expires.
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let mut retired = Vec::new();
+    for (old, kind) in crate::issuers::load_retired(&layout, config)? {
+        let id = old.certificate().id().to_owned();
+        store
+            .upsert_issuer(&issuer_record(
+                old.certificate(),
+                IssuerKind::Intermediate,
+                false,
+            ))
+            .await?;
+        let serves_until = store.issuer_last_expiry(&id).await?.unwrap_or(0);
+        if serves_until < now {
+            tracing::info!(
+                issuer = %id,
+                "every certificate of this retired issuer has expired; its CRLs and OCSP are no longer published"
+            );
+            continue;
+        }
+        retired.push(crate::workflow::RetiredIssuer {
+            issuer: old,
+            kind,
+            serves_until,
+        });
     }
     Ok(Arc::new(
-        Authority::new(store, policy, issuer, root).with_crl_partitions(config.crl.partitions),
+        Authority::new(store, policy, issuer, root)
+            .with_crl_partitions(config.crl.partitions)
+            .with_retired(retired),
     ))
 }
 
@@ -402,8 +442,9 @@ fn warn_about_root_crl(crls: &CrlPublisher, root_id: &str) {
     }
 }
 
-fn issuer_record(cert: &CaCertificate, kind: IssuerKind) -> IssuerRecord {
+fn issuer_record(cert: &CaCertificate, kind: IssuerKind, active: bool) -> IssuerRecord {
     IssuerRecord {
+        active,
         id: cert.id().to_owned(),
         kind,
         subject: cert.subject().to_owned(),

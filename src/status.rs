@@ -52,8 +52,13 @@ pub struct Database {
 pub struct IssuerStatus {
     /// `root` or `int-…`.
     pub id: String,
-    /// `root` or `intermediate`.
+    /// `root`, `intermediate` (the one that issues) or `retired` (a
+    /// rotated intermediate or an imported CA: CRLs and OCSP only).
     pub kind: &'static str,
+    /// For a retired issuer: until when it answers for its certificates
+    /// (the last one's notAfter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serves_until: Option<String>,
     /// Its subject.
     pub subject: String,
     /// When it expires.
@@ -105,27 +110,49 @@ pub struct Audit {
 /// `now` (Unix seconds).
 pub async fn gather(config: &Config, store: &dyn Store, now: i64) -> anyhow::Result<Status> {
     let mut problems = Vec::new();
-    let mut issuers: Vec<IssuerStatus> = store
-        .issuers()
-        .await?
-        .into_iter()
-        .map(|i| IssuerStatus {
+    let mut issuers: Vec<IssuerStatus> = Vec::new();
+    // Retired issuers whose certificates have all expired publish nothing
+    // any more: neither their end nor their CRLs are a problem.
+    let mut done_with = Vec::new();
+    for i in store.issuers().await? {
+        let retired = i.kind == IssuerKind::Intermediate && !i.active;
+        let serves_until = if retired {
+            let until = store.issuer_last_expiry(&i.id).await?.unwrap_or(0);
+            if until < now {
+                done_with.push(i.id.clone());
+            }
+            Some(rfc3339(until))
+        } else {
+            None
+        };
+        issuers.push(IssuerStatus {
             kind: match i.kind {
                 IssuerKind::Root => "root",
+                IssuerKind::Intermediate if retired => "retired",
                 IssuerKind::Intermediate => "intermediate",
             },
             subject: i.subject,
             not_after: rfc3339(i.not_after),
             days_left: (i.not_after - now).div_euclid(86_400),
+            serves_until,
             id: i.id,
-        })
-        .collect();
-    issuers.sort_by_key(|i| (i.kind != "root", i.id.clone()));
+        });
+    }
+    issuers.sort_by_key(|i| {
+        (
+            match i.kind {
+                "root" => 0,
+                "intermediate" => 1,
+                _ => 2,
+            },
+            i.id.clone(),
+        )
+    });
     if issuers.is_empty() {
         problems
             .push("the database knows no CA yet: run `hallmark init` or `hallmark serve`".into());
     }
-    for i in &issuers {
+    for i in issuers.iter().filter(|i| i.kind != "retired") {
         if i.days_left < 0 {
             problems.push(format!("{} expired on {}", i.id, i.not_after));
         } else if i.days_left < ISSUER_WARN_DAYS {
@@ -156,7 +183,13 @@ pub async fn gather(config: &Config, store: &dyn Store, now: i64) -> anyhow::Res
             fresh: h.next_update > now,
         })
         .collect();
-    for c in crls.iter().filter(|c| !c.fresh) {
+    let finished = |file: &str| {
+        done_with.iter().any(|id| {
+            file.strip_prefix(id.as_str())
+                .is_some_and(|r| r.starts_with(['.', '-']))
+        })
+    };
+    for c in crls.iter().filter(|c| !c.fresh && !finished(&c.file)) {
         problems.push(format!(
             "{} is past its nextUpdate ({}): relying parties treat it as stale; is any instance running?",
             c.file, c.next_update
@@ -173,7 +206,7 @@ pub async fn gather(config: &Config, store: &dyn Store, now: i64) -> anyhow::Res
             ));
         }
     }
-    for i in &issuers {
+    for i in issuers.iter().filter(|i| !done_with.contains(&i.id)) {
         let complete = format!("{}.crl", i.id);
         if !crls.iter().any(|c| c.file == complete) {
             let how = if i.kind == "root" {
@@ -227,6 +260,13 @@ impl Status {
                 "  {:<14} {:<12} until {} ({} days)  {}",
                 i.id, i.kind, i.not_after, i.days_left, i.subject
             );
+            if let Some(until) = &i.serves_until {
+                let _ = writeln!(
+                    out,
+                    "  {:<14} {:<12} no longer issues; CRLs and OCSP until {until}",
+                    "", ""
+                );
+            }
         }
         let c = &self.certificates;
         let _ = writeln!(

@@ -43,10 +43,12 @@ pub struct CaFiles {
 }
 
 impl CaFiles {
-    /// Encodes the root and the issuing intermediate in every served form.
-    pub fn new(root: &CaCertificate, issuing: &CaCertificate) -> Self {
+    /// Encodes the root, the issuing intermediate and the retired issuers
+    /// (whose certificates' caIssuers URLs still point here) in every
+    /// served form. `chain.pem` is the issuing intermediate's chain.
+    pub fn new(root: &CaCertificate, issuing: &CaCertificate, retired: &[&CaCertificate]) -> Self {
         let mut files = HashMap::new();
-        for cert in [root, issuing] {
+        for cert in [root, issuing].into_iter().chain(retired.iter().copied()) {
             files.insert(
                 format!("{}.crt", cert.id()),
                 CachedFile::new(cert.der().to_vec(), "application/pkix-cert"),

@@ -87,7 +87,17 @@ impl CaCertificate {
                     ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
                     _ => None,
                 })
-                .ok_or_else(|| CaError::BadCertificate("it has no subjectKeyIdentifier".into()))?;
+                // A CA made elsewhere may have none: then the SHA-1 of its
+                // public key bits (RFC 5280 §4.2.1.2, method 1), which is
+                // what most CAs put there.
+                .unwrap_or_else(|| {
+                    ring::digest::digest(
+                        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                        &tbs.subject_pki.subject_public_key.data,
+                    )
+                    .as_ref()
+                    .to_vec()
+                });
             let constraints = NameConstraints::of(&cert)
                 .map_err(|e| CaError::BadCertificate(format!("its name constraints hold {e}")))?;
             (
@@ -130,6 +140,12 @@ impl CaCertificate {
     /// PEM text.
     pub fn pem(&self) -> String {
         pem_encode("CERTIFICATE", &self.der)
+    }
+    /// Whether it is self-signed (subject and issuer alike: a root).
+    pub fn is_self_signed(&self) -> bool {
+        x509_parser::parse_x509_certificate(&self.der)
+            .map(|(_, c)| c.issuer().as_raw() == c.subject().as_raw())
+            .unwrap_or(false)
     }
     /// The subject as text.
     pub fn subject(&self) -> &str {

@@ -1,16 +1,26 @@
-//! Certificate serial numbers: 128 random bits, positive (RFC 5280 §4.1.2.2).
+//! Certificate serial numbers: 128 random bits, positive (RFC 5280 §4.1.2.2)
+//! for what hallmark issues; any positive serial of up to 20 octets for
+//! certificates of an imported CA.
 
 use std::fmt;
 use std::str::FromStr;
 
 use rand::RngCore;
 
-/// A certificate serial number: 16 random bytes with the top bit cleared so
-/// the DER INTEGER is positive, and the low bit of the first byte set so it
-/// is always exactly 16 bytes long (126 bits of entropy, well above the 64
-/// the CA/Browser Forum asks for).
+/// The longest serial RFC 5280 lets a certificate user rely on handling.
+pub const MAX_SERIAL_BYTES: usize = 20;
+
+/// A certificate serial number, as its magnitude without leading zero
+/// bytes. hallmark's own are 16 random bytes with the top bit cleared so
+/// the DER INTEGER is positive, and the low bit of the first byte set so
+/// it is always exactly 16 bytes long (126 bits of entropy, well above the
+/// 64 the CA/Browser Forum asks for). A certificate imported from another
+/// CA keeps its serial, which may be as short as one byte.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Serial([u8; 16]);
+pub struct Serial {
+    len: u8,
+    bytes: [u8; MAX_SERIAL_BYTES],
+}
 
 impl Serial {
     /// Draws a new serial from `rng`.
@@ -18,23 +28,48 @@ impl Serial {
         let mut bytes = [0u8; 16];
         rng.fill_bytes(&mut bytes);
         bytes[0] = (bytes[0] & 0x7f) | 0x01;
-        Serial(bytes)
+        Self::from_magnitude(&bytes).unwrap_or_else(|| unreachable!("16 bytes fit"))
     }
 
-    /// The big-endian bytes.
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
+    /// The serial whose magnitude is `bytes` (big-endian; leading zero
+    /// bytes, as a DER INTEGER's sign octet, are dropped). `None` if it is
+    /// longer than 20 bytes.
+    pub fn from_magnitude(bytes: &[u8]) -> Option<Self> {
+        let start = bytes
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(bytes.len().saturating_sub(1));
+        let significant = &bytes[start.min(bytes.len())..];
+        let significant = if significant.is_empty() {
+            &[0u8][..]
+        } else {
+            significant
+        };
+        if significant.len() > MAX_SERIAL_BYTES {
+            return None;
+        }
+        let mut out = [0u8; MAX_SERIAL_BYTES];
+        out[..significant.len()].copy_from_slice(significant);
+        Some(Serial {
+            len: significant.len() as u8,
+            bytes: out,
+        })
+    }
+
+    /// The big-endian magnitude, without leading zero bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 
     /// Lower-case hex, the form used in URLs and the database.
     pub fn to_hex(self) -> String {
-        hex::encode(self.0)
+        hex::encode(self.as_bytes())
     }
 }
 
 impl fmt::Display for Serial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        f.write_str(&self.to_hex())
     }
 }
 
@@ -44,21 +79,30 @@ impl fmt::Debug for Serial {
     }
 }
 
-/// A serial number string that is not 32 lower-case hex digits.
+/// A serial number string that is not in hallmark's form.
 #[derive(Debug, thiserror::Error)]
-#[error("a serial number is 32 lower-case hexadecimal digits")]
+#[error("a serial number is lower-case hexadecimal, two digits a byte, at most 20 bytes, without a leading 00 byte (hallmark's own are 32 digits)")]
 pub struct SerialParseError;
 
 impl FromStr for Serial {
     type Err = SerialParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() != 32 || s.bytes().any(|b| b.is_ascii_uppercase()) {
+        if s.is_empty()
+            || s.len() % 2 != 0
+            || s.len() > 2 * MAX_SERIAL_BYTES
+            || s.bytes().any(|b| b.is_ascii_uppercase())
+            || (s.len() > 2 && s.starts_with("00"))
+        {
             return Err(SerialParseError);
         }
-        let mut bytes = [0u8; 16];
-        hex::decode_to_slice(s, &mut bytes).map_err(|_| SerialParseError)?;
-        Ok(Serial(bytes))
+        let mut bytes = [0u8; MAX_SERIAL_BYTES];
+        let len = s.len() / 2;
+        hex::decode_to_slice(s, &mut bytes[..len]).map_err(|_| SerialParseError)?;
+        Ok(Serial {
+            len: len as u8,
+            bytes,
+        })
     }
 }
 
@@ -71,6 +115,7 @@ mod tests {
         let mut rng = rand::thread_rng();
         for _ in 0..1000 {
             let s = Serial::random(&mut rng);
+            assert_eq!(s.as_bytes().len(), 16);
             assert!(s.as_bytes()[0] & 0x80 == 0 && s.as_bytes()[0] != 0);
             assert_eq!(s.to_hex().parse::<Serial>().unwrap(), s);
         }
@@ -78,5 +123,25 @@ mod tests {
             .parse::<Serial>()
             .is_err());
         assert!("abc".parse::<Serial>().is_err());
+    }
+
+    #[test]
+    fn imported_serials_keep_their_length_in_one_canonical_form() {
+        let one = "01".parse::<Serial>().unwrap();
+        assert_eq!(one.as_bytes(), &[1]);
+        assert_eq!(Serial::from_magnitude(&[0, 0, 1]), Some(one));
+        let twenty = "8f".repeat(20);
+        let s = twenty.parse::<Serial>().unwrap();
+        assert_eq!(s.as_bytes().len(), 20);
+        // A DER INTEGER's sign octet is not part of the magnitude.
+        let mut der = vec![0u8];
+        der.extend_from_slice(s.as_bytes());
+        assert_eq!(Serial::from_magnitude(&der), Some(s));
+        assert_eq!(s.to_hex(), twenty);
+        assert!("0001".parse::<Serial>().is_err(), "leading zero byte");
+        assert!("8f".repeat(21).parse::<Serial>().is_err(), "21 bytes");
+        assert!(Serial::from_magnitude(&[1; 21]).is_none());
+        assert!("1".parse::<Serial>().is_err(), "odd digits");
+        assert!("".parse::<Serial>().is_err());
     }
 }

@@ -30,7 +30,7 @@ pub use dashboard::{
 };
 pub use revocation::{
     CertificateQuery, CertificateReads, CertificateStatus, CertificateWrites, CrlMark, CrlRecord,
-    NewCrl, Revocation, RevokedRow, RevokedScan, StatusRecord,
+    ImportedCertificate, NewCrl, Revocation, RevokedRow, RevokedScan, StatusRecord,
 };
 pub use sql::{Backend, SqlStore};
 
@@ -134,6 +134,9 @@ pub enum Conflict {
     /// The certificate was revoked already.
     #[error("certificate {0} is already revoked")]
     AlreadyRevoked(Serial),
+    /// A certificate with this serial is recorded already (an import).
+    #[error("a certificate with serial {0} is recorded already")]
+    SerialTaken(Serial),
     /// The order an issuance completes is no longer `processing`.
     #[error("order {0} is no longer processing")]
     OrderNotProcessing(String),
@@ -254,6 +257,9 @@ pub struct IssuerRecord {
     pub not_before: i64,
     /// Validity.
     pub not_after: i64,
+    /// Whether it issues now (false: the root, and retired intermediates
+    /// and imported CAs, which only publish CRLs and answer OCSP).
+    pub active: bool,
 }
 
 /// A certificate to record.

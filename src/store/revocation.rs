@@ -212,6 +212,20 @@ pub trait CertificateReads: Send + Sync + 'static {
 
     /// The partitions (> 0) holding revoked certificates of an issuer.
     async fn revoked_partitions(&self, issuer_id: &str) -> Result<Vec<i64>>;
+
+    /// The latest notAfter of an issuer's certificates (one probe of the
+    /// (issuer, not_after) index), if it has any.
+    async fn issuer_last_expiry(&self, issuer_id: &str) -> Result<Option<i64>>;
+}
+
+/// One certificate of a CA brought in from elsewhere, with its
+/// revocation, if it was revoked there.
+#[derive(Debug, Clone)]
+pub struct ImportedCertificate {
+    /// The certificate (no account, order or partition).
+    pub certificate: NewCertificate,
+    /// Its revocation.
+    pub revocation: Option<Revocation>,
 }
 
 /// Every change to issuers, certificates, revocations and CRLs.
@@ -219,6 +233,17 @@ pub trait CertificateReads: Send + Sync + 'static {
 pub trait CertificateWrites: Send + Sync + 'static {
     /// Inserts or refreshes a CA certificate.
     async fn upsert_issuer(&self, issuer: &IssuerRecord) -> Result<()>;
+
+    /// Records a CA brought in from elsewhere with every certificate it
+    /// issued and their revocations (marking its CRL stale), and the
+    /// audit record, in one transaction: all of it or nothing.
+    /// `Conflict` if a serial is already recorded.
+    async fn import_certificates(
+        &self,
+        issuer: &IssuerRecord,
+        certificates: &[ImportedCertificate],
+        event: AuditEvent,
+    ) -> Result<u64>;
 
     /// Records an issued certificate and its audit record in one
     /// transaction, group-committed with concurrent issuances.

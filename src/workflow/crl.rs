@@ -141,23 +141,56 @@ impl CrlPublisher {
     /// Whether `file` is a name this publisher could serve (so an unknown
     /// name never costs a database query).
     pub fn could_serve(&self, file: &str) -> bool {
-        let int = self.authority.issuer().certificate().id();
         let Some(stem) = file.strip_suffix(".crl") else {
             return false;
         };
-        if stem == self.authority.root().id() || stem == int {
+        if stem == self.authority.root().id() {
             return true;
         }
-        match stem.strip_prefix(int) {
-            Some("-delta") => self.config.delta,
-            // Only partitions new certificates are spread over: any other
-            // number is a 404 without a database read.
-            Some(rest) => rest
-                .strip_prefix("-p")
-                .and_then(|p| p.parse::<u32>().ok())
-                .is_some_and(|p| p >= 1 && p <= self.authority.crl_partitions()),
-            None => false,
+        self.authority.issuers().any(|issuer| {
+            let id = issuer.certificate().id();
+            let (partitions, delta) = self.plan(id);
+            match stem.strip_prefix(id) {
+                Some("") => true,
+                Some("-delta") => delta,
+                // Only partitions certificates are spread over: any other
+                // number is a 404 without a database read.
+                Some(rest) => rest
+                    .strip_prefix("-p")
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .is_some_and(|p| p >= 1 && p <= partitions),
+                None => false,
+            }
+        })
+    }
+
+    /// How many partitions an issuer's certificates are spread over, and
+    /// whether it publishes a delta: what this CA's intermediates (current
+    /// and rotated) name in their certificates; one complete CRL for an
+    /// imported CA.
+    fn plan(&self, issuer_id: &str) -> (u32, bool) {
+        let imported = self.authority.retired().iter().any(|r| {
+            r.kind == super::Retirement::Imported && r.issuer.certificate().id() == issuer_id
+        });
+        if imported {
+            (0, false)
+        } else {
+            (self.authority.crl_partitions(), self.config.delta)
         }
+    }
+
+    /// The issuers whose CRLs this instance publishes now: the current
+    /// one, and each retired one until its last certificate expires.
+    fn publishing(&self, now: i64) -> Vec<String> {
+        let mut ids = vec![self.authority.issuer().certificate().id().to_owned()];
+        ids.extend(
+            self.authority
+                .retired()
+                .iter()
+                .filter(|r| r.serves_until >= now)
+                .map(|r| r.issuer.certificate().id().to_owned()),
+        );
+        ids
     }
 
     /// Every served CRL, by file name.
@@ -210,46 +243,57 @@ impl CrlPublisher {
         }
     }
 
-    /// Every CRL the intermediate publishes: the complete one, each
-    /// partition, and the delta when `crl.delta` is on.
+    /// Every CRL the current intermediate publishes: the complete one,
+    /// each partition, and the delta when `crl.delta` is on.
     pub fn every_kind(&self) -> Vec<CrlKind> {
+        self.every_kind_of(self.authority.issuer().certificate().id())
+    }
+
+    /// Every CRL issuer `issuer_id` publishes.
+    pub fn every_kind_of(&self, issuer_id: &str) -> Vec<CrlKind> {
+        let (partitions, delta) = self.plan(issuer_id);
         let mut kinds = vec![CrlKind::Complete];
-        kinds.extend((1..=self.authority.crl_partitions()).map(CrlKind::Partition));
-        if self.config.delta {
+        kinds.extend((1..=partitions).map(CrlKind::Partition));
+        if delta {
             kinds.push(CrlKind::Delta);
         }
         kinds
     }
 
-    /// Generates and publishes every CRL of the intermediate now, audited
-    /// as `actor`; stops at the first failure.
+    /// Generates and publishes every CRL of every publishing issuer now,
+    /// audited as `actor`; stops at the first failure.
     pub async fn generate_every_by(&self, actor: &str) -> Result<Vec<Generated>, WorkflowError> {
         let mut done = Vec::new();
-        for kind in self.every_kind() {
-            done.push(self.generate_by(kind, actor).await?);
+        for id in self.publishing(OffsetDateTime::now_utc().unix_timestamp()) {
+            for kind in self.every_kind_of(&id) {
+                done.push(self.generate_for(&id, kind, actor).await?);
+            }
         }
         Ok(done)
     }
 
-    /// Generates and publishes the CRLs a revocation in `partition` changes
-    /// (that partition, the complete CRL, the delta), audited as `actor`.
+    /// Generates and publishes the CRLs a revocation of a certificate of
+    /// `issuer_id` in `partition` changes (that partition, the complete
+    /// CRL, the delta), audited as `actor`.
     pub async fn generate_after_revocation(
         &self,
+        issuer_id: &str,
         partition: i64,
         actor: &str,
     ) -> Result<Vec<Generated>, WorkflowError> {
+        let (_, delta) = self.plan(issuer_id);
         // The partition first: it is what the certificate names.
         let mut kinds = Vec::new();
         if let Ok(p @ 1..) = u32::try_from(partition) {
             kinds.push(CrlKind::Partition(p));
         }
         kinds.push(CrlKind::Complete);
-        if self.config.delta {
+        if delta {
             kinds.push(CrlKind::Delta);
         }
         let mut done = Vec::new();
         for kind in kinds {
-            done.push(self.generate_by(kind, actor).await?);
+            done.push(self.generate_for(issuer_id, kind, actor).await?);
         }
         Ok(done)
     }
@@ -266,8 +310,24 @@ impl CrlPublisher {
         kind: CrlKind,
         actor: &str,
     ) -> Result<Generated, WorkflowError> {
+        let id = self.authority.issuer().certificate().id().to_owned();
+        self.generate_for(&id, kind, actor).await
+    }
+
+    /// Generates and publishes one CRL of issuer `issuer_id` (current or
+    /// retired) now, audited as `actor`.
+    pub async fn generate_for(
+        &self,
+        issuer_id: &str,
+        kind: CrlKind,
+        actor: &str,
+    ) -> Result<Generated, WorkflowError> {
         let _one_at_a_time = self.generating.lock().await;
-        let issuer = self.authority.issuer();
+        let issuer = self
+            .authority
+            .issuer_by_id(issuer_id)
+            .ok_or_else(|| WorkflowError::from(Clash::CrlUnreadable(kind.file_name(issuer_id))))?;
+        let (partitions, delta) = self.plan(issuer_id);
         let validity = match kind {
             CrlKind::Delta => {
                 time::Duration::minutes(2 * i64::from(self.config.delta_every_minutes))
@@ -277,8 +337,7 @@ impl CrlPublisher {
         let urls = issuer.urls();
         // The issuer's CRL lists only what no partition holds (and says
         // so in an issuingDistributionPoint), when configured that way.
-        let only_unpartitioned =
-            self.authority.crl_partitions() > 0 && !self.config.complete_with_partitions;
+        let only_unpartitioned = partitions > 0 && !self.config.complete_with_partitions;
         let (scope, revoked_since) = match kind {
             CrlKind::Complete if only_unpartitioned => (
                 CrlScope::Partition {
@@ -288,7 +347,7 @@ impl CrlPublisher {
             ),
             CrlKind::Complete => (
                 CrlScope::Complete {
-                    delta_url: self.config.delta.then(|| urls.crl_delta()),
+                    delta_url: delta.then(|| urls.crl_delta()),
                 },
                 None,
             ),
@@ -299,7 +358,7 @@ impl CrlPublisher {
                 None,
             ),
             CrlKind::Delta => {
-                let base = self.current_base().await?;
+                let base = self.current_base(issuer_id).await?;
                 (
                     CrlScope::Delta {
                         base: base.number as u64,
@@ -450,8 +509,7 @@ impl CrlPublisher {
     }
 
     /// The complete CRL deltas refer to, generating one if there is none.
-    async fn current_base(&self) -> Result<CrlRecord, WorkflowError> {
-        let id = self.authority.issuer().certificate().id().to_owned();
+    async fn current_base(&self, id: &str) -> Result<CrlRecord, WorkflowError> {
         let heads = self.authority.store().crl_heads().await?;
         if let Some(base) = heads
             .into_iter()
@@ -615,19 +673,18 @@ impl CrlPublisher {
         }
     }
 
-    /// The CRLs of the intermediate that are due: missing, older than
+    /// The CRLs of issuer `id` that are due: missing, older than
     /// `regenerate_every_hours` (deltas: `delta_every_minutes`), or within
     /// a tenth of their validity of nextUpdate.
-    fn due(&self, now: i64) -> Vec<CrlKind> {
-        let id = self.authority.issuer().certificate().id().to_owned();
-        self.every_kind()
+    fn due(&self, id: &str, now: i64) -> Vec<CrlKind> {
+        self.every_kind_of(id)
             .into_iter()
             .filter(|kind| {
                 let every = match kind {
                     CrlKind::Delta => i64::from(self.config.delta_every_minutes) * 60,
                     _ => i64::from(self.config.regenerate_every_hours) * 3600,
                 };
-                match self.served(&kind.file_name(&id)) {
+                match self.served(&kind.file_name(id)) {
                     None => true,
                     Some(s) => {
                         let margin = (s.next_update - s.this_update) / 10;
@@ -638,9 +695,9 @@ impl CrlPublisher {
             .collect()
     }
 
-    async fn generate_logged(&self, kind: CrlKind) {
-        if let Err(e) = self.generate(kind).await {
-            tracing::error!(crl = ?kind, error = %e, "generating a CRL failed; will retry");
+    async fn generate_logged(&self, id: &str, kind: CrlKind) {
+        if let Err(e) = self.generate_for(id, kind, "system").await {
+            tracing::error!(crl = %kind.file_name(id), error = %e, "generating a CRL failed; will retry");
         }
     }
 
@@ -649,13 +706,13 @@ impl CrlPublisher {
     /// last published at least `debounce_secs` ago — so a burst of
     /// revocations makes one CRL per scope per `debounce_secs`, and the
     /// first revocation after a quiet spell one at once.
-    fn stale(&self, marks: &[CrlMark], now: i64) -> Vec<CrlKind> {
-        let id = self.authority.issuer().certificate().id();
+    fn stale(&self, id: &str, marks: &[CrlMark], now: i64) -> Vec<CrlKind> {
         let debounce = i64::from(self.config.debounce_secs);
+        let (_, delta) = self.plan(id);
         let mut kinds = Vec::new();
         for mark in marks.iter().filter(|m| m.issuer_id == id) {
             let scopes = match u32::try_from(mark.partition) {
-                Ok(0) if self.config.delta => vec![CrlKind::Complete, CrlKind::Delta],
+                Ok(0) if delta => vec![CrlKind::Complete, CrlKind::Delta],
                 Ok(0) => vec![CrlKind::Complete],
                 Ok(p) => vec![CrlKind::Partition(p)],
                 Err(_) => Vec::new(),
@@ -683,19 +740,21 @@ impl CrlPublisher {
             self.authority.saw_revocation_marks(newest);
         }
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let mut kinds = self.stale(&marks, now);
-        kinds.extend(self.due(now));
-        // Once each: partitions first (small, and what a revocation's
-        // certificate names), then the complete CRL, then the delta that
-        // refers to it.
-        kinds.sort_by_key(|kind| match kind {
-            CrlKind::Partition(p) => (0, *p),
-            CrlKind::Complete => (1, 0),
-            CrlKind::Delta => (2, 0),
-        });
-        kinds.dedup();
-        for kind in kinds {
-            self.generate_logged(kind).await;
+        for id in self.publishing(now) {
+            let mut kinds = self.stale(&id, &marks, now);
+            kinds.extend(self.due(&id, now));
+            // Once each: partitions first (small, and what a revocation's
+            // certificate names), then the complete CRL, then the delta
+            // that refers to it.
+            kinds.sort_by_key(|kind| match kind {
+                CrlKind::Partition(p) => (0, *p),
+                CrlKind::Complete => (1, 0),
+                CrlKind::Delta => (2, 0),
+            });
+            kinds.dedup();
+            for kind in kinds {
+                self.generate_logged(&id, kind).await;
+            }
         }
         Ok(())
     }

@@ -62,11 +62,35 @@ pub struct Signed {
     pub chain_pem: String,
 }
 
+/// Where an issuer that no longer issues came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retirement {
+    /// An intermediate of this CA that `hallmark ca rotate` replaced: its
+    /// certificates point at its partitioned CRLs and delta, as the
+    /// current one's do.
+    Rotated,
+    /// A CA brought in by `hallmark import openssl`: one complete CRL.
+    Imported,
+}
+
+/// An issuer that no longer issues but still answers for what it issued
+/// (CRLs and OCSP signed with its own key) until its last certificate
+/// expires.
+pub struct RetiredIssuer {
+    /// The CA certificate and key.
+    pub issuer: Issuer,
+    /// Where it came from.
+    pub kind: Retirement,
+    /// The latest notAfter of its certificates: it serves until then.
+    pub serves_until: i64,
+}
+
 /// The certificate authority: policy, issuer and store together.
 pub struct Authority {
     store: Arc<dyn Store>,
     policy: Policy,
     issuer: Issuer,
+    retired: Vec<RetiredIssuer>,
     root: CaCertificate,
     /// The root's and the issuing CA's public key bits, which no CSR may
     /// carry (taken once here, not per CSR).
@@ -85,8 +109,13 @@ pub fn crl_partition_of(serial: &Serial, partitions: u32) -> u32 {
     if partitions == 0 {
         return 0;
     }
+    // The last four bytes (hallmark's serials are 16 random bytes; a
+    // shorter imported one is padded with zeros in front).
+    let mut low = [0u8; 4];
     let b = serial.as_bytes();
-    1 + u32::from_be_bytes([b[12], b[13], b[14], b[15]]) % partitions
+    let n = b.len().min(4);
+    low[4 - n..].copy_from_slice(&b[b.len() - n..]);
+    1 + u32::from_be_bytes(low) % partitions
 }
 
 impl Authority {
@@ -100,6 +129,7 @@ impl Authority {
             store,
             policy,
             issuer,
+            retired: Vec::new(),
             root,
             ca_keys,
             issued: AtomicU64::new(0),
@@ -114,6 +144,48 @@ impl Authority {
     pub fn with_crl_partitions(mut self, partitions: u32) -> Self {
         self.crl_partitions = partitions;
         self
+    }
+
+    /// Adds the issuers that no longer issue but still publish CRLs and
+    /// answer OCSP for their certificates.
+    pub fn with_retired(mut self, retired: Vec<RetiredIssuer>) -> Self {
+        self.retired = retired;
+        self
+    }
+
+    /// The issuers that no longer issue.
+    pub fn retired(&self) -> &[RetiredIssuer] {
+        &self.retired
+    }
+
+    /// The issuer with URL id `id`: the current one or a retired one.
+    pub fn issuer_by_id(&self, id: &str) -> Option<&Issuer> {
+        if self.issuer.certificate().id() == id {
+            return Some(&self.issuer);
+        }
+        self.retired
+            .iter()
+            .map(|r| &r.issuer)
+            .find(|i| i.certificate().id() == id)
+    }
+
+    /// Every issuer that signs CRLs and OCSP answers: the current one
+    /// first, then the retired ones.
+    pub fn issuers(&self) -> impl Iterator<Item = &Issuer> {
+        std::iter::once(&self.issuer).chain(self.retired.iter().map(|r| &r.issuer))
+    }
+
+    /// The PEM chain of a certificate issued by `issuer_id` (the leaf,
+    /// then its issuer unless that issuer is self-signed); the leaf alone
+    /// if its issuer is not one this instance holds.
+    pub fn chain_pem(&self, leaf_der: &[u8], issuer_id: &str) -> String {
+        let mut chain = crate::pki::pem_encode("CERTIFICATE", leaf_der);
+        if let Some(issuer) = self.issuer_by_id(issuer_id) {
+            if !issuer.certificate().is_self_signed() {
+                chain.push_str(&issuer.certificate().pem());
+            }
+        }
+        chain
     }
 
     /// How many CRL partitions new certificates are spread over.

@@ -2,6 +2,8 @@
 //! unknown for the issuing intermediate's certificates, signed by a
 //! delegated responder certificate hallmark issues itself and renews at
 //! half-life (or by the intermediate's key, with `ocsp.signer = "issuer"`).
+//! It also answers for retired issuers (rotated intermediates, imported
+//! CAs), each answer signed by that issuer's own key.
 //! Answers without a nonce are kept for `ocsp.cache_secs`, and dropped at
 //! once when this instance records a revocation.
 
@@ -57,6 +59,8 @@ pub struct OcspResponder {
     authority: Arc<Authority>,
     config: OcspSection,
     hashes: IssuerHashes,
+    /// Retired issuers: their id, hashes and key.
+    retired: Vec<(String, IssuerHashes, Arc<SigningIdentity>)>,
     identity: RwLock<Arc<SigningIdentity>>,
     cache: Mutex<HashMap<Vec<u8>, CachedAnswer>>,
 }
@@ -72,10 +76,31 @@ impl OcspResponder {
             WorkflowError::Malformed(format!("the issuing CA certificate cannot be hashed: {e}"))
         })?;
         let identity = Self::new_identity(&authority, &config).await?;
+        let mut retired = Vec::new();
+        for r in authority.retired() {
+            let cert = r.issuer.certificate();
+            let hashes = IssuerHashes::new(cert).map_err(|e| {
+                WorkflowError::Malformed(format!(
+                    "the CA certificate {} cannot be hashed: {e}",
+                    cert.id()
+                ))
+            })?;
+            retired.push((
+                cert.id().to_owned(),
+                hashes,
+                Arc::new(SigningIdentity {
+                    key: r.issuer.key().clone(),
+                    certs: Vec::new(),
+                    not_before: cert.not_before().unix_timestamp(),
+                    not_after: cert.not_after().unix_timestamp(),
+                }),
+            ));
+        }
         Ok(Arc::new(OcspResponder {
             authority,
             config,
             hashes,
+            retired,
             identity: RwLock::new(Arc::new(identity)),
             cache: Mutex::new(HashMap::new()),
         }))
@@ -219,7 +244,11 @@ impl OcspResponder {
                 return error(ErrorStatus::MalformedRequest);
             }
         };
-        if !parsed.cert_ids.iter().any(|id| self.hashes.matches(id)) {
+        if !parsed
+            .cert_ids
+            .iter()
+            .any(|id| self.responder_for(id).is_some())
+        {
             return error(ErrorStatus::Unauthorized);
         }
         let generation = self.authority.revocation_count();
@@ -274,25 +303,42 @@ impl OcspResponder {
         }
     }
 
+    /// The issuer a CertID names and the identity that signs for it: the
+    /// current intermediate's responder, or a retired issuer's own key.
+    fn responder_for(&self, id: &ocsp::CertId) -> Option<(&str, Option<Arc<SigningIdentity>>)> {
+        if self.hashes.matches(id) {
+            return Some((self.authority.issuer().certificate().id(), None));
+        }
+        self.retired
+            .iter()
+            .find(|(_, hashes, _)| hashes.matches(id))
+            .map(|(issuer_id, _, identity)| (issuer_id.as_str(), Some(identity.clone())))
+    }
+
     async fn sign_answer(&self, request: &OcspRequest) -> Result<OcspAnswer, WorkflowError> {
         let now = OffsetDateTime::now_utc()
             .replace_nanosecond(0)
             .unwrap_or(OffsetDateTime::now_utc());
-        let identity = self.identity();
+        // One signer per answer: that of the first CertID this responder
+        // knows; a CertID of another issuer in the same request is
+        // answered unknown.
+        let (issuer_id, retired_identity) = request
+            .cert_ids
+            .iter()
+            .find_map(|id| self.responder_for(id))
+            .ok_or_else(|| WorkflowError::Malformed("no CertID names a known issuer".into()))?;
+        let identity = retired_identity.unwrap_or_else(|| self.identity());
         let validity = time::Duration::minutes(i64::from(self.config.validity_minutes));
         // Never promise beyond the responder certificate's own life.
         let next_update = (now + validity)
             .min(OffsetDateTime::from_unix_timestamp(identity.not_after).unwrap_or(now + validity));
-        let issuer_id = self.authority.issuer().certificate().id();
         let mut statuses = Vec::with_capacity(request.cert_ids.len());
         for id in &request.cert_ids {
-            let status = if !self.hashes.matches(id) || id.serial.len() != 16 {
-                CertStatus::Unknown
-            } else {
-                let serial: Serial = hex::encode(&id.serial)
-                    .parse()
-                    .map_err(|_| WorkflowError::Malformed("bad serial".into()))?;
-                match self.authority.store().certificate_status(&serial).await? {
+            let serial = Serial::from_magnitude(&id.serial);
+            let ours = self.responder_for(id).is_some_and(|(i, _)| i == issuer_id);
+            let status = match serial.filter(|_| ours) {
+                None => CertStatus::Unknown,
+                Some(serial) => match self.authority.store().certificate_status(&serial).await? {
                     Some(rec) if rec.issuer_id == issuer_id => match rec.revoked_at {
                         Some(at) => CertStatus::Revoked {
                             at: OffsetDateTime::from_unix_timestamp(at).unwrap_or(now),
@@ -301,7 +347,7 @@ impl OcspResponder {
                         None => CertStatus::Good,
                     },
                     _ => CertStatus::Unknown,
-                }
+                },
             };
             crate::metrics::METRICS.ocsp.inc(&[match status {
                 CertStatus::Good => "good",

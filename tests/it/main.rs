@@ -21,6 +21,7 @@ mod est;
 mod faults;
 mod hsm;
 mod issuance;
+mod issuers;
 mod observability;
 mod openapi;
 mod orders;

@@ -22,6 +22,7 @@ fn event(action: &str, subject: &str) -> AuditEvent {
 
 fn issuer(id: &str) -> IssuerRecord {
     IssuerRecord {
+        active: true,
         id: id.into(),
         kind: IssuerKind::Intermediate,
         subject: "CN=x".into(),

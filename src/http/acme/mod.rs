@@ -46,7 +46,7 @@ use super::server::ClientAddr;
 use super::AppState;
 use crate::acme_error::AcmeError;
 use crate::pki::crl::RevocationReason;
-use crate::pki::{pem_encode, Identifier, Serial};
+use crate::pki::{Identifier, Serial};
 use crate::store::{
     AcmeAccountRecord, AcmeAccountStatus, ChallengeStatus, IdentifierKind, OrderBundle,
     OrderSource, OrderStatus, StoreError,

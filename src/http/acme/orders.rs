@@ -296,8 +296,7 @@ pub(super) async fn certificate(
     if cert.account_id.as_deref() != Some(v.account().account_id.as_str()) {
         return Err(not_found());
     }
-    let issuer = state.authority.issuer().certificate();
-    let chain = format!("{}{}", pem_encode("CERTIFICATE", &cert.der), issuer.pem());
+    let chain = state.authority.chain_pem(&cert.der, &cert.issuer_id);
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -137,12 +137,17 @@ pub(super) async fn renewal_target(
     let aki = URL_SAFE_NO_PAD.decode(aki).map_err(|_| bad())?;
     let serial = URL_SAFE_NO_PAD.decode(serial).map_err(|_| bad())?;
     let not_ours = || Problem::not_found(format!("this CA issued no certificate {id:?}"));
-    if aki != state.authority.issuer().certificate().key_id() {
+    let Some(issuer) = state
+        .authority
+        .issuers()
+        .find(|i| i.certificate().key_id() == aki.as_slice())
+    else {
         return Err(not_ours());
-    }
-    let serial: Serial = hex::encode(serial).parse().map_err(|_| not_ours())?;
+    };
+    let serial = Serial::from_magnitude(&serial).ok_or_else(not_ours)?;
     match state.authority.reads().certificate(&serial).await {
         Err(StoreError::NotFound) => Err(not_ours()),
+        Ok(cert) if cert.issuer_id != issuer.certificate().id() => Err(not_ours()),
         other => Ok(other?),
     }
 }

@@ -56,9 +56,9 @@ impl CertificateView {
         let status = CertificateStatus::of(&cert, now);
         let crl = state
             .authority
-            .issuer()
-            .urls()
-            .crl_partition(cert.crl_partition as u32);
+            .issuer_by_id(&cert.issuer_id)
+            .map(|i| i.urls().crl_partition(cert.crl_partition as u32))
+            .unwrap_or_default();
         CertificateView {
             url: super::orders::certificate_url(state, &serial),
             serial,
@@ -264,19 +264,21 @@ async fn show(
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split(',').any(|m| m.trim().starts_with(PEM_CHAIN)));
     if wants_chain {
-        let issuer_pem = if cert.issuer_id == state.authority.issuer().certificate().id() {
-            state.authority.issuer().certificate().pem()
+        let chain = if state.authority.issuer_by_id(&cert.issuer_id).is_some() {
+            state.authority.chain_pem(&cert.der, &cert.issuer_id)
         } else {
+            // An issuer this instance no longer serves (its certificates
+            // have all expired): its certificate is still recorded.
             let issuers = store.issuers().await?;
             let issuer = issuers
                 .iter()
                 .find(|i| i.id == cert.issuer_id)
                 .ok_or_else(|| Problem::internal(&"the certificate's issuer is not recorded"))?;
-            pem_encode("CERTIFICATE", &issuer.cert_der)
+            format!("{leaf_pem}{}", pem_encode("CERTIFICATE", &issuer.cert_der))
         };
         return Ok((
             [(header::CONTENT_TYPE, HeaderValue::from_static(PEM_CHAIN))],
-            format!("{leaf_pem}{issuer_pem}"),
+            chain,
         )
             .into_response());
     }

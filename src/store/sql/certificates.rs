@@ -6,14 +6,16 @@ use futures_util::TryStreamExt;
 use super::{Backend, SqlStore, Statement, ROWS_PER_INSERT};
 use crate::store::*;
 
-const SELECT_ISSUERS: &str = "SELECT id, kind, subject, cert_der, key_id, not_before, not_after \
+const SELECT_ISSUERS: &str =
+    "SELECT id, kind, subject, cert_der, key_id, not_before, not_after, active \
      FROM issuers ORDER BY CASE kind WHEN 'root' THEN 0 ELSE 1 END, not_before";
 
 const UPSERT_ISSUER: &str =
-    "INSERT INTO issuers (id, kind, subject, cert_der, key_id, not_before, not_after, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+    "INSERT INTO issuers (id, kind, subject, cert_der, key_id, not_before, not_after, created_at, active) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
      ON CONFLICT (id) DO UPDATE SET subject = excluded.subject, cert_der = excluded.cert_der, \
-     key_id = excluded.key_id, not_before = excluded.not_before, not_after = excluded.not_after";
+     key_id = excluded.key_id, not_before = excluded.not_before, not_after = excluded.not_after, \
+     active = excluded.active";
 
 #[derive(sqlx::FromRow)]
 struct CertificateRow {
@@ -288,6 +290,15 @@ where
         Ok(sqlx::query_as(SELECT_ISSUERS).fetch_all(&self.read).await?)
     }
 
+    async fn issuer_last_expiry(&self, issuer_id: &str) -> Result<Option<i64>> {
+        let (last,): (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(not_after) FROM certificates WHERE issuer_id = $1")
+                .bind(issuer_id)
+                .fetch_one(&self.read)
+                .await?;
+        Ok(last)
+    }
+
     async fn certificate(&self, serial: &crate::pki::Serial) -> Result<CertificateRecord> {
         let row: CertificateRow = sqlx::query_as(SELECT_CERTIFICATE)
             .bind(serial.to_hex())
@@ -490,9 +501,93 @@ where
             .bind(issuer.not_before)
             .bind(issuer.not_after)
             .bind(time::OffsetDateTime::now_utc().unix_timestamp())
+            .bind(issuer.active)
             .execute(&self.write)
             .await?;
         Ok(())
+    }
+
+    async fn import_certificates(
+        &self,
+        issuer: &IssuerRecord,
+        certificates: &[ImportedCertificate],
+        event: AuditEvent,
+    ) -> Result<u64> {
+        let mut tx = self.write.begin().await?;
+        let head = Self::lock_audit(&mut tx).await?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        sqlx::query(UPSERT_ISSUER)
+            .bind(&issuer.id)
+            .bind(issuer.kind.as_str())
+            .bind(&issuer.subject)
+            .bind(&issuer.cert_der)
+            .bind(&issuer.key_id)
+            .bind(issuer.not_before)
+            .bind(issuer.not_after)
+            .bind(now)
+            .bind(issuer.active)
+            .execute(&mut *tx)
+            .await?;
+        let insert = format!(
+            "{INSERT_CERTIFICATE_PREFIX} VALUES ($1, $2, NULL, NULL, $3, $4, $5, $6, $7, $8, $9, $10, 0)"
+        );
+        let mut revoked = false;
+        for imported in certificates {
+            let c = &imported.certificate;
+            let exists: Option<(String,)> =
+                sqlx::query_as("SELECT issuer_id FROM certificates WHERE serial = $1")
+                    .bind(c.serial.to_hex())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if exists.is_some() {
+                return Err(StoreError::Conflict(Conflict::SerialTaken(c.serial)));
+            }
+            sqlx::query(&insert)
+                .bind(c.serial.to_hex())
+                .bind(&c.issuer_id)
+                .bind(&c.subject)
+                .bind(serde_json::to_string(&c.identifiers).unwrap_or_else(|_| "[]".into()))
+                .bind(&c.profile)
+                .bind(&c.requested_by)
+                .bind(c.not_before.unix_timestamp())
+                .bind(c.not_after.unix_timestamp())
+                .bind(&c.der)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(rev) = &imported.revocation {
+                revoked = true;
+                sqlx::query(REVOKE)
+                    .bind(rev.serial.to_hex())
+                    .bind(rev.at)
+                    .bind(rev.reason)
+                    .bind(rev.invalidity_date)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(spki_sha256) = &rev.blocked_key {
+                    sqlx::query(
+                        "INSERT INTO blocked_keys (spki_sha256, serial, blocked_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (spki_sha256) DO NOTHING",
+                    )
+                    .bind(spki_sha256)
+                    .bind(rev.serial.to_hex())
+                    .bind(rev.at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        if revoked {
+            sqlx::query(MARK_CRL)
+                .bind(&issuer.id)
+                .bind(0i64)
+                .bind(head.0 + 1)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Self::commit_audited(tx, head, &[&event]).await?;
+        self.recent.changes.bump();
+        Ok(certificates.len() as u64)
     }
 
     async fn insert_issuance(&self, issuance: Issuance) -> Result<()> {

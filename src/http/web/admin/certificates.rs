@@ -157,9 +157,9 @@ pub(super) async fn certificate_detail(
         fingerprint,
         crl: state
             .authority
-            .issuer()
-            .urls()
-            .crl_partition(c.crl_partition as u32),
+            .issuer_by_id(&c.issuer_id)
+            .map(|i| i.urls().crl_partition(c.crl_partition as u32))
+            .unwrap_or_default(),
         pem: pem_encode("CERTIFICATE", &c.der),
         reasons: RevocationReason::ALL.iter().map(|r| r.as_str()).collect(),
     });
@@ -172,12 +172,7 @@ pub(super) async fn certificate_chain(
     Path(serial): Path<String>,
 ) -> Page {
     let c = load_certificate(&state, &serial).await?;
-    let issuer = state.authority.issuer().certificate();
-    let chain = if c.issuer_id == issuer.id() {
-        format!("{}{}", pem_encode("CERTIFICATE", &c.der), issuer.pem())
-    } else {
-        pem_encode("CERTIFICATE", &c.der)
-    };
+    let chain = state.authority.chain_pem(&c.der, &c.issuer_id);
     Ok((
         [
             (
