@@ -20,6 +20,7 @@ pub mod pkcs11;
 pub mod pki;
 pub mod policy;
 pub mod service;
+pub mod smtp;
 pub mod status;
 pub mod store;
 pub mod validation;

@@ -193,6 +193,20 @@ enum AccountCommand {
         /// What the account's keys may do
         #[arg(long, default_value = "requester", value_parser = ["requester", "reviewer", "admin"])]
         role: String,
+        /// Where its expiry notices are mailed ([smtp])
+        #[arg(long, value_name = "ADDRESS")]
+        email: Option<String>,
+    },
+    /// Set where an account's expiry notices are mailed ([smtp])
+    SetEmail {
+        /// The account's id (`acct_…`)
+        account_id: String,
+        /// The address; leave out with --none
+        #[arg(required_unless_present = "none")]
+        email: Option<String>,
+        /// Mail this account nothing
+        #[arg(long, conflicts_with = "email")]
+        none: bool,
     },
     /// Revoke one API key at once (by its key_id)
     RevokeKey {
@@ -620,12 +634,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             profile,
         } => sign(config, csr_file, days, profile).await,
         Command::Account {
-            command: AccountCommand::Create { name, role },
+            command: AccountCommand::Create { name, role, email },
         } => {
             let store = hallmark::store::connect(&config.database_url).await?;
             let role = role.parse::<accounts::Role>()?;
+            if let Some(e) = &email {
+                // Checked before the account exists, so a typo makes none.
+                if !hallmark::smtp::plausible_address(e) {
+                    return Err(accounts::AccountError::BadEmail(e.clone()).into());
+                }
+            }
             let created =
                 accounts::create_account(store.as_ref(), &name, role, &operator()).await?;
+            if let Some(e) = &email {
+                accounts::set_email(store.as_ref(), &created.account.id, Some(e), &operator())
+                    .await?;
+            }
             println!(
                 "{}",
                 serde_json::json!({
@@ -636,6 +660,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "api_key": created.api_key.as_str(),
                 })
             );
+            Ok(())
+        }
+        Command::Account {
+            command:
+                AccountCommand::SetEmail {
+                    account_id,
+                    email,
+                    none: _,
+                },
+        } => {
+            let store = hallmark::store::connect(&config.database_url).await?;
+            accounts::set_email(store.as_ref(), &account_id, email.as_deref(), &operator()).await?;
+            match email {
+                Some(e) => println!("{account_id}'s expiry notices go to {e}"),
+                None => println!("{account_id} gets no expiry mail"),
+            }
             Ok(())
         }
         Command::Account {

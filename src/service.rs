@@ -228,7 +228,7 @@ impl Service {
         }
         tokio::spawn(self.orders.clone().run_worker(shutdown.clone()));
         tokio::spawn(self.crls.clone().run(shutdown.clone()));
-        if !self.config.webhooks.is_empty() {
+        if !self.config.webhooks.is_empty() || self.config.smtp.is_some() {
             tokio::spawn(crate::workflow::webhooks::run_expiry_notices(
                 self.authority.store().clone(),
                 shutdown.clone(),
@@ -247,12 +247,36 @@ impl Service {
                 self.authority.root().der(),
             ) {
                 Ok(dispatcher) => {
+                    use crate::workflow::webhooks::{Mailer, Target};
+                    let mut targets: Vec<Target> = self
+                        .config
+                        .webhooks
+                        .iter()
+                        .cloned()
+                        .map(Target::Hook)
+                        .collect();
+                    if let Some(settings) = &self.config.smtp {
+                        let helo = reqwest::Url::parse(&self.config.public_https_url)
+                            .ok()
+                            .and_then(|u| u.host_str().map(str::to_owned))
+                            // Address literals as RFC 5321 §4.1.3 writes them.
+                            .map(|h| match h.strip_prefix('[') {
+                                Some(v6) => format!("[IPv6:{v6}"),
+                                None if h.parse::<std::net::Ipv4Addr>().is_ok() => {
+                                    format!("[{h}]")
+                                }
+                                None => h,
+                            })
+                            .unwrap_or_else(|| "localhost".into());
+                        targets.push(Target::Mail(Arc::new(Mailer {
+                            settings: settings.clone(),
+                            tls: crate::smtp::tls_config(self.authority.root().der()),
+                            helo,
+                            public_url: self.config.public_https_url.clone(),
+                        })));
+                    }
                     if start != i64::MAX {
-                        tokio::spawn(dispatcher.run(
-                            self.config.webhooks.clone(),
-                            start,
-                            shutdown.clone(),
-                        ));
+                        tokio::spawn(dispatcher.run(targets, start, shutdown.clone()));
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "webhooks cannot start"),

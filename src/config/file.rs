@@ -389,6 +389,29 @@ pub struct FileConfig {
     /// `[[webhooks]]`: HTTP endpoints told of issuances, revocations and
     /// approvals.
     pub webhooks: Vec<WebhookSection>,
+    /// `[smtp]`: expiry mail to the certificate's account.
+    pub smtp: SmtpSection,
+}
+
+/// `[smtp]`: where expiry notices are mailed from (off unless `host` is
+/// set).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpSection {
+    /// The submission server.
+    pub host: Option<String>,
+    /// Its port (default 587; 465 with `tls = "tls"`).
+    pub port: Option<u16>,
+    /// `starttls` (default), `tls` or `none`.
+    pub tls: Option<String>,
+    /// The sender address (required with `host`).
+    pub from: Option<String>,
+    /// AUTH PLAIN user, if the server wants one.
+    pub username: Option<String>,
+    /// A file whose first line is its password.
+    pub password_file: Option<PathBuf>,
+    /// Addresses that get every notice too.
+    pub also_to: Vec<String>,
 }
 
 /// `[[webhooks]]`: one endpoint.

@@ -108,6 +108,8 @@ pub struct Config {
     pub danger_acme_chaos: Option<DangerAcmeChaos>,
     /// `[[webhooks]]`.
     pub webhooks: Vec<Webhook>,
+    /// `[smtp]`, when mail is on.
+    pub smtp: Option<crate::smtp::SmtpSettings>,
     /// The PKCS#11 PIN when it was typed at a prompt (never from a file
     /// or the environment; `None` from [`Config::load`]).
     pub pkcs11_pin: Option<zeroize::Zeroizing<String>>,
@@ -140,6 +142,7 @@ impl std::fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("danger_acme_chaos", &self.danger_acme_chaos)
             .field("webhooks", &self.webhooks)
+            .field("smtp", &self.smtp)
             .finish()
     }
 }
@@ -502,6 +505,7 @@ impl Config {
             });
         }
         let webhooks = webhooks(&file.webhooks)?;
+        let smtp = smtp(&file.smtp)?;
         let policy = Policy {
             allowed_suffixes: p.allowed_suffixes,
             allow_ip: p.allow_ip,
@@ -641,8 +645,74 @@ impl Config {
             limits: file.limits,
             danger_acme_chaos: None,
             webhooks,
+            smtp,
         })
     }
+}
+
+/// `[smtp]` checked: a host makes mail on, and then a sender is needed; a
+/// password is read from its file; every address is plausible.
+fn smtp(s: &file::SmtpSection) -> Result<Option<crate::smtp::SmtpSettings>, ConfigError> {
+    use crate::smtp::{plausible_address, SmtpTls};
+    let invalid = |key: &'static str, reason: String| ConfigError::Invalid { key, reason };
+    let Some(host) = s.host.clone().filter(|h| !h.is_empty()) else {
+        return Ok(None);
+    };
+    let tls = match s.tls.as_deref() {
+        None => SmtpTls::StartTls,
+        Some(t) => SmtpTls::parse(t).ok_or_else(|| {
+            invalid(
+                "smtp.tls",
+                format!("{t:?} is not one of starttls, tls, none"),
+            )
+        })?,
+    };
+    let from = s
+        .from
+        .clone()
+        .ok_or_else(|| invalid("smtp.from", "is required when smtp.host is set".into()))?;
+    if !plausible_address(&from) {
+        return Err(invalid(
+            "smtp.from",
+            format!("{from:?} is not an address like ca@corp.internal"),
+        ));
+    }
+    for a in &s.also_to {
+        if !plausible_address(a) {
+            return Err(invalid(
+                "smtp.also_to",
+                format!("{a:?} is not an address like pki@corp.internal"),
+            ));
+        }
+    }
+    let password = match (&s.username, &s.password_file) {
+        (Some(_), Some(path)) => Some(zeroize::Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| invalid("smtp.password_file", format!("{}: {e}", path.display())))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        )),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "smtp.username",
+                "give both smtp.username and smtp.password_file, or neither".into(),
+            ))
+        }
+    };
+    Ok(Some(crate::smtp::SmtpSettings {
+        port: s
+            .port
+            .unwrap_or(if tls == SmtpTls::Tls { 465 } else { 587 }),
+        host,
+        tls,
+        from,
+        username: s.username.clone(),
+        password,
+        also_to: s.also_to.clone(),
+    }))
 }
 
 /// An environment value as TOML if it parses as a TOML value (`true`, `80`,
@@ -962,6 +1032,58 @@ mod tests {
         list.split(", ")
             .map(|k| k.trim().trim_matches('`').to_owned())
             .collect()
+    }
+
+    #[test]
+    fn smtp_settings_are_checked_with_their_key_named() {
+        let err = |pairs: &[(&str, &str)]| {
+            Config::load(
+                None,
+                std::path::Path::new("/nonexistent"),
+                pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let host = ("HALLMARK_SMTP__HOST", "mail.internal");
+        assert!(err(&[host]).contains("smtp.from"));
+        assert!(err(&[host, ("HALLMARK_SMTP__FROM", "nobody")]).contains("smtp.from"));
+        assert!(err(&[
+            host,
+            ("HALLMARK_SMTP__FROM", "ca@x.internal"),
+            ("HALLMARK_SMTP__TLS", "ssl")
+        ])
+        .contains("smtp.tls"));
+        assert!(err(&[
+            host,
+            ("HALLMARK_SMTP__FROM", "ca@x.internal"),
+            ("HALLMARK_SMTP__USERNAME", "u")
+        ])
+        .contains("smtp.username"));
+        assert!(err(&[
+            host,
+            ("HALLMARK_SMTP__FROM", "ca@x.internal"),
+            ("HALLMARK_SMTP__ALSO_TO", "[\"a b\"]")
+        ])
+        .contains("smtp.also_to"));
+        let ok = Config::load(
+            None,
+            std::path::Path::new("/nonexistent"),
+            [
+                ("HALLMARK_SMTP__HOST".to_owned(), "mail.internal".to_owned()),
+                ("HALLMARK_SMTP__FROM".to_owned(), "ca@x.internal".to_owned()),
+                ("HALLMARK_SMTP__TLS".to_owned(), "tls".to_owned()),
+            ],
+        )
+        .unwrap();
+        let smtp = ok.smtp.unwrap();
+        assert_eq!(smtp.port, 465, "implicit TLS defaults to 465");
+        assert!(
+            Config::load(None, std::path::Path::new("/nonexistent"), Vec::new())
+                .unwrap()
+                .smtp
+                .is_none()
+        );
     }
 
     #[test]

@@ -126,6 +126,15 @@ pub trait AccountWrites: Send + Sync + 'static {
         event: AuditEvent,
     ) -> Result<()>;
 
+    /// Sets (or, with `None`, clears) where an account's notices are
+    /// mailed, with its audit record; `NotFound` if there is no account.
+    async fn set_account_email(
+        &self,
+        account_id: &str,
+        email: Option<&str>,
+        event: AuditEvent,
+    ) -> Result<()>;
+
     /// Disables or enables an account, with its audit record.
     async fn set_account_disabled(
         &self,

@@ -54,6 +54,10 @@ pub struct NewDelivery<'a> {
 pub trait WebhookReads: Send + Sync + 'static {
     /// The newest delivery attempts, newest first, at most `limit`.
     async fn deliveries(&self, limit: i64) -> Result<Vec<DeliveryRecord>>;
+
+    /// Where notices about a certificate go: its account's email, and the
+    /// `mailto:` contacts of the ACME account that ordered it.
+    async fn certificate_contacts(&self, serial: &str) -> Result<Vec<String>>;
 }
 
 /// What the dispatcher writes.

@@ -40,6 +40,9 @@ pub enum AccountError {
     /// No account with this id.
     #[error("there is no account {0:?}")]
     NoSuchAccount(String),
+    /// Not an address mail can go to.
+    #[error("{0:?} is not an email address like team@corp.internal")]
+    BadEmail(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -132,6 +135,32 @@ pub async fn create_account(
 /// Disables an account (its API keys stop working, its ACME accounts are
 /// refused, its unfinished orders end, in one transaction) or enables it
 /// again. `actor` is recorded in the audit log.
+/// Sets (or clears) where an account's expiry notices are mailed.
+pub async fn set_email(
+    store: &dyn Store,
+    account_id: &str,
+    email: Option<&str>,
+    actor: &str,
+) -> Result<(), AccountError> {
+    if let Some(e) = email {
+        if !crate::smtp::plausible_address(e) {
+            return Err(AccountError::BadEmail(e.to_owned()));
+        }
+    }
+    let event = AuditEvent {
+        at: OffsetDateTime::now_utc(),
+        actor: actor.to_owned(),
+        action: "account.set_email".into(),
+        subject: account_id.to_owned(),
+        details: serde_json::json!({ "email": email }),
+    };
+    match store.set_account_email(account_id, email, event).await {
+        Err(StoreError::NotFound) => Err(AccountError::NoSuchAccount(account_id.to_owned())),
+        other => Ok(other?),
+    }
+}
+
+/// Disables or enables an account.
 pub async fn set_disabled(
     store: &dyn Store,
     account_id: &str,

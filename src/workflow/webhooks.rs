@@ -6,6 +6,12 @@
 //! record is durable before the answer), a crash re-sends at most the
 //! record in flight (receivers deduplicate by `X-Hallmark-Delivery`), and
 //! with several instances one holds each hook's lease at a time.
+//!
+//! Expiry mail (`[smtp]`) is one more target read the same way: its
+//! cursor is keyed `smtp://host:port`, its attempts are in the same
+//! delivery log, and each `certificate.expiring_soon` becomes one message
+//! to the certificate's account's email and its ACME account's contacts
+//! (and `smtp.also_to`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +51,91 @@ pub struct WebhookDispatcher {
     holder: String,
 }
 
+/// Expiry mail: the server, and what the messages point to.
+pub struct Mailer {
+    /// `[smtp]`.
+    pub settings: crate::smtp::SmtpSettings,
+    /// TLS trust: the system's roots and this CA's root.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// The name this host says in EHLO.
+    pub helo: String,
+    /// `public_https_url`, for links in the messages.
+    pub public_url: String,
+}
+
+/// Where the dispatcher delivers events.
+pub enum Target {
+    /// An HTTP endpoint.
+    Hook(Webhook),
+    /// Expiry mail.
+    Mail(Arc<Mailer>),
+}
+
+impl Target {
+    /// The key of its cursor and of its attempts in the delivery log.
+    pub fn key(&self) -> String {
+        match self {
+            Target::Hook(h) => h.url.clone(),
+            Target::Mail(m) => format!("smtp://{}:{}", m.settings.host, m.settings.port),
+        }
+    }
+
+    fn wants(&self, event: &str) -> bool {
+        match self {
+            Target::Hook(h) => h.events.contains(&event),
+            Target::Mail(_) => event == "certificate.expiring_soon",
+        }
+    }
+}
+
+/// The message for an "expiring soon" record, to `to`.
+pub fn expiry_mail(mailer: &Mailer, record: &AuditRecord, to: Vec<String>) -> crate::smtp::Mail {
+    let details: serde_json::Value =
+        serde_json::from_str(&record.details).unwrap_or(serde_json::Value::Null);
+    let names: Vec<String> = details["names"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let not_after = details["not_after"].as_i64().unwrap_or(0);
+    let first = names
+        .first()
+        .cloned()
+        .unwrap_or_else(|| record.subject.clone());
+    let more = match names.len() {
+        0 | 1 => String::new(),
+        n => format!(" and {} more", n - 1),
+    };
+    let when = super::rfc3339(not_after);
+    let day = when.get(..10).unwrap_or_default();
+    let body = format!(
+        "The certificate for {names} expires on {when}, and no renewal has been issued.\n\
+         \n\
+         Serial:  {serial}\n\
+         Names:   {names}\n\
+         Details: {url}/api/v1/certificates/{serial}\n\
+         \n\
+         Renew it where it is installed: `hallmark renew --out DIR` for a\n\
+         certificate `hallmark request` wrote, or your ACME client (certbot renew,\n\
+         lego renew, cert-manager and Caddy renew on their own when they run).\n\
+         \n\
+         -- \n\
+         hallmark, {url}\n",
+        names = names.join(", "),
+        serial = record.subject,
+        url = mailer.public_url,
+    );
+    crate::smtp::Mail {
+        to,
+        subject: format!("Certificate for {first}{more} expires on {day}"),
+        body,
+        message_id: format!("expiring.{}.{}@{}", record.seq, record.subject, mailer.helo),
+    }
+}
+
 impl WebhookDispatcher {
     /// A dispatcher that trusts the system's roots and this CA's root
     /// (`root_der`), so hooks on hallmark-certified servers work.
@@ -62,16 +153,16 @@ impl WebhookDispatcher {
         }))
     }
 
-    /// Runs one task per hook until `shutdown` turns true. A hook seen for
-    /// the first time starts after audit record `start` (no history is
+    /// Runs one task per target until `shutdown` turns true. A target seen
+    /// for the first time starts after audit record `start` (no history is
     /// replayed).
     pub async fn run(
         self: Arc<Self>,
-        hooks: Vec<Webhook>,
+        targets: Vec<Target>,
         start: i64,
         shutdown: watch::Receiver<bool>,
     ) {
-        let tasks: Vec<_> = hooks
+        let tasks: Vec<_> = targets
             .into_iter()
             .map(|hook| {
                 let me = self.clone();
@@ -81,7 +172,7 @@ impl WebhookDispatcher {
                         let idle = match me.pump(&hook, start, &stop).await {
                             Ok(delivered) => !delivered,
                             Err(e) => {
-                                tracing::warn!(url = %hook.url, error = %e, "webhook delivery paused");
+                                tracing::warn!(target = %crate::workflow::webhooks::display_url(&hook.key()), error = %e, "webhook delivery paused");
                                 true
                             }
                         };
@@ -106,14 +197,15 @@ impl WebhookDispatcher {
     /// Delivers what is due for `hook`; `Ok(true)` if it moved.
     async fn pump(
         &self,
-        hook: &Webhook,
+        hook: &Target,
         start: i64,
         stop: &watch::Receiver<bool>,
     ) -> Result<bool, crate::store::StoreError> {
+        let key = hook.key();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let Some(last) = self
             .store
-            .lease_webhook(&hook.url, &self.holder, now, now + LEASE_SECS, start)
+            .lease_webhook(&key, &self.holder, now, now + LEASE_SECS, start)
             .await?
         else {
             return Ok(false); // another instance delivers this hook
@@ -128,7 +220,7 @@ impl WebhookDispatcher {
                 .iter()
                 .find(|(action, _)| *action == record.action)
                 .map(|(_, event)| *event)
-                .filter(|event| hook.events.contains(event));
+                .filter(|event| hook.wants(event));
             if let Some(event) = event {
                 self.deliver(hook, &record, event, stop).await?;
             }
@@ -137,54 +229,95 @@ impl WebhookDispatcher {
             // instance took it over meanwhile.
             let renewed = self
                 .store
-                .lease_webhook(&hook.url, &self.holder, now, now + LEASE_SECS, start)
+                .lease_webhook(&key, &self.holder, now, now + LEASE_SECS, start)
                 .await?;
             if renewed.is_none() {
                 return Ok(moved);
             }
             self.store
-                .advance_webhook(&hook.url, &self.holder, record.seq)
+                .advance_webhook(&key, &self.holder, record.seq)
                 .await?;
         }
         Ok(moved)
     }
 
-    /// POSTs one record, retrying with backoff; every attempt is recorded.
+    /// One attempt at delivering to a target: the HTTP status if there
+    /// was an answer, and why it failed if it did.
+    async fn attempt(
+        &self,
+        target: &Target,
+        record: &AuditRecord,
+        event: &str,
+        mail_to: &[String],
+    ) -> (Option<i64>, Option<String>) {
+        let hook = match target {
+            Target::Hook(hook) => hook,
+            Target::Mail(mailer) => {
+                let mail = expiry_mail(mailer, record, mail_to.to_vec());
+                return match crate::smtp::send(&mailer.settings, &mailer.tls, &mailer.helo, &mail)
+                    .await
+                {
+                    Ok(()) => (None, None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+            }
+        };
+        let body = payload(record, event);
+        let at = time::OffsetDateTime::now_utc().unix_timestamp();
+        let request = self
+            .client
+            .post(&hook.url)
+            .header("content-type", "application/json")
+            .header("x-hallmark-event", event)
+            .header("x-hallmark-delivery", record.seq.to_string())
+            .header("x-hallmark-timestamp", at.to_string())
+            .header("x-hallmark-signature", signature(&hook.secret, at, &body))
+            .body(body);
+        match request.send().await {
+            Ok(r) if r.status().is_success() => (Some(i64::from(r.status().as_u16())), None),
+            Ok(r) => (
+                Some(i64::from(r.status().as_u16())),
+                Some(format!("the hook answered {}", r.status())),
+            ),
+            Err(e) => (None, Some(error_chain(&e))),
+        }
+    }
+
+    /// Delivers one record, retrying with backoff; every attempt is
+    /// recorded.
     async fn deliver(
         &self,
-        hook: &Webhook,
+        hook: &Target,
         record: &AuditRecord,
         event: &str,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), crate::store::StoreError> {
-        let body = payload(record, event);
+        let key = hook.key();
+        // Mail goes to the certificate's contacts and `also_to`; with
+        // none, there is nobody to tell.
+        let mut mail_to = Vec::new();
+        if let Target::Mail(mailer) = hook {
+            mail_to = self.store.certificate_contacts(&record.subject).await?;
+            mail_to.retain(|a| crate::smtp::plausible_address(a));
+            mail_to.extend(mailer.settings.also_to.iter().cloned());
+            mail_to.sort();
+            mail_to.dedup();
+            if mail_to.is_empty() {
+                tracing::debug!(serial = %record.subject, "no contact to mail about an expiring certificate");
+                return Ok(());
+            }
+        }
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=MAX_ATTEMPTS {
             let at = time::OffsetDateTime::now_utc().unix_timestamp();
-            let request = self
-                .client
-                .post(&hook.url)
-                .header("content-type", "application/json")
-                .header("x-hallmark-event", event)
-                .header("x-hallmark-delivery", record.seq.to_string())
-                .header("x-hallmark-timestamp", at.to_string())
-                .header("x-hallmark-signature", signature(&hook.secret, at, &body))
-                .body(body.clone());
-            let (status_code, error) = match request.send().await {
-                Ok(r) if r.status().is_success() => (Some(i64::from(r.status().as_u16())), None),
-                Ok(r) => (
-                    Some(i64::from(r.status().as_u16())),
-                    Some(format!("the hook answered {}", r.status())),
-                ),
-                Err(e) => (None, Some(error_chain(&e))),
-            };
+            let (status_code, error) = self.attempt(hook, record, event, &mail_to).await;
             let delivered = error.is_none();
             crate::metrics::METRICS
                 .webhook_deliveries
                 .inc(&[event, if delivered { "delivered" } else { "failed" }]);
             self.store
                 .record_delivery(&NewDelivery {
-                    url: &hook.url,
+                    url: &key,
                     audit_seq: record.seq,
                     event,
                     attempt: i64::from(attempt),
@@ -198,7 +331,7 @@ impl WebhookDispatcher {
                 return Ok(());
             }
             tracing::warn!(
-                url = %hook.url, event, delivery = record.seq, attempt,
+                target = %display_url(&key), event, delivery = record.seq, attempt,
                 error = error.as_deref().unwrap_or_default(),
                 "webhook delivery failed"
             );
@@ -208,7 +341,7 @@ impl WebhookDispatcher {
             tokio::time::sleep(backoff).await;
             backoff *= 2;
         }
-        tracing::error!(url = %hook.url, event, delivery = record.seq, "webhook event given up after {MAX_ATTEMPTS} attempts");
+        tracing::error!(target = %display_url(&key), event, delivery = record.seq, "webhook event given up after {MAX_ATTEMPTS} attempts");
         Ok(())
     }
 }
@@ -265,6 +398,9 @@ pub async fn run_expiry_notices(store: Arc<dyn Store>, mut shutdown: watch::Rece
 /// first path segment, the rest elided — URLs such as chat webhooks carry
 /// their credential in the path.
 pub fn display_url(url: &str) -> String {
+    if url.starts_with("smtp://") {
+        return url.to_owned(); // the mail target: host and port only
+    }
     match reqwest::Url::parse(url) {
         Ok(u) => {
             let mut segments = u.path_segments().into_iter().flatten();

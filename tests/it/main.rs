@@ -22,6 +22,7 @@ mod faults;
 mod hsm;
 mod issuance;
 mod issuers;
+mod mail;
 mod observability;
 mod openapi;
 mod orders;

@@ -266,6 +266,26 @@ where
         Ok(())
     }
 
+    async fn set_account_email(
+        &self,
+        account_id: &str,
+        email: Option<&str>,
+        event: AuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let head = Self::lock_audit(&mut tx).await?;
+        let done = sqlx::query("UPDATE accounts SET email = $2 WHERE id = $1")
+            .bind(account_id)
+            .bind(email.map(str::to_owned))
+            .execute(&mut *tx)
+            .await?;
+        if B::rows_affected(&done) != 1 {
+            return Err(StoreError::NotFound);
+        }
+        Self::commit_audited(tx, head, &[&event]).await?;
+        Ok(())
+    }
+
     async fn set_account_disabled(
         &self,
         account_id: &str,

@@ -45,6 +45,37 @@ where
             .fetch_all(&self.read)
             .await?)
     }
+
+    async fn certificate_contacts(&self, serial: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let email: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT a.email FROM certificates c JOIN accounts a ON a.id = c.account_id \
+             WHERE c.serial = $1",
+        )
+        .bind(serial)
+        .fetch_optional(&self.read)
+        .await?;
+        out.extend(email.and_then(|(e,)| e));
+        let acme: Option<(String,)> = sqlx::query_as(
+            "SELECT aa.contact FROM certificates c JOIN orders o ON o.id = c.order_id \
+             JOIN acme_accounts aa ON aa.id = o.acme_account_id WHERE c.serial = $1",
+        )
+        .bind(serial)
+        .fetch_optional(&self.read)
+        .await?;
+        if let Some((contact,)) = acme {
+            let contacts: Vec<String> = serde_json::from_str(&contact).unwrap_or_default();
+            out.extend(
+                contacts
+                    .iter()
+                    .filter_map(|c| c.strip_prefix("mailto:"))
+                    .map(str::to_owned),
+            );
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
 }
 
 #[async_trait]
