@@ -137,14 +137,21 @@ pub async fn backup(config: &Config, config_file: &Path, out: &Path) -> anyhow::
     }
     empty_dir(out, "a backup")?;
     let mut names = Vec::new();
-    for entry in
-        std::fs::read_dir(&ca_dir).with_context(|| format!("reading {}", ca_dir.display()))?
-    {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            let name = format!("ca/{}", entry.file_name().to_string_lossy());
-            copy_private(&entry.path(), &out.join(&name))?;
-            names.push(name);
+    // ca/ and its directories of retired and imported issuers (keys too).
+    let mut dirs = vec![("ca".to_owned(), ca_dir.clone())];
+    while let Some((prefix, dir)) = dirs.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let entry = entry?;
+            let name = format!("{prefix}/{}", entry.file_name().to_string_lossy());
+            let kind = entry.file_type()?;
+            if kind.is_file() {
+                copy_private(&entry.path(), &out.join(&name))?;
+                names.push(name);
+            } else if kind.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
+                dirs.push((name, entry.path()));
+            }
         }
     }
     if config_file.is_file() {

@@ -251,6 +251,20 @@ async fn a_rotated_intermediate_keeps_answering_for_its_certificates_while_the_n
             .collect::<Vec<_>>();
         assert_eq!(rotations.len(), 1);
         assert_eq!(rotations[0].subject, new.id());
+        // A backup carries the retired intermediate and its key.
+        let backup = d.join("backup");
+        let (ok, out) = run(&ca, &["backup", backup.to_str().unwrap()], &[]);
+        assert!(ok, "{out}");
+        let retired_copy = backup.join(format!("ca/retired/{}.key.pem", old.id()));
+        assert_eq!(
+            std::fs::read(&retired_copy).unwrap(),
+            std::fs::read(&retired_key).unwrap()
+        );
+        let manifest = std::fs::read_to_string(backup.join("manifest.json")).unwrap();
+        assert!(
+            manifest.contains(&format!("ca/retired/{}.crt.pem", old.id())),
+            "{manifest}"
+        );
         running.stop().await;
         ca.cleanup().await;
     }
