@@ -104,6 +104,10 @@ fn staged(path: &Path) -> PathBuf {
 /// are written in full (as `*.new`) before either is renamed into place,
 /// so renaming what is left is always right.
 pub fn finish_rotation(layout: &Layout) -> Result<(), DataDirError> {
+    put_staged_in_place(layout, true)
+}
+
+fn put_staged_in_place(layout: &Layout, interrupted: bool) -> Result<(), DataDirError> {
     for path in [layout.issuing_key(), layout.issuing_cert()] {
         let new = staged(&path);
         if new.exists() {
@@ -111,7 +115,9 @@ pub fn finish_rotation(layout: &Layout) -> Result<(), DataDirError> {
                 path: new.clone(),
                 reason: e.to_string(),
             })?;
-            tracing::warn!(file = %path.display(), "completed an interrupted `hallmark ca rotate`");
+            if interrupted {
+                tracing::warn!(file = %path.display(), "completed an interrupted `hallmark ca rotate`");
+            }
         }
     }
     Ok(())
@@ -195,7 +201,7 @@ pub fn rotate(
         let _ = fs::remove_file(&tmp);
         datadir::write_new(&tmp, contents, mode)?;
     }
-    finish_rotation(&layout)?;
+    put_staged_in_place(&layout, false)?;
     datadir::log_signed_intermediate(&layout, &new, now)?;
     Ok(Rotated { old: old_cert, new })
 }

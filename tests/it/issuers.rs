@@ -179,6 +179,20 @@ async fn a_rotated_intermediate_keeps_answering_for_its_certificates_while_the_n
             assert!(chain.ends_with(&issuer.pem()), "{serial}: {chain}");
         }
 
+        // The start page names the earlier issuer beside the current one.
+        let page = client
+            .get(format!("{}/", running.https_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains("Earlier issuers") && page.contains(&format!("/crl/{}.crl", old.id())),
+            "{page}"
+        );
+
         // Revoking an old certificate (through the CLI, beside the running
         // service) lands in the retired intermediate's CRL and OCSP.
         let (ok, out) = run(&ca, &["revoke", &old_a, "--reason", "keyCompromise"], &[]);

@@ -34,6 +34,14 @@ struct IndexPage<'a> {
     issuer_subject: &'a str,
     issuer_not_after: String,
     http_url: &'a str,
+    retired: Vec<RetiredView<'a>>,
+}
+
+struct RetiredView<'a> {
+    id: &'a str,
+    subject: &'a str,
+    kind: &'static str,
+    until: String,
 }
 
 async fn index(State(state): State<Arc<AppState>>) -> Response {
@@ -47,6 +55,23 @@ async fn index(State(state): State<Arc<AppState>>) -> Response {
         issuer_subject: issuer.subject(),
         issuer_not_after: issuer.not_after().date().to_string(),
         http_url: &state.public_http_url,
+        retired: state
+            .authority
+            .retired()
+            .iter()
+            .map(|r| RetiredView {
+                id: r.issuer.certificate().id(),
+                subject: r.issuer.certificate().subject(),
+                kind: match r.kind {
+                    crate::workflow::Retirement::Rotated => "rotated",
+                    crate::workflow::Retirement::Imported => "imported",
+                },
+                until: crate::workflow::rfc3339(r.serves_until)
+                    .get(..10)
+                    .unwrap_or_default()
+                    .to_owned(),
+            })
+            .collect(),
     };
     match page.render() {
         Ok(html) => Html(html).into_response(),
