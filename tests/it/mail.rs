@@ -2,7 +2,8 @@
 //! loopback (Python's aiosmtpd) that requires STARTTLS — with a
 //! certificate from this CA — and AUTH, and refuses the first message once:
 //! each unrenewed certificate near its end is mailed once, to its
-//! account's address and `smtp.also_to`, retried after the refusal, and
+//! account's address or its ACME account's contacts, and `smtp.also_to`,
+//! retried after the refusal, and
 //! every attempt is in the delivery log.
 
 use std::io::{BufRead, BufReader, Write};
@@ -179,6 +180,26 @@ async fn an_expiring_certificate_is_mailed_to_its_account_over_starttls_and_retr
             serials.push(s.certificate.serial.to_hex());
         }
         drop(authority);
+        // The second came through ACME: its ACME account's mailto:
+        // contacts get the notice (other contact kinds are not mail).
+        ca.db
+            .execute(&format!(
+                "INSERT INTO acme_accounts (id, account_id, jwk_thumbprint, jwk, contact, status, created_at) \
+                 VALUES ('acme1', '{quiet}', 'tp1', '{{}}', '[\"mailto:acme-ops@corp.internal\", \"tel:+15550100\"]', 'valid', 0)"
+            ))
+            .await;
+        ca.db
+            .execute(&format!(
+                "INSERT INTO orders (id, account_id, status, validation, source, profile, created_at, updated_at, expires_at, acme_account_id) \
+                 VALUES ('ord1', '{quiet}', 'valid', 'dv', 'acme', 'server', 0, 0, 0, 'acme1')"
+            ))
+            .await;
+        ca.db
+            .execute(&format!(
+                "UPDATE certificates SET order_id = 'ord1' WHERE serial = '{}'",
+                serials[1]
+            ))
+            .await;
 
         let running = ca.start().await;
         let inbox = o.join("inbox");
@@ -234,8 +255,11 @@ async fn an_expiring_certificate_is_mailed_to_its_account_over_starttls_and_retr
             )),
             "{data}"
         );
-        let quiet_mail = about(&serials[1]);
-        assert_eq!(quiet_mail["to"], serde_json::json!(["pki@corp.internal"]));
+        let acme_mail = about(&serials[1]);
+        assert_eq!(
+            acme_mail["to"],
+            serde_json::json!(["acme-ops@corp.internal", "pki@corp.internal"])
+        );
 
         // The delivery log holds the refused attempt and the retry.
         let log: Value = running
