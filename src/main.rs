@@ -10,6 +10,10 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use hallmark::config::{Config, DEFAULT_DATA_DIR};
+
+/// mimalloc instead of glibc's malloc (docs/BENCHMARKS.md, issue 16).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use hallmark::datadir::{self, Layout};
 use hallmark::pki::crl::RevocationReason;
 use hallmark::service::Service;
