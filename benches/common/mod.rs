@@ -1,4 +1,9 @@
-//! What the benchmarks share: a fresh database per run.
+//! What the benchmarks share: a fresh database per run, and the
+//! allocator the `hallmark` binary runs with, so in-process figures are
+//! the deployed service's.
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The PostgreSQL server's admin URL (`TEST_DATABASE_URL`, as for tests).
 pub fn admin_url() -> String {
