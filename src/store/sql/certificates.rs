@@ -82,6 +82,10 @@ const REVOKE: &str = "UPDATE certificates SET revoked_at = $2, revocation_reason
      invalidity_date = $4 WHERE serial = $1 AND revoked_at IS NULL \
      RETURNING issuer_id, crl_partition";
 
+/// A key revoked for keyCompromise, refused in every later CSR.
+const BLOCK_KEY: &str = "INSERT INTO blocked_keys (spki_sha256, serial, blocked_at) \
+     VALUES ($1, $2, $3) ON CONFLICT (spki_sha256) DO NOTHING";
+
 const MARK_CRL: &str = "INSERT INTO crl_marks (issuer_id, partition, seq) \
      VALUES ($1, $2, $3) ON CONFLICT (issuer_id, partition) DO UPDATE SET seq = excluded.seq";
 
@@ -565,15 +569,12 @@ where
                     .fetch_optional(&mut *tx)
                     .await?;
                 if let Some(spki_sha256) = &rev.blocked_key {
-                    sqlx::query(
-                        "INSERT INTO blocked_keys (spki_sha256, serial, blocked_at) VALUES ($1, $2, $3) \
-                         ON CONFLICT (spki_sha256) DO NOTHING",
-                    )
-                    .bind(spki_sha256)
-                    .bind(rev.serial.to_hex())
-                    .bind(rev.at)
-                    .execute(&mut *tx)
-                    .await?;
+                    sqlx::query(BLOCK_KEY)
+                        .bind(spki_sha256)
+                        .bind(rev.serial.to_hex())
+                        .bind(rev.at)
+                        .execute(&mut *tx)
+                        .await?;
                 }
             }
         }
@@ -681,15 +682,12 @@ where
             });
         };
         if let Some(spki_sha256) = &rev.blocked_key {
-            sqlx::query(
-                "INSERT INTO blocked_keys (spki_sha256, serial, blocked_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (spki_sha256) DO NOTHING",
-            )
-            .bind(spki_sha256)
-            .bind(rev.serial.to_hex())
-            .bind(rev.at)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(BLOCK_KEY)
+                .bind(spki_sha256)
+                .bind(rev.serial.to_hex())
+                .bind(rev.at)
+                .execute(&mut *tx)
+                .await?;
         }
         // The revocation's own audit sequence number marks its
         // CRLs stale until one is published from a later snapshot.
