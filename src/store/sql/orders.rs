@@ -10,38 +10,70 @@ const ORDER_COLUMNS: &str =
      organization, error, rejection_reason, approval_reason, certificate_serial, created_at, \
      updated_at, expires_at, not_after, acme_account_id, issue_attempts FROM orders";
 
+/// An order's authorizations with their challenges, in one statement (a
+/// statement is a hand-off to the database driver and back): the
+/// authorization's columns by their own names, the challenge's prefixed
+/// `c_`, none for an authorization without challenges (a reused one).
 const SELECT_AUTHORIZATIONS: &str =
-    "SELECT id, order_id, account_id, identifier_type, identifier_value, wildcard, status, \
-     validated_at, expires_at, created_at FROM authorizations WHERE order_id = $1 ORDER BY id";
+    "SELECT a.id, a.order_id, a.account_id, a.identifier_type, a.identifier_value, a.wildcard, \
+     a.status, a.validated_at, a.expires_at, a.created_at, c.id AS c_id, c.type AS c_type, \
+     c.token AS c_token, c.status AS c_status, c.error AS c_error, \
+     c.attempted_at AS c_attempted_at, c.validated_at AS c_validated_at, \
+     c.created_at AS c_created_at \
+     FROM authorizations a LEFT JOIN challenges c ON c.authorization_id = a.id \
+     WHERE a.order_id = $1 ORDER BY a.id, c.id";
 
-const SELECT_CHALLENGES: &str =
-    "SELECT c.id, c.authorization_id, c.type, c.token, c.status, c.error, c.attempted_at, \
-     c.validated_at, c.created_at FROM challenges c \
-     JOIN authorizations a ON a.id = c.authorization_id WHERE a.order_id = $1 \
-     ORDER BY c.id";
+/// One row of [`SELECT_AUTHORIZATIONS`].
+#[derive(sqlx::FromRow)]
+struct AuthorizationRow {
+    #[sqlx(flatten)]
+    authorization: AuthorizationRecord,
+    c_id: Option<String>,
+    c_type: Option<ChallengeKind>,
+    c_token: Option<String>,
+    c_status: Option<ChallengeStatus>,
+    c_error: Option<Failure>,
+    c_attempted_at: Option<i64>,
+    c_validated_at: Option<i64>,
+    c_created_at: Option<i64>,
+}
 
 /// Puts an order together from its rows. Authorizations keep the order
 /// their ids were created in (the workflow makes them sortable).
-fn order_bundle(
-    order: OrderRecord,
-    authorizations: Vec<AuthorizationRecord>,
-    challenges: Vec<ChallengeRecord>,
-) -> Result<OrderBundle> {
-    let mut bundles: Vec<AuthorizationBundle> = authorizations
-        .into_iter()
-        .map(|authorization| AuthorizationBundle {
-            authorization,
-            challenges: Vec::new(),
-        })
-        .collect();
-    for c in challenges {
-        let owner = bundles
-            .iter_mut()
-            .find(|b| b.authorization.id == c.authorization_id)
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!("challenge {} has no authorization", c.id))
-            })?;
-        owner.challenges.push(c);
+fn order_bundle(order: OrderRecord, rows: Vec<AuthorizationRow>) -> Result<OrderBundle> {
+    let mut bundles: Vec<AuthorizationBundle> = Vec::new();
+    for row in rows {
+        if bundles
+            .last()
+            .is_none_or(|b| b.authorization.id != row.authorization.id)
+        {
+            bundles.push(AuthorizationBundle {
+                authorization: row.authorization.clone(),
+                challenges: Vec::new(),
+            });
+        }
+        let (Some(id), Some(kind), Some(token), Some(status), Some(created_at)) = (
+            row.c_id,
+            row.c_type,
+            row.c_token,
+            row.c_status,
+            row.c_created_at,
+        ) else {
+            continue; // an authorization without challenges
+        };
+        if let Some(owner) = bundles.last_mut() {
+            owner.challenges.push(ChallengeRecord {
+                id,
+                authorization_id: row.authorization.id,
+                kind,
+                token,
+                status,
+                error: row.c_error,
+                attempted_at: row.c_attempted_at,
+                validated_at: row.c_validated_at,
+                created_at,
+            });
+        }
     }
     Ok(OrderBundle {
         order,
@@ -266,21 +298,17 @@ where
     usize: sqlx::ColumnIndex<B::Row>,
 {
     async fn order(&self, id: &str) -> Result<OrderBundle> {
-        // One connection for the three reads: one pool round trip, not three.
+        // One connection for the two reads: one pool round trip, not two.
         let mut conn = self.read.acquire().await?;
         let order: OrderRecord = sqlx::query_as(&format!("{ORDER_COLUMNS} WHERE id = $1"))
             .bind(id)
             .fetch_one(&mut *conn)
             .await?;
-        let authorizations: Vec<AuthorizationRecord> = sqlx::query_as(SELECT_AUTHORIZATIONS)
+        let rows: Vec<AuthorizationRow> = sqlx::query_as(SELECT_AUTHORIZATIONS)
             .bind(id)
             .fetch_all(&mut *conn)
             .await?;
-        let challenges: Vec<ChallengeRecord> = sqlx::query_as(SELECT_CHALLENGES)
-            .bind(id)
-            .fetch_all(&mut *conn)
-            .await?;
-        order_bundle(order, authorizations, challenges)
+        order_bundle(order, rows)
     }
 
     async fn orders(&self, query: &OrderQuery) -> Result<Vec<OrderRecord>> {
