@@ -172,6 +172,10 @@ async fn run_pebble(args: &common::LoadArgs, reuse: bool) -> Result<f64, String>
     let http = reqwest::Client::builder()
         .add_root_certificate(pebble.root.clone())
         .tls_built_in_root_certs(false)
+        // pebble sometimes leaves a request unanswered under this load
+        // (seen with and without hallmark's allocator): fail the run
+        // instead of waiting for ever.
+        .timeout(std::time::Duration::from_secs(30))
         .pool_max_idle_per_host(args.concurrency)
         .build()
         .map_err(|e| e.to_string())?;
