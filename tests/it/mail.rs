@@ -185,7 +185,7 @@ async fn an_expiring_certificate_is_mailed_to_its_account_over_starttls_and_retr
         ca.db
             .execute(&format!(
                 "INSERT INTO acme_accounts (id, account_id, jwk_thumbprint, jwk, contact, status, created_at) \
-                 VALUES ('acme1', '{quiet}', 'tp1', '{{}}', '[\"mailto:acme-ops@corp.internal\", \"tel:+15550100\"]', 'valid', 0)"
+                 VALUES ('acme1', '{quiet}', 'tp1', '{{}}', '[\"mailto:acme-ops@corp.internal?subject=certs\", \"tel:+15550100\"]', 'valid', 0)"
             ))
             .await;
         ca.db

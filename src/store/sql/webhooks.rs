@@ -69,6 +69,8 @@ where
                 contacts
                     .iter()
                     .filter_map(|c| c.strip_prefix("mailto:"))
+                    // A mailto: URI may carry ?subject=… after the address.
+                    .filter_map(|c| c.split('?').next())
                     .map(str::to_owned),
             );
         }
