@@ -345,9 +345,34 @@ pub async fn send(
         &[250],
     )
     .await?;
+    // A recipient the server refuses for good (a stale contact) does not
+    // keep the others from their notice; a temporary refusal (4xx) fails
+    // the attempt, which is retried.
+    let mut accepted = 0;
+    let mut refused = Vec::new();
     for to in &mail.to {
-        conn.command("RCPT TO", &format!("RCPT TO:<{to}>"), &[250, 251])
-            .await?;
+        conn.send(&format!("RCPT TO:<{to}>")).await?;
+        let (code, text) = conn.reply().await?;
+        match code {
+            250 | 251 => accepted += 1,
+            500..=599 => {
+                tracing::warn!(recipient = %to, code, reply = %text.join(" "), "the mail server refused a recipient");
+                refused.push(format!("{to} ({code})"));
+            }
+            _ => {
+                return Err(SmtpError::Refused {
+                    step: "RCPT TO",
+                    code,
+                    text: text.join(" "),
+                })
+            }
+        }
+    }
+    if accepted == 0 {
+        return Err(SmtpError::Unsupported(format!(
+            "the server refused every recipient: {}",
+            refused.join(", ")
+        )));
     }
     conn.command("DATA", "DATA", &[354]).await?;
     let text = render(settings, mail, time::OffsetDateTime::now_utc());

@@ -28,6 +28,11 @@ port, cert, key, out, user, password = sys.argv[1:7]
 class Handler:
     def __init__(self):
         self.seen = 0
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.startswith('gone@'):
+            return '550 5.1.1 no such mailbox'
+        envelope.rcpt_tos.append(address)
+        return '250 OK'
     async def handle_DATA(self, server, session, envelope):
         self.seen += 1
         if self.seen == 1:
@@ -89,7 +94,12 @@ async fn an_expiring_certificate_is_mailed_to_its_account_over_starttls_and_retr
                     "HALLMARK_SMTP__PASSWORD_FILE",
                     o.join("smtp-password").display().to_string(),
                 ),
-                ("HALLMARK_SMTP__ALSO_TO", "[\"pki@corp.internal\"]".into()),
+                // A stale address the server refuses does not keep the
+                // others from their notice.
+                (
+                    "HALLMARK_SMTP__ALSO_TO",
+                    "[\"pki@corp.internal\", \"gone@corp.internal\"]".into(),
+                ),
             ],
         )
         .await;
