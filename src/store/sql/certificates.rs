@@ -169,6 +169,24 @@ where
     for<'r> &'r str: sqlx::ColumnIndex<B::Row>,
     usize: sqlx::ColumnIndex<B::Row>,
 {
+    /// Inserts or refreshes a CA certificate on `conn` (a pool connection
+    /// or a transaction's).
+    async fn upsert_issuer_on(conn: &mut B::Connection, issuer: &IssuerRecord) -> Result<()> {
+        sqlx::query(UPSERT_ISSUER)
+            .bind(&issuer.id)
+            .bind(issuer.kind.as_str())
+            .bind(&issuer.subject)
+            .bind(&issuer.cert_der)
+            .bind(&issuer.key_id)
+            .bind(issuer.not_before)
+            .bind(issuer.not_after)
+            .bind(time::OffsetDateTime::now_utc().unix_timestamp())
+            .bind(issuer.active)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
     /// Commits a batch of the workflow's writes in one transaction: the
     /// order moves first (each its own guarded UPDATE), then new orders
     /// (those issued at once among them), then certificates with their
@@ -496,19 +514,8 @@ where
     usize: sqlx::ColumnIndex<B::Row>,
 {
     async fn upsert_issuer(&self, issuer: &IssuerRecord) -> Result<()> {
-        sqlx::query(UPSERT_ISSUER)
-            .bind(&issuer.id)
-            .bind(issuer.kind.as_str())
-            .bind(&issuer.subject)
-            .bind(&issuer.cert_der)
-            .bind(&issuer.key_id)
-            .bind(issuer.not_before)
-            .bind(issuer.not_after)
-            .bind(time::OffsetDateTime::now_utc().unix_timestamp())
-            .bind(issuer.active)
-            .execute(&self.write)
-            .await?;
-        Ok(())
+        let mut conn = self.write.acquire().await?;
+        Self::upsert_issuer_on(&mut conn, issuer).await
     }
 
     async fn import_certificates(
@@ -520,18 +527,7 @@ where
         let mut tx = self.write.begin().await?;
         let head = Self::lock_audit(&mut tx).await?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        sqlx::query(UPSERT_ISSUER)
-            .bind(&issuer.id)
-            .bind(issuer.kind.as_str())
-            .bind(&issuer.subject)
-            .bind(&issuer.cert_der)
-            .bind(&issuer.key_id)
-            .bind(issuer.not_before)
-            .bind(issuer.not_after)
-            .bind(now)
-            .bind(issuer.active)
-            .execute(&mut *tx)
-            .await?;
+        Self::upsert_issuer_on(&mut tx, issuer).await?;
         let insert = format!(
             "{INSERT_CERTIFICATE_PREFIX} VALUES ($1, $2, NULL, NULL, $3, $4, $5, $6, $7, $8, $9, $10, 0)"
         );
