@@ -10,7 +10,7 @@ use sqlx::{Pool, Postgres};
 use async_trait::async_trait;
 
 use super::batch::{Batcher, UsedNonce};
-use super::sql::{fresh_nonces, insert_nonces, revoked_row, revoked_scan_sql};
+use super::sql::{fresh_nonces, insert_nonces, ping_if_idle, revoked_row, revoked_scan_sql};
 use super::{redact_url, Backend, Result, RevokedRow, RevokedScan, SqlStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -24,6 +24,8 @@ impl SqlStore<Postgres> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
+            .before_acquire(ping_if_idle)
             // A connection sqlx still counts a transaction on (a COMMIT
             // that failed mid-way) is closed, never reused.
             .after_release(|conn, _| {

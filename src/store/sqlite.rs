@@ -27,7 +27,7 @@ use sqlx::{Connection, Pool, Sqlite};
 use async_trait::async_trait;
 
 use super::batch::{Batcher, UsedNonce};
-use super::sql::{fresh_nonces, insert_nonces, revoked_row, revoked_scan_sql};
+use super::sql::{fresh_nonces, insert_nonces, ping_if_idle, revoked_row, revoked_scan_sql};
 use super::{Backend, Result, RevokedRow, RevokedScan, SqlStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -49,6 +49,8 @@ impl SqlStore<Sqlite> {
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            .test_before_acquire(false)
+            .before_acquire(ping_if_idle)
             .after_connect(move |conn, _| {
                 let nonce_file = nonce_file.clone();
                 Box::pin(async move { attach_nonces(conn, &nonce_file).await })
@@ -64,6 +66,8 @@ impl SqlStore<Sqlite> {
         let read = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
+            .test_before_acquire(false)
+            .before_acquire(ping_if_idle)
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;

@@ -36,6 +36,29 @@ use super::{
 use crate::pki::profile::Organization;
 use crate::pki::Serial;
 
+/// How long a pooled connection may have sat idle before it is checked
+/// (a ping) as it is taken from the pool. sqlx checks every connection as
+/// it goes back to the pool anyway, and by default again as it is taken —
+/// one more round trip to the database (or hand-off to SQLite's worker
+/// thread) per query; under load connections are idle for microseconds,
+/// so only one that sat longer than this, and may have been cut while it
+/// waited (a PostgreSQL restart), is pinged first.
+pub(super) const PING_IF_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `before_acquire` for every pool (with `test_before_acquire(false)`):
+/// pings a connection only if it was idle longer than [`PING_IF_IDLE_FOR`].
+pub(super) fn ping_if_idle<C: sqlx::Connection>(
+    conn: &mut C,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> futures_util::future::BoxFuture<'_, std::result::Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if meta.idle_for > PING_IF_IDLE_FOR {
+            conn.ping().await?;
+        }
+        Ok(true)
+    })
+}
+
 /// A store on database `B`: a read pool, a write pool (one connection on
 /// SQLite, which has one writer anyway) and the group-commit queue in
 /// front of the write pool.
