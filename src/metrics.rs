@@ -36,10 +36,15 @@ impl Counter {
 
     /// Adds one to the series with these label values (in `labels` order).
     pub fn inc(&self, values: &[&str]) {
+        self.add(values, 1);
+    }
+
+    /// Adds `n` to the series with these label values.
+    pub fn add(&self, values: &[&str], n: u64) {
         debug_assert_eq!(values.len(), self.labels.len(), "{}", self.name);
         let key: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
         let mut map = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        *map.entry(key).or_insert(0) += 1;
+        *map.entry(key).or_insert(0) += n;
     }
 
     /// The series' value (for tests).
@@ -206,6 +211,13 @@ pub struct Metrics {
     pub database_errors: Counter,
     /// Webhook delivery attempts by event and result.
     pub webhook_deliveries: Counter,
+    /// Group commits by queue (`workflow`, `nonces`).
+    pub store_commits: Counter,
+    /// Writes those commits carried, by queue: divided by the commits,
+    /// the mean batch size.
+    pub store_batched_writes: Counter,
+    /// Time one group commit took (statements and the commit), by queue.
+    pub store_commit_duration: Histogram,
 }
 
 impl Metrics {
@@ -272,6 +284,21 @@ impl Metrics {
                 "Webhook delivery attempts, by event and result (delivered, failed).",
                 &["event", "result"],
             ),
+            store_commits: Counter::new(
+                "hallmark_store_commits_total",
+                "Group commits of queued writes, by queue (workflow: orders and issuances; nonces: used ACME nonces).",
+                &["queue"],
+            ),
+            store_batched_writes: Counter::new(
+                "hallmark_store_batched_writes_total",
+                "Writes carried by those group commits, by queue; divided by hallmark_store_commits_total, the mean batch.",
+                &["queue"],
+            ),
+            store_commit_duration: Histogram::new(
+                "hallmark_store_commit_duration_seconds",
+                "Time one group commit took, its statements and the durable commit, by queue.",
+                &["queue"],
+            ),
         }
     }
 
@@ -289,6 +316,9 @@ impl Metrics {
         self.audit_events.render(out);
         self.database_errors.render(out);
         self.webhook_deliveries.render(out);
+        self.store_commits.render(out);
+        self.store_batched_writes.render(out);
+        self.store_commit_duration.render(out);
     }
 }
 

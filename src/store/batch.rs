@@ -64,11 +64,13 @@ where
 {
     /// Starts the writer task; `commit` writes a batch in one transaction
     /// and gives one outcome per item, in order.
-    pub(crate) fn spawn<F, Fut>(commit: F) -> Self
+    /// `queue` names it in the metrics.
+    pub(crate) fn spawn<F, Fut>(queue: &'static str, commit: F) -> Self
     where
         F: Fn(Arc<Vec<I>>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>>> + Send + 'static,
     {
+        let name = queue;
         let (queue, mut rx) = mpsc::channel::<Job<I, O>>(MAX_BATCH * 4);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -82,7 +84,17 @@ where
                 let (items, replies): (Vec<I>, Vec<_>) =
                     jobs.into_iter().map(|j| (j.item, j.reply)).unzip();
                 let items = Arc::new(items);
-                match commit(items.clone()).await {
+                let started = std::time::Instant::now();
+                let committed = commit(items.clone()).await;
+                let metrics = &crate::metrics::METRICS;
+                metrics
+                    .store_commit_duration
+                    .observe(&[name], started.elapsed());
+                metrics.store_commits.inc(&[name]);
+                metrics
+                    .store_batched_writes
+                    .add(&[name], items.len() as u64);
+                match committed {
                     Ok(outcomes) if outcomes.len() == replies.len() => {
                         for (reply, outcome) in replies.into_iter().zip(outcomes) {
                             let _ = reply.send(Ok(outcome));

@@ -49,9 +49,11 @@ impl SqlStore<Postgres> {
             .await
             .map_err(|e| StoreError::Database(format!("migrating {}: {e}", redact_url(url))))?;
         let write = pool.clone();
-        let batcher = Batcher::spawn(move |items| Self::commit_writes(write.clone(), items));
+        let batcher = Batcher::spawn("workflow", move |items| {
+            Self::commit_writes(write.clone(), items)
+        });
         let write = pool.clone();
-        let nonces = Batcher::spawn(move |items: std::sync::Arc<Vec<UsedNonce>>| {
+        let nonces = Batcher::spawn("nonces", move |items: std::sync::Arc<Vec<UsedNonce>>| {
             let write = write.clone();
             async move { Postgres::insert_used_nonces(write, &items).await }
         });

@@ -72,9 +72,11 @@ impl SqlStore<Sqlite> {
             .await
             .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
         let pool = write.clone();
-        let batcher = Batcher::spawn(move |items| Self::commit_writes(pool.clone(), items));
+        let batcher = Batcher::spawn("workflow", move |items| {
+            Self::commit_writes(pool.clone(), items)
+        });
         let pool = write.clone();
-        let nonces = Batcher::spawn(move |items: std::sync::Arc<Vec<UsedNonce>>| {
+        let nonces = Batcher::spawn("nonces", move |items: std::sync::Arc<Vec<UsedNonce>>| {
             let pool = pool.clone();
             async move { Sqlite::insert_used_nonces(pool, &items).await }
         });

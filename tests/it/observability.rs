@@ -98,6 +98,10 @@ async fn metrics_count_requests_issuances_validations_revocations_and_crls() {
     at_least_one(r#"hallmark_audit_events_total{action="order.create"}"#);
     at_least_one(r#"hallmark_audit_events_total{action="order.valid"}"#);
     at_least_one(r#"hallmark_database_connections{pool="write",state="max"}"#);
+    // The group commit carried the order's writes.
+    at_least_one(r#"hallmark_store_commits_total{queue="workflow"}"#);
+    at_least_one(r#"hallmark_store_batched_writes_total{queue="workflow"}"#);
+    at_least_one(r#"hallmark_store_commit_duration_seconds_count{queue="workflow"}"#);
     assert!(metrics.contains("# TYPE hallmark_database_errors_total counter"));
     // The revoked certificate does not count as expiring.
     assert!(series(
