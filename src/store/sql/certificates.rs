@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 
-use super::{Backend, SqlStore, Statement, ROWS_PER_INSERT};
+use super::{Backend, SqlStore, Statement, Tx, ROWS_PER_INSERT};
 use crate::store::*;
 
 const SELECT_ISSUERS: &str =
@@ -185,6 +185,28 @@ where
             .execute(conn)
             .await?;
         Ok(())
+    }
+
+    /// Marks a certificate revoked in `tx` (unless it is already) and, for
+    /// a key compromise, blocks its key; the certificate's issuer and CRL
+    /// partition, or `None` if no unrevoked certificate has that serial.
+    async fn revoke_tx(tx: &mut Tx<B>, rev: &Revocation) -> Result<Option<(String, i64)>> {
+        let done: Option<(String, i64)> = sqlx::query_as(REVOKE)
+            .bind(rev.serial.to_hex())
+            .bind(rev.at)
+            .bind(rev.reason)
+            .bind(rev.invalidity_date)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let (Some(_), Some(spki_sha256)) = (&done, &rev.blocked_key) {
+            sqlx::query(BLOCK_KEY)
+                .bind(spki_sha256)
+                .bind(rev.serial.to_hex())
+                .bind(rev.at)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(done)
     }
 
     /// Commits a batch of the workflow's writes in one transaction: the
@@ -557,21 +579,7 @@ where
                 .await?;
             if let Some(rev) = &imported.revocation {
                 revoked = true;
-                sqlx::query(REVOKE)
-                    .bind(rev.serial.to_hex())
-                    .bind(rev.at)
-                    .bind(rev.reason)
-                    .bind(rev.invalidity_date)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if let Some(spki_sha256) = &rev.blocked_key {
-                    sqlx::query(BLOCK_KEY)
-                        .bind(spki_sha256)
-                        .bind(rev.serial.to_hex())
-                        .bind(rev.at)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                Self::revoke_tx(&mut tx, rev).await?;
             }
         }
         if revoked {
@@ -659,14 +667,7 @@ where
         use StoreError;
         let mut tx = self.write.begin().await?;
         let head = Self::lock_audit(&mut tx).await?;
-        let done: Option<(String, i64)> = sqlx::query_as(REVOKE)
-            .bind(rev.serial.to_hex())
-            .bind(rev.at)
-            .bind(rev.reason)
-            .bind(rev.invalidity_date)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some((issuer_id, partition)) = done else {
+        let Some((issuer_id, partition)) = Self::revoke_tx(&mut tx, rev).await? else {
             let exists: Option<(Option<i64>,)> =
                 sqlx::query_as("SELECT revoked_at FROM certificates WHERE serial = $1")
                     .bind(rev.serial.to_hex())
@@ -677,14 +678,6 @@ where
                 Some(_) => StoreError::Conflict(Conflict::AlreadyRevoked(rev.serial)),
             });
         };
-        if let Some(spki_sha256) = &rev.blocked_key {
-            sqlx::query(BLOCK_KEY)
-                .bind(spki_sha256)
-                .bind(rev.serial.to_hex())
-                .bind(rev.at)
-                .execute(&mut *tx)
-                .await?;
-        }
         // The revocation's own audit sequence number marks its
         // CRLs stale until one is published from a later snapshot.
         let seq = head.0 + 1;
