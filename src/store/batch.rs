@@ -63,14 +63,13 @@ where
     O: Send + 'static,
 {
     /// Starts the writer task; `commit` writes a batch in one transaction
-    /// and gives one outcome per item, in order.
-    /// `queue` names it in the metrics.
-    pub(crate) fn spawn<F, Fut>(queue: &'static str, commit: F) -> Self
+    /// and gives one outcome per item, in order. `name` is the queue's
+    /// label in the metrics.
+    pub(crate) fn spawn<F, Fut>(name: &'static str, commit: F) -> Self
     where
         F: Fn(Arc<Vec<I>>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>>> + Send + 'static,
     {
-        let name = queue;
         let (queue, mut rx) = mpsc::channel::<Job<I, O>>(MAX_BATCH * 4);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
