@@ -5,15 +5,19 @@
 //! cannot fail the others.
 //!
 //! Two queues use it: the durable writes of the order workflow
-//! ([`Write`]: issuances, new orders, order moves) and the record of used
-//! ACME nonces ([`UsedNonce`], committed without a disk flush).
+//! ([`Write`]: issuances, new orders, order moves, challenge claims and
+//! results) and the record of used ACME nonces ([`UsedNonce`], committed
+//! without a disk flush).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{AuditEvent, Issuance, OrderBundle, OrderUpdate, Result, StoreError, Transition};
+use super::{
+    AuditEvent, ChallengeOutcome, Issuance, OrderBundle, OrderStatus, OrderUpdate, Result,
+    StoreError, Transition,
+};
 
 /// Most items committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -37,6 +41,66 @@ pub(crate) enum Write {
         at: i64,
         events: Vec<AuditEvent>,
     },
+    /// A challenge claimed for validation, if it, its authorization and
+    /// its order are all still pending; its event is recorded only then.
+    Claim {
+        challenge_id: String,
+        order_id: String,
+        at: i64,
+        event: AuditEvent,
+    },
+    /// A validation's result; nothing is written if the challenge was no
+    /// longer `processing`, and `on_order_change` only if the order moved.
+    Finish {
+        outcome: Box<ChallengeOutcome>,
+        events: Vec<AuditEvent>,
+        on_order_change: Vec<AuditEvent>,
+    },
+}
+
+/// What one [`Write`] did once its batch committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Done {
+    /// Written as asked (a new order, an issuance).
+    Written,
+    /// A guarded change (an order move, a claim): whether it happened.
+    Moved(bool),
+    /// A validation's result, recorded: the order's new status if it moved.
+    Finished(Option<OrderStatus>),
+    /// A validation's result, not recorded: the challenge was no longer
+    /// `processing` (another attempt's result came first).
+    NotProcessing,
+}
+
+impl Write {
+    /// The audit records to write with this write, given what it did.
+    pub(crate) fn events(&self, done: Done) -> impl Iterator<Item = &AuditEvent> {
+        let none: &[AuditEvent] = &[];
+        let (always, on_change): (&[AuditEvent], &[AuditEvent]) = match (self, done) {
+            (Write::Issue(issuance), _) => (&issuance.events, none),
+            (Write::Open { events, .. }, _) | (Write::Move { events, .. }, Done::Moved(true)) => {
+                (events, none)
+            }
+            (Write::Claim { event, .. }, Done::Moved(true)) => (std::slice::from_ref(event), none),
+            (
+                Write::Finish {
+                    events,
+                    on_order_change,
+                    ..
+                },
+                Done::Finished(moved),
+            ) => (
+                events,
+                if moved.is_some() {
+                    on_order_change
+                } else {
+                    none
+                },
+            ),
+            _ => (none, none),
+        };
+        always.iter().chain(on_change)
+    }
 }
 
 /// A used ACME nonce to record; the outcome says whether it was fresh.

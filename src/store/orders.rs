@@ -498,9 +498,9 @@ pub struct ChallengeOutcome {
     pub at: i64,
     /// The validator's error if it failed.
     pub error: Option<Failure>,
-    /// The order's status once every authorization is valid (`ready`, or
-    /// `awaiting_approval` for OV).
-    pub when_all_valid: OrderStatus,
+    /// The order's move once every authorization is valid
+    /// ([`Transition::Validated`], or [`Transition::AwaitApproval`] for OV).
+    pub when_all_valid: Transition,
 }
 
 /// Fields an order transition may set besides its status.
@@ -622,7 +622,7 @@ pub trait OrderWrites: Send + Sync + 'static {
 
     /// Records a validation's result: the challenge and its authorization
     /// become valid or invalid; a failure makes the order invalid; the last
-    /// valid authorization moves the order to `outcome.when_all_valid`.
+    /// valid authorization makes `outcome.when_all_valid`.
     /// `on_order_change` is written too if the order moved. Returns the
     /// order's new status if it changed; `Conflict` if the challenge was not
     /// `processing`.

@@ -210,44 +210,56 @@ where
     }
 
     /// Commits a batch of the workflow's writes in one transaction: the
-    /// order moves first (each its own guarded UPDATE), then new orders
-    /// (those issued at once among them), then certificates with their
-    /// orders' completion, then the audit records of everything that
-    /// happened. One outcome per item: whether a move moved (else true).
+    /// guarded changes first in queue order (order moves, challenge claims
+    /// and results, each its own guarded UPDATEs), then new orders (those
+    /// issued at once among them), then certificates with their orders'
+    /// completion, then the audit records of everything that happened.
+    /// One outcome per item.
     pub(in crate::store) async fn commit_writes(
         pool: sqlx::Pool<B>,
         writes: std::sync::Arc<Vec<batch::Write>>,
-    ) -> Result<Vec<bool>> {
-        use batch::Write;
+    ) -> Result<Vec<batch::Done>> {
+        use batch::{Done, Write};
         let mut tx = pool.begin().await?;
         let head = Self::lock_audit(&mut tx).await?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let mut outcomes = vec![true; writes.len()];
-        for (write, outcome) in writes.iter().zip(outcomes.iter_mut()) {
-            if let Write::Move {
-                order_id,
-                transition,
-                update,
-                at,
-                ..
-            } = write
-            {
-                *outcome = Self::move_order_tx(&mut tx, order_id, *transition, update, *at).await?;
-            }
-        }
+        let mut outcomes = Vec::with_capacity(writes.len());
         let mut opened: Vec<&OrderBundle> = Vec::new();
         let mut items: Vec<&Issuance> = Vec::new();
         for write in writes.iter() {
-            match write {
-                Write::Open { bundle, .. } => opened.push(bundle),
+            outcomes.push(match write {
+                Write::Move {
+                    order_id,
+                    transition,
+                    update,
+                    at,
+                    ..
+                } => Done::Moved(
+                    Self::move_order_tx(&mut tx, order_id, *transition, update, *at).await?,
+                ),
+                Write::Claim {
+                    challenge_id,
+                    order_id,
+                    at,
+                    ..
+                } => Done::Moved(
+                    Self::claim_challenge_tx(&mut tx, challenge_id, order_id, *at).await?,
+                ),
+                Write::Finish { outcome, .. } => {
+                    Self::finish_challenge_tx(&mut tx, outcome).await?
+                }
+                Write::Open { bundle, .. } => {
+                    opened.push(bundle);
+                    Done::Written
+                }
                 Write::Issue(issuance) => {
                     if let Some(IssuanceOrder::Create(bundle)) = &issuance.order {
                         opened.push(bundle);
                     }
                     items.push(issuance);
+                    Done::Written
                 }
-                Write::Move { .. } => {}
-            }
+            });
         }
         // Orders first: certificates refer to them.
         Self::insert_orders_tx(&mut tx, &opened).await?;
@@ -299,11 +311,7 @@ where
         let events: Vec<&AuditEvent> = writes
             .iter()
             .zip(&outcomes)
-            .filter(|(_, happened)| **happened)
-            .flat_map(|(write, _)| match write {
-                Write::Issue(issuance) => issuance.events.iter(),
-                Write::Open { events, .. } | Write::Move { events, .. } => events.iter(),
-            })
+            .flat_map(|(write, done)| write.events(*done))
             .collect();
         Self::commit_audited(tx, head, &events).await?;
         Ok(outcomes)

@@ -26,7 +26,7 @@ mod orders;
 mod users;
 mod webhooks;
 
-use super::batch::{Batcher, UsedNonce, Write};
+use super::batch::{Batcher, Done, UsedNonce, Write};
 use super::recent::{Changes, Recent};
 use super::{
     AuditEvent, AuthorizationStatus, ChallengeKind, ChallengeStatus, Failure, Health,
@@ -66,7 +66,7 @@ pub struct SqlStore<B: Backend> {
     pub(super) read: Pool<B>,
     pub(super) write: Pool<B>,
     /// The group-commit queue of the workflow's durable writes.
-    pub(super) batcher: Batcher<Write, bool>,
+    pub(super) batcher: Batcher<Write, Done>,
     /// The group-commit queue of used ACME nonces.
     pub(super) nonces: Batcher<UsedNonce, bool>,
     /// The hot reads' recent answers (`store/recent.rs`).

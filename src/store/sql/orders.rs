@@ -199,6 +199,76 @@ where
         Ok(B::rows_affected(&done) == 1)
     }
 
+    /// Claims a challenge in `tx` (see [`CLAIM_CHALLENGE`]): whether it
+    /// was still claimable.
+    pub(in crate::store) async fn claim_challenge_tx(
+        tx: &mut super::Tx<B>,
+        challenge_id: &str,
+        order_id: &str,
+        at: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(CLAIM_CHALLENGE)
+            .bind(challenge_id)
+            .bind(order_id)
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        Ok(B::rows_affected(&done) == 1)
+    }
+
+    /// Records a validation's result in `tx`: the challenge and its
+    /// authorization become valid or invalid, and the order moves if this
+    /// failed or was its last pending authorization. The caller holds the
+    /// audit head, which serialises this with every other writer, so the
+    /// count of unfinished authorizations sees the others' state (and an
+    /// earlier result of the same batch).
+    pub(in crate::store) async fn finish_challenge_tx(
+        tx: &mut super::Tx<B>,
+        outcome: &ChallengeOutcome,
+    ) -> Result<batch::Done> {
+        let (status, authz_status) = if outcome.error.is_some() {
+            (ChallengeStatus::Invalid, AuthorizationStatus::Invalid)
+        } else {
+            (ChallengeStatus::Valid, AuthorizationStatus::Valid)
+        };
+        let error = outcome.error.as_ref().map(Failure::to_json);
+        let validated_at = outcome.error.is_none().then_some(outcome.at);
+        let done = sqlx::query(FINISH_CHALLENGE)
+            .bind(&outcome.challenge_id)
+            .bind(status.as_str())
+            .bind(&error)
+            .bind(validated_at)
+            .execute(&mut **tx)
+            .await?;
+        if B::rows_affected(&done) != 1 {
+            return Ok(batch::Done::NotProcessing);
+        }
+        sqlx::query(FINISH_AUTHORIZATION)
+            .bind(&outcome.authorization_id)
+            .bind(authz_status.as_str())
+            .bind(validated_at)
+            .execute(&mut **tx)
+            .await?;
+        let next = if outcome.error.is_some() {
+            Transition::Fail(OrderStatus::Pending)
+        } else {
+            let (left,): (i64,) = sqlx::query_as(COUNT_UNFINISHED_AUTHORIZATIONS)
+                .bind(&outcome.order_id)
+                .fetch_one(&mut **tx)
+                .await?;
+            if left > 0 {
+                return Ok(batch::Done::Finished(None));
+            }
+            outcome.when_all_valid
+        };
+        let update = OrderUpdate {
+            error: outcome.error.clone(),
+            ..OrderUpdate::default()
+        };
+        let moved = Self::move_order_tx(tx, &outcome.order_id, next, &update, outcome.at).await?;
+        Ok(batch::Done::Finished(moved.then_some(next.to())))
+    }
+
     /// Inserts orders with their authorizations and challenges in
     /// `tx`, with multi-row INSERTs (a batch of issuances brings
     /// many).
@@ -444,19 +514,13 @@ where
         at: i64,
         event: AuditEvent,
     ) -> Result<bool> {
-        let mut tx = self.write.begin().await?;
-        let head = Self::lock_audit(&mut tx).await?;
-        let done = sqlx::query(CLAIM_CHALLENGE)
-            .bind(challenge_id)
-            .bind(order_id)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        if B::rows_affected(&done) != 1 {
-            return Ok(false);
-        }
-        Self::commit_audited(tx, head, &[&event]).await?;
-        Ok(true)
+        let claim = batch::Write::Claim {
+            challenge_id: challenge_id.to_owned(),
+            order_id: order_id.to_owned(),
+            at,
+            event,
+        };
+        Ok(self.batcher.submit(claim).await? == batch::Done::Moved(true))
     }
 
     async fn reclaim_challenge(
@@ -480,69 +544,17 @@ where
         events: Vec<AuditEvent>,
         on_order_change: Vec<AuditEvent>,
     ) -> Result<Option<OrderStatus>> {
-        use OrderStatus;
-        let mut tx = self.write.begin().await?;
-        // The audit head first: it serialises this with every other
-        // writer, so the count below sees the other authorizations'
-        // committed state.
-        let head = Self::lock_audit(&mut tx).await?;
-        let (status, authz_status) = if outcome.error.is_some() {
-            (ChallengeStatus::Invalid, AuthorizationStatus::Invalid)
-        } else {
-            (ChallengeStatus::Valid, AuthorizationStatus::Valid)
+        let finish = batch::Write::Finish {
+            outcome: Box::new(outcome.clone()),
+            events,
+            on_order_change,
         };
-        let error = outcome.error.as_ref().map(Failure::to_json);
-        let validated_at = outcome.error.is_none().then_some(outcome.at);
-        let done = sqlx::query(FINISH_CHALLENGE)
-            .bind(&outcome.challenge_id)
-            .bind(status.as_str())
-            .bind(&error)
-            .bind(validated_at)
-            .execute(&mut *tx)
-            .await?;
-        if B::rows_affected(&done) != 1 {
-            return Err(StoreError::Conflict(Conflict::ChallengeNotProcessing(
+        match self.batcher.submit(finish).await? {
+            batch::Done::Finished(changed) => Ok(changed),
+            _ => Err(StoreError::Conflict(Conflict::ChallengeNotProcessing(
                 outcome.challenge_id.clone(),
-            )));
+            ))),
         }
-        sqlx::query(FINISH_AUTHORIZATION)
-            .bind(&outcome.authorization_id)
-            .bind(authz_status.as_str())
-            .bind(validated_at)
-            .execute(&mut *tx)
-            .await?;
-        let mut refs: Vec<&AuditEvent> = events.iter().collect();
-        let next = if outcome.error.is_some() {
-            Some(OrderStatus::Invalid)
-        } else {
-            let (left,): (i64,) = sqlx::query_as(COUNT_UNFINISHED_AUTHORIZATIONS)
-                .bind(&outcome.order_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            (left == 0).then_some(outcome.when_all_valid)
-        };
-        let mut changed = None;
-        if let Some(next) = next {
-            let moved = sqlx::query(TRANSITION_ORDER)
-                .bind(&outcome.order_id)
-                .bind(OrderStatus::Pending.as_str())
-                .bind(next.as_str())
-                .bind(outcome.at)
-                .bind(&error)
-                .bind(None::<String>)
-                .bind(None::<String>)
-                .bind(None::<Vec<u8>>)
-                .bind(0_i64)
-                .bind(None::<String>)
-                .execute(&mut *tx)
-                .await?;
-            if B::rows_affected(&moved) == 1 {
-                changed = Some(next);
-                refs.extend(on_order_change.iter());
-            }
-        }
-        Self::commit_audited(tx, head, &refs).await?;
-        Ok(changed)
     }
 
     async fn transition_order(
@@ -566,6 +578,6 @@ where
             at,
             events,
         };
-        self.batcher.submit(step).await
+        Ok(self.batcher.submit(step).await? == batch::Done::Moved(true))
     }
 }

@@ -131,7 +131,6 @@ impl Orders {
         } else {
             Transition::Validated
         };
-        let when_all_valid = all_valid.to();
         let next = if error.is_some() {
             Transition::Fail(OrderStatus::Pending)
         } else {
@@ -167,7 +166,7 @@ impl Orders {
                     order_id: order.id.clone(),
                     at: now.unix_timestamp(),
                     error,
-                    when_all_valid,
+                    when_all_valid: all_valid,
                 },
                 events,
                 on_change,
