@@ -10,24 +10,42 @@ const ORDER_COLUMNS: &str =
      organization, error, rejection_reason, approval_reason, certificate_serial, created_at, \
      updated_at, expires_at, not_after, acme_account_id, issue_attempts FROM orders";
 
-/// An order's authorizations with their challenges, in one statement (a
-/// statement is a hand-off to the database driver and back): the
-/// authorization's columns by their own names, the challenge's prefixed
-/// `c_`, none for an authorization without challenges (a reused one).
-const SELECT_AUTHORIZATIONS: &str =
-    "SELECT a.id, a.order_id, a.account_id, a.identifier_type, a.identifier_value, a.wildcard, \
-     a.status, a.validated_at, a.expires_at, a.created_at, c.id AS c_id, c.type AS c_type, \
-     c.token AS c_token, c.status AS c_status, c.error AS c_error, \
-     c.attempted_at AS c_attempted_at, c.validated_at AS c_validated_at, \
+/// An order with its authorizations and their challenges, in one
+/// statement (a statement is a hand-off to the database driver and back;
+/// an ACME client reads its order three or four times per certificate):
+/// one row per challenge, the order's columns by their own names on each,
+/// the authorization's prefixed `a_`, the challenge's `c_` (none for an
+/// authorization without challenges — a reused one).
+const SELECT_ORDER_BUNDLE: &str =
+    "SELECT o.id, o.account_id, o.status, o.validation, o.source, o.profile, o.validity_days, \
+     o.csr_der, o.organization, o.error, o.rejection_reason, o.approval_reason, \
+     o.certificate_serial, o.created_at, o.updated_at, o.expires_at, o.not_after, \
+     o.acme_account_id, o.issue_attempts, \
+     a.id AS a_id, a.account_id AS a_account_id, a.identifier_type AS a_identifier_type, \
+     a.identifier_value AS a_identifier_value, a.wildcard AS a_wildcard, \
+     a.status AS a_status, a.validated_at AS a_validated_at, a.expires_at AS a_expires_at, \
+     a.created_at AS a_created_at, \
+     c.id AS c_id, c.type AS c_type, c.token AS c_token, c.status AS c_status, \
+     c.error AS c_error, c.attempted_at AS c_attempted_at, c.validated_at AS c_validated_at, \
      c.created_at AS c_created_at \
-     FROM authorizations a LEFT JOIN challenges c ON c.authorization_id = a.id \
-     WHERE a.order_id = $1 ORDER BY a.id, c.id";
+     FROM orders o LEFT JOIN authorizations a ON a.order_id = o.id \
+     LEFT JOIN challenges c ON c.authorization_id = a.id \
+     WHERE o.id = $1 ORDER BY a.id, c.id";
 
-/// One row of [`SELECT_AUTHORIZATIONS`].
+/// One row of [`SELECT_ORDER_BUNDLE`].
 #[derive(sqlx::FromRow)]
-struct AuthorizationRow {
+struct OrderBundleRow {
     #[sqlx(flatten)]
-    authorization: AuthorizationRecord,
+    order: OrderRecord,
+    a_id: Option<String>,
+    a_account_id: Option<String>,
+    a_identifier_type: Option<IdentifierKind>,
+    a_identifier_value: Option<String>,
+    a_wildcard: Option<bool>,
+    a_status: Option<AuthorizationStatus>,
+    a_validated_at: Option<i64>,
+    a_expires_at: Option<i64>,
+    a_created_at: Option<i64>,
     c_id: Option<String>,
     c_type: Option<ChallengeKind>,
     c_token: Option<String>,
@@ -38,17 +56,42 @@ struct AuthorizationRow {
     c_created_at: Option<i64>,
 }
 
-/// Puts an order together from its rows. Authorizations keep the order
-/// their ids were created in (the workflow makes them sortable).
-fn order_bundle(order: OrderRecord, rows: Vec<AuthorizationRow>) -> Result<OrderBundle> {
+impl OrderBundleRow {
+    /// The row's authorization, if it has one.
+    fn authorization(&self) -> Option<AuthorizationRecord> {
+        Some(AuthorizationRecord {
+            id: self.a_id.clone()?,
+            order_id: self.order.id.clone(),
+            account_id: self.a_account_id.clone()?,
+            identifier_type: self.a_identifier_type?,
+            identifier_value: self.a_identifier_value.clone()?,
+            wildcard: self.a_wildcard?,
+            status: self.a_status?,
+            validated_at: self.a_validated_at,
+            expires_at: self.a_expires_at?,
+            created_at: self.a_created_at?,
+        })
+    }
+}
+
+/// Puts an order together from its rows (none if there is no such
+/// order). Authorizations keep the order their ids were created in (the
+/// workflow makes them sortable).
+fn order_bundle(rows: Vec<OrderBundleRow>) -> Result<OrderBundle> {
+    let Some(order) = rows.first().map(|row| row.order.clone()) else {
+        return Err(StoreError::NotFound);
+    };
     let mut bundles: Vec<AuthorizationBundle> = Vec::new();
     for row in rows {
+        let Some(authorization) = row.authorization() else {
+            continue; // an order without authorizations
+        };
         if bundles
             .last()
-            .is_none_or(|b| b.authorization.id != row.authorization.id)
+            .is_none_or(|b| b.authorization.id != authorization.id)
         {
             bundles.push(AuthorizationBundle {
-                authorization: row.authorization.clone(),
+                authorization: authorization.clone(),
                 challenges: Vec::new(),
             });
         }
@@ -64,7 +107,7 @@ fn order_bundle(order: OrderRecord, rows: Vec<AuthorizationRow>) -> Result<Order
         if let Some(owner) = bundles.last_mut() {
             owner.challenges.push(ChallengeRecord {
                 id,
-                authorization_id: row.authorization.id,
+                authorization_id: authorization.id,
                 kind,
                 token,
                 status,
@@ -368,17 +411,11 @@ where
     usize: sqlx::ColumnIndex<B::Row>,
 {
     async fn order(&self, id: &str) -> Result<OrderBundle> {
-        // One connection for the two reads: one pool round trip, not two.
-        let mut conn = self.read.acquire().await?;
-        let order: OrderRecord = sqlx::query_as(&format!("{ORDER_COLUMNS} WHERE id = $1"))
+        let rows: Vec<OrderBundleRow> = sqlx::query_as(SELECT_ORDER_BUNDLE)
             .bind(id)
-            .fetch_one(&mut *conn)
+            .fetch_all(&self.read)
             .await?;
-        let rows: Vec<AuthorizationRow> = sqlx::query_as(SELECT_AUTHORIZATIONS)
-            .bind(id)
-            .fetch_all(&mut *conn)
-            .await?;
-        order_bundle(order, rows)
+        order_bundle(rows)
     }
 
     async fn orders(&self, query: &OrderQuery) -> Result<Vec<OrderRecord>> {
