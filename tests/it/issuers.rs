@@ -180,14 +180,7 @@ async fn a_rotated_intermediate_keeps_answering_for_its_certificates_while_the_n
         }
 
         // The start page names the earlier issuer beside the current one.
-        let page = client
-            .get(format!("{}/", running.https_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = get_text(&client, format!("{}/", running.https_url)).await;
         assert!(
             page.contains("Earlier issuers") && page.contains(&format!("/crl/{}.crl", old.id())),
             "{page}"

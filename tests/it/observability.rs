@@ -54,14 +54,7 @@ async fn metrics_count_requests_issuances_validations_revocations_and_crls() {
     // Give the CRL after the revocation its moment.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
 
-    let metrics = client
-        .get(format!("{}/metrics", lab.running.http_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, format!("{}/metrics", lab.running.http_url)).await;
     let at_least_one = |s: &str| {
         assert!(
             series(&metrics, s).is_some_and(|v| v >= 1.0),
@@ -231,16 +224,11 @@ async fn a_request_id_is_answered_and_on_every_json_log_line_the_request_causes(
 async fn the_shipped_alerts_and_dashboard_name_only_series_hallmark_exports() {
     let backend = backends().remove(0);
     let lab = DvLab::new(backend, &[]).await;
-    let metrics = lab
-        .running
-        .client()
-        .get(format!("{}/metrics", lab.running.http_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(
+        &lab.running.client(),
+        format!("{}/metrics", lab.running.http_url),
+    )
+    .await;
     let exported: Vec<&str> = metrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -38,14 +38,7 @@ async fn public_endpoints_serve_ca_certificates_and_health_on_both_listeners() {
                 .unwrap();
             assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
 
-            let pem = client
-                .get(format!("{base}/ca/{issuer_id}.pem"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let pem = get_text(client, format!("{base}/ca/{issuer_id}.pem")).await;
             assert_eq!(pem, running.authority.issuer().certificate().pem());
             let der = client
                 .get(format!("{base}/ca/{issuer_id}.crt"))
@@ -56,14 +49,7 @@ async fn public_endpoints_serve_ca_certificates_and_health_on_both_listeners() {
                 .await
                 .unwrap();
             assert_eq!(der.to_vec(), running.authority.issuer().certificate().der());
-            let chain = client
-                .get(format!("{base}/ca/chain.pem"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let chain = get_text(client, format!("{base}/ca/chain.pem")).await;
             assert_eq!(chain, format!("{pem}{}", running.authority.root().pem()));
 
             let r = client.get(format!("{base}/healthz")).send().await.unwrap();
@@ -92,28 +78,14 @@ async fn public_endpoints_serve_ca_certificates_and_health_on_both_listeners() {
                 .expect("the issuance counter is exported")
         };
         let metrics_url = format!("{}/metrics", running.http_url);
-        let before = plain
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let before = get_text(&plain, &metrics_url).await;
         let csr = openssl_csr(ca.dir.path(), "m", P256, "/CN=m.internal", None);
         running
             .authority
             .sign_csr(&csr, SignOptions::default(), "t")
             .await
             .unwrap();
-        let after = plain
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let after = get_text(&plain, &metrics_url).await;
         assert_eq!(issued(&after), issued(&before) + 1, "{after}");
         assert!(after.contains("hallmark_database_up 1"), "{after}");
         assert!(

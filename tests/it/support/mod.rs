@@ -24,6 +24,12 @@ use tokio::sync::watch;
 
 pub const PASSPHRASE: &str = "test passphrase, long enough";
 
+/// The body of a GET of `url` with `client`, as text (panics if the
+/// request cannot be made or the body read; the status is not checked).
+pub async fn get_text(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// The storage backends a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
