@@ -82,21 +82,15 @@ impl Write {
                 (events, none)
             }
             (Write::Claim { event, .. }, Done::Moved(true)) => (std::slice::from_ref(event), none),
+            (Write::Finish { events, .. }, Done::Finished(None)) => (events, none),
             (
                 Write::Finish {
                     events,
                     on_order_change,
                     ..
                 },
-                Done::Finished(moved),
-            ) => (
-                events,
-                if moved.is_some() {
-                    on_order_change
-                } else {
-                    none
-                },
-            ),
+                Done::Finished(Some(_)),
+            ) => (events, on_order_change),
             _ => (none, none),
         };
         always.iter().chain(on_change)
