@@ -63,7 +63,8 @@ pub(crate) enum Write {
 pub(crate) enum Done {
     /// Written as asked (a new order, an issuance).
     Written,
-    /// A guarded change (an order move, a claim): whether it happened.
+    /// A guarded change (an order move, a claim, an issuance completing
+    /// its order): whether it happened.
     Moved(bool),
     /// A validation's result, recorded: the order's new status if it moved.
     Finished(Option<OrderStatus>),
@@ -77,6 +78,7 @@ impl Write {
     pub(crate) fn events(&self, done: Done) -> impl Iterator<Item = &AuditEvent> {
         let none: &[AuditEvent] = &[];
         let (always, on_change): (&[AuditEvent], &[AuditEvent]) = match (self, done) {
+            (Write::Issue(_), Done::Moved(false)) => (none, none),
             (Write::Issue(issuance), _) => (&issuance.events, none),
             (Write::Open { events, .. }, _) | (Write::Move { events, .. }, Done::Moved(true)) => {
                 (events, none)

@@ -137,9 +137,11 @@ pub enum Conflict {
     /// A certificate with this serial is recorded already (an import).
     #[error("a certificate with serial {0} is recorded already")]
     SerialTaken(Serial),
-    /// The order an issuance completes is no longer `processing`.
-    #[error("order {0} is no longer processing")]
-    OrderNotProcessing(String),
+    /// The order an issuance completes is no longer where the issuance
+    /// started (`ready` or `processing`): another request or instance
+    /// finished it first, or it was failed meanwhile.
+    #[error("order {0} is no longer {1}")]
+    OrderMovedOn(String, OrderStatus),
     /// The challenge whose result is being recorded is not `processing`.
     #[error("challenge {0} is not being validated")]
     ChallengeNotProcessing(String),

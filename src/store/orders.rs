@@ -160,19 +160,30 @@ impl OrderStatus {
 /// same edges, listed here so the whole machine is one table.
 ///
 /// ```text
-///  pending ──Validated──▶ ready ──ClaimIssuance──▶ processing ──Issue──▶ valid
-///     │ └──AwaitApproval──▶ awaiting_approval ──Approve──▶ ┘  ▲ └RetakeClaim┘
-///     │                          └──Reject──▶ rejected
-///     └── every unfinished status ──Fail──▶ invalid
+///  pending ──Validated──▶ ready ──IssueReady─────────────────────────────▶ valid
+///     │                      └──ClaimIssuance──▶ processing ──Issue──▶ ┘
+///     └──AwaitApproval──▶ awaiting_approval ──Approve──▶ ┘  ▲ └RetakeClaim┘
+///                                └──Reject──▶ rejected
+///  every unfinished status ──Fail──▶ invalid
 /// ```
+///
+/// A `ready` order is issued in one commit (`IssueReady`: the certificate
+/// and the move stored together, guarded on `ready`) by ACME finalize and
+/// by the request that proved a REST order's last name; two that race
+/// both sign, and only the first is stored. The worker, resuming a
+/// `ready` order nobody issued, claims it first (`ClaimIssuance`), so an
+/// order whose issuance kills its process is retried a bounded number of
+/// times (`RetakeClaim` counts them), not forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
     /// pending → ready: every identifier proven (DV).
     Validated,
     /// pending → awaiting_approval: every identifier proven (OV).
     AwaitApproval,
-    /// ready → processing: an instance claims the issuance (REST DV at
-    /// once, ACME at finalize).
+    /// ready → valid: the certificate stored with the move, in one commit
+    /// (ACME finalize; a REST DV order once its last name is proven).
+    IssueReady,
+    /// ready → processing: the worker claims an issuance nobody made.
     ClaimIssuance,
     /// awaiting_approval → processing: a reviewer approved.
     Approve,
@@ -189,9 +200,10 @@ pub enum Transition {
 
 impl Transition {
     /// Every transition of the table (`Fail` from each unfinished status).
-    pub const ALL: [Transition; 11] = [
+    pub const ALL: [Transition; 12] = [
         Transition::Validated,
         Transition::AwaitApproval,
+        Transition::IssueReady,
         Transition::ClaimIssuance,
         Transition::Approve,
         Transition::Reject,
@@ -207,7 +219,7 @@ impl Transition {
     pub fn from(self) -> OrderStatus {
         match self {
             Transition::Validated | Transition::AwaitApproval => OrderStatus::Pending,
-            Transition::ClaimIssuance => OrderStatus::Ready,
+            Transition::IssueReady | Transition::ClaimIssuance => OrderStatus::Ready,
             Transition::Approve | Transition::Reject => OrderStatus::AwaitingApproval,
             Transition::RetakeClaim | Transition::Issue => OrderStatus::Processing,
             Transition::Fail(from) => from,
@@ -223,7 +235,7 @@ impl Transition {
                 OrderStatus::Processing
             }
             Transition::Reject => OrderStatus::Rejected,
-            Transition::Issue => OrderStatus::Valid,
+            Transition::IssueReady | Transition::Issue => OrderStatus::Valid,
             Transition::Fail(_) => OrderStatus::Invalid,
         }
     }
@@ -239,7 +251,7 @@ impl Transition {
             Transition::Approve => Some("order.approve"),
             Transition::Reject => Some("order.reject"),
             Transition::RetakeClaim => None,
-            Transition::Issue => Some("order.valid"),
+            Transition::IssueReady | Transition::Issue => Some("order.valid"),
             Transition::Fail(_) => Some("order.invalid"),
         }
     }
@@ -529,10 +541,16 @@ pub struct OrderUpdate {
 pub enum IssuanceOrder {
     /// Creates the order (already valid: every identifier was authorised).
     Create(Box<OrderBundle>),
-    /// Moves an existing order from `processing` to `valid`.
+    /// Moves an existing order to `valid` by `transition` (`Issue` from
+    /// `processing`, `IssueReady` from `ready`); nothing is stored if the
+    /// order is no longer where the transition starts.
     Complete {
         /// The order.
         order_id: String,
+        /// How it gets to `valid`.
+        transition: Transition,
+        /// The CSR to keep with the order (ACME finalize's).
+        csr_der: Option<Vec<u8>>,
     },
 }
 
@@ -760,6 +778,7 @@ mod tests {
             (Pending, AwaitingApproval),
             (Pending, Invalid),
             (Ready, Processing),
+            (Ready, Valid),
             (Ready, Invalid),
             (AwaitingApproval, Processing),
             (AwaitingApproval, Rejected),

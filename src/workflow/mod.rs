@@ -352,7 +352,7 @@ impl Authority {
         let logged = (names.join(","), req.account_id.clone());
         let order_id = match &mut order {
             None => None,
-            Some(IssuanceOrder::Complete { order_id }) => Some(order_id.clone()),
+            Some(IssuanceOrder::Complete { order_id, .. }) => Some(order_id.clone()),
             Some(IssuanceOrder::Create(bundle)) => {
                 bundle.order.status = OrderStatus::Valid;
                 bundle.order.certificate_serial = Some(serial.clone());

@@ -254,6 +254,97 @@ async fn protocol_errors_have_the_exact_acme_types() {
     }
 }
 
+/// A `ready` order is signed and stored with its move to `valid` in one
+/// commit, guarded on `ready`, with no `processing` claim before it: eight
+/// finalizes of one order at once may all sign, but exactly one
+/// certificate is stored (and audited); the others are told the order is
+/// no longer ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_finalizes_store_one_certificate() {
+    for backend in backends() {
+        let mut ca = TestCa::new(backend).await;
+        let run = ca.start().await;
+        let mut alice = client(&run);
+        alice.register().await;
+        let order = alice
+            .post(
+                &format!("{}/new-order", alice.base),
+                Some(&json!({"identifiers": [{"type": "dns", "value": "race.internal"}]})),
+            )
+            .await;
+        assert_eq!(order.status, 201, "{}", order.body);
+        let order_url = order.headers["location"].to_str().unwrap().to_owned();
+        let order_id = order_url.rsplit('/').next().unwrap().to_owned();
+        let finalize = order.body["finalize"].as_str().unwrap().to_owned();
+        ca.db
+            .execute("UPDATE authorizations SET status = 'valid', validated_at = 1 WHERE status = 'pending'")
+            .await;
+        ca.db
+            .execute("UPDATE orders SET status = 'ready' WHERE status = 'pending'")
+            .await;
+        let pem = openssl_csr(
+            ca.dir.path(),
+            "race",
+            P256,
+            "/CN=race.internal",
+            Some("DNS:race.internal"),
+        );
+        let der = hallmark::pki::pem_decode_all(
+            std::str::from_utf8(&pem).unwrap(),
+            "CERTIFICATE REQUEST",
+        )
+        .remove(0);
+        let payload = json!({"csr": URL_SAFE_NO_PAD.encode(der)});
+        let answers =
+            futures_util::future::join_all((0..8).map(|_| alice.post(&finalize, Some(&payload))))
+                .await;
+        let valid: Vec<&Answer> = answers.iter().filter(|a| a.status == 200).collect();
+        assert_eq!(valid.len(), 1, "{backend:?}: one finalize succeeds");
+        for a in answers.iter().filter(|a| a.status != 200) {
+            assert_eq!(a.status, 403, "{backend:?}: {}", a.body);
+            assert_eq!(problem(a), "urn:ietf:params:acme:error:orderNotReady");
+            assert!(
+                a.body["detail"].as_str().unwrap().contains("valid"),
+                "{}",
+                a.body
+            );
+        }
+        let serial = valid[0].body["certificate"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let stored = alice.post(&order_url, None).await;
+        assert_eq!(stored.body["status"], "valid");
+        assert_eq!(stored.body["certificate"], valid[0].body["certificate"]);
+
+        let log = run.authority.store().audit_page(0, 10_000).await.unwrap();
+        let issued: Vec<&str> = log
+            .iter()
+            .filter(|r| r.action == "certificate.issue" && r.details.contains(&order_id))
+            .map(|r| r.subject.as_str())
+            .collect();
+        assert_eq!(issued.len(), 1, "{backend:?}: {issued:?}");
+        assert!(
+            serial.eq_ignore_ascii_case(issued[0]),
+            "{serial} {issued:?}"
+        );
+        let moves: Vec<&str> = log
+            .iter()
+            .filter(|r| r.subject == order_id)
+            .map(|r| r.action.as_str())
+            .collect();
+        assert_eq!(moves, ["order.create", "order.valid"], "{backend:?}");
+        hallmark::workflow::audit::verify(run.authority.store().as_ref())
+            .await
+            .expect("the audit chain verifies");
+        run.stop().await;
+        ca.cleanup().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_nonces_and_accounts() {
     for backend in backends() {

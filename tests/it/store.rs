@@ -378,6 +378,34 @@ async fn an_illegal_order_transition_is_refused_and_a_stale_one_writes_nothing()
             .unwrap();
         assert!(!moved, "{backend:?}");
         assert_eq!(store.audit_head().await.unwrap(), head, "{backend:?}");
+        // An issuance completing an order that is not where its transition
+        // starts stores nothing: no certificate, no audit record.
+        store.upsert_issuer(&issuer("int-1")).await.unwrap();
+        let serial = Serial::random(&mut rand::thread_rng());
+        let err = store
+            .insert_issuance(hallmark::store::Issuance {
+                certificate: certificate(serial, "int-1"),
+                events: vec![event("certificate.issue", &serial.to_hex())],
+                order: Some(hallmark::store::IssuanceOrder::Complete {
+                    order_id: "ord_missing".into(),
+                    transition: Transition::IssueReady,
+                    csr_der: Some(vec![0x30, 0x00]),
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Conflict(Conflict::OrderMovedOn(id, OrderStatus::Ready)) if id == "ord_missing")
+                && err
+                    .to_string()
+                    .ends_with("order ord_missing is no longer ready"),
+            "{backend:?}: {err}"
+        );
+        assert!(
+            matches!(store.certificate(&serial).await, Err(StoreError::NotFound)),
+            "{backend:?}"
+        );
+        assert_eq!(store.audit_head().await.unwrap(), head, "{backend:?}");
         drop(store);
         db.cleanup().await;
     }

@@ -253,11 +253,36 @@ where
                     Done::Written
                 }
                 Write::Issue(issuance) => {
-                    if let Some(IssuanceOrder::Create(bundle)) = &issuance.order {
-                        opened.push(bundle);
+                    // An order it completes moves first (guarded); if it
+                    // had moved on, nothing of this issuance is stored.
+                    let stored = match &issuance.order {
+                        Some(IssuanceOrder::Complete {
+                            order_id,
+                            transition,
+                            csr_der,
+                        }) => {
+                            Self::complete_order_tx(
+                                &mut tx,
+                                order_id,
+                                *transition,
+                                &issuance.certificate.serial.to_hex(),
+                                csr_der.as_deref(),
+                                now,
+                            )
+                            .await?
+                        }
+                        Some(IssuanceOrder::Create(bundle)) => {
+                            opened.push(bundle);
+                            true
+                        }
+                        None => true,
+                    };
+                    if stored {
+                        items.push(issuance);
+                        Done::Written
+                    } else {
+                        Done::Moved(false)
                     }
-                    items.push(issuance);
-                    Done::Written
                 }
             });
         }
@@ -292,21 +317,6 @@ where
                 return Err(StoreError::Database(e));
             }
             insert.query::<B>()?.execute(&mut *tx).await?;
-        }
-        for item in items.iter() {
-            if let Some(IssuanceOrder::Complete { order_id }) = &item.order {
-                let done = sqlx::query(super::orders::COMPLETE_ORDER)
-                    .bind(order_id)
-                    .bind(item.certificate.serial.to_hex())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                if B::rows_affected(&done) != 1 {
-                    return Err(StoreError::Conflict(Conflict::OrderNotProcessing(
-                        order_id.clone(),
-                    )));
-                }
-            }
         }
         let events: Vec<&AuditEvent> = writes
             .iter()
@@ -604,10 +614,27 @@ where
     }
 
     async fn insert_issuance(&self, issuance: Issuance) -> Result<()> {
-        self.batcher
+        let moved_on = match &issuance.order {
+            Some(IssuanceOrder::Complete {
+                order_id,
+                transition,
+                ..
+            }) => Some((order_id.clone(), transition.from())),
+            _ => None,
+        };
+        match self
+            .batcher
             .submit(batch::Write::Issue(Box::new(issuance)))
-            .await?;
-        Ok(())
+            .await?
+        {
+            batch::Done::Moved(false) => {
+                let (order_id, from) = moved_on.ok_or_else(|| {
+                    StoreError::Database("an issuance without an order was not stored".into())
+                })?;
+                Err(StoreError::Conflict(Conflict::OrderMovedOn(order_id, from)))
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn notice_expiring(&self, now: i64, until: i64, limit: i64) -> Result<Vec<String>> {

@@ -182,9 +182,10 @@ const TRANSITION_ORDER: &str =
      issue_attempts = issue_attempts + $9, approval_reason = COALESCE($10, approval_reason) \
      WHERE id = $1 AND status = $2";
 
-pub(super) const COMPLETE_ORDER: &str =
-    "UPDATE orders SET status = 'valid', certificate_serial = $2, updated_at = $3 \
-     WHERE id = $1 AND status = 'processing'";
+/// An issuance's order made `valid` with its certificate (and the CSR of
+/// an ACME finalize), only from the status its transition starts at.
+const COMPLETE_ORDER: &str = "UPDATE orders SET status = 'valid', certificate_serial = $2, \
+     updated_at = $3, csr_der = COALESCE($4, csr_der) WHERE id = $1 AND status = $5";
 
 const SELECT_ORDERS_TO_RESUME: &str =
     " WHERE (status = 'ready' AND source = 'rest' AND validation = 'dv' AND updated_at < $1) \
@@ -239,6 +240,34 @@ where
             q.push(" AND updated_at < ").bind(before);
         }
         let done = q.query::<B>()?.execute(&mut **tx).await?;
+        Ok(B::rows_affected(&done) == 1)
+    }
+
+    /// Makes an issuance's order `valid` in `tx` by `transition` (one that
+    /// ends `valid`), recording `serial` and `csr_der`: false if the order
+    /// was not where the transition starts.
+    pub(in crate::store) async fn complete_order_tx(
+        tx: &mut super::Tx<B>,
+        order_id: &str,
+        transition: Transition,
+        serial: &str,
+        csr_der: Option<&[u8]>,
+        at: i64,
+    ) -> Result<bool> {
+        if transition.to() != OrderStatus::Valid || !transition.is_legal() {
+            return Err(StoreError::Conflict(Conflict::IllegalTransition {
+                order_id: order_id.to_owned(),
+                transition,
+            }));
+        }
+        let done = sqlx::query(COMPLETE_ORDER)
+            .bind(order_id)
+            .bind(serial)
+            .bind(at)
+            .bind(csr_der)
+            .bind(transition.from().as_str())
+            .execute(&mut **tx)
+            .await?;
         Ok(B::rows_affected(&done) == 1)
     }
 

@@ -1,4 +1,4 @@
-//! Issuance: ACME finalize, claiming a ready order, signing the order's CSR and storing the certificate with the order's completion.
+//! Issuance: ACME finalize, a ready order issued in one commit (or claimed first by the worker), signing the order's CSR and storing the certificate with the order's completion.
 
 use super::*;
 use crate::workflow::CheckedCsr;
@@ -36,38 +36,53 @@ impl Orders {
                 order: want,
             });
         }
+        // Signed, then stored with the order's move in one commit, guarded
+        // on `ready`: a finalize racing this one signs too, but only the
+        // first is stored; the other is told where the order is now.
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let csr_der = checked.csr.der().to_vec();
+        let result = self
+            .sign_checked(
+                &bundle.order,
+                &checked,
+                Transition::IssueReady,
+                Some(csr_der.clone()),
+            )
+            .await;
+        let signed = match self.settle(&bundle.order, result).await {
+            Err(WorkflowError::Store(StoreError::Conflict(Conflict::OrderMovedOn(..)))) => {
+                return Err(WorkflowError::OrderNotReady {
+                    order_id: order_id.to_owned(),
+                    status: self.load(order_id).await?.order.status,
+                });
+            }
+            other => other?,
+        };
+        // The answer needs no read: the issuance changed only the order
+        // row, in ways known here (its `updated_at` may be the database's
+        // within the second).
         let update = OrderUpdate {
-            csr_der: Some(checked.csr.der().to_vec()),
+            csr_der: Some(csr_der),
             ..OrderUpdate::default()
         };
-        let moved = self
-            .move_order(
-                order_id,
-                Transition::ClaimIssuance,
-                &update,
-                &caller.actor,
-                serde_json::json!({}),
-            )
-            .await?;
-        if !moved {
-            // Another request moved it first: say where it is now.
-            return Err(WorkflowError::OrderNotReady {
-                order_id: order_id.to_owned(),
-                status: self.load(order_id).await?.order.status,
-            });
-        }
-        // The claim and the issuance each changed only the order row, in
-        // ways known here: the answer needs no read (its `updated_at` may
-        // be the database's within the second).
-        let now = OffsetDateTime::now_utc().unix_timestamp();
-        let order = bundle.order.moved(Transition::ClaimIssuance, &update, now);
-        let signed = self.issue_claimed_with(&order, checked).await?;
-        bundle.order = order.completed(&signed.certificate.serial.to_hex(), now);
+        bundle.order = bundle
+            .order
+            .moved(Transition::IssueReady, &update, now)
+            .completed(&signed.certificate.serial.to_hex(), now);
         Ok(bundle)
     }
 
-    /// Takes a `ready` DV order to `processing` and issues it.
-    pub(super) async fn issue_ready(&self, order_id: &str) {
+    /// Issues a `ready` REST DV order (its CSR stored with it) in one
+    /// commit, as the request that proved its last name finishes.
+    pub(super) async fn issue_ready(&self, order: &OrderRecord) {
+        let result = self.sign_order(order, Transition::IssueReady).await;
+        let _ = self.settle(order, result).await;
+    }
+
+    /// The worker's way with a `ready` DV order nobody issued: claimed
+    /// first (`processing`), so an issuance that keeps killing its process
+    /// is taken over a bounded number of times, then issued.
+    pub(super) async fn claim_and_issue(&self, order_id: &str) {
         let claimed = self
             .move_order(
                 order_id,
@@ -99,36 +114,27 @@ impl Orders {
     /// becomes invalid with the reason; a database failure leaves it
     /// `processing` for the worker to resume.
     pub(super) async fn issue_claimed(&self, order: &OrderRecord) -> Result<Signed, WorkflowError> {
-        let result = self.sign_order(order).await;
-        self.settle_claimed(order, result).await
+        let result = self.sign_order(order, Transition::Issue).await;
+        self.settle(order, result).await
     }
 
-    /// [`Self::issue_claimed`] for a CSR that passed intake just now.
-    async fn issue_claimed_with(
-        &self,
-        order: &OrderRecord,
-        checked: CheckedCsr,
-    ) -> Result<Signed, WorkflowError> {
-        let result = self.sign_checked(order, &checked).await;
-        self.settle_claimed(order, result).await
-    }
-
-    /// What becomes of a claimed order after its signing `result`.
-    async fn settle_claimed(
+    /// What becomes of an order (`ready` or `processing`, as it was when
+    /// signing began) after its signing `result`: a refusal makes it
+    /// `invalid` with the reason; a database failure leaves it where it
+    /// was, for a retry (ACME finalize) or the worker.
+    async fn settle(
         &self,
         order: &OrderRecord,
         result: Result<Signed, WorkflowError>,
     ) -> Result<Signed, WorkflowError> {
         let error = match &result {
             Ok(_) => return result,
-            Err(WorkflowError::Store(StoreError::Conflict(
-                why @ Conflict::OrderNotProcessing(_),
-            ))) => {
-                tracing::info!(order = %order.id, %why, "another instance finished this order");
+            Err(WorkflowError::Store(StoreError::Conflict(why @ Conflict::OrderMovedOn(..)))) => {
+                tracing::info!(order = %order.id, %why, "another request or instance finished this order");
                 return result;
             }
             Err(WorkflowError::Store(e)) => {
-                tracing::warn!(order = %order.id, error = %e, "recording an issuance failed; the worker will resume it");
+                tracing::warn!(order = %order.id, status = %order.status, error = %e, "recording an issuance failed; the order stays as it was, to be retried");
                 return result;
             }
             Err(WorkflowError::Csr(e)) => Failure::new(e.acme_code(), e.to_string()),
@@ -148,7 +154,7 @@ impl Orders {
         if let Err(e) = self
             .move_order(
                 &order.id,
-                Transition::Fail(OrderStatus::Processing),
+                Transition::Fail(order.status),
                 &update,
                 "system",
                 serde_json::json!({}),
@@ -160,7 +166,13 @@ impl Orders {
         result
     }
 
-    pub(super) async fn sign_order(&self, order: &OrderRecord) -> Result<Signed, WorkflowError> {
+    /// Signs `order` with its stored CSR and stores the certificate with
+    /// the order's move to `valid` by `transition`.
+    pub(super) async fn sign_order(
+        &self,
+        order: &OrderRecord,
+        transition: Transition,
+    ) -> Result<Signed, WorkflowError> {
         let csr_der = order.csr_der.as_deref().ok_or_else(|| {
             WorkflowError::Store(StoreError::Corrupt(format!(
                 "order {} has no CSR",
@@ -168,14 +180,18 @@ impl Orders {
             )))
         })?;
         let checked = self.authority.intake(csr_der).await?;
-        self.sign_checked(order, &checked).await
+        self.sign_checked(order, &checked, transition, None).await
     }
 
-    /// Signs `order` (claimed) with its CSR, already through intake.
+    /// Signs `order` with its CSR, already through intake, and stores the
+    /// certificate with the order's move by `transition` (and `csr_der`
+    /// kept with the order).
     async fn sign_checked(
         &self,
         order: &OrderRecord,
         checked: &CheckedCsr,
+        transition: Transition,
+        csr_der: Option<Vec<u8>>,
     ) -> Result<Signed, WorkflowError> {
         let validity_days = self
             .authority
@@ -207,6 +223,8 @@ impl Orders {
                 request,
                 Some(IssuanceOrder::Complete {
                     order_id: order.id.clone(),
+                    transition,
+                    csr_der,
                 }),
                 Vec::new(),
             )

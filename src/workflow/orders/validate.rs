@@ -175,7 +175,8 @@ impl Orders {
         match result {
             // An ACME order waits in `ready` for its client to finalize.
             Ok(Some(OrderStatus::Ready)) if order.source == OrderSource::Rest => {
-                self.issue_ready(&order.id).await
+                let ready = order.moved(all_valid, &OrderUpdate::default(), now.unix_timestamp());
+                self.issue_ready(&ready).await
             }
             Ok(_) => {}
             Err(StoreError::Conflict(why @ Conflict::ChallengeNotProcessing(_))) => {

@@ -136,7 +136,7 @@ impl Orders {
     ) -> Result<(), WorkflowError> {
         tracing::info!(order = %order.id, status = %order.status, attempts = order.issue_attempts, "resuming an issuance");
         match order.status {
-            OrderStatus::Ready => self.issue_ready(&order.id).await,
+            OrderStatus::Ready => self.claim_and_issue(&order.id).await,
             OrderStatus::Processing if order.issue_attempts >= MAX_ISSUE_ATTEMPTS => {
                 tracing::error!(order = %order.id, attempts = order.issue_attempts, "issuing an order kept failing; the order is now invalid");
                 let problem = Failure::new(
