@@ -57,7 +57,7 @@ pub struct CertificateQuery {
     pub account_id: Option<String>,
     /// Only in this state (at `now`).
     pub status: Option<CertificateStatus>,
-    /// A serial prefix or part of a name or subject (lower case).
+    /// Part of a serial, a name or the subject (lower case).
     pub search: Option<String>,
     /// Only older than this `(created_at, serial)`.
     pub before: Option<(i64, String)>,

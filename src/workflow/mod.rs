@@ -109,7 +109,7 @@ pub fn crl_partition_of(serial: &Serial, partitions: u32) -> u32 {
     if partitions == 0 {
         return 0;
     }
-    // The last four bytes (hallmark's serials are 16 random bytes; a
+    // The last four bytes (random in every serial hallmark makes; a
     // shorter imported one is padded with zeros in front).
     let mut low = [0u8; 4];
     let b = serial.as_bytes();
@@ -330,7 +330,7 @@ impl Authority {
             });
         }
         let not_after = Some(req.not_after.map_or(issuer_end, |t| t.min(issuer_end)));
-        let serial = Serial::random(&mut rand::thread_rng());
+        let serial = Serial::time_ordered(req.now.unix_timestamp(), &mut rand::thread_rng());
         let leaf_partition = crl_partition_of(&serial, self.crl_partitions);
         let leaf = LeafRequest {
             spki_der: req.spki_der,

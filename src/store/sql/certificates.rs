@@ -445,8 +445,10 @@ where
         }
         if let Some(search) = &query.search {
             let escaped = like_escape(search);
+            // Any part of a serial: a leaf's first ten digits are the
+            // second it was signed, shared by its neighbours.
             q.push(" AND (serial LIKE ")
-                .bind(format!("{escaped}%"))
+                .bind(format!("%{escaped}%"))
                 .push(" ESCAPE '\\' OR identifiers LIKE ")
                 .bind(format!("%{escaped}%"))
                 .push(" ESCAPE '\\' OR subject LIKE ")
