@@ -12,11 +12,12 @@ use rand::RngCore;
 pub const MAX_SERIAL_BYTES: usize = 20;
 
 /// A certificate serial number, as its magnitude without leading zero
-/// bytes. hallmark's own are 16 random bytes with the top bit cleared so
-/// the DER INTEGER is positive, and the low bit of the first byte set so
-/// it is always exactly 16 bytes long (126 bits of entropy, well above the
-/// 64 the CA/Browser Forum asks for). A certificate imported from another
-/// CA keeps its serial, which may be as short as one byte.
+/// bytes. hallmark's own are 16 bytes with the top bit cleared so the DER
+/// INTEGER is positive, and the low bit of the first byte set so it is
+/// always exactly 16 bytes long: 126 random bits for a CA certificate, a
+/// leaf's signing second then 88 random bits (both well above the 64 the
+/// CA/Browser Forum asks for). A certificate imported from another CA
+/// keeps its serial, which may be as short as one byte.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Serial {
     len: u8,
@@ -28,8 +29,7 @@ impl Serial {
     pub fn random(rng: &mut impl RngCore) -> Self {
         let mut bytes = [0u8; 16];
         rng.fill_bytes(&mut bytes);
-        bytes[0] = (bytes[0] & 0x7f) | 0x01;
-        Self::from_magnitude(&bytes).unwrap_or_else(|| unreachable!("16 bytes fit"))
+        Self::sixteen_bytes(bytes)
     }
 
     /// A leaf certificate's serial, signed at `unix_seconds`: the second as
@@ -37,14 +37,21 @@ impl Serial {
     /// [`Serial::random`], so it is always 16 bytes; the top bit stays clear
     /// for the next 17,000 years), then 88 bits from `rng` — above the 64
     /// bits of CSPRNG output the CA/Browser Forum asks for. Serials made
-    /// in order land at the end of the database's serial index instead
-    /// of on a random page of it, so an issuance writes one index page
-    /// fewer (docs/BENCHMARKS.md). The CRL partition is taken from the
+    /// in order land at the end of the indexes keyed by serial (the
+    /// certificates' and the audit log's subject) instead of on a random
+    /// page of each, so an issuance dirties up to two pages fewer
+    /// (docs/BENCHMARKS.md). The CRL partition is taken from the
     /// last bytes, which stay random.
     pub fn time_ordered(unix_seconds: i64, rng: &mut impl RngCore) -> Self {
         let mut bytes = [0u8; 16];
         bytes[..5].copy_from_slice(&unix_seconds.max(0).to_be_bytes()[3..]);
         rng.fill_bytes(&mut bytes[5..]);
+        Self::sixteen_bytes(bytes)
+    }
+
+    /// `bytes` as a positive serial of exactly 16 bytes: the top bit
+    /// cleared, the low bit of the first byte set.
+    fn sixteen_bytes(mut bytes: [u8; 16]) -> Self {
         bytes[0] = (bytes[0] & 0x7f) | 0x01;
         Self::from_magnitude(&bytes).unwrap_or_else(|| unreachable!("16 bytes fit"))
     }
