@@ -3,7 +3,7 @@
 
   scripts/compare.py [--count 2000] [--concurrency 16,64] [--runs 3]
                      [--systems cfssl-db,cfssl,hallmark-sqlite,hallmark-postgres]
-                     [--postgres URL]
+                     [--postgres URL] [--probe]
 
 Starts each system in turn on loopback HTTPS — cfssl 1.2 `serve` (Debian
 golang-cfssl) with its SQLite certdb and without storage, hallmark (the
@@ -14,6 +14,11 @@ TLS connection per concurrent client, the same pre-made P-256 CSRs
 201 with a `valid` order). Prints certificates/s (median of the runs),
 p50/p99 latency, and each hallmark figure as a ratio of cfssl without
 storage; `openssl speed ecdsap256` on one core is printed beside them.
+
+With --probe, each hallmark run also prints where its time went: the
+group-commit writer's commits, mean batch, mean commit and the share of
+the run it was busy (from /metrics), CPU per certificate of hallmark and
+of this client (from /proc), and the machine's idle share.
 
 Needs: golang-cfssl, openssl, python3-cryptography (or `pip install
 cryptography`), and target/release/hallmark ($HALLMARK to override).
@@ -32,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import soak  # noqa: E402  (its Node and setup start and prime a hallmark)
@@ -101,6 +107,44 @@ async def drive(target, csrs, concurrency):
     await asyncio.gather(*(client() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     return len(heads) / elapsed, latencies
+
+
+class Probe:
+    """Writer and CPU figures of one hallmark run (--probe)."""
+
+    QUEUE = 'queue="workflow"'
+
+    def __init__(self, node):
+        self.node = node
+        self.start = self.sample()
+
+    def sample(self):
+        text = urllib.request.urlopen(f"{self.node.plain}/metrics", timeout=10).read().decode()
+        figures = {}
+        for name in ("hallmark_store_commit_duration_seconds_sum", "hallmark_store_commits_total",
+                     "hallmark_store_batched_writes_total"):
+            m = re.search(rf"^{name}\{{{self.QUEUE}\}} (\S+)", text, re.M)
+            figures[name] = float(m.group(1)) if m else 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        stat = open(f"/proc/{self.node.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        figures["server_cpu"] = (int(stat[11]) + int(stat[12])) / tick
+        usage = os.times()
+        figures["client_cpu"] = usage.user + usage.system
+        figures["idle"] = int(open("/proc/stat").readline().split()[4]) / tick
+        figures["wall"] = time.perf_counter()
+        return figures
+
+    def report(self, certificates):
+        end = self.sample()
+        d = {k: end[k] - self.start[k] for k in end}
+        commits = max(d["hallmark_store_commits_total"], 1)
+        busy = d["hallmark_store_commit_duration_seconds_sum"]
+        return (f"    probe: {d['hallmark_store_commits_total']:.0f} commits, mean batch "
+                f"{d['hallmark_store_batched_writes_total'] / commits:.1f}, mean commit "
+                f"{busy / commits * 1000:.2f} ms, writer busy {busy / d['wall'] * 100:.0f} %; CPU per "
+                f"certificate: hallmark {d['server_cpu'] / certificates * 1e6:.0f} µs, client "
+                f"{d['client_cpu'] / certificates * 1e6:.0f} µs; idle "
+                f"{d['idle'] / d['wall'] / os.cpu_count() * 100:.0f} %")
 
 
 def client_context(cafile):
@@ -231,6 +275,8 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--systems", default="cfssl-db,cfssl,hallmark-sqlite,hallmark-postgres")
     p.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/postgres")
+    p.add_argument("--probe", action="store_true",
+                   help="also print each hallmark run's writer and CPU figures")
     args = p.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     systems = args.systems.split(",")
@@ -255,9 +301,12 @@ def main():
             for c in levels:
                 rates, lats = [], []
                 for _ in range(args.runs):
+                    probe = Probe(server.node) if args.probe and isinstance(server, Hallmark) else None
                     rate, lat = asyncio.run(drive(server.target, csrs, c))
                     rates.append(rate)
                     lats.extend(lat)
+                    if probe:
+                        print(probe.report(len(csrs)), flush=True)
                 lats.sort()
                 results[(system, c)] = (
                     statistics.median(rates), rates,

@@ -73,6 +73,7 @@ impl Backend for Postgres {
     const READ_SNAPSHOT: &'static str =
         "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
     const ANONYMOUS_PARAMETERS: bool = false;
+    const WRITES_AS_CTES: bool = true;
 
     /// The commit does not wait for the WAL flush (`synchronous_commit =
     /// off` for this transaction only): a used nonce is worth no disk flush.

@@ -158,6 +158,7 @@ impl Backend for Sqlite {
     /// A SQLite read transaction is a snapshot from its first read on.
     const READ_SNAPSHOT: &'static str = "";
     const ANONYMOUS_PARAMETERS: bool = true;
+    const WRITES_AS_CTES: bool = false;
 
     /// Records used ACME nonces in the attached nonce file (which is never
     /// flushed), in one statement.

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 
-use super::{Backend, SqlStore, Statement, Tx, ROWS_PER_INSERT};
+use super::{Backend, Script, SqlStore, Statement, Tx, ROWS_PER_INSERT};
 use crate::store::*;
 
 const SELECT_ISSUERS: &str =
@@ -286,17 +286,16 @@ where
                 }
             });
         }
-        // Orders first: certificates refer to them.
-        Self::insert_orders_tx(&mut tx, &opened).await?;
+        // Orders first: certificates refer to them. Every insert and the
+        // audit records go in one round trip.
+        let mut script = Script::new::<B>();
+        Self::push_orders(&mut script, &opened);
         for chunk in items.chunks(ROWS_PER_INSERT) {
-            let mut insert = Statement::new(INSERT_CERTIFICATE_PREFIX);
-            let mut encode_error = None;
+            let insert = script.write(INSERT_CERTIFICATE_PREFIX);
             for item in chunk {
                 let cert = &item.certificate;
-                let identifiers = serde_json::to_string(&cert.identifiers).unwrap_or_else(|e| {
-                    encode_error = Some(e.to_string());
-                    String::new()
-                });
+                let identifiers = serde_json::to_string(&cert.identifiers)
+                    .map_err(|e| StoreError::Database(e.to_string()))?;
                 insert
                     .row()
                     .bind(cert.serial.to_hex())
@@ -313,17 +312,15 @@ where
                     .bind(now)
                     .bind(cert.crl_partition);
             }
-            if let Some(e) = encode_error {
-                return Err(StoreError::Database(e));
-            }
-            insert.query::<B>()?.execute(&mut *tx).await?;
         }
         let events: Vec<&AuditEvent> = writes
             .iter()
             .zip(&outcomes)
             .flat_map(|(write, done)| write.events(*done))
             .collect();
-        Self::commit_audited(tx, head, &events).await?;
+        Self::push_audit(&mut script, head, &events);
+        script.execute(&mut tx).await?;
+        tx.commit().await?;
         Ok(outcomes)
     }
 }

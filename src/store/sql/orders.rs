@@ -341,15 +341,14 @@ where
         Ok(batch::Done::Finished(moved.then_some(next.to())))
     }
 
-    /// Inserts orders with their authorizations and challenges in
-    /// `tx`, with multi-row INSERTs (a batch of issuances brings
-    /// many).
-    pub(in crate::store) async fn insert_orders_tx(
-        tx: &mut sqlx::Transaction<'_, B>,
-        bundles: &[&OrderBundle],
-    ) -> Result<()> {
+    /// Adds to `script` the INSERTs of orders with their authorizations
+    /// and challenges, multi-row (a batch of issuances brings many).
+    pub(in crate::store) fn push_orders<'a>(
+        script: &mut super::Script<'a>,
+        bundles: &[&'a OrderBundle],
+    ) {
         for chunk in bundles.chunks(ROWS_PER_INSERT) {
-            let mut q = Statement::new(INSERT_ORDER_PREFIX);
+            let q = script.write(INSERT_ORDER_PREFIX);
             for bundle in chunk {
                 let o = &bundle.order;
                 q.row()
@@ -371,14 +370,13 @@ where
                     .bind(o.not_after)
                     .bind(&o.acme_account_id);
             }
-            q.query::<B>()?.execute(&mut **tx).await?;
         }
         let authorizations: Vec<&AuthorizationBundle> = bundles
             .iter()
             .flat_map(|b| b.authorizations.iter())
             .collect();
         for chunk in authorizations.chunks(ROWS_PER_INSERT) {
-            let mut q = Statement::new(INSERT_AUTHORIZATION_PREFIX);
+            let q = script.write(INSERT_AUTHORIZATION_PREFIX);
             for authz in chunk {
                 let a = &authz.authorization;
                 q.row()
@@ -393,14 +391,13 @@ where
                     .bind(a.expires_at)
                     .bind(a.created_at);
             }
-            q.query::<B>()?.execute(&mut **tx).await?;
         }
         let challenges: Vec<&ChallengeRecord> = authorizations
             .iter()
             .flat_map(|a| a.challenges.iter())
             .collect();
         for chunk in challenges.chunks(ROWS_PER_INSERT) {
-            let mut q = Statement::new(INSERT_CHALLENGE_PREFIX);
+            let q = script.write(INSERT_CHALLENGE_PREFIX);
             for c in chunk {
                 q.row()
                     .bind(&c.id)
@@ -413,9 +410,7 @@ where
                     .bind(c.validated_at)
                     .bind(c.created_at);
             }
-            q.query::<B>()?.execute(&mut **tx).await?;
         }
-        Ok(())
     }
 }
 
