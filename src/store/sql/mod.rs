@@ -533,15 +533,24 @@ impl<'a> Statement<'a> {
 /// end of the statement, so a row may refer to one inserted by an
 /// earlier write of the same script on both backends.
 pub(super) struct Script<'a> {
+    /// The statements to send, each under [`SCRIPT_PARAMETERS`].
+    done: Vec<Statement<'a>>,
     q: Statement<'a>,
     ctes: bool,
     writes: usize,
     open: bool,
 }
 
+/// Parameters after which a [`Script`] starts another statement: one
+/// write adds at most 128 rows of 17, so a statement stays far below
+/// PostgreSQL's 65,535 bound parameters (a batch of large ACME orders
+/// would pass it) while any ordinary batch is one statement.
+const SCRIPT_PARAMETERS: usize = 30_000;
+
 impl<'a> Script<'a> {
     pub(super) fn new<B: Backend>() -> Self {
         Script {
+            done: Vec::new(),
             q: Statement::new(""),
             ctes: B::WRITES_AS_CTES,
             writes: 0,
@@ -553,6 +562,9 @@ impl<'a> Script<'a> {
     /// through the statement returned (only [`Statement::bind`], never
     /// [`Statement::arg`]: the parameters are numbered across writes).
     pub(super) fn write(&mut self, sql: &str) -> &mut Statement<'a> {
+        if self.q.args.len() >= SCRIPT_PARAMETERS {
+            self.end_statement();
+        }
         self.close();
         if self.ctes {
             let sep = if self.writes == 0 { "WITH " } else { ", " };
@@ -571,21 +583,37 @@ impl<'a> Script<'a> {
         }
     }
 
-    /// Runs every write in `tx`, in one round trip; nothing if none.
-    pub(super) async fn execute<B: Backend>(mut self, tx: &mut Tx<B>) -> Result<()>
-    where
-        Statement<'a>: Binds<B>,
-        for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
-        for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
-    {
+    /// Closes the statement being written, if it has a write.
+    fn end_statement(&mut self) {
         if self.writes == 0 {
-            return Ok(());
+            return;
         }
         self.close();
         if self.ctes {
             self.q.push(" SELECT 1");
         }
-        self.q.query::<B>()?.execute(&mut **tx).await?;
+        self.done
+            .push(std::mem::replace(&mut self.q, Statement::new("")));
+        self.writes = 0;
+    }
+
+    /// The statements, in order.
+    fn statements(mut self) -> Vec<Statement<'a>> {
+        self.end_statement();
+        self.done
+    }
+
+    /// Runs every write in `tx`, in order: one round trip for any
+    /// ordinary batch; nothing if there is no write.
+    pub(super) async fn execute<B: Backend>(self, tx: &mut Tx<B>) -> Result<()>
+    where
+        Statement<'a>: Binds<B>,
+        for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
+        for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
+    {
+        for mut statement in self.statements() {
+            statement.query::<B>()?.execute(&mut **tx).await?;
+        }
         Ok(())
     }
 }
@@ -664,5 +692,65 @@ where
 
     async fn check_durable(&self) -> Result<()> {
         B::check_durable(&self.write).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_writes<'a>(mut script: Script<'a>) -> Vec<Statement<'a>> {
+        let insert = script.write("INSERT INTO a (x) ");
+        insert.row().bind(1i64).row().bind(2i64);
+        script
+            .write("UPDATE h SET v = ")
+            .bind(3i64)
+            .push(" WHERE id = 1");
+        script.statements()
+    }
+
+    #[test]
+    fn a_script_is_one_statement_of_ctes_on_postgres_and_statements_in_turn_on_sqlite() {
+        let pg = two_writes(Script::new::<sqlx::Postgres>());
+        assert_eq!(pg.len(), 1);
+        assert_eq!(
+            pg[0].sql,
+            "WITH w0 AS (INSERT INTO a (x) VALUES ($1), ($2)), \
+             w1 AS (UPDATE h SET v = $3 WHERE id = 1) SELECT 1"
+        );
+        let mut sqlite = two_writes(Script::new::<sqlx::Sqlite>());
+        assert_eq!(sqlite.len(), 1);
+        sqlite[0].finish::<sqlx::Sqlite>();
+        assert_eq!(
+            sqlite[0].sql,
+            "INSERT INTO a (x) VALUES (?), (?); UPDATE h SET v = ? WHERE id = 1"
+        );
+        assert_eq!(sqlite[0].args.len(), 3);
+        assert!(Script::new::<sqlx::Postgres>().statements().is_empty());
+    }
+
+    #[test]
+    fn a_large_script_is_split_below_postgres_parameter_bound() {
+        let mut script = Script::new::<sqlx::Postgres>();
+        for _ in 0..300 {
+            let insert = script.write("INSERT INTO a (x) ");
+            for i in 0..128i64 {
+                insert.row().bind(i);
+            }
+        }
+        let statements = script.statements();
+        assert_eq!(statements.len(), 2);
+        assert_eq!(
+            statements.iter().map(|s| s.args.len()).sum::<usize>(),
+            300 * 128
+        );
+        for s in &statements {
+            assert!(s.args.len() < 65_535);
+            // Each statement numbers its own parameters from $1.
+            assert!(s
+                .sql
+                .starts_with("WITH w0 AS (INSERT INTO a (x) VALUES ($1), ($2)"));
+            assert!(s.sql.ends_with(") SELECT 1"));
+        }
     }
 }
