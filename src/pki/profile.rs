@@ -301,18 +301,16 @@ impl LeafRequest<'_> {
         }
     }
 
-    /// The CN: the first DNS name if it fits in ub-common-name, else the
-    /// first identifier that fits, else none (then SAN is marked critical).
+    /// The CN: the first DNS name that fits in ub-common-name, else none
+    /// (the subject is then empty and SAN is marked critical). Never an
+    /// IP address: with no DNS name in SAN, OpenSSL checks a CN that looks
+    /// like a host name against the issuer's DNS name constraints, so a
+    /// CN of `127.0.0.1` failed `openssl verify` under a constrained
+    /// intermediate ("permitted subtree violation").
     pub fn common_name(&self) -> Option<String> {
-        let dns = self.identifiers.iter().find_map(|i| match i {
+        self.identifiers.iter().find_map(|i| match i {
             Identifier::Dns(name) if name.len() <= MAX_COMMON_NAME_LEN => Some(name.clone()),
             _ => None,
-        });
-        dns.or_else(|| {
-            self.identifiers
-                .iter()
-                .map(Identifier::value)
-                .find(|v| v.len() <= MAX_COMMON_NAME_LEN)
         })
     }
 }

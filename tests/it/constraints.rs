@@ -97,9 +97,13 @@ async fn names_outside_the_intermediates_constraints_are_refused_by_openssl_and_
     let (data, issuer, root) = check(true);
     let constraints = issuer.certificate().name_constraints().cloned().unwrap();
     assert_eq!(constraints.dns, ["internal", "test", "localhost"]);
+    // A certificate of IP addresses only has no CN: OpenSSL would check a
+    // CN of `127.0.0.1` against the DNS constraints and refuse it.
     for inside in [
         vec![dns("web.internal")],
         vec![dns("*.a.test"), ip("10.1.2.3")],
+        vec![ip("127.0.0.1")],
+        vec![ip("10.1.2.3"), ip("::1")],
     ] {
         let (chain, _) = leaf(&issuer, &inside);
         let (ok, out) = openssl_verify(&data, &root.pem(), &chain);
