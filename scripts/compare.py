@@ -306,6 +306,7 @@ def main():
                     rates.append(rate)
                     lats.extend(lat)
                     if probe:
+                        print(f"  {system} c={c} run {len(rates)}: {rate:,.0f}/s", flush=True)
                         print(probe.report(len(csrs)), flush=True)
                 lats.sort()
                 results[(system, c)] = (
