@@ -236,7 +236,8 @@ class Cfssl:
 class Hallmark:
     """The release binary in a fresh data directory, NAME proven once."""
 
-    def __init__(self, database_url):
+    def __init__(self, database_url, admin_url=None):
+        self.database_url, self.admin_url = database_url, admin_url
         self.dir = tempfile.mkdtemp(prefix="hallmark-compare-")
         self.node, key, _ = soak.setup(self.dir, database_url)
         self.target = Target(
@@ -248,6 +249,11 @@ class Hallmark:
     def stop(self):
         self.node.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.admin_url:
+            # The database fresh_postgres made for this run.
+            name = self.database_url.rsplit("/", 1)[1]
+            subprocess.run(["psql", self.admin_url, "-qc",
+                            f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False)
 
 
 def fresh_postgres(url):
@@ -292,7 +298,7 @@ def main():
         elif system == "hallmark-sqlite":
             server = Hallmark(None)
         elif system == "hallmark-postgres":
-            server = Hallmark(fresh_postgres(args.postgres))
+            server = Hallmark(fresh_postgres(args.postgres), admin_url=args.postgres)
         else:
             sys.exit(f"unknown system {system!r}")
         try:
