@@ -33,35 +33,44 @@ const MAX_BATCH: usize = 256;
 /// requests' TLS and signing work (measured: the writer was busy 94 % of
 /// the time at 64 clients while SQLite itself used 13 % of a core); on
 /// its own thread the kernel schedules it as soon as the answer comes.
-/// If no thread can be started, the loop runs on the current runtime.
+/// If its runtime or thread cannot be made, the loop runs on the current
+/// runtime instead (slower, never lost).
 fn run_on_own_thread<F>(name: &'static str, writer: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = std::sync::mpsc::channel::<F>();
+    let request_runtime = tokio::runtime::Handle::current();
+    // The loop is handed over once the thread runs, so it is still here
+    // to fall back on if the thread cannot start.
+    let (handover, receive) = std::sync::mpsc::channel::<F>();
     let started = std::thread::Builder::new()
         .name(format!("{name}-writer"))
         .spawn(move || {
-            let Ok(writer) = rx.recv() else { return };
+            let Ok(writer) = receive.recv() else { return };
             match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
                 Ok(runtime) => runtime.block_on(writer),
-                Err(e) => {
-                    tracing::error!(queue = name, error = %e, "the store's writer cannot start")
-                }
+                Err(e) => share(&request_runtime, name, &e, writer),
             }
         });
     match started {
         Ok(_) => {
-            let _ = tx.send(writer);
+            let _ = handover.send(writer);
         }
-        Err(e) => {
-            tracing::warn!(queue = name, error = %e, "no thread for the store's writer; it shares the request runtime");
-            tokio::spawn(writer);
-        }
+        Err(e) => share(&tokio::runtime::Handle::current(), name, &e, writer),
     }
+}
+
+/// Runs the writer loop on `runtime` (the request runtime), when it can
+/// have no thread of its own.
+fn share<F>(runtime: &tokio::runtime::Handle, name: &'static str, error: &std::io::Error, writer: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    tracing::warn!(queue = name, %error, "no thread of its own for the store's writer; it shares the request runtime");
+    runtime.spawn(writer);
 }
 
 /// A durable write of the order workflow.
@@ -153,7 +162,7 @@ struct Job<I, O> {
     reply: oneshot::Sender<Result<O>>,
 }
 
-/// The queue in front of a writer task: items `I`, each answered with an
+/// The queue in front of a writer: items `I`, each answered with an
 /// outcome `O` once its batch committed.
 pub(crate) struct Batcher<I, O> {
     queue: mpsc::Sender<Job<I, O>>,
@@ -164,7 +173,7 @@ where
     I: Clone + Send + Sync + 'static,
     O: Send + 'static,
 {
-    /// Starts the writer task; `commit` writes a batch in one transaction
+    /// Starts the writer; `commit` writes a batch in one transaction
     /// and gives one outcome per item, in order. `name` is the queue's
     /// label in the metrics.
     pub(crate) fn spawn<F, Fut>(name: &'static str, commit: F) -> Self
