@@ -229,12 +229,11 @@ impl Service {
         tokio::spawn(self.orders.clone().run_worker(shutdown.clone()));
         tokio::spawn(self.crls.clone().run(shutdown.clone()));
         if !self.config.webhooks.is_empty() || self.config.smtp.is_some() {
-            tokio::spawn(crate::workflow::webhooks::run_expiry_notices(
-                self.authority.store().clone(),
-                shutdown.clone(),
-            ));
             // A hook seen for the first time starts here, before the
-            // listeners take a request: nothing after the start is missed.
+            // listeners take a request and before the expiry notices are
+            // looked for: nothing recorded after the start is missed (the
+            // notices were once looked for first, and a notice written
+            // before the head was read was never delivered).
             let start = match self.authority.reads().audit_head().await {
                 Ok((seq, _)) => seq,
                 Err(e) => {
@@ -242,6 +241,10 @@ impl Service {
                     i64::MAX
                 }
             };
+            tokio::spawn(crate::workflow::webhooks::run_expiry_notices(
+                self.authority.store().clone(),
+                shutdown.clone(),
+            ));
             match crate::workflow::webhooks::WebhookDispatcher::new(
                 self.authority.store().clone(),
                 self.authority.root().der(),
