@@ -218,6 +218,10 @@ pub struct Metrics {
     pub store_batched_writes: Counter,
     /// Time one group commit took (statements and the commit), by queue.
     pub store_commit_duration: Histogram,
+    /// Workflow batches tried as one statement after the known audit
+    /// head (PostgreSQL), by result: `committed`, or `retried` the
+    /// ordinary way because the head had moved.
+    pub store_one_statement_commits: Counter,
 }
 
 impl Metrics {
@@ -294,6 +298,11 @@ impl Metrics {
                 "Writes carried by those group commits, by queue; divided by hallmark_store_commits_total, the mean batch.",
                 &["queue"],
             ),
+            store_one_statement_commits: Counter::new(
+                "hallmark_store_one_statement_commits_total",
+                "Workflow batches tried as one statement after the audit head the writer knew (PostgreSQL), by result: committed, or retried the ordinary way because another writer had moved the head.",
+                &["result"],
+            ),
             store_commit_duration: Histogram::new(
                 "hallmark_store_commit_duration_seconds",
                 "Time one group commit took, its statements and the durable commit, by queue.",
@@ -318,6 +327,7 @@ impl Metrics {
         self.webhook_deliveries.render(out);
         self.store_commits.render(out);
         self.store_batched_writes.render(out);
+        self.store_one_statement_commits.render(out);
         self.store_commit_duration.render(out);
     }
 }

@@ -125,6 +125,19 @@ pub(crate) enum Done {
 }
 
 impl Write {
+    /// Whether it only adds rows (a new order; an issuance that creates
+    /// its order or has none), so its outcome is known before it runs and
+    /// a batch of such writes can be one statement.
+    pub(crate) fn only_adds(&self) -> bool {
+        match self {
+            Write::Open { .. } => true,
+            Write::Issue(issuance) => {
+                !matches!(issuance.order, Some(super::IssuanceOrder::Complete { .. }))
+            }
+            Write::Move { .. } | Write::Claim { .. } | Write::Finish { .. } => false,
+        }
+    }
+
     /// The audit records to write with this write, given what it did.
     pub(crate) fn events(&self, done: Done) -> impl Iterator<Item = &AuditEvent> {
         let none: &[AuditEvent] = &[];

@@ -227,6 +227,75 @@ async fn store_contract_holds_on_every_backend() {
     }
 }
 
+/// Two instances on one database write the audit chain in turn. On
+/// PostgreSQL each writer commits a batch that only adds rows as one
+/// statement after the head it last wrote; a write through the other
+/// instance moves that head, and the statement must then fail whole and
+/// the batch be committed the ordinary way — every issuance lands once,
+/// the chain stays one chain.
+#[tokio::test]
+async fn issuances_through_two_instances_in_turn_keep_one_audit_chain() {
+    let metrics = &hallmark::metrics::METRICS.store_one_statement_commits;
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(backend, dir.path()).await;
+        let a = store::connect(&db.url).await.unwrap();
+        let b = store::connect(&db.url).await.unwrap();
+        a.upsert_issuer(&issuer("int-1")).await.unwrap();
+        let (committed, retried) = (metrics.get(&["committed"]), metrics.get(&["retried"]));
+        let mut serials = Vec::new();
+        for round in 0..4 {
+            // One at a time in turn (every batch after the first finds
+            // the head moved by the other), then both at once.
+            for s in [&a, &b, &a, &b] {
+                let serial = Serial::random(&mut rand::thread_rng());
+                s.insert_certificate(
+                    certificate(serial, "int-1"),
+                    event("certificate.issue", &serial.to_hex()),
+                )
+                .await
+                .unwrap();
+                serials.push(serial);
+            }
+            let mut handles = Vec::new();
+            for i in 0..32 {
+                let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let serial = Serial::random(&mut rand::thread_rng());
+                serials.push(serial);
+                handles.push(tokio::spawn(async move {
+                    s.insert_certificate(
+                        certificate(serial, "int-1"),
+                        event("certificate.issue", &format!("{round}:{i}")),
+                    )
+                    .await
+                }));
+            }
+            for h in handles {
+                h.await.unwrap().unwrap();
+            }
+        }
+        for serial in &serials {
+            assert_eq!(a.certificate(serial).await.unwrap().serial, *serial);
+        }
+        assert_eq!(a.count_certificates().await.unwrap(), serials.len() as i64);
+        let summary = audit::verify(b.as_ref()).await.unwrap();
+        // The issuer's upsert writes no record; every issuance one.
+        assert_eq!(summary.records, serials.len() as i64, "{backend:?}");
+        if matches!(backend, Backend::Postgres) {
+            assert!(
+                metrics.get(&["committed"]) > committed,
+                "no batch was one statement"
+            );
+            assert!(
+                metrics.get(&["retried"]) > retried,
+                "no stale head was noticed"
+            );
+        }
+        drop((a, b));
+        db.cleanup().await;
+    }
+}
+
 #[tokio::test]
 async fn a_crl_larger_than_a_chunk_reads_back_whole_and_pruned_ones_are_gone() {
     use hallmark::store::NewCrl;

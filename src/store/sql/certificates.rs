@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 
-use super::{Backend, Script, SqlStore, Statement, Tx, ROWS_PER_INSERT};
+use super::{Backend, KnownHead, Script, SqlStore, Statement, Tx, ROWS_PER_INSERT};
 use crate::store::*;
 
 const SELECT_ISSUERS: &str =
@@ -215,14 +215,113 @@ where
     /// issued at once among them), then certificates with their orders'
     /// completion, then the audit records of everything that happened.
     /// One outcome per item.
+    ///
+    /// On PostgreSQL a batch that only adds rows (REST issuances, new
+    /// orders) is first tried as one statement after the audit head the
+    /// writer last knew ([`KnownHead`]): one round trip instead of four
+    /// (`BEGIN`, taking the head, the inserts, `COMMIT`). PostgreSQL runs
+    /// a statement as a transaction of its own, and the statement moves
+    /// the head only from where the writer knew it, failing whole
+    /// otherwise; a statement the server refused wrote nothing, so the
+    /// batch is then committed the ordinary way.
     pub(in crate::store) async fn commit_writes(
         pool: sqlx::Pool<B>,
+        known: std::sync::Arc<std::sync::Mutex<KnownHead>>,
         writes: std::sync::Arc<Vec<batch::Write>>,
     ) -> Result<Vec<batch::Done>> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut retried = false;
+        let head = (B::WRITES_AS_CTES && writes.iter().all(batch::Write::only_adds))
+            .then(|| lock(&known).take_for_batch())
+            .flatten();
+        if let Some(head) = head {
+            match Self::commit_in_one_statement(&pool, head, &writes, now).await {
+                Ok(Some((outcomes, end))) => {
+                    crate::metrics::METRICS
+                        .store_one_statement_commits
+                        .inc(&["committed"]);
+                    lock(&known).confirmed(end);
+                    return Ok(outcomes);
+                }
+                Ok(None) => {}
+                Err(sqlx::Error::Database(e)) => {
+                    // Refused by the server: nothing of it was written.
+                    tracing::debug!(error = %e, "a one-statement batch was refused; committing it the ordinary way");
+                    retried = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (outcomes, end) = Self::commit_in_transaction(&pool, &writes, now).await?;
+        let mut known = lock(&known);
+        if retried {
+            crate::metrics::METRICS
+                .store_one_statement_commits
+                .inc(&["retried"]);
+            known.stale();
+        }
+        known.set(end);
+        Ok(outcomes)
+    }
+
+    /// [`Self::commit_writes`] as one statement after `head`, for writes
+    /// that only add rows: `None` if the batch is too large for one
+    /// statement.
+    async fn commit_in_one_statement(
+        pool: &sqlx::Pool<B>,
+        head: (i64, Vec<u8>),
+        writes: &[batch::Write],
+        now: i64,
+    ) -> std::result::Result<Option<(Vec<batch::Done>, (i64, Vec<u8>))>, sqlx::Error> {
+        let mut opened: Vec<&OrderBundle> = Vec::new();
+        let mut items: Vec<&Issuance> = Vec::new();
+        for write in writes {
+            match write {
+                batch::Write::Open { bundle, .. } => opened.push(bundle),
+                batch::Write::Issue(issuance) => {
+                    if let Some(IssuanceOrder::Create(bundle)) = &issuance.order {
+                        opened.push(bundle);
+                    }
+                    items.push(issuance);
+                }
+                // Only writes that add rows are committed this way.
+                _ => return Ok(None),
+            }
+        }
+        let outcomes = vec![batch::Done::Written; writes.len()];
+        let events: Vec<&AuditEvent> = writes
+            .iter()
+            .flat_map(|write| write.events(batch::Done::Written))
+            .collect();
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let mut script = Script::new::<B>();
+        Self::push_inserts(&mut script, &opened, &items, now)
+            .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        let end = Self::push_audit(&mut script, head, &events, true);
+        let Some(mut statement) = script.into_statement() else {
+            return Ok(None);
+        };
+        statement
+            .query::<B>()
+            .map_err(|e| sqlx::Error::Protocol(e.to_string()))?
+            .execute(pool)
+            .await?;
+        super::count_audit(&events);
+        Ok(Some((outcomes, end)))
+    }
+
+    /// [`Self::commit_writes`] in a transaction that takes the audit head
+    /// first; returns the outcomes and the chain's new end.
+    async fn commit_in_transaction(
+        pool: &sqlx::Pool<B>,
+        writes: &[batch::Write],
+        now: i64,
+    ) -> Result<(Vec<batch::Done>, (i64, Vec<u8>))> {
         use batch::{Done, Write};
         let mut tx = pool.begin().await?;
         let head = Self::lock_audit(&mut tx).await?;
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut opened: Vec<&OrderBundle> = Vec::new();
         let mut items: Vec<&Issuance> = Vec::new();
@@ -289,7 +388,28 @@ where
         // Orders first: certificates refer to them. Every insert and the
         // audit records go in one round trip.
         let mut script = Script::new::<B>();
-        Self::push_orders(&mut script, &opened);
+        Self::push_inserts(&mut script, &opened, &items, now)?;
+        let events: Vec<&AuditEvent> = writes
+            .iter()
+            .zip(&outcomes)
+            .flat_map(|(write, done)| write.events(*done))
+            .collect();
+        let end = Self::push_audit(&mut script, head, &events, false);
+        script.execute(&mut tx).await?;
+        tx.commit().await?;
+        super::count_audit(&events);
+        Ok((outcomes, end))
+    }
+
+    /// Adds to `script` the INSERTs of new orders (first: certificates
+    /// refer to them) and of certificates.
+    fn push_inserts<'a>(
+        script: &mut Script<'a>,
+        opened: &[&'a OrderBundle],
+        items: &[&'a Issuance],
+        now: i64,
+    ) -> Result<()> {
+        Self::push_orders(script, opened);
         for chunk in items.chunks(ROWS_PER_INSERT) {
             let insert = script.write(INSERT_CERTIFICATE_PREFIX);
             for item in chunk {
@@ -313,16 +433,15 @@ where
                     .bind(cert.crl_partition);
             }
         }
-        let events: Vec<&AuditEvent> = writes
-            .iter()
-            .zip(&outcomes)
-            .flat_map(|(write, done)| write.events(*done))
-            .collect();
-        Self::push_audit(&mut script, head, &events);
-        script.execute(&mut tx).await?;
-        tx.commit().await?;
-        Ok(outcomes)
+        Ok(())
     }
+}
+
+/// The writer's [`KnownHead`], which no panic can leave half-changed.
+fn lock(known: &std::sync::Mutex<KnownHead>) -> std::sync::MutexGuard<'_, KnownHead> {
+    known
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[async_trait]

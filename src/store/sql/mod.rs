@@ -232,28 +232,34 @@ where
         events: &[&AuditEvent],
     ) -> Result<()> {
         let mut script = Script::new::<B>();
-        Self::push_audit(&mut script, head, events);
-        script.execute(tx).await
+        Self::push_audit(&mut script, head, events, false);
+        script.execute(tx).await?;
+        count_audit(events);
+        Ok(())
     }
 
     /// Adds to `script` the audit records of `events` after `head`
-    /// (from [`Self::lock_audit`]), extending the hash chain, with one
-    /// multi-row INSERT per 128, and the chain's new end.
+    /// (from [`Self::lock_audit`], or what the writer last knew), extending
+    /// the hash chain, with one multi-row INSERT per 128, and the chain's
+    /// new end; returns that end. With `guarded`, the end moves only if it
+    /// still is `head`, and the script fails otherwise
+    /// ([`Script::check_last`]): for a script that runs without taking
+    /// the head first.
     pub(super) fn push_audit<'a>(
         script: &mut Script<'a>,
         head: (i64, Vec<u8>),
         events: &[&'a AuditEvent],
-    ) {
+        guarded: bool,
+    ) -> (i64, Vec<u8>) {
         if events.is_empty() {
-            return;
+            return head;
         }
+        // Only a statement of CTEs can check the guard ([`Script::check_last`]).
+        let expected = (guarded && script.ctes).then(|| head.clone());
         let (mut seq, mut prev) = head;
         for chunk in events.chunks(ROWS_PER_INSERT) {
             let insert = script.write(INSERT_AUDIT_PREFIX);
             for event in chunk {
-                crate::metrics::METRICS
-                    .audit_events
-                    .inc(&[event.action.as_str()]);
                 seq += 1;
                 let at = event.at.unix_timestamp();
                 let details = event.details.to_string();
@@ -279,12 +285,22 @@ where
                     .bind(hash);
             }
         }
-        script
+        let update = script
             .write("UPDATE audit_head SET seq = ")
             .bind(seq)
             .push(", hash = ")
-            .bind(prev)
+            .bind(prev.clone())
             .push(" WHERE id = 1");
+        if let Some((old_seq, old_hash)) = expected {
+            update
+                .push(" AND seq = ")
+                .bind(old_seq)
+                .push(" AND hash = ")
+                .bind(old_hash)
+                .push(" RETURNING 1");
+            script.check_last();
+        }
+        (seq, prev)
     }
 
     /// [`Self::write_audit`] then commits: the end of every audited write.
@@ -302,6 +318,64 @@ where
     pub(super) async fn append_audit_tx(tx: &mut Tx<B>, events: &[&AuditEvent]) -> Result<()> {
         let head = Self::lock_audit(tx).await?;
         Self::write_audit(tx, head, events).await
+    }
+}
+
+/// What the workflow's writer knows of the audit chain's end between its
+/// batches, so that on PostgreSQL a batch with nothing guarded can be one
+/// statement without taking the head first ([`SqlStore::commit_writes`]).
+/// Any other write of the chain — another instance, a revocation of this
+/// one — makes it stale; the batch's statement then fails whole and the
+/// batch is committed the ordinary way, which reads the head again.
+#[derive(Default)]
+pub(in crate::store) struct KnownHead {
+    /// The end after the writer's last commit.
+    head: Option<(i64, Vec<u8>)>,
+    /// Batches to commit the ordinary way before trying again, after the
+    /// head was found stale: doubles each time up to
+    /// [`KnownHead::MAX_BACKOFF`] so that instances writing the chain in
+    /// turn do not each pay a failed statement per batch; reset by a
+    /// batch that needed no retry.
+    backoff: u32,
+    skip: u32,
+}
+
+impl KnownHead {
+    const MAX_BACKOFF: u32 = 64;
+
+    /// The head to write after without taking it, if worth trying now.
+    pub(in crate::store) fn take_for_batch(&mut self) -> Option<(i64, Vec<u8>)> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return None;
+        }
+        self.head.take()
+    }
+
+    /// The chain's end after a commit (or as just read).
+    pub(in crate::store) fn set(&mut self, head: (i64, Vec<u8>)) {
+        self.head = Some(head);
+    }
+
+    /// A one-statement batch committed: the known head was right.
+    pub(in crate::store) fn confirmed(&mut self, head: (i64, Vec<u8>)) {
+        self.backoff = 0;
+        self.head = Some(head);
+    }
+
+    /// The head had moved: skip the next batches, more each time.
+    pub(in crate::store) fn stale(&mut self) {
+        self.backoff = (self.backoff * 2).clamp(1, Self::MAX_BACKOFF);
+        self.skip = self.backoff;
+    }
+}
+
+/// Counts audit records written (once they are).
+pub(super) fn count_audit(events: &[&AuditEvent]) {
+    for event in events {
+        crate::metrics::METRICS
+            .audit_events
+            .inc(&[event.action.as_str()]);
     }
 }
 
@@ -539,6 +613,9 @@ pub(super) struct Script<'a> {
     ctes: bool,
     writes: usize,
     open: bool,
+    /// The write of the statement being written whose rows must number
+    /// exactly one ([`Self::check_last`]).
+    checked: Option<usize>,
 }
 
 /// Parameters after which a [`Script`] starts another statement: one
@@ -555,6 +632,23 @@ impl<'a> Script<'a> {
             ctes: B::WRITES_AS_CTES,
             writes: 0,
             open: false,
+            checked: None,
+        }
+    }
+
+    /// Makes the statement fail unless the last write added (which must
+    /// end `RETURNING 1`) returned exactly one row — on PostgreSQL, where
+    /// the statement is one transaction of its own, so that nothing of it
+    /// stays. A guarded write that matched no row is the only way to get
+    /// there: the statement then divides by zero (PostgreSQL has no
+    /// `RAISE` outside functions, and a constant `1/0` would be folded
+    /// when planning), an error the caller takes as "ask again the
+    /// ordinary way". Without CTEs (SQLite) this is not possible and is
+    /// ignored, as [`SqlStore::push_audit`] ignores `guarded`: such a
+    /// script only runs inside a transaction that first took the head.
+    pub(super) fn check_last(&mut self) {
+        if self.ctes && self.writes > 0 {
+            self.checked = Some(self.writes - 1);
         }
     }
 
@@ -590,11 +684,27 @@ impl<'a> Script<'a> {
         }
         self.close();
         if self.ctes {
-            self.q.push(" SELECT 1");
+            match self.checked.take() {
+                Some(w) => self
+                    .q
+                    .push(&format!(" SELECT 1 / (SELECT count(*)::int FROM w{w})")),
+                None => self.q.push(" SELECT 1"),
+            };
         }
         self.done
             .push(std::mem::replace(&mut self.q, Statement::new("")));
         self.writes = 0;
+    }
+
+    /// The script as one statement, if it is one (a script past
+    /// [`SCRIPT_PARAMETERS`] is several).
+    pub(super) fn into_statement(self) -> Option<Statement<'a>> {
+        let mut statements = self.statements();
+        if statements.len() == 1 {
+            statements.pop()
+        } else {
+            None
+        }
     }
 
     /// The statements, in order.
@@ -727,6 +837,48 @@ mod tests {
         );
         assert_eq!(sqlite[0].args.len(), 3);
         assert!(Script::new::<sqlx::Postgres>().statements().is_empty());
+    }
+
+    #[test]
+    fn a_guarded_audit_script_moves_the_head_only_from_where_it_was_known() {
+        let event = AuditEvent {
+            at: time::OffsetDateTime::UNIX_EPOCH,
+            actor: "system".into(),
+            action: "certificate.issue".into(),
+            subject: "01".into(),
+            details: serde_json::json!({}),
+        };
+        let head = (7i64, vec![9u8; 32]);
+        let write = |guarded| {
+            let mut script = Script::new::<sqlx::Postgres>();
+            let end = SqlStore::<sqlx::Postgres>::push_audit(
+                &mut script,
+                head.clone(),
+                &[&event, &event],
+                guarded,
+            );
+            (script.into_statement().unwrap(), end)
+        };
+        let (plain, end) = write(false);
+        assert!(plain.sql.ends_with(
+            "w1 AS (UPDATE audit_head SET seq = $17, hash = $18 WHERE id = 1) SELECT 1"
+        ));
+        assert_eq!(end.0, 9);
+        let (guarded, guarded_end) = write(true);
+        assert_eq!(guarded_end, end, "the guard changes nothing of the chain");
+        assert!(guarded.sql.ends_with(
+            "w1 AS (UPDATE audit_head SET seq = $17, hash = $18 WHERE id = 1 \
+             AND seq = $19 AND hash = $20 RETURNING 1) \
+             SELECT 1 / (SELECT count(*)::int FROM w1)"
+        ));
+        assert!(matches!(guarded.args[18], Arg::Int(Some(7))));
+        assert!(matches!(&guarded.args[19], Arg::Bytes(Some(h)) if h.as_ref() == [9u8; 32]));
+        // On SQLite a script runs only after taking the head in its
+        // transaction: no guard is written.
+        let mut script = Script::new::<sqlx::Sqlite>();
+        SqlStore::<sqlx::Sqlite>::push_audit(&mut script, head.clone(), &[&event], true);
+        let statement = script.into_statement().unwrap();
+        assert!(statement.sql.ends_with("WHERE id = 1"));
     }
 
     #[test]
