@@ -51,6 +51,18 @@ fn certificate(serial: Serial, issuer_id: &str) -> NewCertificate {
     }
 }
 
+/// Stores a certificate of `int-1` with its audit record; its serial.
+async fn issue(s: &dyn store::Store) -> Serial {
+    let serial = Serial::random(&mut rand::thread_rng());
+    s.insert_certificate(
+        certificate(serial, "int-1"),
+        event("certificate.issue", &serial.to_hex()),
+    )
+    .await
+    .unwrap();
+    serial
+}
+
 #[tokio::test]
 async fn store_contract_holds_on_every_backend() {
     for backend in backends() {
@@ -77,13 +89,7 @@ async fn store_contract_holds_on_every_backend() {
         assert_eq!(all[1].subject, "CN=y");
 
         // Certificates: stored, read back, a serial cannot be used twice.
-        let serial = Serial::random(&mut rand::thread_rng());
-        s.insert_certificate(
-            certificate(serial, "int-1"),
-            event("certificate.issue", &serial.to_hex()),
-        )
-        .await
-        .unwrap();
+        let serial = issue(s.as_ref()).await;
         let got = s.certificate(&serial).await.unwrap();
         assert_eq!(got.serial, serial);
         assert_eq!(got.identifiers, vec!["a.internal".to_string()]);
@@ -248,14 +254,7 @@ async fn issuances_through_two_instances_in_turn_keep_one_audit_chain() {
             // One at a time in turn (every batch after the first finds
             // the head moved by the other), then both at once.
             for s in [&a, &b, &a, &b] {
-                let serial = Serial::random(&mut rand::thread_rng());
-                s.insert_certificate(
-                    certificate(serial, "int-1"),
-                    event("certificate.issue", &serial.to_hex()),
-                )
-                .await
-                .unwrap();
-                serials.push(serial);
+                serials.push(issue(s.as_ref()).await);
             }
             let mut handles = Vec::new();
             for i in 0..32 {
