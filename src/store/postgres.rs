@@ -10,9 +10,7 @@ use sqlx::{Pool, Postgres};
 use async_trait::async_trait;
 
 use super::batch::{Batcher, UsedNonce};
-use super::sql::{
-    fresh_nonces, insert_nonces, ping_if_idle, revoked_row, revoked_scan_sql, KnownHead,
-};
+use super::sql::{fresh_nonces, insert_nonces, ping_if_idle, revoked_row, revoked_scan_sql};
 use super::{redact_url, Backend, Result, RevokedRow, RevokedScan, SqlStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -50,11 +48,7 @@ impl SqlStore<Postgres> {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Database(format!("migrating {}: {e}", redact_url(url))))?;
-        let write = pool.clone();
-        let known = std::sync::Arc::new(std::sync::Mutex::new(KnownHead::default()));
-        let batcher = Batcher::spawn("workflow", move |items| {
-            Self::commit_writes(write.clone(), known.clone(), items)
-        });
+        let batcher = Self::workflow_writer(pool.clone());
         let write = pool.clone();
         let nonces = Batcher::spawn("nonces", move |items: std::sync::Arc<Vec<UsedNonce>>| {
             let write = write.clone();

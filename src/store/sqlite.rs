@@ -27,9 +27,7 @@ use sqlx::{Connection, Pool, Sqlite};
 use async_trait::async_trait;
 
 use super::batch::{Batcher, UsedNonce};
-use super::sql::{
-    fresh_nonces, insert_nonces, ping_if_idle, revoked_row, revoked_scan_sql, KnownHead,
-};
+use super::sql::{fresh_nonces, insert_nonces, ping_if_idle, revoked_row, revoked_scan_sql};
 use super::{Backend, Result, RevokedRow, RevokedScan, SqlStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -73,11 +71,7 @@ impl SqlStore<Sqlite> {
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
-        let pool = write.clone();
-        let known = std::sync::Arc::new(std::sync::Mutex::new(KnownHead::default()));
-        let batcher = Batcher::spawn("workflow", move |items| {
-            Self::commit_writes(pool.clone(), known.clone(), items)
-        });
+        let batcher = Self::workflow_writer(write.clone());
         let pool = write.clone();
         let nonces = Batcher::spawn("nonces", move |items: std::sync::Arc<Vec<UsedNonce>>| {
             let pool = pool.clone();

@@ -209,6 +209,17 @@ where
         Ok(done)
     }
 
+    /// Starts the writer of the workflow's durable writes on `pool`
+    /// ([`Self::commit_writes`]).
+    pub(in crate::store) fn workflow_writer(
+        pool: sqlx::Pool<B>,
+    ) -> batch::Batcher<batch::Write, batch::Done> {
+        let known = std::sync::Arc::new(std::sync::Mutex::new(KnownHead::default()));
+        batch::Batcher::spawn("workflow", move |items| {
+            Self::commit_writes(pool.clone(), known.clone(), items)
+        })
+    }
+
     /// Commits a batch of the workflow's writes in one transaction: the
     /// guarded changes first in queue order (order moves, challenge claims
     /// and results, each its own guarded UPDATEs), then new orders (those
@@ -224,7 +235,7 @@ where
     /// the head only from where the writer knew it, failing whole
     /// otherwise; a statement the server refused wrote nothing, so the
     /// batch is then committed the ordinary way.
-    pub(in crate::store) async fn commit_writes(
+    async fn commit_writes(
         pool: sqlx::Pool<B>,
         known: std::sync::Arc<std::sync::Mutex<KnownHead>>,
         writes: std::sync::Arc<Vec<batch::Write>>,
