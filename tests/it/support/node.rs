@@ -20,6 +20,10 @@ pub struct Node {
     pub https: String,
     pub http: String,
     pub child: Option<Child>,
+    /// Whether `serve` ever started here: until it has, its listeners
+    /// may move to other ports (another test may take a port between
+    /// [`free_port`] and the bind).
+    started: bool,
 }
 
 impl Node {
@@ -50,6 +54,7 @@ impl Node {
             https: format!("https://localhost:{}", https.rsplit(':').next().unwrap()),
             http: format!("http://{http}"),
             child: None,
+            started: false,
         };
         let out = node.cli(&["init"]);
         assert!(out.0, "init: {}", out.1);
@@ -75,8 +80,35 @@ impl Node {
         )
     }
 
-    /// Starts `serve` and waits until `/readyz` answers 200.
+    /// Starts `serve` and waits until `/readyz` answers 200. A first start
+    /// whose port another test took meanwhile moves to fresh ports.
     pub async fn start(&mut self) {
+        for _ in 0..5 {
+            let before = self.log().len();
+            self.spawn();
+            if self.ready().await {
+                self.started = true;
+                return;
+            }
+            let taken = self.log()[before..].contains("Address already in use");
+            if self.started || !taken {
+                break;
+            }
+            let (https, http) = (free_port(), free_port());
+            for (key, value) in &mut self.env {
+                match key.as_str() {
+                    "HALLMARK_SERVER__HTTPS_LISTEN" => *value = format!("127.0.0.1:{https}"),
+                    "HALLMARK_SERVER__HTTP_LISTEN" => *value = format!("127.0.0.1:{http}"),
+                    _ => {}
+                }
+            }
+            self.https = format!("https://localhost:{https}");
+            self.http = format!("http://127.0.0.1:{http}");
+        }
+        panic!("serve did not become ready: {}", self.log());
+    }
+
+    fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -93,16 +125,26 @@ impl Node {
             .spawn()
             .unwrap();
         self.child = Some(child);
+    }
+
+    /// Whether `/readyz` answers 200 within 15 s while `serve` runs.
+    async fn ready(&mut self) -> bool {
         let client = reqwest::Client::new();
         for _ in 0..300 {
             if let Ok(r) = client.get(format!("{}/readyz", self.http)).send().await {
                 if r.status() == StatusCode::OK {
-                    return;
+                    return true;
+                }
+            }
+            if let Some(child) = &mut self.child {
+                if let Ok(Some(_)) = child.try_wait() {
+                    self.child = None;
+                    return false;
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("serve did not become ready: {}", self.log());
+        false
     }
 
     pub fn log(&self) -> String {
