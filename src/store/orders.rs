@@ -570,8 +570,16 @@ pub struct OrderQuery {
 /// What can be read about orders, authorizations and challenges.
 #[async_trait]
 pub trait OrderReads: Send + Sync + 'static {
-    /// One order with its authorizations and challenges.
+    /// One order with its authorizations and challenges. An instance
+    /// keeps the orders it reads and writes: a change made through another
+    /// instance is seen within `recent::FRESH_FOR` (an earlier status, as
+    /// orders only move forward).
     async fn order(&self, id: &str) -> Result<OrderBundle>;
+
+    /// One order as the database holds it now, never a view kept here:
+    /// for a refusal that rests on the order's status ("not ready yet"),
+    /// which a view older than another instance's move would make wrongly.
+    async fn order_now(&self, id: &str) -> Result<OrderBundle>;
 
     /// A page of orders, newest first.
     async fn orders(&self, query: &OrderQuery) -> Result<Vec<OrderRecord>>;
@@ -759,13 +767,18 @@ mod tests {
         let written = bundle("a");
         store.create_order(&written, Vec::new()).await.unwrap();
         assert_eq!(store.order("ord_a").await.unwrap(), written);
+        // Read back by a store that did not write it (this one keeps what
+        // it wrote).
+        let reader = crate::store::connect(&url).await.unwrap();
+        assert_eq!(reader.order("ord_a").await.unwrap(), written);
 
         // The schema's CHECKs keep words in their lists; JSON has no CHECK.
         sqlx::query("UPDATE challenges SET error = '{\"type\": \"urn:x:gone\"}'")
             .execute(&raw)
             .await
             .unwrap();
-        match store.order("ord_a").await {
+        let reader = crate::store::connect(&url).await.unwrap();
+        match reader.order("ord_a").await {
             Err(StoreError::Corrupt(why)) => assert!(why.contains("urn:x:gone"), "{why}"),
             other => panic!("{other:?}"),
         }

@@ -71,6 +71,7 @@ impl Backend for Postgres {
         "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
     const ANONYMOUS_PARAMETERS: bool = false;
     const WRITES_AS_CTES: bool = true;
+    const KEEPS_ORDERS: bool = false;
 
     /// The commit does not wait for the WAL flush (`synchronous_commit =
     /// off` for this transaction only): a used nonce is worth no disk flush.

@@ -102,6 +102,208 @@ impl<K: Eq + Hash, V: Clone> Default for Recent<K, V> {
     }
 }
 
+/// Views this process wrote or read, kept per key with a version: what
+/// the hot paths ask of an order between its writes (RFC 8555 clients
+/// poll it) is answered from memory, and each write through this process
+/// drops its key's view before it is submitted and may leave the view it
+/// wrote once it commits.
+///
+/// Unlike [`Recent`], one write hides only its own key's view, so a busy
+/// instance keeps the views of every order it is not writing. A read that
+/// began before a write to its key, or while one was in flight, is never
+/// kept: [`Tracked::before_read`] gives the version to keep it under, and
+/// any write to the key (or [`Tracked::forget_all`]) changes the version.
+/// Versions come from one counter, so a key dropped and made again never
+/// matches a version handed out before. A write through another process
+/// is seen within [`FRESH_FOR`], when the view ages out.
+pub struct Tracked<K, V> {
+    slots: Mutex<Slots<K, V>>,
+}
+
+struct Slots<K, V> {
+    next: u64,
+    map: HashMap<K, Slot<V>>,
+}
+
+struct Slot<V> {
+    version: u64,
+    /// Writes submitted and not yet finished.
+    writing: u32,
+    view: Option<(Instant, V)>,
+}
+
+impl<K, V> Slots<K, V> {
+    fn version(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Tracked<K, V> {
+    pub fn new() -> Self {
+        Tracked {
+            slots: Mutex::new(Slots {
+                next: 0,
+                map: HashMap::new(),
+            }),
+        }
+    }
+
+    /// The kept view of `key`, if no write to it is in flight and it was
+    /// read or written less than [`FRESH_FOR`] ago.
+    pub fn get(&self, key: &K) -> Option<V> {
+        let slots = self.slots.lock().ok()?;
+        let slot = slots.map.get(key)?;
+        match &slot.view {
+            Some((at, view)) if slot.writing == 0 && at.elapsed() < FRESH_FOR => Some(view.clone()),
+            _ => None,
+        }
+    }
+
+    /// Called before reading `key` from the database: the version to keep
+    /// the answer under, or `None` (not to be kept) while a write to it is
+    /// in flight.
+    pub fn before_read(&self, key: &K) -> Option<u64> {
+        let mut slots = self.slots.lock().ok()?;
+        if let Some(slot) = slots.map.get(key) {
+            return (slot.writing == 0).then_some(slot.version);
+        }
+        if slots.map.len() >= MAX_ENTRIES {
+            slots.map.retain(|_, s| s.writing > 0);
+        }
+        let version = slots.version();
+        slots.map.insert(
+            key.clone(),
+            Slot {
+                version,
+                writing: 0,
+                view: None,
+            },
+        );
+        Some(version)
+    }
+
+    /// Keeps `view`, read after [`Tracked::before_read`] gave `version`,
+    /// unless a write to `key` began since.
+    pub fn keep(&self, key: &K, version: Option<u64>, view: V) {
+        let (Some(version), Ok(mut slots)) = (version, self.slots.lock()) else {
+            return;
+        };
+        if let Some(slot) = slots.map.get_mut(key) {
+            if slot.writing == 0 && slot.version == version {
+                slot.view = Some((Instant::now(), view));
+            }
+        }
+    }
+
+    /// Called before a write to `key` is submitted: its view is dropped,
+    /// and no read is kept until the returned guard is finished or
+    /// dropped (a write whose outcome is unknown leaves no view). The
+    /// guard holds the view dropped, if it was fresh, for a write that
+    /// changes it in known ways ([`WriteGuard::committed_change`]).
+    pub fn writing(&self, key: &K) -> WriteGuard<'_, K, V> {
+        let mut guard = WriteGuard {
+            tracked: self,
+            key: key.clone(),
+            began: 0,
+            before: None,
+            done: false,
+        };
+        if let Ok(mut slots) = self.slots.lock() {
+            let version = slots.version();
+            let slot = slots.map.entry(key.clone()).or_insert(Slot {
+                version,
+                writing: 0,
+                view: None,
+            });
+            guard.before = slot
+                .view
+                .take()
+                .filter(|(at, _)| slot.writing == 0 && at.elapsed() < FRESH_FOR);
+            slot.version = version;
+            slot.writing += 1;
+            guard.began = version;
+        }
+        guard
+    }
+
+    /// Drops every view: after a write that may change many keys.
+    pub fn forget_all(&self) {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.map.retain(|_, s| s.writing > 0);
+            let version = slots.version();
+            for slot in slots.map.values_mut() {
+                slot.version = version;
+                slot.view = None;
+            }
+        }
+    }
+
+    fn finish(&self, key: &K, began: u64, view: Option<(Instant, V)>) {
+        let Ok(mut slots) = self.slots.lock() else {
+            return;
+        };
+        let version = slots.version();
+        if let Some(slot) = slots.map.get_mut(key) {
+            // Another write to the key in flight now or finished since
+            // this one began may have committed after it: then the view
+            // this one left may already be behind.
+            let alone = slot.writing == 1 && slot.version == began;
+            slot.writing = slot.writing.saturating_sub(1);
+            slot.version = version;
+            slot.view = view.filter(|_| alone);
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Default for Tracked<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A write to one key of a [`Tracked`] in flight.
+pub struct WriteGuard<'a, K: Eq + Hash + Clone, V: Clone> {
+    tracked: &'a Tracked<K, V>,
+    key: K,
+    /// The version this write set as it began.
+    began: u64,
+    /// The view it dropped, with when that was read.
+    before: Option<(Instant, V)>,
+    done: bool,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> WriteGuard<'_, K, V> {
+    /// The write committed and left `view` (`None`: a view this process
+    /// does not know whole; the next read fetches it).
+    pub fn committed(mut self, view: Option<V>) {
+        self.done = true;
+        let view = view.map(|v| (Instant::now(), v));
+        self.tracked.finish(&self.key, self.began, view);
+    }
+
+    /// The write committed and made `change` to the view it dropped: the
+    /// view changed is kept (if there was one), as old as the view it
+    /// came from, so a change made elsewhere before it is still seen
+    /// within [`FRESH_FOR`] of that read.
+    pub fn committed_change(mut self, change: impl FnOnce(&mut V)) {
+        self.done = true;
+        let view = self.before.take().map(|(at, mut v)| {
+            change(&mut v);
+            (at, v)
+        });
+        self.tracked.finish(&self.key, self.began, view);
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Drop for WriteGuard<'_, K, V> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.tracked.finish(&self.key, self.began, None);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +335,83 @@ mod tests {
         }
         assert!(recent.entries.lock().unwrap().len() <= MAX_ENTRIES);
         assert_eq!(recent.get(&(MAX_ENTRIES * 2), 0), Some(MAX_ENTRIES * 2));
+    }
+
+    #[test]
+    fn a_tracked_view_is_kept_only_if_no_write_to_its_key_began_since_its_read() {
+        let t: Tracked<&str, i64> = Tracked::new();
+        // A read kept, then served.
+        let v = t.before_read(&"a");
+        t.keep(&"a", v, 1);
+        assert_eq!(t.get(&"a"), Some(1));
+        // A write drops it at once and leaves what it wrote.
+        let w = t.writing(&"a");
+        assert_eq!(t.get(&"a"), None, "no view while a write is in flight");
+        assert_eq!(
+            t.before_read(&"a"),
+            None,
+            "a read during a write is not kept"
+        );
+        w.committed(Some(2));
+        assert_eq!(t.get(&"a"), Some(2));
+        // A read that began before a write is not kept after it.
+        let v = t.before_read(&"b");
+        t.writing(&"b").committed(None);
+        t.keep(&"b", v, 3);
+        assert_eq!(t.get(&"b"), None);
+        // Two writes to a key in flight together leave no view, whichever
+        // finishes first (their commits may have been in either order).
+        let w1 = t.writing(&"c");
+        let w2 = t.writing(&"c");
+        w1.committed(Some(4));
+        assert_eq!(t.get(&"c"), None);
+        w2.committed(Some(5));
+        assert_eq!(t.get(&"c"), None);
+        let w1 = t.writing(&"c");
+        let w2 = t.writing(&"c");
+        w2.committed(Some(5));
+        w1.committed(Some(4));
+        assert_eq!(t.get(&"c"), None);
+        t.writing(&"c").committed(Some(6));
+        assert_eq!(t.get(&"c"), Some(6));
+        // A write abandoned (its outcome unknown) leaves none.
+        drop(t.writing(&"c"));
+        assert_eq!(t.get(&"c"), None);
+        // A write that changes the view in known ways leaves it changed,
+        // as old as the view it changed.
+        let v = t.before_read(&"f");
+        t.keep(&"f", v, 10);
+        t.writing(&"f").committed_change(|v| *v += 1);
+        assert_eq!(t.get(&"f"), Some(11));
+        t.writing(&"g").committed_change(|v| *v += 1);
+        assert_eq!(t.get(&"g"), None, "no view before, none after");
+        // Writes to other keys leave a view alone.
+        t.writing(&"d").committed(None);
+        assert_eq!(t.get(&"a"), Some(2));
+        // forget_all drops views and refuses reads begun before it.
+        let v = t.before_read(&"e");
+        t.forget_all();
+        assert_eq!(t.get(&"a"), None);
+        t.keep(&"e", v, 6);
+        assert_eq!(t.get(&"e"), None);
+    }
+
+    #[test]
+    fn tracked_views_stay_bounded_and_a_key_made_again_refuses_old_reads() {
+        let t: Tracked<usize, usize> = Tracked::new();
+        let first = t.before_read(&0);
+        let w = t.writing(&1);
+        for i in 2..MAX_ENTRIES * 2 {
+            let v = t.before_read(&i);
+            t.keep(&i, v, i);
+        }
+        assert!(t.slots.lock().unwrap().map.len() <= MAX_ENTRIES);
+        // Key 0 was dropped and made again: the read from before is refused.
+        let _ = t.before_read(&0);
+        t.keep(&0, first, 7);
+        assert_eq!(t.get(&0), None);
+        // The write in flight kept its slot through the clearing.
+        w.committed(Some(1));
+        assert_eq!(t.get(&1), Some(1));
     }
 }

@@ -156,6 +156,7 @@ impl Backend for Sqlite {
     const READ_SNAPSHOT: &'static str = "";
     const ANONYMOUS_PARAMETERS: bool = true;
     const WRITES_AS_CTES: bool = false;
+    const KEEPS_ORDERS: bool = true;
 
     /// Records used ACME nonces in the attached nonce file (which is never
     /// flushed), in one statement.

@@ -513,3 +513,187 @@ async fn unsupported_database_urls_are_refused_clearly() {
     };
     assert!(err.to_string().contains("sqlite://"), "{err}");
 }
+
+/// A new order of account `acct_1`: one IP authorization whose two
+/// challenges are given out of the order of their ids.
+fn new_order(id: &str) -> hallmark::store::OrderBundle {
+    use hallmark::store::*;
+    let authz = format!("authz_{id}_000");
+    let challenge = |letter: &str, kind: ChallengeKind| ChallengeRecord {
+        id: format!("chall_{id}_000_{letter}"),
+        authorization_id: authz.clone(),
+        kind,
+        token: format!("token-{letter}"),
+        status: ChallengeStatus::Pending,
+        error: None,
+        attempted_at: None,
+        validated_at: None,
+        created_at: 1,
+    };
+    OrderBundle {
+        order: OrderRecord {
+            id: format!("ord_{id}"),
+            account_id: "acct_1".into(),
+            status: OrderStatus::Pending,
+            validation: Validation::Dv,
+            source: OrderSource::Acme,
+            profile: "server".into(),
+            validity_days: Some(30),
+            csr_der: None,
+            organization: None,
+            error: None,
+            rejection_reason: None,
+            approval_reason: None,
+            certificate_serial: None,
+            created_at: 1,
+            updated_at: 1,
+            expires_at: 4_000_000_000,
+            not_after: None,
+            acme_account_id: None,
+            issue_attempts: 0,
+        },
+        authorizations: vec![AuthorizationBundle {
+            authorization: AuthorizationRecord {
+                id: authz.clone(),
+                order_id: format!("ord_{id}"),
+                account_id: "acct_1".into(),
+                identifier_type: IdentifierKind::Ip,
+                identifier_value: "10.0.0.1".into(),
+                wildcard: false,
+                status: AuthorizationStatus::Pending,
+                validated_at: None,
+                expires_at: 4_000_000_000,
+                created_at: 1,
+            },
+            challenges: vec![
+                challenge("t", ChallengeKind::TlsAlpn01),
+                challenge("h", ChallengeKind::Http01),
+            ],
+        }],
+    }
+}
+
+/// On SQLite (one server per database) orders are kept in memory by the
+/// instance that reads or writes them (ACME clients poll them): a change
+/// through this instance is seen at once, one through another process
+/// within `store::recent::FRESH_FOR`, and the view kept of an order it
+/// created or moved is the one the database gives back. On PostgreSQL,
+/// where instances share a database behind a load balancer, every read
+/// asks the database: a change anywhere is seen at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_changed_here_is_seen_at_once_and_one_changed_elsewhere_within_the_bound() {
+    use hallmark::store::recent::FRESH_FOR;
+    use hallmark::store::{ChallengeStatus, OrderStatus, OrderUpdate, Transition};
+    use std::time::{Duration, Instant};
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(backend, dir.path()).await;
+        let here = store::connect(&db.url).await.unwrap();
+        let elsewhere = store::connect(&db.url).await.unwrap();
+        let account = AccountRecord {
+            id: "acct_1".into(),
+            name: "team".into(),
+            role: hallmark::store::Role::Requester,
+            disabled: false,
+            created_at: 1,
+        };
+        let key = NewApiKey {
+            id: "key_1".into(),
+            key_hash: [7u8; 32],
+        };
+        here.create_account(account, key, event("account.create", "acct_1"))
+            .await
+            .unwrap();
+        let written = new_order("a");
+        here.create_order(&written, vec![event("order.create", "ord_a")])
+            .await
+            .unwrap();
+        let kept = here.order("ord_a").await.unwrap();
+        let stored = elsewhere.order("ord_a").await.unwrap();
+        assert_eq!(kept, stored, "{backend:?}: the view kept at the write");
+        assert_eq!(
+            stored.authorizations[0]
+                .challenges
+                .iter()
+                .map(|c| c.id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["chall_a_000_h", "chall_a_000_t"],
+            "{backend:?}"
+        );
+
+        // Through this instance: at once, read or not.
+        assert!(here
+            .claim_challenge("chall_a_000_h", "ord_a", 5, event("challenge.claim", "x"))
+            .await
+            .unwrap());
+        let now = here.order("ord_a").await.unwrap();
+        assert_eq!(
+            now.authorizations[0].challenges[0].status,
+            ChallengeStatus::Processing,
+            "{backend:?}"
+        );
+        assert_eq!(now.authorizations[0].challenges[0].attempted_at, Some(5));
+        let reader = store::connect(&db.url).await.unwrap();
+        assert_eq!(now, reader.order("ord_a").await.unwrap(), "{backend:?}");
+        assert!(here
+            .transition_order(
+                "ord_a",
+                Transition::Validated,
+                &OrderUpdate::default(),
+                6,
+                vec![event("order.ready", "ord_a")],
+            )
+            .await
+            .unwrap());
+        let now = here.order("ord_a").await.unwrap();
+        assert_eq!(now.order.status, OrderStatus::Ready, "{backend:?}");
+        let reader = store::connect(&db.url).await.unwrap();
+        assert_eq!(now, reader.order("ord_a").await.unwrap(), "{backend:?}");
+
+        // Through another instance: this one still answers from memory
+        // (the cache at work), but only within the bound.
+        assert!(elsewhere
+            .transition_order(
+                "ord_a",
+                Transition::Fail(OrderStatus::Ready),
+                &OrderUpdate::default(),
+                7,
+                vec![event("order.invalid", "ord_a")],
+            )
+            .await
+            .unwrap());
+        let changed = Instant::now();
+        if backend == Backend::Postgres {
+            assert_eq!(
+                here.order("ord_a").await.unwrap().order.status,
+                OrderStatus::Invalid,
+                "{backend:?}: another instance's change is seen at once"
+            );
+            drop((here, elsewhere));
+            db.cleanup().await;
+            continue;
+        }
+        assert_eq!(
+            here.order("ord_a").await.unwrap().order.status,
+            OrderStatus::Ready,
+            "{backend:?}: the instance that read it answers from memory"
+        );
+        let seen = loop {
+            if here.order("ord_a").await.unwrap().order.status == OrderStatus::Invalid {
+                break changed.elapsed();
+            }
+            assert!(
+                changed.elapsed() < FRESH_FOR + Duration::from_secs(2),
+                "{backend:?}: still ready after {:?}",
+                changed.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            seen <= FRESH_FOR + Duration::from_millis(250),
+            "{backend:?}: seen only after {seen:?}"
+        );
+        drop((here, elsewhere));
+        db.cleanup().await;
+    }
+}

@@ -325,7 +325,11 @@ where
             }
         }
         let refs: Vec<&AuditEvent> = events.iter().collect();
-        Self::commit_audited(tx, head, &refs).await?;
+        let committed = Self::commit_audited(tx, head, &refs).await;
+        // The account's unfinished orders may have ended (whatever the
+        // commit's outcome, no kept view is trusted after it).
+        self.recent.orders.forget_all();
+        committed?;
         self.recent.changes.bump();
         Ok(())
     }

@@ -751,11 +751,26 @@ where
             }) => Some((order_id.clone(), transition.from())),
             _ => None,
         };
-        match self
-            .batcher
-            .submit(batch::Write::Issue(Box::new(issuance)))
-            .await?
-        {
+        // The store's time of the completion is not known here, so the
+        // order completed is read again; an order created whole is kept.
+        let order = match &issuance.order {
+            Some(IssuanceOrder::Complete { order_id, .. }) => Some((order_id.clone(), None)),
+            Some(IssuanceOrder::Create(bundle)) => {
+                Some((bundle.order.id.clone(), Some((**bundle).clone())))
+            }
+            None => None,
+        };
+        let issue = batch::Write::Issue(Box::new(issuance));
+        let done = match &order {
+            Some((order_id, view)) => {
+                let after = view.as_ref().map_or(super::orders::After::Unknown, |b| {
+                    super::orders::After::Whole(b)
+                });
+                self.submit_order_write(order_id, issue, after).await?
+            }
+            None => self.batcher.submit(issue).await?,
+        };
+        match done {
             batch::Done::Moved(false) => {
                 let (order_id, from) = moved_on.ok_or_else(|| {
                     StoreError::Database("an issuance without an order was not stored".into())

@@ -27,7 +27,7 @@ mod users;
 mod webhooks;
 
 use super::batch::{Batcher, Done, UsedNonce, Write};
-use super::recent::{Changes, Recent};
+use super::recent::{Changes, Recent, Tracked};
 use super::{
     AuditEvent, AuthorizationStatus, ChallengeKind, ChallengeStatus, Failure, Health,
     IdentifierKind, OrderSource, OrderStatus, Result, RevokedRow, RevokedScan, StoreError,
@@ -87,6 +87,11 @@ pub(in crate::store) struct RecentReads {
     /// Every blocked key's SPKI hash (while there are at most
     /// [`super::recent::MAX_BLOCKED_IN_MEMORY`]), under the key `()`.
     pub(in crate::store) blocked: Recent<(), std::sync::Arc<std::collections::HashSet<Vec<u8>>>>,
+    /// Orders with their authorizations and challenges, by id, where the
+    /// backend [`Backend::KEEPS_ORDERS`]: every write to an order through
+    /// this store goes by [`SqlStore::submit_order_write`], which hides
+    /// its view while the write is in flight.
+    pub(in crate::store) orders: Tracked<String, super::OrderBundle>,
 }
 
 /// What differs between the databases hallmark runs on.
@@ -106,6 +111,13 @@ pub trait Backend: Database {
     /// Whether a [`Script`] of several writes is one statement of
     /// data-modifying CTEs (PostgreSQL) rather than statements in turn.
     const WRITES_AS_CTES: bool;
+    /// Whether a store keeps the orders it reads and writes in memory
+    /// ([`RecentReads::orders`]). Only where it is the one server on its
+    /// database (SQLite, a file of one host): on PostgreSQL several
+    /// instances may serve behind a load balancer, and an ACME client
+    /// whose requests land on different instances must never see its
+    /// order go back to an earlier status.
+    const KEEPS_ORDERS: bool;
     /// Records used ACME nonces in one transaction without a disk flush:
     /// for each, `false` if it was used before (or earlier in `nonces`).
     async fn insert_used_nonces(write: Pool<Self>, nonces: &[UsedNonce]) -> Result<Vec<bool>>;

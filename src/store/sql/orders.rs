@@ -32,6 +32,30 @@ const SELECT_ORDER_BUNDLE: &str =
      LEFT JOIN challenges c ON c.authorization_id = a.id \
      WHERE o.id = $1 ORDER BY a.id, c.id";
 
+/// The view of an order a write leaves, as far as the writer knows it.
+pub(in crate::store) enum After<'a> {
+    /// Not known here whole: the next read fetches it.
+    Unknown,
+    /// This order, if written (a new order).
+    Whole(&'a OrderBundle),
+    /// The view held before, changed thus, if the (guarded) write moved:
+    /// what its SQL does, in memory.
+    Change(&'a (dyn Fn(&mut OrderBundle) + Sync)),
+}
+
+/// `bundle` as [`SELECT_ORDER_BUNDLE`] reads it back once written: its
+/// authorizations and their challenges in the order of their ids.
+fn as_stored(bundle: &OrderBundle) -> OrderBundle {
+    let mut bundle = bundle.clone();
+    bundle
+        .authorizations
+        .sort_by(|a, b| a.authorization.id.cmp(&b.authorization.id));
+    for a in &mut bundle.authorizations {
+        a.challenges.sort_by(|x, y| x.id.cmp(&y.id));
+    }
+    bundle
+}
+
 /// One row of [`SELECT_ORDER_BUNDLE`].
 #[derive(sqlx::FromRow)]
 struct OrderBundleRow {
@@ -214,6 +238,32 @@ where
     for<'r> &'r str: sqlx::ColumnIndex<B::Row>,
     usize: sqlx::ColumnIndex<B::Row>,
 {
+    /// Submits a workflow write to order `order_id`: the order's kept view
+    /// is dropped before it goes and no read of it is kept while it is in
+    /// flight; once written, `after` says what view it leaves.
+    pub(in crate::store) async fn submit_order_write(
+        &self,
+        order_id: &str,
+        write: batch::Write,
+        after: After<'_>,
+    ) -> Result<batch::Done> {
+        if !B::KEEPS_ORDERS {
+            return self.batcher.submit(write).await;
+        }
+        let guard = self.recent.orders.writing(&order_id.to_owned());
+        let done = self.batcher.submit(write).await?;
+        match after {
+            After::Whole(bundle) if done == batch::Done::Written => {
+                guard.committed(Some(as_stored(bundle)))
+            }
+            After::Change(change) if done == batch::Done::Moved(true) => {
+                guard.committed_change(change)
+            }
+            _ => guard.committed(None),
+        }
+        Ok(done)
+    }
+
     /// Makes `transition` (checked legal) on `order_id` in `tx`, setting
     /// `update`'s fields: false if the order was not where it starts.
     pub(in crate::store) async fn move_order_tx(
@@ -435,11 +485,29 @@ where
     usize: sqlx::ColumnIndex<B::Row>,
 {
     async fn order(&self, id: &str) -> Result<OrderBundle> {
+        if !B::KEEPS_ORDERS {
+            return self.order_now(id).await;
+        }
+        match self.recent.orders.get(&id.to_owned()) {
+            Some(view) => Ok(view),
+            None => self.order_now(id).await,
+        }
+    }
+
+    async fn order_now(&self, id: &str) -> Result<OrderBundle> {
+        let key = id.to_owned();
+        let version = B::KEEPS_ORDERS
+            .then(|| self.recent.orders.before_read(&key))
+            .flatten();
         let rows: Vec<OrderBundleRow> = sqlx::query_as(SELECT_ORDER_BUNDLE)
             .bind(id)
             .fetch_all(&self.read)
             .await?;
-        order_bundle(rows)
+        let bundle = order_bundle(rows)?;
+        if version.is_some() {
+            self.recent.orders.keep(&key, version, bundle.clone());
+        }
+        Ok(bundle)
     }
 
     async fn orders(&self, query: &OrderQuery) -> Result<Vec<OrderRecord>> {
@@ -564,7 +632,8 @@ where
             bundle: Box::new(bundle.clone()),
             events,
         };
-        self.batcher.submit(open).await?;
+        self.submit_order_write(&bundle.order.id, open, After::Whole(bundle))
+            .await?;
         Ok(())
     }
 
@@ -581,7 +650,20 @@ where
             at,
             event,
         };
-        Ok(self.batcher.submit(claim).await? == batch::Done::Moved(true))
+        // What CLAIM_CHALLENGE does.
+        let claimed = |b: &mut OrderBundle| {
+            for c in b.authorizations.iter_mut().flat_map(|a| &mut a.challenges) {
+                if c.id == challenge_id {
+                    c.status = ChallengeStatus::Processing;
+                    c.attempted_at = Some(at);
+                    c.error = None;
+                }
+            }
+        };
+        let done = self
+            .submit_order_write(order_id, claim, After::Change(&claimed))
+            .await?;
+        Ok(done == batch::Done::Moved(true))
     }
 
     async fn reclaim_challenge(
@@ -595,8 +677,11 @@ where
             .bind(attempted_at_was)
             .bind(at)
             .execute(&self.write)
-            .await?;
-        Ok(B::rows_affected(&done) == 1)
+            .await;
+        // Rare (a validator's process died): rather than name the order,
+        // every kept order view is dropped.
+        self.recent.orders.forget_all();
+        Ok(B::rows_affected(&done?) == 1)
     }
 
     async fn finish_challenge(
@@ -610,7 +695,11 @@ where
             events,
             on_order_change,
         };
-        match self.batcher.submit(finish).await? {
+        let order_id = outcome.order_id.clone();
+        match self
+            .submit_order_write(&order_id, finish, After::Unknown)
+            .await?
+        {
             batch::Done::Finished(changed) => Ok(changed),
             _ => Err(StoreError::Conflict(Conflict::ChallengeNotProcessing(
                 outcome.challenge_id.clone(),
@@ -639,6 +728,11 @@ where
             at,
             events,
         };
-        Ok(self.batcher.submit(step).await? == batch::Done::Moved(true))
+        // What TRANSITION_ORDER does.
+        let moved = |b: &mut OrderBundle| b.order = b.order.moved(transition, update, at);
+        let done = self
+            .submit_order_write(order_id, step, After::Change(&moved))
+            .await?;
+        Ok(done == batch::Done::Moved(true))
     }
 }

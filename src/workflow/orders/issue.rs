@@ -14,7 +14,8 @@ impl Orders {
         order_id: &str,
         csr: &[u8],
     ) -> Result<OrderBundle, WorkflowError> {
-        let mut bundle = self.get_acme(caller, acme_account_id, order_id).await?;
+        let bundle = self.get_acme(caller, acme_account_id, order_id).await?;
+        let mut bundle = self.confirm_status(bundle, OrderStatus::Ready).await?;
         if bundle.order.status != OrderStatus::Ready {
             return Err(WorkflowError::OrderNotReady {
                 order_id: order_id.to_owned(),

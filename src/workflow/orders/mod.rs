@@ -157,6 +157,21 @@ impl Orders {
         }
     }
 
+    /// `bundle` if its order is in `status`; otherwise the order as the
+    /// database holds it now. The store may answer with a view kept a
+    /// moment (an earlier status if another instance moved the order
+    /// since), so a refusal for being in the wrong status asks again.
+    async fn confirm_status(
+        &self,
+        bundle: OrderBundle,
+        status: OrderStatus,
+    ) -> Result<OrderBundle, WorkflowError> {
+        if bundle.order.status == status {
+            return Ok(bundle);
+        }
+        Ok(self.authority.store().order_now(&bundle.order.id).await?)
+    }
+
     /// One order, if the caller may see it: its owner, or any reviewer or
     /// admin. Anyone else gets `NotFound`, as if it did not exist.
     pub async fn get(&self, caller: &Caller, order_id: &str) -> Result<OrderBundle, WorkflowError> {

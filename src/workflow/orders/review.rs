@@ -100,6 +100,9 @@ impl Orders {
         if bundle.order.account_id == caller.account_id {
             return Err(NotAllowed::OwnOrder(verb).into());
         }
+        let bundle = self
+            .confirm_status(bundle, OrderStatus::AwaitingApproval)
+            .await?;
         if bundle.order.status != OrderStatus::AwaitingApproval {
             return Err(Clash::NotAwaitingApproval {
                 order_id: order_id.to_owned(),
