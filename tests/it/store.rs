@@ -51,6 +51,22 @@ fn certificate(serial: Serial, issuer_id: &str) -> NewCertificate {
     }
 }
 
+/// Requester account `acct_1` ("team") with API key `key_1` (hash 7…7).
+fn team_account() -> (AccountRecord, NewApiKey) {
+    let account = AccountRecord {
+        id: "acct_1".into(),
+        name: "team".into(),
+        role: hallmark::store::Role::Requester,
+        disabled: false,
+        created_at: 1,
+    };
+    let key = NewApiKey {
+        id: "key_1".into(),
+        key_hash: [7u8; 32],
+    };
+    (account, key)
+}
+
 /// Stores a certificate of `int-1` with its audit record; its serial.
 async fn issue(s: &dyn store::Store) -> Serial {
     let serial = Serial::random(&mut rand::thread_rng());
@@ -163,17 +179,7 @@ async fn store_contract_holds_on_every_backend() {
         assert_eq!(s.count_users().await.unwrap(), 1);
 
         // Accounts are found by the hash of an unrevoked key, and only then.
-        let account = AccountRecord {
-            id: "acct_1".into(),
-            name: "team".into(),
-            role: hallmark::store::Role::Requester,
-            disabled: false,
-            created_at: 1,
-        };
-        let key = NewApiKey {
-            id: "key_1".into(),
-            key_hash: [7u8; 32],
-        };
+        let (account, key) = team_account();
         s.create_account(account.clone(), key, event("account.create", "acct_1"))
             .await
             .unwrap();
@@ -590,17 +596,7 @@ async fn an_order_changed_here_is_seen_at_once_and_one_changed_elsewhere_within_
         let db = TestDb::new(backend, dir.path()).await;
         let here = store::connect(&db.url).await.unwrap();
         let elsewhere = store::connect(&db.url).await.unwrap();
-        let account = AccountRecord {
-            id: "acct_1".into(),
-            name: "team".into(),
-            role: hallmark::store::Role::Requester,
-            disabled: false,
-            created_at: 1,
-        };
-        let key = NewApiKey {
-            id: "key_1".into(),
-            key_hash: [7u8; 32],
-        };
+        let (account, key) = team_account();
         here.create_account(account, key, event("account.create", "acct_1"))
             .await
             .unwrap();
