@@ -252,7 +252,7 @@ impl Default for OrdersSection {
 }
 
 /// `[acme]`: the ACME server (RFC 8555).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AcmeSection {
     /// newAccount needs an external account binding (RFC 8555 §7.3.4): an
@@ -268,6 +268,24 @@ pub struct AcmeSection {
     /// `caaIdentities`); when set, CAA records are checked after every
     /// successful challenge. Empty: left out, and CAA is not checked.
     pub caa_identities: Vec<String>,
+    /// How long the answer to a challenge POST waits for its validation
+    /// to finish (default 1,000 ms; 0: answer `processing` at once). A
+    /// validation done within it is answered `valid` or `invalid`, so a
+    /// client's first poll finds its order `ready`; a slower one is
+    /// answered `processing` and goes on in the background.
+    pub challenge_wait_ms: u64,
+}
+
+impl Default for AcmeSection {
+    fn default() -> Self {
+        AcmeSection {
+            eab_required: false,
+            terms_of_service: String::new(),
+            website: String::new(),
+            caa_identities: Vec::new(),
+            challenge_wait_ms: 1_000,
+        }
+    }
 }
 
 /// Test-only faults for the ACME server, as Let's Encrypt's test server

@@ -16,6 +16,10 @@ pub const DEFAULT_DATA_DIR: &str = "hallmark-data";
 /// The config file's name inside the data directory.
 pub const CONFIG_FILE_NAME: &str = "hallmark.toml";
 
+/// The longest `acme.challenge_wait_ms` accepted: a challenge POST holds
+/// its connection at most this long.
+pub const MAX_CHALLENGE_WAIT_MS: u64 = 10_000;
+
 /// A configuration problem, as one sentence naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -600,6 +604,15 @@ impl Config {
                     ),
                 });
             }
+        }
+        if file.acme.challenge_wait_ms > MAX_CHALLENGE_WAIT_MS {
+            return Err(ConfigError::Invalid {
+                key: "acme.challenge_wait_ms",
+                reason: format!(
+                    "must be at most {MAX_CHALLENGE_WAIT_MS} (a request is held that long at most), not {}",
+                    file.acme.challenge_wait_ms
+                ),
+            });
         }
         if file.orders.lifetime_hours == 0 {
             return Err(ConfigError::Invalid {
@@ -1278,6 +1291,8 @@ mod tests {
         assert!(matches!(missing, Err(ConfigError::Read { .. })));
         assert!(err(&[("HALLMARK_ACME__TERMS_OF_SERVICE", "terms.html")])
             .contains("acme.terms_of_service"));
+        assert!(err(&[("HALLMARK_ACME__CHALLENGE_WAIT_MS", "10001")])
+            .contains("acme.challenge_wait_ms"));
         assert!(err(&[
             ("HALLMARK_CRL__DELTA", "true"),
             ("HALLMARK_CRL__COMPLETE_WITH_PARTITIONS", "false")

@@ -9,6 +9,7 @@ use base64::Engine;
 use serde_json::json;
 
 use crate::support::acme::{Answer, Client};
+use crate::support::dv::DvLab;
 use crate::support::*;
 
 /// A client for this server's ACME directory.
@@ -401,5 +402,106 @@ async fn two_instances_share_nonces_and_accounts() {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(15), handle).await;
         first.stop().await;
         ca.cleanup().await;
+    }
+}
+
+/// A new order for `name`: its URL and its challenge of `kind`.
+async fn new_order(client: &Client, name: &str, kind: &str) -> (String, serde_json::Value) {
+    let order = client
+        .post(
+            &format!("{}/new-order", client.base),
+            Some(&json!({"identifiers": [{"type": "dns", "value": name}]})),
+        )
+        .await;
+    assert_eq!(order.status, 201, "{}", order.body);
+    let authz_url = order.body["authorizations"][0].as_str().unwrap();
+    let authz = client.post(authz_url, None).await;
+    let chall = authz.body["challenges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}: {}", authz.body))
+        .clone();
+    (order.location(), chall)
+}
+
+/// A challenge POST answers with its validation's result when that comes
+/// within `acme.challenge_wait_ms` (so the first poll finds the order
+/// `ready`); a slower validation is answered `processing` after the wait
+/// and goes on in the background; with 0 the answer does not wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_is_answered_with_its_result_when_it_comes_within_the_wait() {
+    for backend in backends() {
+        let wait = ("HALLMARK_ACME__CHALLENGE_WAIT_MS", "400".to_owned());
+        let lab = DvLab::new(backend, &[wait]).await;
+        let mut alice = client(&lab.running);
+        alice.register().await;
+        // Published correctly: the answer is the result, and the order is
+        // ready without a second poll.
+        let (order_url, chall) = new_order(&alice, "web.internal", "http-01").await;
+        let token = chall["token"].as_str().unwrap();
+        lab.http01.publish(
+            &format!("/.well-known/acme-challenge/{token}"),
+            &format!("{token}.{}", alice.thumbprint()),
+        );
+        let a = alice
+            .post(chall["url"].as_str().unwrap(), Some(&json!({})))
+            .await;
+        assert_eq!(a.status, 200, "{backend:?}: {}", a.body);
+        assert_eq!(a.body["status"], "valid", "{backend:?}: {}", a.body);
+        assert!(a.body["validated"].is_string(), "{}", a.body);
+        let o = alice.post(&order_url, None).await;
+        assert_eq!(o.body["status"], "ready", "{backend:?}: {}", o.body);
+
+        // Published wrongly: the answer carries the failure.
+        let (order_url, chall) = new_order(&alice, "api.internal", "http-01").await;
+        let token = chall["token"].as_str().unwrap();
+        lab.http01
+            .publish(&format!("/.well-known/acme-challenge/{token}"), "wrong");
+        let a = alice
+            .post(chall["url"].as_str().unwrap(), Some(&json!({})))
+            .await;
+        assert_eq!(a.body["status"], "invalid", "{backend:?}: {}", a.body);
+        assert_eq!(
+            a.body["error"]["type"], "urn:ietf:params:acme:error:incorrectResponse",
+            "{}",
+            a.body
+        );
+        let o = alice.post(&order_url, None).await;
+        assert_eq!(o.body["status"], "invalid", "{backend:?}: {}", o.body);
+
+        // A validation slower than the wait (tls-alpn-01 against a port
+        // that accepts and never answers, timing out after 3 s): answered
+        // `processing` once the wait is over; it fails in the background.
+        let (order_url, chall) = new_order(&alice, "alpn.internal", "tls-alpn-01").await;
+        let started = std::time::Instant::now();
+        let a = alice
+            .post(chall["url"].as_str().unwrap(), Some(&json!({})))
+            .await;
+        let took = started.elapsed();
+        assert_eq!(a.body["status"], "processing", "{backend:?}: {}", a.body);
+        assert!(
+            took >= std::time::Duration::from_millis(400)
+                && took < std::time::Duration::from_millis(2_500),
+            "{backend:?}: answered after {took:?}"
+        );
+        let o = alice.poll(&order_url, &["pending"]).await;
+        assert_eq!(o.body["status"], "invalid", "{backend:?}: {}", o.body);
+        lab.finish().await;
+
+        // With no wait, the answer comes before the validation's result.
+        let wait = ("HALLMARK_ACME__CHALLENGE_WAIT_MS", "0".to_owned());
+        let lab = DvLab::new(backend, &[wait]).await;
+        let mut bob = client(&lab.running);
+        bob.register().await;
+        let (_, chall) = new_order(&bob, "alpn.internal", "tls-alpn-01").await;
+        let started = std::time::Instant::now();
+        let a = bob
+            .post(chall["url"].as_str().unwrap(), Some(&json!({})))
+            .await;
+        assert!(started.elapsed() < std::time::Duration::from_millis(1_000));
+        assert_eq!(a.body["status"], "processing", "{backend:?}: {}", a.body);
+        lab.finish().await;
     }
 }

@@ -269,8 +269,10 @@ pub(super) async fn challenge(
     };
     let current = find(&bundle).ok_or_else(not_found)?;
     if !v.is_post_as_get() && current.status == ChallengeStatus::Pending {
-        // The client says it is ready: validate (in the background).
-        bundle = state.orders.respond(&caller, &order_id, &id).await?;
+        // The client says it is ready: validate, and answer with the
+        // result if it comes within `acme.challenge_wait_ms`.
+        let wait = std::time::Duration::from_millis(state.acme.challenge_wait_ms);
+        bundle = state.orders.respond(&caller, &order_id, &id, wait).await?;
     }
     let c = find(&bundle).ok_or_else(not_found)?;
     let authz_url = format!("{}/authz/{}", base(&state), c.authorization_id);

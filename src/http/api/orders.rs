@@ -139,7 +139,10 @@ async fn respond(
     ApiCaller(caller): ApiCaller,
     Path((id, challenge_id)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    let bundle = state.orders.respond(&caller, &id, &challenge_id).await?;
+    let bundle = state
+        .orders
+        .respond(&caller, &id, &challenge_id, std::time::Duration::ZERO)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(OrderView::new(&state, &bundle))).into_response())
 }
 

@@ -4,14 +4,17 @@ use super::*;
 use crate::validation::RequesterAccount;
 
 impl Orders {
-    /// Asks for one challenge to be validated now. The check runs in the
-    /// background; the order as it stands is returned at once. Asking
-    /// again while it runs, or after it finished, changes nothing.
+    /// Asks for one challenge to be validated now. The check runs in a
+    /// task of its own; the order is returned once it has finished and
+    /// recorded its result, or after `wait` as it then stands (the check
+    /// goes on). Asking again while it runs, or after it finished,
+    /// changes nothing.
     pub async fn respond(
         self: &Arc<Self>,
         caller: &Caller,
         order_id: &str,
         challenge_id: &str,
+        wait: Duration,
     ) -> Result<OrderBundle, WorkflowError> {
         let bundle = self.get(caller, order_id).await?;
         if bundle.order.account_id != caller.account_id {
@@ -62,22 +65,30 @@ impl Orders {
             )
             .await?;
         if claimed {
-            self.spawn_validation(bundle.order.clone(), authz.clone(), challenge.clone());
+            let task =
+                self.spawn_validation(bundle.order.clone(), authz.clone(), challenge.clone());
+            if let (Some(task), false) = (task, wait.is_zero()) {
+                // Dropping the handle on time-out leaves the task running.
+                let _ = tokio::time::timeout(wait, task).await;
+            }
         }
         self.load(order_id).await
     }
 
+    /// Starts validating a claimed challenge in a task of its own, unless
+    /// this process already is; the task, which ends once the result is
+    /// recorded.
     pub(super) fn spawn_validation(
         self: &Arc<Self>,
         order: OrderRecord,
         authz: AuthorizationRecord,
         challenge: ChallengeRecord,
-    ) {
+    ) -> Option<tokio::task::JoinHandle<()>> {
         let this = self.clone();
         if !self.running_here().insert(challenge.id.clone()) {
-            return;
+            return None;
         }
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             // Forgotten however the task ends, panics included.
             struct Forget(Arc<Orders>, String);
             impl Drop for Forget {
@@ -91,7 +102,7 @@ impl Orders {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             this.validate(order, authz, challenge).await;
-        });
+        }))
     }
 
     pub(super) fn running_here(
