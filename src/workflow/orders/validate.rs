@@ -67,7 +67,7 @@ impl Orders {
         if claimed {
             let task =
                 self.spawn_validation(bundle.order.clone(), authz.clone(), challenge.clone());
-            if let (Some(task), false) = (task, wait.is_zero()) {
+            if let Some(task) = task {
                 // Dropping the handle on time-out leaves the task running.
                 let _ = tokio::time::timeout(wait, task).await;
             }
