@@ -17,7 +17,10 @@
 //! reused for the renewal run.
 //!
 //! Run: `cargo bench --bench acme` (options after `--`:
-//! `--count N --concurrency C --backends sqlite,postgres,pebble`).
+//! `--count N --concurrency C --backends sqlite,postgres,pebble`, and
+//! `--probe` to print, for each hallmark run, what its group-commit
+//! writer did during the timed part: commits, mean batch, mean commit and
+//! the share of the run it was busy).
 
 mod common;
 
@@ -142,6 +145,7 @@ async fn measure(mut clients: Vec<Client>, count: usize, publish: Publish) -> Re
             .map_err(|a| format!("warm-up issuance: {}", a.body))?;
     }
     let per_client = count / clients.len();
+    let before = WriterFigures::now();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in clients {
@@ -163,7 +167,47 @@ async fn measure(mut clients: Vec<Client>, count: usize, publish: Publish) -> Re
     for t in tasks {
         t.await.map_err(|e| e.to_string())??;
     }
-    Ok(issued / started.elapsed().as_secs_f64())
+    let took = started.elapsed().as_secs_f64();
+    if std::env::args().any(|a| a == "--probe") {
+        let d = WriterFigures::now().minus(&before);
+        let commits = d.commits.max(1) as f64;
+        eprintln!(
+            "    probe: {} workflow commits ({:.1} per certificate), mean batch {:.1}, mean commit {:.2} ms, writer busy {:.0} % of the run",
+            d.commits,
+            d.commits as f64 / issued,
+            d.writes as f64 / commits,
+            d.busy * 1000.0 / commits,
+            d.busy * 100.0 / took
+        );
+    }
+    Ok(issued / took)
+}
+
+/// The workflow writer's totals (hallmark's metrics are process-wide, and
+/// the bench runs the server in its own process).
+struct WriterFigures {
+    commits: u64,
+    writes: u64,
+    busy: f64,
+}
+
+impl WriterFigures {
+    fn now() -> Self {
+        let m = &hallmark::metrics::METRICS;
+        WriterFigures {
+            commits: m.store_commits.get(&["workflow"]),
+            writes: m.store_batched_writes.get(&["workflow"]),
+            busy: m.store_commit_duration.sum(&["workflow"]),
+        }
+    }
+
+    fn minus(&self, before: &Self) -> Self {
+        WriterFigures {
+            commits: self.commits - before.commits,
+            writes: self.writes - before.writes,
+            busy: self.busy - before.busy,
+        }
+    }
 }
 
 async fn run_pebble(args: &common::LoadArgs, reuse: bool) -> Result<f64, String> {

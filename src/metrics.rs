@@ -126,6 +126,14 @@ impl Histogram {
         map.get(&key).map_or(0, |o| o.count)
     }
 
+    /// The total of the durations the series holds, in seconds (for
+    /// tests and the benchmarks' probes).
+    pub fn sum(&self, values: &[&str]) -> f64 {
+        let key: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+        let map = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&key).map_or(0.0, |o| o.sum)
+    }
+
     /// Writes the family in the text format (cumulative buckets).
     pub fn render(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
