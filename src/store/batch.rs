@@ -117,8 +117,13 @@ pub(crate) enum Done {
     /// A guarded change (an order move, a claim, an issuance completing
     /// its order): whether it happened.
     Moved(bool),
-    /// A validation's result, recorded: the order's new status if it moved.
-    Finished(Option<OrderStatus>),
+    /// A validation's result, recorded: the order's new status if it
+    /// moved, and whether the result made its own claim
+    /// ([`super::ChallengeOutcome::claim`]).
+    Finished {
+        order: Option<OrderStatus>,
+        claimed: bool,
+    },
     /// A validation's result, not recorded: the challenge was no longer
     /// `processing` (another attempt's result came first).
     NotProcessing,
@@ -148,18 +153,31 @@ impl Write {
                 (events, none)
             }
             (Write::Claim { event, .. }, Done::Moved(true)) => (std::slice::from_ref(event), none),
-            (Write::Finish { events, .. }, Done::Finished(None)) => (events, none),
             (
                 Write::Finish {
                     events,
                     on_order_change,
                     ..
                 },
-                Done::Finished(Some(_)),
-            ) => (events, on_order_change),
+                Done::Finished { order, .. },
+            ) => (
+                events,
+                if order.is_some() {
+                    on_order_change
+                } else {
+                    none
+                },
+            ),
             _ => (none, none),
         };
-        always.iter().chain(on_change)
+        // A result that made its own claim records the claim's event first.
+        let claim = match (self, done) {
+            (Write::Finish { outcome, .. }, Done::Finished { claimed: true, .. }) => {
+                outcome.claim.as_ref()
+            }
+            _ => None,
+        };
+        claim.into_iter().chain(always).chain(on_change)
     }
 }
 

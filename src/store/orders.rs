@@ -513,6 +513,14 @@ pub struct ChallengeOutcome {
     /// The order's move once every authorization is valid
     /// ([`Transition::Validated`], or [`Transition::AwaitApproval`] for OV).
     pub when_all_valid: Transition,
+    /// The claim this result makes itself, for a challenge validated
+    /// before any claim of it was committed (an ACME challenge POST that
+    /// waits for its result): in the same commit, the challenge moves
+    /// `pending → processing` under the claim's conditions before the
+    /// result is written, and this event (`challenge.attempt`, its time
+    /// the claim's) is recorded only if that move happened. `None` when the
+    /// challenge was claimed first.
+    pub claim: Option<AuditEvent>,
 }
 
 /// Fields an order transition may set besides its status.
@@ -651,7 +659,8 @@ pub trait OrderWrites: Send + Sync + 'static {
     /// valid authorization makes `outcome.when_all_valid`.
     /// `on_order_change` is written too if the order moved. Returns the
     /// order's new status if it changed; `Conflict` if the challenge was not
-    /// `processing`.
+    /// `processing` (after the result's own claim, if it makes one:
+    /// [`ChallengeOutcome::claim`]).
     async fn finish_challenge(
         &self,
         outcome: &ChallengeOutcome,

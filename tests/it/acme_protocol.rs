@@ -474,11 +474,17 @@ async fn a_challenge_is_answered_with_its_result_when_it_comes_within_the_wait()
         // A validation slower than the wait (tls-alpn-01 against a port
         // that accepts and never answers, timing out after 3 s): answered
         // `processing` once the wait is over; it fails in the background.
+        // The same challenge asked for again during the wait is answered
+        // `processing` at once, and validated once.
         let (order_url, chall) = new_order(&alice, "alpn.internal", "tls-alpn-01").await;
+        let url = chall["url"].as_str().unwrap();
+        let empty = json!({});
         let started = std::time::Instant::now();
-        let a = alice
-            .post(chall["url"].as_str().unwrap(), Some(&json!({})))
-            .await;
+        let (a, again) = tokio::join!(alice.post(url, Some(&empty)), async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let again = alice.post(url, Some(&empty)).await;
+            (again, started.elapsed())
+        });
         let took = started.elapsed();
         assert_eq!(a.body["status"], "processing", "{backend:?}: {}", a.body);
         assert!(
@@ -486,8 +492,35 @@ async fn a_challenge_is_answered_with_its_result_when_it_comes_within_the_wait()
                 && took < std::time::Duration::from_millis(2_500),
             "{backend:?}: answered after {took:?}"
         );
+        let (again, again_took) = again;
+        assert_eq!(again.body["status"], "processing", "{backend:?}: {}", again.body);
+        assert!(
+            again_took < std::time::Duration::from_millis(400),
+            "{backend:?}: the second ask answered after {again_took:?}"
+        );
         let o = alice.poll(&order_url, &["pending"]).await;
         assert_eq!(o.body["status"], "invalid", "{backend:?}: {}", o.body);
+        // One attempt recorded per challenge, whether its claim came with
+        // its result (the first two) or before it (the slow one).
+        let log = lab
+            .running
+            .authority
+            .store()
+            .audit_page(0, 1000)
+            .await
+            .unwrap();
+        let mut attempted: Vec<&str> = log
+            .iter()
+            .filter(|r| r.action == "challenge.attempt")
+            .map(|r| r.subject.as_str())
+            .collect();
+        assert_eq!(attempted.len(), 3, "{backend:?}: {attempted:?}");
+        attempted.sort_unstable();
+        attempted.dedup();
+        assert_eq!(attempted.len(), 3, "{backend:?}: {attempted:?}");
+        hallmark::workflow::audit::verify(lab.running.authority.store().as_ref())
+            .await
+            .expect("the audit chain verifies");
         lab.finish().await;
 
         // With no wait, the answer comes before the validation's result.

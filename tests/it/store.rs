@@ -693,3 +693,205 @@ async fn an_order_changed_here_is_seen_at_once_and_one_changed_elsewhere_within_
         db.cleanup().await;
     }
 }
+
+/// A validation's result on both stores: it claims the challenge itself
+/// when asked (`ChallengeOutcome::claim`, an ACME POST that waited for its
+/// result), recording the claim's event only if it made the claim; it
+/// settles the authorization, and moves the order when it failed or was
+/// the last authorization left; a result for a challenge nobody claimed,
+/// or whose order moved on, writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validation_result_claims_settles_and_moves_its_order_the_same_on_both_stores() {
+    use hallmark::acme_error::AcmeError;
+    use hallmark::store::*;
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(backend, dir.path()).await;
+        let s = store::connect(&db.url).await.unwrap();
+        let (account, key) = team_account();
+        s.create_account(account, key, event("account.create", "acct_1"))
+            .await
+            .unwrap();
+        // Order "two" has a second authorization, for another address.
+        let mut two = new_order("two");
+        let mut second = two.authorizations[0].clone();
+        second.authorization.id = "authz_two_001".into();
+        second.authorization.identifier_value = "10.0.0.2".into();
+        for c in &mut second.challenges {
+            c.id = c.id.replace("_000_", "_001_");
+            c.authorization_id = "authz_two_001".into();
+        }
+        two.authorizations.push(second);
+        for bundle in [new_order("a"), new_order("b"), new_order("c"), two] {
+            s.create_order(&bundle, vec![event("order.create", &bundle.order.id)])
+                .await
+                .unwrap();
+        }
+        let attempt = |challenge: &str, at: i64| AuditEvent {
+            at: OffsetDateTime::from_unix_timestamp(at).unwrap(),
+            ..event("challenge.attempt", challenge)
+        };
+        let outcome = |order: &str, authz: &str, challenge: &str, claim: Option<AuditEvent>| {
+            ChallengeOutcome {
+                challenge_id: challenge.into(),
+                authorization_id: authz.into(),
+                order_id: order.into(),
+                at: 1_000,
+                error: None,
+                when_all_valid: Transition::Validated,
+                claim,
+            }
+        };
+        let finish = |o: ChallengeOutcome| {
+            let s = &s;
+            async move {
+                s.finish_challenge(
+                    &o,
+                    vec![event("challenge.settled", &o.challenge_id)],
+                    vec![event("order.moved", &o.order_id)],
+                )
+                .await
+            }
+        };
+        let not_processing = |r: Result<Option<OrderStatus>, StoreError>| {
+            matches!(
+                r,
+                Err(StoreError::Conflict(Conflict::ChallengeNotProcessing(_)))
+            )
+        };
+
+        // Unclaimed, with its claim: claimed, valid, the order ready.
+        let moved = finish(outcome(
+            "ord_a",
+            "authz_a_000",
+            "chall_a_000_h",
+            Some(attempt("chall_a_000_h", 900)),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(moved, Some(OrderStatus::Ready), "{backend:?}");
+        let a = s.order("ord_a").await.unwrap();
+        let (authz, challenge) = (&a.authorizations[0], &a.authorizations[0].challenges[0]);
+        assert_eq!(challenge.status, ChallengeStatus::Valid, "{backend:?}");
+        assert_eq!(challenge.attempted_at, Some(900), "{backend:?}");
+        assert_eq!(challenge.validated_at, Some(1_000), "{backend:?}");
+        assert_eq!(authz.authorization.status, AuthorizationStatus::Valid);
+        assert_eq!(a.order.status, OrderStatus::Ready, "{backend:?}");
+        // Asked again, nothing more is written.
+        let again = finish(outcome(
+            "ord_a",
+            "authz_a_000",
+            "chall_a_000_h",
+            Some(attempt("chall_a_000_h", 901)),
+        ))
+        .await;
+        assert!(not_processing(again), "{backend:?}");
+
+        // Claimed first: the result's own claim is not made again.
+        assert!(s
+            .claim_challenge("chall_b_000_h", "ord_b", 800, attempt("chall_b_000_h", 800))
+            .await
+            .unwrap());
+        let mut failed = outcome(
+            "ord_b",
+            "authz_b_000",
+            "chall_b_000_h",
+            Some(attempt("chall_b_000_h", 950)),
+        );
+        failed.error = Some(Failure::new(AcmeError::Connection, "no answer"));
+        assert_eq!(
+            finish(failed).await.unwrap(),
+            Some(OrderStatus::Invalid),
+            "{backend:?}"
+        );
+        let b = s.order("ord_b").await.unwrap();
+        let challenge = &b.authorizations[0].challenges[0];
+        assert_eq!(challenge.status, ChallengeStatus::Invalid, "{backend:?}");
+        assert_eq!(challenge.attempted_at, Some(800), "{backend:?}: the first claim's");
+        assert_eq!(challenge.validated_at, None, "{backend:?}");
+        assert_eq!(challenge.error.as_ref().unwrap().detail, "no answer");
+        assert_eq!(
+            b.authorizations[0].authorization.status,
+            AuthorizationStatus::Invalid
+        );
+        assert_eq!(b.order.status, OrderStatus::Invalid, "{backend:?}");
+        assert_eq!(b.order.error.as_ref().unwrap().detail, "no answer");
+
+        // Unclaimed and without a claim: nothing written. Its order moved
+        // on: its own claim is refused, nothing written.
+        let c = || outcome("ord_c", "authz_c_000", "chall_c_000_t", None);
+        assert!(not_processing(finish(c()).await), "{backend:?}");
+        assert!(s
+            .transition_order(
+                "ord_c",
+                Transition::Fail(OrderStatus::Pending),
+                &OrderUpdate::default(),
+                5,
+                vec![event("order.invalid", "ord_c")],
+            )
+            .await
+            .unwrap());
+        let late = ChallengeOutcome {
+            claim: Some(attempt("chall_c_000_t", 960)),
+            ..c()
+        };
+        assert!(not_processing(finish(late).await), "{backend:?}");
+        let c = s.order("ord_c").await.unwrap();
+        assert_eq!(
+            c.authorizations[0].challenges[1].status,
+            ChallengeStatus::Pending,
+            "{backend:?}"
+        );
+        assert_eq!(c.authorizations[0].challenges[1].attempted_at, None);
+
+        // Two authorizations: the first settles alone, the last moves the
+        // order.
+        let first = outcome(
+            "ord_two",
+            "authz_two_000",
+            "chall_two_000_h",
+            Some(attempt("chall_two_000_h", 970)),
+        );
+        assert_eq!(finish(first).await.unwrap(), None, "{backend:?}");
+        assert_eq!(
+            s.order("ord_two").await.unwrap().order.status,
+            OrderStatus::Pending
+        );
+        let last = outcome(
+            "ord_two",
+            "authz_two_001",
+            "chall_two_001_h",
+            Some(attempt("chall_two_001_h", 980)),
+        );
+        assert_eq!(
+            finish(last).await.unwrap(),
+            Some(OrderStatus::Ready),
+            "{backend:?}"
+        );
+
+        // One attempt recorded per claim made, each before its result.
+        let log = s.audit_page(0, 1000).await.unwrap();
+        let actions = |subject: &str| -> Vec<String> {
+            log.iter()
+                .filter(|r| r.subject == subject)
+                .map(|r| r.action.clone())
+                .collect()
+        };
+        for (challenge, expected) in [
+            ("chall_a_000_h", vec!["challenge.attempt", "challenge.settled"]),
+            ("chall_b_000_h", vec!["challenge.attempt", "challenge.settled"]),
+            ("chall_c_000_t", vec![]),
+            ("chall_two_000_h", vec!["challenge.attempt", "challenge.settled"]),
+            ("chall_two_001_h", vec!["challenge.attempt", "challenge.settled"]),
+        ] {
+            assert_eq!(actions(challenge), expected, "{backend:?}: {challenge}");
+        }
+        for (order, moves) in [("ord_a", 1), ("ord_b", 1), ("ord_c", 0), ("ord_two", 1)] {
+            let n = actions(order).iter().filter(|a| *a == "order.moved").count();
+            assert_eq!(n, moves, "{backend:?}: {order}");
+        }
+        audit::verify(s.as_ref()).await.expect("the chain verifies");
+        drop(s);
+        db.cleanup().await;
+    }
+}

@@ -348,6 +348,18 @@ where
         tx: &mut super::Tx<B>,
         outcome: &ChallengeOutcome,
     ) -> Result<batch::Done> {
+        let claimed = match &outcome.claim {
+            Some(event) => {
+                Self::claim_challenge_tx(
+                    tx,
+                    &outcome.challenge_id,
+                    &outcome.order_id,
+                    event.at.unix_timestamp(),
+                )
+                .await?
+            }
+            None => false,
+        };
         let (status, authz_status) = if outcome.error.is_some() {
             (ChallengeStatus::Invalid, AuthorizationStatus::Invalid)
         } else {
@@ -379,7 +391,10 @@ where
                 .fetch_one(&mut **tx)
                 .await?;
             if left > 0 {
-                return Ok(batch::Done::Finished(None));
+                return Ok(batch::Done::Finished {
+                    order: None,
+                    claimed,
+                });
             }
             outcome.when_all_valid
         };
@@ -388,7 +403,10 @@ where
             ..OrderUpdate::default()
         };
         let moved = Self::move_order_tx(tx, &outcome.order_id, next, &update, outcome.at).await?;
-        Ok(batch::Done::Finished(moved.then_some(next.to())))
+        Ok(batch::Done::Finished {
+            order: moved.then_some(next.to()),
+            claimed,
+        })
     }
 
     /// Adds to `script` the INSERTs of orders with their authorizations
@@ -700,7 +718,7 @@ where
             .submit_order_write(&order_id, finish, After::Unknown)
             .await?
         {
-            batch::Done::Finished(changed) => Ok(changed),
+            batch::Done::Finished { order, .. } => Ok(order),
             _ => Err(StoreError::Conflict(Conflict::ChallengeNotProcessing(
                 outcome.challenge_id.clone(),
             ))),

@@ -6,8 +6,9 @@ use crate::validation::RequesterAccount;
 impl Orders {
     /// Asks for one challenge to be validated now. The check runs in a
     /// task of its own; the order is returned once it has finished and
-    /// recorded its result, or after `wait` as it then stands (the check
-    /// goes on). Asking again while it runs, or after it finished,
+    /// recorded its result (with its claim, in one commit), or after
+    /// `wait` once the claim is committed, as the order then stands (the
+    /// check goes on). Asking again while it runs, or after it finished,
     /// changes nothing.
     pub async fn respond(
         self: &Arc<Self>,
@@ -44,45 +45,65 @@ impl Orders {
             .into());
         }
         let now = OffsetDateTime::now_utc();
+        let attempt = AuditEvent {
+            at: now,
+            actor: caller.actor.clone(),
+            action: "challenge.attempt".into(),
+            subject: challenge_id.to_owned(),
+            details: serde_json::json!({
+                "order": order_id,
+                "type": challenge.kind,
+                "identifier": authz.identifier_value,
+            }),
+        };
+        if !wait.is_zero() {
+            // Validated first and claimed in its result's commit: a
+            // validation that ends within the wait costs one commit, not
+            // two, and the answer comes after that commit. Until then the
+            // challenge is `pending` in the store, and only this process
+            // runs it (`running_here`).
+            let task = self.spawn_validation(
+                bundle.order.clone(),
+                authz.clone(),
+                challenge.clone(),
+                Some(attempt.clone()),
+            );
+            if let Some(task) = task {
+                // Dropping the handle on time-out leaves the task running.
+                if let Ok(Ok(())) = tokio::time::timeout(wait, task).await {
+                    return self.load(order_id).await;
+                }
+            }
+        }
+        // The answer says `processing`, so the claim is committed first:
+        // no client sees its challenge go back to `pending`. A validation
+        // already running here (from above) finds it claimed when it ends.
         let claimed = self
             .authority
             .store()
-            .claim_challenge(
-                challenge_id,
-                order_id,
-                now.unix_timestamp(),
-                AuditEvent {
-                    at: now,
-                    actor: caller.actor.clone(),
-                    action: "challenge.attempt".into(),
-                    subject: challenge_id.to_owned(),
-                    details: serde_json::json!({
-                        "order": order_id,
-                        "type": challenge.kind,
-                        "identifier": authz.identifier_value,
-                    }),
-                },
-            )
+            .claim_challenge(challenge_id, order_id, now.unix_timestamp(), attempt)
             .await?;
-        if claimed {
-            let task =
-                self.spawn_validation(bundle.order.clone(), authz.clone(), challenge.clone());
-            if let Some(task) = task {
-                // Dropping the handle on time-out leaves the task running.
-                let _ = tokio::time::timeout(wait, task).await;
-            }
+        if claimed && wait.is_zero() {
+            self.spawn_validation(
+                bundle.order.clone(),
+                authz.clone(),
+                challenge.clone(),
+                None,
+            );
         }
         self.load(order_id).await
     }
 
-    /// Starts validating a claimed challenge in a task of its own, unless
-    /// this process already is; the task, which ends once the result is
-    /// recorded.
+    /// Starts validating a challenge in a task of its own, unless this
+    /// process already is; the task, which ends once the result is
+    /// recorded. `claim` is the claim's event when the challenge was not
+    /// claimed first: the result then claims it in the same commit.
     pub(super) fn spawn_validation(
         self: &Arc<Self>,
         order: OrderRecord,
         authz: AuthorizationRecord,
         challenge: ChallengeRecord,
+        claim: Option<AuditEvent>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let this = self.clone();
         if !self.running_here().insert(challenge.id.clone()) {
@@ -101,7 +122,7 @@ impl Orders {
                 let ms = rand::random::<u64>() % (this.danger_validation_delay_ms + 1);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
-            this.validate(order, authz, challenge).await;
+            this.validate(order, authz, challenge, claim).await;
         }))
     }
 
@@ -111,12 +132,14 @@ impl Orders {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs one claimed challenge and records what it found.
+    /// Runs one challenge and records what it found (with its claim,
+    /// if `claim`).
     pub(super) async fn validate(
         &self,
         order: OrderRecord,
         authz: AuthorizationRecord,
         challenge: ChallengeRecord,
+        claim: Option<AuditEvent>,
     ) {
         let started = std::time::Instant::now();
         let outcome = self.check(&order, &authz, &challenge).await;
@@ -178,6 +201,7 @@ impl Orders {
                     at: now.unix_timestamp(),
                     error,
                     when_all_valid: all_valid,
+                    claim,
                 },
                 events,
                 on_change,

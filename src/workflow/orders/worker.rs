@@ -121,7 +121,7 @@ impl Orders {
         let bundle = store.order(order_id).await?;
         if let Some((authz, challenge)) = find_challenge(&bundle, challenge_id) {
             tracing::info!(challenge = %challenge_id, "resuming an interrupted validation");
-            self.spawn_validation(bundle.order.clone(), authz.clone(), challenge.clone());
+            self.spawn_validation(bundle.order.clone(), authz.clone(), challenge.clone(), None);
         }
         Ok(())
     }
