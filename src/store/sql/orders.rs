@@ -193,6 +193,18 @@ const FINISH_CHALLENGE: &str = "UPDATE challenges SET status = $2, error = $3, v
 const FINISH_AUTHORIZATION: &str =
     "UPDATE authorizations SET status = $2, validated_at = $3 WHERE id = $1 AND status = 'pending'";
 
+/// A validation's result in one statement, for a backend that runs writes
+/// as CTEs (PostgreSQL: one round trip instead of up to six; the writer
+/// is the serial step, measured busy 94 % of a new-name run). The same
+/// moves as the statements [`SqlStore::finish_challenge_tx`] runs one by
+/// one: the claim, if `$5` (its time) is set, folded into the result's
+/// condition; the authorization; the order's move when this failed (`$8`)
+/// or no other authorization is left unfinished. Every part reads the
+/// statement's snapshot, so this authorization counts as finished by its
+/// own update and the challenge's earlier status is read from `prev`.
+/// Gives (claimed, finished, order moved).
+const FINISH_CHALLENGE_AT_ONCE: &str = "WITH prev AS (SELECT status FROM challenges WHERE id = $1),      ch AS (UPDATE challenges SET status = $2, error = $3, validated_at = $4,        attempted_at = CASE WHEN status = 'pending' THEN $5 ELSE attempted_at END        WHERE id = $1 AND (status = 'processing' OR ($5 IS NOT NULL AND status = 'pending'          AND authorization_id IN (SELECT a.id FROM authorizations a JOIN orders o ON o.id = a.order_id            WHERE a.order_id = $7 AND a.status = 'pending' AND o.status = 'pending')))        RETURNING id),      az AS (UPDATE authorizations SET status = $6, validated_at = $4        WHERE id = $9 AND status = 'pending' AND EXISTS (SELECT 1 FROM ch) RETURNING id),      od AS (UPDATE orders SET status = $11, updated_at = $12, error = COALESCE($13, error)        WHERE id = $7 AND status = $10 AND EXISTS (SELECT 1 FROM ch)        AND ($8 OR NOT EXISTS (SELECT 1 FROM authorizations WHERE order_id = $7          AND status <> 'valid' AND NOT (id = $9 AND status = 'pending')))        RETURNING id)      SELECT COALESCE((SELECT status FROM prev) = 'pending', FALSE) AND EXISTS (SELECT 1 FROM ch),        EXISTS (SELECT 1 FROM ch), EXISTS (SELECT 1 FROM od)";
+
 const COUNT_UNFINISHED_AUTHORIZATIONS: &str =
     "SELECT COUNT(*) FROM authorizations WHERE order_id = $1 AND status <> 'valid'";
 
@@ -348,6 +360,9 @@ where
         tx: &mut super::Tx<B>,
         outcome: &ChallengeOutcome,
     ) -> Result<batch::Done> {
+        if B::WRITES_AS_CTES {
+            return Self::finish_challenge_at_once(tx, outcome).await;
+        }
         let claimed = match &outcome.claim {
             Some(event) => {
                 Self::claim_challenge_tx(
@@ -403,6 +418,55 @@ where
             ..OrderUpdate::default()
         };
         let moved = Self::move_order_tx(tx, &outcome.order_id, next, &update, outcome.at).await?;
+        Ok(batch::Done::Finished {
+            order: moved.then_some(next.to()),
+            claimed,
+        })
+    }
+
+    /// [`Self::finish_challenge_tx`] as one statement
+    /// ([`FINISH_CHALLENGE_AT_ONCE`]).
+    async fn finish_challenge_at_once(
+        tx: &mut super::Tx<B>,
+        outcome: &ChallengeOutcome,
+    ) -> Result<batch::Done> {
+        let failed = outcome.error.is_some();
+        let (status, authz_status, next) = if failed {
+            (
+                ChallengeStatus::Invalid,
+                AuthorizationStatus::Invalid,
+                Transition::Fail(OrderStatus::Pending),
+            )
+        } else {
+            (
+                ChallengeStatus::Valid,
+                AuthorizationStatus::Valid,
+                outcome.when_all_valid,
+            )
+        };
+        let error = outcome.error.as_ref().map(Failure::to_json);
+        let validated_at = (!failed).then_some(outcome.at);
+        let claim_at = outcome.claim.as_ref().map(|e| e.at.unix_timestamp());
+        let (claimed, finished, moved): (bool, bool, bool) =
+            sqlx::query_as(FINISH_CHALLENGE_AT_ONCE)
+                .bind(&outcome.challenge_id)
+                .bind(status.as_str())
+                .bind(&error)
+                .bind(validated_at)
+                .bind(claim_at)
+                .bind(authz_status.as_str())
+                .bind(&outcome.order_id)
+                .bind(failed)
+                .bind(&outcome.authorization_id)
+                .bind(next.from().as_str())
+                .bind(next.to().as_str())
+                .bind(outcome.at)
+                .bind(&error)
+                .fetch_one(&mut **tx)
+                .await?;
+        if !finished {
+            return Ok(batch::Done::NotProcessing);
+        }
         Ok(batch::Done::Finished {
             order: moved.then_some(next.to()),
             claimed,
