@@ -336,7 +336,11 @@ where
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut opened: Vec<&OrderBundle> = Vec::new();
         let mut items: Vec<&Issuance> = Vec::new();
-        for write in writes.iter() {
+        // Issuances that complete their orders: the orders move together
+        // after the other guarded changes, and an issuance is stored only
+        // if its order moved.
+        let mut completing: Vec<(usize, &Issuance, super::orders::Completion)> = Vec::new();
+        for (i, write) in writes.iter().enumerate() {
             outcomes.push(match write {
                 Write::Move {
                     order_id,
@@ -362,39 +366,46 @@ where
                     opened.push(bundle);
                     Done::Written
                 }
-                Write::Issue(issuance) => {
-                    // An order it completes moves first (guarded); if it
-                    // had moved on, nothing of this issuance is stored.
-                    let stored = match &issuance.order {
-                        Some(IssuanceOrder::Complete {
-                            order_id,
-                            transition,
-                            csr_der,
-                        }) => {
-                            Self::complete_order_tx(
-                                &mut tx,
+                Write::Issue(issuance) => match &issuance.order {
+                    Some(IssuanceOrder::Complete {
+                        order_id,
+                        transition,
+                        csr_der,
+                    }) => {
+                        completing.push((
+                            i,
+                            issuance,
+                            super::orders::Completion {
                                 order_id,
-                                *transition,
-                                &issuance.certificate.serial.to_hex(),
-                                csr_der.as_deref(),
-                                now,
-                            )
-                            .await?
-                        }
-                        Some(IssuanceOrder::Create(bundle)) => {
-                            opened.push(bundle);
-                            true
-                        }
-                        None => true,
-                    };
-                    if stored {
+                                transition: *transition,
+                                serial: issuance.certificate.serial.to_hex(),
+                                csr_der: csr_der.as_deref(),
+                            },
+                        ));
+                        Done::Written
+                    }
+                    Some(IssuanceOrder::Create(bundle)) => {
+                        opened.push(bundle);
                         items.push(issuance);
                         Done::Written
-                    } else {
-                        Done::Moved(false)
                     }
-                }
+                    None => {
+                        items.push(issuance);
+                        Done::Written
+                    }
+                },
             });
+        }
+        if !completing.is_empty() {
+            let completions: Vec<_> = completing.iter().map(|(_, _, c)| c).collect();
+            let moved = Self::complete_orders_tx(&mut tx, &completions, now).await?;
+            for ((i, issuance, _), moved) in completing.iter().zip(moved) {
+                if moved {
+                    items.push(issuance);
+                } else {
+                    outcomes[*i] = Done::Moved(false);
+                }
+            }
         }
         // Orders first: certificates refer to them. Every insert and the
         // audit records go in one round trip.

@@ -445,6 +445,7 @@ arg_from! {
     &'a String => |x| Arg::Text(Some(Cow::Borrowed(x))),
     String => |x| Arg::Text(Some(Cow::Owned(x))),
     Option<&'a str> => |x| Arg::Text(x.map(Cow::Borrowed)),
+    Option<&'a [u8]> => |x| Arg::Bytes(x.map(Cow::Borrowed)),
     &'a Option<String> => |x| Arg::Text(x.as_deref().map(Cow::Borrowed)),
     Option<String> => |x| Arg::Text(x.map(Cow::Owned)),
     i64 => |x| Arg::Int(Some(x)),

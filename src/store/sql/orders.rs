@@ -218,10 +218,25 @@ const TRANSITION_ORDER: &str =
      issue_attempts = issue_attempts + $9, approval_reason = COALESCE($10, approval_reason) \
      WHERE id = $1 AND status = $2";
 
-/// An issuance's order made `valid` with its certificate (and the CSR of
-/// an ACME finalize), only from the status its transition starts at.
-const COMPLETE_ORDER: &str = "UPDATE orders SET status = 'valid', certificate_serial = $2, \
-     updated_at = $3, csr_der = COALESCE($4, csr_der) WHERE id = $1 AND status = $5";
+/// Issuances' orders made `valid` with their certificates (and the CSR
+/// of an ACME finalize), each only from the status its transition starts
+/// at: the time, then rows of (order, serial, CSR, from) between
+/// [`COMPLETE_ORDERS_VALUES`] and [`COMPLETE_ORDERS_SUFFIX`]. `VALUES`
+/// columns are `column1…` on both backends.
+const COMPLETE_ORDERS_PREFIX: &str =
+    "UPDATE orders SET status = 'valid', certificate_serial = v.column2, \
+     csr_der = COALESCE(v.column3, csr_der), updated_at = ";
+const COMPLETE_ORDERS_VALUES: &str = " FROM (";
+const COMPLETE_ORDERS_SUFFIX: &str =
+    ") AS v WHERE orders.id = v.column1 AND orders.status = v.column4 RETURNING id";
+
+/// An issuance's order to make `valid` ([`SqlStore::complete_orders_tx`]).
+pub(in crate::store) struct Completion<'a> {
+    pub order_id: &'a str,
+    pub transition: Transition,
+    pub serial: String,
+    pub csr_der: Option<&'a [u8]>,
+}
 
 const SELECT_ORDERS_TO_RESUME: &str =
     " WHERE (status = 'ready' AND source = 'rest' AND validation = 'dv' AND updated_at < $1) \
@@ -305,32 +320,52 @@ where
         Ok(B::rows_affected(&done) == 1)
     }
 
-    /// Makes an issuance's order `valid` in `tx` by `transition` (one that
-    /// ends `valid`), recording `serial` and `csr_der`: false if the order
-    /// was not where the transition starts.
-    pub(in crate::store) async fn complete_order_tx(
+    /// Makes issuances' orders `valid` in `tx`, each by its transition
+    /// (one that ends `valid`), recording its serial and CSR: one
+    /// statement for up to [`ROWS_PER_INSERT`] orders (a round trip per
+    /// order made the writer, the serial step, wait on PostgreSQL). Whether
+    /// each moved (false: the order was not where its transition starts).
+    /// An order named twice is completed by its first issuance only.
+    pub(in crate::store) async fn complete_orders_tx(
         tx: &mut super::Tx<B>,
-        order_id: &str,
-        transition: Transition,
-        serial: &str,
-        csr_der: Option<&[u8]>,
+        completions: &[&Completion<'_>],
         at: i64,
-    ) -> Result<bool> {
-        if transition.to() != OrderStatus::Valid || !transition.is_legal() {
+    ) -> Result<Vec<bool>> {
+        if let Some(c) = completions
+            .iter()
+            .find(|c| c.transition.to() != OrderStatus::Valid || !c.transition.is_legal())
+        {
             return Err(StoreError::Conflict(Conflict::IllegalTransition {
-                order_id: order_id.to_owned(),
-                transition,
+                order_id: c.order_id.to_owned(),
+                transition: c.transition,
             }));
         }
-        let done = sqlx::query(COMPLETE_ORDER)
-            .bind(order_id)
-            .bind(serial)
-            .bind(at)
-            .bind(csr_der)
-            .bind(transition.from().as_str())
-            .execute(&mut **tx)
-            .await?;
-        Ok(B::rows_affected(&done) == 1)
+        let mut seen = std::collections::HashSet::new();
+        let firsts: Vec<&Completion> = completions
+            .iter()
+            .copied()
+            .filter(|c| seen.insert(c.order_id))
+            .collect();
+        let mut moved = std::collections::HashSet::new();
+        for chunk in firsts.chunks(ROWS_PER_INSERT) {
+            let mut q = Statement::new(COMPLETE_ORDERS_PREFIX);
+            q.bind(at).push(COMPLETE_ORDERS_VALUES);
+            for c in chunk {
+                q.row()
+                    .bind(c.order_id)
+                    .bind(c.serial.as_str())
+                    .bind(c.csr_der)
+                    .bind(c.transition.from());
+            }
+            q.push(COMPLETE_ORDERS_SUFFIX);
+            let ids: Vec<(String,)> = q.query_as::<B, (String,)>()?.fetch_all(&mut **tx).await?;
+            moved.extend(ids.into_iter().map(|(id,)| id));
+        }
+        let mut first = std::collections::HashSet::new();
+        Ok(completions
+            .iter()
+            .map(|c| first.insert(c.order_id) && moved.contains(c.order_id))
+            .collect())
     }
 
     /// Claims a challenge in `tx` (see [`CLAIM_CHALLENGE`]): whether it
