@@ -172,9 +172,11 @@ async fn measure(mut clients: Vec<Client>, count: usize, publish: Publish) -> Re
         let d = WriterFigures::now().minus(&before);
         let commits = d.commits.max(1) as f64;
         eprintln!(
-            "    probe: {} workflow commits ({:.1} per certificate), mean batch {:.1}, mean commit {:.2} ms, writer busy {:.0} % of the run",
+            "    probe: {} workflow commits ({:.1} per certificate; {} as one statement, {} of them refused and retried), mean batch {:.1}, mean commit {:.2} ms, writer busy {:.0} % of the run",
             d.commits,
             d.commits as f64 / issued,
+            d.one_statement,
+            d.retried,
             d.writes as f64 / commits,
             d.busy * 1000.0 / commits,
             d.busy * 100.0 / took
@@ -187,6 +189,8 @@ async fn measure(mut clients: Vec<Client>, count: usize, publish: Publish) -> Re
 /// the bench runs the server in its own process).
 struct WriterFigures {
     commits: u64,
+    one_statement: u64,
+    retried: u64,
     writes: u64,
     busy: f64,
 }
@@ -196,6 +200,8 @@ impl WriterFigures {
         let m = &hallmark::metrics::METRICS;
         WriterFigures {
             commits: m.store_commits.get(&["workflow"]),
+            one_statement: m.store_one_statement_commits.get(&["committed"]),
+            retried: m.store_one_statement_commits.get(&["retried"]),
             writes: m.store_batched_writes.get(&["workflow"]),
             busy: m.store_commit_duration.sum(&["workflow"]),
         }
@@ -204,6 +210,8 @@ impl WriterFigures {
     fn minus(&self, before: &Self) -> Self {
         WriterFigures {
             commits: self.commits - before.commits,
+            one_statement: self.one_statement - before.one_statement,
+            retried: self.retried - before.retried,
             writes: self.writes - before.writes,
             busy: self.busy - before.busy,
         }

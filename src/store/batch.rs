@@ -130,17 +130,11 @@ pub(crate) enum Done {
 }
 
 impl Write {
-    /// Whether it only adds rows (a new order; an issuance that creates
-    /// its order or has none), so its outcome is known before it runs and
-    /// a batch of such writes can be one statement.
-    pub(crate) fn only_adds(&self) -> bool {
-        match self {
-            Write::Open { .. } => true,
-            Write::Issue(issuance) => {
-                !matches!(issuance.order, Some(super::IssuanceOrder::Complete { .. }))
-            }
-            Write::Move { .. } | Write::Claim { .. } | Write::Finish { .. } => false,
-        }
+    /// Whether it only adds rows or is an issuance that completes its
+    /// order: a batch of such writes can be one statement that fails
+    /// whole if an order had moved on (then committed the ordinary way).
+    pub(crate) fn adds_or_completes(&self) -> bool {
+        matches!(self, Write::Open { .. } | Write::Issue(_))
     }
 
     /// The audit records to write with this write, given what it did.

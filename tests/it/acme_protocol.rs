@@ -493,7 +493,11 @@ async fn a_challenge_is_answered_with_its_result_when_it_comes_within_the_wait()
             "{backend:?}: answered after {took:?}"
         );
         let (again, again_took) = again;
-        assert_eq!(again.body["status"], "processing", "{backend:?}: {}", again.body);
+        assert_eq!(
+            again.body["status"], "processing",
+            "{backend:?}: {}",
+            again.body
+        );
         assert!(
             again_took < std::time::Duration::from_millis(400),
             "{backend:?}: the second ask answered after {again_took:?}"

@@ -807,7 +807,11 @@ async fn a_validation_result_claims_settles_and_moves_its_order_the_same_on_both
         let b = s.order("ord_b").await.unwrap();
         let challenge = &b.authorizations[0].challenges[0];
         assert_eq!(challenge.status, ChallengeStatus::Invalid, "{backend:?}");
-        assert_eq!(challenge.attempted_at, Some(800), "{backend:?}: the first claim's");
+        assert_eq!(
+            challenge.attempted_at,
+            Some(800),
+            "{backend:?}: the first claim's"
+        );
         assert_eq!(challenge.validated_at, None, "{backend:?}");
         assert_eq!(challenge.error.as_ref().unwrap().detail, "no answer");
         assert_eq!(
@@ -878,16 +882,31 @@ async fn a_validation_result_claims_settles_and_moves_its_order_the_same_on_both
                 .collect()
         };
         for (challenge, expected) in [
-            ("chall_a_000_h", vec!["challenge.attempt", "challenge.settled"]),
-            ("chall_b_000_h", vec!["challenge.attempt", "challenge.settled"]),
+            (
+                "chall_a_000_h",
+                vec!["challenge.attempt", "challenge.settled"],
+            ),
+            (
+                "chall_b_000_h",
+                vec!["challenge.attempt", "challenge.settled"],
+            ),
             ("chall_c_000_t", vec![]),
-            ("chall_two_000_h", vec!["challenge.attempt", "challenge.settled"]),
-            ("chall_two_001_h", vec!["challenge.attempt", "challenge.settled"]),
+            (
+                "chall_two_000_h",
+                vec!["challenge.attempt", "challenge.settled"],
+            ),
+            (
+                "chall_two_001_h",
+                vec!["challenge.attempt", "challenge.settled"],
+            ),
         ] {
             assert_eq!(actions(challenge), expected, "{backend:?}: {challenge}");
         }
         for (order, moves) in [("ord_a", 1), ("ord_b", 1), ("ord_c", 0), ("ord_two", 1)] {
-            let n = actions(order).iter().filter(|a| *a == "order.moved").count();
+            let n = actions(order)
+                .iter()
+                .filter(|a| *a == "order.moved")
+                .count();
             assert_eq!(n, moves, "{backend:?}: {order}");
         }
         audit::verify(s.as_ref()).await.expect("the chain verifies");

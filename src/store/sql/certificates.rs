@@ -222,19 +222,22 @@ where
 
     /// Commits a batch of the workflow's writes in one transaction: the
     /// guarded changes first in queue order (order moves, challenge claims
-    /// and results, each its own guarded UPDATEs), then new orders (those
-    /// issued at once among them), then certificates with their orders'
-    /// completion, then the audit records of everything that happened.
+    /// and results, each its own guarded UPDATEs), then the orders the
+    /// batch's issuances complete (one statement), then new orders (those
+    /// issued at once among them), then the certificates whose orders
+    /// moved, then the audit records of everything that happened.
     /// One outcome per item.
     ///
-    /// On PostgreSQL a batch that only adds rows (REST issuances, new
-    /// orders) is first tried as one statement after the audit head the
-    /// writer last knew ([`KnownHead`]): one round trip instead of four
-    /// (`BEGIN`, taking the head, the inserts, `COMMIT`). PostgreSQL runs
+    /// On PostgreSQL a batch that only adds rows or completes orders
+    /// (REST issuances, new orders, ACME finalizes) is first tried as one
+    /// statement after the audit head the writer last knew
+    /// ([`KnownHead`]): one round trip instead of five (`BEGIN`, taking
+    /// the head, the completions, the inserts, `COMMIT`). PostgreSQL runs
     /// a statement as a transaction of its own, and the statement moves
-    /// the head only from where the writer knew it, failing whole
-    /// otherwise; a statement the server refused wrote nothing, so the
-    /// batch is then committed the ordinary way.
+    /// the head only from where the writer knew it and completes orders
+    /// only if every one of them moves, failing whole otherwise; a
+    /// statement the server refused wrote nothing, so the batch is then
+    /// committed the ordinary way.
     async fn commit_writes(
         pool: sqlx::Pool<B>,
         known: std::sync::Arc<std::sync::Mutex<KnownHead>>,
@@ -242,7 +245,7 @@ where
     ) -> Result<Vec<batch::Done>> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let mut retried = false;
-        let head = (B::WRITES_AS_CTES && writes.iter().all(batch::Write::only_adds))
+        let head = (B::WRITES_AS_CTES && writes.iter().all(batch::Write::adds_or_completes))
             .then(|| lock(&known).take_for_batch())
             .flatten();
         if let Some(head) = head {
@@ -276,8 +279,8 @@ where
     }
 
     /// [`Self::commit_writes`] as one statement after `head`, for writes
-    /// that only add rows: `None` if the batch is too large for one
-    /// statement.
+    /// that only add rows or complete orders: `None` if the batch is too
+    /// large for one statement or asks for an illegal move.
     async fn commit_in_one_statement(
         pool: &sqlx::Pool<B>,
         head: (i64, Vec<u8>),
@@ -286,16 +289,34 @@ where
     ) -> std::result::Result<Option<(Vec<batch::Done>, (i64, Vec<u8>))>, sqlx::Error> {
         let mut opened: Vec<&OrderBundle> = Vec::new();
         let mut items: Vec<&Issuance> = Vec::new();
+        let mut completions: Vec<super::orders::Completion> = Vec::new();
         for write in writes {
             match write {
                 batch::Write::Open { bundle, .. } => opened.push(bundle),
                 batch::Write::Issue(issuance) => {
-                    if let Some(IssuanceOrder::Create(bundle)) = &issuance.order {
-                        opened.push(bundle);
+                    match &issuance.order {
+                        Some(IssuanceOrder::Create(bundle)) => opened.push(bundle),
+                        Some(IssuanceOrder::Complete {
+                            order_id,
+                            transition,
+                            csr_der,
+                        }) => {
+                            if transition.to() != OrderStatus::Valid || !transition.is_legal() {
+                                return Ok(None);
+                            }
+                            completions.push(super::orders::Completion {
+                                order_id,
+                                transition: *transition,
+                                serial: issuance.certificate.serial.to_hex(),
+                                csr_der: csr_der.as_deref(),
+                            });
+                        }
+                        None => {}
                     }
                     items.push(issuance);
                 }
-                // Only writes that add rows are committed this way.
+                // Only writes that add rows, or complete orders, are
+                // committed this way.
                 _ => return Ok(None),
             }
         }
@@ -308,6 +329,7 @@ where
             return Ok(None);
         }
         let mut script = Script::new::<B>();
+        Self::push_completions(&mut script, &completions, now);
         Self::push_inserts(&mut script, &opened, &items, now)
             .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         let end = Self::push_audit(&mut script, head, &events, true);

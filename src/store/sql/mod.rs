@@ -310,7 +310,7 @@ where
                 .push(" AND hash = ")
                 .bind(old_hash)
                 .push(" RETURNING 1");
-            script.check_last();
+            script.check_last(1);
         }
         (seq, prev)
     }
@@ -626,9 +626,9 @@ pub(super) struct Script<'a> {
     ctes: bool,
     writes: usize,
     open: bool,
-    /// The write of the statement being written whose rows must number
-    /// exactly one ([`Self::check_last`]).
-    checked: Option<usize>,
+    /// The writes of the statement being written whose rows must number
+    /// exactly so many ([`Self::check_last`]).
+    checked: Vec<(usize, usize)>,
 }
 
 /// Parameters after which a [`Script`] starts another statement: one
@@ -645,23 +645,24 @@ impl<'a> Script<'a> {
             ctes: B::WRITES_AS_CTES,
             writes: 0,
             open: false,
-            checked: None,
+            checked: Vec::new(),
         }
     }
 
     /// Makes the statement fail unless the last write added (which must
-    /// end `RETURNING 1`) returned exactly one row — on PostgreSQL, where
-    /// the statement is one transaction of its own, so that nothing of it
-    /// stays. A guarded write that matched no row is the only way to get
-    /// there: the statement then divides by zero (PostgreSQL has no
-    /// `RAISE` outside functions, and a constant `1/0` would be folded
-    /// when planning), an error the caller takes as "ask again the
-    /// ordinary way". Without CTEs (SQLite) this is not possible and is
-    /// ignored, as [`SqlStore::push_audit`] ignores `guarded`: such a
-    /// script only runs inside a transaction that first took the head.
-    pub(super) fn check_last(&mut self) {
+    /// end `RETURNING` something) returned exactly `rows` rows — on
+    /// PostgreSQL, where the statement is one transaction of its own, so
+    /// that nothing of it stays. A guarded write that matched fewer (or
+    /// more) rows is the only way to get there: the statement then
+    /// divides by zero (PostgreSQL has no `RAISE` outside functions, and
+    /// a constant `1/0` would be folded when planning), an error the
+    /// caller takes as "ask again the ordinary way". Without CTEs (SQLite)
+    /// this is not possible and is ignored, as [`SqlStore::push_audit`]
+    /// ignores `guarded`: such a script only runs inside a transaction
+    /// that first took the head.
+    pub(super) fn check_last(&mut self, rows: usize) {
         if self.ctes && self.writes > 0 {
-            self.checked = Some(self.writes - 1);
+            self.checked.push((self.writes - 1, rows));
         }
     }
 
@@ -697,12 +698,18 @@ impl<'a> Script<'a> {
         }
         self.close();
         if self.ctes {
-            match self.checked.take() {
-                Some(w) => self
-                    .q
-                    .push(&format!(" SELECT 1 / (SELECT count(*)::int FROM w{w})")),
-                None => self.q.push(" SELECT 1"),
-            };
+            if self.checked.is_empty() {
+                self.q.push(" SELECT 1");
+            } else {
+                let all: Vec<String> = std::mem::take(&mut self.checked)
+                    .into_iter()
+                    .map(|(w, rows)| format!("(SELECT count(*) FROM w{w}) = {rows}"))
+                    .collect();
+                self.q.push(&format!(
+                    " SELECT 1 / (CASE WHEN {} THEN 1 ELSE 0 END)",
+                    all.join(" AND ")
+                ));
+            }
         }
         self.done
             .push(std::mem::replace(&mut self.q, Statement::new("")));
@@ -882,7 +889,7 @@ mod tests {
         assert!(guarded.sql.ends_with(
             "w1 AS (UPDATE audit_head SET seq = $17, hash = $18 WHERE id = 1 \
              AND seq = $19 AND hash = $20 RETURNING 1) \
-             SELECT 1 / (SELECT count(*)::int FROM w1)"
+             SELECT 1 / (CASE WHEN (SELECT count(*) FROM w1) = 1 THEN 1 ELSE 0 END)"
         ));
         assert!(matches!(guarded.args[18], Arg::Int(Some(7))));
         assert!(matches!(&guarded.args[19], Arg::Bytes(Some(h)) if h.as_ref() == [9u8; 32]));

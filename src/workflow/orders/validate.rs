@@ -84,12 +84,7 @@ impl Orders {
             .claim_challenge(challenge_id, order_id, now.unix_timestamp(), attempt)
             .await?;
         if claimed && wait.is_zero() {
-            self.spawn_validation(
-                bundle.order.clone(),
-                authz.clone(),
-                challenge.clone(),
-                None,
-            );
+            self.spawn_validation(bundle.order.clone(), authz.clone(), challenge.clone(), None);
         }
         self.load(order_id).await
     }
