@@ -712,17 +712,27 @@ async fn a_validation_result_claims_settles_and_moves_its_order_the_same_on_both
         s.create_account(account, key, event("account.create", "acct_1"))
             .await
             .unwrap();
-        // Order "two" has a second authorization, for another address.
-        let mut two = new_order("two");
-        let mut second = two.authorizations[0].clone();
-        second.authorization.id = "authz_two_001".into();
-        second.authorization.identifier_value = "10.0.0.2".into();
-        for c in &mut second.challenges {
-            c.id = c.id.replace("_000_", "_001_");
-            c.authorization_id = "authz_two_001".into();
-        }
-        two.authorizations.push(second);
-        for bundle in [new_order("a"), new_order("b"), new_order("c"), two] {
+        // Orders "two" and "pair" have a second authorization, for
+        // another address.
+        let with_two = |id: &str| {
+            let mut bundle = new_order(id);
+            let mut second = bundle.authorizations[0].clone();
+            second.authorization.id = format!("authz_{id}_001");
+            second.authorization.identifier_value = "10.0.0.2".into();
+            for c in &mut second.challenges {
+                c.id = c.id.replace("_000_", "_001_");
+                c.authorization_id = format!("authz_{id}_001");
+            }
+            bundle.authorizations.push(second);
+            bundle
+        };
+        for bundle in [
+            new_order("a"),
+            new_order("b"),
+            new_order("c"),
+            with_two("two"),
+            with_two("pair"),
+        ] {
             s.create_order(&bundle, vec![event("order.create", &bundle.order.id)])
                 .await
                 .unwrap();
@@ -847,6 +857,39 @@ async fn a_validation_result_claims_settles_and_moves_its_order_the_same_on_both
             "{backend:?}"
         );
         assert_eq!(c.authorizations[0].challenges[1].attempted_at, None);
+
+        // Two authorizations settled at once (most likely in one batch,
+        // one after the other in its transaction): exactly one of them
+        // moves the order.
+        let (first, last) = tokio::join!(
+            finish(outcome(
+                "ord_pair",
+                "authz_pair_000",
+                "chall_pair_000_h",
+                Some(attempt("chall_pair_000_h", 990)),
+            )),
+            finish(outcome(
+                "ord_pair",
+                "authz_pair_001",
+                "chall_pair_001_h",
+                Some(attempt("chall_pair_001_h", 990)),
+            )),
+        );
+        let moves = [first.unwrap(), last.unwrap()];
+        assert_eq!(
+            moves
+                .iter()
+                .filter(|m| **m == Some(OrderStatus::Ready))
+                .count(),
+            1,
+            "{backend:?}: {moves:?}"
+        );
+        assert!(moves.contains(&None), "{backend:?}: {moves:?}");
+        assert_eq!(
+            s.order("ord_pair").await.unwrap().order.status,
+            OrderStatus::Ready,
+            "{backend:?}"
+        );
 
         // Two authorizations: the first settles alone, the last moves the
         // order.
