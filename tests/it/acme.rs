@@ -171,13 +171,7 @@ async fn certbot_gets_renews_and_revokes_a_certificate_by_http01() {
         }
         assert!(listed, "the revoked certificate is in the next CRL");
         // Every step is in the audit chain, under the ACME account.
-        let audit = lab
-            .running
-            .authority
-            .store()
-            .audit_page(0, 10_000)
-            .await
-            .unwrap();
+        let audit = lab.audit_log().await;
         assert!(audit.iter().any(|r| r.action == "acme.account.create"));
         assert!(audit
             .iter()

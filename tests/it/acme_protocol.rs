@@ -506,13 +506,7 @@ async fn a_challenge_is_answered_with_its_result_when_it_comes_within_the_wait()
         assert_eq!(o.body["status"], "invalid", "{backend:?}: {}", o.body);
         // One attempt recorded per challenge, whether its claim came with
         // its result (the first two) or before it (the slow one).
-        let log = lab
-            .running
-            .authority
-            .store()
-            .audit_page(0, 1000)
-            .await
-            .unwrap();
+        let log = lab.audit_log().await;
         let mut attempted: Vec<&str> = log
             .iter()
             .filter(|r| r.action == "challenge.attempt")

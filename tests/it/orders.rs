@@ -193,13 +193,7 @@ async fn a_dv_order_by_http01_is_issued_at_once_and_its_names_are_reused() {
         }
 
         // Every step is in the audit log, and the chain verifies.
-        let audit = lab
-            .running
-            .authority
-            .store()
-            .audit_page(0, 1000)
-            .await
-            .unwrap();
+        let audit = lab.audit_log().await;
         let actions: Vec<&str> = audit
             .iter()
             .filter(|r| r.subject == id || r.details.contains(&id))
@@ -445,13 +439,7 @@ async fn an_ov_order_waits_for_a_reviewer_who_issues_it_with_the_vetted_organisa
             approved["approval_reason"],
             "registry entry HRB 1234 checked"
         );
-        let audit = lab
-            .running
-            .authority
-            .store()
-            .audit_page(0, 10_000)
-            .await
-            .unwrap();
+        let audit = lab.audit_log().await;
         let approval = audit.iter().find(|r| r.action == "order.approve").unwrap();
         assert!(approval.details.contains("registry entry HRB 1234 checked"));
         let r = lab

@@ -66,6 +66,16 @@ impl DvLab {
         Self::with_chaos(backend, extra, None).await
     }
 
+    /// The whole audit log so far, oldest first.
+    pub async fn audit_log(&self) -> Vec<hallmark::store::AuditRecord> {
+        self.running
+            .authority
+            .store()
+            .audit_page(0, 1_000_000)
+            .await
+            .unwrap()
+    }
+
     /// Like `new`, with the test-only ACME faults switched on.
     pub async fn with_chaos(
         backend: Backend,
