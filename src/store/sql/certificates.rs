@@ -294,24 +294,14 @@ where
             match write {
                 batch::Write::Open { bundle, .. } => opened.push(bundle),
                 batch::Write::Issue(issuance) => {
-                    match &issuance.order {
-                        Some(IssuanceOrder::Create(bundle)) => opened.push(bundle),
-                        Some(IssuanceOrder::Complete {
-                            order_id,
-                            transition,
-                            csr_der,
-                        }) => {
-                            if transition.to() != OrderStatus::Valid || !transition.is_legal() {
-                                return Ok(None);
-                            }
-                            completions.push(super::orders::Completion {
-                                order_id,
-                                transition: *transition,
-                                serial: issuance.certificate.serial.to_hex(),
-                                csr_der: csr_der.as_deref(),
-                            });
+                    if let Some(IssuanceOrder::Create(bundle)) = &issuance.order {
+                        opened.push(bundle);
+                    }
+                    if let Some(completion) = super::orders::Completion::of(issuance) {
+                        if !completion.is_legal() {
+                            return Ok(None);
                         }
-                        None => {}
+                        completions.push(completion);
                     }
                     items.push(issuance);
                 }
@@ -388,34 +378,16 @@ where
                     opened.push(bundle);
                     Done::Written
                 }
-                Write::Issue(issuance) => match &issuance.order {
-                    Some(IssuanceOrder::Complete {
-                        order_id,
-                        transition,
-                        csr_der,
-                    }) => {
-                        completing.push((
-                            i,
-                            issuance,
-                            super::orders::Completion {
-                                order_id,
-                                transition: *transition,
-                                serial: issuance.certificate.serial.to_hex(),
-                                csr_der: csr_der.as_deref(),
-                            },
-                        ));
-                        Done::Written
-                    }
-                    Some(IssuanceOrder::Create(bundle)) => {
+                Write::Issue(issuance) => {
+                    if let Some(IssuanceOrder::Create(bundle)) = &issuance.order {
                         opened.push(bundle);
-                        items.push(issuance);
-                        Done::Written
                     }
-                    None => {
-                        items.push(issuance);
-                        Done::Written
+                    match super::orders::Completion::of(issuance) {
+                        Some(completion) => completing.push((i, issuance, completion)),
+                        None => items.push(issuance),
                     }
-                },
+                    Done::Written
+                }
             });
         }
         if !completing.is_empty() {

@@ -238,6 +238,30 @@ pub(in crate::store) struct Completion<'a> {
     pub csr_der: Option<&'a [u8]>,
 }
 
+impl<'a> Completion<'a> {
+    /// The completion `issuance` asks for, if it completes an order.
+    pub(in crate::store) fn of(issuance: &'a Issuance) -> Option<Self> {
+        match &issuance.order {
+            Some(IssuanceOrder::Complete {
+                order_id,
+                transition,
+                csr_der,
+            }) => Some(Completion {
+                order_id,
+                transition: *transition,
+                serial: issuance.certificate.serial.to_hex(),
+                csr_der: csr_der.as_deref(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether its transition is a legal one that ends `valid`.
+    pub(in crate::store) fn is_legal(&self) -> bool {
+        self.transition.to() == OrderStatus::Valid && self.transition.is_legal()
+    }
+}
+
 const SELECT_ORDERS_TO_RESUME: &str =
     " WHERE (status = 'ready' AND source = 'rest' AND validation = 'dv' AND updated_at < $1) \
      OR (status = 'processing' AND updated_at < $2) ORDER BY updated_at LIMIT $3";
@@ -331,10 +355,7 @@ where
         completions: &[&Completion<'_>],
         at: i64,
     ) -> Result<Vec<bool>> {
-        if let Some(c) = completions
-            .iter()
-            .find(|c| c.transition.to() != OrderStatus::Valid || !c.transition.is_legal())
-        {
+        if let Some(c) = completions.iter().find(|c| !c.is_legal()) {
             return Err(StoreError::Conflict(Conflict::IllegalTransition {
                 order_id: c.order_id.to_owned(),
                 transition: c.transition,
