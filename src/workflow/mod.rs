@@ -330,7 +330,10 @@ impl Authority {
             });
         }
         let not_after = Some(req.not_after.map_or(issuer_end, |t| t.min(issuer_end)));
-        let serial = Serial::time_ordered(req.now.unix_timestamp(), &mut rand::thread_rng());
+        let serial = Serial::time_ordered(
+            (req.now.unix_timestamp_nanos() / 1_000_000) as i64,
+            &mut rand::thread_rng(),
+        );
         let leaf_partition = crl_partition_of(&serial, self.crl_partitions);
         let leaf = LeafRequest {
             spki_der: req.spki_der,

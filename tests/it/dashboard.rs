@@ -393,7 +393,7 @@ async fn reviewers_approve_and_reject_revoke_and_user_text_is_escaped() {
         );
 
         // Search finds it by name and by any part of its serial (a leaf's
-        // serial starts with its second; the tail is random).
+        // serial starts with its millisecond; the tail is random).
         let found = rita
             .get("/admin/certificates?q=ov.internal&status=revoked")
             .await;

@@ -366,7 +366,7 @@ async fn revoked_certificates_are_refused_by_openssl_through_crl_and_ocsp() {
         assert_eq!(serials_of(&list("status=valid").await), vec![s2.clone()]);
         assert_eq!(serials_of(&list("q=two.internal").await), vec![s2.clone()]);
         // Any part of a serial finds it: its random tail, or its start
-        // (the second it was signed) with a few random digits after it.
+        // (the millisecond it was signed) with a few random digits after it.
         assert_eq!(
             serials_of(&list(&format!("q={}", &s3[20..])).await),
             vec![s3.clone()]

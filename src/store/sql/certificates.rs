@@ -577,8 +577,9 @@ where
         }
         if let Some(search) = &query.search {
             let escaped = like_escape(search);
-            // Any part of a serial: a leaf's first ten digits are the
-            // second it was signed, shared by its neighbours.
+            // Any part of a serial: a leaf's first fourteen digits are
+            // `01` and the millisecond it was signed, shared by its
+            // neighbours.
             q.push(" AND (serial LIKE ")
                 .bind(format!("%{escaped}%"))
                 .push(" ESCAPE '\\' OR identifiers LIKE ")
