@@ -305,6 +305,74 @@ async fn issuances_through_two_instances_in_turn_keep_one_audit_chain() {
     }
 }
 
+/// A batch the writer cannot commit (one issuance in it names an unknown
+/// issuer) is retried a write at a time: the others are stored with their
+/// audit records, the bad one is refused and leaves nothing, and the write
+/// connection is left outside any transaction for what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_issuance_in_a_batch_is_refused_alone_and_leaves_no_trace() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(backend, dir.path()).await;
+        let s = store::connect(&db.url).await.unwrap();
+        s.upsert_issuer(&issuer("int-1")).await.unwrap();
+        let mut good = vec![issue(s.as_ref()).await];
+        for round in 0..3 {
+            let bad = Serial::random(&mut rand::thread_rng());
+            let mut handles = Vec::new();
+            for i in 0..24 {
+                let s = s.clone();
+                let serial = if i == 12 {
+                    bad
+                } else {
+                    Serial::random(&mut rand::thread_rng())
+                };
+                let issuer = if i == 12 { "nope" } else { "int-1" };
+                handles.push(tokio::spawn(async move {
+                    let stored = s
+                        .insert_certificate(
+                            certificate(serial, issuer),
+                            event("certificate.issue", &serial.to_hex()),
+                        )
+                        .await;
+                    (serial, stored)
+                }));
+            }
+            for h in handles {
+                let (serial, stored) = h.await.unwrap();
+                if serial == bad {
+                    assert!(stored.is_err(), "{backend:?}: an unknown issuer was stored");
+                } else {
+                    stored.unwrap_or_else(|e| panic!("{backend:?} round {round}: {e}"));
+                    good.push(serial);
+                }
+            }
+            assert!(
+                matches!(s.certificate(&bad).await, Err(StoreError::NotFound)),
+                "{backend:?}: the refused certificate is there"
+            );
+        }
+        // Nothing was left open: a write after them commits, and so does
+        // one of a second instance (SQLite's write lock was released).
+        good.push(issue(s.as_ref()).await);
+        let other = store::connect(&db.url).await.unwrap();
+        good.push(issue(other.as_ref()).await);
+        for serial in &good {
+            assert_eq!(s.certificate(serial).await.unwrap().serial, *serial);
+        }
+        assert_eq!(s.count_certificates().await.unwrap(), good.len() as i64);
+        let summary = audit::verify(s.as_ref()).await.unwrap();
+        assert_eq!(summary.records, good.len() as i64, "{backend:?}");
+        let log = s.audit_page(0, 1_000).await.unwrap();
+        assert!(
+            log.iter()
+                .all(|r| r.action == "certificate.issue"
+                    && good.iter().any(|g| g.to_hex() == r.subject)),
+            "{backend:?}: a record of a refused write"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_crl_larger_than_a_chunk_reads_back_whole_and_pruned_ones_are_gone() {
     use hallmark::store::NewCrl;
