@@ -518,7 +518,7 @@ impl<T> Store for T where
 /// One connection pool's use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolStats {
-    /// `read` or `write`.
+    /// `read`, `write` or (PostgreSQL) `writer`, the group commit's own.
     pub name: &'static str,
     /// Connections open.
     pub size: u32,

@@ -2,9 +2,10 @@
 //! balancer. Migrations take sqlx's advisory lock, so instances starting
 //! together migrate once.
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnection, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 
 use async_trait::async_trait;
@@ -21,34 +22,37 @@ pub type PostgresStore = SqlStore<Postgres>;
 impl SqlStore<Postgres> {
     /// Connects to `url` and migrates the database.
     pub async fn connect(url: &str) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
-            .test_before_acquire(false)
-            .before_acquire(ping_if_idle)
-            // A connection sqlx still counts a transaction on (a COMMIT
-            // that failed mid-way) is closed, never reused.
-            .after_release(|conn, _| {
-                Box::pin(async move {
-                    let idle = !sqlx::Connection::is_in_transaction(conn);
-                    if !idle {
-                        tracing::error!(
-                            "a PostgreSQL connection was left inside a transaction; closing it"
-                        );
-                    }
-                    Ok(idle)
-                })
-            })
-            .connect(url)
+        let cannot_connect = |e: sqlx::Error| {
+            StoreError::Database(format!("cannot connect to {}: {e}", redact_url(url)))
+        };
+        let options = PgConnectOptions::from_str(url).map_err(cannot_connect)?;
+        let pool = pool_options(16)
+            .connect_with(options.clone())
             .await
-            .map_err(|e| {
-                StoreError::Database(format!("cannot connect to {}: {e}", redact_url(url)))
-            })?;
+            .map_err(cannot_connect)?;
         MIGRATOR
             .run(&pool)
             .await
             .map_err(|e| StoreError::Database(format!("migrating {}: {e}", redact_url(url))))?;
-        let batcher = Self::workflow_writer(pool.clone());
+        // The group-commit writer has a connection of its own, whose
+        // prepared statements it alone uses: a batch's statement text
+        // depends on the batch (how many rows of each kind), so on a
+        // shared pool most batches met a connection that had not prepared
+        // their text yet, and PostgreSQL planned it again. Its statements
+        // write rows by key, so one generic plan per text is as good as a
+        // plan for each batch's values (docs/BENCHMARKS.md, 2026-12-05).
+        let writer = pool_options(1)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(&mut *conn, "SET plan_cache_mode = force_generic_plan")
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .connect_with(options.statement_cache_capacity(WRITER_STATEMENTS))
+            .await
+            .map_err(cannot_connect)?;
+        let batcher = Self::workflow_writer(writer.clone());
         let write = pool.clone();
         let nonces = Batcher::spawn("nonces", move |items: std::sync::Arc<Vec<UsedNonce>>| {
             let write = write.clone();
@@ -57,11 +61,38 @@ impl SqlStore<Postgres> {
         Ok(SqlStore {
             read: pool.clone(),
             write: pool,
+            group_writer: Some(writer),
             batcher,
             nonces,
             recent: Default::default(),
         })
     }
+}
+
+/// Statement texts the writer's connection keeps prepared (sqlx's
+/// default is 100): a text for each batch shape met, a few hundred at most.
+const WRITER_STATEMENTS: usize = 512;
+
+/// The options both pools share: a connection idle for a while is pinged
+/// before use, and one that sqlx still counts a transaction on (a COMMIT
+/// that failed mid-way) is closed, never reused.
+fn pool_options(connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .before_acquire(ping_if_idle)
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                let idle = !sqlx::Connection::is_in_transaction(conn);
+                if !idle {
+                    tracing::error!(
+                        "a PostgreSQL connection was left inside a transaction; closing it"
+                    );
+                }
+                Ok(idle)
+            })
+        })
 }
 
 #[async_trait]

@@ -80,6 +80,7 @@ impl SqlStore<Sqlite> {
         Ok(SqlStore {
             read,
             write,
+            group_writer: None,
             batcher,
             nonces,
             recent: Default::default(),

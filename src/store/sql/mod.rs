@@ -61,10 +61,13 @@ pub(super) fn ping_if_idle<C: sqlx::Connection>(
 
 /// A store on database `B`: a read pool, a write pool (one connection on
 /// SQLite, which has one writer anyway) and the group-commit queue in
-/// front of the write pool.
+/// front of the write pool (on PostgreSQL, in front of a connection of
+/// its own).
 pub struct SqlStore<B: Backend> {
     pub(super) read: Pool<B>,
     pub(super) write: Pool<B>,
+    /// The group-commit writer's own pool where it is not `write`'s.
+    pub(super) group_writer: Option<Pool<B>>,
     /// The group-commit queue of the workflow's durable writes.
     pub(super) batcher: Batcher<Write, Done>,
     /// The group-commit queue of used ACME nonces.
@@ -811,6 +814,7 @@ where
     fn pools(&self) -> Vec<super::PoolStats> {
         [("read", &self.read), ("write", &self.write)]
             .into_iter()
+            .chain(self.group_writer.iter().map(|pool| ("writer", pool)))
             .map(|(name, pool)| super::PoolStats {
                 name,
                 size: pool.size(),
@@ -821,7 +825,11 @@ where
     }
 
     async fn check_durable(&self) -> Result<()> {
-        B::check_durable(&self.write).await
+        B::check_durable(&self.write).await?;
+        if let Some(writer) = &self.group_writer {
+            B::check_durable(writer).await?;
+        }
+        Ok(())
     }
 }
 
