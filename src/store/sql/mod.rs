@@ -606,9 +606,17 @@ impl<'a> Statement<'a> {
     fn finish<B: Backend>(&mut self) {
         self.close_row();
         if B::ANONYMOUS_PARAMETERS && !self.named {
-            for mark in std::mem::take(&mut self.marks).into_iter().rev() {
-                self.sql.replace_range(mark, "?");
+            // One pass: replacing each mark in place moved the text after
+            // it every time, quadratic in a large batch's parameters.
+            let mut sql = String::with_capacity(self.sql.len());
+            let mut from = 0;
+            for mark in std::mem::take(&mut self.marks) {
+                sql.push_str(&self.sql[from..mark.start]);
+                sql.push('?');
+                from = mark.end;
             }
+            sql.push_str(&self.sql[from..]);
+            self.sql = sql;
         }
     }
 }
@@ -865,6 +873,24 @@ mod tests {
         );
         assert_eq!(sqlite[0].args.len(), 3);
         assert!(Script::new::<sqlx::Postgres>().statements().is_empty());
+    }
+
+    #[test]
+    fn every_numbered_parameter_becomes_one_anonymous_one_on_sqlite() {
+        let mut script = Script::new::<sqlx::Sqlite>();
+        let insert = script.write("INSERT INTO a (x, y) ");
+        for i in 0..150i64 {
+            insert.row().bind(i).bind("$9");
+        }
+        let mut statements = script.statements();
+        statements[0].finish::<sqlx::Sqlite>();
+        let sql = &statements[0].sql;
+        let expected = format!(
+            "INSERT INTO a (x, y) VALUES {}",
+            vec!["(?, ?)"; 150].join(", ")
+        );
+        assert_eq!(sql, &expected, "every mark, and only the marks, became `?`");
+        assert_eq!(statements[0].args.len(), 300);
     }
 
     #[test]
