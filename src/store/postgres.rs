@@ -5,13 +5,15 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 
 use async_trait::async_trait;
 
 use super::batch::{Batcher, UsedNonce};
-use super::sql::{fresh_nonces, insert_nonces, ping_if_idle, revoked_row, revoked_scan_sql};
+use super::sql::{
+    fresh_nonces, insert_nonces, ping_if_idle, revoked_row, revoked_scan_sql, Column,
+};
 use super::{redact_url, Backend, Result, RevokedRow, RevokedScan, SqlStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -102,6 +104,20 @@ impl Backend for Postgres {
         "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
     const ANONYMOUS_PARAMETERS: bool = false;
     const WRITES_AS_CTES: bool = true;
+    const ROWS_AS_ARRAYS: bool = true;
+
+    fn add_column(
+        out: &mut PgArguments,
+        column: &Column<'_>,
+    ) -> std::result::Result<(), sqlx::error::BoxDynError> {
+        use sqlx::Arguments;
+        match column {
+            Column::Text(v) => out.add(v.iter().map(|x| x.as_deref()).collect::<Vec<_>>()),
+            Column::Int(v) => out.add(v.as_slice()),
+            Column::Bytes(v) => out.add(v.iter().map(|x| x.as_deref()).collect::<Vec<_>>()),
+            Column::Bool(v) => out.add(v.as_slice()),
+        }
+    }
     const KEEPS_ORDERS: bool = false;
 
     /// The commit does not wait for the WAL flush (`synchronous_commit =

@@ -20,14 +20,17 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnectionMetadata;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use sqlx::{Connection, Pool, Sqlite};
 
 use async_trait::async_trait;
 
 use super::batch::{Batcher, UsedNonce};
-use super::sql::{fresh_nonces, insert_nonces, ping_if_idle, revoked_row, revoked_scan_sql};
+use super::sql::{
+    fresh_nonces, insert_nonces, ping_if_idle, revoked_row, revoked_scan_sql, Column,
+};
 use super::{Backend, Result, RevokedRow, RevokedScan, SqlStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -157,6 +160,14 @@ impl Backend for Sqlite {
     const READ_SNAPSHOT: &'static str = "";
     const ANONYMOUS_PARAMETERS: bool = true;
     const WRITES_AS_CTES: bool = false;
+    const ROWS_AS_ARRAYS: bool = false;
+
+    fn add_column<'q>(
+        _: &mut SqliteArguments<'q>,
+        _: &'q Column<'_>,
+    ) -> std::result::Result<(), sqlx::error::BoxDynError> {
+        Err("SQLite has no array parameters".into())
+    }
     const KEEPS_ORDERS: bool = true;
 
     /// Records used ACME nonces in the attached nonce file (which is never

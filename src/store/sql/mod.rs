@@ -114,6 +114,19 @@ pub trait Backend: Database {
     /// Whether a [`Script`] of several writes is one statement of
     /// data-modifying CTEs (PostgreSQL) rather than statements in turn.
     const WRITES_AS_CTES: bool;
+    /// Whether a [`Script`]'s multi-row writes bind each column as one
+    /// array (`SELECT * FROM unnest($1::text[], …)`, PostgreSQL) rather
+    /// than a `VALUES` list of a parameter per value: the text is then
+    /// the same whatever the number of rows, so the writer's connection
+    /// prepares and plans it once, and the server binds and initialises
+    /// a few arrays instead of hundreds of parameters per batch.
+    const ROWS_AS_ARRAYS: bool;
+    /// Adds `column` as one array parameter (only where
+    /// [`Self::ROWS_AS_ARRAYS`]).
+    fn add_column<'q>(
+        out: &mut <Self as Database>::Arguments<'q>,
+        column: &'q Column<'_>,
+    ) -> std::result::Result<(), sqlx::error::BoxDynError>;
     /// Whether a store keeps the orders it reads and writes in memory
     /// ([`RecentReads::orders`]). Only where it is the one server on its
     /// database (SQLite, a file of one host): on PostgreSQL several
@@ -421,6 +434,57 @@ pub(super) struct Statement<'a> {
     marks: Vec<std::ops::Range<usize>>,
     /// Whether the text names parameters itself ([`Self::arg`]).
     named: bool,
+    /// Whether `VALUES` rows are bound as arrays ([`Backend::ROWS_AS_ARRAYS`]),
+    /// and the columns of the rows being bound so.
+    arrays: bool,
+    columns: Vec<Column<'a>>,
+    /// The column the next [`Self::bind`] of a row fills.
+    column: usize,
+    /// Whether a row bound a value of another type than the row before
+    /// it in the same column (a bug, refused by [`Self::query`]).
+    mixed: bool,
+}
+
+/// A column of the rows of a multi-row write, bound as one array.
+pub enum Column<'a> {
+    Text(Vec<Option<Cow<'a, str>>>),
+    Int(Vec<Option<i64>>),
+    Bytes(Vec<Option<Cow<'a, [u8]>>>),
+    Bool(Vec<Option<bool>>),
+}
+
+impl<'a> Column<'a> {
+    fn of(value: Arg<'a>) -> Self {
+        match value {
+            Arg::Text(v) => Column::Text(vec![v]),
+            Arg::Int(v) => Column::Int(vec![v]),
+            Arg::Bytes(v) => Column::Bytes(vec![v]),
+            Arg::Bool(v) => Column::Bool(vec![v]),
+            Arg::Column(c) => c,
+        }
+    }
+
+    /// Adds a row's value; `false` if it is of another type.
+    fn push(&mut self, value: Arg<'a>) -> bool {
+        match (self, value) {
+            (Column::Text(c), Arg::Text(v)) => c.push(v),
+            (Column::Int(c), Arg::Int(v)) => c.push(v),
+            (Column::Bytes(c), Arg::Bytes(v)) => c.push(v),
+            (Column::Bool(c), Arg::Bool(v)) => c.push(v),
+            _ => return false,
+        }
+        true
+    }
+
+    /// The PostgreSQL type of the array.
+    fn array_type(&self) -> &'static str {
+        match self {
+            Column::Text(_) => "text[]",
+            Column::Int(_) => "int8[]",
+            Column::Bytes(_) => "bytea[]",
+            Column::Bool(_) => "bool[]",
+        }
+    }
 }
 
 /// One parameter of a [`Statement`]: a value or NULL of one of the
@@ -430,6 +494,8 @@ pub(super) enum Arg<'a> {
     Int(Option<i64>),
     Bytes(Option<Cow<'a, [u8]>>),
     Bool(Option<bool>),
+    /// A column of rows ([`Backend::ROWS_AS_ARRAYS`]).
+    Column(Column<'a>),
 }
 
 macro_rules! arg_from {
@@ -500,6 +566,19 @@ impl<'a> Statement<'a> {
             in_row: false,
             marks: Vec::new(),
             named: false,
+            arrays: false,
+            columns: Vec::new(),
+            column: 0,
+            mixed: false,
+        }
+    }
+
+    /// An empty statement whose `VALUES` rows are bound as `B` binds
+    /// them best ([`Backend::ROWS_AS_ARRAYS`]).
+    fn for_rows<B: Backend>() -> Self {
+        Statement {
+            arrays: B::ROWS_AS_ARRAYS,
+            ..Statement::new("")
         }
     }
 
@@ -520,6 +599,15 @@ impl<'a> Statement<'a> {
 
     /// Appends a parameter (`$n`) with its value.
     pub(super) fn bind(&mut self, value: impl Into<Arg<'a>>) -> &mut Self {
+        if self.in_row && self.arrays {
+            let value = value.into();
+            match self.columns.get_mut(self.column) {
+                Some(column) => self.mixed |= !column.push(value),
+                None => self.columns.push(Column::of(value)),
+            }
+            self.column += 1;
+            return self;
+        }
         if self.in_row {
             self.sql
                 .push_str(if self.sql.ends_with('(') { "" } else { ", " });
@@ -561,6 +649,13 @@ impl<'a> Statement<'a> {
     /// Starts a row of a multi-row `VALUES` list; the parameters bound
     /// until the next `row` or `push` are its columns.
     pub(super) fn row(&mut self) -> &mut Self {
+        if self.arrays {
+            // A row after the first must fill every column the first did.
+            self.mixed |= self.in_row && self.column != self.columns.len();
+            self.in_row = true;
+            self.column = 0;
+            return self;
+        }
         if self.in_row {
             self.sql.push_str("), (");
         } else {
@@ -571,9 +666,31 @@ impl<'a> Statement<'a> {
     }
 
     fn close_row(&mut self) {
-        if std::mem::take(&mut self.in_row) {
-            self.sql.push(')');
+        if !std::mem::take(&mut self.in_row) {
+            return;
         }
+        if !self.arrays {
+            self.sql.push(')');
+            return;
+        }
+        // The rows as one array per column, named as a `VALUES` list
+        // names its columns.
+        self.mixed |= self.column != self.columns.len();
+        let columns = std::mem::take(&mut self.columns);
+        let width = columns.len();
+        self.sql.push_str("SELECT * FROM unnest(");
+        for (i, column) in columns.into_iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            let array_type = column.array_type();
+            self.args.push(Arg::Column(column));
+            let _ = write!(self.sql, "{sep}${}::{array_type}", self.args.len());
+        }
+        self.sql.push_str(") AS r(");
+        for i in 1..=width {
+            let sep = if i == 1 { "" } else { ", " };
+            let _ = write!(self.sql, "{sep}column{i}");
+        }
+        self.sql.push(')');
     }
 
     /// The statement, its parameters bound.
@@ -585,6 +702,7 @@ impl<'a> Statement<'a> {
         for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
     {
         self.finish::<B>();
+        self.refuse_mixed()?;
         Ok(sqlx::query_with(&self.sql, self.arguments()?))
     }
 
@@ -598,7 +716,17 @@ impl<'a> Statement<'a> {
         for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
     {
         self.finish::<B>();
+        self.refuse_mixed()?;
         Ok(sqlx::query_as_with(&self.sql, self.arguments()?))
+    }
+
+    fn refuse_mixed(&self) -> Result<()> {
+        if self.mixed {
+            return Err(StoreError::Database(
+                "a multi-row write bound rows of different columns".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Closes the text and, where `B` binds anonymous parameters faster
@@ -643,16 +771,17 @@ pub(super) struct Script<'a> {
 }
 
 /// Parameters after which a [`Script`] starts another statement: one
-/// write adds at most 128 rows of 17, so a statement stays far below
-/// PostgreSQL's 65,535 bound parameters (a batch of large ACME orders
-/// would pass it) while any ordinary batch is one statement.
+/// write adds at most 128 rows of 17, so a statement stays below
+/// SQLite's 32,766 bound parameters while any ordinary batch is one
+/// statement. On PostgreSQL a write's rows are one array per column
+/// ([`Backend::ROWS_AS_ARRAYS`]), so a script is one statement there.
 const SCRIPT_PARAMETERS: usize = 30_000;
 
 impl<'a> Script<'a> {
     pub(super) fn new<B: Backend>() -> Self {
         Script {
             done: Vec::new(),
-            q: Statement::new(""),
+            q: Statement::for_rows::<B>(),
             ctes: B::WRITES_AS_CTES,
             writes: 0,
             open: false,
@@ -722,8 +851,11 @@ impl<'a> Script<'a> {
                 ));
             }
         }
-        self.done
-            .push(std::mem::replace(&mut self.q, Statement::new("")));
+        let next = Statement {
+            arrays: self.q.arrays,
+            ..Statement::new("")
+        };
+        self.done.push(std::mem::replace(&mut self.q, next));
         self.writes = 0;
     }
 
@@ -783,6 +915,7 @@ where
                 Arg::Int(v) => out.add(*v),
                 Arg::Bytes(v) => out.add(v.as_deref()),
                 Arg::Bool(v) => out.add(*v),
+                Arg::Column(c) => B::add_column(&mut out, c),
             }
             .map_err(|e| StoreError::Database(format!("parameter ${}: {e}", i + 1)))?;
         }
@@ -861,9 +994,12 @@ mod tests {
         assert_eq!(pg.len(), 1);
         assert_eq!(
             pg[0].sql,
-            "WITH w0 AS (INSERT INTO a (x) VALUES ($1), ($2)), \
-             w1 AS (UPDATE h SET v = $3 WHERE id = 1) SELECT 1"
+            "WITH w0 AS (INSERT INTO a (x) SELECT * FROM unnest($1::int8[]) AS r(column1)), \
+             w1 AS (UPDATE h SET v = $2 WHERE id = 1) SELECT 1"
         );
+        // The rows are one array per column.
+        assert_eq!(pg[0].args.len(), 2);
+        assert!(matches!(&pg[0].args[0], Arg::Column(Column::Int(v)) if v == &[Some(1), Some(2)]));
         let mut sqlite = two_writes(Script::new::<sqlx::Sqlite>());
         assert_eq!(sqlite.len(), 1);
         sqlite[0].finish::<sqlx::Sqlite>();
@@ -914,19 +1050,23 @@ mod tests {
             (script.into_statement().unwrap(), end)
         };
         let (plain, end) = write(false);
-        assert!(plain.sql.ends_with(
-            "w1 AS (UPDATE audit_head SET seq = $17, hash = $18 WHERE id = 1) SELECT 1"
-        ));
+        assert!(plain
+            .sql
+            .ends_with("w1 AS (UPDATE audit_head SET seq = $9, hash = $10 WHERE id = 1) SELECT 1"));
         assert_eq!(end.0, 9);
         let (guarded, guarded_end) = write(true);
         assert_eq!(guarded_end, end, "the guard changes nothing of the chain");
         assert!(guarded.sql.ends_with(
-            "w1 AS (UPDATE audit_head SET seq = $17, hash = $18 WHERE id = 1 \
-             AND seq = $19 AND hash = $20 RETURNING 1) \
+            "w1 AS (UPDATE audit_head SET seq = $9, hash = $10 WHERE id = 1 \
+             AND seq = $11 AND hash = $12 RETURNING 1) \
              SELECT 1 / (CASE WHEN (SELECT count(*) FROM w1) = 1 THEN 1 ELSE 0 END)"
         ));
-        assert!(matches!(guarded.args[18], Arg::Int(Some(7))));
-        assert!(matches!(&guarded.args[19], Arg::Bytes(Some(h)) if h.as_ref() == [9u8; 32]));
+        assert!(matches!(guarded.args[10], Arg::Int(Some(7))));
+        assert!(matches!(&guarded.args[11], Arg::Bytes(Some(h)) if h.as_ref() == [9u8; 32]));
+        // The two records' sequence numbers are one column.
+        assert!(
+            matches!(&guarded.args[0], Arg::Column(Column::Int(v)) if v == &[Some(8), Some(9)])
+        );
         // On SQLite a script runs only after taking the head in its
         // transaction: no guard is written.
         let mut script = Script::new::<sqlx::Sqlite>();
@@ -936,27 +1076,75 @@ mod tests {
     }
 
     #[test]
-    fn a_large_script_is_split_below_postgres_parameter_bound() {
-        let mut script = Script::new::<sqlx::Postgres>();
-        for _ in 0..300 {
-            let insert = script.write("INSERT INTO a (x) ");
-            for i in 0..128i64 {
-                insert.row().bind(i);
+    fn a_large_script_is_split_below_the_parameter_bound_and_rows_of_any_number_are_one_text() {
+        let large = |mut script: Script<'static>| {
+            for _ in 0..300 {
+                let insert = script.write("INSERT INTO a (x) ");
+                for i in 0..128i64 {
+                    insert.row().bind(i);
+                }
             }
-        }
-        let statements = script.statements();
+            script.statements()
+        };
+        // SQLite binds each value: past SCRIPT_PARAMETERS a script is
+        // several statements, each numbering its own parameters.
+        let statements = large(Script::new::<sqlx::Sqlite>());
         assert_eq!(statements.len(), 2);
         assert_eq!(
             statements.iter().map(|s| s.args.len()).sum::<usize>(),
             300 * 128
         );
         for s in &statements {
-            assert!(s.args.len() < 65_535);
-            // Each statement numbers its own parameters from $1.
-            assert!(s
-                .sql
-                .starts_with("WITH w0 AS (INSERT INTO a (x) VALUES ($1), ($2)"));
-            assert!(s.sql.ends_with(") SELECT 1"));
+            assert!(s.args.len() < 32_766, "SQLite's bound on parameters");
+            assert!(s.sql.starts_with("INSERT INTO a (x) VALUES ($1), ($2)"));
         }
+        // PostgreSQL binds a column of rows as one array: one statement,
+        // and the same text for 1 row as for 128.
+        let statements = large(Script::new::<sqlx::Postgres>());
+        assert_eq!(statements.len(), 1);
+        assert_eq!(statements[0].args.len(), 300);
+        assert!(statements[0]
+            .args
+            .iter()
+            .all(|a| matches!(a, Arg::Column(Column::Int(v)) if v.len() == 128)));
+        let text = |rows: i64| {
+            let mut script = Script::new::<sqlx::Postgres>();
+            let insert = script.write("INSERT INTO a (x, y) ");
+            for i in 0..rows {
+                insert.row().bind(i).bind("y");
+            }
+            script.into_statement().unwrap().sql
+        };
+        assert_eq!(text(1), text(128));
+        assert_eq!(
+            text(3),
+            "WITH w0 AS (INSERT INTO a (x, y) SELECT * FROM unnest($1::int8[], $2::text[]) \
+             AS r(column1, column2)) SELECT 1"
+        );
+    }
+
+    #[test]
+    fn rows_of_different_columns_are_refused_not_sent() {
+        let mut script = Script::new::<sqlx::Postgres>();
+        script
+            .write("INSERT INTO a (x, y) ")
+            .row()
+            .bind(1i64)
+            .bind("y")
+            .row()
+            .bind("x")
+            .bind("y");
+        let mut statement = script.into_statement().unwrap();
+        assert!(statement.query::<sqlx::Postgres>().is_err());
+        let mut script = Script::new::<sqlx::Postgres>();
+        script
+            .write("INSERT INTO a (x, y) ")
+            .row()
+            .bind(1i64)
+            .bind("y")
+            .row()
+            .bind(2i64);
+        let mut statement = script.into_statement().unwrap();
+        assert!(statement.query::<sqlx::Postgres>().is_err());
     }
 }
