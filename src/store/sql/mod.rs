@@ -1125,26 +1125,31 @@ mod tests {
 
     #[test]
     fn rows_of_different_columns_are_refused_not_sent() {
-        let mut script = Script::new::<sqlx::Postgres>();
-        script
-            .write("INSERT INTO a (x, y) ")
-            .row()
-            .bind(1i64)
-            .bind("y")
-            .row()
-            .bind("x")
-            .bind("y");
-        let mut statement = script.into_statement().unwrap();
-        assert!(statement.query::<sqlx::Postgres>().is_err());
-        let mut script = Script::new::<sqlx::Postgres>();
-        script
-            .write("INSERT INTO a (x, y) ")
-            .row()
-            .bind(1i64)
-            .bind("y")
-            .row()
-            .bind(2i64);
-        let mut statement = script.into_statement().unwrap();
-        assert!(statement.query::<sqlx::Postgres>().is_err());
+        let refused = |second_row: &dyn Fn(&mut Statement<'static>)| {
+            let mut script = Script::new::<sqlx::Postgres>();
+            let insert = script.write("INSERT INTO a (x, y) ");
+            insert.row().bind(1i64).bind("y").row();
+            second_row(insert);
+            let mut statement = script.into_statement().unwrap();
+            statement.query::<sqlx::Postgres>().is_err()
+        };
+        assert!(
+            refused(&|row| {
+                row.bind("x").bind("y");
+            }),
+            "a column of another type"
+        );
+        assert!(
+            refused(&|row| {
+                row.bind(2i64);
+            }),
+            "a row short of a column"
+        );
+        assert!(
+            !refused(&|row| {
+                row.bind(2i64).bind("z");
+            }),
+            "rows alike are sent"
+        );
     }
 }
