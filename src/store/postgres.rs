@@ -38,11 +38,11 @@ impl SqlStore<Postgres> {
             .map_err(|e| StoreError::Database(format!("migrating {}: {e}", redact_url(url))))?;
         // The group-commit writer has a connection of its own, whose
         // prepared statements it alone uses: a batch's statement text
-        // depends on the batch (how many rows of each kind), so on a
-        // shared pool most batches met a connection that had not prepared
-        // their text yet, and PostgreSQL planned it again. Its statements
-        // write rows by key, so one generic plan per text is as good as a
-        // plan for each batch's values (docs/BENCHMARKS.md, 2026-12-05).
+        // depends on which writes the batch holds, so on a shared pool
+        // most batches met a connection that had not prepared their text
+        // yet, and PostgreSQL planned it again. Its statements write rows
+        // by key, so one generic plan per text is as good as a plan for
+        // each batch's values (docs/BENCHMARKS.md, 2026-12-05).
         let writer = pool_options(1)
             .after_connect(|conn, _| {
                 Box::pin(async move {
@@ -72,7 +72,8 @@ impl SqlStore<Postgres> {
 }
 
 /// Statement texts the writer's connection keeps prepared (sqlx's
-/// default is 100): a text for each batch shape met, a few hundred at most.
+/// default is 100): one for each mix of writes a batch held, a few dozen
+/// since a write's rows are arrays ([`super::sql::Backend::ROWS_AS_ARRAYS`]).
 const WRITER_STATEMENTS: usize = 512;
 
 /// The options both pools share: a connection idle for a while is pinged
