@@ -518,7 +518,8 @@ impl<T> Store for T where
 /// One connection pool's use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolStats {
-    /// `read`, `write` or (PostgreSQL) `writer`, the group commit's own.
+    /// `read`, `write`, or a group-commit queue's own connection:
+    /// `writer` (PostgreSQL), `nonces` (SQLite).
     pub name: &'static str,
     /// Connections open.
     pub size: u32,

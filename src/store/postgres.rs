@@ -63,7 +63,7 @@ impl SqlStore<Postgres> {
         Ok(SqlStore {
             read: pool.clone(),
             write: pool,
-            group_writer: Some(writer),
+            own_pools: vec![("writer", writer)],
             batcher,
             nonces,
             recent: Default::default(),

@@ -49,17 +49,7 @@ impl SqlStore<Sqlite> {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let nonce_file = nonce_file_of(&options);
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .test_before_acquire(false)
-            .before_acquire(ping_if_idle)
-            .after_connect(move |conn, _| {
-                let nonce_file = nonce_file.clone();
-                Box::pin(async move { attach_nonces(conn, &nonce_file).await })
-            })
-            .after_release(closed_unless_idle)
-            .connect_with(options.clone())
+        let write = write_pool(&options, &nonce_file)
             .await
             .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
         MIGRATOR
@@ -71,11 +61,19 @@ impl SqlStore<Sqlite> {
             .acquire_timeout(Duration::from_secs(30))
             .test_before_acquire(false)
             .before_acquire(ping_if_idle)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await
             .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
         let batcher = Self::workflow_writer(write.clone());
-        let pool = write.clone();
+        // Used nonces are written through a connection of their own: an
+        // INSERT into the attached nonce file takes that file's write lock
+        // only, so it no longer waits for the workflow's commits (each a
+        // flush of the main file) on the one write connection, nor they
+        // for it.
+        let nonce_writer = write_pool(&options, &nonce_file)
+            .await
+            .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
+        let pool = nonce_writer.clone();
         let nonces = Batcher::spawn("nonces", move |items: std::sync::Arc<Vec<UsedNonce>>| {
             let pool = pool.clone();
             async move { Sqlite::insert_used_nonces(pool, &items).await }
@@ -83,12 +81,33 @@ impl SqlStore<Sqlite> {
         Ok(SqlStore {
             read,
             write,
-            group_writer: None,
+            own_pools: vec![("nonces", nonce_writer)],
             batcher,
             nonces,
             recent: Default::default(),
         })
     }
+}
+
+/// A pool of one write connection to the database of `options`, with the
+/// used-nonce file attached.
+async fn write_pool(
+    options: &SqliteConnectOptions,
+    nonce_file: &str,
+) -> Result<Pool<Sqlite>, sqlx::Error> {
+    let nonce_file = nonce_file.to_owned();
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .test_before_acquire(false)
+        .before_acquire(ping_if_idle)
+        .after_connect(move |conn, _| {
+            let nonce_file = nonce_file.clone();
+            Box::pin(async move { attach_nonces(conn, &nonce_file).await })
+        })
+        .after_release(closed_unless_idle)
+        .connect_with(options.clone())
+        .await
 }
 
 /// The file used nonces are recorded in: beside the database, or in

@@ -372,15 +372,21 @@ async fn one_bad_issuance_in_a_batch_is_refused_alone_and_leaves_no_trace() {
         );
         // On PostgreSQL the group commit writes through a connection of
         // its own (its statements prepared once and planned once), which
-        // carried every write above; `/readyz`'s durability check covers
-        // it too. SQLite's one write connection is the writer's already.
-        let writer = s.pools().into_iter().find(|p| p.name == "writer");
+        // carried every write above; on SQLite the workflow's is the one
+        // write connection and used nonces have theirs. `/readyz`'s
+        // durability check covers them too.
+        let pools = s.pools();
+        let own = |name: &str| pools.iter().find(|p| p.name == name);
         match backend {
             Backend::Postgres => {
-                let writer = writer.expect("PostgreSQL: no writer pool");
+                let writer = own("writer").expect("PostgreSQL: no writer pool");
                 assert_eq!((writer.max, writer.size), (1, 1), "the writer's pool");
+                assert!(own("nonces").is_none());
             }
-            Backend::Sqlite => assert!(writer.is_none(), "SQLite: a second writer pool"),
+            Backend::Sqlite => {
+                assert!(own("writer").is_none(), "SQLite: a second writer pool");
+                assert_eq!(own("nonces").map(|p| p.max), Some(1), "SQLite's nonce pool");
+            }
         }
         s.check_durable().await.unwrap();
     }

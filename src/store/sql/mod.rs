@@ -60,14 +60,16 @@ pub(super) fn ping_if_idle<C: sqlx::Connection>(
 }
 
 /// A store on database `B`: a read pool, a write pool (one connection on
-/// SQLite, which has one writer anyway) and the group-commit queue in
-/// front of the write pool (on PostgreSQL, in front of a connection of
-/// its own).
+/// SQLite, which has one writer anyway) and the group-commit queues: the
+/// workflow's in front of the write pool (on PostgreSQL, in front of a
+/// connection of its own), used nonces' (on SQLite, in front of a
+/// connection of their own).
 pub struct SqlStore<B: Backend> {
     pub(super) read: Pool<B>,
     pub(super) write: Pool<B>,
-    /// The group-commit writer's own pool where it is not `write`'s.
-    pub(super) group_writer: Option<Pool<B>>,
+    /// The pools of one connection a group-commit queue has to itself,
+    /// by name (`/metrics`): PostgreSQL's `writer`, SQLite's `nonces`.
+    pub(super) own_pools: Vec<(&'static str, Pool<B>)>,
     /// The group-commit queue of the workflow's durable writes.
     pub(super) batcher: Batcher<Write, Done>,
     /// The group-commit queue of used ACME nonces.
@@ -955,7 +957,7 @@ where
     fn pools(&self) -> Vec<super::PoolStats> {
         [("read", &self.read), ("write", &self.write)]
             .into_iter()
-            .chain(self.group_writer.iter().map(|pool| ("writer", pool)))
+            .chain(self.own_pools.iter().map(|(name, pool)| (*name, pool)))
             .map(|(name, pool)| super::PoolStats {
                 name,
                 size: pool.size(),
@@ -967,8 +969,8 @@ where
 
     async fn check_durable(&self) -> Result<()> {
         B::check_durable(&self.write).await?;
-        if let Some(writer) = &self.group_writer {
-            B::check_durable(writer).await?;
+        for (_, pool) in &self.own_pools {
+            B::check_durable(pool).await?;
         }
         Ok(())
     }
