@@ -106,6 +106,7 @@ impl Backend for Postgres {
     const ANONYMOUS_PARAMETERS: bool = false;
     const WRITES_AS_CTES: bool = true;
     const ROWS_AS_ARRAYS: bool = true;
+    const KEEPS_ORDERS: bool = false;
 
     fn add_column(
         out: &mut PgArguments,
@@ -119,7 +120,6 @@ impl Backend for Postgres {
             Column::Bool(v) => out.add(v.as_slice()),
         }
     }
-    const KEEPS_ORDERS: bool = false;
 
     /// The commit does not wait for the WAL flush (`synchronous_commit =
     /// off` for this transaction only): a used nonce is worth no disk flush.

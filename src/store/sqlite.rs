@@ -49,9 +49,10 @@ impl SqlStore<Sqlite> {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let nonce_file = nonce_file_of(&options);
+        let cannot_open = |e: sqlx::Error| StoreError::Database(format!("cannot open {url}: {e}"));
         let write = write_pool(&options, &nonce_file)
             .await
-            .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
+            .map_err(cannot_open)?;
         MIGRATOR
             .run(&write)
             .await
@@ -63,7 +64,7 @@ impl SqlStore<Sqlite> {
             .before_acquire(ping_if_idle)
             .connect_with(options.clone().read_only(true))
             .await
-            .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
+            .map_err(cannot_open)?;
         let batcher = Self::workflow_writer(write.clone());
         // Used nonces are written through a connection of their own: an
         // INSERT into the attached nonce file takes that file's write lock
@@ -72,7 +73,7 @@ impl SqlStore<Sqlite> {
         // for it.
         let nonce_writer = write_pool(&options, &nonce_file)
             .await
-            .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
+            .map_err(cannot_open)?;
         let pool = nonce_writer.clone();
         let nonces = Batcher::spawn("nonces", move |items: std::sync::Arc<Vec<UsedNonce>>| {
             let pool = pool.clone();
@@ -180,6 +181,7 @@ impl Backend for Sqlite {
     const ANONYMOUS_PARAMETERS: bool = true;
     const WRITES_AS_CTES: bool = false;
     const ROWS_AS_ARRAYS: bool = false;
+    const KEEPS_ORDERS: bool = true;
 
     fn add_column<'q>(
         _: &mut SqliteArguments<'q>,
@@ -187,10 +189,9 @@ impl Backend for Sqlite {
     ) -> std::result::Result<(), sqlx::error::BoxDynError> {
         Err("SQLite has no array parameters".into())
     }
-    const KEEPS_ORDERS: bool = true;
 
     /// Records used ACME nonces in the attached nonce file (which is never
-    /// flushed), in one statement.
+    /// flushed), in one statement, on the nonces' own write connection.
     async fn insert_used_nonces(write: Pool<Self>, nonces: &[UsedNonce]) -> Result<Vec<bool>> {
         let inserted = insert_nonces("nonces.used", nonces)
             .query_as::<Sqlite, (String,)>()?
