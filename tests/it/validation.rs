@@ -124,10 +124,7 @@ async fn http01_accepts_the_key_authorization_and_explains_every_failure() {
     assert_eq!(err.acme_type().code(), "connection");
 
     // Nothing listening: a connection error naming the URL.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed = crate::support::free_port();
     let config = ValidationConfig {
         http_port: closed,
         ..config.clone()

@@ -417,13 +417,31 @@ pub fn pkilint(dir: &Path, program: &str, args: &[&str]) -> Option<(bool, String
     }
 }
 
-/// A port nobody listens on right now.
+/// A port free on every address now, that no other caller in this
+/// process is given.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Below Linux's ephemeral range (32768–60999): a port the kernel hands
+    // out for `bind(:0)` or an outgoing connection could be taken by
+    // another test (a flood test's client sockets, a server's listener)
+    // between this call and the caller's bind — certbot's standalone
+    // server once failed in CI that way. Ports here are only ever taken
+    // by asking for them; each is handed out once per process, starting
+    // at a place of this process's own so concurrent test processes
+    // (nextest) rarely meet, and only if TCP and UDP are free on every
+    // address now.
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        let tcp = std::net::TcpListener::bind(("0.0.0.0", port)).is_ok();
+        if tcp && std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {}", LOW + SPAN)
 }
 
 /// Whether `program --version` runs; under `CI=true` a missing tool fails
