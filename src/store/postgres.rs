@@ -62,6 +62,7 @@ impl SqlStore<Postgres> {
         });
         Ok(SqlStore {
             read: pool.clone(),
+            nonce_write: pool.clone(),
             write: pool,
             own_pools: vec![("writer", writer)],
             batcher,

@@ -11,8 +11,10 @@
 //! disk flush, a commit that only touches that file does not flush, and
 //! because `synchronous` is set per database file once when the connection
 //! opens, no request — cancelled or not — can change the durability of the
-//! main database. The nonce writes share the one write connection, so they
-//! never contend with certificate writes for SQLite's lock.
+//! main database. Used nonces are written (and pruned) through a write
+//! connection of their own: a write to the nonce file takes that file's
+//! lock only, so nonces never wait for a certificate commit's flush of the
+//! main file, nor certificate writes for nonces.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -82,7 +84,8 @@ impl SqlStore<Sqlite> {
         Ok(SqlStore {
             read,
             write,
-            own_pools: vec![("nonces", nonce_writer)],
+            own_pools: vec![("nonces", nonce_writer.clone())],
+            nonce_write: nonce_writer,
             batcher,
             nonces,
             recent: Default::default(),

@@ -356,7 +356,7 @@ where
         if rand::random::<u16>() < 64 {
             // Now and then, forget used nonces that have expired
             // (they are refused for their expiry anyway).
-            B::prune_nonces(&self.write, now).await?;
+            B::prune_nonces(&self.nonce_write, now).await?;
         }
         Ok(fresh)
     }

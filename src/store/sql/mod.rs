@@ -74,6 +74,10 @@ pub struct SqlStore<B: Backend> {
     pub(super) batcher: Batcher<Write, Done>,
     /// The group-commit queue of used ACME nonces.
     pub(super) nonces: Batcher<UsedNonce, bool>,
+    /// The pool used nonces are written and pruned through: `write` on
+    /// PostgreSQL, SQLite's `nonces` (so both reach the same nonce file,
+    /// even an in-memory one, and never wait for each other's lock).
+    pub(super) nonce_write: Pool<B>,
     /// The hot reads' recent answers (`store/recent.rs`).
     pub(super) recent: RecentReads,
 }
