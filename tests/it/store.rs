@@ -395,7 +395,7 @@ async fn one_bad_issuance_in_a_batch_is_refused_alone_and_leaves_no_trace() {
 /// On SQLite a used ACME nonce is written through a connection of its
 /// own to the nonce file, so it is recorded (and a replay refused) while
 /// the workflow's one write connection waits for the main database's
-/// lock — here held by another process's open write transaction.
+/// lock — here held by another connection's open write transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_used_nonce_is_recorded_while_a_certificate_write_waits_for_the_lock() {
     use sqlx::{Connection, Executor};
