@@ -793,6 +793,76 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_reused_authorization_is_kept_in_its_order_and_reads_back_in_id_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("h.db").display());
+        let store = crate::store::connect(&url).await.unwrap();
+        let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO accounts (id, name, role, created_at) VALUES ('acct_1', 't', 'requester', 1)",
+        )
+        .execute(&raw)
+        .await
+        .unwrap();
+        // A fresh authorization (with a challenge) between two reused ones.
+        let mut written = bundle("b");
+        let mut fresh = written.authorizations[0].clone();
+        let template = fresh.authorization.clone();
+        let reused = |n: u32, value: &str, wildcard: bool| AuthorizationBundle {
+            authorization: AuthorizationRecord {
+                id: format!("authz_b_{n:03}"),
+                identifier_type: IdentifierKind::Dns,
+                identifier_value: value.into(),
+                wildcard,
+                status: AuthorizationStatus::Valid,
+                validated_at: Some(1_700_000_000),
+                expires_at: 1_702_592_000,
+                ..template.clone()
+            },
+            challenges: Vec::new(),
+        };
+        fresh.authorization.id = "authz_b_001".into();
+        fresh.challenges[0].id = "chall_b_001_t".into();
+        fresh.challenges[0].authorization_id = "authz_b_001".into();
+        written.authorizations = vec![
+            reused(2, "*.b.internal", true),
+            fresh,
+            reused(0, "a.internal", false),
+        ];
+        store.create_order(&written, Vec::new()).await.unwrap();
+
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM authorizations WHERE order_id = 'ord_b'")
+                .fetch_all(&raw)
+                .await
+                .unwrap();
+        assert_eq!(rows, vec![("authz_b_001".to_owned(),)]);
+        let reader = crate::store::connect(&url).await.unwrap();
+        let read = reader.order("ord_b").await.unwrap();
+        let ids: Vec<&str> = read
+            .authorizations
+            .iter()
+            .map(|a| a.authorization.id.as_str())
+            .collect();
+        assert_eq!(ids, ["authz_b_000", "authz_b_001", "authz_b_002"]);
+        written
+            .authorizations
+            .sort_by(|a, b| a.authorization.id.cmp(&b.authorization.id));
+        assert_eq!(read, written);
+        assert_eq!(store.order("ord_b").await.unwrap(), written);
+
+        sqlx::query("UPDATE orders SET reused_authorizations = '[{\"id\": 1}]'")
+            .execute(&raw)
+            .await
+            .unwrap();
+        let reader = crate::store::connect(&url).await.unwrap();
+        match reader.order("ord_b").await {
+            Err(StoreError::Corrupt(why)) => assert!(why.contains("ord_b"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn the_transition_table_is_exactly_the_designed_machine() {
         let edges = [

@@ -413,7 +413,7 @@ pub(super) fn count_audit(events: &[&AuditEvent]) {
     }
 }
 
-/// Rows per multi-row INSERT: 128 rows of 17 parameters stay far below
+/// Rows per multi-row INSERT: 128 rows of at most 18 parameters stay far below
 /// SQLite's and PostgreSQL's bound-parameter limits.
 pub(super) const ROWS_PER_INSERT: usize = 128;
 

@@ -15,12 +15,14 @@ const ORDER_COLUMNS: &str =
 /// an ACME client reads its order three or four times per certificate):
 /// one row per challenge, the order's columns by their own names on each,
 /// the authorization's prefixed `a_`, the challenge's `c_` (none for an
-/// authorization without challenges — a reused one).
+/// authorization without challenges). Authorizations that reuse an
+/// earlier proof are in the order's own `reused_authorizations` (see
+/// [`Reused`]).
 const SELECT_ORDER_BUNDLE: &str =
     "SELECT o.id, o.account_id, o.status, o.validation, o.source, o.profile, o.validity_days, \
      o.csr_der, o.organization, o.error, o.rejection_reason, o.approval_reason, \
      o.certificate_serial, o.created_at, o.updated_at, o.expires_at, o.not_after, \
-     o.acme_account_id, o.issue_attempts, \
+     o.acme_account_id, o.issue_attempts, o.reused_authorizations, \
      a.id AS a_id, a.account_id AS a_account_id, a.identifier_type AS a_identifier_type, \
      a.identifier_value AS a_identifier_value, a.wildcard AS a_wildcard, \
      a.status AS a_status, a.validated_at AS a_validated_at, a.expires_at AS a_expires_at, \
@@ -61,6 +63,7 @@ fn as_stored(bundle: &OrderBundle) -> OrderBundle {
 struct OrderBundleRow {
     #[sqlx(flatten)]
     order: OrderRecord,
+    reused_authorizations: Option<String>,
     a_id: Option<String>,
     a_account_id: Option<String>,
     a_identifier_type: Option<IdentifierKind>,
@@ -98,14 +101,101 @@ impl OrderBundleRow {
     }
 }
 
+/// An authorization that reuses an earlier proof of control, as its
+/// order's row keeps it (`orders.reused_authorizations`, a JSON array).
+///
+/// Such an authorization is valid from the start, has no challenges and
+/// is never changed, and reuse looks up the proofs themselves (the rows
+/// of `authorizations` with challenges), never a copy: so it needs no
+/// row of its own. Kept in the order, a renewal writes one row where it
+/// wrote two, and none of the five B-trees of `authorizations` (its
+/// table, its key and three indexes) on SQLite, nor on PostgreSQL their
+/// inserts and foreign-key checks.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Reused {
+    id: String,
+    #[serde(rename = "type")]
+    kind: IdentifierKind,
+    value: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    wildcard: bool,
+    validated_at: Option<i64>,
+    expires_at: i64,
+}
+
+impl Reused {
+    /// `authz` as its order keeps it, if it is a reused one that reads
+    /// back the same from there (its order's account and creation time).
+    fn of(order: &OrderRecord, authz: &AuthorizationBundle) -> Option<Reused> {
+        let a = &authz.authorization;
+        (authz.challenges.is_empty()
+            && a.status == AuthorizationStatus::Valid
+            && a.order_id == order.id
+            && a.account_id == order.account_id
+            && a.created_at == order.created_at)
+            .then(|| Reused {
+                id: a.id.clone(),
+                kind: a.identifier_type,
+                value: a.identifier_value.clone(),
+                wildcard: a.wildcard,
+                validated_at: a.validated_at,
+                expires_at: a.expires_at,
+            })
+    }
+
+    /// The JSON of `bundle`'s reused authorizations (none if it has none).
+    fn column(bundle: &OrderBundle) -> Option<String> {
+        let reused: Vec<Reused> = bundle
+            .authorizations
+            .iter()
+            .filter_map(|a| Reused::of(&bundle.order, a))
+            .collect();
+        // Serialising strings and numbers cannot fail.
+        (!reused.is_empty()).then(|| serde_json::to_string(&reused).unwrap_or_default())
+    }
+
+    /// The authorizations `column` holds for `order`.
+    fn read(order: &OrderRecord, column: &str) -> Result<Vec<AuthorizationBundle>> {
+        let reused: Vec<Reused> = serde_json::from_str(column).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "order {} has unreadable reused authorizations: {e}",
+                order.id
+            ))
+        })?;
+        Ok(reused
+            .into_iter()
+            .map(|r| AuthorizationBundle {
+                authorization: AuthorizationRecord {
+                    id: r.id,
+                    order_id: order.id.clone(),
+                    account_id: order.account_id.clone(),
+                    identifier_type: r.kind,
+                    identifier_value: r.value,
+                    wildcard: r.wildcard,
+                    status: AuthorizationStatus::Valid,
+                    validated_at: r.validated_at,
+                    expires_at: r.expires_at,
+                    created_at: order.created_at,
+                },
+                challenges: Vec::new(),
+            })
+            .collect())
+    }
+}
+
 /// Puts an order together from its rows (none if there is no such
 /// order). Authorizations keep the order their ids were created in (the
-/// workflow makes them sortable).
+/// workflow makes them sortable), wherever they are kept.
 fn order_bundle(rows: Vec<OrderBundleRow>) -> Result<OrderBundle> {
-    let Some(order) = rows.first().map(|row| row.order.clone()) else {
+    let Some(first) = rows.first() else {
         return Err(StoreError::NotFound);
     };
-    let mut bundles: Vec<AuthorizationBundle> = Vec::new();
+    let order = first.order.clone();
+    let mut bundles: Vec<AuthorizationBundle> = match &first.reused_authorizations {
+        Some(column) => Reused::read(&order, column)?,
+        None => Vec::new(),
+    };
+    let inline = bundles.len();
     for row in rows {
         let Some(authorization) = row.authorization() else {
             continue; // an order without authorizations
@@ -142,6 +232,9 @@ fn order_bundle(rows: Vec<OrderBundleRow>) -> Result<OrderBundle> {
             });
         }
     }
+    if inline > 0 {
+        bundles.sort_by(|a, b| a.authorization.id.cmp(&b.authorization.id));
+    }
     Ok(OrderBundle {
         order,
         authorizations: bundles,
@@ -152,7 +245,7 @@ fn order_bundle(rows: Vec<OrderBundleRow>) -> Result<OrderBundle> {
 const INSERT_ORDER_PREFIX: &str =
     "INSERT INTO orders (id, account_id, status, validation, source, profile, validity_days, \
      csr_der, organization, error, rejection_reason, certificate_serial, created_at, updated_at, \
-     expires_at, not_after, acme_account_id) ";
+     expires_at, not_after, acme_account_id, reused_authorizations) ";
 
 /// Followed by `VALUES (…), (…)`.
 const INSERT_AUTHORIZATION_PREFIX: &str =
@@ -579,12 +672,18 @@ where
                     .bind(o.updated_at)
                     .bind(o.expires_at)
                     .bind(o.not_after)
-                    .bind(&o.acme_account_id);
+                    .bind(&o.acme_account_id)
+                    .bind(Reused::column(bundle));
             }
         }
+        // Reused authorizations went into their order's row.
         let authorizations: Vec<&AuthorizationBundle> = bundles
             .iter()
-            .flat_map(|b| b.authorizations.iter())
+            .flat_map(|b| {
+                b.authorizations
+                    .iter()
+                    .filter(|a| Reused::of(&b.order, a).is_none())
+            })
             .collect();
         for chunk in authorizations.chunks(ROWS_PER_INSERT) {
             let q = script.write(INSERT_AUTHORIZATION_PREFIX);
