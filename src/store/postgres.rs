@@ -42,8 +42,12 @@ impl SqlStore<Postgres> {
         // most batches met a connection that had not prepared their text
         // yet, and PostgreSQL planned it again. Its statements write rows
         // by key, so one generic plan per text is as good as a plan for
-        // each batch's values (docs/BENCHMARKS.md, 2026-12-05).
-        let writer = pool_options(1)
+        // each batch's values (docs/BENCHMARKS.md, 2026-12-05). Two
+        // connections, used in turn: sqlx checks a connection as it goes
+        // back to its pool (a round trip), and with one the next batch
+        // waited for that; with two it takes the other at once. The
+        // writer commits one batch at a time either way.
+        let writer = pool_options(WRITER_CONNECTIONS)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     sqlx::Executor::execute(&mut *conn, "SET plan_cache_mode = force_generic_plan")
@@ -71,6 +75,9 @@ impl SqlStore<Postgres> {
         })
     }
 }
+
+/// Connections of the group-commit writer's own pool.
+pub(super) const WRITER_CONNECTIONS: u32 = 2;
 
 /// Statement texts the writer's connection keeps prepared (sqlx's
 /// default is 100): one for each mix of writes a batch held, a few dozen
