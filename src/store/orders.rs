@@ -761,9 +761,15 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn typed_values_come_back_as_written_and_an_unreadable_one_is_a_corrupt_row() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A SQLite store in `dir` with account `acct_1`: its URL, the store
+    /// and a raw pool to look at or spoil its rows.
+    async fn store_with_account(
+        dir: &tempfile::TempDir,
+    ) -> (
+        String,
+        std::sync::Arc<dyn crate::store::Store>,
+        sqlx::SqlitePool,
+    ) {
         let url = format!("sqlite://{}", dir.path().join("h.db").display());
         let store = crate::store::connect(&url).await.unwrap();
         let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
@@ -773,6 +779,13 @@ mod tests {
         .execute(&raw)
         .await
         .unwrap();
+        (url, store, raw)
+    }
+
+    #[tokio::test]
+    async fn typed_values_come_back_as_written_and_an_unreadable_one_is_a_corrupt_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, store, raw) = store_with_account(&dir).await;
         let written = bundle("a");
         store.create_order(&written, Vec::new()).await.unwrap();
         assert_eq!(store.order("ord_a").await.unwrap(), written);
@@ -796,15 +809,7 @@ mod tests {
     #[tokio::test]
     async fn a_reused_authorization_is_kept_in_its_order_and_reads_back_in_id_order() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("h.db").display());
-        let store = crate::store::connect(&url).await.unwrap();
-        let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
-        sqlx::query(
-            "INSERT INTO accounts (id, name, role, created_at) VALUES ('acct_1', 't', 'requester', 1)",
-        )
-        .execute(&raw)
-        .await
-        .unwrap();
+        let (url, store, raw) = store_with_account(&dir).await;
         // A fresh authorization (with a challenge) between two reused ones.
         let mut written = bundle("b");
         let mut fresh = written.authorizations[0].clone();
