@@ -77,7 +77,7 @@ impl SqlStore<Postgres> {
 }
 
 /// Connections of the group-commit writer's own pool.
-pub(super) const WRITER_CONNECTIONS: u32 = 2;
+const WRITER_CONNECTIONS: u32 = 2;
 
 /// Statement texts the writer's connection keeps prepared (sqlx's
 /// default is 100): one for each mix of writes a batch held, a few dozen

@@ -124,23 +124,28 @@ struct Reused {
 }
 
 impl Reused {
-    /// `authz` as its order keeps it, if it is a reused one that reads
+    /// Whether `authz` is kept in `order`'s row: a reused one that reads
     /// back the same from there (its order's account and creation time).
-    fn of(order: &OrderRecord, authz: &AuthorizationBundle) -> Option<Reused> {
+    fn kept_in(order: &OrderRecord, authz: &AuthorizationBundle) -> bool {
         let a = &authz.authorization;
-        (authz.challenges.is_empty()
+        authz.challenges.is_empty()
             && a.status == AuthorizationStatus::Valid
             && a.order_id == order.id
             && a.account_id == order.account_id
-            && a.created_at == order.created_at)
-            .then(|| Reused {
-                id: a.id.clone(),
-                kind: a.identifier_type,
-                value: a.identifier_value.clone(),
-                wildcard: a.wildcard,
-                validated_at: a.validated_at,
-                expires_at: a.expires_at,
-            })
+            && a.created_at == order.created_at
+    }
+
+    /// `authz` as its order keeps it, if [`Reused::kept_in`] it.
+    fn of(order: &OrderRecord, authz: &AuthorizationBundle) -> Option<Reused> {
+        let a = &authz.authorization;
+        Self::kept_in(order, authz).then(|| Reused {
+            id: a.id.clone(),
+            kind: a.identifier_type,
+            value: a.identifier_value.clone(),
+            wildcard: a.wildcard,
+            validated_at: a.validated_at,
+            expires_at: a.expires_at,
+        })
     }
 
     /// The JSON of `bundle`'s reused authorizations (none if it has none).
@@ -682,7 +687,7 @@ where
             .flat_map(|b| {
                 b.authorizations
                     .iter()
-                    .filter(|a| Reused::of(&b.order, a).is_none())
+                    .filter(|a| !Reused::kept_in(&b.order, a))
             })
             .collect();
         for chunk in authorizations.chunks(ROWS_PER_INSERT) {
