@@ -49,7 +49,11 @@ impl SqlStore<Sqlite> {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // A statement's undo record (the statement journal) in memory:
+            // a batch's multi-row INSERT that outgrew 64 KiB of it created,
+            // wrote and deleted a temporary file inside the commit.
+            .pragma("temp_store", "MEMORY");
         let nonce_file = nonce_file_of(&options);
         let cannot_open = |e: sqlx::Error| StoreError::Database(format!("cannot open {url}: {e}"));
         let write = write_pool(&options, &nonce_file)
