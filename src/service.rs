@@ -19,6 +19,7 @@ use crate::store::{self, IssuerKind, IssuerRecord, StoreError};
 use crate::validation::caa::CaaSettings;
 use crate::validation::{AccountUrls, Validators};
 use crate::workflow::crl::CrlPublisher;
+use crate::workflow::nonces::Nonces;
 use crate::workflow::ocsp::OcspResponder;
 use crate::workflow::orders::Orders;
 use crate::workflow::{users, Authority, WorkflowError};
@@ -75,7 +76,7 @@ pub struct Service {
     ocsp: Arc<OcspResponder>,
     tls: Option<(Arc<rustls::ServerConfig>, Arc<CertificateSlot>)>,
     initial_admin_password: Option<Zeroizing<String>>,
-    acme_nonce_key: ring::hmac::Key,
+    acme_nonces: Arc<Nonces>,
     password_gate: Arc<users::PasswordGate>,
 }
 
@@ -116,14 +117,7 @@ impl Service {
                 Some((tls_config_with(slot.clone(), Some(&root))?, slot))
             }
         };
-        let candidate: Zeroizing<[u8; 32]> = Zeroizing::new(rand::random());
-        let shared = Zeroizing::new(
-            authority
-                .store()
-                .acme_nonce_key(candidate.as_slice())
-                .await?,
-        );
-        let acme_nonce_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &shared);
+        let acme_nonces = Arc::new(Nonces::for_store(authority.store().as_ref()).await?);
         // Last, so a start that fails earlier cannot swallow the one-time
         // password.
         let initial_admin_password =
@@ -137,7 +131,7 @@ impl Service {
             ocsp,
             tls,
             initial_admin_password,
-            acme_nonce_key,
+            acme_nonces,
             password_gate,
         })
     }
@@ -204,7 +198,7 @@ impl Service {
             public_http_url: self.config.public_http_url.clone(),
             acme: self.config.acme.clone(),
             danger_acme_chaos: self.config.danger_acme_chaos,
-            acme_nonce_key: self.acme_nonce_key.clone(),
+            acme_nonces: self.acme_nonces.clone(),
             acme_nonce_uses: Default::default(),
             limits: crate::workflow::limits::AddressLimits::new(&self.config.limits),
             password_gate: self.password_gate.clone(),

@@ -47,8 +47,8 @@ pub struct AppState {
     pub acme: crate::config::AcmeSection,
     /// Test-only ACME faults (never set from configuration).
     pub danger_acme_chaos: Option<crate::config::DangerAcmeChaos>,
-    /// The key ACME nonces are MACed with (the same on every instance).
-    pub acme_nonce_key: ring::hmac::Key,
+    /// ACME nonces: their key and the record of their use.
+    pub acme_nonces: Arc<crate::workflow::nonces::Nonces>,
     /// Valid nonces used on this instance (for `danger_acme_chaos`).
     pub acme_nonce_uses: std::sync::atomic::AtomicU64,
     /// Per-address limits of the unauthenticated doors.

@@ -518,8 +518,7 @@ impl<T> Store for T where
 /// One connection pool's use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolStats {
-    /// `read`, `write`, or a group-commit queue's own connection:
-    /// `writer` (PostgreSQL), `nonces` (SQLite).
+    /// `read`, `write`, or PostgreSQL's group-commit `writer`.
     pub name: &'static str,
     /// Connections open.
     pub size: u32,
@@ -534,6 +533,10 @@ pub struct PoolStats {
 pub trait Health: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
+
+    /// Whether `serve` is this database's only server (SQLite): what it
+    /// keeps in memory no other instance can change behind its back.
+    fn one_server(&self) -> bool;
 
     /// Checks the database answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;

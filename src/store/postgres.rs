@@ -62,18 +62,41 @@ impl SqlStore<Postgres> {
         let write = pool.clone();
         let nonces = Batcher::spawn("nonces", move |items: std::sync::Arc<Vec<UsedNonce>>| {
             let write = write.clone();
-            async move { Postgres::insert_used_nonces(write, &items).await }
+            async move { insert_used_nonces(write, &items).await }
         });
         Ok(SqlStore {
             read: pool.clone(),
-            nonce_write: pool.clone(),
             write: pool,
             own_pools: vec![("writer", writer)],
             batcher,
-            nonces,
+            nonces: Some(nonces),
             recent: Default::default(),
         })
     }
+}
+
+/// Records used ACME nonces, shared by every instance. The commit does
+/// not wait for the WAL flush (`synchronous_commit = off` for this
+/// transaction only): a used nonce is worth no disk flush. Now and then
+/// (one batch in 256) it also forgets used nonces that expired (they are
+/// refused for their expiry anyway).
+async fn insert_used_nonces(write: Pool<Postgres>, nonces: &[UsedNonce]) -> Result<Vec<bool>> {
+    let mut tx = write.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    let inserted = insert_nonces("acme_nonces", nonces)
+        .query_as::<Postgres, (String,)>()?
+        .fetch_all(&mut *tx)
+        .await?;
+    if rand::random::<u8>() == 0 {
+        sqlx::query("DELETE FROM acme_nonces WHERE expires_at < $1")
+            .bind(time::OffsetDateTime::now_utc().unix_timestamp())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(fresh_nonces(nonces, inserted))
 }
 
 /// Connections of the group-commit writer's own pool.
@@ -114,7 +137,7 @@ impl Backend for Postgres {
     const ANONYMOUS_PARAMETERS: bool = false;
     const WRITES_AS_CTES: bool = true;
     const ROWS_AS_ARRAYS: bool = true;
-    const KEEPS_ORDERS: bool = false;
+    const ONE_SERVER: bool = false;
 
     fn add_column(
         out: &mut PgArguments,
@@ -127,29 +150,6 @@ impl Backend for Postgres {
             Column::Bytes(v) => out.add(v.iter().map(|x| x.as_deref()).collect::<Vec<_>>()),
             Column::Bool(v) => out.add(v.as_slice()),
         }
-    }
-
-    /// The commit does not wait for the WAL flush (`synchronous_commit =
-    /// off` for this transaction only): a used nonce is worth no disk flush.
-    async fn insert_used_nonces(write: Pool<Self>, nonces: &[UsedNonce]) -> Result<Vec<bool>> {
-        let mut tx = write.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-        let inserted = insert_nonces("acme_nonces", nonces)
-            .query_as::<Postgres, (String,)>()?
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(fresh_nonces(nonces, inserted))
-    }
-
-    async fn prune_nonces(write: &Pool<Self>, now: i64) -> Result<()> {
-        sqlx::query("DELETE FROM acme_nonces WHERE expires_at < $1")
-            .bind(now)
-            .execute(write)
-            .await?;
-        Ok(())
     }
 
     async fn scan_revoked(

@@ -5,16 +5,8 @@
 //! pool. `synchronous = FULL` makes every commit durable, and is set once
 //! when a connection opens, never changed per request.
 //!
-//! The one exception is the record of used ACME nonces: it lives in a
-//! second database file (`<db>-nonces`) that every write connection
-//! attaches as `nonces` with `synchronous = OFF`. A used nonce is worth no
-//! disk flush, a commit that only touches that file does not flush, and
-//! because `synchronous` is set per database file once when the connection
-//! opens, no request — cancelled or not — can change the durability of the
-//! main database. Used nonces are written (and pruned) through a write
-//! connection of their own: a write to the nonce file takes that file's
-//! lock only, so nonces never wait for a certificate commit's flush of the
-//! main file, nor certificate writes for nonces.
+//! Used ACME nonces are not here: `serve` is the one server of its SQLite
+//! file, and records them in memory (`workflow/nonces.rs`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -29,10 +21,7 @@ use sqlx::{Connection, Pool, Sqlite};
 
 use async_trait::async_trait;
 
-use super::batch::{Batcher, UsedNonce};
-use super::sql::{
-    fresh_nonces, insert_nonces, ping_if_idle, revoked_row, revoked_scan_sql, Column,
-};
+use super::sql::{ping_if_idle, revoked_row, revoked_scan_sql, Column};
 use super::{Backend, Result, RevokedRow, RevokedScan, SqlStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -54,11 +43,8 @@ impl SqlStore<Sqlite> {
             // a batch's multi-row INSERT that outgrew 64 KiB of it created,
             // wrote and deleted a temporary file inside the commit.
             .pragma("temp_store", "MEMORY");
-        let nonce_file = nonce_file_of(&options);
         let cannot_open = |e: sqlx::Error| StoreError::Database(format!("cannot open {url}: {e}"));
-        let write = write_pool(&options, &nonce_file)
-            .await
-            .map_err(cannot_open)?;
+        let write = write_pool(&options).await.map_err(cannot_open)?;
         MIGRATOR
             .run(&write)
             .await
@@ -72,79 +58,27 @@ impl SqlStore<Sqlite> {
             .await
             .map_err(cannot_open)?;
         let batcher = Self::workflow_writer(write.clone());
-        // Used nonces are written through a connection of their own: an
-        // INSERT into the attached nonce file takes that file's write lock
-        // only, so it no longer waits for the workflow's commits (each a
-        // flush of the main file) on the one write connection, nor they
-        // for it.
-        let nonce_writer = write_pool(&options, &nonce_file)
-            .await
-            .map_err(cannot_open)?;
-        let pool = nonce_writer.clone();
-        let nonces = Batcher::spawn("nonces", move |items: std::sync::Arc<Vec<UsedNonce>>| {
-            let pool = pool.clone();
-            async move { Sqlite::insert_used_nonces(pool, &items).await }
-        });
         Ok(SqlStore {
             read,
             write,
-            own_pools: vec![("nonces", nonce_writer.clone())],
-            nonce_write: nonce_writer,
+            own_pools: Vec::new(),
             batcher,
-            nonces,
+            nonces: None,
             recent: Default::default(),
         })
     }
 }
 
-/// A pool of one write connection to the database of `options`, with the
-/// used-nonce file attached.
-async fn write_pool(
-    options: &SqliteConnectOptions,
-    nonce_file: &str,
-) -> Result<Pool<Sqlite>, sqlx::Error> {
-    let nonce_file = nonce_file.to_owned();
+/// A pool of one write connection to the database of `options`.
+async fn write_pool(options: &SqliteConnectOptions) -> Result<Pool<Sqlite>, sqlx::Error> {
     SqlitePoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(30))
         .test_before_acquire(false)
         .before_acquire(ping_if_idle)
-        .after_connect(move |conn, _| {
-            let nonce_file = nonce_file.clone();
-            Box::pin(async move { attach_nonces(conn, &nonce_file).await })
-        })
         .after_release(closed_unless_idle)
         .connect_with(options.clone())
         .await
-}
-
-/// The file used nonces are recorded in: beside the database, or in
-/// memory for an in-memory database.
-fn nonce_file_of(options: &SqliteConnectOptions) -> String {
-    let main = options.get_filename().to_string_lossy().into_owned();
-    if main.is_empty() || main == ":memory:" {
-        ":memory:".to_owned()
-    } else {
-        format!("{main}-nonces")
-    }
-}
-
-/// Attaches the used-nonce file to a new write connection, without disk
-/// flushes for it alone (the main database keeps `synchronous = FULL`).
-async fn attach_nonces(conn: &mut SqliteConnection, file: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("ATTACH DATABASE $1 AS nonces")
-        .bind(file)
-        .execute(&mut *conn)
-        .await?;
-    for statement in [
-        "PRAGMA nonces.journal_mode = WAL",
-        "PRAGMA nonces.synchronous = OFF",
-        "CREATE TABLE IF NOT EXISTS nonces.used (nonce TEXT PRIMARY KEY, expires_at INTEGER NOT NULL)",
-        "CREATE INDEX IF NOT EXISTS nonces.used_expiry ON used (expires_at)",
-    ] {
-        sqlx::query(statement).execute(&mut *conn).await?;
-    }
-    Ok(())
 }
 
 /// Whether a write connection may go back to the pool: only if no
@@ -188,31 +122,13 @@ impl Backend for Sqlite {
     const ANONYMOUS_PARAMETERS: bool = true;
     const WRITES_AS_CTES: bool = false;
     const ROWS_AS_ARRAYS: bool = false;
-    const KEEPS_ORDERS: bool = true;
+    const ONE_SERVER: bool = true;
 
     fn add_column<'q>(
         _: &mut SqliteArguments<'q>,
         _: &'q Column<'_>,
     ) -> std::result::Result<(), sqlx::error::BoxDynError> {
         Err("SQLite has no array parameters".into())
-    }
-
-    /// Records used ACME nonces in the attached nonce file (which is never
-    /// flushed), in one statement, on the nonces' own write connection.
-    async fn insert_used_nonces(write: Pool<Self>, nonces: &[UsedNonce]) -> Result<Vec<bool>> {
-        let inserted = insert_nonces("nonces.used", nonces)
-            .query_as::<Sqlite, (String,)>()?
-            .fetch_all(&write)
-            .await?;
-        Ok(fresh_nonces(nonces, inserted))
-    }
-
-    async fn prune_nonces(write: &Pool<Self>, now: i64) -> Result<()> {
-        sqlx::query("DELETE FROM nonces.used WHERE expires_at < $1")
-            .bind(now)
-            .execute(write)
-            .await?;
-        Ok(())
     }
 
     /// Every connection that writes durable state flushes each commit

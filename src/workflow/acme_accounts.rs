@@ -11,17 +11,6 @@ use crate::store::{
     AccountRecord, AcmeAccountRecord, AcmeAccountStatus, AuditEvent, Conflict, Store, StoreError,
 };
 
-/// Records the single use of an ACME nonce whose MAC and signature have
-/// been checked: `false` if it was used before (on any instance).
-pub async fn use_nonce(
-    store: &dyn Store,
-    nonce: &str,
-    expires: i64,
-    now: i64,
-) -> Result<bool, StoreError> {
-    store.use_nonce(nonce, expires, now).await
-}
-
 /// A new ACME account, as its verified newAccount request describes it.
 #[derive(Debug, Clone)]
 pub struct Registration {

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod crl;
 mod error;
 pub mod limits;
+pub mod nonces;
 pub mod ocsp;
 pub mod orders;
 pub mod revocation;

@@ -19,7 +19,10 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nonce_uses_cancelled_at_any_point_leave_every_write_connection_durable() {
-    for backend in backends() {
+    // PostgreSQL records used nonces in the database, each batch with
+    // `synchronous_commit = off` for its own transaction only; SQLite's
+    // `serve` keeps them in memory (workflow/nonces.rs).
+    for backend in backends().into_iter().filter(|b| *b == Backend::Postgres) {
         let dir = tempfile::tempdir().unwrap();
         let db = TestDb::new(backend, dir.path()).await;
         let store = hallmark::store::connect(&db.url).await.unwrap();

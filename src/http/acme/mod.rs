@@ -9,11 +9,11 @@
 //!
 //! Every POST is a JWS checked in one place (`verify`), cheapest
 //! first: the nonce's MAC and expiry (nonces are made without the
-//! database: expiry and random bits under an HMAC key every instance
-//! shares), the `url` header equal to the URL requested, `kid` naming a
-//! valid account (or `jwk` where the RFC allows it), the signature — and
-//! only then the nonce's single use, recorded in the database so it holds
-//! on every instance. Account changes go through
+//! database, `workflow/nonces.rs`), the `url` header equal to the URL
+//! requested, `kid` naming a valid account (or `jwk` where the RFC allows
+//! it), the signature — and only then the nonce's single use: recorded in
+//! the database so it holds on every instance (PostgreSQL), or in this
+//! process where it is its database's one server (SQLite). Account changes go through
 //! `workflow::acme_accounts`. Every answer carries a fresh `Replay-Nonce`
 //! and `Link: <directory>;rel="index"`.
 
@@ -55,9 +55,6 @@ use crate::workflow::accounts::{Caller, Role};
 use crate::workflow::acme_accounts::{self, AcmeAccountError, Registration};
 use crate::workflow::limits::address_key;
 use crate::workflow::revocation::{RevokeRequest, Revoker};
-
-/// How long a nonce may wait for its request.
-const NONCE_LIFETIME_SECS: i64 = 3600;
 
 /// Routes under `/acme`. Every POST resource gets the ACME headers from
 /// one layer; the directory, newNonce and renewal information add their

@@ -2,48 +2,11 @@
 
 use super::*;
 
-/// A fresh nonce, made without touching the database: its expiry and 64
-/// random bits, MACed with the key every instance shares
-/// (base64url of expiry ‖ random ‖ 128-bit HMAC-SHA256 tag). Any instance
-/// can check it; [`check_nonce`] records its use so it works once.
+/// A fresh nonce, made without touching the database (`workflow/nonces.rs`).
 pub(super) fn fresh_nonce(state: &AppState) -> String {
-    let expires = time::OffsetDateTime::now_utc().unix_timestamp() + NONCE_LIFETIME_SECS;
-    let mut raw = [0u8; 32];
-    raw[..8].copy_from_slice(&expires.to_be_bytes());
-    raw[8..16].copy_from_slice(&rand::random::<[u8; 8]>());
-    let tag = ring::hmac::sign(&state.acme_nonce_key, &raw[..16]);
-    raw[16..].copy_from_slice(&tag.as_ref()[..16]);
-    URL_SAFE_NO_PAD.encode(raw)
-}
-
-/// When `nonce` expires, if it is one of ours and unexpired: checked by
-/// its MAC alone, without the database. Whether it was used before is
-/// [`use_nonce`]'s question, asked only once the signature has verified.
-pub(super) fn nonce_expiry(state: &AppState, nonce: &str, now: i64) -> Option<i64> {
-    use subtle::ConstantTimeEq;
-    let raw = match URL_SAFE_NO_PAD.decode(nonce) {
-        Ok(r) if r.len() == 32 => r,
-        _ => return None,
-    };
-    let tag = ring::hmac::sign(&state.acme_nonce_key, &raw[..16]);
-    if !bool::from(tag.as_ref()[..16].ct_eq(&raw[16..])) {
-        return None;
-    }
-    let mut expiry = [0u8; 8];
-    expiry.copy_from_slice(&raw[..8]);
-    let expires = i64::from_be_bytes(expiry);
-    (expires >= now).then_some(expires)
-}
-
-/// Records the use of a nonce [`nonce_expiry`] accepted; false if it was
-/// used before (shared by every instance).
-pub(super) async fn use_nonce(
-    state: &AppState,
-    nonce: &str,
-    expires: i64,
-    now: i64,
-) -> Result<bool, StoreError> {
-    acme_accounts::use_nonce(state.authority.store().as_ref(), nonce, expires, now).await
+    state
+        .acme_nonces
+        .fresh(time::OffsetDateTime::now_utc().unix_timestamp())
 }
 
 /// Adds `Replay-Nonce`, `Link: rel="index"` and `Cache-Control: no-store`.
@@ -156,7 +119,7 @@ pub(super) async fn verify(
     let nonce = jws.protected.nonce.clone().ok_or_else(|| {
         Problem::acme(bad, AcmeError::BadNonce, "the JWS header has no \"nonce\"")
     })?;
-    let expires = nonce_expiry(state, &nonce, now).ok_or_else(bad_nonce)?;
+    let checked = state.acme_nonces.check(&nonce, now).ok_or_else(bad_nonce)?;
     let expected = format!("{}{}", state.public_https_url, uri.path());
     if jws.protected.url != expected {
         return Err(Problem::acme(
@@ -169,7 +132,11 @@ pub(super) async fn verify(
         ));
     }
     let verified = verify_signature(state, jws, jwk_ok).await?;
-    if !use_nonce(state, &nonce, expires, now).await? || refused_by_chaos(state) {
+    let fresh = state
+        .acme_nonces
+        .take(state.authority.store().as_ref(), checked, now)
+        .await?;
+    if !fresh || refused_by_chaos(state) {
         return Err(bad_nonce());
     }
     Ok(verified)

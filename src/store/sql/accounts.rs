@@ -347,18 +347,17 @@ where
         Ok(key)
     }
 
-    async fn use_nonce(&self, nonce: &str, expires_at: i64, now: i64) -> Result<bool> {
+    async fn use_nonce(&self, nonce: &str, expires_at: i64, _now: i64) -> Result<bool> {
+        let Some(nonces) = &self.nonces else {
+            return Err(StoreError::Database(
+                "this database's one server records used ACME nonces in memory".into(),
+            ));
+        };
         let used = crate::store::batch::UsedNonce {
             nonce: nonce.to_owned(),
             expires_at,
         };
-        let fresh = self.nonces.submit(used).await?;
-        if rand::random::<u16>() < 64 {
-            // Now and then, forget used nonces that have expired
-            // (they are refused for their expiry anyway).
-            B::prune_nonces(&self.nonce_write, now).await?;
-        }
-        Ok(fresh)
+        nonces.submit(used).await
     }
 
     async fn create_acme_account(

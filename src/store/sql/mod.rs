@@ -72,12 +72,11 @@ pub struct SqlStore<B: Backend> {
     pub(super) own_pools: Vec<(&'static str, Pool<B>)>,
     /// The group-commit queue of the workflow's durable writes.
     pub(super) batcher: Batcher<Write, Done>,
-    /// The group-commit queue of used ACME nonces.
-    pub(super) nonces: Batcher<UsedNonce, bool>,
-    /// The pool used nonces are written and pruned through: `write` on
-    /// PostgreSQL, SQLite's `nonces` (so both reach the same nonce file,
-    /// even an in-memory one, and never wait for each other's lock).
-    pub(super) nonce_write: Pool<B>,
+    /// The group-commit queue of used ACME nonces, shared by every
+    /// instance (PostgreSQL). None where `serve` is the database's one
+    /// server ([`Backend::ONE_SERVER`], SQLite): it records them in
+    /// memory (`workflow/nonces.rs`).
+    pub(super) nonces: Option<Batcher<UsedNonce, bool>>,
     /// The hot reads' recent answers (`store/recent.rs`).
     pub(super) recent: RecentReads,
 }
@@ -97,7 +96,7 @@ pub(in crate::store) struct RecentReads {
     /// [`super::recent::MAX_BLOCKED_IN_MEMORY`]), under the key `()`.
     pub(in crate::store) blocked: Recent<(), std::sync::Arc<std::collections::HashSet<Vec<u8>>>>,
     /// Orders with their authorizations and challenges, by id, where the
-    /// backend [`Backend::KEEPS_ORDERS`]: every write to an order through
+    /// backend [`Backend::ONE_SERVER`]: every write to an order through
     /// this store goes by [`SqlStore::submit_order_write`], which hides
     /// its view while the write is in flight.
     pub(in crate::store) orders: Tracked<String, super::OrderBundle>,
@@ -133,18 +132,15 @@ pub trait Backend: Database {
         out: &mut <Self as Database>::Arguments<'q>,
         column: &'q Column<'_>,
     ) -> std::result::Result<(), sqlx::error::BoxDynError>;
-    /// Whether a store keeps the orders it reads and writes in memory
-    /// ([`RecentReads::orders`]). Only where it is the one server on its
-    /// database (SQLite, a file of one host): on PostgreSQL several
+    /// Whether `serve` is the one server on its database (SQLite, a file
+    /// of one host). Only then does a store keep the orders it reads and
+    /// writes in memory ([`RecentReads::orders`]), and ACME nonces are
+    /// recorded in memory (`workflow/nonces.rs`): on PostgreSQL several
     /// instances may serve behind a load balancer, and an ACME client
     /// whose requests land on different instances must never see its
-    /// order go back to an earlier status.
-    const KEEPS_ORDERS: bool;
-    /// Records used ACME nonces in one transaction without a disk flush:
-    /// for each, `false` if it was used before (or earlier in `nonces`).
-    async fn insert_used_nonces(write: Pool<Self>, nonces: &[UsedNonce]) -> Result<Vec<bool>>;
-    /// Forgets used nonces that expired before `now`.
-    async fn prune_nonces(write: &Pool<Self>, now: i64) -> Result<()>;
+    /// order go back to an earlier status, nor a nonce used on one
+    /// instance taken again on another.
+    const ONE_SERVER: bool;
     /// Fails unless every commit on `write` waits for the disk.
     async fn check_durable(write: &Pool<Self>) -> Result<()>;
     /// How many rows a statement changed.
@@ -951,6 +947,10 @@ where
 {
     fn backend(&self) -> &'static str {
         B::LABEL
+    }
+
+    fn one_server(&self) -> bool {
+        B::ONE_SERVER
     }
 
     async fn ping(&self) -> Result<()> {

@@ -396,7 +396,7 @@ where
         write: batch::Write,
         after: After<'_>,
     ) -> Result<batch::Done> {
-        if !B::KEEPS_ORDERS {
+        if !B::ONE_SERVER {
             return self.batcher.submit(write).await;
         }
         let guard = self.recent.orders.writing(&order_id.to_owned());
@@ -750,7 +750,7 @@ where
     usize: sqlx::ColumnIndex<B::Row>,
 {
     async fn order(&self, id: &str) -> Result<OrderBundle> {
-        if !B::KEEPS_ORDERS {
+        if !B::ONE_SERVER {
             return self.order_now(id).await;
         }
         match self.recent.orders.get(&id.to_owned()) {
@@ -761,7 +761,7 @@ where
 
     async fn order_now(&self, id: &str) -> Result<OrderBundle> {
         let key = id.to_owned();
-        let version = B::KEEPS_ORDERS
+        let version = B::ONE_SERVER
             .then(|| self.recent.orders.before_read(&key))
             .flatten();
         let rows: Vec<OrderBundleRow> = sqlx::query_as(SELECT_ORDER_BUNDLE)
