@@ -117,7 +117,7 @@ impl Service {
                 Some((tls_config_with(slot.clone(), Some(&root))?, slot))
             }
         };
-        let acme_nonces = Arc::new(Nonces::for_store(authority.store().as_ref()).await?);
+        let acme_nonces = Arc::new(Nonces::for_store(authority.store()).await?);
         // Last, so a start that fails earlier cannot swallow the one-time
         // password.
         let initial_admin_password =

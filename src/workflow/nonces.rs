@@ -18,7 +18,7 @@
 //!   a used one (at 8,000 nonces/s the window is two minutes; an ACME
 //!   client uses its nonce within the second).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use subtle::ConstantTimeEq;
@@ -38,7 +38,7 @@ pub struct Nonces {
 }
 
 enum Record {
-    Shared,
+    Shared(Arc<dyn Store>),
     Local(Mutex<Window>),
 }
 
@@ -95,7 +95,7 @@ pub struct Checked {
 impl Nonces {
     /// Nonces for a store: local where `serve` is its database's only
     /// server, else under the database's shared key.
-    pub async fn for_store(store: &dyn Store) -> Result<Self, StoreError> {
+    pub async fn for_store(store: &Arc<dyn Store>) -> Result<Self, StoreError> {
         let candidate: zeroize::Zeroizing<[u8; 32]> = zeroize::Zeroizing::new(rand::random());
         if store.one_server() {
             return Ok(Nonces::local(candidate.as_slice()));
@@ -103,7 +103,7 @@ impl Nonces {
         let shared = zeroize::Zeroizing::new(store.acme_nonce_key(candidate.as_slice()).await?);
         Ok(Nonces {
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &shared),
-            record: Record::Shared,
+            record: Record::Shared(store.clone()),
         })
     }
 
@@ -118,7 +118,7 @@ impl Nonces {
     /// A new nonce, good until `now` + [`LIFETIME_SECS`].
     pub fn fresh(&self, now: i64) -> String {
         let id = match &self.record {
-            Record::Shared => rand::random(),
+            Record::Shared(_) => rand::random(),
             Record::Local(window) => window.lock().unwrap_or_else(|p| p.into_inner()).make(),
         };
         let mut raw = [0u8; 32];
@@ -151,14 +151,9 @@ impl Nonces {
     }
 
     /// Uses a checked nonce: false if it was used before.
-    pub async fn take(
-        &self,
-        store: &dyn Store,
-        checked: Checked,
-        now: i64,
-    ) -> Result<bool, StoreError> {
+    pub async fn take(&self, checked: Checked, now: i64) -> Result<bool, StoreError> {
         match &self.record {
-            Record::Shared => store.use_nonce(&checked.nonce, checked.expires, now).await,
+            Record::Shared(store) => store.use_nonce(&checked.nonce, checked.expires, now).await,
             Record::Local(window) => Ok(window
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

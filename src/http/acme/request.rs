@@ -132,10 +132,7 @@ pub(super) async fn verify(
         ));
     }
     let verified = verify_signature(state, jws, jwk_ok).await?;
-    let fresh = state
-        .acme_nonces
-        .take(state.authority.store().as_ref(), checked, now)
-        .await?;
+    let fresh = state.acme_nonces.take(checked, now).await?;
     if !fresh || refused_by_chaos(state) {
         return Err(bad_nonce());
     }
