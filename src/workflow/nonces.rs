@@ -16,7 +16,10 @@
 //!   last [`WINDOW`] made — no database write, and a fixed 128 KiB however
 //!   fast nonces are used. A nonce older than the window is refused like
 //!   a used one (at 8,000 nonces/s the window is two minutes; an ACME
-//!   client uses its nonce within the second).
+//!   client uses its nonce within the second). Making nonces faster than
+//!   clients use them (every answer makes one; newNonce is limited per
+//!   address) only pushes unused ones out: their clients get `badNonce`
+//!   and retry, and no nonce is ever good twice.
 
 use std::sync::{Arc, Mutex};
 
