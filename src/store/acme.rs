@@ -149,7 +149,7 @@ pub trait AccountWrites: Send + Sync + 'static {
 
     /// Records the use of an (authentic, unexpired) ACME nonce: `true` the
     /// first time, `false` on a replay.
-    async fn use_nonce(&self, nonce: &str, expires_at: i64, now: i64) -> Result<bool>;
+    async fn use_nonce(&self, nonce: &str, expires_at: i64) -> Result<bool>;
 
     /// Creates an ACME account (and, with `owner`, the hallmark account
     /// that will own its orders) with its audit record.

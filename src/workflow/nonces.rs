@@ -154,9 +154,9 @@ impl Nonces {
     }
 
     /// Uses a checked nonce: false if it was used before.
-    pub async fn take(&self, checked: Checked, now: i64) -> Result<bool, StoreError> {
+    pub async fn take(&self, checked: Checked) -> Result<bool, StoreError> {
         match &self.record {
-            Record::Shared(store) => store.use_nonce(&checked.nonce, checked.expires, now).await,
+            Record::Shared(store) => store.use_nonce(&checked.nonce, checked.expires).await,
             Record::Local(window) => Ok(window
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

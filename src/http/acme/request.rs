@@ -132,7 +132,7 @@ pub(super) async fn verify(
         ));
     }
     let verified = verify_signature(state, jws, jwk_ok).await?;
-    let fresh = state.acme_nonces.take(checked, now).await?;
+    let fresh = state.acme_nonces.take(checked).await?;
     if !fresh || refused_by_chaos(state) {
         return Err(bad_nonce());
     }

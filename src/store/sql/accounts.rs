@@ -347,7 +347,7 @@ where
         Ok(key)
     }
 
-    async fn use_nonce(&self, nonce: &str, expires_at: i64, _now: i64) -> Result<bool> {
+    async fn use_nonce(&self, nonce: &str, expires_at: i64) -> Result<bool> {
         let Some(nonces) = &self.nonces else {
             return Err(StoreError::Database(
                 "this database's one server records used ACME nonces in memory".into(),
