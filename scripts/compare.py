@@ -15,10 +15,11 @@ TLS connection per concurrent client, the same pre-made P-256 CSRs
 p50/p99 latency, and each hallmark figure as a ratio of cfssl without
 storage; `openssl speed ecdsap256` on one core is printed beside them.
 
-With --probe, each hallmark run also prints where its time went: the
-group-commit writer's commits, mean batch, mean commit and the share of
-the run it was busy (from /metrics), CPU per certificate of hallmark and
-of this client (from /proc), and the machine's idle share.
+With --probe, each run also prints where its time went: CPU per
+certificate of the server and of this client (from /proc) and the
+machine's idle share, and for hallmark the group-commit writer's
+commits, mean batch, mean commit and the share of the run it was busy
+(from /metrics).
 
 Needs: golang-cfssl, openssl, python3-cryptography (or `pip install
 cryptography`), and target/release/hallmark ($HALLMARK to override).
@@ -110,23 +111,26 @@ async def drive(target, csrs, concurrency):
 
 
 class Probe:
-    """Writer and CPU figures of one hallmark run (--probe)."""
+    """Writer and CPU figures of one run (--probe): the CPU of any system,
+    the group-commit writer's of hallmark."""
 
     QUEUE = 'queue="workflow"'
 
-    def __init__(self, node):
-        self.node = node
+    def __init__(self, pid, metrics=None):
+        self.pid, self.metrics = pid, metrics
         self.start = self.sample()
 
     def sample(self):
-        text = urllib.request.urlopen(f"{self.node.plain}/metrics", timeout=10).read().decode()
         figures = {}
+        text = ""
+        if self.metrics:
+            text = urllib.request.urlopen(f"{self.metrics}/metrics", timeout=10).read().decode()
         for name in ("hallmark_store_commit_duration_seconds_sum", "hallmark_store_commits_total",
                      "hallmark_store_batched_writes_total"):
             m = re.search(rf"^{name}\{{{self.QUEUE}\}} (\S+)", text, re.M)
             figures[name] = float(m.group(1)) if m else 0.0
         tick = os.sysconf("SC_CLK_TCK")
-        stat = open(f"/proc/{self.node.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        stat = open(f"/proc/{self.pid}/stat").read().rsplit(")", 1)[1].split()
         figures["server_cpu"] = (int(stat[11]) + int(stat[12])) / tick
         usage = os.times()
         figures["client_cpu"] = usage.user + usage.system
@@ -139,10 +143,13 @@ class Probe:
         d = {k: end[k] - self.start[k] for k in end}
         commits = max(d["hallmark_store_commits_total"], 1)
         busy = d["hallmark_store_commit_duration_seconds_sum"]
-        return (f"    probe: {d['hallmark_store_commits_total']:.0f} commits, mean batch "
-                f"{d['hallmark_store_batched_writes_total'] / commits:.1f}, mean commit "
-                f"{busy / commits * 1000:.2f} ms, writer busy {busy / d['wall'] * 100:.0f} %; CPU per "
-                f"certificate: hallmark {d['server_cpu'] / certificates * 1e6:.0f} µs, client "
+        writer = ""
+        if self.metrics:
+            writer = (f"{d['hallmark_store_commits_total']:.0f} commits, mean batch "
+                      f"{d['hallmark_store_batched_writes_total'] / commits:.1f}, mean commit "
+                      f"{busy / commits * 1000:.2f} ms, writer busy {busy / d['wall'] * 100:.0f} %; ")
+        return (f"    probe: {writer}CPU per "
+                f"certificate: server {d['server_cpu'] / certificates * 1e6:.0f} µs, client "
                 f"{d['client_cpu'] / certificates * 1e6:.0f} µs; idle "
                 f"{d['idle'] / d['wall'] / os.cpu_count() * 100:.0f} %")
 
@@ -307,7 +314,11 @@ def main():
             for c in levels:
                 rates, lats = [], []
                 for _ in range(args.runs):
-                    probe = Probe(server.node) if args.probe and isinstance(server, Hallmark) else None
+                    probe = None
+                    if args.probe and isinstance(server, Hallmark):
+                        probe = Probe(server.node.proc.pid, server.node.plain)
+                    elif args.probe:
+                        probe = Probe(server.proc.pid)
                     rate, lat = asyncio.run(drive(server.target, csrs, c))
                     rates.append(rate)
                     lats.extend(lat)
