@@ -125,6 +125,7 @@ class Probe:
         text = ""
         if self.metrics:
             text = urllib.request.urlopen(f"{self.metrics}/metrics", timeout=10).read().decode()
+        # Zero where there is no writer to read (cfssl).
         for name in ("hallmark_store_commit_duration_seconds_sum", "hallmark_store_commits_total",
                      "hallmark_store_batched_writes_total"):
             m = re.search(rf"^{name}\{{{self.QUEUE}\}} (\S+)", text, re.M)
@@ -228,6 +229,9 @@ class Cfssl:
             lambda csr: json.dumps({"certificate_request": csr}),
             lambda status, body: b" 200 " in status and b'"success":true' in body)
 
+    def probe(self):
+        return Probe(self.proc.pid)
+
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=30)
@@ -252,6 +256,9 @@ class Hallmark:
             f"Authorization: Bearer {key}\r\n",
             lambda csr: json.dumps({"csr": csr, "validation": "dv"}),
             lambda status, body: b" 201 " in status and b'"status":"valid"' in body)
+
+    def probe(self):
+        return Probe(self.node.proc.pid, self.node.plain)
 
     def stop(self):
         self.node.stop()
@@ -314,11 +321,7 @@ def main():
             for c in levels:
                 rates, lats = [], []
                 for _ in range(args.runs):
-                    probe = None
-                    if args.probe and isinstance(server, Hallmark):
-                        probe = Probe(server.node.proc.pid, server.node.plain)
-                    elif args.probe:
-                        probe = Probe(server.proc.pid)
+                    probe = server.probe() if args.probe else None
                     rate, lat = asyncio.run(drive(server.target, csrs, c))
                     rates.append(rate)
                     lats.extend(lat)
