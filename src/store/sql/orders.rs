@@ -360,12 +360,16 @@ impl<'a> Completion<'a> {
     }
 }
 
-const SELECT_ORDERS_TO_RESUME: &str =
-    " WHERE (status = 'ready' AND source = 'rest' AND validation = 'dv' AND updated_at < $1) \
-     OR (status = 'processing' AND updated_at < $2) ORDER BY updated_at LIMIT $3";
+/// The term that lets a query of unfinished orders use the partial index
+/// `orders_status`, which leaves valid orders out (migration 0016).
+pub(super) const NOT_VALID: &str = "status <> 'valid'";
 
-const SELECT_EXPIRED_ORDERS: &str =
-    " WHERE status IN ('pending', 'ready', 'awaiting_approval') AND expires_at < $1 \
+const SELECT_ORDERS_TO_RESUME: &str = " WHERE status <> 'valid' \
+     AND ((status = 'ready' AND source = 'rest' AND validation = 'dv' AND updated_at < $1) \
+     OR (status = 'processing' AND updated_at < $2)) ORDER BY updated_at LIMIT $3";
+
+const SELECT_EXPIRED_ORDERS: &str = " WHERE status <> 'valid' \
+     AND status IN ('pending', 'ready', 'awaiting_approval') AND expires_at < $1 \
      ORDER BY expires_at LIMIT $2";
 
 impl<B: Backend> SqlStore<B>
@@ -782,6 +786,9 @@ where
             q.push(" AND account_id = ").bind(account);
         }
         if let Some(status) = query.status {
+            if status != OrderStatus::Valid {
+                q.push(" AND ").push(NOT_VALID);
+            }
             q.push(" AND status = ").bind(status.as_str());
         }
         q.newest_first("id", &query.before, query.limit);
@@ -999,5 +1006,56 @@ where
             .submit_order_write(order_id, step, After::Change(&moved))
             .await?;
         Ok(done == batch::Done::Moved(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for `sql` with every parameter bound to 0.
+    async fn plan(pool: &sqlx::SqlitePool, sql: &str) -> String {
+        let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(Box::leak(
+            format!("EXPLAIN QUERY PLAN {sql}").into_boxed_str(),
+        ));
+        for _ in 0..sql.matches('$').count() {
+            query = query.bind(0_i64);
+        }
+        let rows = query.fetch_all(pool).await.unwrap();
+        rows.into_iter()
+            .map(|(_, _, _, detail)| detail)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    #[tokio::test]
+    async fn the_queues_of_unfinished_orders_use_the_partial_status_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("h.db").display());
+        let _store = crate::store::connect(&url).await.unwrap();
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        for (what, sql) in [
+            ("expired", format!("{ORDER_COLUMNS}{SELECT_EXPIRED_ORDERS}")),
+            (
+                "to resume",
+                format!("{ORDER_COLUMNS}{SELECT_ORDERS_TO_RESUME}"),
+            ),
+            (
+                "awaiting approval",
+                format!(
+                    "{ORDER_COLUMNS} WHERE 1 = 1 AND {NOT_VALID} AND status = $1 ORDER BY id DESC"
+                ),
+            ),
+        ] {
+            let plan = plan(&pool, &sql).await;
+            assert!(plan.contains("orders_status"), "{what}: {plan}");
+        }
+        // A valid order is in no queue and not in the index.
+        let (indexed,): (String,) =
+            sqlx::query_as("SELECT sql FROM sqlite_master WHERE name = 'orders_status'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert!(indexed.contains("WHERE status <> 'valid'"), "{indexed}");
     }
 }
