@@ -1029,7 +1029,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_queues_of_unfinished_orders_use_the_partial_status_index() {
+    async fn the_queues_and_the_expiry_queries_use_the_indexes_left_to_them() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("h.db").display());
         let _store = crate::store::connect(&url).await.unwrap();
@@ -1049,6 +1049,17 @@ mod tests {
         ] {
             let plan = plan(&pool, &sql).await;
             assert!(plan.contains("orders_status"), "{what}: {plan}");
+        }
+        // The queries over certificates' expiry use the issuer's index.
+        for (what, sql) in [
+            ("expiring", super::super::certificates::COUNT_EXPIRING),
+            ("expiry notices", super::super::certificates::EXPIRING_DUE),
+        ] {
+            let plan = plan(&pool, sql).await;
+            assert!(
+                plan.contains("certificates_issuer_not_after"),
+                "{what}: {plan}"
+            );
         }
         // A valid order is in no queue and not in the index.
         let (indexed,): (String,) =

@@ -103,14 +103,11 @@ where
                 .bind(now - 86_400)
                 .fetch_one(&self.read)
                 .await?;
-        let (expiring_soon,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM certificates WHERE not_after >= $1 AND not_after < $2 \
-             AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(now + 30 * 86_400)
-        .fetch_one(&self.read)
-        .await?;
+        let (expiring_soon,): (i64,) = sqlx::query_as(super::certificates::COUNT_EXPIRING)
+            .bind(now)
+            .bind(now + 30 * 86_400)
+            .fetch_one(&self.read)
+            .await?;
         let (certificates,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM certificates")
             .fetch_one(&self.read)
             .await?;
