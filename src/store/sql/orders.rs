@@ -372,6 +372,23 @@ const SELECT_EXPIRED_ORDERS: &str = " WHERE status <> 'valid' \
      AND status IN ('pending', 'ready', 'awaiting_approval') AND expires_at < $1 \
      ORDER BY expires_at LIMIT $2";
 
+/// The orders `query` asks for, newest first.
+fn list_orders(query: &OrderQuery) -> Statement<'_> {
+    let mut q = Statement::new(ORDER_COLUMNS);
+    q.push(" WHERE 1 = 1");
+    if let Some(account) = &query.account_id {
+        q.push(" AND account_id = ").bind(account);
+    }
+    if let Some(status) = query.status {
+        if status != OrderStatus::Valid {
+            q.push(" AND ").push(NOT_VALID);
+        }
+        q.push(" AND status = ").bind(status.as_str());
+    }
+    q.newest_first("id", &query.before, query.limit);
+    q
+}
+
 impl<B: Backend> SqlStore<B>
 where
     for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
@@ -780,18 +797,7 @@ where
     }
 
     async fn orders(&self, query: &OrderQuery) -> Result<Vec<OrderRecord>> {
-        let mut q = Statement::new(ORDER_COLUMNS);
-        q.push(" WHERE 1 = 1");
-        if let Some(account) = &query.account_id {
-            q.push(" AND account_id = ").bind(account);
-        }
-        if let Some(status) = query.status {
-            if status != OrderStatus::Valid {
-                q.push(" AND ").push(NOT_VALID);
-            }
-            q.push(" AND status = ").bind(status.as_str());
-        }
-        q.newest_first("id", &query.before, query.limit);
+        let mut q = list_orders(query);
         let rows = q.query_as::<B, _>()?.fetch_all(&self.read).await?;
         Ok(rows)
     }
@@ -1015,10 +1021,9 @@ mod tests {
 
     /// SQLite's plan for `sql` with every parameter bound to 0.
     async fn plan(pool: &sqlx::SqlitePool, sql: &str) -> String {
-        let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(Box::leak(
-            format!("EXPLAIN QUERY PLAN {sql}").into_boxed_str(),
-        ));
-        for _ in 0..sql.matches('$').count() {
+        let text = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(&text);
+        for _ in 0..sql.matches(['$', '?']).count() {
             query = query.bind(0_i64);
         }
         let rows = query.fetch_all(pool).await.unwrap();
@@ -1042,9 +1047,13 @@ mod tests {
             ),
             (
                 "awaiting approval",
-                format!(
-                    "{ORDER_COLUMNS} WHERE 1 = 1 AND {NOT_VALID} AND status = $1 ORDER BY id DESC"
-                ),
+                list_orders(&OrderQuery {
+                    account_id: None,
+                    status: Some(OrderStatus::AwaitingApproval),
+                    before: None,
+                    limit: 50,
+                })
+                .sql,
             ),
         ] {
             let plan = plan(&pool, &sql).await;
