@@ -19,7 +19,8 @@ With --probe, each run also prints where its time went: CPU per
 certificate of the server and of this client (from /proc) and the
 machine's idle share, and for hallmark the group-commit writer's
 commits, mean batch, mean commit and the share of the run it was busy
-(from /metrics).
+(from /metrics), and the CPU of the store's threads (the writer and
+SQLite's worker, from /proc) per commit.
 
 Needs: golang-cfssl, openssl, python3-cryptography (or `pip install
 cryptography`), and target/release/hallmark ($HALLMARK to override).
@@ -133,6 +134,18 @@ class Probe:
         tick = os.sysconf("SC_CLK_TCK")
         stat = open(f"/proc/{self.pid}/stat").read().rsplit(")", 1)[1].split()
         figures["server_cpu"] = (int(stat[11]) + int(stat[12])) / tick
+        # The store's threads (the group-commit writer, SQLite's worker)
+        # apart from the request workers: what a commit costs in CPU.
+        figures["store_cpu"] = 0.0
+        for task in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                text = open(f"/proc/{self.pid}/task/{task}/stat").read()
+            except OSError:
+                continue
+            comm = text[text.index("(") + 1:text.rindex(")")]
+            if "writer" in comm or comm.startswith("sqlx-"):
+                t = text.rsplit(")", 1)[1].split()
+                figures["store_cpu"] += (int(t[11]) + int(t[12])) / tick
         usage = os.times()
         figures["client_cpu"] = usage.user + usage.system
         figures["idle"] = int(open("/proc/stat").readline().split()[4]) / tick
@@ -148,7 +161,8 @@ class Probe:
         if self.metrics:
             writer = (f"{d['hallmark_store_commits_total']:.0f} commits, mean batch "
                       f"{d['hallmark_store_batched_writes_total'] / commits:.1f}, mean commit "
-                      f"{busy / commits * 1000:.2f} ms, writer busy {busy / d['wall'] * 100:.0f} %; ")
+                      f"{busy / commits * 1000:.2f} ms, writer busy {busy / d['wall'] * 100:.0f} %, "
+                      f"store threads' CPU {d['store_cpu'] / commits * 1e6:.0f} µs a commit; ")
         return (f"    probe: {writer}CPU per "
                 f"certificate: server {d['server_cpu'] / certificates * 1e6:.0f} µs, client "
                 f"{d['client_cpu'] / certificates * 1e6:.0f} µs; idle "

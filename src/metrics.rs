@@ -227,7 +227,7 @@ pub struct Metrics {
     /// Time one group commit took (statements and the commit), by queue.
     pub store_commit_duration: Histogram,
     /// Workflow batches tried as one statement after the known audit
-    /// head (PostgreSQL), by result: `committed`, or `retried` the
+    /// head, by result: `committed`, or `retried` the
     /// ordinary way because the head had moved.
     pub store_one_statement_commits: Counter,
 }
@@ -308,7 +308,7 @@ impl Metrics {
             ),
             store_one_statement_commits: Counter::new(
                 "hallmark_store_one_statement_commits_total",
-                "Workflow batches tried as one statement after the audit head the writer knew (PostgreSQL), by result: committed, or retried the ordinary way because another writer had moved the head.",
+                "Workflow batches tried as one statement after the audit head the writer knew, by result: committed, or retried the ordinary way because another writer had moved the head.",
                 &["result"],
             ),
             store_commit_duration: Histogram::new(

@@ -249,15 +249,17 @@ where
     /// moved, then the audit records of everything that happened.
     /// One outcome per item.
     ///
-    /// On PostgreSQL a batch that only adds rows or completes orders
-    /// (REST issuances, new orders, ACME finalizes) is first tried as one
-    /// statement after the audit head the writer last knew
-    /// ([`KnownHead`]): one round trip instead of five (`BEGIN`, taking
-    /// the head, the completions, the inserts, `COMMIT`). PostgreSQL runs
-    /// a statement as a transaction of its own, and the statement moves
+    /// A batch that only adds rows or completes orders (REST issuances,
+    /// new orders, ACME finalizes; on SQLite only those that complete no
+    /// order) is first tried as one statement after the audit head the
+    /// writer last knew ([`KnownHead`]): one round trip instead of five
+    /// (`BEGIN`, taking the head, the completions, the inserts, `COMMIT`).
+    /// PostgreSQL runs a statement as a transaction of its own; on SQLite
+    /// the statement's text is the transaction, `BEGIN IMMEDIATE; …;
+    /// COMMIT`, rolled back if any part of it fails. The statement moves
     /// the head only from where the writer knew it and completes orders
     /// only if every one of them moves, failing whole otherwise; a
-    /// statement the server refused wrote nothing, so the batch is then
+    /// statement the database refused wrote nothing, so the batch is then
     /// committed the ordinary way.
     async fn commit_writes(
         pool: sqlx::Pool<B>,
@@ -266,7 +268,9 @@ where
     ) -> Result<Vec<batch::Done>> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let mut retried = false;
-        let head = (B::WRITES_AS_CTES && writes.iter().all(batch::Write::adds_or_completes))
+        let head = writes
+            .iter()
+            .all(batch::Write::adds_or_completes)
             .then(|| lock(&known).take_for_batch())
             .flatten();
         if let Some(head) = head {
@@ -280,7 +284,7 @@ where
                 }
                 Ok(None) => {}
                 Err(sqlx::Error::Database(e)) => {
-                    // Refused by the server: nothing of it was written.
+                    // Refused by the database: nothing of it was written.
                     tracing::debug!(error = %e, "a one-statement batch was refused; committing it the ordinary way");
                     retried = true;
                 }
@@ -301,7 +305,9 @@ where
 
     /// [`Self::commit_writes`] as one statement after `head`, for writes
     /// that only add rows or complete orders: `None` if the batch is too
-    /// large for one statement or asks for an illegal move.
+    /// large for one statement or asks for an illegal move, or on SQLite
+    /// completes an order (only a statement of CTEs can check that every
+    /// order moved, [`Script::check_last`]).
     async fn commit_in_one_statement(
         pool: &sqlx::Pool<B>,
         head: (i64, Vec<u8>),
@@ -331,6 +337,9 @@ where
                 _ => return Ok(None),
             }
         }
+        if !B::WRITES_AS_CTES && !completions.is_empty() {
+            return Ok(None);
+        }
         let outcomes = vec![batch::Done::Written; writes.len()];
         let events: Vec<&AuditEvent> = writes
             .iter()
@@ -340,18 +349,31 @@ where
             return Ok(None);
         }
         let mut script = Script::new::<B>();
+        if !B::WRITES_AS_CTES {
+            script.write("BEGIN IMMEDIATE");
+        }
         Self::push_completions(&mut script, &completions, now);
         Self::push_inserts(&mut script, &opened, &items, now)
             .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         let end = Self::push_audit(&mut script, head, &events, true);
+        if !B::WRITES_AS_CTES {
+            script.write("COMMIT");
+        }
         let Some(mut statement) = script.into_statement() else {
             return Ok(None);
         };
-        statement
+        let query = statement
             .query::<B>()
-            .map_err(|e| sqlx::Error::Protocol(e.to_string()))?
-            .execute(pool)
-            .await?;
+            .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        let mut conn = pool.acquire().await?;
+        if let Err(e) = query.execute(&mut *conn).await {
+            if !B::WRITES_AS_CTES {
+                // The transaction the text began is still open unless
+                // SQLite rolled it back itself; nothing of it stays.
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            }
+            return Err(e);
+        }
         super::count_audit(&events);
         Ok(Some((outcomes, end)))
     }

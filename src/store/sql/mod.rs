@@ -272,9 +272,12 @@ where
     /// (from [`Self::lock_audit`], or what the writer last knew), extending
     /// the hash chain, with one multi-row INSERT per 128, and the chain's
     /// new end; returns that end. With `guarded`, the end moves only if it
-    /// still is `head`, and the script fails otherwise
-    /// ([`Script::check_last`]): for a script that runs without taking
-    /// the head first.
+    /// still is `head`, and the script fails otherwise: for a script that
+    /// runs without taking the head first. A statement of CTEs checks the
+    /// rows the update matched ([`Script::check_last`]); on SQLite an
+    /// update from a moved head would set the head's `seq` to NULL, which
+    /// its `NOT NULL` refuses (and the first record's `seq` would already
+    /// be taken, which the primary key refuses).
     pub(super) fn push_audit<'a>(
         script: &mut Script<'a>,
         head: (i64, Vec<u8>),
@@ -284,8 +287,7 @@ where
         if events.is_empty() {
             return head;
         }
-        // Only a statement of CTEs can check the guard ([`Script::check_last`]).
-        let expected = (guarded && script.ctes).then(|| head.clone());
+        let expected = guarded.then(|| head.clone());
         let (mut seq, mut prev) = head;
         for chunk in events.chunks(ROWS_PER_INSERT) {
             let insert = script.write(INSERT_AUDIT_PREFIX);
@@ -315,20 +317,40 @@ where
                     .bind(hash);
             }
         }
-        let update = script
-            .write("UPDATE audit_head SET seq = ")
-            .bind(seq)
-            .push(", hash = ")
-            .bind(prev.clone())
-            .push(" WHERE id = 1");
-        if let Some((old_seq, old_hash)) = expected {
-            update
-                .push(" AND seq = ")
-                .bind(old_seq)
-                .push(" AND hash = ")
-                .bind(old_hash)
-                .push(" RETURNING 1");
-            script.check_last(1);
+        match expected {
+            Some((old_seq, old_hash)) if script.ctes => {
+                script
+                    .write("UPDATE audit_head SET seq = ")
+                    .bind(seq)
+                    .push(", hash = ")
+                    .bind(prev.clone())
+                    .push(" WHERE id = 1 AND seq = ")
+                    .bind(old_seq)
+                    .push(" AND hash = ")
+                    .bind(old_hash)
+                    .push(" RETURNING 1");
+                script.check_last(1);
+            }
+            Some((old_seq, old_hash)) => {
+                script
+                    .write("UPDATE audit_head SET seq = CASE WHEN seq = ")
+                    .bind(old_seq)
+                    .push(" AND hash = ")
+                    .bind(old_hash)
+                    .push(" THEN ")
+                    .bind(seq)
+                    .push(" END, hash = ")
+                    .bind(prev.clone())
+                    .push(" WHERE id = 1");
+            }
+            None => {
+                script
+                    .write("UPDATE audit_head SET seq = ")
+                    .bind(seq)
+                    .push(", hash = ")
+                    .bind(prev.clone())
+                    .push(" WHERE id = 1");
+            }
         }
         (seq, prev)
     }
@@ -352,11 +374,12 @@ where
 }
 
 /// What the workflow's writer knows of the audit chain's end between its
-/// batches, so that on PostgreSQL a batch with nothing guarded can be one
-/// statement without taking the head first ([`SqlStore::commit_writes`]).
-/// Any other write of the chain — another instance, a revocation of this
-/// one — makes it stale; the batch's statement then fails whole and the
-/// batch is committed the ordinary way, which reads the head again.
+/// batches, so that a batch with nothing guarded can be one statement
+/// without taking the head first ([`SqlStore::commit_writes`]). Any other
+/// write of the chain — another instance, a revocation of this one, a CLI
+/// command on the same SQLite file — makes it stale; the batch's
+/// statement then fails whole and the batch is committed the ordinary
+/// way, which reads the head again.
 #[derive(Default)]
 pub(in crate::store) struct KnownHead {
     /// The end after the writer's last commit.
@@ -799,9 +822,9 @@ impl<'a> Script<'a> {
     /// divides by zero (PostgreSQL has no `RAISE` outside functions, and
     /// a constant `1/0` would be folded when planning), an error the
     /// caller takes as "ask again the ordinary way". Without CTEs (SQLite)
-    /// this is not possible and is ignored, as [`SqlStore::push_audit`]
-    /// ignores `guarded`: such a script only runs inside a transaction
-    /// that first took the head.
+    /// this is not possible and is ignored: a script there that completes
+    /// orders runs only inside a transaction that moved them first, and
+    /// [`SqlStore::push_audit`] guards the audit head its own way.
     pub(super) fn check_last(&mut self, rows: usize) {
         if self.ctes && self.writes > 0 {
             self.checked.push((self.writes - 1, rows));
