@@ -269,7 +269,7 @@ impl Issuer {
 
     /// Builds the leaf certificate from the profile, checks the to-be-signed
     /// copy (signed by a throwaway signer) against the profile, then signs
-    /// with the real key.
+    /// that checked to-be-signed part with the real key ([`sign_draft`]).
     pub fn issue_leaf(
         &self,
         req: &LeafRequest<'_>,
@@ -310,11 +310,9 @@ impl Issuer {
             parsed.tbs_certificate.subject.to_string()
         };
 
-        let cert = params
-            .signed_by(&public_key, &self.signer)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let der = sign_draft(draft.der(), self.key.as_ref())?;
         Ok(IssuedCertificate {
-            der: cert.der().to_vec(),
+            der,
             serial: req.serial,
             not_before: req.not_before(),
             not_after: req.not_after(),
@@ -489,6 +487,31 @@ pub fn create_root(
 
 /// A signer for the throwaway pre-signing copy: the issuer's public key and
 /// algorithm, but a fixed fake signature and no use of the private key.
+/// The certificate `draft` (signed by [`LintKey`]) signed with `key`: the
+/// draft's to-be-signed part and signature algorithm exactly as they were
+/// checked, and `key`'s signature over that part — what rcgen would build
+/// again for the real signer, without building and encoding the
+/// certificate a second time.
+fn sign_draft(draft: &[u8], key: &dyn KeySigner) -> Result<Vec<u8>, CaError> {
+    use super::der::{self, tag};
+    let malformed = |e: der::DerError| CaError::BadCertificate(format!("the draft: {}", e.0));
+    let mut outer = der::Reader::new(draft);
+    let mut parts = der::Reader::new(outer.expect(tag::SEQUENCE).map_err(malformed)?.content);
+    let tbs = parts.expect(tag::SEQUENCE).map_err(malformed)?.raw;
+    let algorithm = parts.expect(tag::SEQUENCE).map_err(malformed)?.raw;
+    let signature = key.sign(tbs).map_err(|e| CaError::Sign(e.to_string()))?;
+    let mut bits = Vec::with_capacity(signature.len() + 1);
+    bits.push(0); // no unused bits
+    bits.extend_from_slice(&signature);
+    let mut content = Vec::with_capacity(tbs.len() + algorithm.len() + bits.len() + 8);
+    content.extend_from_slice(tbs);
+    content.extend_from_slice(algorithm);
+    der::tlv(&mut content, tag::BIT_STRING, &bits);
+    let mut out = Vec::with_capacity(content.len() + 4);
+    der::tlv(&mut out, tag::SEQUENCE, &content);
+    Ok(out)
+}
+
 struct LintKey(Arc<dyn KeySigner>);
 
 impl rcgen::PublicKeyData for LintKey {
@@ -503,5 +526,70 @@ impl rcgen::PublicKeyData for LintKey {
 impl rcgen::SigningKey for LintKey {
     fn sign(&self, _msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         Ok(vec![0u8; 8])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{Identifier, KeyType, PrivateKey, Profile, Subject};
+
+    /// The leaf [`Issuer::issue_leaf`] returns against the one rcgen
+    /// builds and signs itself from the same parameters: the same bytes
+    /// with a deterministic signature (RSA PKCS#1 v1.5); with ECDSA the
+    /// same to-be-signed part and algorithm, and a signature that
+    /// verifies under the issuer's key.
+    #[test]
+    fn a_leaf_is_the_checked_draft_signed_as_rcgen_would_sign_it() {
+        let names = CaNames {
+            organization: "test".into(),
+            root_common_name: "Test Root".into(),
+            intermediate_common_name: "Test Issuing".into(),
+        };
+        let now = OffsetDateTime::now_utc();
+        let mut rng = rand::thread_rng();
+        let leaf_key = PrivateKey::generate(KeyType::P256).unwrap();
+        let ids = [Identifier::Dns("a.internal".into())];
+        for key_type in [KeyType::Rsa2048, KeyType::P256] {
+            let key = PrivateKey::generate(key_type).unwrap().into_signer();
+            let root_cert = create_root(&key, &names, now, Serial::random(&mut rng)).unwrap();
+            let urls = crate::datadir::issuer_urls("http://ca.test", "root", false);
+            let issuer = Issuer::new(root_cert, key.clone(), urls.clone()).unwrap();
+            let req = LeafRequest {
+                spki_der: leaf_key.public_key_spki(),
+                key_is_rsa: false,
+                identifiers: &ids,
+                subject: &Subject::default(),
+                shape: Profile::Server.shape(),
+                serial: Serial::random(&mut rng),
+                now,
+                validity_days: 90,
+                not_after: None,
+                crl_partition: 0,
+            };
+            let leaf = issuer.issue_leaf(&req, 397).unwrap();
+            let public_key = rcgen::SubjectPublicKeyInfo::from_der(req.spki_der).unwrap();
+            let by_rcgen = profile::leaf_params(&req, &urls)
+                .unwrap()
+                .signed_by(&public_key, &issuer.signer)
+                .unwrap();
+            let (_, ours) = X509Certificate::from_der(&leaf.der).unwrap();
+            let (_, theirs) = X509Certificate::from_der(by_rcgen.der()).unwrap();
+            assert_eq!(
+                ours.tbs_certificate.as_ref(),
+                theirs.tbs_certificate.as_ref()
+            );
+            assert_eq!(ours.signature_algorithm, theirs.signature_algorithm);
+            if key_type == KeyType::Rsa2048 {
+                assert_eq!(
+                    leaf.der,
+                    by_rcgen.der().to_vec(),
+                    "RSA signs deterministically"
+                );
+            }
+            let (_, root) = X509Certificate::from_der(issuer.certificate().der()).unwrap();
+            ours.verify_signature(Some(root.public_key()))
+                .unwrap_or_else(|e| panic!("{key_type:?}: the leaf's signature: {e}"));
+        }
     }
 }
