@@ -1592,6 +1592,6 @@ async fn sign(
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default()
     );
-    print!("{}", signed.chain_pem);
+    print!("{}", signed.chain_pem());
     Ok(())
 }

@@ -507,9 +507,10 @@ async fn ensure_service_certificate(
         .to_pkcs8_pem()
         .map_err(|e| StartError::Tls(e.to_string()))?;
     datadir::replace_file(&layout.tls_key(), key_pem.as_bytes(), 0o600)?;
-    datadir::replace_file(&layout.tls_cert(), signed.chain_pem.as_bytes(), 0o644)?;
+    let chain_pem = signed.chain_pem();
+    datadir::replace_file(&layout.tls_cert(), chain_pem.as_bytes(), 0o644)?;
     tracing::info!(serial = %signed.certificate.serial, "issued a new HTTPS certificate");
-    Ok((signed.chain_pem, key_pem))
+    Ok((chain_pem, key_pem))
 }
 
 fn service_certificate_is_current(chain: &str, issuer_pem: &str, wanted: &[Identifier]) -> bool {

@@ -59,8 +59,18 @@ pub struct SignOptions {
 pub struct Signed {
     /// The certificate.
     pub certificate: IssuedCertificate,
-    /// Leaf then intermediate, PEM.
-    pub chain_pem: String,
+    /// Its issuer's certificate, PEM (shared, not encoded per issuance).
+    issuer_pem: Arc<str>,
+}
+
+impl Signed {
+    /// Leaf then intermediate, PEM: made when asked for (the REST and
+    /// ACME answers name the certificate's URL instead).
+    pub fn chain_pem(&self) -> String {
+        let mut chain = self.certificate.pem();
+        chain.push_str(&self.issuer_pem);
+        chain
+    }
 }
 
 /// Where an issuer that no longer issues came from.
@@ -91,6 +101,8 @@ pub struct Authority {
     store: Arc<dyn Store>,
     policy: Policy,
     issuer: Issuer,
+    /// The issuing CA's certificate, PEM, for the chains of what it signs.
+    issuer_pem: Arc<str>,
     retired: Vec<RetiredIssuer>,
     root: CaCertificate,
     /// The root's and the issuing CA's public key bits, which no CSR may
@@ -129,6 +141,7 @@ impl Authority {
         Authority {
             store,
             policy,
+            issuer_pem: issuer.certificate().pem().into(),
             issuer,
             retired: Vec::new(),
             root,
@@ -420,10 +433,9 @@ impl Authority {
             not_after = cert.not_after.unix_timestamp(),
             "certificate issued"
         );
-        let chain_pem = format!("{}{}", cert.pem(), self.issuer.certificate().pem());
         Ok(Signed {
             certificate: cert,
-            chain_pem,
+            issuer_pem: self.issuer_pem.clone(),
         })
     }
 }

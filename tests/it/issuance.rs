@@ -422,7 +422,7 @@ async fn ed25519_csrs_are_accepted_when_policy_allows_them() {
     assert_openssl_verifies(
         ca.dir.path(),
         &authority.root().pem(),
-        &signed.chain_pem,
+        &signed.chain_pem(),
         &signed.certificate.pem(),
     );
     // RSA 2048 is now refused: only p256 and ed25519 are allowed.
@@ -553,7 +553,7 @@ async fn every_ca_key_type_makes_a_chain_openssl_accepts() {
         assert_openssl_verifies(
             dir,
             &authority.root().pem(),
-            &signed.chain_pem,
+            &signed.chain_pem(),
             &signed.certificate.pem(),
         );
         let text = openssl(dir, &["x509", "-in", "root.pem", "-noout", "-text"]);

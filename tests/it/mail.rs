@@ -116,7 +116,7 @@ async fn an_expiring_certificate_is_mailed_to_its_account_over_starttls_and_retr
             )
             .await
             .unwrap();
-        std::fs::write(o.join("smtp.crt"), &signed.chain_pem).unwrap();
+        std::fs::write(o.join("smtp.crt"), signed.chain_pem()).unwrap();
         std::fs::write(o.join("smtp.key"), key.to_pkcs8_pem().unwrap().as_bytes()).unwrap();
         std::fs::create_dir(o.join("inbox")).unwrap();
         std::fs::write(o.join("receiver.py"), RECEIVER).unwrap();
