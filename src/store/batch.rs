@@ -34,8 +34,12 @@ const MAX_BATCH: usize = 256;
 /// the time at 64 clients while SQLite itself used 13 % of a core); on
 /// its own thread the kernel schedules it as soon as the answer comes.
 /// If its runtime or thread cannot be made, the loop runs on the current
-/// runtime instead (slower, never lost).
-fn run_on_own_thread<F>(name: &'static str, writer: F)
+/// runtime instead (slower, never lost). With `sockets` the runtime has
+/// tokio's I/O driver (PostgreSQL's connections); without it (SQLite's
+/// are sqlx's threads, reached over channels) it parks on a futex rather
+/// than in `epoll_wait`, and each answer wakes it with one system call
+/// instead of an eventfd write, a wake from `epoll_wait` and a read.
+fn run_on_own_thread<F>(name: &'static str, sockets: bool, writer: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
@@ -47,10 +51,13 @@ where
         .name(format!("{name}-writer"))
         .spawn(move || {
             let Ok(writer) = receive.recv() else { return };
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let mut builder = tokio::runtime::Builder::new_current_thread();
+            if sockets {
+                builder.enable_all();
+            } else {
+                builder.enable_time();
+            }
+            match builder.build() {
                 Ok(runtime) => runtime.block_on(writer),
                 Err(e) => share(&request_runtime, name, &e, writer),
             }
@@ -200,8 +207,9 @@ where
 {
     /// Starts the writer; `commit` writes a batch in one transaction
     /// and gives one outcome per item, in order. `name` is the queue's
-    /// label in the metrics.
-    pub(crate) fn spawn<F, Fut>(name: &'static str, commit: F) -> Self
+    /// label in the metrics; `sockets`, whether `commit` talks to the
+    /// database over sockets ([`run_on_own_thread`]).
+    pub(crate) fn spawn<F, Fut>(name: &'static str, sockets: bool, commit: F) -> Self
     where
         F: Fn(Arc<Vec<I>>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>>> + Send + 'static,
@@ -261,7 +269,7 @@ where
                 }
             }
         };
-        run_on_own_thread(name, writer);
+        run_on_own_thread(name, sockets, writer);
         Batcher { queue }
     }
 

@@ -60,10 +60,14 @@ impl SqlStore<Postgres> {
             .map_err(cannot_connect)?;
         let batcher = Self::workflow_writer(writer.clone());
         let write = pool.clone();
-        let nonces = Batcher::spawn("nonces", move |items: std::sync::Arc<Vec<UsedNonce>>| {
-            let write = write.clone();
-            async move { insert_used_nonces(write, &items).await }
-        });
+        let nonces = Batcher::spawn(
+            "nonces",
+            true,
+            move |items: std::sync::Arc<Vec<UsedNonce>>| {
+                let write = write.clone();
+                async move { insert_used_nonces(write, &items).await }
+            },
+        );
         Ok(SqlStore {
             read: pool.clone(),
             write: pool,
@@ -138,6 +142,7 @@ impl Backend for Postgres {
     const WRITES_AS_CTES: bool = true;
     const ROWS_AS_ARRAYS: bool = true;
     const ONE_SERVER: bool = false;
+    const SOCKETS: bool = true;
 
     fn add_column(
         out: &mut PgArguments,

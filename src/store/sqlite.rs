@@ -123,6 +123,7 @@ impl Backend for Sqlite {
     const WRITES_AS_CTES: bool = false;
     const ROWS_AS_ARRAYS: bool = false;
     const ONE_SERVER: bool = true;
+    const SOCKETS: bool = false;
 
     fn add_column<'q>(
         _: &mut SqliteArguments<'q>,

@@ -236,7 +236,7 @@ where
         pool: sqlx::Pool<B>,
     ) -> batch::Batcher<batch::Write, batch::Done> {
         let known = std::sync::Arc::new(std::sync::Mutex::new(KnownHead::default()));
-        batch::Batcher::spawn("workflow", move |items| {
+        batch::Batcher::spawn("workflow", B::SOCKETS, move |items| {
             Self::commit_writes(pool.clone(), known.clone(), items)
         })
     }

@@ -141,6 +141,11 @@ pub trait Backend: Database {
     /// order go back to an earlier status, nor a nonce used on one
     /// instance taken again on another.
     const ONE_SERVER: bool;
+    /// Whether its connections are sockets, so that a runtime that
+    /// drives them needs tokio's I/O driver: not SQLite's, which are
+    /// threads of sqlx's reached over channels (the group-commit writer's
+    /// runtime then parks on a futex, not on `epoll`).
+    const SOCKETS: bool;
     /// Fails unless every commit on `write` waits for the disk.
     async fn check_durable(write: &Pool<Self>) -> Result<()>;
     /// How many rows a statement changed.
