@@ -19,8 +19,10 @@ With --probe, each run also prints where its time went: CPU per
 certificate of the server and of this client (from /proc) and the
 machine's idle share, and for hallmark the group-commit writer's
 commits, mean batch, mean commit and the share of the run it was busy
-(from /metrics), and the CPU of the store's threads (the writer and
-SQLite's worker, from /proc) per commit.
+(from /metrics), and the CPU of the store's threads per commit (the
+writer and every sqlx worker thread: on SQLite the write connection's
+and the read pool's, whose REST reads are mostly served from memory;
+from /proc).
 
 Needs: golang-cfssl, openssl, python3-cryptography (or `pip install
 cryptography`), and target/release/hallmark ($HALLMARK to override).
@@ -134,8 +136,9 @@ class Probe:
         tick = os.sysconf("SC_CLK_TCK")
         stat = open(f"/proc/{self.pid}/stat").read().rsplit(")", 1)[1].split()
         figures["server_cpu"] = (int(stat[11]) + int(stat[12])) / tick
-        # The store's threads (the group-commit writer, SQLite's worker)
-        # apart from the request workers: what a commit costs in CPU.
+        # The store's threads (the group-commit writer, sqlx's SQLite
+        # workers, read pool's included) apart from the request workers:
+        # what a commit costs in CPU.
         figures["store_cpu"] = 0.0
         for task in os.listdir(f"/proc/{self.pid}/task"):
             try:
