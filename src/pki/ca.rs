@@ -500,15 +500,17 @@ fn sign_draft(draft: &[u8], key: &dyn KeySigner) -> Result<Vec<u8>, CaError> {
     let tbs = parts.expect(tag::SEQUENCE).map_err(malformed)?.raw;
     let algorithm = parts.expect(tag::SEQUENCE).map_err(malformed)?.raw;
     let signature = key.sign(tbs).map_err(|e| CaError::Sign(e.to_string()))?;
-    let mut bits = Vec::with_capacity(signature.len() + 1);
-    bits.push(0); // no unused bits
-    bits.extend_from_slice(&signature);
-    let mut content = Vec::with_capacity(tbs.len() + algorithm.len() + bits.len() + 8);
-    content.extend_from_slice(tbs);
-    content.extend_from_slice(algorithm);
-    der::tlv(&mut content, tag::BIT_STRING, &bits);
-    let mut out = Vec::with_capacity(content.len() + 4);
-    der::tlv(&mut out, tag::SEQUENCE, &content);
+    // Written in place: the BIT STRING is a zero (no unused bits) and the
+    // signature.
+    let bits = 1 + signature.len();
+    let content = tbs.len() + algorithm.len() + der::header_len(bits) + bits;
+    let mut out = Vec::with_capacity(der::header_len(content) + content);
+    der::header(&mut out, tag::SEQUENCE, content);
+    out.extend_from_slice(tbs);
+    out.extend_from_slice(algorithm);
+    der::header(&mut out, tag::BIT_STRING, bits);
+    out.push(0);
+    out.extend_from_slice(&signature);
     Ok(out)
 }
 
