@@ -323,20 +323,8 @@ where
             }
         }
         match expected {
-            Some((old_seq, old_hash)) if script.ctes => {
-                script
-                    .write("UPDATE audit_head SET seq = ")
-                    .bind(seq)
-                    .push(", hash = ")
-                    .bind(prev.clone())
-                    .push(" WHERE id = 1 AND seq = ")
-                    .bind(old_seq)
-                    .push(" AND hash = ")
-                    .bind(old_hash)
-                    .push(" RETURNING 1");
-                script.check_last(1);
-            }
-            Some((old_seq, old_hash)) => {
+            // SQLite: a moved head makes `seq` NULL, which `NOT NULL` refuses.
+            Some((old_seq, old_hash)) if !script.ctes => {
                 script
                     .write("UPDATE audit_head SET seq = CASE WHEN seq = ")
                     .bind(old_seq)
@@ -348,13 +336,22 @@ where
                     .bind(prev.clone())
                     .push(" WHERE id = 1");
             }
-            None => {
-                script
+            expected => {
+                let update = script
                     .write("UPDATE audit_head SET seq = ")
                     .bind(seq)
                     .push(", hash = ")
                     .bind(prev.clone())
                     .push(" WHERE id = 1");
+                if let Some((old_seq, old_hash)) = expected {
+                    update
+                        .push(" AND seq = ")
+                        .bind(old_seq)
+                        .push(" AND hash = ")
+                        .bind(old_hash)
+                        .push(" RETURNING 1");
+                    script.check_last(1);
+                }
             }
         }
         (seq, prev)
