@@ -250,8 +250,7 @@ where
     /// One outcome per item.
     ///
     /// A batch that only adds rows or completes orders (REST issuances,
-    /// new orders, ACME finalizes; on SQLite only those that complete no
-    /// order) is first tried as one statement after the audit head the
+    /// new orders, ACME finalizes) is first tried as one statement after the audit head the
     /// writer last knew ([`KnownHead`]): one round trip instead of five
     /// (`BEGIN`, taking the head, the completions, the inserts, `COMMIT`).
     /// PostgreSQL runs a statement as a transaction of its own; on SQLite
@@ -305,9 +304,9 @@ where
 
     /// [`Self::commit_writes`] as one statement after `head`, for writes
     /// that only add rows or complete orders: `None` if the batch is too
-    /// large for one statement or asks for an illegal move, or on SQLite
-    /// completes an order (only a statement of CTEs can check that every
-    /// order moved, [`Script::check_last`]).
+    /// large for one statement or asks for an illegal move. The statement
+    /// fails whole unless every order it completes moved
+    /// ([`Script::check_last`]).
     async fn commit_in_one_statement(
         pool: &sqlx::Pool<B>,
         head: (i64, Vec<u8>),
@@ -336,9 +335,6 @@ where
                 // committed this way.
                 _ => return Ok(None),
             }
-        }
-        if !B::WRITES_AS_CTES && !completions.is_empty() {
-            return Ok(None);
         }
         let outcomes = vec![batch::Done::Written; writes.len()];
         let events: Vec<&AuditEvent> = writes

@@ -823,13 +823,21 @@ impl<'a> Script<'a> {
     /// more) rows is the only way to get there: the statement then
     /// divides by zero (PostgreSQL has no `RAISE` outside functions, and
     /// a constant `1/0` would be folded when planning), an error the
-    /// caller takes as "ask again the ordinary way". Without CTEs (SQLite)
-    /// this is not possible and is ignored: a script there that completes
-    /// orders runs only inside a transaction that moved them first, and
-    /// [`SqlStore::push_audit`] guards the audit head its own way.
+    /// caller takes as "ask again the ordinary way". Without CTEs (SQLite,
+    /// whose one-statement text is `BEGIN IMMEDIATE; …; COMMIT`, rolled
+    /// back whole on an error) a guard follows the write: it sets the
+    /// audit head's `seq` to NULL, which `NOT NULL` refuses, unless
+    /// `changes()` — the rows the statement before it changed — is `rows`.
     pub(super) fn check_last(&mut self, rows: usize) {
-        if self.ctes && self.writes > 0 {
+        if self.writes == 0 {
+            return;
+        }
+        if self.ctes {
             self.checked.push((self.writes - 1, rows));
+        } else {
+            self.write(&format!(
+                "UPDATE audit_head SET seq = CASE WHEN changes() = {rows} THEN seq END WHERE id = 1"
+            ));
         }
     }
 
