@@ -12,7 +12,7 @@ use async_trait::async_trait;
 
 use super::batch::{Batcher, UsedNonce};
 use super::sql::{
-    fresh_nonces, insert_nonces, ping_if_idle, revoked_row, revoked_scan_sql, Column,
+    fresh_nonces, insert_nonces, ping_if_idle, revoked_row, revoked_scan_sql, Column, OwnPool,
 };
 use super::{redact_url, Backend, Result, RevokedRow, RevokedScan, SqlStore, StoreError};
 
@@ -55,23 +55,52 @@ impl SqlStore<Postgres> {
                         .map(|_| ())
                 })
             })
-            .connect_with(options.statement_cache_capacity(WRITER_STATEMENTS))
+            .connect_with(options.clone().statement_cache_capacity(WRITER_STATEMENTS))
             .await
             .map_err(cannot_connect)?;
         let batcher = Self::workflow_writer(writer.clone());
-        let write = pool.clone();
-        let nonces = Batcher::spawn(
-            "nonces",
-            true,
-            move |items: std::sync::Arc<Vec<UsedNonce>>| {
-                let write = write.clone();
-                async move { insert_used_nonces(write, &items).await }
-            },
-        );
+        // Used nonces go through a connection of their own whose session
+        // does not wait for the WAL flush (a used nonce is worth no disk
+        // flush), so each batch is one autocommitted statement, one round
+        // trip, and no connection that writes anything else carries the
+        // setting.
+        let nonce_pool = pool_options(1)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(&mut *conn, "SET synchronous_commit = off")
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .connect_with(options.clone())
+            .await
+            .map_err(cannot_connect)?;
+        let nonces = {
+            let pool = nonce_pool.clone();
+            Batcher::spawn(
+                "nonces",
+                true,
+                move |items: std::sync::Arc<Vec<UsedNonce>>| {
+                    let pool = pool.clone();
+                    async move { insert_used_nonces(pool, &items).await }
+                },
+            )
+        };
         Ok(SqlStore {
             read: pool.clone(),
             write: pool,
-            own_pools: vec![("writer", writer)],
+            own_pools: vec![
+                OwnPool {
+                    name: "writer",
+                    pool: writer,
+                    durable: true,
+                },
+                OwnPool {
+                    name: "nonces",
+                    pool: nonce_pool,
+                    durable: false,
+                },
+            ],
             batcher,
             nonces: Some(nonces),
             recent: Default::default(),
@@ -79,27 +108,21 @@ impl SqlStore<Postgres> {
     }
 }
 
-/// Records used ACME nonces, shared by every instance. The commit does
-/// not wait for the WAL flush (`synchronous_commit = off` for this
-/// transaction only): a used nonce is worth no disk flush. Now and then
+/// Records used ACME nonces, shared by every instance, in one statement
+/// on `pool`, whose session does not wait for the WAL flush. Now and then
 /// (one batch in 256) it also forgets used nonces that expired (they are
 /// refused for their expiry anyway).
-async fn insert_used_nonces(write: Pool<Postgres>, nonces: &[UsedNonce]) -> Result<Vec<bool>> {
-    let mut tx = write.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
-    let inserted = insert_nonces("acme_nonces", nonces)
+async fn insert_used_nonces(pool: Pool<Postgres>, nonces: &[UsedNonce]) -> Result<Vec<bool>> {
+    let inserted = insert_nonces::<Postgres>("acme_nonces", nonces)
         .query_as::<Postgres, (String,)>()?
-        .fetch_all(&mut *tx)
+        .fetch_all(&pool)
         .await?;
     if rand::random::<u8>() == 0 {
         sqlx::query("DELETE FROM acme_nonces WHERE expires_at < $1")
             .bind(time::OffsetDateTime::now_utc().unix_timestamp())
-            .execute(&mut *tx)
+            .execute(&pool)
             .await?;
     }
-    tx.commit().await?;
     Ok(fresh_nonces(nonces, inserted))
 }
 

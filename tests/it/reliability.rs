@@ -19,8 +19,8 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nonce_uses_cancelled_at_any_point_leave_every_write_connection_durable() {
-    // PostgreSQL records used nonces in the database, each batch with
-    // `synchronous_commit = off` for its own transaction only; SQLite's
+    // PostgreSQL records used nonces in the database, over a connection
+    // of their own whose session has `synchronous_commit = off`; SQLite's
     // `serve` keeps them in memory (workflow/nonces.rs).
     for backend in backends().into_iter().filter(|b| *b == Backend::Postgres) {
         let dir = tempfile::tempdir().unwrap();

@@ -59,17 +59,27 @@ pub(super) fn ping_if_idle<C: sqlx::Connection>(
     })
 }
 
+/// A pool a group-commit queue has to itself.
+pub(super) struct OwnPool<B: Backend> {
+    /// Its name in `/metrics`.
+    pub(super) name: &'static str,
+    pub(super) pool: Pool<B>,
+    /// Whether its commits must be durable, as `/readyz` checks: false
+    /// only for used nonces', whose sessions do not wait for the flush.
+    pub(super) durable: bool,
+}
+
 /// A store on database `B`: a read pool, a write pool (one connection on
 /// SQLite, which has one writer anyway) and the group-commit queues: the
-/// workflow's in front of the write pool (on PostgreSQL, in front of a
-/// connection of its own), used nonces' (on SQLite, in front of a
-/// connection of their own).
+/// workflow's in front of the write pool (on PostgreSQL, in front of
+/// connections of its own) and, on PostgreSQL, used nonces' (in front of
+/// a connection of their own).
 pub struct SqlStore<B: Backend> {
     pub(super) read: Pool<B>,
     pub(super) write: Pool<B>,
-    /// The pools of one connection a group-commit queue has to itself,
-    /// by name (`/metrics`): PostgreSQL's `writer`, SQLite's `nonces`.
-    pub(super) own_pools: Vec<(&'static str, Pool<B>)>,
+    /// The pools a group-commit queue has to itself (PostgreSQL's
+    /// `writer` and `nonces`).
+    pub(super) own_pools: Vec<OwnPool<B>>,
     /// The group-commit queue of the workflow's durable writes.
     pub(super) batcher: Batcher<Write, Done>,
     /// The group-commit queue of used ACME nonces, shared by every
@@ -219,9 +229,12 @@ pub(super) fn fresh_nonces(nonces: &[UsedNonce], inserted: Vec<(String,)>) -> Ve
     nonces.iter().map(|n| inserted.remove(&n.nonce)).collect()
 }
 
-/// A multi-row INSERT of `nonces` into `table` (each nonce once).
-pub(super) fn insert_nonces<'a>(table: &str, nonces: &'a [UsedNonce]) -> Statement<'a> {
-    let mut q = Statement::new(&format!("INSERT INTO {table} (nonce, expires_at) "));
+/// A multi-row INSERT of `nonces` into `table` (each nonce once), its
+/// rows bound as `B` binds them best (on PostgreSQL one array per
+/// column, so every batch is the same prepared text).
+pub(super) fn insert_nonces<'a, B: Backend>(table: &str, nonces: &'a [UsedNonce]) -> Statement<'a> {
+    let mut q = Statement::for_rows::<B>();
+    q.push(&format!("INSERT INTO {table} (nonce, expires_at) "));
     let mut seen = std::collections::HashSet::new();
     for n in nonces.iter().filter(|n| seen.insert(n.nonce.as_str())) {
         q.row().bind(n.nonce.as_str()).bind(n.expires_at);
@@ -602,7 +615,7 @@ impl<'a> Statement<'a> {
 
     /// An empty statement whose `VALUES` rows are bound as `B` binds
     /// them best ([`Backend::ROWS_AS_ARRAYS`]).
-    fn for_rows<B: Backend>() -> Self {
+    pub(super) fn for_rows<B: Backend>() -> Self {
         Statement {
             arrays: B::ROWS_AS_ARRAYS,
             ..Statement::new("")
@@ -994,7 +1007,7 @@ where
     fn pools(&self) -> Vec<super::PoolStats> {
         [("read", &self.read), ("write", &self.write)]
             .into_iter()
-            .chain(self.own_pools.iter().map(|(name, pool)| (*name, pool)))
+            .chain(self.own_pools.iter().map(|own| (own.name, &own.pool)))
             .map(|(name, pool)| super::PoolStats {
                 name,
                 size: pool.size(),
@@ -1006,8 +1019,8 @@ where
 
     async fn check_durable(&self) -> Result<()> {
         B::check_durable(&self.write).await?;
-        for (_, pool) in &self.own_pools {
-            B::check_durable(pool).await?;
+        for own in self.own_pools.iter().filter(|own| own.durable) {
+            B::check_durable(&own.pool).await?;
         }
         Ok(())
     }
