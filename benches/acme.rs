@@ -17,7 +17,8 @@
 //! reused for the renewal run.
 //!
 //! Run: `cargo bench --bench acme` (options after `--`:
-//! `--count N --concurrency C --backends sqlite,postgres,pebble`, and
+//! `--count N --concurrency C --backends sqlite,postgres,postgres-single,pebble`
+//! (`postgres-single`: PostgreSQL with `database.single_instance`), and
 //! `--probe` to print, for each hallmark run, what its group-commit
 //! writer did during the timed part: commits, mean batch, mean commit and
 //! the share of the run it was busy).
@@ -243,7 +244,10 @@ async fn run(backend: &str, args: &common::LoadArgs, reuse: bool) -> Result<f64,
         return run_pebble(args, reuse).await;
     }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (url, pg_name) = common::database_url(backend, dir.path(), "acme")
+    // `postgres-single`: PostgreSQL with `database.single_instance`.
+    let single = backend == "postgres-single";
+    let store = if single { "postgres" } else { backend };
+    let (url, pg_name) = common::database_url(store, dir.path(), "acme")
         .await
         .ok_or("database unavailable")?;
     let answers: Answers = Arc::default();
@@ -258,6 +262,10 @@ async fn run(backend: &str, args: &common::LoadArgs, reuse: bool) -> Result<f64,
             ("HALLMARK_LIMITS__NEW_ACCOUNTS_PER_MINUTE", "0"),
             ("HALLMARK_LIMITS__NEW_NONCES_PER_MINUTE", "0"),
             ("HALLMARK_ORDERS__REUSE_DAYS", reuse_days),
+            (
+                "HALLMARK_DATABASE__SINGLE_INSTANCE",
+                if single { "true" } else { "false" },
+            ),
         ],
     )
     .await?;

@@ -404,7 +404,8 @@ pub async fn open_authority(config: &Config) -> Result<Arc<Authority>, StartErro
         ),
         None => {}
     }
-    let store = store::connect(&config.database_url).await?;
+    let store =
+        store::connect_serving(&config.database_url, config.database_single_instance).await?;
     for (cert, kind, active) in [
         (&root, IssuerKind::Root, false),
         (issuer.certificate(), IssuerKind::Intermediate, true),

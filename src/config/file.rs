@@ -68,6 +68,11 @@ pub struct DatabaseSection {
     /// `sqlite://PATH` or `postgres://…`; default `sqlite://<data dir>/hallmark.db`.
     /// `DATABASE_URL` wins over this.
     pub url: Option<String>,
+    /// PostgreSQL only: `serve` is the database's one instance, and keeps
+    /// orders and used ACME nonces in memory as on SQLite (default false:
+    /// several instances may serve behind a load balancer). Enforced with
+    /// an advisory lock: an instance of the other kind refuses to start.
+    pub single_instance: bool,
 }
 
 /// `[policy]`

@@ -90,6 +90,9 @@ pub struct Config {
     pub initial_password_file: Option<PathBuf>,
     /// Database URL.
     pub database_url: String,
+    /// `database.single_instance`: `serve` has its PostgreSQL database to
+    /// itself (an advisory lock keeps other instances out).
+    pub database_single_instance: bool,
     /// Issuance policy.
     pub policy: Policy,
     /// DV validation settings.
@@ -135,6 +138,7 @@ impl std::fmt::Debug for Config {
                 "database_url",
                 &crate::store::redact_url(&self.database_url),
             )
+            .field("database_single_instance", &self.database_single_instance)
             .field("policy", &self.policy)
             .field("validation", &self.validation)
             .field("orders", &self.orders)
@@ -646,6 +650,7 @@ impl Config {
             connections,
             initial_password_file: file.server.initial_password_file,
             database_url,
+            database_single_instance: file.database.single_instance,
             policy,
             validation: file.validation,
             orders: file.orders,
@@ -1035,7 +1040,8 @@ mod tests {
             .try_into::<file::FileConfig>()
             .unwrap_err()
             .to_string();
-        // "expected one of `a`, `b`" or, for one field, "expected `a`".
+        // "expected one of `a`, `b`, `c`", for two fields "expected `a`
+        // or `b`", for one "expected `a`".
         let list = err
             .split("expected one of ")
             .nth(1)
@@ -1043,6 +1049,7 @@ mod tests {
             .unwrap_or_else(|| panic!("{path:?}: {err}"));
         let list = list.lines().next().unwrap_or_default();
         list.split(", ")
+            .flat_map(|k| k.split(" or "))
             .map(|k| k.trim().trim_matches('`').to_owned())
             .collect()
     }

@@ -343,6 +343,18 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     );
     let _ = writeln!(out, "# TYPE hallmark_database_up gauge");
     let _ = writeln!(out, "hallmark_database_up {database_up}");
+    if authority.reads().one_server() {
+        let _ = writeln!(
+            out,
+            "# HELP hallmark_database_one_server Whether this instance is its database's one server now (1; SQLite always, PostgreSQL with database.single_instance while it holds the serve lock) or has lost the lock (0)."
+        );
+        let _ = writeln!(out, "# TYPE hallmark_database_one_server gauge");
+        let _ = writeln!(
+            out,
+            "hallmark_database_one_server {}",
+            u8::from(authority.reads().alone())
+        );
+    }
     let _ = writeln!(out, "# HELP hallmark_certificates_issued_total Certificates this process issued since it started.");
     let _ = writeln!(out, "# TYPE hallmark_certificates_issued_total counter");
     let _ = writeln!(

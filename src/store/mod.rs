@@ -534,9 +534,16 @@ pub trait Health: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 
-    /// Whether `serve` is this database's only server (SQLite): what it
-    /// keeps in memory no other instance can change behind its back.
+    /// Whether this store is its database's only server for its whole
+    /// life (SQLite; PostgreSQL's `serve` with `database.single_instance`):
+    /// what it keeps in memory no other instance can change behind its
+    /// back.
     fn one_server(&self) -> bool;
+
+    /// Whether it is the only server now: [`Health::one_server`], and on
+    /// PostgreSQL holding the database's serve lock to itself (false from
+    /// the moment its connection is found lost until it is taken again).
+    fn alone(&self) -> bool;
 
     /// Checks the database answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;
@@ -579,6 +586,21 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
         Ok(Arc::new(postgres::PostgresStore::connect(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// Connects as `serve` does: as [`connect`], and on PostgreSQL takes the
+/// database's serve lock, shared with other instances or, with
+/// `single_instance` (`database.single_instance`), to itself: then orders
+/// and used ACME nonces are kept in memory, as SQLite's `serve` (always its
+/// file's one server) keeps them.
+pub async fn connect_serving(url: &str, single_instance: bool) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(
+            postgres::PostgresStore::connect_serving(url, single_instance).await?,
+        ))
+    } else {
+        connect(url).await
     }
 }
 

@@ -3,10 +3,12 @@
 //! together migrate once.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPoolOptions};
-use sqlx::{Pool, Postgres};
+use sqlx::{Connection, Pool, Postgres};
 
 use async_trait::async_trait;
 
@@ -104,7 +106,155 @@ impl SqlStore<Postgres> {
             batcher,
             nonces: Some(nonces),
             recent: Default::default(),
+            one_server: false,
+            alone: Arc::new(AtomicBool::new(false)),
+            serve_lock: None,
         })
+    }
+}
+
+/// The advisory lock every `serve` on a PostgreSQL database holds, on a
+/// connection of its own, for as long as it runs: shared where instances
+/// serve behind a load balancer, to itself with `database.single_instance`.
+/// Advisory locks belong to one database, so databases on one server do
+/// not meet. (The bytes of "hallmark".)
+const SERVE_LOCK: i64 = 0x6861_6c6c_6d61_726b;
+
+/// How often the serve lock's connection is checked, and how long a check
+/// may take before the connection counts as lost.
+const SERVE_LOCK_CHECK: Duration = Duration::from_secs(1);
+const SERVE_LOCK_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl SqlStore<Postgres> {
+    /// Connects as `serve` does: as [`Self::connect`], then takes the
+    /// database's serve lock, shared or (`single_instance`) to itself, and
+    /// keeps it while the store lives. Fails, before anything is served,
+    /// if an instance of the other kind holds it. With `single_instance`
+    /// the store is its database's one server ([`SqlStore::one_server`]):
+    /// orders and used nonces are kept in memory, as on SQLite.
+    pub async fn connect_serving(url: &str, single_instance: bool) -> Result<Self> {
+        let mut store = Self::connect(url).await?;
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Database(e.to_string()))?
+            .application_name("hallmark serve lock");
+        let conn = take_serve_lock(&options, single_instance)
+            .await
+            .map_err(|e| {
+                StoreError::Database(format!("cannot connect to {}: {e}", redact_url(url)))
+            })?
+            .ok_or_else(|| StoreError::Database(lock_refused(single_instance)))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        store.one_server = single_instance;
+        store.alone.store(single_instance, Ordering::Release);
+        tokio::spawn(keep_serve_lock(
+            conn,
+            options,
+            single_instance,
+            store.alone.clone(),
+            store.recent.orders.clone(),
+            stopped,
+        ));
+        store.serve_lock = Some(stop);
+        if single_instance {
+            tracing::info!(
+                "serving this PostgreSQL database as its one instance (database.single_instance): orders and ACME nonces kept in memory"
+            );
+        }
+        Ok(store)
+    }
+}
+
+/// Why the serve lock was refused.
+fn lock_refused(single_instance: bool) -> String {
+    if single_instance {
+        "another hallmark instance is serving this PostgreSQL database, and database.single_instance = true needs it to itself: stop the other instances, or set database.single_instance = false on every instance".into()
+    } else {
+        "a hallmark instance with database.single_instance = true is serving this PostgreSQL database: stop it, or serve only through it".into()
+    }
+}
+
+/// A new connection holding the serve lock, or `None` if a session holds
+/// it in a way that excludes this one.
+async fn take_serve_lock(
+    options: &PgConnectOptions,
+    single_instance: bool,
+) -> std::result::Result<Option<PgConnection>, sqlx::Error> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    let sql = if single_instance {
+        "SELECT pg_try_advisory_lock($1)"
+    } else {
+        "SELECT pg_try_advisory_lock_shared($1)"
+    };
+    let (taken,): (bool,) = sqlx::query_as(sql)
+        .bind(SERVE_LOCK)
+        .fetch_one(&mut conn)
+        .await?;
+    if taken {
+        return Ok(Some(conn));
+    }
+    let _ = conn.close().await;
+    Ok(None)
+}
+
+/// Checks the serve lock's connection every second until `stop` (the
+/// store dropped). A single instance that finds it lost (the database
+/// restarted, the connection cut) stops answering from the orders it kept
+/// at once, and once it takes the lock again forgets them all before it
+/// uses memory again: another instance may have served in between. An
+/// instance that could not see the loss would keep answering from views
+/// at most [`super::recent::FRESH_FOR`] old.
+async fn keep_serve_lock(
+    conn: PgConnection,
+    options: PgConnectOptions,
+    single_instance: bool,
+    alone: Arc<AtomicBool>,
+    orders: Arc<super::recent::Tracked<String, super::OrderBundle>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut held = Some(conn);
+    let mut refused_logged = false;
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(SERVE_LOCK_CHECK) => {}
+        }
+        match held.as_mut() {
+            Some(conn) => {
+                let check = tokio::time::timeout(SERVE_LOCK_TIMEOUT, conn.ping()).await;
+                if !matches!(check, Ok(Ok(()))) {
+                    alone.store(false, Ordering::Release);
+                    held = None;
+                    refused_logged = false;
+                    tracing::warn!(
+                        single_instance,
+                        "lost the connection holding this database's serve lock; taking it again"
+                    );
+                }
+            }
+            None => match take_serve_lock(&options, single_instance).await {
+                Ok(Some(conn)) => {
+                    if single_instance {
+                        orders.forget_all();
+                        alone.store(true, Ordering::Release);
+                    }
+                    held = Some(conn);
+                    tracing::info!(single_instance, "took this database's serve lock again");
+                }
+                Ok(None) if !refused_logged => {
+                    refused_logged = true;
+                    tracing::error!(
+                        single_instance,
+                        "cannot take this database's serve lock again: {} (or this instance's lost session is not closed yet); orders are read from the database until it is taken",
+                        lock_refused(single_instance)
+                    );
+                }
+                // The database away: tried again in a second.
+                _ => {}
+            },
+        }
+    }
+    if let Some(conn) = held {
+        let _ = conn.close().await;
     }
 }
 
@@ -164,7 +314,6 @@ impl Backend for Postgres {
     const ANONYMOUS_PARAMETERS: bool = false;
     const WRITES_AS_CTES: bool = true;
     const ROWS_AS_ARRAYS: bool = true;
-    const ONE_SERVER: bool = false;
     const SOCKETS: bool = true;
 
     fn add_column(

@@ -9,6 +9,8 @@
 //! file, and records them in memory (`workflow/nonces.rs`).
 
 use std::str::FromStr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -65,6 +67,9 @@ impl SqlStore<Sqlite> {
             batcher,
             nonces: None,
             recent: Default::default(),
+            one_server: true,
+            alone: Arc::new(AtomicBool::new(true)),
+            serve_lock: None,
         })
     }
 }
@@ -122,7 +127,6 @@ impl Backend for Sqlite {
     const ANONYMOUS_PARAMETERS: bool = true;
     const WRITES_AS_CTES: bool = false;
     const ROWS_AS_ARRAYS: bool = false;
-    const ONE_SERVER: bool = true;
     const SOCKETS: bool = false;
 
     fn add_column<'q>(

@@ -658,6 +658,175 @@ async fn three_instances_on_one_database_issue_revoke_and_publish_as_one() {
     lab.finish().await;
 }
 
+/// Cuts the sessions holding the serve lock of the database at `url`, as a
+/// database restart or a broken connection would.
+async fn cut_serve_lock(db: &TestDb) {
+    db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'hallmark serve lock' AND datname = current_database()",
+    )
+    .await;
+}
+
+/// Waits up to `within` for `f` to hold.
+async fn eventually(within: Duration, what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_instance_keeps_its_postgres_database_to_itself_and_its_lock_through_a_cut() {
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let lab = DvLab::new(
+        Backend::Postgres,
+        &[("HALLMARK_DATABASE__SINGLE_INSTANCE", "true".into())],
+    )
+    .await;
+    let store = lab.running.authority.store().clone();
+    assert!(store.one_server() && store.alone());
+    let metric = || async {
+        let text = get_text(
+            &lab.running.client(),
+            format!("{}/metrics", lab.running.http_url),
+        )
+        .await;
+        text.lines()
+            .find_map(|l| l.strip_prefix("hallmark_database_one_server "))
+            .map(str::to_owned)
+    };
+    assert_eq!(metric().await.as_deref(), Some("1"));
+
+    // No other instance starts on its database, of either kind, and each
+    // says why.
+    for single in [true, false] {
+        let mut config = lab.ca.config.clone();
+        config.database_single_instance = single;
+        config.https_listen = "127.0.0.1:0".parse().unwrap();
+        config.http_listen = "127.0.0.1:0".parse().unwrap();
+        match hallmark::service::Service::start(config).await {
+            Ok(_) => panic!("a second instance (single_instance = {single}) started"),
+            Err(e) => assert!(
+                e.to_string().contains("database.single_instance"),
+                "single_instance = {single}: {e}"
+            ),
+        }
+    }
+    // (The CLI's connections take no lock.)
+    assert!(!hallmark::store::connect(&lab.ca.db.url)
+        .await
+        .unwrap()
+        .one_server());
+
+    // ACME, a new name and its renewal, with orders and nonces in memory.
+    let mut client = crate::support::acme::Client::with(
+        lab.running.client(),
+        format!("{}/acme", lab.running.https_url),
+    );
+    assert_eq!(client.register().await.status, 201);
+    let http01 = lab.http01.clone();
+    let publish = move |token: &str, ka: &str| {
+        http01.publish(&format!("/.well-known/acme-challenge/{token}"), ka)
+    };
+    let issue = |what: &'static str| {
+        let (client, publish) = (&client, &publish);
+        async move {
+            let chain = client
+                .issue(&["web.internal"], json!({}), publish)
+                .await
+                .unwrap_or_else(|a| panic!("{what}: {} {}", a.status, a.body));
+            assert!(chain.contains("BEGIN CERTIFICATE"), "{what}");
+        }
+    };
+    issue("new name").await;
+    issue("renewal").await;
+
+    // The lock's connection cut: the instance stops answering from memory
+    // at once, says so in /metrics, takes the lock again by itself and
+    // forgets what it kept.
+    cut_serve_lock(&lab.ca.db).await;
+    eventually(Duration::from_secs(5), "the cut is seen", || !store.alone()).await;
+    assert_eq!(metric().await.as_deref(), Some("0"));
+    eventually(Duration::from_secs(10), "the lock taken again", || {
+        store.alone()
+    })
+    .await;
+    assert_eq!(metric().await.as_deref(), Some("1"));
+    issue("after the cut").await;
+
+    // Another instance takes the lock while it is cut: the first reads
+    // every order from the database for as long as the other runs, still
+    // serving, and takes the lock back once the other has gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let other = loop {
+        cut_serve_lock(&lab.ca.db).await;
+        if let Ok(other) = hallmark::store::connect_serving(&lab.ca.db.url, false).await {
+            break other;
+        }
+        assert!(Instant::now() < deadline, "the other instance never got in");
+    };
+    eventually(Duration::from_secs(5), "the loss is seen", || {
+        !store.alone()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!store.alone(), "took the lock back while another held it");
+    assert_eq!(metric().await.as_deref(), Some("0"));
+    issue("while another instance holds the lock").await;
+    drop(other);
+    eventually(Duration::from_secs(10), "the lock taken back", || {
+        store.alone()
+    })
+    .await;
+    issue("with the lock back").await;
+    drop(store);
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_instances_share_their_database_unless_one_is_single() {
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Backend::Postgres, dir.path()).await;
+    let serving = |single: bool| hallmark::store::connect_serving(&db.url, single);
+    let refused = |r: Result<Arc<dyn hallmark::store::Store>, hallmark::store::StoreError>| match r
+    {
+        Ok(_) => panic!("started beside an instance of the other kind"),
+        Err(e) => e.to_string(),
+    };
+    // Several instances sharing the database, none keeping orders.
+    let a = serving(false).await.unwrap();
+    let b = serving(false).await.unwrap();
+    assert!(!a.one_server() && !a.alone() && !b.one_server());
+    let why = refused(serving(true).await);
+    assert!(
+        why.contains("another hallmark instance is serving"),
+        "{why}"
+    );
+    // Once they stop (their lock connections closed), a single one starts,
+    // and keeps the others out.
+    drop((a, b));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let single = loop {
+        match serving(true).await {
+            Ok(s) => break s,
+            Err(e) => assert!(Instant::now() < deadline, "the shared locks stayed: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(single.one_server() && single.alone());
+    let why = refused(serving(false).await);
+    assert!(why.contains("database.single_instance = true"), "{why}");
+    drop(single);
+    db.cleanup().await;
+}
+
 /// Proves `web.internal` for the account behind `key` through `lab`.
 async fn prove_rest(lab: &DvLab, key: &str) {
     let pem = csr(lab.ca.dir.path(), "p", "web.internal", "DNS:web.internal");

@@ -15,6 +15,8 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::{Database, Pool};
@@ -83,12 +85,38 @@ pub struct SqlStore<B: Backend> {
     /// The group-commit queue of the workflow's durable writes.
     pub(super) batcher: Batcher<Write, Done>,
     /// The group-commit queue of used ACME nonces, shared by every
-    /// instance (PostgreSQL). None where `serve` is the database's one
-    /// server ([`Backend::ONE_SERVER`], SQLite): it records them in
-    /// memory (`workflow/nonces.rs`).
+    /// instance (PostgreSQL). None on SQLite, whose `serve` is its file's
+    /// one server: a serving store that is its database's one server
+    /// ([`SqlStore::one_server`]) records them in memory
+    /// (`workflow/nonces.rs`).
     pub(super) nonces: Option<Batcher<UsedNonce, bool>>,
     /// The hot reads' recent answers (`store/recent.rs`).
     pub(super) recent: RecentReads,
+    /// Whether this store is its database's one server, for its whole
+    /// life: SQLite's (a file of one host), and PostgreSQL's `serve` with
+    /// `database.single_instance`, which holds the database's serve lock
+    /// to itself (`store/postgres.rs`). Only then are orders kept in
+    /// memory ([`RecentReads::orders`]) and ACME nonces recorded in
+    /// memory: where several instances serve behind a load balancer, an
+    /// ACME client whose requests land on different instances must never
+    /// see its order go back to an earlier status, nor a nonce used on
+    /// one instance taken again on another.
+    pub(super) one_server: bool,
+    /// Whether it is the one server now, so its kept orders may be
+    /// answered from: always on SQLite; on PostgreSQL false from the
+    /// moment the serve lock's connection is found lost until the lock is
+    /// taken again (and every kept order forgotten).
+    pub(super) alone: Arc<AtomicBool>,
+    /// Held while the store lives: dropping it ends the task that keeps
+    /// PostgreSQL's serve lock, which closes the lock's connection.
+    pub(super) serve_lock: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<B: Backend> SqlStore<B> {
+    /// Whether kept orders may be answered from now.
+    pub(super) fn answers_from_memory(&self) -> bool {
+        self.one_server && self.alone.load(Ordering::Acquire)
+    }
 }
 
 /// What [`SqlStore`] keeps of the reads every request makes.
@@ -106,10 +134,11 @@ pub(in crate::store) struct RecentReads {
     /// [`super::recent::MAX_BLOCKED_IN_MEMORY`]), under the key `()`.
     pub(in crate::store) blocked: Recent<(), std::sync::Arc<std::collections::HashSet<Vec<u8>>>>,
     /// Orders with their authorizations and challenges, by id, where the
-    /// backend [`Backend::ONE_SERVER`]: every write to an order through
-    /// this store goes by [`SqlStore::submit_order_write`], which hides
-    /// its view while the write is in flight.
-    pub(in crate::store) orders: Tracked<String, super::OrderBundle>,
+    /// store is its database's one server ([`SqlStore::one_server`]):
+    /// every write to an order through this store goes by
+    /// [`SqlStore::submit_order_write`], which hides its view while the
+    /// write is in flight.
+    pub(in crate::store) orders: Arc<Tracked<String, super::OrderBundle>>,
 }
 
 /// What differs between the databases hallmark runs on.
@@ -142,15 +171,6 @@ pub trait Backend: Database {
         out: &mut <Self as Database>::Arguments<'q>,
         column: &'q Column<'_>,
     ) -> std::result::Result<(), sqlx::error::BoxDynError>;
-    /// Whether `serve` is the one server on its database (SQLite, a file
-    /// of one host). Only then does a store keep the orders it reads and
-    /// writes in memory ([`RecentReads::orders`]), and ACME nonces are
-    /// recorded in memory (`workflow/nonces.rs`): on PostgreSQL several
-    /// instances may serve behind a load balancer, and an ACME client
-    /// whose requests land on different instances must never see its
-    /// order go back to an earlier status, nor a nonce used on one
-    /// instance taken again on another.
-    const ONE_SERVER: bool;
     /// Whether its connections are sockets, so that a runtime that
     /// drives them needs tokio's I/O driver: not SQLite's, which are
     /// threads of sqlx's reached over channels (the group-commit writer's
@@ -996,7 +1016,11 @@ where
     }
 
     fn one_server(&self) -> bool {
-        B::ONE_SERVER
+        self.one_server
+    }
+
+    fn alone(&self) -> bool {
+        self.answers_from_memory()
     }
 
     async fn ping(&self) -> Result<()> {

@@ -417,7 +417,7 @@ where
         write: batch::Write,
         after: After<'_>,
     ) -> Result<batch::Done> {
-        if !B::ONE_SERVER {
+        if !self.one_server {
             return self.batcher.submit(write).await;
         }
         let guard = self.recent.orders.writing(&order_id.to_owned());
@@ -771,7 +771,7 @@ where
     usize: sqlx::ColumnIndex<B::Row>,
 {
     async fn order(&self, id: &str) -> Result<OrderBundle> {
-        if !B::ONE_SERVER {
+        if !self.answers_from_memory() {
             return self.order_now(id).await;
         }
         match self.recent.orders.get(&id.to_owned()) {
@@ -782,7 +782,8 @@ where
 
     async fn order_now(&self, id: &str) -> Result<OrderBundle> {
         let key = id.to_owned();
-        let version = B::ONE_SERVER
+        let version = self
+            .one_server
             .then(|| self.recent.orders.before_read(&key))
             .flatten();
         let rows: Vec<OrderBundleRow> = sqlx::query_as(SELECT_ORDER_BUNDLE)
