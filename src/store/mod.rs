@@ -29,8 +29,9 @@ pub use dashboard::{
     AuditQuery, Overview, SessionRecord, UserReads, UserRecord, UserUpdate, UserWrites,
 };
 pub use revocation::{
-    CertificateQuery, CertificateReads, CertificateStatus, CertificateWrites, CrlMark, CrlRecord,
-    ImportedCertificate, NewCrl, Revocation, RevokedRow, RevokedScan, StatusRecord,
+    CertificateBody, CertificateQuery, CertificateReads, CertificateStatus, CertificateWrites,
+    CrlMark, CrlRecord, ImportedCertificate, NewCrl, Revocation, RevokedRow, RevokedScan,
+    StatusRecord,
 };
 pub use sql::{Backend, SqlStore};
 

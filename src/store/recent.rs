@@ -102,6 +102,53 @@ impl<K: Eq + Hash, V: Clone> Default for Recent<K, V> {
     }
 }
 
+/// How long [`Written`] keeps what this process wrote.
+pub const WRITTEN_FOR: Duration = Duration::from_secs(60);
+
+/// Rows that never change once written (an issued certificate's DER,
+/// issuer and owner), kept for [`WRITTEN_FOR`] after this process wrote
+/// them, for the read that follows the write: an ACME client downloads
+/// its certificate right after its finalize. Nothing can make a kept
+/// value wrong, so there is no version; the bound is memory
+/// ([`MAX_ENTRIES`]).
+pub struct Written<K, V> {
+    entries: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: Eq + Hash, V: Clone> Written<K, V> {
+    pub fn new() -> Self {
+        Written {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The value written under `key` less than [`WRITTEN_FOR`] ago.
+    pub fn get(&self, key: &K) -> Option<V> {
+        let entries = self.entries.lock().ok()?;
+        let (at, value) = entries.get(key)?;
+        (at.elapsed() < WRITTEN_FOR).then(|| value.clone())
+    }
+
+    /// Keeps `value`, just written under `key`.
+    pub fn keep(&self, key: K, value: V) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= MAX_ENTRIES {
+                entries.retain(|_, (at, _)| at.elapsed() < WRITTEN_FOR);
+                if entries.len() >= MAX_ENTRIES {
+                    entries.clear();
+                }
+            }
+            entries.insert(key, (Instant::now(), value));
+        }
+    }
+}
+
+impl<K: Eq + Hash, V: Clone> Default for Written<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Views this process wrote or read, kept per key with a version: what
 /// the hot paths ask of an order between its writes (RFC 8555 clients
 /// poll it) is answered from memory, and each write through this process

@@ -3,6 +3,8 @@
 //! (never collected), and a CRL is published under the audit-head lock with
 //! a number from `crl_numbers`, only if nothing fresher was published.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use super::{AuditEvent, CertificateRecord, Issuance, IssuerRecord, NewCertificate, Result};
@@ -163,6 +165,17 @@ pub struct CrlMark {
     pub seq: i64,
 }
 
+/// What never changes of a certificate once issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateBody {
+    /// Owning account.
+    pub account_id: Option<String>,
+    /// Issuing CA id.
+    pub issuer_id: String,
+    /// DER.
+    pub der: Vec<u8>,
+}
+
 /// What can be read about issuers, certificates, revocations and CRLs.
 #[async_trait]
 pub trait CertificateReads: Send + Sync + 'static {
@@ -171,6 +184,12 @@ pub trait CertificateReads: Send + Sync + 'static {
 
     /// One certificate by serial.
     async fn certificate(&self, serial: &Serial) -> Result<CertificateRecord>;
+
+    /// What never changes of a certificate (its DER, issuer and owner), by
+    /// serial: from memory where this process issued it in the last
+    /// minute (`store/recent.rs`, [`crate::store::recent::Written`]),
+    /// else from the database.
+    async fn certificate_body(&self, serial: &Serial) -> Result<Arc<CertificateBody>>;
 
     /// How many certificates are recorded.
     async fn count_certificates(&self) -> Result<i64>;

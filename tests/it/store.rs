@@ -583,8 +583,75 @@ async fn an_illegal_order_transition_is_refused_and_a_stale_one_writes_nothing()
             matches!(store.certificate(&serial).await, Err(StoreError::NotFound)),
             "{backend:?}"
         );
+        assert!(
+            matches!(
+                store.certificate_body(&serial).await,
+                Err(StoreError::NotFound)
+            ),
+            "{backend:?}: a refused issuance was kept in memory"
+        );
         assert_eq!(store.audit_head().await.unwrap(), head, "{backend:?}");
         drop(store);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issued_certificate_is_read_back_from_memory_here_and_from_the_database_elsewhere() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(backend, dir.path()).await;
+        let here = store::connect(&db.url).await.unwrap();
+        let elsewhere = store::connect(&db.url).await.unwrap();
+        here.upsert_issuer(&issuer("int-1")).await.unwrap();
+        let serial = Serial::random(&mut rand::thread_rng());
+        let mut cert = certificate(serial, "int-1");
+        cert.der = vec![0x30, 0x03, 0x02, 0x01, 0x07];
+        here.insert_issuance(hallmark::store::Issuance {
+            certificate: cert.clone(),
+            events: vec![event("certificate.issue", &serial.to_hex())],
+            order: None,
+        })
+        .await
+        .unwrap();
+        let body = hallmark::store::CertificateBody {
+            account_id: None,
+            issuer_id: "int-1".into(),
+            der: cert.der.clone(),
+        };
+        assert_eq!(*here.certificate_body(&serial).await.unwrap(), body);
+        assert_eq!(*elsewhere.certificate_body(&serial).await.unwrap(), body);
+        // The row changed behind both (nothing in hallmark does: a
+        // certificate never changes once issued): the instance that
+        // issued it answers from memory, the other from the database.
+        let tampered = match backend {
+            Backend::Sqlite => "X'3000'",
+            Backend::Postgres => "'\\x3000'::bytea",
+        };
+        db.execute(&format!(
+            "UPDATE certificates SET der = {tampered} WHERE serial = '{}'",
+            serial.to_hex()
+        ))
+        .await;
+        assert_eq!(
+            here.certificate_body(&serial).await.unwrap().der,
+            cert.der,
+            "{backend:?}: not answered from memory"
+        );
+        assert_eq!(
+            elsewhere.certificate_body(&serial).await.unwrap().der,
+            vec![0x30, 0x00],
+            "{backend:?}"
+        );
+        let unknown = Serial::random(&mut rand::thread_rng());
+        assert!(
+            matches!(
+                here.certificate_body(&unknown).await,
+                Err(StoreError::NotFound)
+            ),
+            "{backend:?}"
+        );
+        drop((here, elsewhere));
         db.cleanup().await;
     }
 }

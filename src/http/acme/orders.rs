@@ -291,7 +291,7 @@ pub(super) async fn certificate(
 ) -> Result<Response, Problem> {
     let not_found = || Problem::not_found(format!("there is no certificate {serial:?}"));
     let parsed: Serial = serial.parse().map_err(|_| not_found())?;
-    let cert = match state.authority.reads().certificate(&parsed).await {
+    let cert = match state.authority.reads().certificate_body(&parsed).await {
         Err(StoreError::NotFound) => return Err(not_found()),
         other => other?,
     };

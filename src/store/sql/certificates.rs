@@ -1,5 +1,7 @@
 //! The SQL of issuers, certificates, revocations and CRLs.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 
@@ -540,6 +542,19 @@ where
         row.into_record()
     }
 
+    async fn certificate_body(&self, serial: &crate::pki::Serial) -> Result<Arc<CertificateBody>> {
+        let key = serial.to_hex();
+        if let Some(kept) = self.recent.issued.get(&key) {
+            return Ok(kept);
+        }
+        let cert = self.certificate(serial).await?;
+        Ok(Arc::new(CertificateBody {
+            account_id: cert.account_id,
+            issuer_id: cert.issuer_id,
+            der: cert.der,
+        }))
+    }
+
     async fn count_certificates(&self) -> Result<i64> {
         let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM certificates")
             .fetch_one(&self.read)
@@ -802,6 +817,14 @@ where
             }
             None => None,
         };
+        let kept = (
+            issuance.certificate.serial.to_hex(),
+            CertificateBody {
+                account_id: issuance.certificate.account_id.clone(),
+                issuer_id: issuance.certificate.issuer_id.clone(),
+                der: issuance.certificate.der.clone(),
+            },
+        );
         let issue = batch::Write::Issue(Box::new(issuance));
         let done = match &order {
             Some((order_id, view)) => {
@@ -819,7 +842,10 @@ where
                 })?;
                 Err(StoreError::Conflict(Conflict::OrderMovedOn(order_id, from)))
             }
-            _ => Ok(()),
+            _ => {
+                self.recent.issued.keep(kept.0, Arc::new(kept.1));
+                Ok(())
+            }
         }
     }
 

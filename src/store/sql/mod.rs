@@ -29,7 +29,7 @@ mod users;
 mod webhooks;
 
 use super::batch::{Batcher, Done, UsedNonce, Write};
-use super::recent::{Changes, Recent, Tracked};
+use super::recent::{Changes, Recent, Tracked, Written};
 use super::{
     AuditEvent, AuthorizationStatus, ChallengeKind, ChallengeStatus, Failure, Health,
     IdentifierKind, OrderSource, OrderStatus, Result, RevokedRow, RevokedScan, StoreError,
@@ -139,6 +139,9 @@ pub(in crate::store) struct RecentReads {
     /// [`SqlStore::submit_order_write`], which hides its view while the
     /// write is in flight.
     pub(in crate::store) orders: Arc<Tracked<String, super::OrderBundle>>,
+    /// Certificates this process issued, by serial (hex): what never
+    /// changes of them.
+    pub(in crate::store) issued: Written<String, Arc<crate::store::CertificateBody>>,
 }
 
 /// What differs between the databases hallmark runs on.
