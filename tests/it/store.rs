@@ -832,7 +832,23 @@ async fn an_order_changed_here_is_seen_at_once_and_one_changed_elsewhere_within_
                 OrderStatus::Invalid,
                 "{backend:?}: another instance's change is seen at once"
             );
-            drop((here, elsewhere));
+            // A finished order (valid or invalid) no write moves again:
+            // once read, any instance answers it from memory. (Changed by
+            // hand behind it, the view kept is what it answers; another
+            // store reads the database.)
+            let finished = here.order("ord_a").await.unwrap();
+            db.execute(
+                "UPDATE orders SET error = '{\"type\": \"urn:ietf:params:acme:error:malformed\", \"detail\": \"by hand\"}' WHERE id = 'ord_a'",
+            )
+            .await;
+            assert_eq!(
+                here.order("ord_a").await.unwrap(),
+                finished,
+                "{backend:?}: a finished order read again from the database"
+            );
+            let reader = store::connect(&db.url).await.unwrap();
+            assert_ne!(reader.order("ord_a").await.unwrap(), finished);
+            drop((here, elsewhere, reader));
             db.cleanup().await;
             continue;
         }

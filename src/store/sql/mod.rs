@@ -95,9 +95,10 @@ pub struct SqlStore<B: Backend> {
     /// Whether this store is its database's one server, for its whole
     /// life: SQLite's (a file of one host), and PostgreSQL's `serve` with
     /// `database.single_instance`, which holds the database's serve lock
-    /// to itself (`store/postgres.rs`). Only then are orders kept in
-    /// memory ([`RecentReads::orders`]) and ACME nonces recorded in
-    /// memory: where several instances serve behind a load balancer, an
+    /// to itself (`store/postgres.rs`). Only then are orders answered
+    /// from memory whatever their status ([`RecentReads::orders`]; else
+    /// only finished ones) and ACME nonces recorded in memory: where
+    /// several instances serve behind a load balancer, an
     /// ACME client whose requests land on different instances must never
     /// see its order go back to an earlier status, nor a nonce used on
     /// one instance taken again on another.
@@ -133,9 +134,10 @@ pub(in crate::store) struct RecentReads {
     /// Every blocked key's SPKI hash (while there are at most
     /// [`super::recent::MAX_BLOCKED_IN_MEMORY`]), under the key `()`.
     pub(in crate::store) blocked: Recent<(), std::sync::Arc<std::collections::HashSet<Vec<u8>>>>,
-    /// Orders with their authorizations and challenges, by id, where the
-    /// store is its database's one server ([`SqlStore::one_server`]):
-    /// every write to an order through this store goes by
+    /// Orders with their authorizations and challenges, by id: all of
+    /// them answered from where the store is its database's one server
+    /// ([`SqlStore::one_server`]), else only finished ones (valid or
+    /// invalid, which no write moves again). Every write to an order through this store goes by
     /// [`SqlStore::submit_order_write`], which hides its view while the
     /// write is in flight.
     pub(in crate::store) orders: Arc<Tracked<String, super::OrderBundle>>,

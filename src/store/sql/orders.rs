@@ -417,9 +417,6 @@ where
         write: batch::Write,
         after: After<'_>,
     ) -> Result<batch::Done> {
-        if !self.one_server {
-            return self.batcher.submit(write).await;
-        }
         let guard = self.recent.orders.writing(&order_id.to_owned());
         let done = self.batcher.submit(write).await?;
         match after {
@@ -771,27 +768,26 @@ where
     usize: sqlx::ColumnIndex<B::Row>,
 {
     async fn order(&self, id: &str) -> Result<OrderBundle> {
-        if !self.answers_from_memory() {
-            return self.order_now(id).await;
-        }
+        // Where other instances may move orders, only a view of a
+        // finished order (valid or invalid, which no write moves again)
+        // is answered from memory: never an earlier status than the
+        // database's.
+        let alone = self.answers_from_memory();
         match self.recent.orders.get(&id.to_owned()) {
-            Some(view) => Ok(view),
-            None => self.order_now(id).await,
+            Some(view) if alone || finished(&view) => Ok(view),
+            _ => self.order_now(id).await,
         }
     }
 
     async fn order_now(&self, id: &str) -> Result<OrderBundle> {
         let key = id.to_owned();
-        let version = self
-            .one_server
-            .then(|| self.recent.orders.before_read(&key))
-            .flatten();
+        let version = self.recent.orders.before_read(&key);
         let rows: Vec<OrderBundleRow> = sqlx::query_as(SELECT_ORDER_BUNDLE)
             .bind(id)
             .fetch_all(&self.read)
             .await?;
         let bundle = order_bundle(rows)?;
-        if version.is_some() {
+        if self.one_server || finished(&bundle) {
             self.recent.orders.keep(&key, version, bundle.clone());
         }
         Ok(bundle)
@@ -1014,6 +1010,15 @@ where
             .await?;
         Ok(done == batch::Done::Moved(true))
     }
+}
+
+/// Whether `bundle`'s order is finished (valid or invalid): no write moves
+/// it again, so any instance may answer it from memory.
+fn finished(bundle: &OrderBundle) -> bool {
+    matches!(
+        bundle.order.status,
+        OrderStatus::Valid | OrderStatus::Invalid
+    )
 }
 
 #[cfg(test)]
