@@ -579,10 +579,21 @@ pub struct OrderQuery {
 #[async_trait]
 pub trait OrderReads: Send + Sync + 'static {
     /// One order with its authorizations and challenges. An instance
-    /// keeps the orders it reads and writes: a change made through another
-    /// instance is seen within `recent::FRESH_FOR` (an earlier status, as
-    /// orders only move forward).
+    /// that is its database's one server answers the orders it reads and
+    /// writes from memory; where other instances may move orders, only a
+    /// finished one (valid or invalid, which nothing moves again), so a
+    /// client behind a load balancer never sees an earlier status than
+    /// the one it was last given.
     async fn order(&self, id: &str) -> Result<OrderBundle>;
+
+    /// The order as this instance last wrote or read it, at most
+    /// `recent::FRESH_FOR` ago, even where another instance may have
+    /// moved it since; `None` if there is no such view. Only for what no
+    /// move changes once seen (an order's names and owners, an
+    /// authorization that is valid or invalid: hallmark never deactivates
+    /// one) and for a write guarded on the status the view shows, which a
+    /// stale view only gets refused. Never for answering an order's status.
+    fn order_seen(&self, id: &str) -> Option<OrderBundle>;
 
     /// One order as the database holds it now, never a view kept here:
     /// for a refusal that rests on the order's status ("not ready yet"),

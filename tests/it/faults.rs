@@ -897,3 +897,185 @@ async fn serve_keeps_serving_when_its_log_cannot_be_written() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// With several instances, an ACME finalize begins from the view of a
+/// `ready` order its instance wrote a moment ago, and a valid
+/// authorization is answered from that view: neither reads the database.
+/// If another instance finalized the order meanwhile, the view is stale,
+/// and the issuance's commit (guarded on `ready`) refuses it: the client
+/// is told the order is not ready, and the order keeps one certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finalize_begun_from_a_stale_view_on_another_instance_issues_nothing() {
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    // One public URL in front of both (TLS passes through), sending each
+    // new connection to the instance `to` names: 0 for A, 1 for B.
+    let balancer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = format!(
+        "https://localhost:{}",
+        balancer.local_addr().unwrap().port()
+    );
+    let lab = DvLab::new(
+        Backend::Postgres,
+        &[("HALLMARK_SERVER__PUBLIC_HTTPS_URL", public.clone())],
+    )
+    .await;
+    let store = lab.running.authority.store().clone();
+    assert!(!store.one_server());
+    let (b_https, _, stop_b, b) = another_instance(&lab).await;
+    let ports = [
+        lab.ca.config.https_listen.port(),
+        b_https.rsplit(':').next().unwrap().parse::<u16>().unwrap(),
+    ];
+    let to = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let route = to.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = balancer.accept().await {
+            let port = ports[route.load(Ordering::SeqCst)];
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let through = |instance: usize| to.store(instance, Ordering::SeqCst);
+    let fresh = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(lab.running.root_pem.as_bytes()).unwrap(),
+        )
+        .tls_built_in_root_certs(false)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut client = crate::support::acme::Client::with(fresh, format!("{public}/acme"));
+    assert_eq!(client.register().await.status, 201);
+    let http01 = lab.http01.clone();
+    let publish = move |token: &str, ka: &str| {
+        http01.publish(&format!("/.well-known/acme-challenge/{token}"), ka)
+    };
+    client
+        .issue(&["web.internal"], json!({}), &publish)
+        .await
+        .unwrap_or_else(|a| panic!("new name: {} {}", a.status, a.body));
+
+    let before = certificate_issues(&store).await;
+
+    // A renewal's order, made through A: ready at once, its authorization
+    // reused and valid, and A keeps the view it wrote.
+    let order = client
+        .post(
+            &format!("{public}/acme/new-order"),
+            Some(&json!({"identifiers": [{"type": "dns", "value": "web.internal"}]})),
+        )
+        .await;
+    assert_eq!(order.status, 201, "{}", order.body);
+    assert_eq!(order.body["status"], "ready");
+    let order_url = order.location();
+    let order_id = order_url.rsplit('/').next().unwrap().to_owned();
+    let authz_url = order.body["authorizations"][0].as_str().unwrap().to_owned();
+    assert_eq!(
+        store.order_seen(&order_id).map(|b| b.order.status),
+        Some(hallmark::store::OrderStatus::Ready)
+    );
+    // The authorization from A's view even once the row says otherwise
+    // (changed by hand: nothing in hallmark moves a valid one), from the
+    // database through B, which has no view of it.
+    db_execute_reused(&lab, &order_id).await;
+    let from_a = client.post(&authz_url, None).await;
+    assert_eq!(from_a.status, 200, "{}", from_a.body);
+    assert_eq!(from_a.body["status"], "valid");
+    assert_ne!(
+        from_a.body["expires"], "2001-09-09T01:46:40Z",
+        "A read the row again"
+    );
+    through(1);
+    let from_b = client.post(&authz_url, None).await;
+    through(0);
+    assert_eq!(from_b.status, 200, "{}", from_b.body);
+    assert_eq!(from_b.body["expires"], "2001-09-09T01:46:40Z");
+    db_restore_reused(&lab, &order_id).await;
+
+    // Finalized through B; then again through A, whose view still says
+    // ready: refused, and no second certificate.
+    let finalize_url = order.body["finalize"].as_str().unwrap().to_owned();
+    let csr = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let der = params.serialize_request(&key).unwrap().der().to_vec();
+        json!({"csr": base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, der)})
+    };
+    through(1);
+    let through_b = client.post(&finalize_url, Some(&csr("web.internal"))).await;
+    through(0);
+    assert_eq!(through_b.status, 200, "{}", through_b.body);
+    assert_eq!(through_b.body["status"], "valid");
+    // (A's view is kept 2 s: on a machine so slow that it aged out, A
+    // reads the order again and the answer is the same.)
+    if let Some(view) = store.order_seen(&order_id) {
+        assert_eq!(
+            view.order.status,
+            hallmark::store::OrderStatus::Ready,
+            "stale"
+        );
+    }
+    let through_a = client.post(&finalize_url, Some(&csr("web.internal"))).await;
+    assert_eq!(through_a.status, 403, "{}", through_a.body);
+    assert_eq!(
+        through_a.body["type"], "urn:ietf:params:acme:error:orderNotReady",
+        "{}",
+        through_a.body
+    );
+    assert_eq!(
+        certificate_issues(&store).await,
+        before + 1,
+        "the renewal's certificate, once"
+    );
+
+    let now = client.post(&order_url, None).await;
+    assert_eq!(now.body["status"], "valid");
+    assert_eq!(now.body["certificate"], through_b.body["certificate"]);
+    let _ = stop_b.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(15), b).await;
+    drop(store);
+    lab.finish().await;
+}
+
+/// Gives the reused authorization of `order_id` an expiry of 1,000,000,000
+/// (2001-09-09T01:46:40Z) in its row.
+async fn db_execute_reused(lab: &DvLab, order_id: &str) {
+    lab.ca
+        .db
+        .execute(&format!(
+            "UPDATE orders SET reused_authorizations = \
+             replace(reused_authorizations, '\"expires_at\":', '\"expires_at\":1000000000,\"was\":') \
+             WHERE id = '{order_id}'"
+        ))
+        .await;
+}
+
+/// Undoes [`db_execute_reused`].
+async fn db_restore_reused(lab: &DvLab, order_id: &str) {
+    lab.ca
+        .db
+        .execute(&format!(
+            "UPDATE orders SET reused_authorizations = \
+             replace(reused_authorizations, '\"expires_at\":1000000000,\"was\":', '\"expires_at\":') \
+             WHERE id = '{order_id}'"
+        ))
+        .await;
+}
+
+/// How many certificates the audit records say were issued.
+async fn certificate_issues(store: &Arc<dyn hallmark::store::Store>) -> usize {
+    store
+        .audit_page(0, 1_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "certificate.issue")
+        .count()
+}

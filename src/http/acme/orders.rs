@@ -238,15 +238,14 @@ pub(super) async fn authorization(
 ) -> Result<Response, Problem> {
     let not_found = || Problem::not_found(format!("there is no authorization {id:?}"));
     let order_id = order_of(&id, "authz_").ok_or_else(not_found)?;
-    let bundle = acme_order(&state, &v, &order_id)
+    let authz = state
+        .orders
+        .acme_authorization(&v.caller(), &v.account().id, &order_id, &id)
         .await
-        .map_err(|_| not_found())?;
-    let authz = bundle
-        .authorizations
-        .iter()
-        .find(|a| a.authorization.id == id)
+        .ok()
+        .flatten()
         .ok_or_else(not_found)?;
-    Ok(Json(authz_json(&state, authz)).into_response())
+    Ok(Json(authz_json(&state, &authz)).into_response())
 }
 
 pub(super) async fn challenge(

@@ -779,6 +779,10 @@ where
         }
     }
 
+    fn order_seen(&self, id: &str) -> Option<OrderBundle> {
+        self.recent.orders.get(&id.to_owned())
+    }
+
     async fn order_now(&self, id: &str) -> Result<OrderBundle> {
         let key = id.to_owned();
         let version = self.recent.orders.before_read(&key);

@@ -327,16 +327,40 @@ impl Orders {
         acme_account_id: &str,
         order_id: &str,
     ) -> Result<OrderBundle, WorkflowError> {
-        let bundle = self.get(caller, order_id).await?;
-        let mine = bundle.order.source == OrderSource::Acme
-            && bundle
-                .order
-                .acme_account_id
-                .as_deref()
-                .is_none_or(|a| a == acme_account_id);
-        if !mine {
-            return Err(no_such_order(order_id));
+        opened_by(acme_account_id, self.get(caller, order_id).await?)
+    }
+
+    /// An authorization of an ACME order this ACME account opened (`None`
+    /// if the order has no such authorization). One that is valid or
+    /// invalid never changes again, so a view of it this instance wrote or
+    /// read a moment ago answers, even where other instances serve the
+    /// same database; a pending one is read with its order, as
+    /// [`Orders::get_acme`] does.
+    pub async fn acme_authorization(
+        &self,
+        caller: &Caller,
+        acme_account_id: &str,
+        order_id: &str,
+        authorization_id: &str,
+    ) -> Result<Option<AuthorizationBundle>, WorkflowError> {
+        let find = |bundle: OrderBundle| {
+            bundle
+                .authorizations
+                .into_iter()
+                .find(|a| a.authorization.id == authorization_id)
+        };
+        if let Some(view) = self.authority.store().order_seen(order_id) {
+            let settled = view.authorizations.iter().any(|a| {
+                a.authorization.id == authorization_id
+                    && a.authorization.status != AuthorizationStatus::Pending
+            });
+            if settled {
+                let view = opened_by(acme_account_id, visible(caller, view)?)?;
+                return Ok(find(view));
+            }
         }
-        Ok(bundle)
+        Ok(find(
+            self.get_acme(caller, acme_account_id, order_id).await?,
+        ))
     }
 }

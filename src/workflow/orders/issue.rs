@@ -14,7 +14,16 @@ impl Orders {
         order_id: &str,
         csr: &[u8],
     ) -> Result<OrderBundle, WorkflowError> {
-        let bundle = self.get_acme(caller, acme_account_id, order_id).await?;
+        // A view of the order `ready` that this instance wrote or read a
+        // moment ago is enough to begin with, even where other instances
+        // may have moved the order since: the issuance is stored only if
+        // the order is still `ready` (guarded below), so a stale view
+        // costs a signature, never a second certificate. Any other status
+        // is read again.
+        let bundle = match self.seen_in(caller, order_id, OrderStatus::Ready) {
+            Some(view) => opened_by(acme_account_id, view)?,
+            None => self.get_acme(caller, acme_account_id, order_id).await?,
+        };
         let mut bundle = self.confirm_status(bundle, OrderStatus::Ready).await?;
         if bundle.order.status != OrderStatus::Ready {
             return Err(WorkflowError::OrderNotReady {

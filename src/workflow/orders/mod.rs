@@ -157,6 +157,16 @@ impl Orders {
         }
     }
 
+    /// What `order_id` is as this instance last saw it, if it is `status`
+    /// there and the caller may see it ([`crate::store::OrderReads::order_seen`]: only for
+    /// what no move changes, or a write guarded on `status`).
+    fn seen_in(&self, caller: &Caller, order_id: &str, status: OrderStatus) -> Option<OrderBundle> {
+        let view = self.authority.store().order_seen(order_id)?;
+        (view.order.status == status)
+            .then(|| visible(caller, view).ok())
+            .flatten()
+    }
+
     /// `bundle` if its order is in `status`; otherwise the order as the
     /// database holds it now. The store may answer with a view kept a
     /// moment (an earlier status if another instance moved the order
@@ -176,10 +186,7 @@ impl Orders {
     /// admin. Anyone else gets `NotFound`, as if it did not exist.
     pub async fn get(&self, caller: &Caller, order_id: &str) -> Result<OrderBundle, WorkflowError> {
         let bundle = self.load(order_id).await?;
-        if bundle.order.account_id != caller.account_id && caller.role == Role::Requester {
-            return Err(no_such_order(order_id));
-        }
-        Ok(bundle)
+        visible(caller, bundle)
     }
 
     /// A page of orders, newest first: the caller's own, or every account's
@@ -309,6 +316,31 @@ impl Orders {
             )
             .await
     }
+}
+
+/// `bundle` if `caller` may see its order: its owner, or any reviewer or
+/// admin; anyone else is told there is no such order.
+fn visible(caller: &Caller, bundle: OrderBundle) -> Result<OrderBundle, WorkflowError> {
+    if bundle.order.account_id != caller.account_id && caller.role == Role::Requester {
+        return Err(no_such_order(&bundle.order.id));
+    }
+    Ok(bundle)
+}
+
+/// `bundle` if its order is an ACME order this ACME account opened: any
+/// other order is no such order, even one of another ACME account of the
+/// same hallmark account (orders from before migration 0004 name none).
+fn opened_by(acme_account_id: &str, bundle: OrderBundle) -> Result<OrderBundle, WorkflowError> {
+    let mine = bundle.order.source == OrderSource::Acme
+        && bundle
+            .order
+            .acme_account_id
+            .as_deref()
+            .is_none_or(|a| a == acme_account_id);
+    if !mine {
+        return Err(no_such_order(&bundle.order.id));
+    }
+    Ok(bundle)
 }
 
 fn no_such_order(order_id: &str) -> WorkflowError {
