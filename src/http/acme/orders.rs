@@ -271,7 +271,7 @@ pub(super) async fn challenge(
         // The client says it is ready: validate, and answer with the
         // result if it comes within `acme.challenge_wait_ms`.
         let wait = std::time::Duration::from_millis(state.acme.challenge_wait_ms);
-        bundle = state.orders.respond(&caller, &order_id, &id, wait).await?;
+        bundle = state.orders.respond_in(&caller, bundle, &id, wait).await?;
     }
     let c = find(&bundle).ok_or_else(not_found)?;
     let authz_url = format!("{}/authz/{}", base(&state), c.authorization_id);

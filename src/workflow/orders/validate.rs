@@ -18,6 +18,21 @@ impl Orders {
         wait: Duration,
     ) -> Result<OrderBundle, WorkflowError> {
         let bundle = self.get(caller, order_id).await?;
+        self.respond_in(caller, bundle, challenge_id, wait).await
+    }
+
+    /// [`Orders::respond`] for an order the caller has just read (`bundle`,
+    /// as [`Orders::get`] gave it): the ACME challenge handler, which
+    /// reads the order to find the challenge, does not read it twice.
+    pub async fn respond_in(
+        self: &Arc<Self>,
+        caller: &Caller,
+        bundle: OrderBundle,
+        challenge_id: &str,
+        wait: Duration,
+    ) -> Result<OrderBundle, WorkflowError> {
+        let order_id = bundle.order.id.clone();
+        let order_id = order_id.as_str();
         if bundle.order.account_id != caller.account_id {
             return Err(NotAllowed::NotOrderOwner.into());
         }
