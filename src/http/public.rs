@@ -323,147 +323,107 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 /// Prometheus text exposition: what an operator alerts on (CA expiry, the
 /// database answering) and issuance volume.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    use std::fmt::Write;
     let authority = &state.authority;
-    let database_up = u8::from(authority.reads().ping().await.is_ok());
+    let reads = authority.reads();
+    let database_up = u8::from(reads.ping().await.is_ok());
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP hallmark_build_info The running hallmark version."
+    let o = &mut out;
+    gauge(
+        o,
+        "hallmark_build_info",
+        "The running hallmark version.",
+        [(label("version", env!("CARGO_PKG_VERSION")), 1)],
     );
-    let _ = writeln!(out, "# TYPE hallmark_build_info gauge");
-    let _ = writeln!(
-        out,
-        "hallmark_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
+    gauge(
+        o,
+        "hallmark_database_up",
+        "Whether the database answers (1) or not (0).",
+        [(String::new(), database_up)],
     );
-    let _ = writeln!(
-        out,
-        "# HELP hallmark_database_up Whether the database answers (1) or not (0)."
-    );
-    let _ = writeln!(out, "# TYPE hallmark_database_up gauge");
-    let _ = writeln!(out, "hallmark_database_up {database_up}");
-    if authority.reads().one_server() {
-        let _ = writeln!(
-            out,
-            "# HELP hallmark_database_one_server Whether this instance is its database's one server now (1; SQLite always, PostgreSQL with database.single_instance while it holds the serve lock) or has lost the lock (0)."
-        );
-        let _ = writeln!(out, "# TYPE hallmark_database_one_server gauge");
-        let _ = writeln!(
-            out,
-            "hallmark_database_one_server {}",
-            u8::from(authority.reads().alone())
+    if reads.one_server() {
+        gauge(
+            o,
+            "hallmark_database_one_server",
+            "Whether this instance is its database's one server now (1; SQLite always, PostgreSQL with database.single_instance while it holds the serve lock) or has lost the lock (0).",
+            [(String::new(), u8::from(reads.alone()))],
         );
     }
-    let _ = writeln!(out, "# HELP hallmark_certificates_issued_total Certificates this process issued since it started.");
-    let _ = writeln!(out, "# TYPE hallmark_certificates_issued_total counter");
-    let _ = writeln!(
-        out,
-        "hallmark_certificates_issued_total {}",
-        authority.issued_count()
+    family(
+        o,
+        "hallmark_certificates_issued_total",
+        "counter",
+        "Certificates this process issued since it started.",
+        [(String::new(), authority.issued_count())],
     );
-    let _ = writeln!(
-        out,
-        "# HELP hallmark_ca_not_after_seconds When each CA certificate expires (Unix time)."
+    gauge(
+        o,
+        "hallmark_ca_not_after_seconds",
+        "When each CA certificate expires (Unix time).",
+        [authority.root(), authority.issuer().certificate()].map(|cert| {
+            (
+                label("issuer", cert.id()),
+                cert.not_after().unix_timestamp(),
+            )
+        }),
     );
-    let _ = writeln!(out, "# TYPE hallmark_ca_not_after_seconds gauge");
-    for cert in [authority.root(), authority.issuer().certificate()] {
-        let _ = writeln!(
-            out,
-            "hallmark_ca_not_after_seconds{{issuer=\"{}\"}} {}",
-            cert.id(),
-            cert.not_after().unix_timestamp()
-        );
-    }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let _ = writeln!(
-        out,
-        "# HELP hallmark_certificates_expiring Unrevoked certificates that expire within the window (days)."
-    );
-    let _ = writeln!(out, "# TYPE hallmark_certificates_expiring gauge");
+    let mut expiring = Vec::new();
     for days in [7, 30] {
-        if let Ok(n) = authority
-            .reads()
-            .count_expiring(now, now + days * 86_400)
-            .await
-        {
-            let _ = writeln!(
-                out,
-                "hallmark_certificates_expiring{{within_days=\"{days}\"}} {n}"
-            );
+        if let Ok(n) = reads.count_expiring(now, now + days * 86_400).await {
+            expiring.push((label("within_days", days), n));
         }
     }
+    gauge(
+        o,
+        "hallmark_certificates_expiring",
+        "Unrevoked certificates that expire within the window (days).",
+        expiring,
+    );
     let served = state.crls.all_served();
-    let _ = writeln!(
-        out,
-        "# HELP hallmark_crl_age_seconds Seconds since thisUpdate of the CRL this instance serves, by file."
+    let by_crl = |value: &dyn Fn(&crate::workflow::crl::ServedCrl) -> i64| {
+        served
+            .iter()
+            .map(|crl| (label("crl", crl.kind.file_name(&crl.issuer_id)), value(crl)))
+            .collect::<Vec<_>>()
+    };
+    gauge(
+        o,
+        "hallmark_crl_age_seconds",
+        "Seconds since thisUpdate of the CRL this instance serves, by file.",
+        by_crl(&|crl| now - crl.this_update),
     );
-    let _ = writeln!(out, "# TYPE hallmark_crl_age_seconds gauge");
-    for crl in &served {
-        let _ = writeln!(
-            out,
-            "hallmark_crl_age_seconds{{crl=\"{}\"}} {}",
-            crl.kind.file_name(&crl.issuer_id),
-            now - crl.this_update
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP hallmark_crl_next_update_seconds nextUpdate of the CRL this instance serves (Unix time), by file."
+    gauge(
+        o,
+        "hallmark_crl_next_update_seconds",
+        "nextUpdate of the CRL this instance serves (Unix time), by file.",
+        by_crl(&|crl| crl.next_update),
     );
-    let _ = writeln!(out, "# TYPE hallmark_crl_next_update_seconds gauge");
-    for crl in &served {
-        let _ = writeln!(
-            out,
-            "hallmark_crl_next_update_seconds{{crl=\"{}\"}} {}",
-            crl.kind.file_name(&crl.issuer_id),
-            crl.next_update
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP hallmark_crl_bytes Size of the CRL this instance serves, by file."
+    gauge(
+        o,
+        "hallmark_crl_bytes",
+        "Size of the CRL this instance serves, by file.",
+        by_crl(&|crl| crl.der.len() as i64),
     );
-    let _ = writeln!(out, "# TYPE hallmark_crl_bytes gauge");
-    for crl in &served {
-        let _ = writeln!(
-            out,
-            "hallmark_crl_bytes{{crl=\"{}\"}} {}",
-            crl.kind.file_name(&crl.issuer_id),
-            crl.der.len()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP hallmark_crl_entries Entries of the CRL this instance serves, by file."
+    gauge(
+        o,
+        "hallmark_crl_entries",
+        "Entries of the CRL this instance serves, by file.",
+        by_crl(&|crl| crl.entries),
     );
-    let _ = writeln!(out, "# TYPE hallmark_crl_entries gauge");
-    for crl in &served {
-        let _ = writeln!(
-            out,
-            "hallmark_crl_entries{{crl=\"{}\"}} {}",
-            crl.kind.file_name(&crl.issuer_id),
-            crl.entries
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP hallmark_database_connections Database connections by pool and state (idle, busy), and each pool's maximum."
-    );
-    let _ = writeln!(out, "# TYPE hallmark_database_connections gauge");
-    for pool in authority.reads().pools() {
-        for (state, n) in [
+    let connections = reads.pools().into_iter().flat_map(|pool| {
+        [
             ("idle", pool.idle),
             ("busy", pool.size.saturating_sub(pool.idle)),
             ("max", pool.max),
-        ] {
-            let _ = writeln!(
-                out,
-                "hallmark_database_connections{{pool=\"{}\",state=\"{state}\"}} {n}",
-                pool.name
-            );
-        }
-    }
+        ]
+        .map(|(state, n)| (format!("{{pool=\"{}\",state=\"{state}\"}}", pool.name), n))
+    });
+    gauge(
+        o,
+        "hallmark_database_connections",
+        "Database connections by pool and state (idle, busy), and each pool's maximum.",
+        connections,
+    );
     crate::metrics::METRICS.render(&mut out);
     (
         [(
@@ -473,4 +433,38 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         out,
     )
         .into_response()
+}
+
+/// One metric family of the text exposition: its HELP and TYPE lines,
+/// then a line for each sample (its labels, as [`label`] writes them, or
+/// none, and its value).
+fn family<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, V)>,
+) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// A [`family`] of gauges.
+fn gauge<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, V)>,
+) {
+    family(out, name, "gauge", help, samples);
+}
+
+/// One label, `{key="value"}` (the values here are versions, ids, numbers
+/// and file names: nothing to escape).
+fn label(key: &str, value: impl std::fmt::Display) -> String {
+    format!("{{{key}=\"{value}\"}}")
 }
