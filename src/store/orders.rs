@@ -559,6 +559,10 @@ pub enum IssuanceOrder {
         transition: Transition,
         /// The CSR to keep with the order (ACME finalize's).
         csr_der: Option<Vec<u8>>,
+        /// When it is completed (its `updated_at`, Unix seconds): known
+        /// to the caller, so the process that wrote it knows the order
+        /// as stored.
+        at: i64,
     },
 }
 
@@ -590,9 +594,10 @@ pub trait OrderReads: Send + Sync + 'static {
     /// `recent::FRESH_FOR` ago, even where another instance may have
     /// moved it since; `None` if there is no such view. Only for what no
     /// move changes once seen (an order's names and owners, an
-    /// authorization that is valid or invalid: hallmark never deactivates
-    /// one) and for a write guarded on the status the view shows, which a
-    /// stale view only gets refused. Never for answering an order's status.
+    /// authorization that is valid or invalid with no challenge
+    /// `processing`: hallmark never deactivates one) and for a write
+    /// guarded on the status the view shows, which a stale view only gets
+    /// refused. Never for answering an order's status.
     fn order_seen(&self, id: &str) -> Option<OrderBundle>;
 
     /// One order as the database holds it now, never a view kept here:

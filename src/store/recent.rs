@@ -333,12 +333,22 @@ impl<K: Eq + Hash + Clone, V: Clone> WriteGuard<'_, K, V> {
     /// view changed is kept (if there was one), as old as the view it
     /// came from, so a change made elsewhere before it is still seen
     /// within [`FRESH_FOR`] of that read.
-    pub fn committed_change(mut self, change: impl FnOnce(&mut V)) {
-        self.done = true;
-        let view = self.before.take().map(|(at, mut v)| {
-            change(&mut v);
-            (at, v)
+    pub fn committed_change(self, change: impl FnOnce(&mut V)) {
+        self.committed_change_if(|v| {
+            change(v);
+            true
         });
+    }
+
+    /// As [`WriteGuard::committed_change`], but `change` may turn down
+    /// the view it is given (false: it cannot tell what the write made of
+    /// that view); then none is kept.
+    pub fn committed_change_if(mut self, change: impl FnOnce(&mut V) -> bool) {
+        self.done = true;
+        let view = self
+            .before
+            .take()
+            .and_then(|(at, mut v)| change(&mut v).then_some((at, v)));
         self.tracked.finish(&self.key, self.began, view);
     }
 }

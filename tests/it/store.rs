@@ -568,6 +568,7 @@ async fn an_illegal_order_transition_is_refused_and_a_stale_one_writes_nothing()
                     order_id: "ord_missing".into(),
                     transition: Transition::IssueReady,
                     csr_der: Some(vec![0x30, 0x00]),
+                    at: 1,
                 }),
             })
             .await
@@ -1137,6 +1138,95 @@ async fn a_validation_result_claims_settles_and_moves_its_order_the_same_on_both
         }
         audit::verify(s.as_ref()).await.expect("the chain verifies");
         drop(s);
+        db.cleanup().await;
+    }
+}
+
+/// An issuance that completes its order leaves the view it wrote, the
+/// same as the database gives back (its time is the caller's), if the
+/// view held before was where the completion starts; otherwise none, and
+/// the next read asks the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_completed_here_is_kept_as_the_database_gives_it_back() {
+    use hallmark::store::{
+        AuthorizationStatus, IssuanceOrder, OrderStatus, OrderUpdate, Transition,
+    };
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(backend, dir.path()).await;
+        let here = store::connect(&db.url).await.unwrap();
+        let elsewhere = store::connect(&db.url).await.unwrap();
+        let (account, key) = team_account();
+        here.create_account(account, key, event("account.create", "acct_1"))
+            .await
+            .unwrap();
+        here.upsert_issuer(&issuer("int-1")).await.unwrap();
+        let complete = |id: &str, at: i64| {
+            let serial = Serial::random(&mut rand::thread_rng());
+            let mut cert = certificate(serial, "int-1");
+            cert.order_id = Some(format!("ord_{id}"));
+            cert.account_id = Some("acct_1".into());
+            hallmark::store::Issuance {
+                certificate: cert,
+                events: vec![event("certificate.issue", &serial.to_hex())],
+                order: Some(IssuanceOrder::Complete {
+                    order_id: format!("ord_{id}"),
+                    transition: Transition::IssueReady,
+                    csr_der: Some(vec![0x30, 0x00]),
+                    at,
+                }),
+            }
+        };
+
+        // Held ready here: completed, the view kept is the stored order.
+        let mut ready = new_order("c");
+        ready.order.status = OrderStatus::Ready;
+        ready.authorizations[0].authorization.status = AuthorizationStatus::Valid;
+        here.create_order(&ready, vec![event("order.create", "ord_c")])
+            .await
+            .unwrap();
+        here.insert_issuance(complete("c", 1_234_567))
+            .await
+            .unwrap();
+        let stored = elsewhere.order_now("ord_c").await.unwrap();
+        assert_eq!(stored.order.status, OrderStatus::Valid, "{backend:?}");
+        assert_eq!(stored.order.updated_at, 1_234_567, "{backend:?}");
+        assert_eq!(stored.order.csr_der, Some(vec![0x30, 0x00]), "{backend:?}");
+        assert_eq!(
+            here.order_seen("ord_c"),
+            Some(stored.clone()),
+            "{backend:?}: the view left by the completion"
+        );
+        assert_eq!(here.order("ord_c").await.unwrap(), stored, "{backend:?}");
+
+        // Held pending here, made ready elsewhere, completed here: the
+        // view held was not where the completion starts, so none is kept.
+        let pending = new_order("d");
+        here.create_order(&pending, vec![event("order.create", "ord_d")])
+            .await
+            .unwrap();
+        assert!(elsewhere
+            .transition_order(
+                "ord_d",
+                Transition::Validated,
+                &OrderUpdate::default(),
+                5,
+                vec![event("order.ready", "ord_d")],
+            )
+            .await
+            .unwrap());
+        here.insert_issuance(complete("d", 1_234_568))
+            .await
+            .unwrap();
+        assert_eq!(here.order_seen("ord_d"), None, "{backend:?}");
+        let read = here.order("ord_d").await.unwrap();
+        assert_eq!(
+            read,
+            elsewhere.order_now("ord_d").await.unwrap(),
+            "{backend:?}"
+        );
+        assert_eq!(read.order.status, OrderStatus::Valid, "{backend:?}");
+        drop((here, elsewhere));
         db.cleanup().await;
     }
 }

@@ -350,7 +350,7 @@ where
         if !B::WRITES_AS_CTES {
             script.write("BEGIN IMMEDIATE");
         }
-        Self::push_completions(&mut script, &completions, now);
+        Self::push_completions(&mut script, &completions);
         Self::push_inserts(&mut script, &opened, &items, now)
             .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         let end = Self::push_audit(&mut script, head, &events, true);
@@ -433,7 +433,7 @@ where
         }
         if !completing.is_empty() {
             let completions: Vec<_> = completing.iter().map(|(_, _, c)| c).collect();
-            let moved = Self::complete_orders_tx(&mut tx, &completions, now).await?;
+            let moved = Self::complete_orders_tx(&mut tx, &completions).await?;
             for ((i, issuance, _), moved) in completing.iter().zip(moved) {
                 if moved {
                     items.push(issuance);
@@ -808,12 +808,31 @@ where
             }) => Some((order_id.clone(), transition.from())),
             _ => None,
         };
-        // The store's time of the completion is not known here, so the
-        // order completed is read again; an order created whole is kept.
+        // An order created whole is kept as it is; an order completed is
+        // kept as the view held before it, if that view was where the
+        // completion starts, changed as COMPLETE_ORDERS changes it.
         let order = match &issuance.order {
-            Some(IssuanceOrder::Complete { order_id, .. }) => Some((order_id.clone(), None)),
+            Some(IssuanceOrder::Complete {
+                order_id,
+                transition,
+                csr_der,
+                at,
+            }) => {
+                let (transition, at, serial) = (*transition, *at, issuance.certificate.serial);
+                let update = OrderUpdate {
+                    csr_der: csr_der.clone(),
+                    ..OrderUpdate::default()
+                };
+                let completed = move |b: &mut OrderBundle| {
+                    b.order = b
+                        .order
+                        .moved(transition, &update, at)
+                        .completed(&serial.to_hex(), at);
+                };
+                Some((order_id.clone(), None, Some((transition.from(), completed))))
+            }
             Some(IssuanceOrder::Create(bundle)) => {
-                Some((bundle.order.id.clone(), Some((**bundle).clone())))
+                Some((bundle.order.id.clone(), Some((**bundle).clone()), None))
             }
             None => None,
         };
@@ -827,10 +846,12 @@ where
         );
         let issue = batch::Write::Issue(Box::new(issuance));
         let done = match &order {
-            Some((order_id, view)) => {
-                let after = view.as_ref().map_or(super::orders::After::Unknown, |b| {
-                    super::orders::After::Whole(b)
-                });
+            Some((order_id, view, completed)) => {
+                let after = match (view, completed) {
+                    (Some(b), _) => super::orders::After::Whole(b),
+                    (None, Some((from, change))) => super::orders::After::ChangeFrom(*from, change),
+                    (None, None) => super::orders::After::Unknown,
+                };
                 self.submit_order_write(order_id, issue, after).await?
             }
             None => self.batcher.submit(issue).await?,

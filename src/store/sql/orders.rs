@@ -43,6 +43,10 @@ pub(in crate::store) enum After<'a> {
     /// The view held before, changed thus, if the (guarded) write moved:
     /// what its SQL does, in memory.
     Change(&'a (dyn Fn(&mut OrderBundle) + Sync)),
+    /// As `Change`, for a write guarded on the order being in this status
+    /// (an issuance completing it), and only if the view held before was
+    /// in it too: the write then changed only what the closure changes.
+    ChangeFrom(OrderStatus, &'a (dyn Fn(&mut OrderBundle) + Sync)),
 }
 
 /// `bundle` as [`SELECT_ORDER_BUNDLE`] reads it back once written: its
@@ -323,8 +327,7 @@ const TRANSITION_ORDER: &str =
 /// columns are `column1…` on both backends.
 const COMPLETE_ORDERS_PREFIX: &str =
     "UPDATE orders SET status = 'valid', certificate_serial = v.column2, \
-     csr_der = COALESCE(v.column3, csr_der), updated_at = ";
-const COMPLETE_ORDERS_VALUES: &str = " FROM (";
+     csr_der = COALESCE(v.column3, csr_der), updated_at = v.column5 FROM (";
 const COMPLETE_ORDERS_SUFFIX: &str =
     ") AS v WHERE orders.id = v.column1 AND orders.status = v.column4 RETURNING id";
 
@@ -334,6 +337,7 @@ pub(in crate::store) struct Completion<'a> {
     pub transition: Transition,
     pub serial: String,
     pub csr_der: Option<&'a [u8]>,
+    pub at: i64,
 }
 
 impl<'a> Completion<'a> {
@@ -344,11 +348,13 @@ impl<'a> Completion<'a> {
                 order_id,
                 transition,
                 csr_der,
+                at,
             }) => Some(Completion {
                 order_id,
                 transition: *transition,
                 serial: issuance.certificate.serial.to_hex(),
                 csr_der: csr_der.as_deref(),
+                at: *at,
             }),
             _ => None,
         }
@@ -426,6 +432,19 @@ where
             After::Change(change) if done == batch::Done::Moved(true) => {
                 guard.committed_change(change)
             }
+            // An issuance that completes its order is `Written` when its
+            // batch went as one statement (which fails whole if an order
+            // had moved on), `Moved(true)` otherwise.
+            After::ChangeFrom(from, change)
+                if matches!(done, batch::Done::Written | batch::Done::Moved(true)) =>
+            {
+                guard.committed_change_if(|v| {
+                    v.order.status == from && {
+                        change(v);
+                        true
+                    }
+                })
+            }
             _ => guard.committed(None),
         }
         Ok(done)
@@ -469,7 +488,6 @@ where
     pub(in crate::store) async fn complete_orders_tx(
         tx: &mut super::Tx<B>,
         completions: &[&Completion<'_>],
-        at: i64,
     ) -> Result<Vec<bool>> {
         if let Some(c) = completions.iter().find(|c| !c.is_legal()) {
             return Err(StoreError::Conflict(Conflict::IllegalTransition {
@@ -486,7 +504,7 @@ where
         let mut moved = std::collections::HashSet::new();
         for chunk in firsts.chunks(ROWS_PER_INSERT) {
             let mut q = Statement::new(COMPLETE_ORDERS_PREFIX);
-            Self::complete_orders_rest(&mut q, chunk, at);
+            Self::complete_orders_rest(&mut q, chunk);
             let ids: Vec<(String,)> = q.query_as::<B, (String,)>()?.fetch_all(&mut **tx).await?;
             moved.extend(ids.into_iter().map(|(id,)| id));
         }
@@ -497,16 +515,16 @@ where
             .collect())
     }
 
-    /// The rest of a [`COMPLETE_ORDERS_PREFIX`] statement: the time, then
-    /// one row per completion.
-    fn complete_orders_rest<'a>(q: &mut Statement<'a>, chunk: &[&'a Completion<'a>], at: i64) {
-        q.bind(at).push(COMPLETE_ORDERS_VALUES);
+    /// The rest of a [`COMPLETE_ORDERS_PREFIX`] statement: one row per
+    /// completion.
+    fn complete_orders_rest<'a>(q: &mut Statement<'a>, chunk: &[&'a Completion<'a>]) {
         for c in chunk {
             q.row()
                 .bind(c.order_id)
                 .bind(c.serial.as_str())
                 .bind(c.csr_der)
-                .bind(c.transition.from());
+                .bind(c.transition.from())
+                .bind(c.at);
         }
         q.push(COMPLETE_ORDERS_SUFFIX);
     }
@@ -519,11 +537,10 @@ where
     pub(in crate::store) fn push_completions<'a>(
         script: &mut super::Script<'a>,
         completions: &'a [Completion<'a>],
-        at: i64,
     ) {
         let all: Vec<&Completion> = completions.iter().collect();
         for chunk in all.chunks(ROWS_PER_INSERT) {
-            Self::complete_orders_rest(script.write(COMPLETE_ORDERS_PREFIX), chunk, at);
+            Self::complete_orders_rest(script.write(COMPLETE_ORDERS_PREFIX), chunk);
             script.check_last(chunk.len());
         }
     }

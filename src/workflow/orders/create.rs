@@ -332,9 +332,11 @@ impl Orders {
 
     /// An authorization of an ACME order this ACME account opened (`None`
     /// if the order has no such authorization). One that is valid or
-    /// invalid never changes again, so a view of it this instance wrote or
+    /// invalid with no challenge `processing` never changes again (no
+    /// challenge of a settled authorization can be claimed, and only a
+    /// claimed one gets a result), so a view of it this instance wrote or
     /// read a moment ago answers, even where other instances serve the
-    /// same database; a pending one is read with its order, as
+    /// same database; any other is read with its order, as
     /// [`Orders::get_acme`] does.
     pub async fn acme_authorization(
         &self,
@@ -353,6 +355,9 @@ impl Orders {
             let settled = view.authorizations.iter().any(|a| {
                 a.authorization.id == authorization_id
                     && a.authorization.status != AuthorizationStatus::Pending
+                    && a.challenges
+                        .iter()
+                        .all(|c| c.status != ChallengeStatus::Processing)
             });
             if settled {
                 let view = opened_by(acme_account_id, visible(caller, view)?)?;

@@ -235,6 +235,7 @@ impl Orders {
                     order_id: order.id.clone(),
                     transition,
                     csr_der,
+                    at: OffsetDateTime::now_utc().unix_timestamp(),
                 }),
                 Vec::new(),
             )
