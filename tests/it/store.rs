@@ -1100,6 +1100,30 @@ async fn a_validation_result_claims_settles_and_moves_its_order_the_same_on_both
             "{backend:?}"
         );
 
+        // A successful result leaves the view it wrote, which is the
+        // order as the database holds it; so is every view kept here.
+        let e = new_order("e");
+        s.create_order(&e, vec![event("order.create", "ord_e")])
+            .await
+            .unwrap();
+        let done = finish(outcome(
+            "ord_e",
+            "authz_e_000",
+            "chall_e_000_t",
+            Some(attempt("chall_e_000_t", 995)),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(done, Some(OrderStatus::Ready), "{backend:?}");
+        assert!(s.order_seen("ord_e").is_some(), "{backend:?}: no view left");
+        let reader = store::connect(&db.url).await.unwrap();
+        for id in ["ord_a", "ord_b", "ord_c", "ord_pair", "ord_two", "ord_e"] {
+            if let Some(view) = s.order_seen(id) {
+                let stored = reader.order_now(id).await.unwrap();
+                assert_eq!(view, stored, "{backend:?}: {id}");
+            }
+        }
+
         // One attempt recorded per claim made, each before its result.
         let log = s.audit_page(0, 1000).await.unwrap();
         let actions = |subject: &str| -> Vec<String> {

@@ -47,6 +47,10 @@ pub(in crate::store) enum After<'a> {
     /// (an issuance completing it), and only if the view held before was
     /// in it too: the write then changed only what the closure changes.
     ChangeFrom(OrderStatus, &'a (dyn Fn(&mut OrderBundle) + Sync)),
+    /// The view held before, changed by what the write did (its
+    /// [`batch::Done`]); the closure gives false, and no view is kept,
+    /// where that is not known here.
+    Outcome(&'a (dyn Fn(&mut OrderBundle, batch::Done) -> bool + Sync)),
 }
 
 /// `bundle` as [`SELECT_ORDER_BUNDLE`] reads it back once written: its
@@ -435,6 +439,7 @@ where
             // An issuance that completes its order is `Written` when its
             // batch went as one statement (which fails whole if an order
             // had moved on), `Moved(true)` otherwise.
+            After::Outcome(change) => guard.committed_change_if(|v| change(v, done)),
             After::ChangeFrom(from, change)
                 if matches!(done, batch::Done::Written | batch::Done::Moved(true)) =>
             {
@@ -992,8 +997,9 @@ where
             on_order_change,
         };
         let order_id = outcome.order_id.clone();
+        let after = |b: &mut OrderBundle, done: batch::Done| succeeded(b, outcome, done);
         match self
-            .submit_order_write(&order_id, finish, After::Unknown)
+            .submit_order_write(&order_id, finish, After::Outcome(&after))
             .await?
         {
             batch::Done::Finished { order, .. } => Ok(order),
@@ -1030,6 +1036,66 @@ where
             .submit_order_write(order_id, step, After::Change(&moved))
             .await?;
         Ok(done == batch::Done::Moved(true))
+    }
+}
+
+/// What a successful validation's result (`outcome`, which did `done`)
+/// made of the order `bundle` was a view of, as FINISH_CHALLENGE,
+/// FINISH_AUTHORIZATION and the order's move (or FINISH_CHALLENGE_AT_ONCE)
+/// write it: false where that is not known here — a failure (its error
+/// as stored is the database's), a result not recorded, a claim made
+/// elsewhere (its time), a move the view cannot account for.
+fn succeeded(bundle: &mut OrderBundle, outcome: &ChallengeOutcome, done: batch::Done) -> bool {
+    let batch::Done::Finished { order, claimed } = done else {
+        return false;
+    };
+    if outcome.error.is_some() {
+        return false;
+    }
+    let claim_at = outcome.claim.as_ref().map(|e| e.at.unix_timestamp());
+    let Some(authz) = bundle
+        .authorizations
+        .iter_mut()
+        .find(|a| a.authorization.id == outcome.authorization_id)
+    else {
+        return false;
+    };
+    let Some(challenge) = authz
+        .challenges
+        .iter_mut()
+        .find(|c| c.id == outcome.challenge_id)
+    else {
+        return false;
+    };
+    match (claimed, challenge.status, claim_at) {
+        (true, ChallengeStatus::Pending, Some(at)) => challenge.attempted_at = Some(at),
+        (false, ChallengeStatus::Processing, _) => {}
+        _ => return false,
+    }
+    challenge.status = ChallengeStatus::Valid;
+    challenge.error = None;
+    challenge.validated_at = Some(outcome.at);
+    if authz.authorization.status != AuthorizationStatus::Pending {
+        return false;
+    }
+    authz.authorization.status = AuthorizationStatus::Valid;
+    authz.authorization.validated_at = Some(outcome.at);
+    let all_valid = bundle
+        .authorizations
+        .iter()
+        .all(|a| a.authorization.status == AuthorizationStatus::Valid);
+    match order {
+        Some(status)
+            if all_valid
+                && bundle.order.status == outcome.when_all_valid.from()
+                && status == outcome.when_all_valid.to() =>
+        {
+            bundle.order.status = status;
+            bundle.order.updated_at = outcome.at;
+            true
+        }
+        None => !all_valid,
+        Some(_) => false,
     }
 }
 
