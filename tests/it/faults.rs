@@ -406,6 +406,55 @@ async fn graceful_shutdown_finishes_the_requests_in_flight() {
     }
 }
 
+/// A listener on a free loopback port for a load balancer, and the public
+/// HTTPS URL it makes.
+async fn public_listener() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, format!("https://localhost:{port}"))
+}
+
+/// A TCP load balancer on `listener` (TLS passes through): each new
+/// connection goes to the loopback port `pick` chooses among `ports`,
+/// given how many connections came before it.
+fn balance(
+    listener: tokio::net::TcpListener,
+    ports: Vec<u16>,
+    pick: impl Fn(usize) -> usize + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let mut next = 0;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let port = ports[pick(next)];
+            next += 1;
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+}
+
+/// The port of an `https://host:port` URL.
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// A client of `lab`'s CA that opens a new connection for every request,
+/// so each one goes through the balancer afresh.
+fn unpooled(lab: &DvLab) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(lab.running.root_pem.as_bytes()).unwrap(),
+        )
+        .tls_built_in_root_certs(false)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
 /// Another instance of `lab`'s CA on the same database, on its own
 /// listeners (as behind a load balancer: the same public URLs).
 async fn another_instance(
@@ -436,11 +485,7 @@ async fn three_instances_on_one_database_issue_revoke_and_publish_as_one() {
     }
     // A round-robin TCP load balancer in front of the three (TLS passes
     // through): the public HTTPS URL every instance announces.
-    let balancer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let public = format!(
-        "https://localhost:{}",
-        balancer.local_addr().unwrap().port()
-    );
+    let (balancer, public) = public_listener().await;
     let lab = DvLab::new(
         Backend::Postgres,
         &[
@@ -453,22 +498,8 @@ async fn three_instances_on_one_database_issue_revoke_and_publish_as_one() {
     let (c_https, c_http, stop_c, c) = another_instance(&lab).await;
     let a_https = format!("https://localhost:{}", lab.ca.config.https_listen.port());
     let https = [a_https, b_https, c_https];
-    let backends: Vec<String> = https
-        .iter()
-        .map(|u| format!("127.0.0.1:{}", u.rsplit(':').next().unwrap()))
-        .collect();
-    tokio::spawn(async move {
-        let mut next = 0;
-        while let Ok((mut inbound, _)) = balancer.accept().await {
-            let backend = backends[next % backends.len()].clone();
-            next += 1;
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
+    let ports: Vec<u16> = https.iter().map(|u| port_of(u)).collect();
+    balance(balancer, ports, |next| next % 3);
     let http = [lab.running.http_url.clone(), b_http, c_http];
     let store = lab.running.authority.store().clone();
     let (_, key) = api_key(&lab.running.authority, "team", Role::Requester).await;
@@ -515,15 +546,8 @@ async fn three_instances_on_one_database_issue_revoke_and_publish_as_one() {
     let mut acme = Vec::new();
     for i in 0..3 {
         let http01 = http01.clone();
-        let fresh = reqwest::Client::builder()
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(lab.running.root_pem.as_bytes()).unwrap(),
-            )
-            .tls_built_in_root_certs(false)
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap();
-        let mut acme_client = crate::support::acme::Client::with(fresh, format!("{public}/acme"));
+        let mut acme_client =
+            crate::support::acme::Client::with(unpooled(&lab), format!("{public}/acme"));
         acme.push(tokio::spawn(async move {
             assert_eq!(acme_client.register().await.status, 201);
             let publish = |token: &str, ka: &str| {
@@ -911,11 +935,7 @@ async fn a_finalize_begun_from_a_stale_view_on_another_instance_issues_nothing()
     }
     // One public URL in front of both (TLS passes through), sending each
     // new connection to the instance `to` names: 0 for A, 1 for B.
-    let balancer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let public = format!(
-        "https://localhost:{}",
-        balancer.local_addr().unwrap().port()
-    );
+    let (balancer, public) = public_listener().await;
     let lab = DvLab::new(
         Backend::Postgres,
         &[("HALLMARK_SERVER__PUBLIC_HTTPS_URL", public.clone())],
@@ -924,33 +944,12 @@ async fn a_finalize_begun_from_a_stale_view_on_another_instance_issues_nothing()
     let store = lab.running.authority.store().clone();
     assert!(!store.one_server());
     let (b_https, _, stop_b, b) = another_instance(&lab).await;
-    let ports = [
-        lab.ca.config.https_listen.port(),
-        b_https.rsplit(':').next().unwrap().parse::<u16>().unwrap(),
-    ];
+    let ports = vec![lab.ca.config.https_listen.port(), port_of(&b_https)];
     let to = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let route = to.clone();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = balancer.accept().await {
-            let port = ports[route.load(Ordering::SeqCst)];
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
-                {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
+    balance(balancer, ports, move |_| route.load(Ordering::SeqCst));
     let through = |instance: usize| to.store(instance, Ordering::SeqCst);
-    let fresh = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(lab.running.root_pem.as_bytes()).unwrap(),
-        )
-        .tls_built_in_root_certs(false)
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
-    let mut client = crate::support::acme::Client::with(fresh, format!("{public}/acme"));
+    let mut client = crate::support::acme::Client::with(unpooled(&lab), format!("{public}/acme"));
     assert_eq!(client.register().await.status, 201);
     let http01 = lab.http01.clone();
     let publish = move |token: &str, ka: &str| {
