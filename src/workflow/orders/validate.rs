@@ -23,7 +23,13 @@ impl Orders {
 
     /// [`Orders::respond`] for an order the caller has just read (`bundle`,
     /// as [`Orders::get`] gave it): the ACME challenge handler, which
-    /// reads the order to find the challenge, does not read it twice.
+    /// reads the order to find the challenge, does not read it twice, and
+    /// answers with that challenge only. So when the validation ends
+    /// within `wait`, the order returned is the view its result's commit
+    /// left here if there is one (no write since, or a later one):
+    /// exact for this challenge, as of a moment inside this request, and
+    /// elsewhere at most as far behind other instances' writes as any
+    /// view kept (`recent::FRESH_FOR`).
     pub async fn respond_in(
         self: &Arc<Self>,
         caller: &Caller,
@@ -86,7 +92,13 @@ impl Orders {
             if let Some(task) = task {
                 // Dropping the handle on time-out leaves the task running.
                 if let Ok(Ok(())) = tokio::time::timeout(wait, task).await {
-                    return self.load(order_id).await;
+                    // A view kept now was left by the result's commit or
+                    // a later write (a write drops its order's view as it
+                    // begins, and writes that overlap leave none).
+                    return match self.authority.store().order_seen(order_id) {
+                        Some(view) => Ok(view),
+                        None => self.load(order_id).await,
+                    };
                 }
             }
         }
