@@ -256,9 +256,16 @@ pub(super) async fn challenge(
     let not_found = || Problem::not_found(format!("there is no challenge {id:?}"));
     let order_id = order_of(&id, "chall_").ok_or_else(not_found)?;
     let caller = v.caller();
-    let mut bundle = acme_order(&state, &v, &order_id)
-        .await
-        .map_err(|_| not_found())?;
+    let mut bundle = if v.is_post_as_get() {
+        acme_order(&state, &v, &order_id).await
+    } else {
+        state
+            .orders
+            .acme_to_answer(&caller, &v.account().id, &order_id, &id)
+            .await
+            .map_err(Problem::from)
+    }
+    .map_err(|_| not_found())?;
     let find = |b: &OrderBundle| {
         b.authorizations
             .iter()

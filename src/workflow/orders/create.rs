@@ -330,6 +330,37 @@ impl Orders {
         opened_by(acme_account_id, self.get(caller, order_id).await?)
     }
 
+    /// The order of a challenge a client answers (a challenge POST that is
+    /// not POST-as-GET), if this ACME account opened it: a view kept here
+    /// in which the order and the challenge are still `pending` is
+    /// enough, even where other instances serve the same database, since
+    /// nothing is answered from it. The validation's result is committed
+    /// only while the challenge is still `processing`, or `pending` under
+    /// a pending authorization and order, and the answer is read again
+    /// or comes from that commit ([`Orders::respond_in`]); a stale view
+    /// costs at most one more validation of the same challenge (whose
+    /// result is recorded only if no other was). Any other
+    /// order is read, as [`Orders::get_acme`] does.
+    pub async fn acme_to_answer(
+        &self,
+        caller: &Caller,
+        acme_account_id: &str,
+        order_id: &str,
+        challenge_id: &str,
+    ) -> Result<OrderBundle, WorkflowError> {
+        if let Some(view) = self.seen_in(caller, order_id, OrderStatus::Pending) {
+            let pending = view
+                .authorizations
+                .iter()
+                .flat_map(|a| a.challenges.iter())
+                .any(|c| c.id == challenge_id && c.status == ChallengeStatus::Pending);
+            if pending {
+                return opened_by(acme_account_id, view);
+            }
+        }
+        self.get_acme(caller, acme_account_id, order_id).await
+    }
+
     /// An authorization of an ACME order this ACME account opened (`None`
     /// if the order has no such authorization). One that is valid or
     /// invalid with no challenge `processing` never changes again (no
