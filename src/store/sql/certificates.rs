@@ -810,7 +810,10 @@ where
         };
         // An order created whole is kept as it is; an order completed is
         // kept as the view held before it, if that view was where the
-        // completion starts, changed as COMPLETE_ORDERS changes it.
+        // completion starts, changed as COMPLETE_ORDERS changes it. (An
+        // issuance that completes its order is `Written` when its batch
+        // went as one statement, which fails whole if an order had moved
+        // on, and `Moved(true)` otherwise.)
         let order = match &issuance.order {
             Some(IssuanceOrder::Complete {
                 order_id,
@@ -823,13 +826,18 @@ where
                     csr_der: csr_der.clone(),
                     ..OrderUpdate::default()
                 };
-                let completed = move |b: &mut OrderBundle| {
+                let completed = move |b: &mut OrderBundle, done: batch::Done| {
+                    let stored = matches!(done, batch::Done::Written | batch::Done::Moved(true));
+                    if !stored || b.order.status != transition.from() {
+                        return false;
+                    }
                     b.order = b
                         .order
                         .moved(transition, &update, at)
                         .completed(&serial.to_hex(), at);
+                    true
                 };
-                Some((order_id.clone(), None, Some((transition.from(), completed))))
+                Some((order_id.clone(), None, Some(completed)))
             }
             Some(IssuanceOrder::Create(bundle)) => {
                 Some((bundle.order.id.clone(), Some((**bundle).clone()), None))
@@ -849,7 +857,7 @@ where
             Some((order_id, view, completed)) => {
                 let after = match (view, completed) {
                     (Some(b), _) => super::orders::After::Whole(b),
-                    (None, Some((from, change))) => super::orders::After::ChangeFrom(*from, change),
+                    (None, Some(change)) => super::orders::After::Outcome(change),
                     (None, None) => super::orders::After::Unknown,
                 };
                 self.submit_order_write(order_id, issue, after).await?

@@ -43,10 +43,6 @@ pub(in crate::store) enum After<'a> {
     /// The view held before, changed thus, if the (guarded) write moved:
     /// what its SQL does, in memory.
     Change(&'a (dyn Fn(&mut OrderBundle) + Sync)),
-    /// As `Change`, for a write guarded on the order being in this status
-    /// (an issuance completing it), and only if the view held before was
-    /// in it too: the write then changed only what the closure changes.
-    ChangeFrom(OrderStatus, &'a (dyn Fn(&mut OrderBundle) + Sync)),
     /// The view held before, changed by what the write did (its
     /// [`batch::Done`]); the closure gives false, and no view is kept,
     /// where that is not known here.
@@ -436,20 +432,7 @@ where
             After::Change(change) if done == batch::Done::Moved(true) => {
                 guard.committed_change(change)
             }
-            // An issuance that completes its order is `Written` when its
-            // batch went as one statement (which fails whole if an order
-            // had moved on), `Moved(true)` otherwise.
             After::Outcome(change) => guard.committed_change_if(|v| change(v, done)),
-            After::ChangeFrom(from, change)
-                if matches!(done, batch::Done::Written | batch::Done::Moved(true)) =>
-            {
-                guard.committed_change_if(|v| {
-                    v.order.status == from && {
-                        change(v);
-                        true
-                    }
-                })
-            }
             _ => guard.committed(None),
         }
         Ok(done)

@@ -348,17 +348,17 @@ impl Orders {
         order_id: &str,
         challenge_id: &str,
     ) -> Result<OrderBundle, WorkflowError> {
-        if let Some(view) = self.seen_in(caller, order_id, OrderStatus::Pending) {
-            let pending = view
-                .authorizations
-                .iter()
-                .flat_map(|a| a.challenges.iter())
-                .any(|c| c.id == challenge_id && c.status == ChallengeStatus::Pending);
-            if pending {
-                return opened_by(acme_account_id, view);
-            }
+        let pending = |v: &OrderBundle| {
+            v.order.status == OrderStatus::Pending
+                && v.authorizations
+                    .iter()
+                    .flat_map(|a| a.challenges.iter())
+                    .any(|c| c.id == challenge_id && c.status == ChallengeStatus::Pending)
+        };
+        match self.seen_acme(caller, acme_account_id, order_id, pending) {
+            Some(view) => Ok(view),
+            None => self.get_acme(caller, acme_account_id, order_id).await,
         }
-        self.get_acme(caller, acme_account_id, order_id).await
     }
 
     /// An authorization of an ACME order this ACME account opened (`None`
@@ -382,21 +382,19 @@ impl Orders {
                 .into_iter()
                 .find(|a| a.authorization.id == authorization_id)
         };
-        if let Some(view) = self.authority.store().order_seen(order_id) {
-            let settled = view.authorizations.iter().any(|a| {
+        let settled = |v: &OrderBundle| {
+            v.authorizations.iter().any(|a| {
                 a.authorization.id == authorization_id
                     && a.authorization.status != AuthorizationStatus::Pending
                     && a.challenges
                         .iter()
                         .all(|c| c.status != ChallengeStatus::Processing)
-            });
-            if settled {
-                let view = opened_by(acme_account_id, visible(caller, view)?)?;
-                return Ok(find(view));
-            }
-        }
-        Ok(find(
-            self.get_acme(caller, acme_account_id, order_id).await?,
-        ))
+            })
+        };
+        let bundle = match self.seen_acme(caller, acme_account_id, order_id, settled) {
+            Some(view) => view,
+            None => self.get_acme(caller, acme_account_id, order_id).await?,
+        };
+        Ok(find(bundle))
     }
 }

@@ -20,8 +20,9 @@ impl Orders {
         // the order is still `ready` (guarded below), so a stale view
         // costs a signature, never a second certificate. Any other status
         // is read again.
-        let bundle = match self.seen_in(caller, order_id, OrderStatus::Ready) {
-            Some(view) => opened_by(acme_account_id, view)?,
+        let ready = |v: &OrderBundle| v.order.status == OrderStatus::Ready;
+        let bundle = match self.seen_acme(caller, acme_account_id, order_id, ready) {
+            Some(view) => view,
             None => self.get_acme(caller, acme_account_id, order_id).await?,
         };
         let mut bundle = self.confirm_status(bundle, OrderStatus::Ready).await?;

@@ -157,14 +157,23 @@ impl Orders {
         }
     }
 
-    /// What `order_id` is as this instance last saw it, if it is `status`
-    /// there and the caller may see it ([`crate::store::OrderReads::order_seen`]: only for
-    /// what no move changes, or a write guarded on `status`).
-    fn seen_in(&self, caller: &Caller, order_id: &str, status: OrderStatus) -> Option<OrderBundle> {
+    /// The ACME order `order_id` as this instance last saw it, if `usable`
+    /// accepts that view, the caller may see the order and this ACME
+    /// account opened it ([`crate::store::OrderReads::order_seen`]: only
+    /// for what no move changes, or a write guarded on the status seen).
+    /// `None` otherwise, for the caller to read the order.
+    fn seen_acme(
+        &self,
+        caller: &Caller,
+        acme_account_id: &str,
+        order_id: &str,
+        usable: impl FnOnce(&OrderBundle) -> bool,
+    ) -> Option<OrderBundle> {
         let view = self.authority.store().order_seen(order_id)?;
-        (view.order.status == status)
-            .then(|| visible(caller, view).ok())
-            .flatten()
+        if !usable(&view) {
+            return None;
+        }
+        opened_by(acme_account_id, visible(caller, view).ok()?).ok()
     }
 
     /// `bundle` if its order is in `status`; otherwise the order as the
