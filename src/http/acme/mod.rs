@@ -55,6 +55,7 @@ use crate::workflow::accounts::{Caller, Role};
 use crate::workflow::acme_accounts::{self, AcmeAccountError, Registration};
 use crate::workflow::limits::address_key;
 use crate::workflow::revocation::{RevokeRequest, Revoker};
+use crate::workflow::WorkflowError;
 
 /// Routes under `/acme`. Every POST resource gets the ACME headers from
 /// one layer; the directory, newNonce and renewal information add their

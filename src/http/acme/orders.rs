@@ -231,6 +231,18 @@ pub(super) fn authz_json(state: &AppState, a: &crate::store::AuthorizationBundle
     v
 }
 
+/// A lookup's failure as the client sees it: an order that does not
+/// exist or is not this account's is the authorization or challenge
+/// asked for being unknown (`not_found`, a 404 naming it); anything else,
+/// a store that failed above all, keeps its own answer (a 5xx), so a
+/// database outage is never told to a client as "there is no such thing".
+fn unknown_or(e: WorkflowError, not_found: impl FnOnce() -> Problem) -> Problem {
+    match e {
+        WorkflowError::NotFound(_) | WorkflowError::Store(StoreError::NotFound) => not_found(),
+        other => other.into(),
+    }
+}
+
 pub(super) async fn authorization(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -242,8 +254,7 @@ pub(super) async fn authorization(
         .orders
         .acme_authorization(&v.caller(), &v.account().id, &order_id, &id)
         .await
-        .ok()
-        .flatten()
+        .map_err(|e| unknown_or(e, not_found))?
         .ok_or_else(not_found)?;
     Ok(Json(authz_json(&state, &authz)).into_response())
 }
@@ -257,15 +268,17 @@ pub(super) async fn challenge(
     let order_id = order_of(&id, "chall_").ok_or_else(not_found)?;
     let caller = v.caller();
     let mut bundle = if v.is_post_as_get() {
-        acme_order(&state, &v, &order_id).await
+        state
+            .orders
+            .get_acme(&caller, &v.account().id, &order_id)
+            .await
     } else {
         state
             .orders
             .acme_to_answer(&caller, &v.account().id, &order_id, &id)
             .await
-            .map_err(Problem::from)
     }
-    .map_err(|_| not_found())?;
+    .map_err(|e| unknown_or(e, not_found))?;
     let find = |b: &OrderBundle| {
         b.authorizations
             .iter()
@@ -313,4 +326,25 @@ pub(super) async fn certificate(
         chain,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::Missing;
+
+    #[test]
+    fn an_unknown_order_is_the_thing_asked_for_unknown_and_a_failed_store_is_a_server_error() {
+        let asked = || Problem::not_found("there is no challenge \"chall_x\"");
+        let unknown = unknown_or(Missing::Order("ord_x".into()).into(), asked);
+        assert_eq!(unknown.status, 404);
+        assert!(unknown.detail.contains("chall_x"), "{}", unknown.detail);
+        let missing_row = unknown_or(WorkflowError::Store(StoreError::NotFound), asked);
+        assert_eq!(missing_row.status, 404);
+        let down = unknown_or(
+            WorkflowError::Store(StoreError::Database("connection refused".into())),
+            asked,
+        );
+        assert!(down.status >= 500, "{}", down.status);
+    }
 }

@@ -159,21 +159,36 @@ impl Client {
         jws(&self.key, &protected, payload)
     }
 
+    /// POSTs `body`; a request that got no answer at all (refused, timed
+    /// out) is an [`Answer`] of status 0 whose body says why, so a load
+    /// run can tell it from a refusal without a panic in its tasks.
     pub async fn post_body(&self, url: &str, body: &Value) -> Answer {
-        let r = self
+        let sent = self
             .http
             .post(url)
             .header("content-type", "application/jose+json")
             .body(body.to_string())
             .send()
-            .await
-            .unwrap();
+            .await;
+        let r = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                return Answer {
+                    status: 0,
+                    headers: Default::default(),
+                    body: Value::String(format!("no answer from {url}: {e:?}")),
+                }
+            }
+        };
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         if let Some(n) = headers.get("replay-nonce").and_then(|v| v.to_str().ok()) {
             *self.nonce.lock().unwrap() = Some(n.to_owned());
         }
-        let text = r.text().await.unwrap();
+        let text = r
+            .text()
+            .await
+            .unwrap_or_else(|e| format!("no whole answer from {url}: {e:?}"));
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Answer {
             status,
