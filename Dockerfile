@@ -6,6 +6,8 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# The build settings: SQLite built to flush with fdatasync (docs/ARCHITECTURE.md).
+COPY .cargo .cargo
 COPY src src
 COPY migrations migrations
 COPY templates templates

@@ -483,3 +483,48 @@ async fn a_full_disk_refuses_writes_clearly_and_every_write_acknowledged_after_i
         .is_ok());
     drop((store, fresh));
 }
+
+/// The real binary's SQLite flushes every commit of the database and its
+/// WAL with `fdatasync`, as the distributions' SQLite does, and never
+/// falls back to `fsync` (the bundled amalgamation's default without
+/// `HAVE_FDATASYNC`, set in `.cargo/config.toml`): seen with `strace`
+/// while `init` writes the new CA's records.
+#[test]
+fn sqlite_commits_are_flushed_with_fdatasync() {
+    if !tool_present("strace", "apt-get install strace") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.txt");
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_hallmark"))
+        .arg("init")
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env("HALLMARK_ROOT_PASSPHRASE", PASSPHRASE)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = std::fs::read_to_string(trace).unwrap();
+    let on_database = |call: &str| {
+        trace
+            .lines()
+            .filter(|l| l.contains(call) && l.contains("hallmark.db"))
+            .count()
+    };
+    assert!(
+        trace
+            .lines()
+            .any(|l| l.contains("fdatasync(") && l.contains("hallmark.db-wal>")),
+        "no fdatasync of the WAL:\n{trace}"
+    );
+    // `fdatasync(` contains no `fsync(`: this counts plain fsyncs only.
+    assert_eq!(on_database(" fsync("), 0, "{trace}");
+    assert!(on_database("fdatasync(") > 0);
+}
