@@ -690,6 +690,20 @@ async fn unsupported_database_urls_are_refused_clearly() {
 
 /// A new order of account `acct_1`: one IP authorization whose two
 /// challenges are given out of the order of their ids.
+/// Moves `order_id` from pending to ready at `at` through `s` (its
+/// authorizations all validated); whether it moved.
+async fn made_ready(s: &dyn store::Store, order_id: &str, at: i64) -> bool {
+    s.transition_order(
+        order_id,
+        hallmark::store::Transition::Validated,
+        &hallmark::store::OrderUpdate::default(),
+        at,
+        vec![event("order.ready", order_id)],
+    )
+    .await
+    .unwrap()
+}
+
 fn new_order(id: &str) -> hallmark::store::OrderBundle {
     use hallmark::store::*;
     let authz = format!("authz_{id}_000");
@@ -799,16 +813,7 @@ async fn an_order_changed_here_is_seen_at_once_and_one_changed_elsewhere_within_
         assert_eq!(now.authorizations[0].challenges[0].attempted_at, Some(5));
         let reader = store::connect(&db.url).await.unwrap();
         assert_eq!(now, reader.order("ord_a").await.unwrap(), "{backend:?}");
-        assert!(here
-            .transition_order(
-                "ord_a",
-                Transition::Validated,
-                &OrderUpdate::default(),
-                6,
-                vec![event("order.ready", "ord_a")],
-            )
-            .await
-            .unwrap());
+        assert!(made_ready(here.as_ref(), "ord_a", 6).await);
         let now = here.order("ord_a").await.unwrap();
         assert_eq!(now.order.status, OrderStatus::Ready, "{backend:?}");
         let reader = store::connect(&db.url).await.unwrap();
@@ -1172,9 +1177,7 @@ async fn a_validation_result_claims_settles_and_moves_its_order_the_same_on_both
 /// the next read asks the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_completed_here_is_kept_as_the_database_gives_it_back() {
-    use hallmark::store::{
-        AuthorizationStatus, IssuanceOrder, OrderStatus, OrderUpdate, Transition,
-    };
+    use hallmark::store::{AuthorizationStatus, IssuanceOrder, OrderStatus, Transition};
     for backend in backends() {
         let dir = tempfile::tempdir().unwrap();
         let db = TestDb::new(backend, dir.path()).await;
@@ -1229,16 +1232,7 @@ async fn an_order_completed_here_is_kept_as_the_database_gives_it_back() {
         here.create_order(&pending, vec![event("order.create", "ord_d")])
             .await
             .unwrap();
-        assert!(elsewhere
-            .transition_order(
-                "ord_d",
-                Transition::Validated,
-                &OrderUpdate::default(),
-                5,
-                vec![event("order.ready", "ord_d")],
-            )
-            .await
-            .unwrap());
+        assert!(made_ready(elsewhere.as_ref(), "ord_d", 5).await);
         here.insert_issuance(complete("d", 1_234_568))
             .await
             .unwrap();
