@@ -171,9 +171,11 @@ async fn verify_password(
     let ok = tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
             .map(|parsed| {
-                Argon2::default()
+                let ok = Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
+                    .is_ok();
+                release_hash_memory();
+                ok
             })
             .unwrap_or(false)
     })
@@ -522,9 +524,25 @@ pub fn random_token(bytes: usize) -> String {
 /// p=1, OWASP's recommendation) into a PHC string.
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    Ok(Argon2::default()
-        .hash_password(password.as_bytes(), &salt)?
-        .to_string())
+    let hash = Argon2::default().hash_password(password.as_bytes(), &salt);
+    release_hash_memory();
+    Ok(hash?.to_string())
+}
+
+/// Hands the 19 MiB argon2id just freed back to the system at once. The
+/// service's allocator (mimalloc, `main.rs`) otherwise keeps freed pages
+/// until the thread that freed them allocates again or exits — about 10 s
+/// for tokio's blocking threads — so one sign-in, or the initial
+/// administrator made at first start, held the process ~19 MiB over its
+/// idle budget (DESIGN §6: 30 MB; docs/BENCHMARKS.md, "Start-up and
+/// memory"). Costs a page fault per 4 KiB at the next hash, a few
+/// milliseconds beside argon2's tens. Where mimalloc is not the allocator
+/// (the library's tests) its heap on this thread is empty and this does
+/// nothing.
+fn release_hash_memory() {
+    // SAFETY: mi_collect takes no pointers; it frees only memory that no
+    // live allocation holds, on mimalloc's own heaps.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 /// Creates the initial `admin` user with a random one-time password if the
