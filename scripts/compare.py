@@ -16,7 +16,8 @@ p50/p99 latency, and each hallmark figure as a ratio of cfssl without
 storage; `openssl speed ecdsap256` on one core is printed beside them.
 
 With --probe, each run also prints where its time went: CPU per
-certificate of the server and of this client (from /proc) and the
+certificate of the server and of this client (from /proc), the
+server's context switches per certificate (all its threads) and the
 machine's idle share, and for hallmark the group-commit writer's
 commits, mean batch, mean commit and the share of the run it was busy
 (from /metrics), and the CPU of the store's threads per commit (the
@@ -140,11 +141,17 @@ class Probe:
         # workers, read pool's included) apart from the request workers:
         # what a commit costs in CPU.
         figures["store_cpu"] = 0.0
+        # Context switches of every thread (hand-offs between threads cost
+        # most where the machine is a VM).
+        figures["switches"] = 0.0
         for task in os.listdir(f"/proc/{self.pid}/task"):
             try:
                 text = open(f"/proc/{self.pid}/task/{task}/stat").read()
+                status = open(f"/proc/{self.pid}/task/{task}/status").read()
             except OSError:
                 continue
+            figures["switches"] += sum(
+                int(n) for n in re.findall(r"^(?:non)?voluntary_ctxt_switches:\s+(\d+)", status, re.M))
             comm = text[text.index("(") + 1:text.rindex(")")]
             if "writer" in comm or comm.startswith("sqlx-"):
                 t = text.rsplit(")", 1)[1].split()
@@ -168,7 +175,8 @@ class Probe:
                       f"store threads' CPU {d['store_cpu'] / commits * 1e6:.0f} µs a commit; ")
         return (f"    probe: {writer}CPU per "
                 f"certificate: server {d['server_cpu'] / certificates * 1e6:.0f} µs, client "
-                f"{d['client_cpu'] / certificates * 1e6:.0f} µs; idle "
+                f"{d['client_cpu'] / certificates * 1e6:.0f} µs; server context switches "
+                f"{d['switches'] / certificates:.1f} per certificate; idle "
                 f"{d['idle'] / d['wall'] / os.cpu_count() * 100:.0f} %")
 
 
