@@ -289,18 +289,10 @@ class Hallmark:
         self.node.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
         if self.admin_url:
-            # The database fresh_postgres made for this run.
+            # The database soak.fresh_postgres made for this run.
             name = self.database_url.rsplit("/", 1)[1]
             subprocess.run(["psql", self.admin_url, "-qc",
                             f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False)
-
-
-def fresh_postgres(url):
-    """A new empty database on the server at `url`; its URL."""
-    name = f"hallmark_compare_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
-    admin = url.rsplit("/", 1)[0]
-    subprocess.run(["psql", url, "-qc", f"CREATE DATABASE {name}"], check=True)
-    return f"{admin}/{name}"
 
 
 def openssl_speed():
@@ -337,7 +329,7 @@ def main():
         elif system == "hallmark-sqlite":
             server = Hallmark(None)
         elif system == "hallmark-postgres":
-            server = Hallmark(fresh_postgres(args.postgres), admin_url=args.postgres)
+            server = Hallmark(soak.fresh_postgres(args.postgres), admin_url=args.postgres)
         else:
             sys.exit(f"unknown system {system!r}")
         try:

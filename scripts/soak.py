@@ -45,6 +45,15 @@ def free_port():
         return s.getsockname()[1]
 
 
+def fresh_postgres(url):
+    """A new empty database on the server at `url` (compare.py,
+    startup.py); its URL. The caller drops it."""
+    name = f"hallmark_bench_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+    admin = url.rsplit("/", 1)[0]
+    subprocess.run(["psql", url, "-qc", f"CREATE DATABASE {name}"], check=True)
+    return f"{admin}/{name}"
+
+
 class Challenges(http.server.BaseHTTPRequestHandler):
     answers = {}
 

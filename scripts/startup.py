@@ -36,8 +36,7 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import soak  # noqa: E402  (BIN, PASS, free_port)
-from compare import fresh_postgres  # noqa: E402
+import soak  # noqa: E402  (BIN, PASS, free_port, fresh_postgres)
 
 
 def rss_mb(pid):
@@ -112,7 +111,7 @@ def main():
     env.pop("DATABASE_URL", None)
     database = None
     if args.store == "postgres":
-        database = fresh_postgres(args.postgres)
+        database = soak.fresh_postgres(args.postgres)
         env["DATABASE_URL"] = database
     try:
         out = subprocess.run([soak.BIN, "init"], cwd=data, env=env,
