@@ -535,10 +535,10 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
 /// for tokio's blocking threads — so one sign-in, or the initial
 /// administrator made at first start, kept ~19 MiB more for that long,
 /// 10–18 MB over the idle budget (DESIGN §6: 30 MB; docs/BENCHMARKS.md,
-/// "Start-up and memory"). Costs a page fault per 4 KiB at the next
-/// hash, a few milliseconds beside argon2's tens. Where mimalloc is not
-/// the allocator (the library's tests) its heap on this thread is empty
-/// and this does nothing.
+/// "Start-up and memory"). The next hash faults its 19 MiB in again
+/// (~4,900 pages; not measured apart from the hash itself). Where
+/// mimalloc is not the allocator (the library's tests) its heap on this
+/// thread is empty and this does nothing.
 fn release_hash_memory() {
     // SAFETY: mi_collect takes no pointers; it frees only memory that no
     // live allocation holds, on mimalloc's own heaps.
