@@ -51,6 +51,10 @@ where
         .name(format!("{name}-writer"))
         .spawn(move || {
             let Ok(writer) = receive.recv() else { return };
+            if !sockets {
+                // SQLite's: on one core with its connection's thread.
+                super::affinity::pin_current_thread();
+            }
             let mut builder = tokio::runtime::Builder::new_current_thread();
             if sockets {
                 builder.enable_all();

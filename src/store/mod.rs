@@ -6,6 +6,7 @@
 //! task that commits them together, so many issuances share one fsync.
 
 mod acme;
+mod affinity;
 mod batch;
 mod dashboard;
 mod orders;

@@ -82,7 +82,18 @@ async fn write_pool(options: &SqliteConnectOptions) -> Result<Pool<Sqlite>, sqlx
         .test_before_acquire(false)
         .before_acquire(ping_if_idle)
         .after_release(closed_unless_idle)
-        .connect_with(options.clone())
+        // Its sqlx thread on the writer's core (`store/affinity.rs`).
+        .after_connect(|_, _| {
+            Box::pin(async {
+                super::affinity::pin_threads_named(super::affinity::WRITE_THREAD);
+                Ok(())
+            })
+        })
+        .connect_with(
+            options
+                .clone()
+                .thread_name(|id| format!("{}-{id}", super::affinity::WRITE_THREAD)),
+        )
         .await
 }
 
